@@ -1,0 +1,23 @@
+//! # convoke-node
+//!
+//! The Convoke node: a peer-to-peer overlay node that connects computers
+//! directly, across NATs, with no signaling server. One signed invitation
+//! token, passed by any out-of-band channel, is enough to connect.
+//!
+//! The crate has two layers (DESIGN §1):
+//!
+//! * the **sans-IO engine** — [`identity`], [`token`] (and, as they land,
+//!   connectivity, secure session and endpoint). It never reads the clock,
+//!   never touches a socket and never uses a global RNG: time comes in as an
+//!   argument, randomness from the caller's RNG. The tokio runtime and the
+//!   simulator (`convoke-sim`) drive the same code.
+//! * the **runtime** (feature `runtime`, on by default) — key storage, and
+//!   later UDP sockets, STUN, the control socket and the metrics exporter —
+//!   and the `convoke` command-line tool.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod identity;
+#[cfg(feature = "runtime")]
+pub mod runtime;
+pub mod token;

@@ -1,0 +1,20 @@
+//! The runtime side of the node: everything that touches the operating
+//! system (files, clock, OS randomness). Built with the `runtime` feature.
+
+pub mod keystore;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The wall clock in unix seconds, the `now` the engine's token checks take.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The operating system's cryptographic RNG, as the engine's RNG type.
+pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
+
+/// The operating system's RNG. Panics on use only if the OS has no
+/// randomness source at all, which no supported platform lacks.
+pub fn os_rng() -> OsRng {
+    rand_core::UnwrapErr(getrandom::SysRng)
+}
