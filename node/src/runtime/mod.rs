@@ -2,6 +2,7 @@
 //! system (files, clock, OS randomness). Built with the `runtime` feature.
 
 pub mod keystore;
+pub mod qr;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
