@@ -28,7 +28,9 @@ pub struct Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the secret.
-        f.debug_struct("Identity").field("peer_id", &self.peer_id().to_string()).finish()
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id().to_string())
+            .finish()
     }
 }
 
@@ -42,7 +44,9 @@ impl Identity {
 
     /// Rebuilds an identity from its 32-byte Ed25519 secret seed.
     pub fn from_secret_bytes(seed: [u8; 32]) -> Self {
-        Self { signing: SigningKey::from_bytes(&seed) }
+        Self {
+            signing: SigningKey::from_bytes(&seed),
+        }
     }
 
     /// The 32-byte secret seed, for key storage. Handle with care.
@@ -91,7 +95,8 @@ impl PublicKey {
         let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
-        key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
     }
 
     /// The PeerId of this key.
@@ -103,7 +108,9 @@ impl PublicKey {
     /// (birational map to Montgomery form), or `None` if the bytes are not a
     /// valid point.
     pub fn to_x25519(&self) -> Option<[u8; 32]> {
-        VerifyingKey::from_bytes(&self.0).ok().map(|k| k.to_montgomery().to_bytes())
+        VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .map(|k| k.to_montgomery().to_bytes())
     }
 }
 
@@ -157,7 +164,9 @@ impl FromStr for PeerId {
         if s.len() > 64 {
             return Err(PeerIdError::Base58);
         }
-        let bytes = bs58::decode(s).into_vec().map_err(|_| PeerIdError::Base58)?;
+        let bytes = bs58::decode(s)
+            .into_vec()
+            .map_err(|_| PeerIdError::Base58)?;
         if bytes.len() != 38 || bytes[..6] != PEER_ID_PREFIX {
             return Err(PeerIdError::NotEd25519);
         }
