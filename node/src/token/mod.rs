@@ -179,13 +179,13 @@ pub enum InitialMode {
 pub struct ConnectionMode {
     /// Whether the invitee starts alone or an RSVP is needed from the start.
     pub initial: InitialMode,
+    /// Whether the invitation admits many invitees (a server's long-lived
+    /// invitation) or just one.
+    pub reusable: bool,
     /// Whether the inviter accepts RSVPs at all.
     pub rsvp_supported: bool,
     /// How long the invitee keeps checking before it offers an RSVP.
     pub rsvp_timeout_seconds: u32,
-    /// Whether the invitation admits many invitees (a server's long-lived
-    /// invitation) or just one.
-    pub reusable: bool,
 }
 
 impl Default for ConnectionMode {
@@ -204,14 +204,14 @@ impl Default for ConnectionMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Party {
+    /// What the author's node can do (see [`KNOWN_CAPABILITIES`]).
+    pub capabilities: Vec<String>,
     /// The author's PeerId; must name `public_key`.
     pub peer_id: String,
     /// The author's Ed25519 key, base64url. It also fixes the author's X25519
     /// static key for the session handshake (birational map).
     #[serde(with = "b64_key")]
     pub public_key: PublicKey,
-    /// What the author's node can do (see [`KNOWN_CAPABILITIES`]).
-    pub capabilities: Vec<String>,
 }
 
 /// Capabilities this build knows; the compact form packs them as bits.
@@ -256,13 +256,13 @@ impl CandidateKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
-    /// Candidate type.
-    #[serde(rename = "type")]
-    pub kind: CandidateKind,
     /// Transport address.
     pub address: SocketAddr,
     /// ICE priority.
     pub priority: u32,
+    /// Candidate type (serialized as `type`, hence declared last).
+    #[serde(rename = "type")]
+    pub kind: CandidateKind,
 }
 
 impl Candidate {
@@ -308,14 +308,14 @@ pub enum IceRole {
 pub struct ConnectionInfo {
     /// Candidates, most preferred first.
     pub ice_candidates: Vec<Candidate>,
-    /// ICE username fragment.
-    pub ufrag: String,
-    /// ICE password.
-    pub pwd: String,
     /// The author's ICE role.
     pub ice_role: IceRole,
     /// The author's 64-bit tie-breaker (RFC 8445 §7.3.1.1).
     pub ice_tie_breaker: u64,
+    /// ICE password.
+    pub pwd: String,
+    /// ICE username fragment.
+    pub ufrag: String,
 }
 
 /// The `crypto` section.
@@ -337,43 +337,47 @@ impl Default for Crypto {
 }
 
 /// Everything in a token but its signature. This is what gets signed.
+///
+/// Fields (here and in every nested struct) are declared in sorted order so
+/// that serde writes canonical JSON directly; a property test checks this
+/// against a key-sorting serialization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
-    /// Format version, `"1.1"`.
-    pub version: String,
-    /// Invitation or RSVP.
-    pub token_type: TokenType,
-    /// Random id.
-    pub token_id: TokenId,
+    /// Where and how to reach the author.
+    pub connection_info: ConnectionInfo,
+    /// How the connection starts.
+    pub connection_mode: ConnectionMode,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Session cryptography.
+    pub crypto: Crypto,
+    /// Unix seconds; the token is refused from this time on.
+    pub expires_at: u64,
     /// For an RSVP: the id of the invitation it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<TokenId>,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds; the token is refused from this time on.
-    pub expires_at: u64,
-    /// Optional network name; nodes only join invitations of their network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_id: Option<String>,
-    /// How the connection starts.
-    pub connection_mode: ConnectionMode,
     /// The author of an invitation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<Party>,
-    /// The author of an RSVP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub responder: Option<Party>,
-    /// Where and how to reach the author.
-    pub connection_info: ConnectionInfo,
-    /// Session cryptography.
-    pub crypto: Crypto,
-    /// Relay hints (TURN URLs or peer ids willing to relay); may be empty.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub relay: Vec<String>,
     /// Free-form key/value pairs (a name to show, an application tag).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Optional network name; nodes only join invitations of their network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+    /// Relay hints (TURN URLs or peer ids willing to relay); may be empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay: Vec<String>,
+    /// The author of an RSVP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responder: Option<Party>,
+    /// Random id.
+    pub token_id: TokenId,
+    /// Invitation or RSVP.
+    pub token_type: TokenType,
+    /// Format version, `"1.1"`.
+    pub version: String,
 }
 
 impl TokenBody {
@@ -388,10 +392,9 @@ impl TokenBody {
     /// Canonical JSON: sorted keys, no whitespace. The signature covers
     /// SHA-256 of exactly these bytes.
     pub fn canonical_json(&self) -> Vec<u8> {
-        // serde_json's Map is a BTreeMap (no `preserve_order`), so going
-        // through `Value` sorts every object's keys.
-        let value = serde_json::to_value(self).expect("token body serializes");
-        serde_json::to_vec(&value).expect("JSON value serializes")
+        // Fields are declared in sorted order and maps are BTreeMaps, so
+        // the derived serialization is already canonical.
+        serde_json::to_vec(self).expect("token body serializes")
     }
 
     /// SHA-256 of the canonical form: the message the signature covers.

@@ -381,6 +381,14 @@ proptest! {
     }
 
     #[test]
+    fn derived_serialization_is_canonical(body in arb_body()) {
+        // Canonical = every object's keys sorted, which serde_json's Value
+        // (a BTreeMap) guarantees; the direct serialization must match it.
+        let sorted = serde_json::to_vec(&serde_json::to_value(&body).expect("value")).expect("json");
+        prop_assert_eq!(body.canonical_json(), sorted);
+    }
+
+    #[test]
     fn arbitrary_input_never_panics(s in "\\PC{0,300}") {
         let _ = decode(&s);
         let _ = decode(&format!("scpi://{s}"));
