@@ -453,7 +453,6 @@ fn build() -> (Vec<(String, String)>, Manifest) {
         ("invitee".to_owned(), B64.encode(invitee.secret_bytes())),
         ("stranger".to_owned(), B64.encode(stranger.secret_bytes())),
     ]);
-    drop(add);
     // The invitation the last case answers is valid on its own.
     valid.extend(linked);
     (
