@@ -20,4 +20,5 @@
 pub mod identity;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod stun;
 pub mod token;
