@@ -243,16 +243,14 @@ impl<'a> Message<'a> {
                         };
                         slot.get_or_insert(u64::from_be_bytes(v));
                     }
-                    attr::XOR_MAPPED_ADDRESS => {
-                        if xor_mapped.is_none() {
-                            xor_mapped = Some(decode_address(value, Some(&tid)).ok_or_else(bad)?);
-                        }
+                    attr::XOR_MAPPED_ADDRESS if xor_mapped.is_none() => {
+                        xor_mapped = Some(decode_address(value, Some(&tid)).ok_or_else(bad)?);
                     }
-                    attr::MAPPED_ADDRESS => {
-                        if plain_mapped.is_none() {
-                            plain_mapped = Some(decode_address(value, None).ok_or_else(bad)?);
-                        }
+                    attr::MAPPED_ADDRESS if plain_mapped.is_none() => {
+                        plain_mapped = Some(decode_address(value, None).ok_or_else(bad)?);
                     }
+                    // Repeats: only the first occurrence counts (RFC 8489 §14).
+                    attr::XOR_MAPPED_ADDRESS | attr::MAPPED_ADDRESS => {}
                     attr::ERROR_CODE => {
                         if vlen < 4 {
                             return Err(bad());
@@ -531,6 +529,16 @@ mod tests {
             assert!(m.verify_integrity(b"secret"));
             assert_eq!(m.transaction_id, tid);
         }
+        // A repeated address attribute is not an unknown one.
+        let mut b = MessageBuilder::new(Class::Success, BINDING, tid);
+        b.xor_mapped_address("198.18.0.1:1".parse().expect("addr"));
+        b.xor_mapped_address("198.18.0.2:2".parse().expect("addr"));
+        let bytes = b.finish(None, false);
+        let m = Message::parse(&bytes).expect("parses");
+        assert_eq!(
+            (m.mapped_address, m.unknown_required),
+            (Some("198.18.0.1:1".parse().expect("addr")), None)
+        );
         let mut b = MessageBuilder::new(Class::Error, BINDING, tid);
         b.error_code(487, "Role Conflict");
         let bytes = b.finish(Some(b"k"), true);
