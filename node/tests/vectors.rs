@@ -110,7 +110,13 @@ fn build() -> (Vec<(String, String)>, Manifest) {
             "198.18.3.4:40001".parse().expect("addr"),
         ),
     ]);
-    let rsvp = Token::new_rsvp(&inv_ok, &invitee, rsvp_cands.clone(), NOW - 30, &mut rng(2));
+    let rsvp = Token::new_rsvp(
+        &inv_ok,
+        &invitee,
+        TokenId::random(&mut rng(2)),
+        rsvp_cands.clone(),
+        NOW - 30,
+    );
 
     let mut files = Vec::new();
     let mut valid = Vec::new();
@@ -338,11 +344,11 @@ fn build() -> (Vec<(String, String)>, Manifest) {
         Some("too_large"),
         "9000 characters, more than any token",
     );
-    let c = inv.encode_compact();
+    let bin = inv.encode_compact_bytes();
     add(
         &mut invalid,
         "truncated.compact",
-        c[..c.len() - 20].to_owned(),
+        format!("scpc:{}", B64.encode(&bin[..bin.len() - 15])),
         "any",
         Some("truncated"),
         "compact form cut short",
@@ -426,9 +432,9 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     let closed_rsvp = Token::new_rsvp(
         &Invitation::from_token(closed.clone(), NOW).expect("valid"),
         &invitee,
+        TokenId::random(&mut rng(3)),
         rsvp_cands,
         NOW - 30,
-        &mut rng(3),
     );
     let mut linked = Vec::new();
     add(

@@ -569,12 +569,26 @@ pub fn default_capabilities() -> Vec<String> {
         .collect()
 }
 
-/// ICE credentials derived from a token id: the ufrag is the first 3 id bytes
-/// in base64url (4 characters, 24 bits as RFC 8445 §5.3 asks). The ufrag is
+/// The ICE ufrag derived from a token id: the first 6 id bytes in base64url
+/// (8 characters, 48 bits; RFC 8445 §5.3 asks for at least 24, and 48 keep
+/// a thousand invitees on one invitation clear of collisions). The ufrag is
 /// sent in clear in every check, so deriving it from the (non-secret) id
-/// costs nothing; the compact form then leaves it out.
+/// costs nothing, and the compact form leaves it out.
 pub fn derived_ufrag(id: &TokenId) -> String {
-    base64::Engine::encode(&B64, &id.0[..3])
+    base64::Engine::encode(&B64, &id.0[..6])
+}
+
+/// The invitee's ICE password: base64url of the first 16 bytes of
+/// HMAC-SHA256(key = inviter's pwd, invitee's ufrag) (DESIGN §2). The inviter
+/// learns the invitee's ufrag from the USERNAME of its first check and
+/// derives the same password, so it can check back towards an invitee it has
+/// never heard of.
+pub fn derive_invitee_pwd(inviter_pwd: &str, invitee_ufrag: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(inviter_pwd.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(invitee_ufrag.as_bytes());
+    base64::Engine::encode(&B64, &mac.finalize().into_bytes()[..16])
 }
 
 /// The tie-breaker derived from a token id (first 8 bytes of
@@ -637,37 +651,41 @@ impl Token {
     }
 
     /// Builds the responder's RSVP to `invitation` at time `now`: role
-    /// controlled, its own credentials and tie-breaker, `in_reply_to` the
-    /// invitation, valid for [`DEFAULT_RSVP_LIFETIME_SECS`], signed by
-    /// `identity`.
-    pub fn new_rsvp<R: CryptoRng + ?Sized>(
+    /// controlled, `in_reply_to` the invitation, valid for
+    /// [`DEFAULT_RSVP_LIFETIME_SECS`], signed by `identity`.
+    ///
+    /// `token_id` fixes the invitee's ICE credentials: ufrag
+    /// [`derived_ufrag`], password [`derive_invitee_pwd`] and tie-breaker
+    /// [`derived_tie_breaker`]. The connectivity engine picks the id when it
+    /// imports the invitation, so the checks it sends before any RSVP exists
+    /// already use the credentials the RSVP will carry.
+    pub fn new_rsvp(
         invitation: &Invitation,
         identity: &Identity,
+        token_id: TokenId,
         candidates: Vec<Candidate>,
         now: u64,
-        rng: &mut R,
     ) -> Token {
         let inv = &invitation.token().body;
-        let token_id = TokenId::random(rng);
+        let ufrag = derived_ufrag(&token_id);
+        // An RSVP is never dated before its invitation, even if our clock
+        // is a little behind the inviter's.
+        let created_at = now.max(inv.created_at);
         let body = TokenBody {
             version: VERSION.to_owned(),
             token_type: TokenType::Rsvp,
             token_id,
             in_reply_to: Some(inv.token_id),
-            // An RSVP is never dated before its invitation, even if our clock
-            // is a little behind the inviter's.
-            created_at: now.max(inv.created_at),
-            expires_at: now
-                .max(inv.created_at)
-                .saturating_add(DEFAULT_RSVP_LIFETIME_SECS),
+            created_at,
+            expires_at: created_at.saturating_add(DEFAULT_RSVP_LIFETIME_SECS),
             network_id: inv.network_id.clone(),
             connection_mode: inv.connection_mode.clone(),
             initiator: None,
             responder: Some(party(identity, default_capabilities())),
             connection_info: ConnectionInfo {
                 ice_candidates: candidates,
-                ufrag: derived_ufrag(&token_id),
-                pwd: random_pwd(rng),
+                pwd: derive_invitee_pwd(&inv.connection_info.pwd, &ufrag),
+                ufrag,
                 ice_role: IceRole::Controlled,
                 ice_tie_breaker: derived_tie_breaker(&token_id),
             },

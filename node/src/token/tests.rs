@@ -116,7 +116,7 @@ fn rsvp_links_to_its_invitation_and_is_single_use() {
     let invitee = Identity::from_secret_bytes([2; 32]);
     let inv = Invitation::from_token(typical(&inviter), NOW).expect("valid");
     let cands = Candidate::list([(CandidateKind::Host, "10.0.0.2:5000".parse().expect("addr"))]);
-    let rsvp = Token::new_rsvp(&inv, &invitee, cands, NOW + 5, &mut rng(2));
+    let rsvp = Token::new_rsvp(&inv, &invitee, TokenId::random(&mut rng(2)), cands, NOW + 5);
     assert_eq!(rsvp.body.in_reply_to, Some(inv.token().body.token_id));
     assert_eq!(rsvp.body.connection_info.ice_role, IceRole::Controlled);
     assert_eq!(rsvp.body.expires_at, NOW + 5 + DEFAULT_RSVP_LIFETIME_SECS);
