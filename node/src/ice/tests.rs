@@ -1,0 +1,510 @@
+//! A virtual-time two-peer (or more) harness for the endpoint, in the
+//! manner of quinn's `Pair`: datagrams cross a simulated wire with a fixed
+//! latency, and a node may filter unsolicited inbound traffic the way an
+//! address-and-port-dependent NAT does.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_core::SeedableRng;
+
+use super::*;
+use crate::identity::Identity;
+use crate::token::{ConnectionMode, InvitationParams, Token};
+
+const UNIX: u64 = 1_800_000_000;
+
+struct Node {
+    ep: Endpoint,
+    addr: SocketAddr,
+    /// Drop inbound datagrams from addresses this node has not sent to.
+    filter: bool,
+    contacted: HashSet<SocketAddr>,
+    events: Vec<Event>,
+}
+
+struct Net {
+    start: Instant,
+    now: Instant,
+    latency: Duration,
+    nodes: Vec<Node>,
+    /// (deliver at, sequence) -> (to node, from address, bytes)
+    wire: BTreeMap<(Instant, u64), (usize, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    cut: bool,
+    delivered: u64,
+    dropped_by_filter: u64,
+}
+
+impl Net {
+    fn new(n: usize) -> Net {
+        let start = Instant::now();
+        let nodes = (0..n)
+            .map(|i| Node {
+                ep: Endpoint::new(EndpointConfig::default(), [i as u8 + 1; 32], start, UNIX),
+                addr: format!("198.18.0.{}:4433", i + 1).parse().expect("addr"),
+                filter: false,
+                contacted: HashSet::new(),
+                events: Vec::new(),
+            })
+            .collect();
+        Net {
+            start,
+            now: start,
+            latency: Duration::from_millis(10),
+            nodes,
+            wire: BTreeMap::new(),
+            seq: 0,
+            cut: false,
+            delivered: 0,
+            dropped_by_filter: 0,
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Moves transmits onto the wire and events into each node's log.
+    fn collect(&mut self) {
+        for i in 0..self.nodes.len() {
+            while let Some(t) = self.nodes[i].ep.poll_transmit() {
+                self.nodes[i].contacted.insert(t.destination);
+                let from = self.nodes[i].addr;
+                if let Some(to) = self.nodes.iter().position(|n| n.addr == t.destination)
+                    && !self.cut
+                {
+                    self.seq += 1;
+                    self.wire
+                        .insert((self.now + self.latency, self.seq), (to, from, t.contents));
+                }
+            }
+            while let Some(e) = self.nodes[i].ep.poll_event() {
+                self.nodes[i].events.push(e);
+            }
+        }
+    }
+
+    /// One step: advance to the next datagram or timer and process it.
+    /// Returns false when nothing is left to do.
+    fn step(&mut self) -> bool {
+        self.collect();
+        let next_wire = self.wire.keys().next().map(|k| k.0);
+        let next_timer = self.nodes.iter().filter_map(|n| n.ep.poll_timeout()).min();
+        let Some(next) = [next_wire, next_timer].into_iter().flatten().min() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(entry) = self.wire.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let (to, from, bytes) = entry.remove();
+            let node = &mut self.nodes[to];
+            if node.filter && !node.contacted.contains(&from) {
+                self.dropped_by_filter += 1;
+                continue;
+            }
+            self.delivered += 1;
+            node.ep.handle_datagram(self.now, from, &bytes);
+        }
+        for n in &mut self.nodes {
+            if n.ep.poll_timeout().is_some_and(|t| t <= self.now) {
+                n.ep.handle_timeout(self.now);
+            }
+        }
+        self.collect();
+        true
+    }
+
+    /// Steps until `done` holds or `limit` of virtual time passes.
+    fn drive(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+        let end = self.now + limit;
+        for _ in 0..1_000_000 {
+            if done(self) {
+                return true;
+            }
+            if self.now > end || !self.step() {
+                return done(self);
+            }
+        }
+        false
+    }
+
+    fn connected(&self, node: usize) -> Vec<(AttemptId, SocketAddr, IceRole, Via)> {
+        self.nodes[node]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Connected {
+                    attempt,
+                    remote,
+                    role,
+                    via,
+                    ..
+                } => Some((*attempt, *remote, *role, *via)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has_event(&self, node: usize, f: impl Fn(&Event) -> bool) -> bool {
+        self.nodes[node].events.iter().any(f)
+    }
+}
+
+fn invitation(net: &Net, node: usize, mode: ConnectionMode) -> (Invitation, Identity) {
+    let id = Identity::from_secret_bytes([node as u8 + 10; 32]);
+    let params = InvitationParams {
+        candidates: Candidate::list([(CandidateKind::Host, net.nodes[node].addr)]),
+        mode,
+        ..InvitationParams::default()
+    };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(node as u64);
+    let t = Token::new_invitation(&id, params, UNIX, &mut rng);
+    (Invitation::from_token(t, UNIX).expect("valid"), id)
+}
+
+#[test]
+fn single_token_connects_when_the_inviter_does_not_filter() {
+    let mut net = Net::new(2);
+    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    assert!(
+        net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
+            && n.connected(1).len() == 1)
+    );
+    let (_, remote_a, role_a, via_a) = net.connected(0)[0];
+    let (att_b, remote_b, role_b, via_b) = net.connected(1)[0];
+    assert_eq!(
+        (role_a, role_b),
+        (IceRole::Controlling, IceRole::Controlled)
+    );
+    assert_eq!((via_a, via_b), (Via::SingleToken, Via::SingleToken));
+    assert_eq!((remote_a, remote_b), (net.nodes[1].addr, net.nodes[0].addr));
+    assert_eq!(att_b, b);
+    // A few round trips of 20 ms, no retransmission needed.
+    assert!(
+        net.elapsed() < Duration::from_millis(200),
+        "took {:?}",
+        net.elapsed()
+    );
+    assert!(net.has_event(0, |e| matches!(e, Event::InviteeArrived { .. })));
+    assert!(net.has_event(
+        1,
+        |e| matches!(e, Event::Mapped { address } if *address == net.nodes[1].addr)
+    ));
+    assert!(!net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
+}
+
+#[test]
+fn filtering_inviter_needs_an_rsvp_which_then_connects() {
+    let mut net = Net::new(2);
+    net.nodes[0].filter = true;
+    let (inv, _) = invitation(
+        &net,
+        0,
+        ConnectionMode {
+            rsvp_timeout_seconds: 20,
+            ..ConnectionMode::default()
+        },
+    );
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    // The invitee checks for the whole 20 s window, then asks for an RSVP.
+    assert!(net.drive(Duration::from_secs(60), |n| {
+        n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. }))
+    }));
+    assert!(
+        net.elapsed() >= Duration::from_secs(20),
+        "asked after {:?}",
+        net.elapsed()
+    );
+    assert!(
+        net.dropped_by_filter >= 7,
+        "invitee kept checking: {} dropped",
+        net.dropped_by_filter
+    );
+    assert!(net.connected(1).is_empty());
+    assert_eq!(net.nodes[1].ep.state(b), Some(State::WaitingForRsvp));
+
+    // A person takes 40 s to carry the RSVP back; the invitee keeps its NAT
+    // open meanwhile, and the inviter's checks then get through.
+    let before = net.dropped_by_filter;
+    assert!(!net.drive(Duration::from_secs(40), |_| false));
+    assert!(
+        net.dropped_by_filter > before,
+        "keepalives continued while waiting"
+    );
+    let invitee = Identity::from_secret_bytes([77; 32]);
+    let rsvp_id = net.nodes[1].ep.rsvp_token_id(b).expect("invitee attempt");
+    let cands = Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]);
+    let rsvp = Token::new_rsvp(
+        &inv,
+        &invitee,
+        rsvp_id,
+        cands,
+        UNIX + net.elapsed().as_secs(),
+    );
+    let now = net.now;
+    net.nodes[0]
+        .ep
+        .accept_rsvp(&rsvp.encode_compact(), now)
+        .expect("valid RSVP");
+    let t0 = net.now;
+    assert!(
+        net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
+            && n.connected(1).len() == 1)
+    );
+    assert!(
+        net.now - t0 < Duration::from_millis(200),
+        "RSVP path took {:?}",
+        net.now - t0
+    );
+    assert_eq!(net.connected(0)[0].3, Via::Rsvp);
+    assert_eq!(net.connected(1)[0].3, Via::Rsvp);
+    // The same RSVP again is refused.
+    assert_eq!(
+        net.nodes[0].ep.accept_rsvp(&rsvp.encode_text(), now),
+        Err(TokenError::Replayed)
+    );
+}
+
+#[test]
+fn bidirectional_invitation_asks_for_the_rsvp_at_once() {
+    let mut net = Net::new(2);
+    let mode = ConnectionMode {
+        initial: InitialMode::Bidirectional,
+        ..ConnectionMode::default()
+    };
+    let (inv, _) = invitation(&net, 0, mode);
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    net.nodes[1].ep.join(&inv, now);
+    net.collect();
+    assert!(net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
+}
+
+#[test]
+fn invitation_refusing_rsvps_fails_after_the_window() {
+    let mut net = Net::new(2);
+    net.nodes[0].filter = true;
+    let mode = ConnectionMode {
+        rsvp_supported: false,
+        rsvp_timeout_seconds: 10,
+        ..ConnectionMode::default()
+    };
+    let (inv, _) = invitation(&net, 0, mode);
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    assert!(
+        net.drive(Duration::from_secs(30), |n| n.has_event(1, |e| matches!(
+            e,
+            Event::Failed {
+                reason: FailReason::Timeout,
+                ..
+            }
+        )))
+    );
+    assert_eq!(net.nodes[1].ep.state(b), None);
+}
+
+#[test]
+fn a_stale_path_loses_consent() {
+    let mut net = Net::new(2);
+    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    net.nodes[1].ep.join(&inv, now);
+    assert!(net.drive(Duration::from_secs(5), |n| n.connected(1).len() == 1));
+    // Consent keeps it alive while the path works...
+    assert!(!net.drive(Duration::from_secs(60), |n| {
+        n.has_event(0, |e| matches!(e, Event::ConsentLost { .. }))
+    }));
+    // ...and both sides report it within ~30 s once the path goes quiet.
+    net.cut = true;
+    let t0 = net.now;
+    assert!(net.drive(Duration::from_secs(60), |n| {
+        n.has_event(0, |e| matches!(e, Event::ConsentLost { .. }))
+            && n.has_event(1, |e| matches!(e, Event::ConsentLost { .. }))
+    }));
+    let took = net.now - t0;
+    assert!(
+        took >= Duration::from_secs(25) && took <= Duration::from_secs(36),
+        "lost after {took:?}"
+    );
+    assert_eq!(net.nodes[0].ep.attempt_count(), 0);
+}
+
+#[test]
+fn role_conflict_is_settled_by_tie_breakers() {
+    let mut net = Net::new(2);
+    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    // Make the invitee claim control too, with a tie-breaker above or below
+    // the inviter's, as a foreign agent might.
+    let inviter_tie = inv.token().body.connection_info.ice_tie_breaker;
+    for (tie, invitee_wins) in [
+        (inviter_tie.wrapping_add(1).max(1), true),
+        (inviter_tie.saturating_sub(1), false),
+    ] {
+        let mut net2 = Net::new(2);
+        net2.nodes[0].ep.listen(inv.clone());
+        let now = net2.now;
+        let b2 = net2.nodes[1].ep.join(&inv, now);
+        {
+            let a = net2.nodes[1].ep.attempts.get_mut(&b2).expect("attempt");
+            a.role = IceRole::Controlling;
+            a.tie_breaker = tie;
+        }
+        assert!(
+            net2.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
+                && n.connected(1).len() == 1)
+        );
+        let (ra, rb) = (net2.connected(0)[0].2, net2.connected(1)[0].2);
+        assert_ne!(ra, rb, "exactly one side controls");
+        assert_eq!(
+            rb == IceRole::Controlling,
+            invitee_wins,
+            "tie {tie} vs {inviter_tie}"
+        );
+    }
+    let _ = b;
+}
+
+#[test]
+fn reusable_invitation_admits_many_single_use_admits_one() {
+    for reusable in [true, false] {
+        let mut net = Net::new(4);
+        let (inv, _) = invitation(
+            &net,
+            0,
+            ConnectionMode {
+                reusable,
+                ..ConnectionMode::default()
+            },
+        );
+        net.nodes[0].ep.listen(inv.clone());
+        let now = net.now;
+        for n in 1..4 {
+            net.nodes[n].ep.join(&inv, now);
+        }
+        net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 3);
+        let expected = if reusable { 3 } else { 1 };
+        assert_eq!(net.connected(0).len(), expected, "reusable={reusable}");
+        if !reusable {
+            assert!(net.nodes[0].ep.stats().refused_by_limit > 0);
+        }
+    }
+}
+
+#[test]
+fn garbage_and_forged_checks_grow_no_state() {
+    let mut net = Net::new(2);
+    let (inv, _) = invitation(
+        &net,
+        0,
+        ConnectionMode {
+            reusable: true,
+            ..ConnectionMode::default()
+        },
+    );
+    net.nodes[0].ep.listen(inv.clone());
+    let ufrag = inv.token().body.connection_info.ufrag.clone();
+    let now = net.now;
+    let ep = &mut net.nodes[0].ep;
+    let from: SocketAddr = "198.18.9.9:1000".parse().expect("addr");
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+    for i in 0..2000u32 {
+        let mut junk = vec![0u8; (i % 120) as usize];
+        rng.fill_bytes(&mut junk);
+        ep.handle_datagram(now, from, &junk);
+        // A well-formed check with the right ufrag but the wrong password.
+        let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([i as u8; 12]));
+        b.username(&format!("{ufrag}:x{i:07}"))
+            .priority(1)
+            .ice_controlled(5);
+        ep.handle_datagram(now, from, &b.finish(Some(b"not-the-password-at-all"), true));
+    }
+    assert_eq!(ep.attempt_count(), 0);
+    assert!(ep.poll_transmit().is_none(), "nothing answered");
+    assert_eq!(ep.stats().dropped_unauthenticated, 2000);
+}
+
+#[test]
+fn pending_invitees_per_source_are_bounded() {
+    let mut net = Net::new(1);
+    let (inv, _) = invitation(
+        &net,
+        0,
+        ConnectionMode {
+            reusable: true,
+            ..ConnectionMode::default()
+        },
+    );
+    let pwd = inv.token().body.connection_info.pwd.clone();
+    let ufrag = inv.token().body.connection_info.ufrag.clone();
+    net.nodes[0].ep.listen(inv);
+    let now = net.now;
+    let from: SocketAddr = "198.18.9.9:1000".parse().expect("addr");
+    for i in 0..50u32 {
+        let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([i as u8; 12]));
+        b.username(&format!("{ufrag}:inv{i:05}"))
+            .priority(1)
+            .ice_controlled(5);
+        net.nodes[0]
+            .ep
+            .handle_datagram(now, from, &b.finish(Some(pwd.as_bytes()), true));
+    }
+    let cfg = EndpointConfig::default();
+    assert_eq!(net.nodes[0].ep.attempt_count(), cfg.max_pending_per_source);
+    assert_eq!(
+        net.nodes[0].ep.stats().refused_by_limit,
+        50 - cfg.max_pending_per_source as u64
+    );
+}
+
+#[test]
+fn plain_stun_binding_is_answered_without_amplification() {
+    let mut net = Net::new(1);
+    let from: SocketAddr = "198.18.5.5:3478".parse().expect("addr");
+    let now = net.now;
+    let ep = &mut net.nodes[0].ep;
+    // A bare 20-byte request would need a 40-byte answer: refused.
+    let bare =
+        MessageBuilder::new(Class::Request, BINDING, TransactionId([1; 12])).finish(None, false);
+    ep.handle_datagram(now, from, &bare);
+    assert!(ep.poll_transmit().is_none());
+    assert_eq!(ep.stats().amplification_refused, 1);
+    // A padded request gets its mapped address back.
+    let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([2; 12]));
+    b.username("padding-padding-padding");
+    let padded = b.finish(None, true);
+    // USERNAME without a colon is not ICE: treat as malformed, not as plain STUN.
+    ep.handle_datagram(now, from, &padded);
+    assert!(ep.poll_transmit().is_none());
+    let mut req =
+        MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12])).finish(None, true);
+    // Pad with a SOFTWARE attribute, as our client does.
+    req.truncate(stun::HEADER_LEN);
+    let mut sw = MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12]));
+    let _ = &mut sw;
+    let software = b"convoke-stun-client-padding-0000";
+    let mut body = vec![0x80, 0x22, 0, software.len() as u8];
+    body.extend_from_slice(software);
+    req.extend_from_slice(&body);
+    req[2..4].copy_from_slice(&(body.len() as u16).to_be_bytes());
+    ep.handle_datagram(now, from, &req);
+    let t = ep.poll_transmit().expect("answered");
+    assert!(t.contents.len() <= req.len());
+    let m = Message::parse(&t.contents).expect("parses");
+    assert_eq!((m.class, m.mapped_address), (Class::Success, Some(from)));
+    assert_eq!(ep.stats().stun_served, 1);
+}
