@@ -35,6 +35,8 @@ struct Net {
     cut: bool,
     delivered: u64,
     dropped_by_filter: u64,
+    /// When (since start) the filter dropped something.
+    dropped_at: Vec<Duration>,
 }
 
 impl Net {
@@ -59,6 +61,7 @@ impl Net {
             cut: false,
             delivered: 0,
             dropped_by_filter: 0,
+            dropped_at: Vec::new(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Net {
             let node = &mut self.nodes[to];
             if node.filter && !node.contacted.contains(&from) {
                 self.dropped_by_filter += 1;
+                self.dropped_at.push(self.now - self.start);
                 continue;
             }
             self.delivered += 1;
@@ -224,6 +228,18 @@ fn filtering_inviter_needs_an_rsvp_which_then_connects() {
         "asked after {:?}",
         net.elapsed()
     );
+    // Checks continued to the end of the window (not 7 tries and done):
+    // the last one landed within one capped RTO (3 s) of the window's end.
+    let last = net
+        .dropped_at
+        .iter()
+        .max()
+        .copied()
+        .expect("checks were sent");
+    assert!(
+        last >= Duration::from_millis(16_900),
+        "last check at {last:?}"
+    );
     assert!(
         net.dropped_by_filter >= 7,
         "invitee kept checking: {} dropped",
@@ -236,9 +252,10 @@ fn filtering_inviter_needs_an_rsvp_which_then_connects() {
     // open meanwhile, and the inviter's checks then get through.
     let before = net.dropped_by_filter;
     assert!(!net.drive(Duration::from_secs(40), |_| false));
+    let keepalives = net.dropped_by_filter - before;
     assert!(
-        net.dropped_by_filter > before,
-        "keepalives continued while waiting"
+        keepalives >= 2,
+        "keepalives every 15 s while waiting: {keepalives} in 40 s"
     );
     let invitee = Identity::from_secret_bytes([77; 32]);
     let rsvp_id = net.nodes[1].ep.rsvp_token_id(b).expect("invitee attempt");
