@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use convoke_node::identity::Identity;
 use convoke_node::runtime::qr::TokenQr;
-use convoke_node::token::{
-    Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token, decode,
-};
+use convoke_node::token::{Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token, decode};
 use rand_core::SeedableRng;
 
 /// Runs `f` repeatedly for about `budget` and returns operations per second.
@@ -41,20 +39,11 @@ fn main() {
     let now = 1_800_000_000;
     let params = InvitationParams {
         candidates: Candidate::list([
-            (
-                CandidateKind::Host,
-                "192.168.1.20:4433".parse().expect("addr"),
-            ),
+            (CandidateKind::Host, "192.168.1.20:4433".parse().expect("addr")),
             (CandidateKind::Host, "10.8.0.3:4433".parse().expect("addr")),
-            (
-                CandidateKind::Srflx,
-                "198.18.7.9:61034".parse().expect("addr"),
-            ),
+            (CandidateKind::Srflx, "198.18.7.9:61034".parse().expect("addr")),
         ]),
-        mode: ConnectionMode {
-            reusable: true,
-            ..ConnectionMode::default()
-        },
+        mode: ConnectionMode { reusable: true, ..ConnectionMode::default() },
         ..InvitationParams::default()
     };
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
@@ -63,11 +52,7 @@ fn main() {
     let compact = t.encode_compact();
 
     println!("typical invitation (signed, reusable, 2 host + 1 srflx IPv4)");
-    println!(
-        "  text    (scpi://) {:>4} characters   QR version {:>2} at M",
-        text.len(),
-        qr_version(&text)
-    );
+    println!("  text    (scpi://) {:>4} characters   QR version {:>2} at M", text.len(), qr_version(&text));
     println!(
         "  compact (scpc:)   {:>4} characters   QR version {:>2} at M   ({} bytes binary, target <= 240 characters)",
         compact.len(),

@@ -28,9 +28,7 @@ pub struct Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the secret.
-        f.debug_struct("Identity")
-            .field("peer_id", &self.peer_id().to_string())
-            .finish()
+        f.debug_struct("Identity").field("peer_id", &self.peer_id().to_string()).finish()
     }
 }
 
@@ -44,9 +42,7 @@ impl Identity {
 
     /// Rebuilds an identity from its 32-byte Ed25519 secret seed.
     pub fn from_secret_bytes(seed: [u8; 32]) -> Self {
-        Self {
-            signing: SigningKey::from_bytes(&seed),
-        }
+        Self { signing: SigningKey::from_bytes(&seed) }
     }
 
     /// The 32-byte secret seed, for key storage. Handle with care.
@@ -95,8 +91,7 @@ impl PublicKey {
         let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
-        key.verify_strict(message, &Signature::from_bytes(signature))
-            .is_ok()
+        key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
     }
 
     /// The PeerId of this key.
@@ -108,9 +103,7 @@ impl PublicKey {
     /// (birational map to Montgomery form), or `None` if the bytes are not a
     /// valid point.
     pub fn to_x25519(&self) -> Option<[u8; 32]> {
-        VerifyingKey::from_bytes(&self.0)
-            .ok()
-            .map(|k| k.to_montgomery().to_bytes())
+        VerifyingKey::from_bytes(&self.0).ok().map(|k| k.to_montgomery().to_bytes())
     }
 }
 
@@ -164,9 +157,7 @@ impl FromStr for PeerId {
         if s.len() > 64 {
             return Err(PeerIdError::Base58);
         }
-        let bytes = bs58::decode(s)
-            .into_vec()
-            .map_err(|_| PeerIdError::Base58)?;
+        let bytes = bs58::decode(s).into_vec().map_err(|_| PeerIdError::Base58)?;
         if bytes.len() != 38 || bytes[..6] != PEER_ID_PREFIX {
             return Err(PeerIdError::NotEd25519);
         }
@@ -211,10 +202,7 @@ mod tests {
     fn bad_peer_ids_are_refused() {
         assert_eq!("0OIl".parse::<PeerId>(), Err(PeerIdError::Base58));
         // A SHA-256 multihash id (RSA style) is valid base58 but not ours.
-        assert_eq!(
-            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".parse::<PeerId>(),
-            Err(PeerIdError::NotEd25519)
-        );
+        assert_eq!("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N".parse::<PeerId>(), Err(PeerIdError::NotEd25519));
     }
 
     #[test]

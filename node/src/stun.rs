@@ -50,6 +50,10 @@ pub mod attr {
     pub const ICE_CONTROLLED: u16 = 0x8029;
     /// ICE-CONTROLLING.
     pub const ICE_CONTROLLING: u16 = 0x802A;
+    /// CONVOKE-PEER: the sender's Ed25519 public key (32 bytes), a claim
+    /// that lets an inviter notice crossing invitations. Comprehension-
+    /// optional, so foreign agents ignore it.
+    pub const CONVOKE_PEER: u16 = 0xC0C7;
 }
 
 /// A 96-bit transaction id.
@@ -132,6 +136,8 @@ pub struct Message<'a> {
     pub mapped_address: Option<SocketAddr>,
     /// ERROR-CODE as a number (e.g. 487), if present.
     pub error_code: Option<u16>,
+    /// CONVOKE-PEER: the key the sender claims, if present.
+    pub peer: Option<[u8; 32]>,
     /// Whether a FINGERPRINT was present (it was verified if so).
     pub has_fingerprint: bool,
     /// Unknown comprehension-required attribute types (first few).
@@ -177,6 +183,7 @@ impl<'a> Message<'a> {
             ice_controlled: None,
             mapped_address: None,
             error_code: None,
+            peer: None,
             has_fingerprint: false,
             unknown_required: None,
             integrity_at: None,
@@ -215,8 +222,7 @@ impl<'a> Message<'a> {
                         if vlen > MAX_USERNAME {
                             return Err(bad());
                         }
-                        m.username
-                            .get_or_insert(std::str::from_utf8(value).map_err(|_| bad())?);
+                        m.username.get_or_insert(std::str::from_utf8(value).map_err(|_| bad())?);
                     }
                     attr::MESSAGE_INTEGRITY => {
                         if vlen != 20 {
@@ -236,12 +242,13 @@ impl<'a> Message<'a> {
                     }
                     attr::ICE_CONTROLLING | attr::ICE_CONTROLLED => {
                         let v: [u8; 8] = value.try_into().map_err(|_| bad())?;
-                        let slot = if kind == attr::ICE_CONTROLLING {
-                            &mut m.ice_controlling
-                        } else {
-                            &mut m.ice_controlled
-                        };
+                        let slot =
+                            if kind == attr::ICE_CONTROLLING { &mut m.ice_controlling } else { &mut m.ice_controlled };
                         slot.get_or_insert(u64::from_be_bytes(v));
+                    }
+                    attr::CONVOKE_PEER => {
+                        let v: [u8; 32] = value.try_into().map_err(|_| bad())?;
+                        m.peer.get_or_insert(v);
                     }
                     attr::XOR_MAPPED_ADDRESS if xor_mapped.is_none() => {
                         xor_mapped = Some(decode_address(value, Some(&tid)).ok_or_else(bad)?);
@@ -325,9 +332,7 @@ fn decode_address(v: &[u8], xor_tid: Option<&[u8; 12]>) -> Option<SocketAddr> {
             let mut ip = [0u8; 16];
             ip.copy_from_slice(&v[4..20]);
             if let Some(tid) = xor_tid {
-                ip.iter_mut()
-                    .zip(cookie.iter().chain(tid.iter()))
-                    .for_each(|(b, c)| *b ^= c);
+                ip.iter_mut().zip(cookie.iter().chain(tid.iter())).for_each(|(b, c)| *b ^= c);
             }
             Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port))
         }
@@ -393,6 +398,11 @@ impl MessageBuilder {
         self.attribute(attr::ICE_CONTROLLED, &tie_breaker.to_be_bytes())
     }
 
+    /// CONVOKE-PEER with the sender's public key.
+    pub fn peer(&mut self, key: &[u8; 32]) -> &mut Self {
+        self.attribute(attr::CONVOKE_PEER, key)
+    }
+
     /// XOR-MAPPED-ADDRESS.
     pub fn xor_mapped_address(&mut self, addr: SocketAddr) -> &mut Self {
         let cookie = MAGIC_COOKIE.to_be_bytes();
@@ -417,12 +427,7 @@ impl MessageBuilder {
 
     /// ERROR-CODE with a reason phrase.
     pub fn error_code(&mut self, code: u16, reason: &str) -> &mut Self {
-        let mut v = vec![
-            0,
-            0,
-            u8::try_from(code / 100).unwrap_or(5) & 0x07,
-            u8::try_from(code % 100).unwrap_or(0),
-        ];
+        let mut v = vec![0, 0, u8::try_from(code / 100).unwrap_or(5) & 0x07, u8::try_from(code % 100).unwrap_or(0)];
         v.extend_from_slice(&reason.as_bytes()[..reason.len().min(128)]);
         self.attribute(attr::ERROR_CODE, &v)
     }
@@ -460,23 +465,20 @@ mod tests {
 
     /// RFC 5769 §2.1 sample request.
     const REQ: [u8; 108] = [
-        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74,
-        0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e,
-        0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36,
-        0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76, 0x59, 0x20, 0x20,
-        0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
-        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5,
-        0x7a, 0x3b, 0xcf,
+        0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e, 0x20, 0x74, 0x65, 0x73, 0x74, 0x20, 0x63, 0x6c,
+        0x69, 0x65, 0x6e, 0x74, 0x00, 0x24, 0x00, 0x04, 0x6e, 0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f,
+        0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36, 0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68, 0x36, 0x76,
+        0x59, 0x20, 0x20, 0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c, 0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e,
+        0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5, 0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
     ];
     /// RFC 5769 §2.2 sample IPv4 response.
     const RESP: [u8; 80] = [
-        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6,
-        0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76,
-        0x65, 0x63, 0x74, 0x6f, 0x72, 0x20, 0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1,
-        0x12, 0xa6, 0x43, 0x00, 0x08, 0x00, 0x14, 0x2b, 0x91, 0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3,
-        0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7, 0x80, 0x28, 0x00,
-        0x04, 0xc0, 0x7d, 0x4c, 0x96,
+        0x01, 0x01, 0x00, 0x3c, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63, 0x74, 0x6f, 0x72, 0x20,
+        0x00, 0x20, 0x00, 0x08, 0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43, 0x00, 0x08, 0x00, 0x14, 0x2b, 0x91,
+        0xf5, 0x99, 0xfd, 0x9e, 0x90, 0xc3, 0x8c, 0x74, 0x89, 0xf9, 0x2a, 0xf9, 0xba, 0x53, 0xf0, 0x6b, 0xe7, 0xd7,
+        0x80, 0x28, 0x00, 0x04, 0xc0, 0x7d, 0x4c, 0x96,
     ];
     const PWD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
 
@@ -496,10 +498,7 @@ mod tests {
     fn rfc5769_ipv4_response() {
         let m = Message::parse(&RESP).expect("parses");
         assert_eq!(m.class, Class::Success);
-        assert_eq!(
-            m.mapped_address,
-            Some("192.0.2.1:32853".parse().expect("addr"))
-        );
+        assert_eq!(m.mapped_address, Some("192.0.2.1:32853".parse().expect("addr")));
         assert!(m.verify_integrity(PWD));
     }
 
@@ -509,9 +508,7 @@ mod tests {
             let mut bad = REQ;
             bad[i] ^= 0x01;
             // Either structure, fingerprint or integrity catches it.
-            let ok = Message::parse(&bad)
-                .map(|m| m.verify_integrity(PWD))
-                .unwrap_or(false);
+            let ok = Message::parse(&bad).map(|m| m.verify_integrity(PWD)).unwrap_or(false);
             assert!(!ok, "flip at {i} accepted");
         }
     }
@@ -535,17 +532,11 @@ mod tests {
         b.xor_mapped_address("198.18.0.2:2".parse().expect("addr"));
         let bytes = b.finish(None, false);
         let m = Message::parse(&bytes).expect("parses");
-        assert_eq!(
-            (m.mapped_address, m.unknown_required),
-            (Some("198.18.0.1:1".parse().expect("addr")), None)
-        );
+        assert_eq!((m.mapped_address, m.unknown_required), (Some("198.18.0.1:1".parse().expect("addr")), None));
         let mut b = MessageBuilder::new(Class::Error, BINDING, tid);
         b.error_code(487, "Role Conflict");
         let bytes = b.finish(Some(b"k"), true);
-        assert_eq!(
-            Message::parse(&bytes).expect("parses").error_code,
-            Some(487)
-        );
+        assert_eq!(Message::parse(&bytes).expect("parses").error_code, Some(487));
     }
 
     proptest! {

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use convoke_node::identity::Identity;
 use convoke_node::token::{
-    self, Candidate, CandidateKind, ConnectionMode, IceRole, Invitation, InvitationParams,
-    ReplayGuard, Rsvp, TEXT_PREFIX, Token, TokenId,
+    self, Candidate, CandidateKind, ConnectionMode, IceRole, Invitation, InvitationParams, ReplayGuard, Rsvp,
+    TEXT_PREFIX, Token, TokenId,
 };
 use rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -52,11 +52,7 @@ fn dir() -> PathBuf {
 
 fn keys() -> (Identity, Identity, Identity) {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(0xC0_4E_0E);
-    (
-        Identity::generate(&mut rng),
-        Identity::generate(&mut rng),
-        Identity::generate(&mut rng),
-    )
+    (Identity::generate(&mut rng), Identity::generate(&mut rng), Identity::generate(&mut rng))
 }
 
 fn rng(n: u64) -> rand_chacha::ChaCha20Rng {
@@ -81,23 +77,14 @@ fn json_of(t: &Token) -> serde_json::Value {
 fn build() -> (Vec<(String, String)>, Manifest) {
     let (inviter, invitee, stranger) = keys();
     let candidates = Candidate::list([
-        (
-            CandidateKind::Host,
-            "192.168.1.20:4433".parse().expect("addr"),
-        ),
+        (CandidateKind::Host, "192.168.1.20:4433".parse().expect("addr")),
         (CandidateKind::Host, "10.8.0.3:4433".parse().expect("addr")),
-        (
-            CandidateKind::Srflx,
-            "198.18.7.9:61034".parse().expect("addr"),
-        ),
+        (CandidateKind::Srflx, "198.18.7.9:61034".parse().expect("addr")),
     ]);
     let params = InvitationParams {
         candidates,
         lifetime_secs: 30 * 86_400,
-        mode: ConnectionMode {
-            reusable: true,
-            ..ConnectionMode::default()
-        },
+        mode: ConnectionMode { reusable: true, ..ConnectionMode::default() },
         network_id: Some("vectors".into()),
         ..InvitationParams::default()
     };
@@ -105,28 +92,14 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     let inv_ok = Invitation::from_token(inv.clone(), NOW).expect("valid invitation");
     let rsvp_cands = Candidate::list([
         (CandidateKind::Host, "10.1.0.2:50000".parse().expect("addr")),
-        (
-            CandidateKind::Srflx,
-            "198.18.3.4:40001".parse().expect("addr"),
-        ),
+        (CandidateKind::Srflx, "198.18.3.4:40001".parse().expect("addr")),
     ]);
-    let rsvp = Token::new_rsvp(
-        &inv_ok,
-        &invitee,
-        TokenId::random(&mut rng(2)),
-        rsvp_cands.clone(),
-        NOW - 30,
-    );
+    let rsvp = Token::new_rsvp(&inv_ok, &invitee, TokenId::random(&mut rng(2)), rsvp_cands.clone(), NOW - 30);
 
     let mut files = Vec::new();
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
-    let mut add = |list: &mut Vec<Case>,
-                   file: &str,
-                   contents: String,
-                   check: &str,
-                   error: Option<&str>,
-                   d: &str| {
+    let mut add = |list: &mut Vec<Case>, file: &str, contents: String, check: &str, error: Option<&str>, d: &str| {
         files.push((file.to_owned(), contents + "\n"));
         list.push(Case {
             file: file.to_owned(),
@@ -135,38 +108,10 @@ fn build() -> (Vec<(String, String)>, Manifest) {
             description: d.to_owned(),
         });
     };
-    add(
-        &mut valid,
-        "invitation.text",
-        inv.encode_text(),
-        "invitation",
-        None,
-        "reusable invitation, 3 IPv4 candidates",
-    );
-    add(
-        &mut valid,
-        "invitation.compact",
-        inv.encode_compact(),
-        "invitation",
-        None,
-        "the same invitation, compact",
-    );
-    add(
-        &mut valid,
-        "rsvp.text",
-        rsvp.encode_text(),
-        "rsvp",
-        None,
-        "RSVP answering invitation.text",
-    );
-    add(
-        &mut valid,
-        "rsvp.compact",
-        rsvp.encode_compact(),
-        "rsvp",
-        None,
-        "the same RSVP, compact",
-    );
+    add(&mut valid, "invitation.text", inv.encode_text(), "invitation", None, "reusable invitation, 3 IPv4 candidates");
+    add(&mut valid, "invitation.compact", inv.encode_compact(), "invitation", None, "the same invitation, compact");
+    add(&mut valid, "rsvp.text", rsvp.encode_text(), "rsvp", None, "RSVP answering invitation.text");
+    add(&mut valid, "rsvp.compact", rsvp.encode_compact(), "rsvp", None, "the same RSVP, compact");
 
     let resign = |f: &dyn Fn(&mut token::TokenBody), key: &Identity| {
         let mut b = inv.body.clone();
@@ -181,8 +126,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
 
     // Tampered field: a candidate port changed after signing.
     let mut tampered = inv.clone();
-    tampered.body.connection_info.ice_candidates[2].address =
-        "198.18.7.9:61035".parse().expect("addr");
+    tampered.body.connection_info.ice_candidates[2].address = "198.18.7.9:61035".parse().expect("addr");
     add(
         &mut invalid,
         "tampered-field.text",
@@ -251,11 +195,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     add(
         &mut invalid,
         "wrong-role.text",
-        resign(
-            &|b| b.connection_info.ice_role = IceRole::Controlled,
-            &inviter,
-        )
-        .encode_text(),
+        resign(&|b| b.connection_info.ice_role = IceRole::Controlled, &inviter).encode_text(),
         "invitation",
         Some("wrong_role"),
         "invitation whose author claims the controlled role",
@@ -295,11 +235,8 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     add(
         &mut invalid,
         "peer-id-mismatch.text",
-        resign(
-            &|b| b.initiator.as_mut().expect("initiator").peer_id = stranger.peer_id().to_string(),
-            &inviter,
-        )
-        .encode_text(),
+        resign(&|b| b.initiator.as_mut().expect("initiator").peer_id = stranger.peer_id().to_string(), &inviter)
+            .encode_text(),
         "invitation",
         Some("peer_id_mismatch"),
         "peer_id names a different key than public_key",
@@ -317,10 +254,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     add(
         &mut invalid,
         "bad-deflate.text",
-        format!(
-            "{TEXT_PREFIX}{}",
-            B64.encode(b"\xff\xfe\xfd this is not deflate")
-        ),
+        format!("{TEXT_PREFIX}{}", B64.encode(b"\xff\xfe\xfd this is not deflate")),
         "any",
         Some("bad_deflate"),
         "base64url of bytes that are not DEFLATE",
@@ -391,10 +325,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
         "not a Convoke token prefix",
     );
     let mut missing = json_of(&inv);
-    missing
-        .as_object_mut()
-        .expect("object")
-        .remove("connection_info");
+    missing.as_object_mut().expect("object").remove("connection_info");
     add(
         &mut invalid,
         "missing-field.text",
@@ -461,15 +392,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
     ]);
     // The invitation the last case answers is valid on its own.
     valid.extend(linked);
-    (
-        files,
-        Manifest {
-            now: NOW,
-            keys,
-            valid,
-            invalid,
-        },
-    )
+    (files, Manifest { now: NOW, keys, valid, invalid })
 }
 
 fn read(name: &str) -> String {
@@ -488,11 +411,7 @@ fn vectors_match_committed_files() {
         std::fs::write(dir().join("manifest.json"), &manifest_text).expect("write");
     }
     for (name, contents) in &files {
-        assert_eq!(
-            &read(name),
-            contents,
-            "{name} differs from what the code generates"
-        );
+        assert_eq!(&read(name), contents, "{name} differs from what the code generates");
     }
     assert_eq!(read("manifest.json"), manifest_text);
 }
@@ -501,15 +420,10 @@ fn vectors_match_committed_files() {
 fn vectors_give_their_expected_results() {
     let manifest: Manifest = serde_json::from_str(&read("manifest.json")).expect("manifest parses");
     let now = manifest.now;
-    let invitation =
-        Invitation::parse(&read("invitation.text"), now).expect("invitation.text is valid");
+    let invitation = Invitation::parse(&read("invitation.text"), now).expect("invitation.text is valid");
     // The keys in the manifest are the ones that signed the vectors.
-    let inviter = Identity::from_secret_bytes(
-        B64.decode(&manifest.keys["inviter"])
-            .expect("b64")
-            .try_into()
-            .expect("32 bytes"),
-    );
+    let inviter =
+        Identity::from_secret_bytes(B64.decode(&manifest.keys["inviter"]).expect("b64").try_into().expect("32 bytes"));
     assert_eq!(invitation.inviter(), inviter.peer_id());
 
     let check = |case: &Case| -> Result<(), token::TokenError> {
@@ -525,8 +439,7 @@ fn vectors_give_their_expected_results() {
             }
             other => {
                 let inv_file = other.strip_prefix("rsvp:").expect("known check");
-                let inv =
-                    Invitation::parse(&read(inv_file), now).expect("linked invitation is valid");
+                let inv = Invitation::parse(&read(inv_file), now).expect("linked invitation is valid");
                 Rsvp::parse(&text, &inv, now, &mut ReplayGuard::default()).map(|_| ())
             }
         }
@@ -536,11 +449,7 @@ fn vectors_give_their_expected_results() {
         // Exact round trip: re-encoding gives the committed text.
         let text = read(&case.file);
         let t = token::decode(&text).expect("decodes");
-        let again = if case.file.ends_with(".compact") {
-            t.encode_compact()
-        } else {
-            t.encode_text()
-        };
+        let again = if case.file.ends_with(".compact") { t.encode_compact() } else { t.encode_text() };
         assert_eq!(again, text.trim(), "{} does not round-trip", case.file);
     }
     assert!(manifest.invalid.len() >= 15);

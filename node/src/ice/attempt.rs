@@ -22,10 +22,7 @@ pub(crate) enum Side {
     /// We issued the invitation (its local ufrag keys `Endpoint::issued`).
     Inviter,
     /// We imported the invitation; the RSVP we may offer has this id.
-    Invitee {
-        rsvp_id: TokenId,
-        rsvp_supported: bool,
-    },
+    Invitee { rsvp_id: TokenId, rsvp_supported: bool },
 }
 
 /// Where an attempt stands.
@@ -68,12 +65,7 @@ pub(crate) struct Pair {
 }
 
 impl Pair {
-    pub fn new(
-        remote: SocketAddr,
-        remote_kind: CandidateKind,
-        remote_priority: u32,
-        rto: Duration,
-    ) -> Self {
+    pub fn new(remote: SocketAddr, remote_kind: CandidateKind, remote_priority: u32, rto: Duration) -> Self {
         Pair {
             remote,
             remote_kind,
@@ -116,6 +108,12 @@ pub(crate) struct Attempt {
     /// inviter heard from counts against its pending limits until then).
     pub counted_pending: bool,
     pub source_ip: Option<std::net::IpAddr>,
+    /// Who the peer is: the inviter's key from its invitation, or the key
+    /// an invitee claims in CONVOKE-PEER.
+    pub remote_peer: Option<crate::identity::PublicKey>,
+    /// The tie-breaker of the invitation this attempt belongs to, which
+    /// settles crossing invitations.
+    pub invitation_tie: u64,
 }
 
 impl Attempt {
@@ -124,13 +122,7 @@ impl Attempt {
     }
 
     /// Adds a remote candidate unless already known; returns its index.
-    pub fn add_remote(
-        &mut self,
-        remote: SocketAddr,
-        kind: CandidateKind,
-        priority: u32,
-        rto: Duration,
-    ) -> usize {
+    pub fn add_remote(&mut self, remote: SocketAddr, kind: CandidateKind, priority: u32, rto: Duration) -> usize {
         if let Some(i) = self.pair_by_remote(remote) {
             return i;
         }
@@ -142,11 +134,7 @@ impl Attempt {
     /// one, else an in-progress one whose retransmission is due.
     pub fn next_check(&mut self, now: Instant) -> Option<usize> {
         while let Some(i) = self.triggered.pop_front() {
-            if self
-                .pairs
-                .get(i)
-                .is_some_and(|p| p.state != PairState::Failed)
-            {
+            if self.pairs.get(i).is_some_and(|p| p.state != PairState::Failed) {
                 return Some(i);
             }
         }
@@ -163,9 +151,7 @@ impl Attempt {
         self.pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                p.state == PairState::InProgress && p.next_send.is_some_and(|t| t <= now)
-            })
+            .filter(|(_, p)| p.state == PairState::InProgress && p.next_send.is_some_and(|t| t <= now))
             .min_by_key(|(_, p)| p.next_send)
             .map(|(i, _)| i)
     }
@@ -185,8 +171,7 @@ impl Attempt {
                 if self.state == State::Checking {
                     min(Some(self.window_end));
                 }
-                let has_new = !self.triggered.is_empty()
-                    || self.pairs.iter().any(|p| p.state == PairState::Waiting);
+                let has_new = !self.triggered.is_empty() || self.pairs.iter().any(|p| p.state == PairState::Waiting);
                 if has_new {
                     min(Some(self.next_pace));
                 }

@@ -53,10 +53,11 @@ use rand_core::{Rng, SeedableRng};
 use attempt::{Attempt, Pair, PairState, Side};
 pub use attempt::{State, Via};
 
+use crate::identity::PublicKey;
 use crate::stun::{self, BINDING, Class, Message, MessageBuilder, TransactionId};
 use crate::token::{
-    self, Candidate, CandidateKind, IceRole, InitialMode, Invitation, ReplayGuard, Rsvp,
-    TokenError, TokenId, derive_invitee_pwd, derived_tie_breaker, derived_ufrag,
+    self, Candidate, CandidateKind, IceRole, InitialMode, Invitation, ReplayGuard, Rsvp, TokenError, TokenId,
+    derive_invitee_pwd, derived_tie_breaker, derived_ufrag,
 };
 
 /// Tunables. `Default` gives the values cited on each field.
@@ -121,6 +122,10 @@ pub enum FailReason {
     Timeout,
     /// Closed by the application.
     Closed,
+    /// The peer and we invited each other at once; the other invitation's
+    /// attempt was kept (the one with the higher tie-breaker), this one
+    /// dropped, on both sides alike.
+    Crossed,
 }
 
 /// What the endpoint reports.
@@ -218,6 +223,7 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    local_peer: Option<PublicKey>,
 }
 
 impl Endpoint {
@@ -239,7 +245,20 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            local_peer: None,
         }
+    }
+
+    /// Our identity key. Invitee checks then carry it (CONVOKE-PEER), so
+    /// that two nodes inviting each other at once end with one attempt.
+    pub fn set_local_peer(&mut self, key: PublicKey) {
+        self.local_peer = Some(key);
+    }
+
+    /// An attempt's local ICE credentials (ufrag, password), e.g. to hand to
+    /// a foreign ICE agent.
+    pub fn local_credentials(&self, id: AttemptId) -> Option<(&str, &str)> {
+        self.attempts.get(&id).map(|a| (a.local_ufrag.as_str(), a.local_pwd.as_str()))
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -287,15 +306,7 @@ impl Endpoint {
         let b = &invitation.token().body;
         let ufrag = b.connection_info.ufrag.clone();
         self.issued_by_id.insert(b.token_id, ufrag.clone());
-        self.issued.insert(
-            ufrag,
-            Issued {
-                invitation,
-                rsvp_guard: ReplayGuard::default(),
-                pending: 0,
-                connected: 0,
-            },
-        );
+        self.issued.insert(ufrag, Issued { invitation, rsvp_guard: ReplayGuard::default(), pending: 0, connected: 0 });
     }
 
     /// Stops accepting new invitees on an invitation (attempts already made
@@ -312,10 +323,7 @@ impl Endpoint {
     }
 
     fn pairs_from(&self, candidates: &[Candidate]) -> Vec<Pair> {
-        candidates
-            .iter()
-            .map(|c| Pair::new(c.address, c.kind, c.priority, self.config.rto_initial))
-            .collect()
+        candidates.iter().map(|c| Pair::new(c.address, c.kind, c.priority, self.config.rto_initial)).collect()
     }
 
     /// Imports an invitation as the invitee and starts checking.
@@ -327,10 +335,7 @@ impl Endpoint {
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
         let mut a = Attempt {
-            side: Side::Invitee {
-                rsvp_id,
-                rsvp_supported: b.connection_mode.rsvp_supported,
-            },
+            side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
             via: Via::SingleToken,
             role: IceRole::Controlled,
             tie_breaker: derived_tie_breaker(&rsvp_id),
@@ -349,15 +354,40 @@ impl Endpoint {
             next_consent: None,
             counted_pending: false,
             source_ip: None,
+            remote_peer: b.initiator.as_ref().map(|p| p.public_key),
+            invitation_tie: ci.ice_tie_breaker,
         };
         if b.connection_mode.initial == InitialMode::Bidirectional {
             self.enter_waiting(&mut a, id);
         }
-        self.by_ufrags
-            .insert((a.local_ufrag.clone(), a.remote_ufrag.clone()), id);
+        self.by_ufrags.insert((a.local_ufrag.clone(), a.remote_ufrag.clone()), id);
         self.attempts.insert(id, a);
-        self.run_attempt(id, now);
+        if self.resolve_crossing(id) != Some(id) {
+            self.run_attempt(id, now);
+        }
         id
+    }
+
+    /// If `id` and another attempt are the two halves of crossing
+    /// invitations with the same peer, drops the one whose invitation ranks
+    /// lower by (tie-breaker, author key) and returns it. The peer computes
+    /// the same order, so both keep the halves of the same ICE session.
+    fn resolve_crossing(&mut self, id: AttemptId) -> Option<AttemptId> {
+        let a = self.attempts.get(&id)?;
+        let peer = a.remote_peer?;
+        let me = self.local_peer?;
+        let inviter = a.side == Side::Inviter;
+        let (&other, _) = self
+            .attempts
+            .iter()
+            .find(|(o, b)| **o != id && b.remote_peer == Some(peer) && (b.side == Side::Inviter) != inviter)?;
+        let (inviter_id, invitee_id) = if inviter { (id, other) } else { (other, id) };
+        let ours = (self.attempts[&inviter_id].invitation_tie, me);
+        let theirs = (self.attempts[&invitee_id].invitation_tie, peer);
+        let loser = if ours > theirs { invitee_id } else { inviter_id };
+        self.remove(loser);
+        self.events.push_back(Event::Failed { attempt: loser, reason: FailReason::Crossed });
+        Some(loser)
     }
 
     fn enter_waiting(&mut self, a: &mut Attempt, id: AttemptId) {
@@ -374,19 +404,15 @@ impl Endpoint {
     pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, TokenError> {
         let t = token::decode(text)?;
         let unix = self.unix(now);
-        let reply_to = t.body.in_reply_to.ok_or(TokenError::WrongRole(
-            "an RSVP must say which invitation it answers",
-        ))?;
+        let reply_to =
+            t.body.in_reply_to.ok_or(TokenError::WrongRole("an RSVP must say which invitation it answers"))?;
         let Some(ufrag) = self.issued_by_id.get(&reply_to).cloned() else {
             return Err(TokenError::WrongReply {
                 expected: "an invitation this node is listening on".into(),
                 found: reply_to.to_string(),
             });
         };
-        let issued = self
-            .issued
-            .get_mut(&ufrag)
-            .expect("issued_by_id and issued agree");
+        let issued = self.issued.get_mut(&ufrag).expect("issued_by_id and issued agree");
         let rsvp = Rsvp::from_token(t, &issued.invitation, unix, &mut issued.rsvp_guard)?;
         let ci = &rsvp.token().body.connection_info;
         let key = (ufrag.clone(), ci.ufrag.clone());
@@ -434,8 +460,7 @@ impl Endpoint {
             && issued.pending < self.config.max_pending_per_invitation
             && (reusable || issued.pending + issued.connected == 0)
             && source.is_none_or(|ip| {
-                self.pending_by_source.get(&ip).copied().unwrap_or(0)
-                    < self.config.max_pending_per_source
+                self.pending_by_source.get(&ip).copied().unwrap_or(0) < self.config.max_pending_per_source
             });
         if !ok {
             self.stats.refused_by_limit += 1;
@@ -443,25 +468,16 @@ impl Endpoint {
         ok
     }
 
-    fn inviter_attempt(
-        &mut self,
-        ufrag: &str,
-        remote_ufrag: String,
-        now: Instant,
-        source: Option<IpAddr>,
-    ) -> Attempt {
-        let issued = self
-            .issued
-            .get_mut(ufrag)
-            .expect("admitted invitation exists");
+    fn inviter_attempt(&mut self, ufrag: &str, remote_ufrag: String, now: Instant, source: Option<IpAddr>) -> Attempt {
+        let issued = self.issued.get_mut(ufrag).expect("admitted invitation exists");
         issued.pending += 1;
         if let Some(ip) = source {
             *self.pending_by_source.entry(ip).or_default() += 1;
         }
         let b = &issued.invitation.token().body;
         let ci = &b.connection_info;
-        let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds))
-            .max(self.config.inviter_window);
+        let window =
+            Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds)).max(self.config.inviter_window);
         Attempt {
             side: Side::Inviter,
             via: Via::SingleToken,
@@ -482,6 +498,8 @@ impl Endpoint {
             next_consent: None,
             counted_pending: true,
             source_ip: source,
+            remote_peer: None,
+            invitation_tie: ci.ice_tie_breaker,
         }
     }
 
@@ -489,10 +507,7 @@ impl Endpoint {
     pub fn close(&mut self, id: AttemptId) {
         if self.attempts.contains_key(&id) {
             self.remove(id);
-            self.events.push_back(Event::Failed {
-                attempt: id,
-                reason: FailReason::Closed,
-            });
+            self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Closed });
         }
     }
 
@@ -500,8 +515,7 @@ impl Endpoint {
         let Some(a) = self.attempts.remove(&id) else {
             return;
         };
-        self.by_ufrags
-            .remove(&(a.local_ufrag.clone(), a.remote_ufrag.clone()));
+        self.by_ufrags.remove(&(a.local_ufrag.clone(), a.remote_ufrag.clone()));
         for p in &a.pairs {
             if let Some(t) = p.tid {
                 self.transactions.remove(&t);
@@ -546,10 +560,7 @@ impl Endpoint {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.attempts
-            .values()
-            .filter_map(Attempt::next_deadline)
-            .min()
+        self.attempts.values().filter_map(Attempt::next_deadline).min()
     }
 
     /// Advances timers to `now`.
@@ -582,19 +593,13 @@ impl Endpoint {
             State::Checking | State::WaitingForRsvp => {
                 if a.state == State::Checking && now >= a.window_end {
                     match a.side {
-                        Side::Invitee {
-                            rsvp_supported: true,
-                            ..
-                        } => {
+                        Side::Invitee { rsvp_supported: true, .. } => {
                             let mut a = self.attempts.remove(&id).expect("present");
                             self.enter_waiting(&mut a, id);
                             self.attempts.insert(id, a);
                         }
                         _ => {
-                            self.events.push_back(Event::Failed {
-                                attempt: id,
-                                reason: FailReason::Timeout,
-                            });
+                            self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Timeout });
                             self.remove(id);
                             return;
                         }
@@ -634,11 +639,7 @@ impl Endpoint {
         if p.state != PairState::Succeeded {
             p.state = PairState::InProgress;
             p.next_send = Some(now + p.rto);
-            p.rto = (p.rto * 2).min(if waiting {
-                keepalive
-            } else {
-                cap.max(p.rto.min(keepalive))
-            });
+            p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap.max(p.rto.min(keepalive)) });
         }
         self.transactions.insert(tid, (id, i));
         let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
@@ -651,11 +652,11 @@ impl Endpoint {
         if a.role == IceRole::Controlling && p.nominate && a.state != State::Connected {
             m.use_candidate();
         }
+        if let (Side::Invitee { .. }, Some(me)) = (&a.side, &self.local_peer) {
+            m.peer(&me.0);
+        }
         let contents = m.finish(Some(a.remote_pwd.as_bytes()), true);
-        self.transmits.push_back(Transmit {
-            destination: p.remote,
-            contents,
-        });
+        self.transmits.push_back(Transmit { destination: p.remote, contents });
     }
 
     /// Handles one datagram that arrived from `from`.
@@ -681,10 +682,7 @@ impl Endpoint {
             self.stats.amplification_refused += 1;
             return;
         }
-        self.transmits.push_back(Transmit {
-            destination: to,
-            contents: reply,
-        });
+        self.transmits.push_back(Transmit { destination: to, contents: reply });
     }
 
     fn on_request(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
@@ -713,15 +711,7 @@ impl Endpoint {
                     self.stats.dropped_unauthenticated += 1;
                     return;
                 };
-                if !msg.verify_integrity(
-                    issued
-                        .invitation
-                        .token()
-                        .body
-                        .connection_info
-                        .pwd
-                        .as_bytes(),
-                ) {
+                if !msg.verify_integrity(issued.invitation.token().body.connection_info.pwd.as_bytes()) {
                     self.stats.dropped_unauthenticated += 1;
                     return;
                 }
@@ -734,16 +724,15 @@ impl Endpoint {
                     return;
                 }
                 let id = self.new_id();
-                let a = self.inviter_attempt(local, remote.to_owned(), now, Some(from.ip()));
+                let mut a = self.inviter_attempt(local, remote.to_owned(), now, Some(from.ip()));
+                a.remote_peer = msg.peer.map(PublicKey);
                 let invitation = a.invitation;
-                self.by_ufrags
-                    .insert((local.to_owned(), remote.to_owned()), id);
+                self.by_ufrags.insert((local.to_owned(), remote.to_owned()), id);
                 self.attempts.insert(id, a);
-                self.events.push_back(Event::InviteeArrived {
-                    attempt: id,
-                    invitation,
-                    from,
-                });
+                self.events.push_back(Event::InviteeArrived { attempt: id, invitation, from });
+                if self.resolve_crossing(id) == Some(id) {
+                    return;
+                }
                 id
             }
         };
@@ -897,8 +886,7 @@ impl Endpoint {
                 p.next_send = None;
             }
         }
-        let (remote, remote_kind, role, via) =
-            (a.pairs[i].remote, a.pairs[i].remote_kind, a.role, a.via);
+        let (remote, remote_kind, role, via) = (a.pairs[i].remote, a.pairs[i].remote_kind, a.role, a.via);
         let (counted, ufrag, source) = (a.counted_pending, a.local_ufrag.clone(), a.source_ip);
         let inviter = a.side == Side::Inviter;
         a.counted_pending = false;
@@ -909,13 +897,7 @@ impl Endpoint {
         if inviter && let Some(issued) = self.issued.get_mut(&ufrag) {
             issued.connected += 1;
         }
-        self.events.push_back(Event::Connected {
-            attempt: id,
-            remote,
-            remote_kind,
-            role,
-            via,
-        });
+        self.events.push_back(Event::Connected { attempt: id, remote, remote_kind, role, via });
     }
 }
 

@@ -79,8 +79,7 @@ impl Net {
                     && !self.cut
                 {
                     self.seq += 1;
-                    self.wire
-                        .insert((self.now + self.latency, self.seq), (to, from, t.contents));
+                    self.wire.insert((self.now + self.latency, self.seq), (to, from, t.contents));
                 }
             }
             while let Some(e) = self.nodes[i].ep.poll_event() {
@@ -141,13 +140,7 @@ impl Net {
             .events
             .iter()
             .filter_map(|e| match e {
-                Event::Connected {
-                    attempt,
-                    remote,
-                    role,
-                    via,
-                    ..
-                } => Some((*attempt, *remote, *role, *via)),
+                Event::Connected { attempt, remote, role, via, .. } => Some((*attempt, *remote, *role, *via)),
                 _ => None,
             })
             .collect()
@@ -177,30 +170,17 @@ fn single_token_connects_when_the_inviter_does_not_filter() {
     net.nodes[0].ep.listen(inv.clone());
     let now = net.now;
     let b = net.nodes[1].ep.join(&inv, now);
-    assert!(
-        net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
-            && n.connected(1).len() == 1)
-    );
+    assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
     let (_, remote_a, role_a, via_a) = net.connected(0)[0];
     let (att_b, remote_b, role_b, via_b) = net.connected(1)[0];
-    assert_eq!(
-        (role_a, role_b),
-        (IceRole::Controlling, IceRole::Controlled)
-    );
+    assert_eq!((role_a, role_b), (IceRole::Controlling, IceRole::Controlled));
     assert_eq!((via_a, via_b), (Via::SingleToken, Via::SingleToken));
     assert_eq!((remote_a, remote_b), (net.nodes[1].addr, net.nodes[0].addr));
     assert_eq!(att_b, b);
     // A few round trips of 20 ms, no retransmission needed.
-    assert!(
-        net.elapsed() < Duration::from_millis(200),
-        "took {:?}",
-        net.elapsed()
-    );
+    assert!(net.elapsed() < Duration::from_millis(200), "took {:?}", net.elapsed());
     assert!(net.has_event(0, |e| matches!(e, Event::InviteeArrived { .. })));
-    assert!(net.has_event(
-        1,
-        |e| matches!(e, Event::Mapped { address } if *address == net.nodes[1].addr)
-    ));
+    assert!(net.has_event(1, |e| matches!(e, Event::Mapped { address } if *address == net.nodes[1].addr)));
     assert!(!net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
 }
 
@@ -208,43 +188,18 @@ fn single_token_connects_when_the_inviter_does_not_filter() {
 fn filtering_inviter_needs_an_rsvp_which_then_connects() {
     let mut net = Net::new(2);
     net.nodes[0].filter = true;
-    let (inv, _) = invitation(
-        &net,
-        0,
-        ConnectionMode {
-            rsvp_timeout_seconds: 20,
-            ..ConnectionMode::default()
-        },
-    );
+    let (inv, _) = invitation(&net, 0, ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() });
     net.nodes[0].ep.listen(inv.clone());
     let now = net.now;
     let b = net.nodes[1].ep.join(&inv, now);
     // The invitee checks for the whole 20 s window, then asks for an RSVP.
-    assert!(net.drive(Duration::from_secs(60), |n| {
-        n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. }))
-    }));
-    assert!(
-        net.elapsed() >= Duration::from_secs(20),
-        "asked after {:?}",
-        net.elapsed()
-    );
+    assert!(net.drive(Duration::from_secs(60), |n| { n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })) }));
+    assert!(net.elapsed() >= Duration::from_secs(20), "asked after {:?}", net.elapsed());
     // Checks continued to the end of the window (not 7 tries and done):
     // the last one landed within one capped RTO (3 s) of the window's end.
-    let last = net
-        .dropped_at
-        .iter()
-        .max()
-        .copied()
-        .expect("checks were sent");
-    assert!(
-        last >= Duration::from_millis(16_900),
-        "last check at {last:?}"
-    );
-    assert!(
-        net.dropped_by_filter >= 7,
-        "invitee kept checking: {} dropped",
-        net.dropped_by_filter
-    );
+    let last = net.dropped_at.iter().max().copied().expect("checks were sent");
+    assert!(last >= Duration::from_millis(16_900), "last check at {last:?}");
+    assert!(net.dropped_by_filter >= 7, "invitee kept checking: {} dropped", net.dropped_by_filter);
     assert!(net.connected(1).is_empty());
     assert_eq!(net.nodes[1].ep.state(b), Some(State::WaitingForRsvp));
 
@@ -253,51 +208,26 @@ fn filtering_inviter_needs_an_rsvp_which_then_connects() {
     let before = net.dropped_by_filter;
     assert!(!net.drive(Duration::from_secs(40), |_| false));
     let keepalives = net.dropped_by_filter - before;
-    assert!(
-        keepalives >= 2,
-        "keepalives every 15 s while waiting: {keepalives} in 40 s"
-    );
+    assert!(keepalives >= 2, "keepalives every 15 s while waiting: {keepalives} in 40 s");
     let invitee = Identity::from_secret_bytes([77; 32]);
     let rsvp_id = net.nodes[1].ep.rsvp_token_id(b).expect("invitee attempt");
     let cands = Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]);
-    let rsvp = Token::new_rsvp(
-        &inv,
-        &invitee,
-        rsvp_id,
-        cands,
-        UNIX + net.elapsed().as_secs(),
-    );
+    let rsvp = Token::new_rsvp(&inv, &invitee, rsvp_id, cands, UNIX + net.elapsed().as_secs());
     let now = net.now;
-    net.nodes[0]
-        .ep
-        .accept_rsvp(&rsvp.encode_compact(), now)
-        .expect("valid RSVP");
+    net.nodes[0].ep.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
     let t0 = net.now;
-    assert!(
-        net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
-            && n.connected(1).len() == 1)
-    );
-    assert!(
-        net.now - t0 < Duration::from_millis(200),
-        "RSVP path took {:?}",
-        net.now - t0
-    );
+    assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
+    assert!(net.now - t0 < Duration::from_millis(200), "RSVP path took {:?}", net.now - t0);
     assert_eq!(net.connected(0)[0].3, Via::Rsvp);
     assert_eq!(net.connected(1)[0].3, Via::Rsvp);
     // The same RSVP again is refused.
-    assert_eq!(
-        net.nodes[0].ep.accept_rsvp(&rsvp.encode_text(), now),
-        Err(TokenError::Replayed)
-    );
+    assert_eq!(net.nodes[0].ep.accept_rsvp(&rsvp.encode_text(), now), Err(TokenError::Replayed));
 }
 
 #[test]
 fn bidirectional_invitation_asks_for_the_rsvp_at_once() {
     let mut net = Net::new(2);
-    let mode = ConnectionMode {
-        initial: InitialMode::Bidirectional,
-        ..ConnectionMode::default()
-    };
+    let mode = ConnectionMode { initial: InitialMode::Bidirectional, ..ConnectionMode::default() };
     let (inv, _) = invitation(&net, 0, mode);
     net.nodes[0].ep.listen(inv.clone());
     let now = net.now;
@@ -310,24 +240,14 @@ fn bidirectional_invitation_asks_for_the_rsvp_at_once() {
 fn invitation_refusing_rsvps_fails_after_the_window() {
     let mut net = Net::new(2);
     net.nodes[0].filter = true;
-    let mode = ConnectionMode {
-        rsvp_supported: false,
-        rsvp_timeout_seconds: 10,
-        ..ConnectionMode::default()
-    };
+    let mode = ConnectionMode { rsvp_supported: false, rsvp_timeout_seconds: 10, ..ConnectionMode::default() };
     let (inv, _) = invitation(&net, 0, mode);
     net.nodes[0].ep.listen(inv.clone());
     let now = net.now;
     let b = net.nodes[1].ep.join(&inv, now);
-    assert!(
-        net.drive(Duration::from_secs(30), |n| n.has_event(1, |e| matches!(
-            e,
-            Event::Failed {
-                reason: FailReason::Timeout,
-                ..
-            }
-        )))
-    );
+    assert!(net.drive(Duration::from_secs(30), |n| {
+        n.has_event(1, |e| matches!(e, Event::Failed { reason: FailReason::Timeout, .. }))
+    }));
     assert_eq!(net.nodes[1].ep.state(b), None);
 }
 
@@ -340,9 +260,7 @@ fn a_stale_path_loses_consent() {
     net.nodes[1].ep.join(&inv, now);
     assert!(net.drive(Duration::from_secs(5), |n| n.connected(1).len() == 1));
     // Consent keeps it alive while the path works...
-    assert!(!net.drive(Duration::from_secs(60), |n| {
-        n.has_event(0, |e| matches!(e, Event::ConsentLost { .. }))
-    }));
+    assert!(!net.drive(Duration::from_secs(60), |n| { n.has_event(0, |e| matches!(e, Event::ConsentLost { .. })) }));
     // ...and both sides report it within ~30 s once the path goes quiet.
     net.cut = true;
     let t0 = net.now;
@@ -351,10 +269,7 @@ fn a_stale_path_loses_consent() {
             && n.has_event(1, |e| matches!(e, Event::ConsentLost { .. }))
     }));
     let took = net.now - t0;
-    assert!(
-        took >= Duration::from_secs(25) && took <= Duration::from_secs(36),
-        "lost after {took:?}"
-    );
+    assert!(took >= Duration::from_secs(25) && took <= Duration::from_secs(36), "lost after {took:?}");
     assert_eq!(net.nodes[0].ep.attempt_count(), 0);
 }
 
@@ -368,10 +283,7 @@ fn role_conflict_is_settled_by_tie_breakers() {
     // Make the invitee claim control too, with a tie-breaker above or below
     // the inviter's, as a foreign agent might.
     let inviter_tie = inv.token().body.connection_info.ice_tie_breaker;
-    for (tie, invitee_wins) in [
-        (inviter_tie.wrapping_add(1).max(1), true),
-        (inviter_tie.saturating_sub(1), false),
-    ] {
+    for (tie, invitee_wins) in [(inviter_tie.wrapping_add(1).max(1), true), (inviter_tie.saturating_sub(1), false)] {
         let mut net2 = Net::new(2);
         net2.nodes[0].ep.listen(inv.clone());
         let now = net2.now;
@@ -381,17 +293,10 @@ fn role_conflict_is_settled_by_tie_breakers() {
             a.role = IceRole::Controlling;
             a.tie_breaker = tie;
         }
-        assert!(
-            net2.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1
-                && n.connected(1).len() == 1)
-        );
+        assert!(net2.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
         let (ra, rb) = (net2.connected(0)[0].2, net2.connected(1)[0].2);
         assert_ne!(ra, rb, "exactly one side controls");
-        assert_eq!(
-            rb == IceRole::Controlling,
-            invitee_wins,
-            "tie {tie} vs {inviter_tie}"
-        );
+        assert_eq!(rb == IceRole::Controlling, invitee_wins, "tie {tie} vs {inviter_tie}");
     }
     let _ = b;
 }
@@ -400,14 +305,7 @@ fn role_conflict_is_settled_by_tie_breakers() {
 fn reusable_invitation_admits_many_single_use_admits_one() {
     for reusable in [true, false] {
         let mut net = Net::new(4);
-        let (inv, _) = invitation(
-            &net,
-            0,
-            ConnectionMode {
-                reusable,
-                ..ConnectionMode::default()
-            },
-        );
+        let (inv, _) = invitation(&net, 0, ConnectionMode { reusable, ..ConnectionMode::default() });
         net.nodes[0].ep.listen(inv.clone());
         let now = net.now;
         for n in 1..4 {
@@ -425,14 +323,7 @@ fn reusable_invitation_admits_many_single_use_admits_one() {
 #[test]
 fn garbage_and_forged_checks_grow_no_state() {
     let mut net = Net::new(2);
-    let (inv, _) = invitation(
-        &net,
-        0,
-        ConnectionMode {
-            reusable: true,
-            ..ConnectionMode::default()
-        },
-    );
+    let (inv, _) = invitation(&net, 0, ConnectionMode { reusable: true, ..ConnectionMode::default() });
     net.nodes[0].ep.listen(inv.clone());
     let ufrag = inv.token().body.connection_info.ufrag.clone();
     let now = net.now;
@@ -445,9 +336,7 @@ fn garbage_and_forged_checks_grow_no_state() {
         ep.handle_datagram(now, from, &junk);
         // A well-formed check with the right ufrag but the wrong password.
         let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([i as u8; 12]));
-        b.username(&format!("{ufrag}:x{i:07}"))
-            .priority(1)
-            .ice_controlled(5);
+        b.username(&format!("{ufrag}:x{i:07}")).priority(1).ice_controlled(5);
         ep.handle_datagram(now, from, &b.finish(Some(b"not-the-password-at-all"), true));
     }
     assert_eq!(ep.attempt_count(), 0);
@@ -458,14 +347,7 @@ fn garbage_and_forged_checks_grow_no_state() {
 #[test]
 fn pending_invitees_per_source_are_bounded() {
     let mut net = Net::new(1);
-    let (inv, _) = invitation(
-        &net,
-        0,
-        ConnectionMode {
-            reusable: true,
-            ..ConnectionMode::default()
-        },
-    );
+    let (inv, _) = invitation(&net, 0, ConnectionMode { reusable: true, ..ConnectionMode::default() });
     let pwd = inv.token().body.connection_info.pwd.clone();
     let ufrag = inv.token().body.connection_info.ufrag.clone();
     net.nodes[0].ep.listen(inv);
@@ -473,19 +355,12 @@ fn pending_invitees_per_source_are_bounded() {
     let from: SocketAddr = "198.18.9.9:1000".parse().expect("addr");
     for i in 0..50u32 {
         let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([i as u8; 12]));
-        b.username(&format!("{ufrag}:inv{i:05}"))
-            .priority(1)
-            .ice_controlled(5);
-        net.nodes[0]
-            .ep
-            .handle_datagram(now, from, &b.finish(Some(pwd.as_bytes()), true));
+        b.username(&format!("{ufrag}:inv{i:05}")).priority(1).ice_controlled(5);
+        net.nodes[0].ep.handle_datagram(now, from, &b.finish(Some(pwd.as_bytes()), true));
     }
     let cfg = EndpointConfig::default();
     assert_eq!(net.nodes[0].ep.attempt_count(), cfg.max_pending_per_source);
-    assert_eq!(
-        net.nodes[0].ep.stats().refused_by_limit,
-        50 - cfg.max_pending_per_source as u64
-    );
+    assert_eq!(net.nodes[0].ep.stats().refused_by_limit, 50 - cfg.max_pending_per_source as u64);
 }
 
 #[test]
@@ -495,8 +370,7 @@ fn plain_stun_binding_is_answered_without_amplification() {
     let now = net.now;
     let ep = &mut net.nodes[0].ep;
     // A bare 20-byte request would need a 40-byte answer: refused.
-    let bare =
-        MessageBuilder::new(Class::Request, BINDING, TransactionId([1; 12])).finish(None, false);
+    let bare = MessageBuilder::new(Class::Request, BINDING, TransactionId([1; 12])).finish(None, false);
     ep.handle_datagram(now, from, &bare);
     assert!(ep.poll_transmit().is_none());
     assert_eq!(ep.stats().amplification_refused, 1);
@@ -507,8 +381,7 @@ fn plain_stun_binding_is_answered_without_amplification() {
     // USERNAME without a colon is not ICE: treat as malformed, not as plain STUN.
     ep.handle_datagram(now, from, &padded);
     assert!(ep.poll_transmit().is_none());
-    let mut req =
-        MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12])).finish(None, true);
+    let mut req = MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12])).finish(None, true);
     // Pad with a SOFTWARE attribute, as our client does.
     req.truncate(stun::HEADER_LEN);
     let mut sw = MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12]));
@@ -524,4 +397,54 @@ fn plain_stun_binding_is_answered_without_amplification() {
     let m = Message::parse(&t.contents).expect("parses");
     assert_eq!((m.class, m.mapped_address), (Class::Success, Some(from)));
     assert_eq!(ep.stats().stun_served, 1);
+}
+
+fn invitation_seeded(net: &Net, node: usize, seed: u64) -> (Invitation, Identity) {
+    let id = Identity::from_secret_bytes([node as u8 + 10; 32]);
+    let params = InvitationParams {
+        candidates: Candidate::list([(CandidateKind::Host, net.nodes[node].addr)]),
+        ..InvitationParams::default()
+    };
+    let t = Token::new_invitation(&id, params, UNIX, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+    (Invitation::from_token(t, UNIX).expect("valid"), id)
+}
+
+#[test]
+fn crossing_invitations_end_with_one_session_and_agreed_roles() {
+    let mut orders = HashSet::new();
+    for seed in 0..8u64 {
+        let mut net = Net::new(2);
+        let (inv_a, id_a) = invitation_seeded(&net, 0, seed * 2);
+        let (inv_b, id_b) = invitation_seeded(&net, 1, seed * 2 + 1);
+        net.nodes[0].ep.set_local_peer(id_a.public_key());
+        net.nodes[1].ep.set_local_peer(id_b.public_key());
+        net.nodes[0].ep.listen(inv_a.clone());
+        net.nodes[1].ep.listen(inv_b.clone());
+        let now = net.now;
+        net.nodes[0].ep.join(&inv_b, now);
+        net.nodes[1].ep.join(&inv_a, now);
+        assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
+        // Let everything settle: still exactly one session each side.
+        net.drive(Duration::from_secs(20), |_| false);
+        assert_eq!((net.connected(0).len(), net.connected(1).len()), (1, 1), "seed {seed}");
+        assert_eq!(net.nodes[0].ep.attempt_count(), 1);
+        assert_eq!(net.nodes[1].ep.attempt_count(), 1);
+        let (ra, rb) = (net.connected(0)[0].2, net.connected(1)[0].2);
+        assert_ne!(ra, rb, "agreed roles, seed {seed}");
+        // The survivor is the invitation with the higher tie-breaker; its
+        // author controls.
+        let (ta, tb) =
+            (inv_a.token().body.connection_info.ice_tie_breaker, inv_b.token().body.connection_info.ice_tie_breaker);
+        assert_eq!(ra == IceRole::Controlling, ta > tb, "seed {seed}");
+        orders.insert(ta > tb);
+        for n in 0..2 {
+            let crossed = net.nodes[n]
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Failed { reason: FailReason::Crossed, .. }))
+                .count();
+            assert_eq!(crossed, 1, "node {n} seed {seed}");
+        }
+    }
+    assert_eq!(orders.len(), 2, "both tie-breaker orders were exercised");
 }

@@ -31,9 +31,7 @@ pub enum KeyFileError {
         source: io::Error,
     },
     /// The file exists but does not hold a Convoke key.
-    #[error(
-        "key file {0} is not a Convoke identity key (expected a '{HEADER}' line and a base64url seed)"
-    )]
+    #[error("key file {0} is not a Convoke identity key (expected a '{HEADER}' line and a base64url seed)")]
     Corrupt(PathBuf),
     /// The file can be read by others; refusing as ssh does.
     #[error("key file {0} can be read by other users; run `chmod 600` on it")]
@@ -42,25 +40,18 @@ pub enum KeyFileError {
 
 /// The default key path: `<data dir>/convoke/identity.key`.
 pub fn default_key_path() -> Result<PathBuf, KeyFileError> {
-    dirs::data_dir()
-        .map(|d| d.join("convoke").join("identity.key"))
-        .ok_or(KeyFileError::NoDataDir)
+    dirs::data_dir().map(|d| d.join("convoke").join("identity.key")).ok_or(KeyFileError::NoDataDir)
 }
 
 /// Loads the identity at `path`, creating it (and its directory) with the
 /// OS RNG if the file does not exist. Returns the identity and whether it was
 /// created now.
 pub fn load_or_create(path: &Path) -> Result<(Identity, bool), KeyFileError> {
-    let io_err = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io_err = |source| KeyFileError::Io { path: path.to_owned(), source };
     match fs::read_to_string(path) {
         Ok(text) => {
             check_permissions(path)?;
-            parse(&text)
-                .map(|id| (id, false))
-                .ok_or_else(|| KeyFileError::Corrupt(path.to_owned()))
+            parse(&text).map(|id| (id, false)).ok_or_else(|| KeyFileError::Corrupt(path.to_owned()))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -92,19 +83,14 @@ fn parse(text: &str) -> Option<Identity> {
     if lines.next()? != HEADER {
         return None;
     }
-    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(lines.next()?)
-        .ok()?;
+    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(lines.next()?).ok()?;
     Some(Identity::from_secret_bytes(seed.try_into().ok()?))
 }
 
 #[cfg(unix)]
 fn check_permissions(path: &Path) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = fs::metadata(path).map_err(|source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = fs::metadata(path).map_err(|source| KeyFileError::Io { path: path.to_owned(), source })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(KeyFileError::TooOpen(path.to_owned()));
     }
@@ -121,8 +107,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("convoke-keystore-{name}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("convoke-keystore-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -136,10 +121,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                fs::metadata(&path).expect("exists").permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(fs::metadata(&path).expect("exists").permissions().mode() & 0o777, 0o600);
         }
         let (b, created) = load_or_create(&path).expect("loads");
         assert!(!created);
@@ -157,15 +139,9 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
-            assert!(matches!(
-                load_or_create(&path),
-                Err(KeyFileError::Corrupt(_))
-            ));
+            assert!(matches!(load_or_create(&path), Err(KeyFileError::Corrupt(_))));
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
-            assert!(matches!(
-                load_or_create(&path),
-                Err(KeyFileError::TooOpen(_))
-            ));
+            assert!(matches!(load_or_create(&path), Err(KeyFileError::TooOpen(_))));
         }
         fs::remove_dir_all(dir).expect("cleanup");
     }

@@ -42,11 +42,7 @@ impl TokenQr {
 
     /// An SVG document.
     pub fn to_svg(&self) -> String {
-        self.code
-            .render::<svg::Color<'_>>()
-            .min_dimensions(256, 256)
-            .quiet_zone(true)
-            .build()
+        self.code.render::<svg::Color<'_>>().min_dimensions(256, 256).quiet_zone(true).build()
     }
 
     /// A grayscale PNG, `scale` pixels per module, with the 4-module quiet
@@ -75,11 +71,7 @@ impl TokenQr {
         ihdr.extend_from_slice(&side32.to_be_bytes());
         ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit grayscale, no interlace
         let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-        for (kind, data) in [
-            (*b"IHDR", &ihdr[..]),
-            (*b"IDAT", &idat[..]),
-            (*b"IEND", &[][..]),
-        ] {
+        for (kind, data) in [(*b"IHDR", &ihdr[..]), (*b"IDAT", &idat[..]), (*b"IEND", &[][..])] {
             png.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes());
             let start = png.len();
             png.extend_from_slice(&kind);

@@ -35,9 +35,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use base64::Engine;
 
 use super::{
-    B64, Candidate, CandidateKind, ConnectionInfo, ConnectionMode, Crypto, DEFAULT_SUITE, IceRole,
-    InitialMode, KNOWN_CAPABILITIES, Party, Token, TokenBody, TokenError, TokenId, TokenType,
-    VERSION, derived_local_pref, derived_tie_breaker, derived_ufrag, limits,
+    B64, Candidate, CandidateKind, ConnectionInfo, ConnectionMode, Crypto, DEFAULT_SUITE, IceRole, InitialMode,
+    KNOWN_CAPABILITIES, Party, Token, TokenBody, TokenError, TokenId, TokenType, VERSION, derived_local_pref,
+    derived_tie_breaker, derived_ufrag, limits,
 };
 use crate::identity::PublicKey;
 
@@ -85,19 +85,13 @@ pub(super) fn encode(token: &Token) -> Vec<u8> {
     set(b.network_id.is_some(), F_NETWORK);
     set(b.connection_mode.reusable, F_REUSABLE);
     set(b.connection_mode.rsvp_supported, F_RSVP_SUPPORTED);
-    set(
-        b.connection_mode.initial == InitialMode::Bidirectional,
-        F_BIDIRECTIONAL,
-    );
+    set(b.connection_mode.initial == InitialMode::Bidirectional, F_BIDIRECTIONAL);
     set(ci.ice_role == IceRole::Controlled, F_CONTROLLED);
     set(b.initiator.is_some(), F_INITIATOR);
     set(b.responder.is_some(), F_RESPONDER);
     set(ci.ufrag != derived_ufrag(&b.token_id), F_UFRAG);
     set(raw_pwd.is_none(), F_PWD);
-    set(
-        ci.ice_tie_breaker != derived_tie_breaker(&b.token_id),
-        F_TIE,
-    );
+    set(ci.ice_tie_breaker != derived_tie_breaker(&b.token_id), F_TIE);
     set(b.crypto.suite != DEFAULT_SUITE, F_SUITE);
     set(!b.relay.is_empty(), F_RELAY);
     set(!b.metadata.is_empty(), F_METADATA);
@@ -297,9 +291,7 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(TokenError::Malformed(format!(
-            "{field}: varint longer than 64 bits"
-        )))
+        Err(TokenError::Malformed(format!("{field}: varint longer than 64 bits")))
     }
 
     /// A count, refused at once if above `max` (so no loop or allocation is
@@ -307,11 +299,7 @@ impl<'a> Reader<'a> {
     fn count(&mut self, field: &'static str, max: usize) -> Result<usize, TokenError> {
         let n = self.varint(field)?;
         if n > max as u64 {
-            return Err(TokenError::LimitExceeded {
-                field,
-                len: usize::try_from(n).unwrap_or(usize::MAX),
-                max,
-            });
+            return Err(TokenError::LimitExceeded { field, len: usize::try_from(n).unwrap_or(usize::MAX), max });
         }
         Ok(n as usize)
     }
@@ -319,8 +307,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self, field: &'static str, max: usize) -> Result<String, TokenError> {
         let n = self.count(field, max)?;
         let bytes = self.take(n, field)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| TokenError::Malformed(format!("{field} is not UTF-8")))
+        String::from_utf8(bytes.to_vec()).map_err(|_| TokenError::Malformed(format!("{field} is not UTF-8")))
     }
 }
 
@@ -330,9 +317,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
         TAG_V1_1 => VERSION.to_owned(),
         TAG_OTHER_VERSION => return Err(TokenError::UnknownVersion(r.string("version", 16)?)),
         other => {
-            return Err(TokenError::UnknownVersion(format!(
-                "compact tag {other:#04x}"
-            )));
+            return Err(TokenError::UnknownVersion(format!("compact tag {other:#04x}")));
         }
     };
     let flags = u16::from_be_bytes(r.array("flags")?);
@@ -341,62 +326,28 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
     }
     let has = |f: u16| flags & f != 0;
     let token_id = TokenId(r.array("token_id")?);
-    let in_reply_to = if has(F_REPLY_TO) {
-        Some(TokenId(r.array("in_reply_to")?))
-    } else {
-        None
-    };
+    let in_reply_to = if has(F_REPLY_TO) { Some(TokenId(r.array("in_reply_to")?)) } else { None };
     let created_at = r.varint("created_at")?;
     let expires_at = created_at.wrapping_add(r.varint("expires_at")?);
     let rsvp_timeout_seconds = u32::try_from(r.varint("rsvp_timeout_seconds")?)
         .map_err(|_| TokenError::Malformed("rsvp_timeout_seconds does not fit 32 bits".into()))?;
-    let network_id = if has(F_NETWORK) {
-        Some(r.string("network_id", limits::MAX_NETWORK_ID)?)
-    } else {
-        None
-    };
-    let initiator = if has(F_INITIATOR) {
-        Some(read_party(&mut r, "initiator")?)
-    } else {
-        None
-    };
-    let responder = if has(F_RESPONDER) {
-        Some(read_party(&mut r, "responder")?)
-    } else {
-        None
-    };
-    let ufrag = if has(F_UFRAG) {
-        r.string("ufrag", *limits::UFRAG_LEN.end())?
-    } else {
-        derived_ufrag(&token_id)
-    };
-    let pwd = if has(F_PWD) {
-        r.string("pwd", *limits::PWD_LEN.end())?
-    } else {
-        B64.encode(r.array::<16>("pwd")?)
-    };
-    let ice_tie_breaker = if has(F_TIE) {
-        u64::from_be_bytes(r.array("ice_tie_breaker")?)
-    } else {
-        derived_tie_breaker(&token_id)
-    };
+    let network_id = if has(F_NETWORK) { Some(r.string("network_id", limits::MAX_NETWORK_ID)?) } else { None };
+    let initiator = if has(F_INITIATOR) { Some(read_party(&mut r, "initiator")?) } else { None };
+    let responder = if has(F_RESPONDER) { Some(read_party(&mut r, "responder")?) } else { None };
+    let ufrag = if has(F_UFRAG) { r.string("ufrag", *limits::UFRAG_LEN.end())? } else { derived_ufrag(&token_id) };
+    let pwd = if has(F_PWD) { r.string("pwd", *limits::PWD_LEN.end())? } else { B64.encode(r.array::<16>("pwd")?) };
+    let ice_tie_breaker =
+        if has(F_TIE) { u64::from_be_bytes(r.array("ice_tie_breaker")?) } else { derived_tie_breaker(&token_id) };
     let n = usize::from(r.u8("ice_candidates")?);
     if n > limits::MAX_CANDIDATES {
-        return Err(TokenError::LimitExceeded {
-            field: "ice_candidates",
-            len: n,
-            max: limits::MAX_CANDIDATES,
-        });
+        return Err(TokenError::LimitExceeded { field: "ice_candidates", len: n, max: limits::MAX_CANDIDATES });
     }
     let mut ice_candidates = Vec::with_capacity(n);
     for i in 0..n {
         ice_candidates.push(read_candidate(&mut r, i)?);
     }
-    let suite = if has(F_SUITE) {
-        r.string("crypto.suite", limits::MAX_SHORT_STRING)?
-    } else {
-        DEFAULT_SUITE.to_owned()
-    };
+    let suite =
+        if has(F_SUITE) { r.string("crypto.suite", limits::MAX_SHORT_STRING)? } else { DEFAULT_SUITE.to_owned() };
     let mut relay = Vec::new();
     if has(F_RELAY) {
         for _ in 0..r.count("relay", limits::MAX_RELAYS)? {
@@ -419,22 +370,14 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
     }
     let body = TokenBody {
         version,
-        token_type: if has(F_RSVP) {
-            TokenType::Rsvp
-        } else {
-            TokenType::Invitation
-        },
+        token_type: if has(F_RSVP) { TokenType::Rsvp } else { TokenType::Invitation },
         token_id,
         in_reply_to,
         created_at,
         expires_at,
         network_id,
         connection_mode: ConnectionMode {
-            initial: if has(F_BIDIRECTIONAL) {
-                InitialMode::Bidirectional
-            } else {
-                InitialMode::Unidirectional
-            },
+            initial: if has(F_BIDIRECTIONAL) { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
             rsvp_supported: has(F_RSVP_SUPPORTED),
             rsvp_timeout_seconds,
             reusable: has(F_REUSABLE),
@@ -445,11 +388,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
             ice_candidates,
             ufrag,
             pwd,
-            ice_role: if has(F_CONTROLLED) {
-                IceRole::Controlled
-            } else {
-                IceRole::Controlling
-            },
+            ice_role: if has(F_CONTROLLED) { IceRole::Controlled } else { IceRole::Controlling },
             ice_tie_breaker,
         },
         crypto: Crypto { suite },
@@ -465,11 +404,7 @@ fn read_party(r: &mut Reader<'_>, field: &'static str) -> Result<Party, TokenErr
         return Err(TokenError::Malformed(format!("{field}: unknown flags set")));
     }
     let public_key = PublicKey(r.array(field)?);
-    let peer_id = if flags & P_PEER_ID != 0 {
-        r.string(field, 64)?
-    } else {
-        public_key.peer_id().to_string()
-    };
+    let peer_id = if flags & P_PEER_ID != 0 { r.string(field, 64)? } else { public_key.peer_id().to_string() };
     let capabilities = if flags & P_CAPS_LIST != 0 {
         let n = r.count("capabilities", limits::MAX_CAPABILITIES)?;
         let mut caps = Vec::with_capacity(n);
@@ -489,11 +424,7 @@ fn read_party(r: &mut Reader<'_>, field: &'static str) -> Result<Party, TokenErr
             .map(|(_, c)| (*c).to_owned())
             .collect()
     };
-    Ok(Party {
-        peer_id,
-        public_key,
-        capabilities,
-    })
+    Ok(Party { peer_id, public_key, capabilities })
 }
 
 fn read_candidate(r: &mut Reader<'_>, index: usize) -> Result<Candidate, TokenError> {
@@ -525,15 +456,9 @@ fn read_candidate(r: &mut Reader<'_>, index: usize) -> Result<Candidate, TokenEr
             SocketAddr::V6(SocketAddrV6::new(v6, port, 0, scope))
         }
         IpAddr::V4(_) if head & C_SCOPE != 0 => {
-            return Err(TokenError::Malformed(
-                "candidate: scope id on an IPv4 address".into(),
-            ));
+            return Err(TokenError::Malformed("candidate: scope id on an IPv4 address".into()));
         }
         ip => SocketAddr::new(ip, port),
     };
-    Ok(Candidate {
-        kind,
-        address,
-        priority,
-    })
+    Ok(Candidate { kind, address, priority })
 }

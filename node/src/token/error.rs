@@ -76,9 +76,7 @@ pub enum TokenError {
         ago: u64,
     },
     /// `created_at` is further in the future than the allowed clock skew.
-    #[error(
-        "token claims to be created {ahead} seconds in the future; one of the two clocks is wrong"
-    )]
+    #[error("token claims to be created {ahead} seconds in the future; one of the two clocks is wrong")]
     FromFuture {
         /// Seconds ahead of our clock.
         ahead: u64,

@@ -139,9 +139,7 @@ impl Serialize for TokenId {
 impl<'de> Deserialize<'de> for TokenId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_hex16(&s)
-            .map(TokenId)
-            .ok_or_else(|| serde::de::Error::custom("token id must be 32 lowercase hex digits"))
+        parse_hex16(&s).map(TokenId).ok_or_else(|| serde::de::Error::custom("token id must be 32 lowercase hex digits"))
     }
 }
 
@@ -215,16 +213,8 @@ pub struct Party {
 }
 
 /// Capabilities this build knows; the compact form packs them as bits.
-pub const KNOWN_CAPABILITIES: [&str; 8] = [
-    "ice",
-    "rsvp",
-    "noise-ik",
-    "datagram",
-    "stream",
-    "overlay",
-    "introducer",
-    "stun",
-];
+pub const KNOWN_CAPABILITIES: [&str; 8] =
+    ["ice", "rsvp", "noise-ik", "datagram", "stream", "overlay", "introducer", "stun"];
 
 /// Candidate type (RFC 8445 §5.1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -330,9 +320,7 @@ pub struct Crypto {
 
 impl Default for Crypto {
     fn default() -> Self {
-        Self {
-            suite: DEFAULT_SUITE.to_owned(),
-        }
+        Self { suite: DEFAULT_SUITE.to_owned() }
     }
 }
 
@@ -422,10 +410,7 @@ impl Token {
     /// Whether the signature verifies under the author's key. Does not check
     /// anything else; see [`Invitation::parse`] for full validation.
     pub fn signature_valid(&self) -> bool {
-        self.body.author().is_some_and(|p| {
-            p.public_key
-                .verify(&self.body.signing_digest(), &self.signature)
-        })
+        self.body.author().is_some_and(|p| p.public_key.verify(&self.body.signing_digest(), &self.signature))
     }
 
     /// The `scpi://` text form.
@@ -451,10 +436,7 @@ impl Token {
     /// Decodes the compact binary form (size and structure checks included).
     pub fn decode_compact_bytes(bytes: &[u8]) -> Result<Token, TokenError> {
         if bytes.len() > limits::MAX_INPUT {
-            return Err(TokenError::TooLarge {
-                len: bytes.len(),
-                max: limits::MAX_INPUT,
-            });
+            return Err(TokenError::TooLarge { len: bytes.len(), max: limits::MAX_INPUT });
         }
         let token = compact::decode(bytes)?;
         validate::check_structure(&token.body)?;
@@ -463,8 +445,7 @@ impl Token {
 }
 
 /// base64url without padding, the alphabet of every encoded field.
-pub(crate) const B64: base64::engine::GeneralPurpose =
-    base64::engine::general_purpose::URL_SAFE_NO_PAD;
+pub(crate) const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Decodes a token in either encoding and checks its size, encoding and
 /// structure (version, limits). Whitespace anywhere in the input (chat line
@@ -475,17 +456,11 @@ pub(crate) const B64: base64::engine::GeneralPurpose =
 pub fn decode(input: &str) -> Result<Token, TokenError> {
     // Size first, on the raw input, before any allocation proportional to it.
     if input.len() > limits::MAX_INPUT * 2 {
-        return Err(TokenError::TooLarge {
-            len: input.len(),
-            max: limits::MAX_INPUT,
-        });
+        return Err(TokenError::TooLarge { len: input.len(), max: limits::MAX_INPUT });
     }
     let cleaned: String = input.chars().filter(|c| !c.is_whitespace()).collect();
     if cleaned.len() > limits::MAX_INPUT {
-        return Err(TokenError::TooLarge {
-            len: cleaned.len(),
-            max: limits::MAX_INPUT,
-        });
+        return Err(TokenError::TooLarge { len: cleaned.len(), max: limits::MAX_INPUT });
     }
     let token = if let Some(rest) = strip_prefix_ci(&cleaned, TEXT_PREFIX) {
         text::decode(rest)?
@@ -501,8 +476,7 @@ pub fn decode(input: &str) -> Result<Token, TokenError> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
 }
 
 mod b64_key {
@@ -517,12 +491,8 @@ mod b64_key {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PublicKey, D::Error> {
         let s = String::deserialize(d)?;
-        let v = B64
-            .decode(s.as_bytes())
-            .map_err(|_| serde::de::Error::custom("public_key is not base64url"))?;
-        let arr: [u8; 32] = v
-            .try_into()
-            .map_err(|_| serde::de::Error::custom("public_key must be 32 bytes"))?;
+        let v = B64.decode(s.as_bytes()).map_err(|_| serde::de::Error::custom("public_key is not base64url"))?;
+        let arr: [u8; 32] = v.try_into().map_err(|_| serde::de::Error::custom("public_key must be 32 bytes"))?;
         Ok(PublicKey(arr))
     }
 }
@@ -563,10 +533,7 @@ impl Default for InvitationParams {
 
 /// The capabilities this build has.
 pub fn default_capabilities() -> Vec<String> {
-    ["ice", "rsvp", "noise-ik", "datagram", "stream"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    ["ice", "rsvp", "noise-ik", "datagram", "stream"].iter().map(|s| (*s).to_owned()).collect()
 }
 
 /// The ICE ufrag derived from a token id: the first 6 id bytes in base64url
@@ -585,8 +552,8 @@ pub fn derived_ufrag(id: &TokenId) -> String {
 /// never heard of.
 pub fn derive_invitee_pwd(inviter_pwd: &str, invitee_ufrag: &str) -> String {
     use hmac::{KeyInit, Mac};
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(inviter_pwd.as_bytes())
-        .expect("HMAC takes keys of any length");
+    let mut mac =
+        <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(inviter_pwd.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(invitee_ufrag.as_bytes());
     base64::Engine::encode(&B64, &mac.finalize().into_bytes()[..16])
 }
@@ -595,10 +562,7 @@ pub fn derive_invitee_pwd(inviter_pwd: &str, invitee_ufrag: &str) -> String {
 /// SHA-256("convoke tie-breaker" ‖ id)). The id is 128 random bits, so this
 /// is as random as a fresh draw, and the compact form leaves it out.
 pub fn derived_tie_breaker(id: &TokenId) -> u64 {
-    let d = Sha256::new()
-        .chain_update(b"convoke tie-breaker")
-        .chain_update(id.0)
-        .finalize();
+    let d = Sha256::new().chain_update(b"convoke tie-breaker").chain_update(id.0).finalize();
     u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
@@ -609,11 +573,7 @@ fn random_pwd<R: CryptoRng + ?Sized>(rng: &mut R) -> String {
 }
 
 fn party(identity: &Identity, capabilities: Vec<String>) -> Party {
-    Party {
-        peer_id: identity.peer_id().to_string(),
-        public_key: identity.public_key(),
-        capabilities,
-    }
+    Party { peer_id: identity.peer_id().to_string(), public_key: identity.public_key(), capabilities }
 }
 
 impl Token {

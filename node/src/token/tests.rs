@@ -17,25 +17,12 @@ pub(crate) const NOW: u64 = 1_800_000_000;
 /// The "typical invitation": signed, reusable, 2 host + 1 srflx IPv4.
 pub(crate) fn typical(identity: &Identity) -> Token {
     let candidates = Candidate::list([
-        (
-            CandidateKind::Host,
-            "192.168.1.20:4433".parse().expect("addr"),
-        ),
+        (CandidateKind::Host, "192.168.1.20:4433".parse().expect("addr")),
         (CandidateKind::Host, "10.8.0.3:4433".parse().expect("addr")),
-        (
-            CandidateKind::Srflx,
-            "198.18.7.9:61034".parse().expect("addr"),
-        ),
+        (CandidateKind::Srflx, "198.18.7.9:61034".parse().expect("addr")),
     ]);
-    let mode = ConnectionMode {
-        reusable: true,
-        ..ConnectionMode::default()
-    };
-    let params = InvitationParams {
-        candidates,
-        mode,
-        ..InvitationParams::default()
-    };
+    let mode = ConnectionMode { reusable: true, ..ConnectionMode::default() };
+    let params = InvitationParams { candidates, mode, ..InvitationParams::default() };
     Token::new_invitation(identity, params, NOW, &mut rng(1))
 }
 
@@ -55,11 +42,7 @@ fn typical_invitation_round_trips_and_validates_in_both_encodings() {
 fn typical_compact_invitation_is_at_most_240_characters() {
     let t = typical(&Identity::from_secret_bytes([1; 32]));
     let compact = t.encode_compact();
-    assert!(
-        compact.len() <= 240,
-        "compact form is {} characters",
-        compact.len()
-    );
+    assert!(compact.len() <= 240, "compact form is {} characters", compact.len());
     assert!(compact.len() < t.encode_text().len());
 }
 
@@ -95,11 +78,7 @@ fn every_single_character_flip_is_refused() {
     let id = Identity::from_secret_bytes([1; 32]);
     let t = typical(&id);
     for text in [t.encode_text(), t.encode_compact()] {
-        let prefix = if text.starts_with(TEXT_PREFIX) {
-            TEXT_PREFIX.len()
-        } else {
-            COMPACT_PREFIX.len()
-        };
+        let prefix = if text.starts_with(TEXT_PREFIX) { TEXT_PREFIX.len() } else { COMPACT_PREFIX.len() };
         for i in prefix..text.len() {
             let mut bytes = text.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
@@ -120,10 +99,7 @@ fn rsvp_links_to_its_invitation_and_is_single_use() {
     assert_eq!(rsvp.body.in_reply_to, Some(inv.token().body.token_id));
     assert_eq!(rsvp.body.connection_info.ice_role, IceRole::Controlled);
     assert_eq!(rsvp.body.expires_at, NOW + 5 + DEFAULT_RSVP_LIFETIME_SECS);
-    assert_ne!(
-        rsvp.body.connection_info.ice_tie_breaker,
-        inv.token().body.connection_info.ice_tie_breaker
-    );
+    assert_ne!(rsvp.body.connection_info.ice_tie_breaker, inv.token().body.connection_info.ice_tie_breaker);
     let mut guard = ReplayGuard::default();
     let ok = Rsvp::parse(&rsvp.encode_compact(), &inv, NOW + 6, &mut guard).expect("valid");
     assert_eq!(ok.responder(), invitee.peer_id());
@@ -141,27 +117,20 @@ fn replay_guard_never_accepts_a_replay_even_when_full() {
     let id = |n: u8| TokenId([n; 16]);
     // Fill with expiries 100..=103, then flood with later ones.
     for n in 0..4u8 {
-        g.check_and_record(id(n), 100 + u64::from(n), 0)
-            .expect("fresh");
+        g.check_and_record(id(n), 100 + u64::from(n), 0).expect("fresh");
     }
     for n in 4..50u8 {
-        g.check_and_record(id(n), 100 + u64::from(n), 0)
-            .expect("fresh");
+        g.check_and_record(id(n), 100 + u64::from(n), 0).expect("fresh");
         assert!(g.len() <= 4);
     }
     for n in 0..50u8 {
-        assert_eq!(
-            g.check_and_record(id(n), 100 + u64::from(n), 0),
-            Err(TokenError::Replayed),
-            "id {n}"
-        );
+        assert_eq!(g.check_and_record(id(n), 100 + u64::from(n), 0), Err(TokenError::Replayed), "id {n}");
     }
     // A token expiring before everything held is accepted once, then refused.
     let mut g = ReplayGuard::with_capacity(2);
     g.check_and_record(id(1), 500, 0).expect("fresh");
     g.check_and_record(id(2), 600, 0).expect("fresh");
-    g.check_and_record(id(3), 400, 0)
-        .expect("fresh, not stored");
+    g.check_and_record(id(3), 400, 0).expect("fresh, not stored");
     assert_eq!(g.check_and_record(id(3), 400, 0), Err(TokenError::Replayed));
     // Expired entries are dropped, freeing room.
     g.check_and_record(id(4), 700, 650).expect("fresh");
@@ -177,18 +146,9 @@ fn deflate_bomb_is_stopped_at_the_limit() {
     let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&json).expect("vec");
     let small = enc.finish().expect("vec");
-    assert!(
-        small.len() * 4 / 3 < limits::MAX_INPUT,
-        "bomb is {} bytes compressed",
-        small.len()
-    );
+    assert!(small.len() * 4 / 3 < limits::MAX_INPUT, "bomb is {} bytes compressed", small.len());
     let text = format!("{TEXT_PREFIX}{}", base64::Engine::encode(&B64, &small));
-    assert_eq!(
-        decode(&text),
-        Err(TokenError::DecompressedTooLarge {
-            max: limits::MAX_INFLATED
-        })
-    );
+    assert_eq!(decode(&text), Err(TokenError::DecompressedTooLarge { max: limits::MAX_INFLATED }));
 }
 
 #[test]
@@ -211,10 +171,7 @@ fn compact_truncation_names_the_field() {
     }
     let mut long = bin.clone();
     long.push(0);
-    assert_eq!(
-        Token::decode_compact_bytes(&long),
-        Err(TokenError::TrailingBytes(1))
-    );
+    assert_eq!(Token::decode_compact_bytes(&long), Err(TokenError::TrailingBytes(1)));
 }
 
 #[test]
@@ -231,8 +188,7 @@ fn non_derived_values_survive_the_compact_form() {
         address: SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().expect("v6"), 9, 0, 3)),
         priority: 1,
     });
-    b.initiator.as_mut().expect("initiator").capabilities =
-        vec!["stun".into(), "ice".into(), "x-new".into()];
+    b.initiator.as_mut().expect("initiator").capabilities = vec!["stun".into(), "ice".into(), "x-new".into()];
     b.crypto.suite = "Noise_XX_25519_ChaChaPoly_BLAKE2s".into();
     b.relay = vec!["turn:198.18.0.9:3478".into()];
     b.metadata.insert("name".into(), "Ada's laptop".into());
@@ -245,21 +201,10 @@ fn non_derived_values_survive_the_compact_form() {
 
 fn arb_addr() -> impl Strategy<Value = SocketAddr> {
     prop_oneof![
-        (any::<[u8; 4]>(), 1..=u16::MAX)
-            .prop_map(|(ip, p)| SocketAddr::new(Ipv4Addr::from(ip).into(), p)),
-        (
-            any::<[u8; 16]>(),
-            1..=u16::MAX,
-            prop::option::of(1..=u32::MAX)
-        )
-            .prop_map(|(ip, p, scope)| {
-                SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(ip),
-                    p,
-                    0,
-                    scope.unwrap_or(0),
-                ))
-            }),
+        (any::<[u8; 4]>(), 1..=u16::MAX).prop_map(|(ip, p)| SocketAddr::new(Ipv4Addr::from(ip).into(), p)),
+        (any::<[u8; 16]>(), 1..=u16::MAX, prop::option::of(1..=u32::MAX)).prop_map(|(ip, p, scope)| {
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), p, 0, scope.unwrap_or(0)))
+        }),
     ]
 }
 
@@ -273,20 +218,17 @@ fn arb_kind() -> impl Strategy<Value = CandidateKind> {
 }
 
 fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
-    prop::collection::vec(
-        (arb_kind(), arb_addr(), prop::option::of(any::<u32>())),
-        0..=limits::MAX_CANDIDATES,
-    )
-    .prop_map(|v| {
-        v.into_iter()
-            .enumerate()
-            .map(|(i, (kind, address, p))| Candidate {
-                kind,
-                address,
-                priority: p.unwrap_or(Candidate::standard_priority(kind, derived_local_pref(i))),
-            })
-            .collect()
-    })
+    prop::collection::vec((arb_kind(), arb_addr(), prop::option::of(any::<u32>())), 0..=limits::MAX_CANDIDATES)
+        .prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (kind, address, p))| Candidate {
+                    kind,
+                    address,
+                    priority: p.unwrap_or(Candidate::standard_priority(kind, derived_local_pref(i))),
+                })
+                .collect()
+        })
 }
 
 fn arb_caps() -> impl Strategy<Value = Vec<String>> {
@@ -412,15 +354,9 @@ fn key_for(id: [u8; 16]) -> Identity {
 fn metadata_order_is_canonical() {
     let id = Identity::from_secret_bytes([1; 32]);
     let mut t = typical(&id);
-    t.body.metadata = BTreeMap::from([
-        ("b".to_owned(), "2".to_owned()),
-        ("a".to_owned(), "1".to_owned()),
-    ]);
+    t.body.metadata = BTreeMap::from([("b".to_owned(), "2".to_owned()), ("a".to_owned(), "1".to_owned())]);
     let json = String::from_utf8(t.body.canonical_json()).expect("utf8");
     assert!(json.find("\"a\":\"1\"") < json.find("\"b\":\"2\""));
-    assert!(
-        !json.contains(' ') && !json.contains('\n'),
-        "canonical JSON has no whitespace"
-    );
+    assert!(!json.contains(' ') && !json.contains('\n'), "canonical JSON has no whitespace");
     assert!(!json.contains("signature"));
 }

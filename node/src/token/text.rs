@@ -41,20 +41,16 @@ pub(super) fn decode(rest: &str) -> Result<Token, TokenError> {
         .read_to_end(&mut json)
         .map_err(|_| TokenError::BadDeflate)?;
     if json.len() > limits::MAX_INFLATED {
-        return Err(TokenError::DecompressedTooLarge {
-            max: limits::MAX_INFLATED,
-        });
+        return Err(TokenError::DecompressedTooLarge { max: limits::MAX_INFLATED });
     }
     from_json(&json)
 }
 
 /// Parses the JSON form of a whole token (body plus `signature`).
 pub(super) fn from_json(json: &[u8]) -> Result<Token, TokenError> {
-    let mut value: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| TokenError::Malformed(format!("not JSON: {e}")))?;
-    let map = value
-        .as_object_mut()
-        .ok_or_else(|| TokenError::Malformed("not a JSON object".into()))?;
+    let mut value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| TokenError::Malformed(format!("not JSON: {e}")))?;
+    let map = value.as_object_mut().ok_or_else(|| TokenError::Malformed("not a JSON object".into()))?;
     // Version first, so a future format gets "unsupported version" rather
     // than a confusing complaint about a field it added.
     match map.get("version") {
@@ -63,9 +59,7 @@ pub(super) fn from_json(json: &[u8]) -> Result<Token, TokenError> {
             return Err(TokenError::UnknownVersion(v.chars().take(16).collect()));
         }
         Some(other) => {
-            return Err(TokenError::UnknownVersion(
-                other.to_string().chars().take(16).collect(),
-            ));
+            return Err(TokenError::UnknownVersion(other.to_string().chars().take(16).collect()));
         }
         None => return Err(TokenError::Malformed("missing field `version`".into())),
     }
@@ -74,13 +68,10 @@ pub(super) fn from_json(json: &[u8]) -> Result<Token, TokenError> {
             .decode(s.as_bytes())
             .ok()
             .and_then(|v| <[u8; 64]>::try_from(v).ok())
-            .ok_or_else(|| {
-                TokenError::Malformed("signature must be 64 bytes of base64url".into())
-            })?,
+            .ok_or_else(|| TokenError::Malformed("signature must be 64 bytes of base64url".into()))?,
         Some(_) => return Err(TokenError::Malformed("signature must be a string".into())),
         None => return Err(TokenError::Malformed("missing field `signature`".into())),
     };
-    let body: TokenBody =
-        serde_json::from_value(value).map_err(|e| TokenError::Malformed(e.to_string()))?;
+    let body: TokenBody = serde_json::from_value(value).map_err(|e| TokenError::Malformed(e.to_string()))?;
     Ok(Token { body, signature })
 }

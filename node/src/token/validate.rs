@@ -9,23 +9,13 @@ use crate::identity::PeerId;
 /// for both encodings, before any signature work.
 pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
     if b.version != VERSION {
-        return Err(TokenError::UnknownVersion(
-            b.version.chars().take(16).collect(),
-        ));
+        return Err(TokenError::UnknownVersion(b.version.chars().take(16).collect()));
     }
     let limit = |field: &'static str, len: usize, max: usize| {
-        if len > max {
-            Err(TokenError::LimitExceeded { field, len, max })
-        } else {
-            Ok(())
-        }
+        if len > max { Err(TokenError::LimitExceeded { field, len, max }) } else { Ok(()) }
     };
     let ci = &b.connection_info;
-    limit(
-        "ice_candidates",
-        ci.ice_candidates.len(),
-        limits::MAX_CANDIDATES,
-    )?;
+    limit("ice_candidates", ci.ice_candidates.len(), limits::MAX_CANDIDATES)?;
     check_ice_chars("ufrag", &ci.ufrag, &limits::UFRAG_LEN)?;
     check_ice_chars("pwd", &ci.pwd, &limits::PWD_LEN)?;
     if let Some(n) = &b.network_id {
@@ -33,20 +23,12 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
     }
     for p in [&b.initiator, &b.responder].into_iter().flatten() {
         limit("peer_id", p.peer_id.len(), 64)?;
-        limit(
-            "capabilities",
-            p.capabilities.len(),
-            limits::MAX_CAPABILITIES,
-        )?;
+        limit("capabilities", p.capabilities.len(), limits::MAX_CAPABILITIES)?;
         for c in &p.capabilities {
             limit("capabilities", c.len(), limits::MAX_SHORT_STRING)?;
         }
     }
-    limit(
-        "crypto.suite",
-        b.crypto.suite.len(),
-        limits::MAX_SHORT_STRING,
-    )?;
+    limit("crypto.suite", b.crypto.suite.len(), limits::MAX_SHORT_STRING)?;
     limit("relay", b.relay.len(), limits::MAX_RELAYS)?;
     for r in &b.relay {
         limit("relay", r.len(), limits::MAX_RELAY)?;
@@ -58,10 +40,7 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
     }
     for c in &ci.ice_candidates {
         if c.address.port() == 0 {
-            return Err(TokenError::Malformed(format!(
-                "candidate {} has port 0",
-                c.address
-            )));
+            return Err(TokenError::Malformed(format!("candidate {} has port 0", c.address)));
         }
     }
     Ok(())
@@ -70,76 +49,45 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
 /// ICE credentials use `ice-char` (ALPHA / DIGIT / "+" / "/", RFC 8839
 /// §5.4); base64url's `-` and `_` are accepted too, as minted credentials use
 /// them and they are safe inside STUN USERNAME and SDP.
-fn check_ice_chars(
-    field: &'static str,
-    s: &str,
-    len: &std::ops::RangeInclusive<usize>,
-) -> Result<(), TokenError> {
+fn check_ice_chars(field: &'static str, s: &str, len: &std::ops::RangeInclusive<usize>) -> Result<(), TokenError> {
     if s.len() > *len.end() {
-        return Err(TokenError::LimitExceeded {
-            field,
-            len: s.len(),
-            max: *len.end(),
-        });
+        return Err(TokenError::LimitExceeded { field, len: s.len(), max: *len.end() });
     }
     if s.len() < *len.start() {
-        return Err(TokenError::Malformed(format!(
-            "{field} is shorter than {} characters",
-            len.start()
-        )));
+        return Err(TokenError::Malformed(format!("{field} is shorter than {} characters", len.start())));
     }
-    if !s
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || b"+/-_".contains(&c))
-    {
-        return Err(TokenError::Malformed(format!(
-            "{field} has characters ICE does not allow"
-        )));
+    if !s.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/-_".contains(&c)) {
+        return Err(TokenError::Malformed(format!("{field} has characters ICE does not allow")));
     }
     Ok(())
 }
 
 fn check_type_and_role(b: &TokenBody, expected: TokenType) -> Result<(), TokenError> {
     if b.token_type != expected {
-        return Err(TokenError::WrongType {
-            expected,
-            found: b.token_type,
-        });
+        return Err(TokenError::WrongType { expected, found: b.token_type });
     }
     let role = b.connection_info.ice_role;
     match expected {
         TokenType::Invitation => {
             if b.initiator.is_none() || b.responder.is_some() {
-                return Err(TokenError::WrongRole(
-                    "an invitation must name its initiator and no responder",
-                ));
+                return Err(TokenError::WrongRole("an invitation must name its initiator and no responder"));
             }
             if role != IceRole::Controlling {
-                return Err(TokenError::WrongRole(
-                    "an invitation's author must be ICE controlling",
-                ));
+                return Err(TokenError::WrongRole("an invitation's author must be ICE controlling"));
             }
             if b.in_reply_to.is_some() {
-                return Err(TokenError::WrongRole(
-                    "an invitation does not reply to anything",
-                ));
+                return Err(TokenError::WrongRole("an invitation does not reply to anything"));
             }
         }
         TokenType::Rsvp => {
             if b.responder.is_none() || b.initiator.is_some() {
-                return Err(TokenError::WrongRole(
-                    "an RSVP must name its responder and no initiator",
-                ));
+                return Err(TokenError::WrongRole("an RSVP must name its responder and no initiator"));
             }
             if role != IceRole::Controlled {
-                return Err(TokenError::WrongRole(
-                    "an RSVP's author must be ICE controlled",
-                ));
+                return Err(TokenError::WrongRole("an RSVP's author must be ICE controlled"));
             }
             if b.in_reply_to.is_none() {
-                return Err(TokenError::WrongRole(
-                    "an RSVP must say which invitation it answers",
-                ));
+                return Err(TokenError::WrongRole("an RSVP must say which invitation it answers"));
             }
         }
     }
@@ -148,24 +96,16 @@ fn check_type_and_role(b: &TokenBody, expected: TokenType) -> Result<(), TokenEr
 
 fn check_time(b: &TokenBody, now: u64) -> Result<(), TokenError> {
     if b.created_at > now.saturating_add(limits::MAX_CLOCK_SKEW) {
-        return Err(TokenError::FromFuture {
-            ahead: b.created_at - now,
-        });
+        return Err(TokenError::FromFuture { ahead: b.created_at - now });
     }
     if now >= b.expires_at {
-        return Err(TokenError::Expired {
-            expires_at: b.expires_at,
-            ago: now - b.expires_at,
-        });
+        return Err(TokenError::Expired { expires_at: b.expires_at, ago: now - b.expires_at });
     }
     Ok(())
 }
 
 fn check_signature(t: &Token) -> Result<(), TokenError> {
-    let author = t
-        .body
-        .author()
-        .ok_or(TokenError::WrongRole("token names no author"))?;
+    let author = t.body.author().ok_or(TokenError::WrongRole("token names no author"))?;
     match author.peer_id.parse::<PeerId>() {
         Ok(id) if id.public_key() == author.public_key => {}
         _ => return Err(TokenError::PeerIdMismatch),
@@ -214,12 +154,7 @@ impl Invitation {
     }
 
     fn party_key(&self) -> crate::identity::PublicKey {
-        self.0
-            .body
-            .initiator
-            .as_ref()
-            .expect("validated invitation has an initiator")
-            .public_key
+        self.0.body.initiator.as_ref().expect("validated invitation has an initiator").public_key
     }
 }
 
@@ -230,12 +165,7 @@ pub struct Rsvp(Token);
 impl Rsvp {
     /// Decodes and validates an RSVP answering `invitation` at `now`, and
     /// records it in `guard` so that it cannot be used again.
-    pub fn parse(
-        input: &str,
-        invitation: &Invitation,
-        now: u64,
-        guard: &mut ReplayGuard,
-    ) -> Result<Rsvp, TokenError> {
+    pub fn parse(input: &str, invitation: &Invitation, now: u64, guard: &mut ReplayGuard) -> Result<Rsvp, TokenError> {
         Self::from_token(decode(input)?, invitation, now, guard)
     }
 
@@ -252,10 +182,7 @@ impl Rsvp {
         let inv = &invitation.token().body;
         let reply_to = t.body.in_reply_to.expect("role check ensures in_reply_to");
         if reply_to != inv.token_id {
-            return Err(TokenError::WrongReply {
-                expected: inv.token_id.to_string(),
-                found: reply_to.to_string(),
-            });
+            return Err(TokenError::WrongReply { expected: inv.token_id.to_string(), found: reply_to.to_string() });
         }
         if t.body.created_at < inv.created_at {
             return Err(TokenError::RsvpOlderThanInvitation);
@@ -274,13 +201,7 @@ impl Rsvp {
 
     /// The responder's PeerId.
     pub fn responder(&self) -> PeerId {
-        self.0
-            .body
-            .responder
-            .as_ref()
-            .expect("validated RSVP has a responder")
-            .public_key
-            .peer_id()
+        self.0.body.responder.as_ref().expect("validated RSVP has a responder").public_key.peer_id()
     }
 }
 
@@ -310,12 +231,7 @@ impl Default for ReplayGuard {
 impl ReplayGuard {
     /// A guard remembering at most `capacity` live ids (at least 1).
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            ids: HashSet::new(),
-            by_expiry: BTreeSet::new(),
-            floor: 0,
-        }
+        Self { capacity: capacity.max(1), ids: HashSet::new(), by_expiry: BTreeSet::new(), floor: 0 }
     }
 
     /// Number of ids held.
@@ -329,12 +245,7 @@ impl ReplayGuard {
     }
 
     /// Refuses `id` if seen (or unprovable), else records it.
-    pub fn check_and_record(
-        &mut self,
-        id: TokenId,
-        expires_at: u64,
-        now: u64,
-    ) -> Result<(), TokenError> {
+    pub fn check_and_record(&mut self, id: TokenId, expires_at: u64, now: u64) -> Result<(), TokenError> {
         // Forget what has expired: expiry alone refuses those now.
         while let Some(&(exp, old)) = self.by_expiry.first() {
             if exp > now {

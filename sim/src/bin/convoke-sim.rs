@@ -9,15 +9,11 @@ fn main() {
             println!("convoke-sim {version} (overlay protocol {overlay})")
         }
         Some("--help") | Some("-h") | None => {
-            println!(
-                "convoke-sim {version}\n\nUsage: convoke-sim run SCENARIO [--seed N] [--out DIR]\n"
-            );
+            println!("convoke-sim {version}\n\nUsage: convoke-sim run SCENARIO [--seed N] [--out DIR]\n");
             println!("The simulator engine is not built yet; `run` exits with an error.");
         }
         Some(other) => {
-            eprintln!(
-                "convoke-sim: `{other}` is not available yet: the simulator engine is still to be built"
-            );
+            eprintln!("convoke-sim: `{other}` is not available yet: the simulator engine is still to be built");
             std::process::exit(2);
         }
     }

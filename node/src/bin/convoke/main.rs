@@ -45,10 +45,7 @@ pub(crate) struct Failure {
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure {
-            message: e.to_string(),
-            status: 1,
-        }
+        Failure { message: e.to_string(), status: 1 }
     }
 }
 
@@ -75,10 +72,7 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Ctx {
-        key: cli.key,
-        json: cli.json,
-    };
+    let ctx = Ctx { key: cli.key, json: cli.json };
     let result = match cli.command {
         Command::Id => cmd_id(&ctx),
         Command::Token(t) => token_cmd::run(&ctx, t),

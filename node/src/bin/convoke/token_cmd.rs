@@ -7,8 +7,8 @@ use clap::{Args, Subcommand};
 use convoke_node::runtime::qr::TokenQr;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::{
-    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams,
-    ReplayGuard, Rsvp, Token, TokenError, TokenType,
+    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, ReplayGuard, Rsvp,
+    Token, TokenError, TokenType,
 };
 
 use crate::util::{format_span, format_time, parse_duration, read_token_arg};
@@ -94,9 +94,7 @@ fn parse_candidate(s: &str) -> Result<(CandidateKind, SocketAddr), String> {
         Some(("relay", rest)) => (CandidateKind::Relay, rest),
         _ => (CandidateKind::Host, s),
     };
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("`{s}` is not IP:PORT (IPv6 as [::1]:4433)"))?;
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("`{s}` is not IP:PORT (IPv6 as [::1]:4433)"))?;
     if addr.port() == 0 {
         return Err(format!("`{s}`: port 0 cannot be reached"));
     }
@@ -113,34 +111,21 @@ pub fn run(ctx: &Ctx, cmd: TokenCmd) -> Result<(), Failure> {
 
 fn new(ctx: &Ctx, a: NewArgs) -> Result<(), Failure> {
     if a.candidates.len() > token::limits::MAX_CANDIDATES {
-        return Err(format!(
-            "at most {} candidates fit in a token",
-            token::limits::MAX_CANDIDATES
-        )
-        .into());
+        return Err(format!("at most {} candidates fit in a token", token::limits::MAX_CANDIDATES).into());
     }
     if let Some(n) = &a.network_id
         && n.len() > token::limits::MAX_NETWORK_ID
     {
-        return Err(format!(
-            "--network-id is longer than {} bytes",
-            token::limits::MAX_NETWORK_ID
-        )
-        .into());
+        return Err(format!("--network-id is longer than {} bytes", token::limits::MAX_NETWORK_ID).into());
     }
     let (identity, _) = ctx.identity()?;
     let mut params = InvitationParams {
         candidates: Candidate::list(a.candidates),
         lifetime_secs: a.expires,
         mode: ConnectionMode {
-            initial: if a.rsvp_required {
-                InitialMode::Bidirectional
-            } else {
-                InitialMode::Unidirectional
-            },
+            initial: if a.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
             rsvp_supported: !a.no_rsvp,
-            rsvp_timeout_seconds: u32::try_from(a.rsvp_timeout)
-                .map_err(|_| "--rsvp-timeout is too long")?,
+            rsvp_timeout_seconds: u32::try_from(a.rsvp_timeout).map_err(|_| "--rsvp-timeout is too long")?,
             reusable: a.reusable,
         },
         network_id: a.network_id,
@@ -153,11 +138,7 @@ fn new(ctx: &Ctx, a: NewArgs) -> Result<(), Failure> {
         params.metadata.insert("name".into(), name);
     }
     let t = Token::new_invitation(&identity, params, unix_now(), &mut os_rng());
-    let text = if a.compact {
-        t.encode_compact()
-    } else {
-        t.encode_text()
-    };
+    let text = if a.compact { t.encode_compact() } else { t.encode_text() };
     if ctx.json {
         let v = serde_json::json!({
             "token": text,
@@ -192,14 +173,9 @@ fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<(), Failure> {
     }
     match verdict {
         Ok(()) => Ok(()),
-        Err(e) => Err(Failure {
-            message: if ctx.json {
-                String::new()
-            } else {
-                format!("invalid token: {e}")
-            },
-            status: 1,
-        }),
+        Err(e) => {
+            Err(Failure { message: if ctx.json { String::new() } else { format!("invalid token: {e}") }, status: 1 })
+        }
     }
 }
 
@@ -236,14 +212,7 @@ fn print_human(t: &Token, verdict: &Result<(), TokenError>, now: u64, linked: bo
         row("in reply to", r.to_string());
     }
     if let Some(p) = b.author() {
-        row(
-            if b.token_type == TokenType::Invitation {
-                "inviter"
-            } else {
-                "responder"
-            },
-            p.peer_id.clone(),
-        );
+        row(if b.token_type == TokenType::Invitation { "inviter" } else { "responder" }, p.peer_id.clone());
         row("capabilities", p.capabilities.join(", "));
     }
     if let Some(n) = &b.network_id {
@@ -261,41 +230,18 @@ fn print_human(t: &Token, verdict: &Result<(), TokenError>, now: u64, linked: bo
         "mode",
         format!(
             "{}{}, RSVP {}, reply after {}s",
-            if m.initial == InitialMode::Bidirectional {
-                "RSVP required"
-            } else {
-                "direct first"
-            },
-            if m.reusable {
-                ", reusable"
-            } else {
-                ", single use"
-            },
-            if m.rsvp_supported {
-                "accepted"
-            } else {
-                "refused"
-            },
+            if m.initial == InitialMode::Bidirectional { "RSVP required" } else { "direct first" },
+            if m.reusable { ", reusable" } else { ", single use" },
+            if m.rsvp_supported { "accepted" } else { "refused" },
             m.rsvp_timeout_seconds
         ),
     );
     let ci = &b.connection_info;
-    row(
-        "ice",
-        format!(
-            "ufrag {} · role {:?} · tie-breaker {:#018x}",
-            ci.ufrag, ci.ice_role, ci.ice_tie_breaker
-        ),
-    );
+    row("ice", format!("ufrag {} · role {:?} · tie-breaker {:#018x}", ci.ufrag, ci.ice_role, ci.ice_tie_breaker));
     for c in &ci.ice_candidates {
         row(
             "candidate",
-            format!(
-                "{:<5} {} (priority {})",
-                format!("{:?}", c.kind).to_lowercase(),
-                c.address,
-                c.priority
-            ),
+            format!("{:<5} {} (priority {})", format!("{:?}", c.kind).to_lowercase(), c.address, c.priority),
         );
     }
     row("crypto", b.crypto.suite.clone());
@@ -314,18 +260,9 @@ fn print_human(t: &Token, verdict: &Result<(), TokenError>, now: u64, linked: bo
             t.encode_compact_bytes().len()
         ),
     );
-    row(
-        "signature",
-        if t.signature_valid() {
-            "verified".into()
-        } else {
-            "does NOT verify".into()
-        },
-    );
+    row("signature", if t.signature_valid() { "verified".into() } else { "does NOT verify".into() });
     if b.token_type == TokenType::Rsvp && !linked {
-        println!(
-            "  (give --invitation TOKEN to check this RSVP against the invitation it answers)"
-        );
+        println!("  (give --invitation TOKEN to check this RSVP against the invitation it answers)");
     }
 }
 
@@ -337,8 +274,7 @@ fn qr(ctx: &Ctx, a: QrArgs) -> Result<(), Failure> {
     let payload = t.encode_compact();
     let code = TokenQr::new(&payload).map_err(|e| format!("token does not fit a QR code: {e}"))?;
     let written = if let Some(path) = &a.svg {
-        std::fs::write(path, code.to_svg())
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(path, code.to_svg()).map_err(|e| format!("writing {}: {e}", path.display()))?;
         Some(path)
     } else if let Some(path) = &a.png {
         std::fs::write(path, code.to_png(usize::from(a.scale)))
@@ -367,9 +303,7 @@ fn qr(ctx: &Ctx, a: QrArgs) -> Result<(), Failure> {
             code.width(),
             code.width(),
             payload.len(),
-            written
-                .map(|p| format!(", written to {}", p.display()))
-                .unwrap_or_default()
+            written.map(|p| format!(", written to {}", p.display())).unwrap_or_default()
         );
     }
     Ok(())

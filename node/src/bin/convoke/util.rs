@@ -11,9 +11,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30d, 12h, 90m or 45s"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30d, 12h, 90m or 45s"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,
@@ -21,9 +19,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         "w" => 7 * 86_400,
         _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use s, m, h, d or w)"
-            ));
+            return Err(format!("`{s}`: unknown unit `{unit}` (use s, m, h, d or w)"));
         }
     };
     match n.checked_mul(mult) {
@@ -47,12 +43,7 @@ pub fn format_time(unix: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// `3d 4h`, `5m 10s`: a rough human span.
