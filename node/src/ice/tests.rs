@@ -22,6 +22,15 @@ struct Node {
     filter: bool,
     contacted: HashSet<SocketAddr>,
     events: Vec<Event>,
+    /// Connected events so far (kept so drive conditions stay cheap).
+    connected: usize,
+}
+
+/// A distinct RNG seed per node (equal seeds would give equal ufrags).
+fn seed(i: usize) -> [u8; 32] {
+    let mut s = [7u8; 32];
+    s[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    s
 }
 
 struct Net {
@@ -44,11 +53,12 @@ impl Net {
         let start = Instant::now();
         let nodes = (0..n)
             .map(|i| Node {
-                ep: Endpoint::new(EndpointConfig::default(), [i as u8 + 1; 32], start, UNIX),
-                addr: format!("198.18.0.{}:4433", i + 1).parse().expect("addr"),
+                ep: Endpoint::new(EndpointConfig::default(), seed(i), start, UNIX),
+                addr: format!("198.18.{}.{}:4433", i / 250, i % 250 + 1).parse().expect("addr"),
                 filter: false,
                 contacted: HashSet::new(),
                 events: Vec::new(),
+                connected: 0,
             })
             .collect();
         Net {
@@ -83,6 +93,7 @@ impl Net {
                 }
             }
             while let Some(e) = self.nodes[i].ep.poll_event() {
+                self.nodes[i].connected += usize::from(matches!(e, Event::Connected { .. }));
                 self.nodes[i].events.push(e);
             }
         }
@@ -447,4 +458,31 @@ fn crossing_invitations_end_with_one_session_and_agreed_roles() {
         }
     }
     assert_eq!(orders.len(), 2, "both tie-breaker orders were exercised");
+}
+
+#[test]
+fn a_thousand_invitees_connect_on_one_reusable_invitation_and_port() {
+    let n = 1000;
+    let mut net = Net::new(n + 1);
+    let (inv, _) = invitation(&net, 0, ConnectionMode { reusable: true, ..ConnectionMode::default() });
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    for i in 1..=n {
+        net.nodes[i].ep.join(&inv, now);
+    }
+    assert!(
+        net.drive(Duration::from_secs(120), |net| net.nodes[0].connected == n),
+        "{} of {n} connected; refused by limit {}",
+        net.connected(0).len(),
+        net.nodes[0].ep.stats().refused_by_limit
+    );
+    for i in 1..=n {
+        assert_eq!(net.connected(i).len(), 1, "invitee {i}");
+    }
+    // All on the inviter's one port, each a distinct attempt.
+    let attempts: HashSet<AttemptId> = net.connected(0).iter().map(|c| c.0).collect();
+    assert_eq!(attempts.len(), n);
+    assert_eq!(net.nodes[0].ep.attempt_count(), n);
+    // The pending limit (64) was hit and recovered from.
+    assert!(net.nodes[0].ep.stats().refused_by_limit > 0);
 }
