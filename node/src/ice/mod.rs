@@ -43,7 +43,7 @@ mod attempt;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,12 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     stats: Stats,
     local_peer: Option<PublicKey>,
+    /// Deadline index: (when, attempt). One entry per attempt with a
+    /// deadline, so timers cost O(log n) however many attempts are held.
+    timers: BTreeSet<(Instant, AttemptId)>,
+    scheduled: HashMap<AttemptId, Instant>,
+    /// Attempts touched since their deadline was last indexed.
+    dirty: Vec<AttemptId>,
 }
 
 impl Endpoint {
@@ -246,6 +252,9 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: Stats::default(),
             local_peer: None,
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            dirty: Vec::new(),
         }
     }
 
@@ -365,6 +374,7 @@ impl Endpoint {
         if self.resolve_crossing(id) != Some(id) {
             self.run_attempt(id, now);
         }
+        self.reindex();
         id
     }
 
@@ -447,6 +457,7 @@ impl Endpoint {
             a.next_pace = a.next_pace.min(now);
         }
         self.run_attempt(id, now);
+        self.reindex();
         Ok(id)
     }
 
@@ -507,11 +518,13 @@ impl Endpoint {
     pub fn close(&mut self, id: AttemptId) {
         if self.attempts.contains_key(&id) {
             self.remove(id);
+            self.reindex();
             self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Closed });
         }
     }
 
     fn remove(&mut self, id: AttemptId) {
+        self.dirty.push(id);
         let Some(a) = self.attempts.remove(&id) else {
             return;
         };
@@ -560,18 +573,43 @@ impl Endpoint {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.attempts.values().filter_map(Attempt::next_deadline).min()
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Test check: the deadline index agrees with a full scan.
+    #[cfg(test)]
+    fn assert_index_consistent(&self) {
+        let scan = self.attempts.values().filter_map(Attempt::next_deadline).min();
+        assert_eq!(self.poll_timeout(), scan, "deadline index out of date");
+        assert!(self.dirty.is_empty());
+    }
+
+    /// Re-indexes the deadlines of the attempts touched since the last call.
+    /// Every public entry point ends with it.
+    fn reindex(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(old) = self.scheduled.remove(&id) {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(t) = self.attempts.get(&id).and_then(Attempt::next_deadline) {
+                self.scheduled.insert(id, t);
+                self.timers.insert((t, id));
+            }
+        }
     }
 
     /// Advances timers to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let ids: Vec<AttemptId> = self.attempts.keys().copied().collect();
-        for id in ids {
+        // Bounded: each due attempt runs once per call.
+        let due: Vec<AttemptId> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
+        for id in due {
             self.run_attempt(id, now);
         }
+        self.reindex();
     }
 
     fn run_attempt(&mut self, id: AttemptId, now: Instant) {
+        self.dirty.push(id);
         let Some(a) = self.attempts.get_mut(&id) else {
             return;
         };
@@ -674,6 +712,7 @@ impl Endpoint {
             Class::Success | Class::Error => self.on_response(now, from, &msg),
             Class::Indication => {} // keepalives need no answer
         }
+        self.reindex();
     }
 
     /// Queues `reply` unless it is larger than the request (no amplification).
@@ -736,6 +775,7 @@ impl Endpoint {
                 id
             }
         };
+        self.dirty.push(id);
         let rto = self.config.rto_initial;
         let a = self.attempts.get_mut(&id).expect("present");
         if !msg.verify_integrity(a.local_pwd.as_bytes()) {
@@ -805,6 +845,7 @@ impl Endpoint {
             self.stats.dropped_malformed += 1;
             return;
         };
+        self.dirty.push(id);
         let Some(a) = self.attempts.get_mut(&id) else {
             return;
         };
@@ -870,6 +911,7 @@ impl Endpoint {
     }
 
     fn nominate(&mut self, id: AttemptId, i: usize, now: Instant) {
+        self.dirty.push(id);
         let interval = self.config.consent_interval;
         let Some(a) = self.attempts.get_mut(&id) else {
             return;

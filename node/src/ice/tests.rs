@@ -127,6 +127,11 @@ impl Net {
             if n.ep.poll_timeout().is_some_and(|t| t <= self.now) {
                 n.ep.handle_timeout(self.now);
             }
+            // A full scan on a 1,000-attempt endpoint every step would make
+            // this test slow; a sample of steps still catches a stale index.
+            if n.ep.attempt_count() <= 64 || self.seq.is_multiple_of(500) {
+                n.ep.assert_index_consistent();
+            }
         }
         self.collect();
         true
