@@ -160,6 +160,26 @@ async fn theirs() -> Duration {
     took
 }
 
+/// The floor: one UDP round trip between two tokio tasks on loopback.
+async fn udp_round_trip() -> Duration {
+    let a = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let b = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (aa, ba) = (a.local_addr().expect("addr"), b.local_addr().expect("addr"));
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 128];
+        let (n, from) = b.recv_from(&mut buf).await.expect("recv");
+        b.send_to(&buf[..n], from).await.expect("send");
+    });
+    let mut buf = [0u8; 128];
+    let start = Instant::now();
+    a.send_to(&[0u8; 96], ba).await.expect("send");
+    let _ = a.recv_from(&mut buf).await.expect("recv");
+    let took = start.elapsed();
+    echo.await.expect("echo");
+    let _ = aa;
+    took
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -244,7 +264,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 10 } else { 40 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (mut o, mut t) = (Vec::new(), Vec::new());
+    let (mut o, mut t, mut f) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         // Warm up both, then interleave so machine noise hits both alike.
         let _ = ours(1000).await;
@@ -252,13 +272,19 @@ fn main() {
         for r in 0..rounds {
             o.push(ours(r).await);
             t.push(theirs().await);
+            f.push(udp_round_trip().await);
         }
     });
-    let (mo, mt) = (median(o), median(t));
+    let (mo, mt, mf) = (median(o), median(t), median(f));
     println!("import to nominated pair over loopback UDP ({rounds} rounds each, interleaved)");
     println!("  convoke engine   median {:>9.3} ms", mo.as_secs_f64() * 1e3);
     println!("  webrtc-ice pair  median {:>9.3} ms", mt.as_secs_f64() * 1e3);
     println!("  ratio convoke / webrtc-ice: {:.3}   (target <= 0.5)", mo.as_secs_f64() / mt.as_secs_f64());
+    println!(
+        "  floor: tokio UDP round trip median {:.3} ms; ICE needs >= 1.5 round trips for both sides (ours = {:.1} RTT)",
+        mf.as_secs_f64() * 1e3,
+        mo.as_secs_f64() / mf.as_secs_f64()
+    );
 
     let n = 1000;
     let (held, empty, connected) = inviter_memory(n);

@@ -832,6 +832,14 @@ impl Endpoint {
             if p.state == PairState::Failed {
                 p.state = PairState::Waiting;
             }
+            // The controlling side nominates the path an authenticated check
+            // just arrived on with its very first (triggered) check: that path
+            // demonstrably works, and this saves a round trip. The controlled
+            // side must honour USE-CANDIDATE on any check (RFC 8445 §7.3.1.5).
+            let nominating = a.pairs.iter().any(|p| p.nominate);
+            if a.role == IceRole::Controlling && !nominating {
+                a.pairs[i].nominate = true;
+            }
             a.triggered.push_back(i);
             // A triggered check goes now, not after the pace: it answers a
             // peer that is checking at this very moment.
