@@ -116,7 +116,50 @@ pub(crate) struct Attempt {
     pub invitation_tie: u64,
 }
 
+/// What distinguishes a new attempt; everything else starts the same.
+pub(crate) struct NewAttempt {
+    pub side: Side,
+    pub role: IceRole,
+    pub tie_breaker: u64,
+    pub local: (String, String),
+    pub remote: (String, String),
+    pub invitation: TokenId,
+    pub invitation_tie: u64,
+    pub remote_peer: Option<crate::identity::PublicKey>,
+    pub pairs: Vec<Pair>,
+    pub window: Duration,
+    /// Inviter side: the source address counted against pending limits.
+    pub counted_source: Option<Option<std::net::IpAddr>>,
+}
+
 impl Attempt {
+    /// A new attempt in state Checking, first check due at once.
+    pub fn new(n: NewAttempt, now: Instant) -> Self {
+        Attempt {
+            side: n.side,
+            via: Via::SingleToken,
+            role: n.role,
+            tie_breaker: n.tie_breaker,
+            local_ufrag: n.local.0,
+            local_pwd: n.local.1,
+            remote_ufrag: n.remote.0,
+            remote_pwd: n.remote.1,
+            invitation: n.invitation,
+            pairs: n.pairs,
+            triggered: VecDeque::new(),
+            state: State::Checking,
+            window_end: now + n.window,
+            next_pace: now,
+            selected: None,
+            last_consent: now,
+            next_consent: None,
+            counted_pending: n.counted_source.is_some(),
+            source_ip: n.counted_source.flatten(),
+            remote_peer: n.remote_peer,
+            invitation_tie: n.invitation_tie,
+        }
+    }
+
     pub fn pair_by_remote(&self, remote: SocketAddr) -> Option<usize> {
         self.pairs.iter().position(|p| p.remote == remote)
     }

@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use attempt::{Attempt, Pair, PairState, Side};
+use attempt::{Attempt, NewAttempt, Pair, PairState, Side};
 pub use attempt::{State, Via};
 
 use crate::identity::PublicKey;
@@ -180,6 +180,22 @@ pub enum Event {
     },
 }
 
+/// Why an RSVP was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptRsvpError {
+    /// The token itself was refused (decoding, signature, expiry, link,
+    /// replay…).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// It answers an invitation this endpoint is not listening on.
+    #[error("this node is not listening on the invitation that RSVP answers")]
+    UnknownInvitation,
+    /// The invitation is single-use and already taken, or a limit on
+    /// pending invitees is reached.
+    #[error("the invitation is already in use or too many invitees are pending; try again later")]
+    Refused,
+}
+
 /// Counters for observability. The runtime exports them; the engine only
 /// counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -224,6 +240,8 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     stats: Stats,
     local_peer: Option<PublicKey>,
+    /// Reflexive addresses already reported (a few; oldest dropped).
+    mapped: VecDeque<SocketAddr>,
     /// Deadline index: (when, attempt). One entry per attempt with a
     /// deadline, so timers cost O(log n) however many attempts are held.
     timers: BTreeSet<(Instant, AttemptId)>,
@@ -252,6 +270,7 @@ impl Endpoint {
             events: VecDeque::new(),
             stats: Stats::default(),
             local_peer: None,
+            mapped: VecDeque::new(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             dirty: Vec::new(),
@@ -343,29 +362,22 @@ impl Endpoint {
         let local_ufrag = derived_ufrag(&rsvp_id);
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
-        let mut a = Attempt {
-            side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
-            via: Via::SingleToken,
-            role: IceRole::Controlled,
-            tie_breaker: derived_tie_breaker(&rsvp_id),
-            local_pwd: derive_invitee_pwd(&ci.pwd, &local_ufrag),
-            local_ufrag,
-            remote_ufrag: ci.ufrag.clone(),
-            remote_pwd: ci.pwd.clone(),
-            invitation: b.token_id,
-            pairs: self.pairs_from(&ci.ice_candidates),
-            triggered: VecDeque::new(),
-            state: State::Checking,
-            window_end: now + window,
-            next_pace: now,
-            selected: None,
-            last_consent: now,
-            next_consent: None,
-            counted_pending: false,
-            source_ip: None,
-            remote_peer: b.initiator.as_ref().map(|p| p.public_key),
-            invitation_tie: ci.ice_tie_breaker,
-        };
+        let mut a = Attempt::new(
+            NewAttempt {
+                side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
+                role: IceRole::Controlled,
+                tie_breaker: derived_tie_breaker(&rsvp_id),
+                local: (local_ufrag.clone(), derive_invitee_pwd(&ci.pwd, &local_ufrag)),
+                remote: (ci.ufrag.clone(), ci.pwd.clone()),
+                invitation: b.token_id,
+                invitation_tie: ci.ice_tie_breaker,
+                remote_peer: b.initiator.as_ref().map(|p| p.public_key),
+                pairs: self.pairs_from(&ci.ice_candidates),
+                window,
+                counted_source: None,
+            },
+            now,
+        );
         if b.connection_mode.initial == InitialMode::Bidirectional {
             self.enter_waiting(&mut a, id);
         }
@@ -411,16 +423,13 @@ impl Endpoint {
 
     /// Imports an RSVP answering one of our invitations and starts checking
     /// towards the invitee at once (the invitee is checking too).
-    pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, TokenError> {
+    pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, AcceptRsvpError> {
         let t = token::decode(text)?;
         let unix = self.unix(now);
         let reply_to =
             t.body.in_reply_to.ok_or(TokenError::WrongRole("an RSVP must say which invitation it answers"))?;
         let Some(ufrag) = self.issued_by_id.get(&reply_to).cloned() else {
-            return Err(TokenError::WrongReply {
-                expected: "an invitation this node is listening on".into(),
-                found: reply_to.to_string(),
-            });
+            return Err(AcceptRsvpError::UnknownInvitation);
         };
         let issued = self.issued.get_mut(&ufrag).expect("issued_by_id and issued agree");
         let rsvp = Rsvp::from_token(t, &issued.invitation, unix, &mut issued.rsvp_guard)?;
@@ -430,7 +439,7 @@ impl Endpoint {
             Some(id) => *id,
             None => {
                 if !self.admit(&ufrag, None) {
-                    return Err(TokenError::Replayed);
+                    return Err(AcceptRsvpError::Refused);
                 }
                 let id = self.new_id();
                 let a = self.inviter_attempt(&ufrag, ci.ufrag.clone(), now, None);
@@ -489,29 +498,22 @@ impl Endpoint {
         let ci = &b.connection_info;
         let window =
             Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds)).max(self.config.inviter_window);
-        Attempt {
-            side: Side::Inviter,
-            via: Via::SingleToken,
-            role: IceRole::Controlling,
-            tie_breaker: ci.ice_tie_breaker,
-            local_ufrag: ci.ufrag.clone(),
-            local_pwd: ci.pwd.clone(),
-            remote_pwd: derive_invitee_pwd(&ci.pwd, &remote_ufrag),
-            remote_ufrag,
-            invitation: b.token_id,
-            pairs: Vec::new(),
-            triggered: VecDeque::new(),
-            state: State::Checking,
-            window_end: now + window,
-            next_pace: now,
-            selected: None,
-            last_consent: now,
-            next_consent: None,
-            counted_pending: true,
-            source_ip: source,
-            remote_peer: None,
-            invitation_tie: ci.ice_tie_breaker,
-        }
+        Attempt::new(
+            NewAttempt {
+                side: Side::Inviter,
+                role: IceRole::Controlling,
+                tie_breaker: ci.ice_tie_breaker,
+                local: (ci.ufrag.clone(), ci.pwd.clone()),
+                remote: (remote_ufrag.clone(), derive_invitee_pwd(&ci.pwd, &remote_ufrag)),
+                invitation: b.token_id,
+                invitation_tie: ci.ice_tie_breaker,
+                remote_peer: None,
+                pairs: Vec::new(),
+                window,
+                counted_source: Some(source),
+            },
+            now,
+        )
     }
 
     /// Closes an attempt and forgets it.
@@ -677,7 +679,7 @@ impl Endpoint {
         if p.state != PairState::Succeeded {
             p.state = PairState::InProgress;
             p.next_send = Some(now + p.rto);
-            p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap.max(p.rto.min(keepalive)) });
+            p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap });
         }
         self.transactions.insert(tid, (id, i));
         let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
@@ -886,7 +888,13 @@ impl Endpoint {
             p.state = PairState::Failed;
             return;
         }
-        if let Some(address) = msg.mapped_address {
+        if let Some(address) = msg.mapped_address
+            && !self.mapped.contains(&address)
+        {
+            if self.mapped.len() == 8 {
+                self.mapped.pop_front();
+            }
+            self.mapped.push_back(address);
             self.events.push_back(Event::Mapped { address });
         }
         let a = self.attempts.get_mut(&id).expect("present");

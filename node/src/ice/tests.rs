@@ -167,25 +167,38 @@ impl Net {
     }
 }
 
-fn invitation(net: &Net, node: usize, mode: ConnectionMode) -> (Invitation, Identity) {
+/// An invitation from `node` for its address; `seed` picks its random
+/// parts (and so its tie-breaker).
+fn invitation_with(net: &Net, node: usize, mode: ConnectionMode, seed: u64) -> (Invitation, Identity) {
     let id = Identity::from_secret_bytes([node as u8 + 10; 32]);
     let params = InvitationParams {
         candidates: Candidate::list([(CandidateKind::Host, net.nodes[node].addr)]),
         mode,
         ..InvitationParams::default()
     };
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(node as u64);
-    let t = Token::new_invitation(&id, params, UNIX, &mut rng);
+    let t = Token::new_invitation(&id, params, UNIX, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
     (Invitation::from_token(t, UNIX).expect("valid"), id)
+}
+
+fn invitation(net: &Net, node: usize, mode: ConnectionMode) -> (Invitation, Identity) {
+    invitation_with(net, node, mode, node as u64)
+}
+
+/// Two nodes: node 0 invites (filtering unsolicited inbound traffic if
+/// asked), node 1 joins at time zero.
+fn pair(mode: ConnectionMode, inviter_filters: bool) -> (Net, Invitation, AttemptId) {
+    let mut net = Net::new(2);
+    net.nodes[0].filter = inviter_filters;
+    let (inv, _) = invitation(&net, 0, mode);
+    net.nodes[0].ep.listen(inv.clone());
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    (net, inv, b)
 }
 
 #[test]
 fn single_token_connects_when_the_inviter_does_not_filter() {
-    let mut net = Net::new(2);
-    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    let b = net.nodes[1].ep.join(&inv, now);
+    let (mut net, _, b) = pair(ConnectionMode::default(), false);
     assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
     let (_, remote_a, role_a, via_a) = net.connected(0)[0];
     let (att_b, remote_b, role_b, via_b) = net.connected(1)[0];
@@ -202,12 +215,7 @@ fn single_token_connects_when_the_inviter_does_not_filter() {
 
 #[test]
 fn filtering_inviter_needs_an_rsvp_which_then_connects() {
-    let mut net = Net::new(2);
-    net.nodes[0].filter = true;
-    let (inv, _) = invitation(&net, 0, ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() });
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    let b = net.nodes[1].ep.join(&inv, now);
+    let (mut net, inv, b) = pair(ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() }, true);
     // The invitee checks for the whole 20 s window, then asks for an RSVP.
     assert!(net.drive(Duration::from_secs(60), |n| { n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })) }));
     assert!(net.elapsed() >= Duration::from_secs(20), "asked after {:?}", net.elapsed());
@@ -237,30 +245,24 @@ fn filtering_inviter_needs_an_rsvp_which_then_connects() {
     assert_eq!(net.connected(0)[0].3, Via::Rsvp);
     assert_eq!(net.connected(1)[0].3, Via::Rsvp);
     // The same RSVP again is refused.
-    assert_eq!(net.nodes[0].ep.accept_rsvp(&rsvp.encode_text(), now), Err(TokenError::Replayed));
+    assert_eq!(
+        net.nodes[0].ep.accept_rsvp(&rsvp.encode_text(), now),
+        Err(AcceptRsvpError::Token(TokenError::Replayed))
+    );
 }
 
 #[test]
 fn bidirectional_invitation_asks_for_the_rsvp_at_once() {
-    let mut net = Net::new(2);
-    let mode = ConnectionMode { initial: InitialMode::Bidirectional, ..ConnectionMode::default() };
-    let (inv, _) = invitation(&net, 0, mode);
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    net.nodes[1].ep.join(&inv, now);
+    let (mut net, _, _) =
+        pair(ConnectionMode { initial: InitialMode::Bidirectional, ..ConnectionMode::default() }, false);
     net.collect();
     assert!(net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
 }
 
 #[test]
 fn invitation_refusing_rsvps_fails_after_the_window() {
-    let mut net = Net::new(2);
-    net.nodes[0].filter = true;
     let mode = ConnectionMode { rsvp_supported: false, rsvp_timeout_seconds: 10, ..ConnectionMode::default() };
-    let (inv, _) = invitation(&net, 0, mode);
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    let b = net.nodes[1].ep.join(&inv, now);
+    let (mut net, _, b) = pair(mode, true);
     assert!(net.drive(Duration::from_secs(30), |n| {
         n.has_event(1, |e| matches!(e, Event::Failed { reason: FailReason::Timeout, .. }))
     }));
@@ -269,14 +271,13 @@ fn invitation_refusing_rsvps_fails_after_the_window() {
 
 #[test]
 fn a_stale_path_loses_consent() {
-    let mut net = Net::new(2);
-    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    net.nodes[1].ep.join(&inv, now);
+    let (mut net, _, _) = pair(ConnectionMode::default(), false);
     assert!(net.drive(Duration::from_secs(5), |n| n.connected(1).len() == 1));
     // Consent keeps it alive while the path works...
     assert!(!net.drive(Duration::from_secs(60), |n| { n.has_event(0, |e| matches!(e, Event::ConsentLost { .. })) }));
+    // Consent responses carry the same mapped address: reported once.
+    let mapped = net.nodes[1].events.iter().filter(|e| matches!(e, Event::Mapped { .. })).count();
+    assert_eq!(mapped, 1);
     // ...and both sides report it within ~30 s once the path goes quiet.
     net.cut = true;
     let t0 = net.now;
@@ -291,30 +292,23 @@ fn a_stale_path_loses_consent() {
 
 #[test]
 fn role_conflict_is_settled_by_tie_breakers() {
-    let mut net = Net::new(2);
-    let (inv, _) = invitation(&net, 0, ConnectionMode::default());
-    net.nodes[0].ep.listen(inv.clone());
-    let now = net.now;
-    let b = net.nodes[1].ep.join(&inv, now);
-    // Make the invitee claim control too, with a tie-breaker above or below
-    // the inviter's, as a foreign agent might.
-    let inviter_tie = inv.token().body.connection_info.ice_tie_breaker;
-    for (tie, invitee_wins) in [(inviter_tie.wrapping_add(1).max(1), true), (inviter_tie.saturating_sub(1), false)] {
-        let mut net2 = Net::new(2);
-        net2.nodes[0].ep.listen(inv.clone());
-        let now = net2.now;
-        let b2 = net2.nodes[1].ep.join(&inv, now);
+    // The invitee claims control too, with a tie-breaker above or below the
+    // inviter's, as a foreign agent might.
+    for invitee_wins in [true, false] {
+        let (mut net, inv, b) = pair(ConnectionMode::default(), false);
+        let inviter_tie = inv.token().body.connection_info.ice_tie_breaker;
+        let tie = if invitee_wins { inviter_tie.saturating_add(1) } else { inviter_tie.saturating_sub(1) };
+        assert_ne!(tie, inviter_tie);
         {
-            let a = net2.nodes[1].ep.attempts.get_mut(&b2).expect("attempt");
+            let a = net.nodes[1].ep.attempts.get_mut(&b).expect("attempt");
             a.role = IceRole::Controlling;
             a.tie_breaker = tie;
         }
-        assert!(net2.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
-        let (ra, rb) = (net2.connected(0)[0].2, net2.connected(1)[0].2);
+        assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
+        let (ra, rb) = (net.connected(0)[0].2, net.connected(1)[0].2);
         assert_ne!(ra, rb, "exactly one side controls");
         assert_eq!(rb == IceRole::Controlling, invitee_wins, "tie {tie} vs {inviter_tie}");
     }
-    let _ = b;
 }
 
 #[test]
@@ -415,23 +409,13 @@ fn plain_stun_binding_is_answered_without_amplification() {
     assert_eq!(ep.stats().stun_served, 1);
 }
 
-fn invitation_seeded(net: &Net, node: usize, seed: u64) -> (Invitation, Identity) {
-    let id = Identity::from_secret_bytes([node as u8 + 10; 32]);
-    let params = InvitationParams {
-        candidates: Candidate::list([(CandidateKind::Host, net.nodes[node].addr)]),
-        ..InvitationParams::default()
-    };
-    let t = Token::new_invitation(&id, params, UNIX, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
-    (Invitation::from_token(t, UNIX).expect("valid"), id)
-}
-
 #[test]
 fn crossing_invitations_end_with_one_session_and_agreed_roles() {
     let mut orders = HashSet::new();
     for seed in 0..8u64 {
         let mut net = Net::new(2);
-        let (inv_a, id_a) = invitation_seeded(&net, 0, seed * 2);
-        let (inv_b, id_b) = invitation_seeded(&net, 1, seed * 2 + 1);
+        let (inv_a, id_a) = invitation_with(&net, 0, ConnectionMode::default(), seed * 2);
+        let (inv_b, id_b) = invitation_with(&net, 1, ConnectionMode::default(), seed * 2 + 1);
         net.nodes[0].ep.set_local_peer(id_a.public_key());
         net.nodes[1].ep.set_local_peer(id_b.public_key());
         net.nodes[0].ep.listen(inv_a.clone());
