@@ -21,5 +21,6 @@ pub mod ice;
 pub mod identity;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod session;
 pub mod stun;
 pub mod token;
