@@ -164,6 +164,13 @@ impl Attempt {
         self.pairs.iter().position(|p| p.remote == remote)
     }
 
+    /// Queues a triggered check on pair `i` to go out now rather than after
+    /// the pace: it answers a peer that is checking at this very moment.
+    pub fn trigger(&mut self, i: usize, now: Instant) {
+        self.triggered.push_back(i);
+        self.next_pace = self.next_pace.min(now);
+    }
+
     /// Adds a remote candidate unless already known; returns its index.
     pub fn add_remote(&mut self, remote: SocketAddr, kind: CandidateKind, priority: u32, rto: Duration) -> usize {
         if let Some(i) = self.pair_by_remote(remote) {

@@ -362,7 +362,7 @@ impl Endpoint {
         let local_ufrag = derived_ufrag(&rsvp_id);
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
-        let mut a = Attempt::new(
+        let a = Attempt::new(
             NewAttempt {
                 side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
                 role: IceRole::Controlled,
@@ -378,11 +378,12 @@ impl Endpoint {
             },
             now,
         );
-        if b.connection_mode.initial == InitialMode::Bidirectional {
-            self.enter_waiting(&mut a, id);
-        }
+        let bidirectional = b.connection_mode.initial == InitialMode::Bidirectional;
         self.by_ufrags.insert((a.local_ufrag.clone(), a.remote_ufrag.clone()), id);
         self.attempts.insert(id, a);
+        if bidirectional {
+            self.enter_waiting(id);
+        }
         if self.resolve_crossing(id) != Some(id) {
             self.run_attempt(id, now);
         }
@@ -412,7 +413,8 @@ impl Endpoint {
         Some(loser)
     }
 
-    fn enter_waiting(&mut self, a: &mut Attempt, id: AttemptId) {
+    fn enter_waiting(&mut self, id: AttemptId) {
+        let Some(a) = self.attempts.get_mut(&id) else { return };
         a.state = State::WaitingForRsvp;
         a.via = Via::Rsvp;
         for p in &mut a.pairs {
@@ -633,11 +635,7 @@ impl Endpoint {
             State::Checking | State::WaitingForRsvp => {
                 if a.state == State::Checking && now >= a.window_end {
                     match a.side {
-                        Side::Invitee { rsvp_supported: true, .. } => {
-                            let mut a = self.attempts.remove(&id).expect("present");
-                            self.enter_waiting(&mut a, id);
-                            self.attempts.insert(id, a);
-                        }
+                        Side::Invitee { rsvp_supported: true, .. } => self.enter_waiting(id),
                         _ => {
                             self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Timeout });
                             self.remove(id);
@@ -717,13 +715,15 @@ impl Endpoint {
         self.reindex();
     }
 
-    /// Queues `reply` unless it is larger than the request (no amplification).
-    fn reply(&mut self, to: SocketAddr, request_len: usize, reply: Vec<u8>) {
+    /// Queues `reply` unless it is larger than the request (no
+    /// amplification). Returns whether it was queued.
+    fn reply(&mut self, to: SocketAddr, request_len: usize, reply: Vec<u8>) -> bool {
         if reply.len() > request_len {
             self.stats.amplification_refused += 1;
-            return;
+            return false;
         }
         self.transmits.push_back(Transmit { destination: to, contents: reply });
+        true
     }
 
     fn on_request(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
@@ -734,9 +734,7 @@ impl Endpoint {
             let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
             b.xor_mapped_address(from);
             let out = b.finish(None, true);
-            let before = self.stats.amplification_refused;
-            self.reply(from, msg.raw().len(), out);
-            if self.stats.amplification_refused == before {
+            if self.reply(from, msg.raw().len(), out) {
                 self.stats.stun_served += 1;
             }
             return;
@@ -745,8 +743,10 @@ impl Endpoint {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let id = match self.by_ufrags.get(&(local.to_owned(), remote.to_owned())) {
-            Some(id) => *id,
+        // A new invitee's check is authenticated with the invitation's
+        // password, which becomes the attempt's local password: verified once.
+        let (id, verified) = match self.by_ufrags.get(&(local.to_owned(), remote.to_owned())) {
+            Some(id) => (*id, false),
             None => {
                 let Some(issued) = self.issued.get(local) else {
                     self.stats.dropped_unauthenticated += 1;
@@ -774,13 +774,13 @@ impl Endpoint {
                 if self.resolve_crossing(id) == Some(id) {
                     return;
                 }
-                id
+                (id, true)
             }
         };
         self.dirty.push(id);
         let rto = self.config.rto_initial;
         let a = self.attempts.get_mut(&id).expect("present");
-        if !msg.verify_integrity(a.local_pwd.as_bytes()) {
+        if !verified && !msg.verify_integrity(a.local_pwd.as_bytes()) {
             self.stats.dropped_unauthenticated += 1;
             return;
         }
@@ -842,10 +842,7 @@ impl Endpoint {
             if a.role == IceRole::Controlling && !nominating {
                 a.pairs[i].nominate = true;
             }
-            a.triggered.push_back(i);
-            // A triggered check goes now, not after the pace: it answers a
-            // peer that is checking at this very moment.
-            a.next_pace = a.next_pace.min(now);
+            a.trigger(i, now);
         }
         self.run_attempt(id, now);
     }
@@ -875,8 +872,7 @@ impl Endpoint {
                     IceRole::Controlled => IceRole::Controlling,
                 };
                 p.state = PairState::Waiting;
-                a.triggered.push_back(i);
-                a.next_pace = a.next_pace.min(now);
+                a.trigger(i, now);
                 self.run_attempt(id, now);
             } else {
                 p.state = PairState::Failed;
@@ -916,8 +912,7 @@ impl Endpoint {
                     let p = &mut a.pairs[i];
                     p.nominate = true;
                     p.state = PairState::Waiting;
-                    a.triggered.push_back(i);
-                    a.next_pace = a.next_pace.min(now);
+                    a.trigger(i, now);
                     self.run_attempt(id, now);
                 }
             }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use crate::identity::Identity;
+use crate::token::B64;
 
 const HEADER: &str = "convoke-ed25519-secret-v1";
 
@@ -65,12 +66,7 @@ pub fn load_or_create(path: &Path) -> Result<(Identity, bool), KeyFileError> {
             // create_new: if another process made the file in between, fail
             // rather than overwrite its key.
             let mut f = opts.open(path).map_err(io_err)?;
-            writeln!(
-                f,
-                "{HEADER}\n{}",
-                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(identity.secret_bytes())
-            )
-            .map_err(io_err)?;
+            writeln!(f, "{HEADER}\n{}", B64.encode(identity.secret_bytes())).map_err(io_err)?;
             f.sync_all().map_err(io_err)?;
             Ok((identity, true))
         }
@@ -83,7 +79,7 @@ fn parse(text: &str) -> Option<Identity> {
     if lines.next()? != HEADER {
         return None;
     }
-    let seed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(lines.next()?).ok()?;
+    let seed = B64.decode(lines.next()?).ok()?;
     Some(Identity::from_secret_bytes(seed.try_into().ok()?))
 }
 

@@ -150,11 +150,7 @@ impl Invitation {
 
     /// The inviter's PeerId.
     pub fn inviter(&self) -> PeerId {
-        self.party_key().peer_id()
-    }
-
-    fn party_key(&self) -> crate::identity::PublicKey {
-        self.0.body.initiator.as_ref().expect("validated invitation has an initiator").public_key
+        self.0.body.initiator.as_ref().expect("validated invitation has an initiator").public_key.peer_id()
     }
 }
 
