@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod host;
 pub mod ice;
 pub mod identity;
 #[cfg(feature = "runtime")]

@@ -398,6 +398,12 @@ impl MessageBuilder {
         self.attribute(attr::ICE_CONTROLLED, &tie_breaker.to_be_bytes())
     }
 
+    /// SOFTWARE (comprehension-optional, so any server ignores it). Clients
+    /// use it to pad a Binding request to at least the size of the answer.
+    pub fn software(&mut self, text: &str) -> &mut Self {
+        self.attribute(attr::SOFTWARE, &text.as_bytes()[..text.len().min(128)])
+    }
+
     /// CONVOKE-PEER with the sender's public key.
     pub fn peer(&mut self, key: &[u8; 32]) -> &mut Self {
         self.attribute(attr::CONVOKE_PEER, key)

@@ -180,6 +180,27 @@ pub enum Event {
     },
 }
 
+/// What ties a session to its attempt; see [`Endpoint::binding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The invitation's id.
+    pub invitation: TokenId,
+    /// The inviter's ufrag (the invitation's).
+    pub inviter_ufrag: String,
+    /// The invitee's ufrag (derived from its RSVP id).
+    pub invitee_ufrag: String,
+    /// Whether we are the inviter.
+    pub inviter: bool,
+    /// The peer's key if a token names it (the invitation's author for an
+    /// invitee; the RSVP's author, or the key the invitee's checks claim,
+    /// for an inviter).
+    pub remote_peer: Option<PublicKey>,
+    /// Single token or RSVP.
+    pub via: Via,
+    /// The nominated remote candidate's type, once connected.
+    pub remote_kind: Option<CandidateKind>,
+}
+
 /// Why an RSVP was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AcceptRsvpError {
@@ -319,6 +340,32 @@ impl Endpoint {
         self.attempts.get(&id).map(|a| a.role)
     }
 
+    /// What binds a session to an attempt: its invitation, both ufrags and
+    /// the peer key the tokens name (DESIGN §4: the handshake's prologue).
+    pub fn binding(&self, id: AttemptId) -> Option<Binding> {
+        let a = self.attempts.get(&id)?;
+        let inviter = a.side == Side::Inviter;
+        let (inviter_ufrag, invitee_ufrag) = if inviter {
+            (a.local_ufrag.clone(), a.remote_ufrag.clone())
+        } else {
+            (a.remote_ufrag.clone(), a.local_ufrag.clone())
+        };
+        Some(Binding {
+            invitation: a.invitation,
+            inviter_ufrag,
+            invitee_ufrag,
+            inviter,
+            remote_peer: a.remote_peer,
+            via: a.via,
+            remote_kind: a.selected.map(|i| a.pairs[i].remote_kind),
+        })
+    }
+
+    /// The attempt with this (local, remote) ufrag pair.
+    pub fn attempt_by_ufrags(&self, local: &str, remote: &str) -> Option<AttemptId> {
+        self.by_ufrags.get(&(local.to_owned(), remote.to_owned())).copied()
+    }
+
     /// For an invitee attempt: the id the RSVP must carry (it fixes the
     /// credentials the attempt already uses). Build the RSVP with
     /// `Token::new_rsvp(invitation, identity, id, candidates, unix_now)`.
@@ -436,6 +483,7 @@ impl Endpoint {
         let issued = self.issued.get_mut(&ufrag).expect("issued_by_id and issued agree");
         let rsvp = Rsvp::from_token(t, &issued.invitation, unix, &mut issued.rsvp_guard)?;
         let ci = &rsvp.token().body.connection_info;
+        let author = rsvp.token().body.author().map(|p| p.public_key);
         let key = (ufrag.clone(), ci.ufrag.clone());
         let id = match self.by_ufrags.get(&key) {
             Some(id) => *id,
@@ -455,6 +503,8 @@ impl Endpoint {
         let a = self.attempts.get_mut(&id).expect("just found or made");
         a.via = Via::Rsvp;
         a.remote_pwd = ci.pwd.clone();
+        // The RSVP's signer is who the session must authenticate as.
+        a.remote_peer = author.or(a.remote_peer);
         if a.state != State::Connected {
             a.state = State::Checking;
             a.window_end = a.window_end.max(now + window);

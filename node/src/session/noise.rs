@@ -81,6 +81,11 @@ impl CipherState {
         ChaCha20Poly1305::new(&self.key.into()).decrypt(&nonce(n), Payload { msg: ciphertext, aad: ad }).ok()
     }
 
+    /// The key, for the session's packet ciphers.
+    pub(crate) fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
     /// Noise REKEY: the key becomes the first 32 bytes of encrypting 32
     /// zero bytes under nonce 2^64−1.
     pub fn rekey(&mut self) {

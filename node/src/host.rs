@@ -1,0 +1,861 @@
+//! The host: one UDP port's whole engine. It demultiplexes datagrams
+//! between the connectivity engine ([`crate::ice`], STUN) and the secure
+//! sessions ([`crate::session`]), runs the Noise IK handshake once ICE has
+//! a path, and asks STUN servers where it is seen from. Sans-IO like its
+//! parts: the tokio runtime and the simulator drive it the same way.
+//!
+//! Drive loop: after every input (`handle_datagram`, `handle_timeout`, a
+//! command, a stream write or read), drain [`Host::poll_transmit`] and
+//! [`Host::poll_event`], then wait until [`Host::poll_timeout`] or the next
+//! datagram.
+//!
+//! Demultiplexing by the first byte: `0x00..=0x03` STUN (RFC 7983), `0xE1`
+//! handshake initiation, `0xE2` handshake response, `0xE3` session data.
+//!
+//! Handshake (Noise IK, DESIGN §4), once ICE reports the path:
+//!
+//! ```text
+//! invitee → inviter   0xE1 | len u8 | "inviter_ufrag:invitee_ufrag" | IK msg 1 (payload: Ed25519 key, index)
+//! inviter → invitee   0xE2 | invitee's index u32 | IK msg 2 (payload: index)
+//! ```
+//!
+//! The prologue binds the invitation id and both ufrags. The invitee
+//! knows the inviter's static key from the invitation; the inviter learns
+//! the invitee's from message 1 and checks that it is the X25519 form of the
+//! Ed25519 key in the payload and, when a token or the invitee's checks
+//! named a key (an RSVP's signer), that it is that key.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::ice::{AcceptRsvpError, AttemptId, Binding, Endpoint, EndpointConfig, Event as IceEvent, State, Transmit, Via};
+use crate::identity::{Identity, PublicKey};
+use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
+use crate::session::noise::{self, Initiator};
+use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
+use crate::token::{CandidateKind, Invitation, TokenId};
+
+/// First byte of a handshake initiation.
+pub const HANDSHAKE_INIT: u8 = 0xE1;
+/// First byte of a handshake response.
+pub const HANDSHAKE_RESP: u8 = 0xE2;
+const PROLOGUE_LABEL: &[u8] = b"convoke/session/1";
+
+/// Tunables of a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The connectivity engine's.
+    pub endpoint: EndpointConfig,
+    /// Each session's.
+    pub session: SessionConfig,
+    /// First retransmission of a handshake initiation: 200 ms, doubling.
+    pub handshake_rto: Duration,
+    /// Initiations sent before the handshake is given up: 6 (about 12 s).
+    pub handshake_tries: u32,
+    /// Retransmission of a STUN query: 500 ms, doubling (RFC 8489 §6.2.1).
+    pub stun_rto: Duration,
+    /// STUN requests sent before a server is declared unreachable: 3.
+    pub stun_tries: u32,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: EndpointConfig::default(),
+            session: SessionConfig::default(),
+            handshake_rto: Duration::from_millis(200),
+            handshake_tries: 6,
+            stun_rto: Duration::from_millis(500),
+            stun_tries: 3,
+        }
+    }
+}
+
+/// What the host reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    /// From the connectivity engine (invitees arriving, RSVP needed,
+    /// failures, reflexive addresses…).
+    Ice(IceEvent),
+    /// The handshake finished: an authenticated, encrypted session.
+    Established {
+        /// The session (named by its ICE attempt).
+        session: AttemptId,
+        /// Who is on the other side (authenticated by the handshake).
+        peer: PublicKey,
+        /// The path's remote address.
+        remote: SocketAddr,
+        /// Its candidate type.
+        remote_kind: CandidateKind,
+        /// Single token or RSVP.
+        via: Via,
+        /// Whether we issued the invitation.
+        inviter: bool,
+    },
+    /// Stream bytes, the stream's end, or datagrams arrived.
+    Readable {
+        /// Which session.
+        session: AttemptId,
+    },
+    /// A session ended.
+    Closed {
+        /// Which session.
+        session: AttemptId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// The handshake did not complete.
+    HandshakeFailed {
+        /// Which attempt.
+        session: AttemptId,
+        /// Why, for people.
+        reason: &'static str,
+    },
+    /// A STUN server told us where it sees us.
+    StunMapped {
+        /// The server.
+        server: SocketAddr,
+        /// Our server-reflexive address.
+        address: SocketAddr,
+    },
+    /// A STUN server did not answer.
+    StunFailed {
+        /// The server.
+        server: SocketAddr,
+    },
+}
+
+/// What the host tells about one session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The authenticated peer.
+    pub peer: PublicKey,
+    /// The path's remote address.
+    pub remote: SocketAddr,
+    /// Its candidate type.
+    pub remote_kind: CandidateKind,
+    /// Single token or RSVP.
+    pub via: Via,
+    /// Whether we issued the invitation.
+    pub inviter: bool,
+    /// When the handshake finished.
+    pub established: Instant,
+    /// Smoothed round-trip time.
+    pub rtt: Option<Duration>,
+    /// Congestion window, bytes.
+    pub window: u64,
+    /// Packet and byte counters.
+    pub stats: SessionStats,
+}
+
+/// Host-level counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Handshake or data packets that matched nothing or did not verify.
+    pub dropped: u64,
+    /// Handshakes refused: the peer's key is not the one its tokens name.
+    pub refused_peers: u64,
+    /// Sessions established.
+    pub established: u64,
+}
+
+struct Open {
+    conn: Connection,
+    peer: PublicKey,
+    remote_kind: CandidateKind,
+    via: Via,
+    inviter: bool,
+    established: Instant,
+    /// Inviter: the answer to the initiation (by its ephemeral key), resent
+    /// if the initiation comes again, until the first data packet.
+    resend: Option<Box<([u8; 32], Vec<u8>)>>,
+}
+
+struct Initiating {
+    init: Box<Initiator>,
+    msg: Vec<u8>,
+    remote: SocketAddr,
+    first_sent: Instant,
+    next_retry: Instant,
+    tries: u32,
+}
+
+enum Phase {
+    Initiating(Initiating),
+    Open(Box<Open>),
+}
+
+struct Session {
+    local_index: u32,
+    phase: Phase,
+}
+
+struct StunQuery {
+    server: SocketAddr,
+    request: Vec<u8>,
+    next: Instant,
+    tries: u32,
+}
+
+/// One UDP port's engine: connectivity, handshakes and sessions. See the
+/// module docs.
+pub struct Host {
+    config: HostConfig,
+    endpoint: Endpoint,
+    static_secret: [u8; 32],
+    public: PublicKey,
+    rng: ChaCha20Rng,
+    sessions: BTreeMap<AttemptId, Session>,
+    by_index: HashMap<u32, AttemptId>,
+    early_init: HashMap<AttemptId, (SocketAddr, Vec<u8>)>,
+    stun: HashMap<TransactionId, StunQuery>,
+    timers: BTreeSet<(Instant, AttemptId)>,
+    scheduled: HashMap<AttemptId, Instant>,
+    /// Sessions that may have something to send.
+    active: BTreeSet<AttemptId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<HostEvent>,
+    stats: HostStats,
+    /// The latest `now` given, for events pumped from `poll_event`.
+    last_now: Instant,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+fn open_mut(sessions: &mut BTreeMap<AttemptId, Session>, id: AttemptId) -> Option<&mut Open> {
+    match &mut sessions.get_mut(&id)?.phase {
+        Phase::Open(o) => Some(o),
+        Phase::Initiating(_) => None,
+    }
+}
+
+fn prologue(b: &Binding) -> Vec<u8> {
+    let mut p = PROLOGUE_LABEL.to_vec();
+    p.extend_from_slice(&b.invitation.0);
+    p.extend_from_slice(b.inviter_ufrag.as_bytes());
+    p.push(b':');
+    p.extend_from_slice(b.invitee_ufrag.as_bytes());
+    p
+}
+
+impl Host {
+    /// A host for `identity`. `seed` keys all its randomness.
+    pub fn new(identity: &Identity, config: HostConfig, seed: [u8; 32], now: Instant, unix_now: u64) -> Self {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut ice_seed = [0u8; 32];
+        rng.fill_bytes(&mut ice_seed);
+        let mut endpoint = Endpoint::new(config.endpoint.clone(), ice_seed, now, unix_now);
+        endpoint.set_local_peer(identity.public_key());
+        Self {
+            config,
+            endpoint,
+            static_secret: identity.x25519_secret_bytes(),
+            public: identity.public_key(),
+            rng,
+            sessions: BTreeMap::new(),
+            by_index: HashMap::new(),
+            early_init: HashMap::new(),
+            stun: HashMap::new(),
+            timers: BTreeSet::new(),
+            scheduled: HashMap::new(),
+            active: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: HostStats::default(),
+            last_now: now,
+        }
+    }
+
+    /// The connectivity engine (read-only: counters, attempt states).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The session tunables.
+    pub fn session_config(&self) -> &SessionConfig {
+        &self.config.session
+    }
+
+    /// Host counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// Accepts invitees on one of our invitations.
+    pub fn listen(&mut self, invitation: Invitation) {
+        self.endpoint.listen(invitation);
+    }
+
+    /// Stops accepting new invitees on an invitation.
+    pub fn unlisten(&mut self, invitation: TokenId) {
+        self.endpoint.unlisten(invitation);
+    }
+
+    /// Imports an invitation and starts connecting.
+    pub fn join(&mut self, invitation: &Invitation, now: Instant) -> AttemptId {
+        let id = self.endpoint.join(invitation, now);
+        self.pump(now);
+        id
+    }
+
+    /// Imports an RSVP to one of our invitations; both sides check at once.
+    pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, AcceptRsvpError> {
+        let r = self.endpoint.accept_rsvp(text, now);
+        self.pump(now);
+        r
+    }
+
+    /// Asks a STUN server where it sees us; answered by
+    /// [`HostEvent::StunMapped`] or [`HostEvent::StunFailed`].
+    pub fn query_stun(&mut self, server: SocketAddr, now: Instant) {
+        let mut tid = [0u8; 12];
+        self.rng.fill_bytes(&mut tid);
+        let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId(tid));
+        // Padded so the answer (XOR-MAPPED-ADDRESS for IPv6 + FINGERPRINT,
+        // 52 bytes) is no larger: Convoke nodes do not amplify.
+        b.software("convoke stun client; padded to the size of the answer");
+        let request = b.finish(None, true);
+        self.transmits.push_back(Transmit { destination: server, contents: request.clone() });
+        self.stun.insert(TransactionId(tid), StunQuery { server, request, next: now + self.config.stun_rto, tries: 1 });
+    }
+
+    /// Closes an attempt or session at once (the peer is told if a session
+    /// is open).
+    pub fn close(&mut self, id: AttemptId, now: Instant) {
+        if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
+            o.conn.close(0, "closed");
+            self.active.insert(id);
+        } else {
+            self.drop_session(id);
+            self.endpoint.close(id);
+        }
+        self.pump(now);
+    }
+
+    // ---- sessions, for the application ----
+
+
+    /// Writes stream bytes; returns how many were taken.
+    pub fn write(&mut self, id: AttemptId, data: &[u8]) -> usize {
+        let cfg = &self.config.session;
+        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
+        let n = o.conn.write(cfg, data);
+        if n > 0 {
+            self.active.insert(id);
+        }
+        n
+    }
+
+    /// Room in a session's send buffer.
+    pub fn write_capacity(&self, id: AttemptId) -> usize {
+        match self.sessions.get(&id).map(|s| &s.phase) {
+            Some(Phase::Open(o)) => o.conn.write_capacity(&self.config.session),
+            _ => 0,
+        }
+    }
+
+    /// Ends our half of a session's stream.
+    pub fn finish(&mut self, id: AttemptId) {
+        if let Some(o) = open_mut(&mut self.sessions, id) {
+            o.conn.finish();
+            self.active.insert(id);
+        }
+    }
+
+    /// Reads stream bytes in order.
+    pub fn read(&mut self, id: AttemptId, buf: &mut [u8]) -> usize {
+        let cfg = &self.config.session;
+        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
+        let n = o.conn.read(cfg, buf);
+        if n > 0 {
+            self.active.insert(id);
+        }
+        n
+    }
+
+    /// Stream bytes ready to read.
+    pub fn readable(&self, id: AttemptId) -> usize {
+        match self.sessions.get(&id).map(|s| &s.phase) {
+            Some(Phase::Open(o)) => o.conn.readable(),
+            _ => 0,
+        }
+    }
+
+    /// Whether the peer ended its stream and all of it was read.
+    pub fn recv_finished(&self, id: AttemptId) -> bool {
+        matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Open(o)) if o.conn.recv_finished())
+    }
+
+    /// Whether everything we wrote, and our end, was acknowledged.
+    pub fn send_done(&self, id: AttemptId) -> bool {
+        matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Open(o)) if o.conn.send_done())
+    }
+
+    /// Sends an unreliable datagram. False if too large or no session.
+    pub fn send_datagram(&mut self, id: AttemptId, data: &[u8]) -> bool {
+        let cfg = &self.config.session;
+        let Some(o) = open_mut(&mut self.sessions, id) else { return false };
+        let ok = o.conn.send_datagram(cfg, data);
+        self.active.insert(id);
+        ok
+    }
+
+    /// Takes a received datagram.
+    pub fn recv_datagram(&mut self, id: AttemptId) -> Option<Vec<u8>> {
+        open_mut(&mut self.sessions, id)?.conn.recv_datagram()
+    }
+
+    /// What we know of an established session.
+    pub fn session(&self, id: AttemptId) -> Option<SessionInfo> {
+        let Phase::Open(o) = &self.sessions.get(&id)?.phase else { return None };
+        Some(SessionInfo {
+            peer: o.peer,
+            remote: o.conn.remote,
+            remote_kind: o.remote_kind,
+            via: o.via,
+            inviter: o.inviter,
+            established: o.established,
+            rtt: o.conn.rtt(),
+            window: o.conn.window(),
+            stats: o.conn.stats,
+        })
+    }
+
+    /// Established sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = AttemptId> + '_ {
+        self.sessions.iter().filter(|(_, s)| matches!(s.phase, Phase::Open(_))).map(|(id, _)| *id)
+    }
+
+    // ---- network side ----
+
+    /// Handles one datagram from `from`. Decrypts in place.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        match data.first() {
+            Some(0..=3) => {
+                if !self.stun_answer(from, data) {
+                    self.endpoint.handle_datagram(now, from, data);
+                }
+            }
+            Some(&HANDSHAKE_INIT) => self.on_init(now, from, data),
+            Some(&HANDSHAKE_RESP) => self.on_resp(now, from, data),
+            Some(&conn::DATA) => self.on_data(now, data),
+            _ => self.stats.dropped += 1,
+        }
+        self.pump(now);
+    }
+
+    fn stun_answer(&mut self, from: SocketAddr, data: &[u8]) -> bool {
+        let Ok(msg) = Message::parse(data) else { return false };
+        if msg.class != Class::Success || !self.stun.contains_key(&msg.transaction_id) {
+            return false;
+        }
+        let Some(q) = self.stun.remove(&msg.transaction_id) else { return false };
+        if from != q.server {
+            self.stun.insert(msg.transaction_id, q);
+            return true;
+        }
+        match msg.mapped_address {
+            Some(address) => self.events.push_back(HostEvent::StunMapped { server: q.server, address }),
+            None => self.events.push_back(HostEvent::StunFailed { server: q.server }),
+        }
+        true
+    }
+
+    fn on_init(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Some((&n, rest)) = data[1..].split_first() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let n = usize::from(n);
+        if rest.len() < n + noise::MSG1_LEN {
+            self.stats.dropped += 1;
+            return;
+        }
+        let (ufrags, msg1) = rest.split_at(n);
+        let Some((inviter, invitee)) = std::str::from_utf8(ufrags).ok().and_then(|u| u.split_once(':')) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(id) = self.endpoint.attempt_by_ufrags(inviter, invitee) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(binding) = self.endpoint.binding(id).filter(|b| b.inviter) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if let Some(s) = self.sessions.get(&id) {
+            // A repeated initiation: the invitee missed our answer.
+            if let Phase::Open(o) = &s.phase
+                && let Some(r) = &o.resend
+                && msg1[..32] == r.0
+            {
+                self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone() });
+            }
+            return;
+        }
+        if self.endpoint.state(id) != Some(State::Connected) {
+            // ICE has not told us yet (our nomination's answer may be in
+            // flight); keep the latest initiation until it does.
+            self.early_init.insert(id, (from, data.to_vec()));
+            return;
+        }
+        let local_index = self.new_index();
+        let mut payload_ok = None;
+        let answer = noise::respond(self.static_secret, &prologue(&binding), msg1, &mut self.rng, |rs, payload| {
+            if payload.len() == 36 {
+                let mut pk = [0u8; 32];
+                pk.copy_from_slice(&payload[..32]);
+                let idx = u32::from_be_bytes([payload[32], payload[33], payload[34], payload[35]]);
+                payload_ok = Some((PublicKey(pk), idx, *rs));
+            }
+            local_index.to_be_bytes().to_vec()
+        });
+        let Ok((keys, _, msg2)) = answer else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some((peer, remote_index, rs)) = payload_ok else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if peer.to_x25519() != Some(rs) || binding.remote_peer.is_some_and(|k| k != peer) {
+            self.stats.refused_peers += 1;
+            self.endpoint.close(id);
+            self.events.push_back(HostEvent::HandshakeFailed {
+                session: id,
+                reason: "the peer's key is not the one its tokens name",
+            });
+            return;
+        }
+        let remote = self.endpoint.selected(id).unwrap_or(from);
+        let mut out = vec![HANDSHAKE_RESP];
+        out.extend_from_slice(&remote_index.to_be_bytes());
+        out.extend_from_slice(&msg2);
+        let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
+        self.transmits.push_back(Transmit { destination: remote, contents: out.clone() });
+        let conn = Connection::new(
+            &self.config.session,
+            remote,
+            remote_index,
+            keys.send.key(),
+            keys.recv.key(),
+            None,
+            now,
+        );
+        self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn establish(
+        &mut self,
+        id: AttemptId,
+        local_index: u32,
+        conn: Connection,
+        peer: PublicKey,
+        binding: &Binding,
+        now: Instant,
+        resend: Option<Box<([u8; 32], Vec<u8>)>>,
+    ) {
+        let remote = conn.remote;
+        let remote_kind = binding.remote_kind.unwrap_or(CandidateKind::Prflx);
+        let open = Open {
+            conn,
+            peer,
+            remote_kind,
+            via: binding.via,
+            inviter: binding.inviter,
+            established: now,
+            resend,
+        };
+        self.by_index.insert(local_index, id);
+        self.sessions.insert(id, Session { local_index, phase: Phase::Open(Box::new(open)) });
+        self.active.insert(id);
+        self.stats.established += 1;
+        self.events.push_back(HostEvent::Established {
+            session: id,
+            peer,
+            remote,
+            remote_kind,
+            via: binding.via,
+            inviter: binding.inviter,
+        });
+    }
+
+    fn new_index(&mut self) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if !self.by_index.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn on_resp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if data.len() < 5 + noise::MSG2_LEN {
+            self.stats.dropped += 1;
+            return;
+        }
+        let index = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
+        let Some(&id) = self.by_index.get(&index) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(Session { phase: Phase::Initiating(i), .. }) = self.sessions.get(&id) else {
+            self.stats.dropped += 1; // a repeated answer
+            return;
+        };
+        if from != i.remote {
+            self.stats.dropped += 1;
+            return;
+        }
+        // Keep the handshake state if this answer is forged.
+        let Ok((keys, payload)) = (*i.init).clone().finish(&data[5..]) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Ok(idx) = <[u8; 4]>::try_from(payload.as_slice()) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        // Karn: only an unrepeated exchange measures the round trip.
+        let rtt = (i.tries == 1).then(|| now.saturating_duration_since(i.first_sent));
+        let remote = i.remote;
+        let Some(binding) = self.endpoint.binding(id) else { return };
+        let Some(peer) = binding.remote_peer else { return };
+        self.by_index.remove(&index);
+        self.sessions.remove(&id);
+        let conn = Connection::new(
+            &self.config.session,
+            remote,
+            u32::from_be_bytes(idx),
+            keys.send.key(),
+            keys.recv.key(),
+            rtt,
+            now,
+        );
+        self.establish(id, index, conn, peer, &binding, now, None);
+    }
+
+    fn on_data(&mut self, now: Instant, data: &mut [u8]) {
+        let Some(h) = conn::Header::parse(data) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let Some(&id) = self.by_index.get(&h.receiver) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let cfg = &self.config.session;
+        let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) else {
+            self.stats.dropped += 1;
+            return;
+        };
+        if o.conn.handle_packet(cfg, now, data) {
+            o.resend = None;
+            if std::mem::take(&mut o.conn.readable_changed) {
+                self.events.push_back(HostEvent::Readable { session: id });
+            }
+            self.active.insert(id);
+        }
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.endpoint.handle_timeout(now);
+        let due: Vec<_> = self.stun.iter().filter(|(_, q)| q.next <= now).map(|(t, _)| *t).collect();
+        for t in due {
+            let Some(q) = self.stun.get_mut(&t) else { continue };
+            if q.tries >= self.config.stun_tries {
+                let server = q.server;
+                self.stun.remove(&t);
+                self.events.push_back(HostEvent::StunFailed { server });
+            } else {
+                q.tries += 1;
+                q.next = now + self.config.stun_rto * (1 << q.tries.min(8));
+                self.transmits.push_back(Transmit { destination: q.server, contents: q.request.clone() });
+            }
+        }
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, id));
+            self.scheduled.remove(&id);
+            self.active.insert(id);
+            let cfg = &self.config.session;
+            let mut failed = false;
+            match self.sessions.get_mut(&id).map(|s| &mut s.phase) {
+                Some(Phase::Open(o)) => o.conn.handle_timeout(cfg, now),
+                Some(Phase::Initiating(i)) if i.next_retry <= now => {
+                    if i.tries >= self.config.handshake_tries {
+                        failed = true;
+                    } else {
+                        i.tries += 1;
+                        i.next_retry = now + self.config.handshake_rto * (1 << i.tries.min(10));
+                        self.transmits.push_back(Transmit { destination: i.remote, contents: i.msg.clone() });
+                    }
+                }
+                _ => {}
+            }
+            if failed {
+                self.drop_session(id);
+                self.endpoint.close(id);
+                self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the peer did not answer" });
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        loop {
+            if let Some(t) = self.transmits.pop_front() {
+                return Some(t);
+            }
+            if let Some(t) = self.endpoint.poll_transmit() {
+                return Some(t);
+            }
+            let &id = self.active.first()?;
+            let cfg = &self.config.session;
+            let mut out = None;
+            let mut closed = None;
+            if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
+                out = o.conn.poll_transmit(cfg, now).map(|c| Transmit { destination: o.conn.remote, contents: c });
+                if out.is_none() && !o.conn.is_open() {
+                    closed = o.conn.closed.clone();
+                }
+            }
+            if out.is_none() {
+                self.active.remove(&id);
+                self.reschedule(id);
+            }
+            if let Some(reason) = closed {
+                self.drop_session(id);
+                self.endpoint.close(id);
+                self.events.push_back(HostEvent::Closed { session: id, reason });
+            }
+            if out.is_some() {
+                return out;
+            }
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<HostEvent> {
+        if self.events.is_empty() {
+            self.pump(self.last_now);
+        }
+        self.events.pop_front()
+    }
+
+    /// When [`Host::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let stun = self.stun.values().map(|q| q.next).min();
+        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun].into_iter().flatten().min()
+    }
+
+    fn reschedule(&mut self, id: AttemptId) {
+        if let Some(at) = self.scheduled.remove(&id) {
+            self.timers.remove(&(at, id));
+        }
+        let at = match self.sessions.get(&id).map(|s| &s.phase) {
+            Some(Phase::Open(o)) => o.conn.poll_timeout(),
+            Some(Phase::Initiating(i)) => Some(i.next_retry),
+            None => None,
+        };
+        if let Some(at) = at {
+            self.timers.insert((at, id));
+            self.scheduled.insert(id, at);
+        }
+    }
+
+    fn drop_session(&mut self, id: AttemptId) {
+        if let Some(s) = self.sessions.remove(&id) {
+            self.by_index.remove(&s.local_index);
+        }
+        self.early_init.remove(&id);
+        self.active.remove(&id);
+        if let Some(at) = self.scheduled.remove(&id) {
+            self.timers.remove(&(at, id));
+        }
+    }
+
+    /// Moves the connectivity engine's events through the host: a new path
+    /// starts a handshake; a lost path ends its session.
+    fn pump(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        while let Some(e) = self.endpoint.poll_event() {
+            match &e {
+                IceEvent::Connected { attempt, remote, .. } => {
+                    let (id, remote) = (*attempt, *remote);
+                    if let Some((from, init)) = self.early_init.remove(&id) {
+                        self.on_init(now, from, &init);
+                    } else if !self.sessions.contains_key(&id) {
+                        self.initiate(id, remote, now);
+                    }
+                }
+                IceEvent::ConsentLost { attempt } | IceEvent::Failed { attempt, .. } => {
+                    let id = *attempt;
+                    if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
+                        o.conn.abandon(CloseReason::PathLost);
+                        self.events.push_back(HostEvent::Closed { session: id, reason: CloseReason::PathLost });
+                    }
+                    self.drop_session(id);
+                }
+                _ => {}
+            }
+            self.events.push_back(HostEvent::Ice(e));
+        }
+    }
+
+    /// Invitee: sends the handshake initiation on the new path.
+    fn initiate(&mut self, id: AttemptId, remote: SocketAddr, now: Instant) {
+        let Some(binding) = self.endpoint.binding(id).filter(|b| !b.inviter) else { return };
+        let Some(rs) = binding.remote_peer.and_then(|k| k.to_x25519()) else {
+            self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation names no usable key" });
+            return;
+        };
+        let local_index = self.new_index();
+        let mut payload = self.public.0.to_vec();
+        payload.extend_from_slice(&local_index.to_be_bytes());
+        let Ok((init, msg1)) = Initiator::start(self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng)
+        else {
+            self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation's key is weak" });
+            return;
+        };
+        let ufrags = format!("{}:{}", binding.inviter_ufrag, binding.invitee_ufrag);
+        let mut msg = vec![HANDSHAKE_INIT, ufrags.len() as u8];
+        msg.extend_from_slice(ufrags.as_bytes());
+        msg.extend_from_slice(&msg1);
+        self.transmits.push_back(Transmit { destination: remote, contents: msg.clone() });
+        let next_retry = now + self.config.handshake_rto;
+        self.by_index.insert(local_index, id);
+        self.sessions.insert(
+            id,
+            Session {
+                local_index,
+                phase: Phase::Initiating(Initiating {
+                    init: Box::new(init),
+                    msg,
+                    remote,
+                    first_sent: now,
+                    next_retry,
+                    tries: 1,
+                }),
+            },
+        );
+        self.reschedule(id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

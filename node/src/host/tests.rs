@@ -1,0 +1,393 @@
+//! Two hosts on a virtual wire with latency, seeded loss and an optional
+//! inbound filter on the inviter (an address-and-port-dependent NAT's):
+//! handshake, stream and datagrams end to end through the real engine.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::*;
+use crate::identity::Identity;
+use crate::token::{Candidate, ConnectionMode, InvitationParams, Token};
+
+const UNIX: u64 = 1_800_000_000;
+
+type DropFn = Box<dyn FnMut(usize, &[u8]) -> bool>;
+
+struct Peer {
+    host: Host,
+    addr: SocketAddr,
+    identity: Identity,
+    filter: bool,
+    contacted: HashSet<SocketAddr>,
+    events: Vec<HostEvent>,
+    received: Vec<u8>,
+}
+
+struct Net {
+    now: Instant,
+    start: Instant,
+    latency: Duration,
+    loss: f64,
+    rng: ChaCha20Rng,
+    peers: Vec<Peer>,
+    wire: BTreeMap<(Instant, u64), (usize, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    /// Returns true to drop a datagram sent by peer `i`.
+    drop: Option<DropFn>,
+    lost: u64,
+}
+
+impl Net {
+    fn new(config: HostConfig) -> Net {
+        let start = Instant::now();
+        let peers = (0..2u8)
+            .map(|i| {
+                let identity = Identity::from_secret_bytes([i + 40; 32]);
+                Peer {
+                    host: Host::new(&identity, config.clone(), [i + 1; 32], start, UNIX),
+                    addr: format!("198.18.0.{}:4433", i + 1).parse().expect("addr"),
+                    identity,
+                    filter: false,
+                    contacted: HashSet::new(),
+                    events: Vec::new(),
+                    received: Vec::new(),
+                }
+            })
+            .collect();
+        Net {
+            now: start,
+            start,
+            latency: Duration::from_millis(10),
+            loss: 0.0,
+            rng: ChaCha20Rng::seed_from_u64(9),
+            peers,
+            wire: BTreeMap::new(),
+            seq: 0,
+            drop: None,
+            lost: 0,
+        }
+    }
+
+    fn invitation(&self, mode: ConnectionMode) -> Invitation {
+        let params = InvitationParams {
+            candidates: Candidate::list([(CandidateKind::Host, self.peers[0].addr)]),
+            mode,
+            ..InvitationParams::default()
+        };
+        let t = Token::new_invitation(&self.peers[0].identity, params, UNIX, &mut ChaCha20Rng::seed_from_u64(3));
+        Invitation::from_token(t, UNIX).expect("valid")
+    }
+
+    fn collect(&mut self) {
+        for i in 0..self.peers.len() {
+            while let Some(t) = self.peers[i].host.poll_transmit(self.now) {
+                self.peers[i].contacted.insert(t.destination);
+                let Some(to) = self.peers.iter().position(|p| p.addr == t.destination) else { continue };
+                if self.drop.as_mut().is_some_and(|d| d(i, &t.contents)) || (f64::from(self.rng.next_u32()) / f64::from(u32::MAX)) < self.loss {
+                    self.lost += 1;
+                    continue;
+                }
+                self.seq += 1;
+                let from = self.peers[i].addr;
+                self.wire.insert((self.now + self.latency, self.seq), (to, from, t.contents));
+            }
+            while let Some(e) = self.peers[i].host.poll_event() {
+                if let HostEvent::Readable { session } = e {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = self.peers[i].host.read(session, &mut buf);
+                        if n == 0 {
+                            break;
+                        }
+                        self.peers[i].received.extend_from_slice(&buf[..n]);
+                    }
+                }
+                self.peers[i].events.push(e);
+            }
+        }
+    }
+
+    fn step(&mut self) -> bool {
+        self.collect();
+        let next_wire = self.wire.keys().next().map(|k| k.0);
+        let next_timer = self.peers.iter().filter_map(|p| p.host.poll_timeout()).min();
+        let Some(next) = [next_wire, next_timer].into_iter().flatten().min() else { return false };
+        self.now = self.now.max(next);
+        while let Some(e) = self.wire.first_entry() {
+            if e.key().0 > self.now {
+                break;
+            }
+            let (to, from, mut bytes) = e.remove();
+            let p = &mut self.peers[to];
+            if p.filter && !p.contacted.contains(&from) {
+                continue;
+            }
+            p.host.handle_datagram(self.now, from, &mut bytes);
+        }
+        for p in &mut self.peers {
+            if p.host.poll_timeout().is_some_and(|t| t <= self.now) {
+                p.host.handle_timeout(self.now);
+            }
+        }
+        self.collect();
+        true
+    }
+
+    fn drive(&mut self, limit: Duration, mut done: impl FnMut(&mut Net) -> bool) -> bool {
+        let end = self.now + limit;
+        for _ in 0..2_000_000 {
+            if done(self) {
+                return true;
+            }
+            if self.now > end || !self.step() {
+                return done(self);
+            }
+        }
+        false
+    }
+
+    fn established(&self, i: usize) -> Option<(AttemptId, PublicKey, Via)> {
+        self.peers[i].events.iter().find_map(|e| match e {
+            HostEvent::Established { session, peer, via, .. } => Some((*session, *peer, *via)),
+            _ => None,
+        })
+    }
+
+    /// Pushes `data` into a session as fast as the send buffer takes it,
+    /// then ends the stream (`sent` becomes `usize::MAX`).
+    fn feed(&mut self, i: usize, id: AttemptId, data: &[u8], sent: &mut usize) {
+        if *sent == usize::MAX {
+            return;
+        }
+        *sent += self.peers[i].host.write(id, &data[*sent..]);
+        if *sent == data.len() {
+            self.peers[i].host.finish(id);
+            *sent = usize::MAX;
+        }
+    }
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Joins peer 1 to peer 0 and returns both session ids.
+fn connect(net: &mut Net, mode: ConnectionMode) -> (AttemptId, AttemptId) {
+    let inv = net.invitation(mode);
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    assert!(net.drive(Duration::from_secs(10), |n| n.established(0).is_some() && n.established(1).is_some()));
+    (net.established(0).expect("a").0, net.established(1).expect("b").0)
+}
+
+/// Sends `a_to_b` and `b_to_a` at once, both ended; returns when both
+/// arrived and both ends were acknowledged.
+fn exchange(net: &mut Net, ids: (AttemptId, AttemptId), a_to_b: &[u8], b_to_a: &[u8], limit: Duration) {
+    let (mut sa, mut sb) = (0, 0);
+    let done = net.drive(limit, |n| {
+        n.feed(0, ids.0, a_to_b, &mut sa);
+        n.feed(1, ids.1, b_to_a, &mut sb);
+        n.peers[1].received.len() == a_to_b.len()
+            && n.peers[0].received.len() == b_to_a.len()
+            && n.peers[0].host.send_done(ids.0)
+            && n.peers[1].host.send_done(ids.1)
+    });
+    assert!(done, "a→b {} of {}, b→a {} of {}", net.peers[1].received.len(), a_to_b.len(), net.peers[0].received.len(), b_to_a.len());
+    assert!(net.peers[1].received == a_to_b, "a→b bytes differ");
+    assert!(net.peers[0].received == b_to_a, "b→a bytes differ");
+    assert!(net.peers[0].host.recv_finished(ids.0) && net.peers[1].host.recv_finished(ids.1));
+}
+
+#[test]
+fn handshake_authenticates_both_sides_and_data_flows_both_ways() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    let (_, peer_seen_by_a, via) = net.established(0).expect("a");
+    let (_, peer_seen_by_b, _) = net.established(1).expect("b");
+    assert_eq!(peer_seen_by_a, net.peers[1].identity.public_key());
+    assert_eq!(peer_seen_by_b, net.peers[0].identity.public_key());
+    assert_eq!(via, Via::SingleToken);
+    // ICE (a few round trips) plus one handshake round trip of 20 ms.
+    assert!(net.now - net.start < Duration::from_millis(200), "took {:?}", net.now - net.start);
+    exchange(&mut net, ids, &pattern(300_000, 1), &pattern(200_000, 2), Duration::from_secs(30));
+    let info = net.peers[1].host.session(ids.1).expect("open");
+    let rtt = info.rtt.expect("measured");
+    assert!(rtt >= Duration::from_millis(20) && rtt < Duration::from_millis(60), "rtt {rtt:?}");
+    assert_eq!(info.stats.packets_dropped, 0);
+}
+
+#[test]
+fn stream_survives_five_percent_loss_and_the_window_reacts() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    net.loss = 0.05;
+    exchange(&mut net, ids, &pattern(2_000_000, 3), &pattern(50_000, 4), Duration::from_secs(120));
+    let a = net.peers[0].host.session(ids.0).expect("open");
+    assert!(a.stats.packets_lost > 0, "losses were detected");
+    assert!(net.lost > 50);
+    assert!(a.window < 16 << 20, "NewReno cut the window: {}", a.window);
+}
+
+#[test]
+fn lost_handshake_initiation_is_retransmitted() {
+    let mut net = Net::new(HostConfig::default());
+    let mut dropped = 0;
+    net.drop = Some(Box::new(move |from, d| {
+        let hit = from == 1 && d[0] == HANDSHAKE_INIT && dropped < 2;
+        dropped += usize::from(hit);
+        hit
+    }));
+    let ids = connect(&mut net, ConnectionMode::default());
+    assert!(net.now - net.start >= Duration::from_millis(200), "needed a retransmission");
+    exchange(&mut net, ids, b"after a lost hello", b"", Duration::from_secs(10));
+}
+
+#[test]
+fn lost_handshake_answer_is_sent_again_not_remade() {
+    let mut net = Net::new(HostConfig::default());
+    let mut dropped = false;
+    net.drop = Some(Box::new(move |from, d| {
+        let hit = from == 0 && d[0] == HANDSHAKE_RESP && !dropped;
+        dropped |= hit;
+        hit
+    }));
+    let ids = connect(&mut net, ConnectionMode::default());
+    exchange(&mut net, ids, b"x", b"y", Duration::from_secs(10));
+    assert_eq!(net.peers[0].host.stats().established, 1);
+}
+
+#[test]
+fn tampered_and_replayed_packets_are_dropped() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    // Flip a bit in five data packets from B on the wire; keep a copy of
+    // one to replay later.
+    let data = pattern(100_000, 5);
+    let (mut sent, mut tampered) = (0usize, 0u32);
+    let mut replay = None;
+    let ok = net.drive(Duration::from_secs(30), |n| {
+        n.feed(1, ids.1, &data, &mut sent);
+        // Tamper with data on the wire directly.
+        for (_, (to, _, bytes)) in n.wire.iter_mut() {
+            if *to == 0 && bytes[0] == conn::DATA && bytes.len() > 100 {
+                if replay.is_none() {
+                    replay = Some(bytes.clone());
+                } else if tampered < 5 {
+                    let last = bytes.len() - 20;
+                    bytes[last] ^= 1;
+                    tampered += 1;
+                }
+            }
+        }
+        n.peers[0].received.len() == data.len()
+    });
+    assert!(ok && net.peers[0].received == data);
+    assert_eq!(tampered, 5);
+    let before = net.peers[0].host.session(ids.0).expect("open").stats.packets_dropped;
+    assert_eq!(before, 5, "each tampered packet dropped");
+    let mut old = replay.expect("captured");
+    let (now, from) = (net.now, net.peers[1].addr);
+    net.peers[0].host.handle_datagram(now, from, &mut old);
+    let after = net.peers[0].host.session(ids.0).expect("open").stats.packets_dropped;
+    assert_eq!(after, 6, "the replayed packet was dropped");
+    assert_eq!(net.peers[0].received.len(), data.len());
+}
+
+#[test]
+fn rekeying_on_count_keeps_data_intact() {
+    let mut config = HostConfig::default();
+    config.session.rekey_after_packets = 40;
+    let mut net = Net::new(config);
+    let ids = connect(&mut net, ConnectionMode::default());
+    net.loss = 0.02;
+    exchange(&mut net, ids, &pattern(400_000, 6), &pattern(100_000, 7), Duration::from_secs(60));
+    let a = net.peers[0].host.session(ids.0).expect("open").stats;
+    let b = net.peers[1].host.session(ids.1).expect("open").stats;
+    assert!(a.rekeys >= 5 && b.rekeys >= 2, "rekeys {} / {}", a.rekeys, b.rekeys);
+}
+
+#[test]
+fn datagrams_cross_both_ways() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    assert!(net.peers[0].host.send_datagram(ids.0, b"ping"));
+    assert!(net.peers[1].host.send_datagram(ids.1, b"pong"));
+    assert!(!net.peers[1].host.send_datagram(ids.1, &[0u8; 1200]), "too large for one packet");
+    let mut got = (None, None);
+    assert!(net.drive(Duration::from_secs(2), |n| {
+        got.0 = got.0.take().or_else(|| n.peers[0].host.recv_datagram(ids.0));
+        got.1 = got.1.take().or_else(|| n.peers[1].host.recv_datagram(ids.1));
+        got.0.is_some() && got.1.is_some()
+    }));
+    assert_eq!(got, (Some(b"pong".to_vec()), Some(b"ping".to_vec())));
+}
+
+#[test]
+fn closing_tells_the_peer() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    let now = net.now;
+    net.peers[1].host.close(ids.1, now);
+    assert!(net.drive(Duration::from_secs(2), |n| {
+        n.peers[0].events.iter().any(|e| matches!(e, HostEvent::Closed { reason: CloseReason::Peer { .. }, .. }))
+    }));
+    assert_eq!(net.peers[0].host.sessions().count(), 0);
+    assert_eq!(net.peers[1].host.sessions().count(), 0);
+}
+
+#[test]
+fn rsvp_session_must_be_the_rsvp_signer() {
+    // The inviter drops unsolicited traffic, so the invitee needs an RSVP.
+    for honest in [true, false] {
+        let mut net = Net::new(HostConfig::default());
+        net.peers[0].filter = true;
+        let inv = net.invitation(ConnectionMode { rsvp_timeout_seconds: 2, ..ConnectionMode::default() });
+        net.peers[0].host.listen(inv.clone());
+        let now = net.now;
+        let b = net.peers[1].host.join(&inv, now);
+        assert!(net.drive(Duration::from_secs(10), |n| n.peers[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))));
+        let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
+        // Dishonest: the RSVP is signed by someone other than the peer
+        // that will run the handshake.
+        let signer = if honest { net.peers[1].identity.clone() } else { Identity::from_secret_bytes([99; 32]) };
+        let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
+        let rsvp = Token::new_rsvp(&inv, &signer, rsvp_id, cands, UNIX + 3).encode_compact();
+        let now = net.now;
+        net.peers[0].host.accept_rsvp(&rsvp, now).expect("valid RSVP");
+        net.drive(Duration::from_secs(15), |n| {
+            n.established(0).is_some() || n.peers[0].host.stats().refused_peers > 0
+        });
+        if honest {
+            let (_, peer, via) = net.established(0).expect("established");
+            assert_eq!((peer, via), (net.peers[1].identity.public_key(), Via::Rsvp));
+        } else {
+            assert!(net.established(0).is_none());
+            assert_eq!(net.peers[0].host.stats().refused_peers, 1);
+        }
+    }
+}
+
+#[test]
+fn stun_query_learns_the_mapped_address() {
+    let mut net = Net::new(HostConfig::default());
+    let (now, server) = (net.now, net.peers[0].addr);
+    net.peers[1].host.query_stun(server, now);
+    assert!(net.drive(Duration::from_secs(3), |n| !n.peers[1].events.is_empty()));
+    assert_eq!(net.peers[1].events[0], HostEvent::StunMapped { server, address: net.peers[1].addr });
+    // An unreachable server is reported after its retries.
+    let nowhere: SocketAddr = "198.18.9.9:3478".parse().expect("addr");
+    let now = net.now;
+    net.peers[1].host.query_stun(nowhere, now);
+    assert!(net.drive(Duration::from_secs(10), |n| n.peers[1].events.len() == 2));
+    assert_eq!(net.peers[1].events[1], HostEvent::StunFailed { server: nowhere });
+}

@@ -1,0 +1,733 @@
+//! One established session: encrypted packets, acknowledgements, loss
+//! recovery, congestion control, the reliable stream and datagrams.
+//!
+//! Packet on the wire (after the handshake):
+//!
+//! ```text
+//! 0xE3 | epoch u8 | receiver index u32 | packet number u64 | ChaCha20-Poly1305(frames) | tag
+//! ```
+//!
+//! The 14-byte header is the AEAD's associated data; the nonce is the packet
+//! number, unique for the session's life, so a rekey (a new epoch) changes
+//! the key without resetting it and one replay window covers all epochs.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+
+use super::frame::{self, Frame};
+use super::noise::TAG;
+use super::recovery::{NewReno, Rtt};
+use super::replay::ReplayWindow;
+use super::stream::{Chunk, RecvStream, SendStream, StreamViolation};
+
+/// First byte of a data packet.
+pub const DATA: u8 = 0xE3;
+/// Data packet header length.
+pub const HEADER: usize = 14;
+/// Bytes a data packet adds around its frames.
+pub const OVERHEAD: usize = HEADER + TAG;
+
+/// Session tunables. `Default` cites where each number comes from.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest UDP payload sent: 1200 bytes, the size every path must carry
+    /// (QUIC's minimum, RFC 9000 §14).
+    pub max_datagram_size: usize,
+    /// Stream bytes buffered for sending (unacknowledged + unsent): 4 MiB.
+    pub send_buffer: usize,
+    /// Stream bytes the peer may send ahead of what we read: 4 MiB.
+    pub receive_window: u64,
+    /// How long an acknowledgement may wait: 25 ms (RFC 9000 §18.2).
+    pub max_ack_delay: Duration,
+    /// Retransmission timeout before any RTT sample: 1 s (RFC 6298 §2.1).
+    pub rto_initial: Duration,
+    /// Least RTO: 200 ms (Linux's TCP_RTO_MIN; RFC 6298 §2.4 says 1 s,
+    /// which modern stacks find too slow).
+    pub rto_min: Duration,
+    /// Largest RTO: 60 s (RFC 6298 §2.5).
+    pub rto_max: Duration,
+    /// Consecutive timeouts before the session is declared dead: 8.
+    pub max_timeouts: u32,
+    /// Initial congestion window in datagrams: 10 (RFC 6928).
+    pub initial_window_packets: u64,
+    /// Congestion window cap: 16 MiB.
+    pub max_window: u64,
+    /// Rekey after this many packets in one epoch: 2^32.
+    pub rekey_after_packets: u64,
+    /// Rekey after this long in one epoch: 120 s (WireGuard's REKEY_AFTER_TIME).
+    pub rekey_after: Duration,
+    /// Unreliable datagrams queued each way before the oldest is dropped: 64.
+    pub datagram_queue: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram_size: 1200,
+            send_buffer: 4 << 20,
+            receive_window: 4 << 20,
+            max_ack_delay: Duration::from_millis(25),
+            rto_initial: Duration::from_secs(1),
+            rto_min: Duration::from_millis(200),
+            rto_max: Duration::from_secs(60),
+            max_timeouts: 8,
+            initial_window_packets: 10,
+            max_window: 16 << 20,
+            rekey_after_packets: 1 << 32,
+            rekey_after: Duration::from_secs(120),
+            datagram_queue: 64,
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it.
+    Local,
+    /// The peer closed it, with its code and reason.
+    Peer {
+        /// Application code (0 = normal).
+        code: u64,
+        /// The peer's words.
+        reason: String,
+    },
+    /// The peer broke the protocol (a frame we cannot accept).
+    ProtocolViolation(&'static str),
+    /// Nothing was acknowledged through repeated timeouts.
+    TimedOut,
+    /// The path stopped answering consent checks.
+    PathLost,
+}
+
+/// Counters of one session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets received and authenticated.
+    pub packets_received: u64,
+    /// UDP payload bytes sent.
+    pub bytes_sent: u64,
+    /// UDP payload bytes received (authenticated).
+    pub bytes_received: u64,
+    /// Packets declared lost.
+    pub packets_lost: u64,
+    /// Packets dropped: failed authentication, replayed or malformed.
+    pub packets_dropped: u64,
+    /// Rekeys of our sending key.
+    pub rekeys: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    pn: u64,
+    time: Instant,
+    size: u16,
+    /// Still in flight (neither acknowledged nor lost).
+    live: bool,
+    ack_eliciting: bool,
+    max_data: bool,
+    stream: Option<Chunk>,
+}
+
+#[derive(Debug)]
+enum Closing {
+    Open,
+    /// Send a CLOSE frame next, then stop.
+    Pending(u64, String),
+    Closed,
+}
+
+/// One established session. Driven by [`crate::host::Host`].
+pub(crate) struct Connection {
+    pub remote: SocketAddr,
+    remote_index: u32,
+    send_key: ChaCha20Poly1305,
+    send_epoch: u8,
+    send_epoch_packets: u64,
+    send_epoch_start: Instant,
+    recv_key: ChaCha20Poly1305,
+    recv_prev: Option<ChaCha20Poly1305>,
+    recv_epoch: u8,
+    next_pn: u64,
+    replay: ReplayWindow,
+    /// Packet numbers received, for ACK frames (the newest ranges).
+    received: super::ranges::RangeSet,
+    largest_received_at: Option<Instant>,
+    unacked_eliciting: u32,
+    ack_deadline: Option<Instant>,
+    ack_pending: bool,
+    sent: VecDeque<Sent>,
+    in_flight: u64,
+    largest_acked: Option<u64>,
+    rtt: Rtt,
+    cc: NewReno,
+    rto_deadline: Option<Instant>,
+    loss_deadline: Option<Instant>,
+    timeouts: u32,
+    tx: SendStream,
+    rx: RecvStream,
+    max_data_due: bool,
+    ping_due: bool,
+    dgram_out: VecDeque<Vec<u8>>,
+    dgram_in: VecDeque<Vec<u8>>,
+    closing: Closing,
+    /// Why it ended, once it did (reported once by the host).
+    pub closed: Option<CloseReason>,
+    /// New readable bytes, an end, or datagrams since the host last looked.
+    pub readable_changed: bool,
+    pub stats: SessionStats,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("remote", &self.remote).field("next_pn", &self.next_pn).finish_non_exhaustive()
+    }
+}
+
+/// What the parsed header of a data packet says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub epoch: u8,
+    pub receiver: u32,
+    pub pn: u64,
+}
+
+impl Header {
+    /// Parses a data packet's header (the first byte was already checked).
+    pub fn parse(data: &[u8]) -> Option<Header> {
+        if data.len() < OVERHEAD || data[0] != DATA {
+            return None;
+        }
+        Some(Header {
+            epoch: data[1],
+            receiver: u32::from_be_bytes(data[2..6].try_into().ok()?),
+            pn: u64::from_be_bytes(data[6..14].try_into().ok()?),
+        })
+    }
+}
+
+fn nonce(pn: u64) -> Nonce {
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&pn.to_le_bytes());
+    Nonce::from(b)
+}
+
+/// Noise REKEY (rev. 34 §4.2) on a cipher: the first 32 bytes of
+/// encrypting 32 zeros under nonce 2^64 − 1.
+fn rekey(c: &ChaCha20Poly1305) -> ChaCha20Poly1305 {
+    let mut k = [0u8; 32];
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&u64::MAX.to_le_bytes());
+    // Encrypting 32 bytes cannot fail.
+    let _tag = c.encrypt_inout_detached(&Nonce::from(n), &[], (&mut k[..]).into());
+    ChaCha20Poly1305::new(&Key::from(k))
+}
+
+impl Connection {
+    /// A session from finished handshake keys.
+    pub fn new(
+        config: &SessionConfig,
+        remote: SocketAddr,
+        remote_index: u32,
+        send: [u8; 32],
+        recv: [u8; 32],
+        rtt: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        let mut r = Rtt::new();
+        if let Some(s) = rtt {
+            r.sample(s);
+        }
+        let mut rx = RecvStream::new();
+        // Open our receive window to the configured size in the first packet.
+        rx.raise_limit(config.receive_window);
+        Self {
+            remote,
+            remote_index,
+            send_key: ChaCha20Poly1305::new(&Key::from(send)),
+            send_epoch: 0,
+            send_epoch_packets: 0,
+            send_epoch_start: now,
+            recv_key: ChaCha20Poly1305::new(&Key::from(recv)),
+            recv_prev: None,
+            recv_epoch: 0,
+            next_pn: 0,
+            replay: ReplayWindow::default(),
+            received: Default::default(),
+            largest_received_at: None,
+            unacked_eliciting: 0,
+            ack_deadline: None,
+            ack_pending: false,
+            sent: VecDeque::new(),
+            in_flight: 0,
+            largest_acked: None,
+            rtt: r,
+            cc: NewReno::new(config.max_datagram_size, config.initial_window_packets, config.max_window),
+            rto_deadline: None,
+            loss_deadline: None,
+            timeouts: 0,
+            tx: SendStream::new(),
+            max_data_due: rx.max_sent > super::stream::INITIAL_WINDOW,
+            rx,
+            ping_due: false,
+            dgram_out: VecDeque::new(),
+            dgram_in: VecDeque::new(),
+            closing: Closing::Open,
+            closed: None,
+            readable_changed: false,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Whether the session still carries data.
+    pub fn is_open(&self) -> bool {
+        matches!(self.closing, Closing::Open)
+    }
+
+    /// Smoothed round-trip time, once measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt.smoothed()
+    }
+
+    /// Congestion window in bytes.
+    pub fn window(&self) -> u64 {
+        self.cc.window
+    }
+
+    // ---- application side ----
+
+    /// Buffers stream bytes; returns how many were taken (0 when full).
+    pub fn write(&mut self, config: &SessionConfig, data: &[u8]) -> usize {
+        if !self.is_open() {
+            return 0;
+        }
+        self.tx.write(data, config.send_buffer)
+    }
+
+    /// Room left in the send buffer.
+    pub fn write_capacity(&self, config: &SessionConfig) -> usize {
+        if !self.is_open() || self.tx.is_finished() {
+            return 0;
+        }
+        config.send_buffer.saturating_sub(self.tx.buffered())
+    }
+
+    /// Ends our half of the stream.
+    pub fn finish(&mut self) {
+        self.tx.finish();
+    }
+
+    /// Whether all we wrote and the end were acknowledged.
+    pub fn send_done(&self) -> bool {
+        self.tx.is_done()
+    }
+
+    /// Reads stream bytes in order.
+    pub fn read(&mut self, config: &SessionConfig, buf: &mut [u8]) -> usize {
+        let (n, due) = self.rx.read(buf, config.receive_window);
+        self.max_data_due |= due;
+        n
+    }
+
+    /// Bytes ready to read.
+    pub fn readable(&self) -> usize {
+        self.rx.readable()
+    }
+
+    /// Whether the peer ended its stream and everything was read.
+    pub fn recv_finished(&self) -> bool {
+        self.rx.is_finished()
+    }
+
+    /// Queues an unreliable datagram (oldest dropped when the queue is
+    /// full). Returns false if it cannot fit in one packet.
+    pub fn send_datagram(&mut self, config: &SessionConfig, data: &[u8]) -> bool {
+        if frame::datagram_len(data.len()) > config.max_datagram_size - OVERHEAD || !self.is_open() {
+            return false;
+        }
+        if self.dgram_out.len() >= config.datagram_queue {
+            self.dgram_out.pop_front();
+        }
+        self.dgram_out.push_back(data.to_vec());
+        true
+    }
+
+    /// Takes a received datagram.
+    pub fn recv_datagram(&mut self) -> Option<Vec<u8>> {
+        self.dgram_in.pop_front()
+    }
+
+    /// Closes the session, telling the peer.
+    pub fn close(&mut self, code: u64, reason: &str) {
+        if self.is_open() {
+            self.closing = Closing::Pending(code, reason.to_owned());
+            self.closed = Some(CloseReason::Local);
+        }
+    }
+
+    /// Ends the session without a word (the path is gone).
+    pub fn abandon(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+        }
+        self.closing = Closing::Closed;
+    }
+
+    // ---- network side ----
+
+    /// Takes an authenticated-looking data packet (the header parsed and
+    /// addressed to this session). Returns false if it was dropped.
+    pub fn handle_packet(&mut self, config: &SessionConfig, now: Instant, data: &mut [u8]) -> bool {
+        let Some(h) = Header::parse(data) else { return false };
+        if matches!(self.closing, Closing::Closed) || !self.replay.check(h.pn) {
+            self.stats.packets_dropped += 1;
+            return false;
+        }
+        let (header, body) = data.split_at_mut(HEADER);
+        let (ct, tag) = body.split_at_mut(body.len() - TAG);
+        let tag = Tag::try_from(&*tag).expect("TAG bytes");
+        let n = nonce(h.pn);
+        let next_epoch = self.recv_epoch.wrapping_add(1);
+        let opened = if h.epoch == self.recv_epoch {
+            self.recv_key.decrypt_inout_detached(&n, header, ct.into(), &tag).is_ok()
+        } else if h.epoch == self.recv_epoch.wrapping_sub(1) {
+            self.recv_prev.as_ref().is_some_and(|k| k.decrypt_inout_detached(&n, header, ct.into(), &tag).is_ok())
+        } else if h.epoch == next_epoch {
+            let next = rekey(&self.recv_key);
+            let ok = next.decrypt_inout_detached(&n, header, ct.into(), &tag).is_ok();
+            if ok {
+                self.recv_prev = Some(std::mem::replace(&mut self.recv_key, next));
+                self.recv_epoch = next_epoch;
+            }
+            ok
+        } else {
+            false
+        };
+        if !opened {
+            self.stats.packets_dropped += 1;
+            return false;
+        }
+        self.replay.commit(h.pn);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += (HEADER + ct.len() + TAG) as u64;
+        let mut eliciting = false;
+        for f in frame::parse(ct) {
+            let f = match f {
+                Ok(f) => f,
+                Err(_) => {
+                    self.violation("malformed frame");
+                    return true;
+                }
+            };
+            eliciting |= !matches!(f, Frame::Ack(_));
+            match f {
+                Frame::Ping => {}
+                Frame::Ack(ack) => self.on_ack(config, now, &ack),
+                Frame::Stream { offset, data, fin } => match self.rx.on_data(offset, data, fin) {
+                    Ok(readable) => self.readable_changed |= readable,
+                    Err(StreamViolation::FlowControl) => return self.violation("stream data beyond our limit"),
+                    Err(StreamViolation::FinalSize) => return self.violation("stream data beyond its end"),
+                },
+                Frame::MaxData(m) => {
+                    self.tx.peer_max = self.tx.peer_max.max(m);
+                }
+                Frame::Close { code, reason } => {
+                    self.closed.get_or_insert(CloseReason::Peer {
+                        code,
+                        reason: String::from_utf8_lossy(reason).chars().take(200).collect(),
+                    });
+                    self.closing = Closing::Closed;
+                    return true;
+                }
+                Frame::Datagram(d) => {
+                    if self.dgram_in.len() >= config.datagram_queue {
+                        self.dgram_in.pop_front();
+                    }
+                    self.dgram_in.push_back(d.to_vec());
+                    self.readable_changed = true;
+                }
+            }
+        }
+        self.received.insert(h.pn, h.pn + 1);
+        while self.received.len() > frame::MAX_ACK_RANGES {
+            self.received.pop_first();
+        }
+        if self.received.max() == Some(h.pn) {
+            self.largest_received_at = Some(now);
+        }
+        self.ack_pending = true;
+        if eliciting {
+            self.unacked_eliciting += 1;
+            self.ack_deadline.get_or_insert(now + config.max_ack_delay);
+        }
+        true
+    }
+
+    fn violation(&mut self, what: &'static str) -> bool {
+        self.closed.get_or_insert(CloseReason::ProtocolViolation(what));
+        self.closing = Closing::Pending(1, what.to_owned());
+        true
+    }
+
+    fn on_ack(&mut self, config: &SessionConfig, now: Instant, ack: &frame::Ack) {
+        let Some(largest) = ack.ranges.first().map(|r| *r.end()) else { return };
+        if largest >= self.next_pn {
+            self.violation("acknowledgement of a packet never sent");
+            return;
+        }
+        let mut newly_acked = false;
+        for r in &ack.ranges {
+            let start = self.sent.partition_point(|s| s.pn < *r.start());
+            for i in start..self.sent.len() {
+                let s = self.sent[i];
+                if s.pn > *r.end() {
+                    break;
+                }
+                if !s.live {
+                    continue;
+                }
+                self.sent[i].live = false;
+                newly_acked = true;
+                if s.pn == largest && s.ack_eliciting {
+                    let delay = Duration::from_micros(ack.delay_micros).min(config.max_ack_delay);
+                    let rtt = now.saturating_duration_since(s.time);
+                    self.rtt.sample(if rtt > delay { rtt - delay } else { rtt });
+                }
+                self.in_flight -= u64::from(s.size);
+                self.cc.on_ack(s.time, u64::from(s.size));
+                if let Some(c) = s.stream {
+                    self.tx.on_ack(c);
+                }
+            }
+        }
+        if self.largest_acked.is_none_or(|l| largest > l) {
+            self.largest_acked = Some(largest);
+        }
+        self.detect_lost(now);
+        self.trim_sent();
+        if newly_acked {
+            self.timeouts = 0;
+            self.arm_rto(config, now);
+        }
+    }
+
+    fn trim_sent(&mut self) {
+        while self.sent.front().is_some_and(|s| !s.live) {
+            self.sent.pop_front();
+        }
+    }
+
+    fn arm_rto(&mut self, config: &SessionConfig, now: Instant) {
+        self.rto_deadline = (self.in_flight > 0).then(|| {
+            let rto = self.rtt.rto(config.rto_initial, config.rto_min, config.rto_max, config.max_ack_delay);
+            now + (rto * (1 << self.timeouts.min(16))).min(config.rto_max)
+        });
+    }
+
+    /// Packet-threshold (3) and time-threshold loss detection (RFC 9002 §6.1).
+    fn detect_lost(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else { return };
+        let delay = self.rtt.loss_delay();
+        self.loss_deadline = None;
+        let mut lost_sent = None;
+        for i in 0..self.sent.len() {
+            let s = self.sent[i];
+            if s.pn > largest {
+                break;
+            }
+            if !s.live {
+                continue;
+            }
+            if largest >= s.pn + 3 || s.time + delay <= now {
+                self.lose(i);
+                lost_sent = Some(s.time);
+            } else {
+                let at = s.time + delay;
+                self.loss_deadline = Some(self.loss_deadline.map_or(at, |d| d.min(at)));
+            }
+        }
+        if let Some(t) = lost_sent {
+            self.cc.on_loss(t, now);
+        }
+    }
+
+    fn lose(&mut self, i: usize) {
+        let s = self.sent[i];
+        self.sent[i].live = false;
+        self.in_flight -= u64::from(s.size);
+        self.stats.packets_lost += 1;
+        if let Some(c) = s.stream {
+            self.tx.on_lost(c);
+        }
+        if s.max_data {
+            self.max_data_due = true;
+        }
+        if s.ack_eliciting && s.stream.is_none() && !s.max_data {
+            self.ping_due = true;
+        }
+    }
+
+    /// The next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.closing, Closing::Closed) {
+            return None;
+        }
+        let ack = if self.ack_pending { self.ack_deadline } else { None };
+        [ack, self.loss_deadline, self.rto_deadline].into_iter().flatten().min()
+    }
+
+    /// Runs timers due at `now`.
+    pub fn handle_timeout(&mut self, config: &SessionConfig, now: Instant) {
+        if self.loss_deadline.is_some_and(|d| d <= now) {
+            self.detect_lost(now);
+            self.trim_sent();
+        }
+        if self.rto_deadline.is_some_and(|d| d <= now) {
+            self.timeouts += 1;
+            if self.timeouts > config.max_timeouts {
+                self.abandon(CloseReason::TimedOut);
+                return;
+            }
+            // Everything in flight is presumed lost (RFC 6298 §5.4-5.6).
+            let in_flight = self.in_flight;
+            for i in 0..self.sent.len() {
+                if self.sent[i].live {
+                    self.lose(i);
+                }
+            }
+            self.trim_sent();
+            self.cc.on_timeout(in_flight, now);
+            self.ping_due = true;
+            self.rto_deadline = None;
+        }
+    }
+
+    /// Whether an ACK must go now.
+    fn ack_due(&self, now: Instant) -> bool {
+        self.ack_pending && (self.unacked_eliciting >= 2 || self.ack_deadline.is_some_and(|d| d <= now))
+    }
+
+    /// Builds the next packet to send, if any.
+    pub fn poll_transmit(&mut self, config: &SessionConfig, now: Instant) -> Option<Vec<u8>> {
+        let mtu = config.max_datagram_size;
+        let mut plain = Vec::with_capacity(mtu);
+        let mut max_data = false;
+        let mut chunk = None;
+        let mut eliciting = false;
+        match std::mem::replace(&mut self.closing, Closing::Open) {
+            Closing::Open => {}
+            Closing::Closed => {
+                self.closing = Closing::Closed;
+                return None;
+            }
+            Closing::Pending(code, reason) => {
+                self.closing = Closing::Closed;
+                let reason = &reason.as_bytes()[..reason.len().min(200)];
+                frame::put_close(&mut plain, code, reason);
+                return Some(self.seal(config, now, plain));
+            }
+        }
+        let room_for_eliciting = self.in_flight + mtu as u64 <= self.cc.window || self.ping_due;
+        let has_data = room_for_eliciting
+            && (self.max_data_due || self.ping_due || !self.dgram_out.is_empty() || self.tx.wants_send());
+        if !has_data && !self.ack_due(now) {
+            return None;
+        }
+        let budget = mtu - OVERHEAD;
+        if self.ack_pending {
+            let ranges: Vec<_> = self.received.iter_desc().map(|(s, e)| s..=e - 1).collect();
+            let delay = self.largest_received_at.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
+            frame::put_ack(&mut plain, &ranges, delay);
+            self.ack_pending = false;
+            self.unacked_eliciting = 0;
+            self.ack_deadline = None;
+        }
+        if has_data {
+            if self.max_data_due {
+                frame::put_max_data(&mut plain, self.rx.max_sent);
+                self.max_data_due = false;
+                max_data = true;
+                eliciting = true;
+            }
+            while let Some(d) = self.dgram_out.front() {
+                if plain.len() + frame::datagram_len(d.len()) > budget {
+                    break;
+                }
+                frame::put_datagram(&mut plain, d);
+                self.dgram_out.pop_front();
+                eliciting = true;
+            }
+            // Header worst case for the stream frame: type + 8 + 4.
+            let room = budget.saturating_sub(plain.len() + 13);
+            if room > 0
+                && let Some(c) = self.tx.next_chunk(room)
+            {
+                let start = plain.len();
+                plain.push(if c.fin { 0x09 } else { 0x08 });
+                frame::put_varint(&mut plain, c.offset);
+                frame::put_varint(&mut plain, u64::from(c.len));
+                self.tx.copy(c, &mut plain);
+                debug_assert!(plain.len() - start <= frame::stream_header_len(c.offset, c.len as usize) + c.len as usize);
+                chunk = Some(c);
+                eliciting = true;
+            }
+            if self.ping_due {
+                self.ping_due = false;
+                if !eliciting {
+                    frame::put_ping(&mut plain);
+                    eliciting = true;
+                }
+            }
+        }
+        if plain.is_empty() {
+            return None;
+        }
+        let pn = self.next_pn;
+        let out = self.seal(config, now, plain);
+        if eliciting {
+            let size = out.len() as u16;
+            self.sent.push_back(Sent { pn, time: now, size, live: true, ack_eliciting: true, max_data, stream: chunk });
+            self.in_flight += u64::from(size);
+            if self.rto_deadline.is_none() {
+                self.arm_rto(config, now);
+            }
+        }
+        Some(out)
+    }
+
+    fn seal(&mut self, config: &SessionConfig, now: Instant, plain: Vec<u8>) -> Vec<u8> {
+        if self.send_epoch_packets >= config.rekey_after_packets
+            || now.saturating_duration_since(self.send_epoch_start) >= config.rekey_after
+        {
+            self.send_key = rekey(&self.send_key);
+            self.send_epoch = self.send_epoch.wrapping_add(1);
+            self.send_epoch_packets = 0;
+            self.send_epoch_start = now;
+            self.stats.rekeys += 1;
+        }
+        let pn = self.next_pn;
+        self.next_pn += 1;
+        self.send_epoch_packets += 1;
+        let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
+        out.push(DATA);
+        out.push(self.send_epoch);
+        out.extend_from_slice(&self.remote_index.to_be_bytes());
+        out.extend_from_slice(&pn.to_be_bytes());
+        out.extend_from_slice(&plain);
+        let (header, body) = out.split_at_mut(HEADER);
+        let tag = self
+            .send_key
+            .encrypt_inout_detached(&nonce(pn), header, body.into())
+            .expect("ChaCha20-Poly1305 seals any packet size we build");
+        out.extend_from_slice(&tag);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += out.len() as u64;
+        out
+    }
+}
