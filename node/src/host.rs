@@ -680,7 +680,7 @@ impl Host {
                 self.events.push_back(HostEvent::StunFailed { server });
             } else {
                 q.tries += 1;
-                q.next = now + self.config.stun_rto * (1 << q.tries.min(8));
+                q.next = now + self.config.stun_rto * (1 << (q.tries - 1).min(8));
                 self.transmits.push_back(Transmit { destination: q.server, contents: q.request.clone() });
             }
         }

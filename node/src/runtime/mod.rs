@@ -1,7 +1,11 @@
 //! The runtime side of the node: everything that touches the operating
-//! system (files, clock, OS randomness). Built with the `runtime` feature.
+//! system (sockets, files, clock, OS randomness). Built with the `runtime`
+//! feature.
 
+pub mod config;
+pub mod control;
 pub mod keystore;
+pub mod node;
 pub mod qr;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,5 +1,6 @@
 //! `convoke`: the Convoke node's command-line tool.
 
+mod session_cmd;
 mod token_cmd;
 mod util;
 
@@ -19,9 +20,23 @@ struct Cli {
     #[arg(long, global = true, env = "CONVOKE_KEY", value_name = "PATH")]
     key: Option<PathBuf>,
 
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (running nodes print
+    /// one JSON event per line on standard error).
     #[arg(long, global = true)]
     json: bool,
+
+    /// Configuration file (TOML). Default: <config dir>/convoke/config.toml
+    /// if it exists.
+    #[arg(long, global = true, env = "CONVOKE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only errors on standard error.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -35,6 +50,16 @@ enum Command {
     /// Mint, inspect and draw invitation and RSVP tokens.
     #[command(subcommand)]
     Token(token_cmd::TokenCmd),
+    /// Print an invitation, wait for the invitee, then pipe standard input
+    /// and output through the encrypted session.
+    Invite(session_cmd::InviteArgs),
+    /// Connect with an invitation, then pipe standard input and output
+    /// through the encrypted session (like netcat).
+    Join(session_cmd::JoinArgs),
+    /// Hand a reply token (RSVP) to the running `convoke invite`.
+    Rsvp(session_cmd::RsvpArgs),
+    /// Show the running nodes' sessions and paths.
+    Status(session_cmd::StatusArgs),
 }
 
 /// What a command reports when it fails: the message, and the exit status.
@@ -52,14 +77,16 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub(crate) struct Ctx {
     pub key: Option<PathBuf>,
     pub json: bool,
+    pub quiet: bool,
+    pub file: Option<convoke_node::runtime::config::FileConfig>,
 }
 
 impl Ctx {
     /// Loads (or creates) the identity, telling the user on stderr when a
     /// new key was made.
     pub fn identity(&self) -> Result<(convoke_node::identity::Identity, PathBuf), Failure> {
-        let path = match &self.key {
-            Some(p) => p.clone(),
+        let path = match self.key.clone().or_else(|| self.file.as_ref().and_then(|f| f.key.clone())) {
+            Some(p) => p,
             None => keystore::default_key_path()?,
         };
         let (id, created) = keystore::load_or_create(&path)?;
@@ -72,11 +99,18 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Ctx { key: cli.key, json: cli.json };
-    let result = match cli.command {
-        Command::Id => cmd_id(&ctx),
-        Command::Token(t) => token_cmd::run(&ctx, t),
-    };
+    init_logging(cli.verbose, cli.quiet);
+    let result = session_cmd::load_config(cli.config.as_ref()).and_then(|file| {
+        let ctx = Ctx { key: cli.key, json: cli.json, quiet: cli.quiet, file };
+        match cli.command {
+            Command::Id => cmd_id(&ctx),
+            Command::Token(t) => token_cmd::run(&ctx, t),
+            Command::Invite(a) => session_cmd::invite(&ctx, a),
+            Command::Join(a) => session_cmd::join(&ctx, a),
+            Command::Rsvp(a) => session_cmd::rsvp(&ctx, a),
+            Command::Status(a) => session_cmd::status(&ctx, a),
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -86,6 +120,20 @@ fn main() -> ExitCode {
             ExitCode::from(f.status)
         }
     }
+}
+
+/// Logs to standard error: RUST_LOG if set, else warnings (-q: errors,
+/// -v: debug, -vv: trace) for convoke's own code.
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "convoke_node=debug,convoke=debug",
+        _ => "convoke_node=trace,convoke=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 fn cmd_id(ctx: &Ctx) -> Result<(), Failure> {

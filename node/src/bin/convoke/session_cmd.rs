@@ -1,0 +1,744 @@
+//! `convoke invite`, `convoke join`, `convoke rsvp`, `convoke status`: a
+//! node that connects with a token and pipes standard input and output
+//! through the encrypted session, like netcat.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use convoke_node::host::HostEvent;
+use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
+use convoke_node::runtime::config::{FileConfig, resolve_stun};
+use convoke_node::runtime::control::{self, Request};
+use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
+use convoke_node::runtime::qr::TokenQr;
+use convoke_node::runtime::{os_rng, unix_now};
+use convoke_node::session::CloseReason;
+use convoke_node::token::{
+    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, Token,
+};
+use rand_core::Rng;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::util::{format_time, parse_duration, read_token_arg};
+use crate::{Ctx, Failure};
+
+/// Options every running node shares.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Address to listen on (repeatable). Default: all interfaces, IPv4 and
+    /// IPv6, on a port the system picks.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Vec<SocketAddr>,
+    /// STUN server to learn our public address from (repeatable; none by
+    /// default). Any reachable convoke node answers STUN.
+    #[arg(long, value_name = "HOST:PORT")]
+    stun: Vec<String>,
+    /// Control socket for `convoke rsvp` and `convoke status`.
+    /// Default: one per process under $XDG_RUNTIME_DIR/convoke.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Show the token as a QR code too (on standard error).
+    #[arg(long)]
+    qr: bool,
+}
+
+/// `convoke invite`.
+#[derive(Args, Debug)]
+pub struct InviteArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Let several people join with this invitation (until it expires).
+    #[arg(long)]
+    reusable: bool,
+    /// Ask invitees for an RSVP at once (for a network that never accepts a
+    /// first contact from outside).
+    #[arg(long)]
+    rsvp_required: bool,
+    /// How long the invitation stays valid.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires: Option<u64>,
+    /// How long an invitee tries before asking for an RSVP.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    rsvp_timeout: Option<u64>,
+    /// Also write the invitation to this file.
+    #[arg(long, value_name = "FILE")]
+    token_out: Option<PathBuf>,
+}
+
+/// `convoke join`.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The invitation (`-` reads it from standard input's first line).
+    token: String,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Create the reply token without asking when the inviter needs one.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Also write the reply token (RSVP) to this file.
+    #[arg(long, value_name = "FILE")]
+    rsvp_out: Option<PathBuf>,
+}
+
+/// `convoke rsvp`.
+#[derive(Args, Debug)]
+pub struct RsvpArgs {
+    /// The reply token (`-` reads standard input).
+    token: String,
+    /// The node's control socket (default: try every running node).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+/// `convoke status`.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The node's control socket (default: every running node).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
+    let mut c = NodeConfig::default();
+    let file = ctx.file.clone().unwrap_or_default();
+    let listen = if a.listen.is_empty() { file.listen } else { a.listen.clone() };
+    if !listen.is_empty() {
+        c.listen = listen;
+    }
+    let stun = if a.stun.is_empty() { file.stun } else { a.stun.clone() };
+    c.stun = resolve_stun(&stun)?;
+    c.control = a.control.clone().or(file.control);
+    Ok(c)
+}
+
+fn seed() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    os_rng().fill_bytes(&mut s);
+    s
+}
+
+/// Pipes standard input into every session and sessions into standard
+/// output; reports what happens on standard error.
+struct Pipe {
+    json: bool,
+    quiet: bool,
+    /// Invite: our invitation; join: theirs.
+    invitation: Invitation,
+    inviter: bool,
+    reusable: bool,
+    yes: bool,
+    qr: bool,
+    rsvp_out: Option<PathBuf>,
+    token_out: Option<PathBuf>,
+    stdin_rx: mpsc::Receiver<Vec<u8>>,
+    stdin_open: bool,
+    stdin_is_tty: bool,
+    /// A chunk of standard input being written, with each session's progress.
+    held: Option<(Vec<u8>, BTreeMap<AttemptId, usize>)>,
+    out_tx: mpsc::Sender<Vec<u8>>,
+    out_permit: Option<mpsc::OwnedPermit<Vec<u8>>>,
+    out_blocked: bool,
+    sessions: BTreeMap<AttemptId, bool>,
+    attempt: Option<AttemptId>,
+    mapped: Vec<SocketAddr>,
+    awaiting_answer: bool,
+    outcome: Option<Result<(), Failure>>,
+    interrupted: bool,
+}
+
+impl Pipe {
+    fn new(ctx: &Ctx, invitation: Invitation, inviter: bool, out_tx: mpsc::Sender<Vec<u8>>) -> Pipe {
+        Pipe {
+            json: ctx.json,
+            quiet: ctx.quiet,
+            invitation,
+            inviter,
+            reusable: false,
+            yes: false,
+            qr: false,
+            rsvp_out: None,
+            token_out: None,
+            stdin_rx: stdin_reader(),
+            stdin_open: true,
+            stdin_is_tty: std::io::stdin().is_terminal(),
+            held: None,
+            out_tx,
+            out_permit: None,
+            out_blocked: false,
+            sessions: BTreeMap::new(),
+            attempt: None,
+            mapped: Vec::new(),
+            awaiting_answer: false,
+            outcome: None,
+            interrupted: false,
+        }
+    }
+
+    fn say(&self, human: impl AsRef<str>, event: Value) {
+        if self.json {
+            eprintln!("{event}");
+        } else if !self.quiet {
+            eprintln!("{}", human.as_ref());
+        }
+    }
+
+    fn show_token(&self, text: &str, label: &str) {
+        if self.json {
+            return;
+        }
+        eprintln!("\n{text}\n");
+        if self.qr {
+            match TokenQr::new(text) {
+                Ok(q) => eprintln!("{}", q.to_terminal()),
+                Err(e) => eprintln!("convoke: the {label} does not fit a QR code: {e}"),
+            }
+        }
+    }
+
+    fn make_rsvp(&mut self, ctx: &mut NodeCtx<'_>, attempt: AttemptId) {
+        let Some(id) = ctx.host.endpoint().rsvp_token_id(attempt) else { return };
+        let mut cands: Vec<(CandidateKind, SocketAddr)> = ctx.candidates.iter().map(|c| (c.kind, c.address)).collect();
+        for m in &self.mapped {
+            if !cands.iter().any(|(_, a)| a == m) {
+                cands.push((CandidateKind::Srflx, *m));
+            }
+        }
+        cands.truncate(token::limits::MAX_CANDIDATES);
+        let t = Token::new_rsvp(&self.invitation, ctx.identity, id, Candidate::list(cands), unix_now());
+        let text = t.encode_compact();
+        if let Some(p) = &self.rsvp_out
+            && let Err(e) = std::fs::write(p, format!("{text}\n"))
+        {
+            eprintln!("convoke: writing {}: {e}", p.display());
+        }
+        self.say(
+            "Here is your reply token. Send it back to the person who invited you; they paste it into\n\
+             their `convoke invite` window or run `convoke rsvp TOKEN`. This window keeps trying meanwhile.",
+            json!({ "event": "rsvp", "token": text }),
+        );
+        self.show_token(&text, "reply token");
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Err(Failure { message, status: 1 }));
+        }
+    }
+}
+
+fn kind(k: CandidateKind) -> &'static str {
+    match k {
+        CandidateKind::Host => "direct address",
+        CandidateKind::Srflx => "public address",
+        CandidateKind::Prflx => "address seen by the peer",
+        CandidateKind::Relay => "relay",
+    }
+}
+
+impl App for Pipe {
+    type Output = Result<(), Failure>;
+
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        if self.inviter {
+            let b = &self.invitation.token().body;
+            let text = self.invitation.token().encode_compact();
+            if let Some(p) = &self.token_out
+                && let Err(e) = std::fs::write(p, format!("{text}\n"))
+            {
+                self.fail(format!("writing {}: {e}", p.display()));
+                return;
+            }
+            let uses = if self.reusable { "reusable" } else { "single use" };
+            self.say(
+                format!(
+                    "Invitation ({uses}, valid until {}). Send it to the person you invite; they run\n`convoke join TOKEN`:",
+                    format_time(b.expires_at)
+                ),
+                json!({ "event": "invitation", "token": text, "expires_at": b.expires_at,
+                        "candidates": ctx.candidates.iter().map(|c| c.address.to_string()).collect::<Vec<_>>() }),
+            );
+            self.show_token(&text, "invitation");
+            self.say(
+                "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
+                json!({ "event": "waiting" }),
+            );
+            ctx.host.listen(self.invitation.clone());
+        } else {
+            self.attempt = Some(ctx.host.join(&self.invitation, ctx.now));
+            self.say("Connecting to the inviter…", json!({ "event": "connecting" }));
+        }
+    }
+
+    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
+        match event {
+            HostEvent::Established { session, peer, remote, remote_kind, via, inviter } => {
+                if !inviter && Some(session) != self.attempt {
+                    return;
+                }
+                self.sessions.insert(session, false);
+                let how = match via {
+                    Via::SingleToken => "with the invitation alone",
+                    Via::Rsvp => "after the reply token",
+                };
+                self.say(
+                    format!(
+                        "Connected to {} at {remote} ({}, {how}); the session is encrypted.",
+                        peer.peer_id(),
+                        kind(remote_kind)
+                    ),
+                    json!({ "event": "connected", "peer_id": peer.peer_id().to_string(), "remote": remote.to_string(),
+                            "remote_kind": format!("{remote_kind:?}").to_lowercase(),
+                            "via": if via == Via::Rsvp { "rsvp" } else { "single_token" } }),
+                );
+                if !self.reusable {
+                    ctx.host.unlisten(self.invitation.token().body.token_id);
+                }
+            }
+            HostEvent::Ice(IceEvent::Mapped { address }) => self.mapped.push(address),
+            HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) if Some(attempt) == self.attempt => {
+                self.say(
+                    "The inviter's network does not let a first contact in from outside, so they need a reply\n\
+                     from you before both of you can connect.",
+                    json!({ "event": "rsvp_needed" }),
+                );
+                if self.yes {
+                    self.make_rsvp(ctx, attempt);
+                } else if self.stdin_is_tty {
+                    eprint!("Create the reply token now? [Y/n] ");
+                    let _ = std::io::stderr().flush();
+                    self.awaiting_answer = true;
+                } else {
+                    self.fail(
+                        "the inviter needs a reply token and standard input is not a terminal to ask on; \
+                         run again with --yes to create it"
+                            .into(),
+                    );
+                }
+            }
+            HostEvent::Ice(IceEvent::Failed { attempt, reason }) if Some(attempt) == self.attempt => {
+                if self.sessions.contains_key(&attempt) {
+                    return; // reported by Closed
+                }
+                self.fail(match reason {
+                    FailReason::Timeout => "could not reach the inviter, and this invitation does not take a reply token".into(),
+                    FailReason::Closed => "the connection attempt was closed".into(),
+                    FailReason::Crossed => "the inviter is connecting to us with their own invitation; keeping that one".into(),
+                });
+            }
+            HostEvent::HandshakeFailed { session, reason } => {
+                if Some(session) == self.attempt {
+                    self.fail(format!("the secure handshake failed: {reason}"));
+                } else {
+                    self.say(format!("Refused a joiner: {reason}"), json!({ "event": "refused", "reason": reason }));
+                }
+            }
+            HostEvent::Closed { session, reason } => {
+                let Some(_) = self.sessions.remove(&session) else { return };
+                let clean = matches!(&reason, CloseReason::Peer { code: 0, .. } | CloseReason::Local);
+                self.say(
+                    format!("Session with peer closed: {reason:?}"),
+                    json!({ "event": "closed", "reason": format!("{reason:?}") }),
+                );
+                if !self.reusable {
+                    if clean {
+                        self.outcome.get_or_insert(Ok(()));
+                    } else {
+                        self.fail(format!("the session ended: {reason:?}"));
+                    }
+                }
+            }
+            HostEvent::StunFailed { server } => self.say(
+                format!("STUN server {server} did not answer; the token carries only this machine's addresses."),
+                json!({ "event": "stun_failed", "server": server.to_string() }),
+            ),
+            _ => {}
+        }
+    }
+
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Self::Output> {
+        if self.interrupted {
+            for id in self.sessions.keys().copied().collect::<Vec<_>>() {
+                ctx.host.close(id, ctx.now);
+            }
+            return Some(Err(Failure { message: "interrupted".into(), status: 130 }));
+        }
+        // A typed answer to our question, or a pasted RSVP, is not data.
+        if let Some((chunk, progress)) = &self.held
+            && progress.is_empty()
+        {
+            let text = String::from_utf8_lossy(chunk).trim().to_owned();
+            if self.awaiting_answer {
+                self.awaiting_answer = false;
+                self.held = None;
+                if text.is_empty() || text.eq_ignore_ascii_case("y") || text.eq_ignore_ascii_case("yes") {
+                    if let Some(a) = self.attempt {
+                        self.make_rsvp(ctx, a);
+                    }
+                } else {
+                    self.fail("no reply token made; the inviter's network needs one to connect".into());
+                }
+            } else if self.inviter && self.sessions.is_empty() && (text.starts_with("scpc:") || text.starts_with("scpi://")) {
+                self.held = None;
+                match ctx.host.accept_rsvp(&text, ctx.now) {
+                    Ok(_) => self.say("Took the reply token; both sides are now trying at once.", json!({ "event": "rsvp_accepted" })),
+                    Err(e) => self.say(format!("That reply token was refused: {e}"), json!({ "event": "rsvp_refused", "error": e.to_string() })),
+                }
+            }
+        }
+        // Standard input to every session.
+        if let Some((chunk, progress)) = &mut self.held
+            && !self.sessions.is_empty()
+        {
+            let mut all = true;
+            for (&id, _) in self.sessions.iter() {
+                let p = progress.entry(id).or_insert(0);
+                *p += ctx.host.write(id, &chunk[*p..]);
+                all &= *p == chunk.len();
+            }
+            if all {
+                self.held = None;
+            }
+        }
+        if !self.stdin_open && self.held.is_none() {
+            for (&id, finished) in self.sessions.iter_mut() {
+                if !*finished {
+                    ctx.host.finish(id);
+                    *finished = true;
+                }
+            }
+        }
+        // Sessions to standard output, as fast as it takes them.
+        self.out_blocked = false;
+        for &id in self.sessions.keys() {
+            while ctx.host.readable(id) > 0 {
+                let permit = match self.out_permit.take() {
+                    Some(p) => p,
+                    None => match self.out_tx.clone().try_reserve_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            self.out_blocked = true;
+                            break;
+                        }
+                    },
+                };
+                let mut buf = vec![0u8; ctx.host.readable(id).min(256 * 1024)];
+                let n = ctx.host.read(id, &mut buf);
+                buf.truncate(n);
+                permit.send(buf);
+            }
+        }
+        // Done: both directions ended (or the peer closed cleanly).
+        if !self.reusable {
+            for (&id, &finished) in &self.sessions {
+                if finished && ctx.host.recv_finished(id) && ctx.host.send_done(id) {
+                    ctx.host.close(id, ctx.now);
+                    self.outcome.get_or_insert(Ok(()));
+                }
+            }
+        } else {
+            let done: Vec<_> = self
+                .sessions
+                .iter()
+                .filter(|(id, f)| **f && ctx.host.recv_finished(**id) && ctx.host.send_done(**id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in done {
+                ctx.host.close(id, ctx.now);
+            }
+        }
+        self.outcome.take()
+    }
+
+    async fn wake(&mut self) {
+        let want_in = self.held.is_none() && self.stdin_open;
+        let want_out = self.out_blocked && self.out_permit.is_none();
+        let out_tx = self.out_tx.clone();
+        tokio::select! {
+            chunk = self.stdin_rx.recv(), if want_in => match chunk {
+                Some(c) => self.held = Some((c, BTreeMap::new())),
+                None => self.stdin_open = false,
+            },
+            permit = out_tx.reserve_owned(), if want_out => {
+                self.out_permit = permit.ok();
+            }
+            _ = tokio::signal::ctrl_c() => self.interrupted = true,
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        self.say(message, json!({ "event": "note", "message": message }));
+    }
+}
+
+/// Standard input in chunks, read on a thread (blocking reads).
+fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let mut buf = vec![0u8; 64 * 1024];
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(buf).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Standard output on a thread; returns the sender and the thread to join.
+fn stdout_writer() -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let h = std::thread::spawn(move || {
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = rx.blocking_recv() {
+            if out.write_all(&chunk).is_err() {
+                break;
+            }
+            if rx.is_empty() && out.flush().is_err() {
+                break;
+            }
+        }
+        let _ = out.flush();
+    });
+    (tx, h)
+}
+
+/// `convoke invite`.
+pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
+    let (identity, _) = ctx.identity()?;
+    let file = ctx.file.clone().unwrap_or_default();
+    let expires = match a.expires {
+        Some(e) => e,
+        None => file.invite.expires.as_deref().map(parse_duration).transpose()?.unwrap_or(86_400),
+    };
+    let rsvp_timeout = match a.rsvp_timeout {
+        Some(t) => t,
+        None => file.invite.rsvp_timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(30),
+    };
+    let config = node_config(ctx, &a.node)?;
+    // Bind first: the invitation carries the bound addresses.
+    let rt = runtime()?;
+    let (out_tx, writer) = stdout_writer();
+    let reusable = a.reusable;
+    let result = rt.block_on(async {
+        let node = Node::bind(identity.clone(), config, seed())?;
+        // STUN answers arrive once the node runs; the invitation is minted
+        // again in `on_ready` from the final candidate list.
+        let first = make_invitation(&identity, node.candidates(), expires, rsvp_timeout, reusable, a.rsvp_required)?;
+        let mut pipe = Pipe::new(ctx, first, true, out_tx);
+        pipe.reusable = reusable;
+        pipe.qr = a.node.qr;
+        pipe.token_out = a.token_out.clone();
+        let mut inv = InviteApp { pipe: &mut pipe, identity: identity.clone(), expires, rsvp_timeout, rsvp_required: a.rsvp_required };
+        node.run(&mut inv).await.map_err(Failure::from)?
+    });
+    let _ = writer.join();
+    result
+}
+
+fn mode(reusable: bool, rsvp_required: bool, rsvp_timeout: u64) -> Result<ConnectionMode, Failure> {
+    Ok(ConnectionMode {
+        initial: if rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
+        rsvp_supported: true,
+        rsvp_timeout_seconds: u32::try_from(rsvp_timeout).map_err(|_| "--rsvp-timeout is too long")?,
+        reusable,
+    })
+}
+
+fn make_invitation(
+    identity: &convoke_node::identity::Identity,
+    candidates: &[Candidate],
+    expires: u64,
+    rsvp_timeout: u64,
+    reusable: bool,
+    rsvp_required: bool,
+) -> Result<Invitation, Failure> {
+    let mut cands = candidates.to_vec();
+    cands.truncate(token::limits::MAX_CANDIDATES);
+    let params = InvitationParams {
+        candidates: cands,
+        lifetime_secs: expires,
+        mode: mode(reusable, rsvp_required, rsvp_timeout)?,
+        ..InvitationParams::default()
+    };
+    let now = unix_now();
+    let t = Token::new_invitation(identity, params, now, &mut os_rng());
+    Ok(Invitation::from_token(t, now)?)
+}
+
+/// The inviter: makes the invitation once the candidates are final.
+struct InviteApp<'a> {
+    pipe: &'a mut Pipe,
+    identity: convoke_node::identity::Identity,
+    expires: u64,
+    rsvp_timeout: u64,
+    rsvp_required: bool,
+}
+
+impl App for InviteApp<'_> {
+    type Output = Result<(), Failure>;
+
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        match make_invitation(
+            &self.identity,
+            ctx.candidates,
+            self.expires,
+            self.rsvp_timeout,
+            self.pipe.reusable,
+            self.rsvp_required,
+        ) {
+            Ok(inv) => self.pipe.invitation = inv,
+            Err(f) => {
+                self.pipe.outcome = Some(Err(f));
+                return;
+            }
+        }
+        self.pipe.on_ready(ctx);
+    }
+
+    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
+        self.pipe.on_event(ctx, event);
+    }
+
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Self::Output> {
+        self.pipe.step(ctx)
+    }
+
+    async fn wake(&mut self) {
+        self.pipe.wake().await;
+    }
+
+    fn note(&mut self, message: &str) {
+        self.pipe.note(message);
+    }
+}
+
+/// `convoke join`.
+pub fn join(ctx: &Ctx, a: JoinArgs) -> Result<(), Failure> {
+    let text = if a.token == "-" {
+        // Only the first line: the rest of standard input is data.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the token: {e}"))?;
+        line
+    } else {
+        read_token_arg(&a.token)?
+    };
+    let invitation =
+        Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}"))?;
+    let (identity, _) = ctx.identity()?;
+    let config = node_config(ctx, &a.node)?;
+    let rt = runtime()?;
+    let (out_tx, writer) = stdout_writer();
+    let result = rt.block_on(async {
+        let node = Node::bind(identity, config, seed())?;
+        let mut pipe = Pipe::new(ctx, invitation, false, out_tx);
+        pipe.yes = a.yes;
+        pipe.qr = a.node.qr;
+        pipe.rsvp_out = a.rsvp_out.clone();
+        node.run(&mut pipe).await.map_err(Failure::from)?
+    });
+    // The pipe (and its sender) are gone: the writer drains and ends.
+    let _ = writer.join();
+    result
+}
+
+/// `convoke rsvp`: hands a reply token to the running inviter.
+pub fn rsvp(ctx: &Ctx, a: RsvpArgs) -> Result<(), Failure> {
+    let text = read_token_arg(&a.token)?;
+    let sockets = control::find_sockets(a.control.as_deref());
+    if sockets.is_empty() {
+        return Err("no convoke node is running here (start one with `convoke invite`)".into());
+    }
+    let rt = runtime()?;
+    let req = Request::Rsvp { token: text.trim().to_owned() };
+    let mut last_err = None;
+    for s in &sockets {
+        let Ok(answer) = rt.block_on(control::request(s, &req)) else { continue };
+        if answer["ok"] == Value::Bool(true) {
+            if ctx.json {
+                println!("{}", json!({ "ok": true, "control": s }));
+            } else if !ctx.quiet {
+                eprintln!("convoke: the inviter took the reply token; both sides are trying at once");
+            }
+            return Ok(());
+        }
+        if answer["code"] != "unknown_invitation" {
+            return Err(format!("the reply token was refused: {}", answer["error"].as_str().unwrap_or("?")).into());
+        }
+        last_err = Some(answer);
+    }
+    Err(match last_err {
+        Some(_) => "no running convoke node issued the invitation this reply answers".into(),
+        None => "no running convoke node answered on its control socket".into(),
+    })
+}
+
+/// `convoke status`.
+pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
+    let sockets = control::find_sockets(a.control.as_deref());
+    let rt = runtime()?;
+    let nodes: Vec<Value> = sockets.iter().filter_map(|s| rt.block_on(control::request(s, &Request::Status)).ok()).collect();
+    if ctx.json {
+        println!("{}", Value::Array(nodes));
+        return Ok(());
+    }
+    if nodes.is_empty() {
+        println!("no convoke node is running here");
+        return Ok(());
+    }
+    for n in nodes {
+        println!("node {} (pid {}, up {}s)", n["peer_id"].as_str().unwrap_or("?"), n["pid"], n["up_seconds"]);
+        println!("  listening   {}", join_strs(&n["listen"]));
+        println!("  candidates  {}", join_strs(&n["candidates"]));
+        let sessions = n["sessions"].as_array().cloned().unwrap_or_default();
+        if sessions.is_empty() {
+            println!("  no sessions ({} attempts pending)", n["attempts"]);
+        }
+        for s in sessions {
+            println!(
+                "  session with {}\n    path        {} ({})\n    established by {}, {} s ago; rtt {} ms; {} bytes out, {} in",
+                s["peer_id"].as_str().unwrap_or("?"),
+                s["remote"].as_str().unwrap_or("?"),
+                s["remote_kind"].as_str().unwrap_or("?"),
+                s["established_by"].as_str().unwrap_or("?"),
+                s["up_seconds"],
+                s["rtt_ms"].as_f64().map(|r| format!("{r:.2}")).unwrap_or_else(|| "?".into()),
+                s["bytes_sent"],
+                s["bytes_received"],
+            );
+        }
+    }
+    Ok(())
+}
+
+fn join_strs(v: &Value) -> String {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+}
+
+/// Loads `--config`, or the default file if it exists.
+pub fn load_config(path: Option<&PathBuf>) -> Result<Option<FileConfig>, Failure> {
+    match path {
+        Some(p) => Ok(Some(FileConfig::load(p)?)),
+        None => {
+            let default = dirs::config_dir().map(|d| d.join("convoke").join("config.toml"));
+            match default {
+                Some(p) if p.exists() => Ok(Some(FileConfig::load(&p)?)),
+                _ => Ok(None),
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The node's TOML configuration file (`--config`). Every field is
+//! optional; command-line flags win over the file.
+//!
+//! ```toml
+//! listen = ["0.0.0.0:4433", "[::]:4433"]
+//! stun = ["198.18.0.1:3478"]
+//! key = "/var/lib/convoke/identity.key"
+//! control = "/run/convoke/node.sock"
+//!
+//! [invite]
+//! expires = "1d"
+//! rsvp_timeout = "30s"
+//! ```
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The file's contents.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Addresses to bind (default: `0.0.0.0:0` and `[::]:0`).
+    pub listen: Vec<SocketAddr>,
+    /// STUN servers as `host:port` (none by default).
+    pub stun: Vec<String>,
+    /// Identity key file.
+    pub key: Option<PathBuf>,
+    /// Control socket path.
+    pub control: Option<PathBuf>,
+    /// Defaults for `convoke invite`.
+    pub invite: InviteDefaults,
+}
+
+/// Defaults for new invitations.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InviteDefaults {
+    /// Lifetime, e.g. `1d`.
+    pub expires: Option<String>,
+    /// How long the invitee tries before asking for an RSVP, e.g. `30s`.
+    pub rsvp_timeout: Option<String>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field is wrong (the message names it).
+    #[error("configuration file {path}: {message}")]
+    Parse {
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// A STUN server name did not resolve.
+    #[error("STUN server `{0}` is not an address or a name that resolves: {1}")]
+    Stun(String, String),
+}
+
+impl FileConfig {
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+}
+
+/// Resolves `host:port` STUN server names (the first address of each).
+pub fn resolve_stun(servers: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
+    servers
+        .iter()
+        .map(|s| {
+            let mut it = s.to_socket_addrs().map_err(|e| ConfigError::Stun(s.clone(), e.to_string()))?;
+            it.next().ok_or_else(|| ConfigError::Stun(s.clone(), "no address".into()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = FileConfig::parse(
+            r#"
+            listen = ["0.0.0.0:4433", "[::]:4433"]
+            stun = ["198.18.0.1:3478"]
+            [invite]
+            expires = "1d"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.invite.expires.as_deref(), Some("1d"));
+        assert_eq!(resolve_stun(&c.stun).expect("ip")[0], "198.18.0.1:3478".parse().expect("addr"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = FileConfig::parse("listen = [\"not an address\"]").expect_err("bad");
+        assert!(e.contains("listen"), "{e}");
+        let e = FileConfig::parse("lisen = []").expect_err("unknown");
+        assert!(e.contains("lisen"), "{e}");
+        assert!(resolve_stun(&["no-port".into()]).is_err());
+    }
+}

@@ -1,0 +1,403 @@
+//! The tokio driver of the engine: UDP sockets (IPv4 and IPv6) feeding a
+//! [`Host`], host and server-reflexive candidates, and the control socket.
+//! An [`App`] (the CLI's pipe, a benchmark) decides what to do with
+//! sessions; the node runs the I/O.
+//!
+//! The loop is single-threaded: it waits for a datagram, the host's next
+//! deadline, the app or a control request; hands the input to the host;
+//! then drains the host's transmits and events completely (the engine's
+//! drive rule).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::host::{Host, HostConfig, HostEvent};
+use crate::ice::Transmit;
+use crate::identity::Identity;
+use crate::token::{Candidate, CandidateKind};
+
+use super::control;
+
+/// How a node binds and what it asks.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Addresses to bind. An unspecified address (`0.0.0.0`, `[::]`)
+    /// offers every interface address of its family as a host candidate.
+    pub listen: Vec<SocketAddr>,
+    /// STUN servers asked for our server-reflexive address.
+    pub stun: Vec<SocketAddr>,
+    /// Control socket path; `None` picks one per process under the
+    /// runtime directory (see [`control::socket_dir`]).
+    pub control: Option<PathBuf>,
+    /// Engine tunables.
+    pub host: HostConfig,
+    /// Socket buffer sizes asked of the kernel (it may cap them).
+    pub socket_buffer: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([0u16; 8], 0))],
+            stun: Vec::new(),
+            control: None,
+            host: HostConfig::default(),
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+        /// Advice for people.
+        hint: &'static str,
+    },
+    /// No socket at all could be bound.
+    #[error("no listen address could be bound")]
+    NoSocket,
+    /// The control socket could not be created.
+    #[error("cannot create the control socket {path}: {source}")]
+    Control {
+        /// Its path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// What an app sees of the node while it acts.
+pub struct NodeCtx<'a> {
+    /// The engine.
+    pub host: &'a mut Host,
+    /// The current time.
+    pub now: Instant,
+    /// Our candidates (host, then server reflexive).
+    pub candidates: &'a [Candidate],
+    /// Our identity.
+    pub identity: &'a Identity,
+}
+
+/// What runs on a node: reacts to events and moves application data.
+pub trait App {
+    /// What the app returns when it is done.
+    type Output;
+    /// Candidates are known (STUN answered or gave up): start.
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>);
+    /// Every host event, in order.
+    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent);
+    /// After each round of input: move data; `Some` ends the run.
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Self::Output>;
+    /// Resolves when the app has input of its own (must be cancel-safe).
+    fn wake(&mut self) -> impl Future<Output = ()>;
+    /// A control-socket client did something worth telling the user.
+    fn note(&mut self, message: &str) {
+        eprintln!("convoke: {message}");
+    }
+}
+
+/// A bound node: sockets, engine, control socket.
+pub struct Node {
+    host: Host,
+    identity: Identity,
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+    candidates: Vec<Candidate>,
+    stun_pending: usize,
+    control: Option<control::Server>,
+    started: Instant,
+}
+
+fn bind_one(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source: io::Error| {
+        let hint = match source.kind() {
+            io::ErrorKind::AddrInUse => " (another program, perhaps another convoke, uses this port; pick another with --listen)",
+            io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
+            io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
+            _ => "",
+        };
+        StartError::Bind { addr, source, hint }
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true).map_err(err)?;
+    }
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = s.set_recv_buffer_size(buffer);
+    let _ = s.set_send_buffer_size(buffer);
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&addr.into()).map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// Host candidates for a socket bound at `local`: the address itself, or
+/// for an unspecified address every usable interface address of its family
+/// (loopback only when nothing else exists; IPv6 link-local never, as it
+/// needs a scope).
+pub fn host_addresses(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out = Vec::new();
+    let mut loopback = Vec::new();
+    for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+        let ip = iface.ip();
+        if ip.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        if let IpAddr::V6(v6) = ip
+            && (v6.segments()[0] & 0xffc0) == 0xfe80
+        {
+            continue;
+        }
+        let a = SocketAddr::new(ip, local.port());
+        if ip.is_loopback() { loopback.push(a) } else { out.push(a) }
+    }
+    if out.is_empty() { loopback } else { out }
+}
+
+impl Node {
+    /// Binds the sockets and the control socket; asks the STUN servers.
+    pub fn bind(identity: Identity, config: NodeConfig, seed: [u8; 32]) -> Result<Node, StartError> {
+        let now = Instant::now();
+        let mut host = Host::new(&identity, config.host.clone(), seed, now, super::unix_now());
+        let (mut v4, mut v6) = (None, None);
+        let mut addrs = Vec::new();
+        for addr in &config.listen {
+            let slot = if addr.is_ipv4() { &mut v4 } else { &mut v6 };
+            if slot.is_some() {
+                continue; // one socket per family: the engine's pairs key on the remote address
+            }
+            match bind_one(*addr, config.socket_buffer) {
+                Ok(s) => {
+                    let local = s.local_addr().map_err(|source| StartError::Bind { addr: *addr, source, hint: "" })?;
+                    addrs.extend(host_addresses(local));
+                    *slot = Some(s);
+                }
+                // A machine without IPv6 still runs on IPv4 when both were
+                // asked by default; an address given on purpose must bind.
+                Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && config.listen.len() > 1 => {
+                    tracing::debug!("IPv6 unavailable: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if v4.is_none() && v6.is_none() {
+            return Err(StartError::NoSocket);
+        }
+        let candidates = Candidate::list(addrs.into_iter().map(|a| (CandidateKind::Host, a)));
+        let usable: Vec<SocketAddr> = config
+            .stun
+            .iter()
+            .copied()
+            .filter(|s| if s.is_ipv4() { v4.is_some() } else { v6.is_some() })
+            .collect();
+        for s in &usable {
+            host.query_stun(*s, now);
+        }
+        let control = control::Server::bind(config.control.clone())?;
+        Ok(Node { host, identity, v4, v6, candidates, stun_pending: usable.len(), control: Some(control), started: now })
+    }
+
+    /// Our candidates so far.
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
+    }
+
+    /// The bound local addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        [&self.v4, &self.v6].into_iter().flatten().filter_map(|s| s.local_addr().ok()).collect()
+    }
+
+    /// The control socket's path.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(|c| c.path())
+    }
+
+    fn socket_for(&self, dest: SocketAddr) -> Option<&UdpSocket> {
+        if dest.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() }
+    }
+
+    /// Sends what the host has queued. Returns a transmit the socket could
+    /// not take yet.
+    fn flush(&mut self, now: Instant, mut pending: Option<Transmit>) -> Option<Transmit> {
+        loop {
+            let Some(t) = pending.take().or_else(|| self.host.poll_transmit(now)) else { return None };
+            let Some(sock) = self.socket_for(t.destination) else { continue };
+            match sock.try_send_to(&t.contents, t.destination) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(t),
+                // Unreachable networks and the like: the engine retries.
+                Err(e) => tracing::debug!("send to {} failed: {e}", t.destination),
+            }
+        }
+    }
+
+    fn status(&self, now: Instant) -> Value {
+        let sessions: Vec<Value> = self
+            .host
+            .sessions()
+            .filter_map(|id| self.host.session(id).map(|s| (id, s)))
+            .map(|(id, s)| {
+                json!({
+                    "session": id.0,
+                    "peer_id": s.peer.peer_id().to_string(),
+                    "remote": s.remote.to_string(),
+                    "remote_kind": format!("{:?}", s.remote_kind).to_lowercase(),
+                    "established_by": match s.via { crate::ice::Via::SingleToken => "single token", crate::ice::Via::Rsvp => "rsvp" },
+                    "we_invited": s.inviter,
+                    "up_seconds": now.saturating_duration_since(s.established).as_secs(),
+                    "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    "bytes_sent": s.stats.bytes_sent,
+                    "bytes_received": s.stats.bytes_received,
+                    "packets_lost": s.stats.packets_lost,
+                })
+            })
+            .collect();
+        json!({
+            "peer_id": self.identity.peer_id().to_string(),
+            "pid": std::process::id(),
+            "up_seconds": now.saturating_duration_since(self.started).as_secs(),
+            "listen": self.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "candidates": self.candidates.iter().map(|c| format!("{} {}", format!("{:?}", c.kind).to_lowercase(), c.address)).collect::<Vec<_>>(),
+            "attempts": self.host.endpoint().attempt_count(),
+            "stun_served": self.host.endpoint().stats().stun_served,
+            "sessions": sessions,
+        })
+    }
+
+    fn on_control(&mut self, app: &mut impl App, now: Instant, req: control::Request, reply: oneshot::Sender<Value>) {
+        let answer = match req {
+            control::Request::Status => self.status(now),
+            control::Request::Rsvp { token } => match self.host.accept_rsvp(&token, now) {
+                Ok(_) => {
+                    app.note("took an RSVP from the control socket; both sides are now trying at once");
+                    json!({ "ok": true })
+                }
+                Err(e) => {
+                    let code = match &e {
+                        crate::ice::AcceptRsvpError::Token(t) => t.code(),
+                        crate::ice::AcceptRsvpError::UnknownInvitation => "unknown_invitation",
+                        crate::ice::AcceptRsvpError::Refused => "refused",
+                    };
+                    json!({ "ok": false, "code": code, "error": e.to_string() })
+                }
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Runs `app` until it returns.
+    pub async fn run<A: App>(mut self, app: &mut A) -> io::Result<A::Output> {
+        let mut buf = vec![0u8; 65_536];
+        let mut pending_tx: Option<Transmit> = None;
+        let (ctl_tx, mut ctl_rx) = mpsc::channel::<(control::Request, oneshot::Sender<Value>)>(16);
+        if let Some(server) = self.control.as_mut() {
+            server.start(ctl_tx);
+        }
+        let mut ready = false;
+        loop {
+            let now = Instant::now();
+            pending_tx = self.flush(now, pending_tx);
+            let mut events = Vec::new();
+            while let Some(e) = self.host.poll_event() {
+                events.push(e);
+            }
+            for e in events {
+                match &e {
+                    HostEvent::StunMapped { address, .. } => {
+                        self.stun_pending = self.stun_pending.saturating_sub(1);
+                        let c = Candidate::list([(CandidateKind::Srflx, *address)]);
+                        if !self.candidates.iter().any(|k| k.address == *address) {
+                            self.candidates.extend(c);
+                        }
+                    }
+                    HostEvent::StunFailed { .. } => self.stun_pending = self.stun_pending.saturating_sub(1),
+                    _ => {}
+                }
+                let mut ctx =
+                    NodeCtx { host: &mut self.host, now, candidates: &self.candidates, identity: &self.identity };
+                app.on_event(&mut ctx, e);
+            }
+            let mut ctx = NodeCtx { host: &mut self.host, now, candidates: &self.candidates, identity: &self.identity };
+            if !ready && self.stun_pending == 0 {
+                ready = true;
+                app.on_ready(&mut ctx);
+            }
+            if ready && let Some(out) = app.step(&mut ctx) {
+                // Send what the app's last step queued (a CLOSE, a final ACK).
+                let now = Instant::now();
+                pending_tx = self.flush(now, pending_tx);
+                if let Some(t) = pending_tx
+                    && let Some(s) = self.socket_for(t.destination)
+                {
+                    let _ = s.send_to(&t.contents, t.destination).await;
+                    self.flush(now, None);
+                }
+                return Ok(out);
+            }
+            // Anything the step queued goes out before we sleep.
+            pending_tx = self.flush(now, pending_tx);
+            let deadline = self.host.poll_timeout().map(tokio::time::Instant::from_std);
+            let v4 = self.v4.as_ref();
+            let v6 = self.v6.as_ref();
+            let want_write = pending_tx.as_ref().map(|t| t.destination.is_ipv4());
+            tokio::select! {
+                r = async { v4.expect("guarded").readable().await }, if v4.is_some() => {
+                    r?;
+                    self.receive(true, &mut buf);
+                }
+                r = async { v6.expect("guarded").readable().await }, if v6.is_some() => {
+                    r?;
+                    self.receive(false, &mut buf);
+                }
+                r = async {
+                    let s = if want_write == Some(true) { v4 } else { v6 };
+                    s.expect("guarded").writable().await
+                }, if want_write.is_some_and(|w| if w { v4.is_some() } else { v6.is_some() }) => { r?; }
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    self.host.handle_timeout(Instant::now());
+                }
+                Some((req, reply)) = ctl_rx.recv() => {
+                    self.on_control(app, Instant::now(), req, reply);
+                }
+                _ = app.wake() => {}
+            }
+            if pending_tx.as_ref().is_some_and(|t| self.socket_for(t.destination).is_none()) {
+                pending_tx = None;
+            }
+        }
+    }
+
+    /// Reads every datagram waiting on one socket (bounded per wakeup).
+    fn receive(&mut self, v4: bool, buf: &mut [u8]) {
+        for _ in 0..256 {
+            let sock = if v4 { self.v4.as_ref() } else { self.v6.as_ref() };
+            let Some(sock) = sock else { return };
+            match sock.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    self.host.handle_datagram(now, from, &mut buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors surface here on Linux; they are not fatal.
+                Err(e) => tracing::debug!("receive: {e}"),
+            }
+        }
+    }
+}
