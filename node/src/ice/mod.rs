@@ -806,7 +806,15 @@ impl Endpoint {
                     self.stats.dropped_unauthenticated += 1;
                     return;
                 }
-                let expired = self.unix(now) >= issued.invitation.token().body.expires_at;
+                let body = &issued.invitation.token().body;
+                // An invitation that requires an RSVP admits only invitees
+                // whose RSVP the inviter took: their checks then match an
+                // attempt by ufrags and never get here.
+                if body.connection_mode.initial == InitialMode::Bidirectional {
+                    self.stats.refused_by_limit += 1;
+                    return;
+                }
+                let expired = self.unix(now) >= body.expires_at;
                 if expired || !(4..=64).contains(&remote.len()) {
                     self.stats.refused_by_limit += 1;
                     return;

@@ -257,6 +257,10 @@ fn bidirectional_invitation_asks_for_the_rsvp_at_once() {
         pair(ConnectionMode { initial: InitialMode::Bidirectional, ..ConnectionMode::default() }, false);
     net.collect();
     assert!(net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
+    // The inviter admits no one on it before taking their RSVP, even on a
+    // path where the checks get through.
+    assert!(!net.drive(Duration::from_secs(20), |n| n.connected(0).len() == 1));
+    assert!(net.nodes[0].ep.stats().refused_by_limit > 0);
 }
 
 #[test]

@@ -298,9 +298,6 @@ impl App for Pipe {
                             "remote_kind": format!("{remote_kind:?}").to_lowercase(),
                             "via": if via == Via::Rsvp { "rsvp" } else { "single_token" } }),
                 );
-                if !self.reusable {
-                    ctx.host.unlisten(self.invitation.token().body.token_id);
-                }
             }
             HostEvent::Ice(IceEvent::Mapped { address }) => self.mapped.push(address),
             HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) if Some(attempt) == self.attempt => {
