@@ -36,6 +36,9 @@ pub struct NodeConfig {
     /// Control socket path; `None` picks one per process under the
     /// runtime directory (see [`control::socket_dir`]).
     pub control: Option<PathBuf>,
+    /// Whether to open a control socket at all (libraries and benchmarks
+    /// running several nodes in one process may not want one).
+    pub control_socket: bool,
     /// Engine tunables.
     pub host: HostConfig,
     /// Socket buffer sizes asked of the kernel (it may cap them).
@@ -48,6 +51,7 @@ impl Default for NodeConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 0)), SocketAddr::from(([0u16; 8], 0))],
             stun: Vec::new(),
             control: None,
+            control_socket: true,
             host: HostConfig::default(),
             socket_buffer: 4 << 20,
         }
@@ -173,6 +177,8 @@ pub fn host_addresses(local: SocketAddr) -> Vec<SocketAddr> {
 
 impl Node {
     /// Binds the sockets and the control socket; asks the STUN servers.
+    /// Call it inside the tokio runtime that will [`Node::run`] it: the
+    /// sockets register with that runtime's reactor.
     pub fn bind(identity: Identity, config: NodeConfig, seed: [u8; 32]) -> Result<Node, StartError> {
         let now = Instant::now();
         let mut host = Host::new(&identity, config.host.clone(), seed, now, super::unix_now());
@@ -210,8 +216,8 @@ impl Node {
         for s in &usable {
             host.query_stun(*s, now);
         }
-        let control = control::Server::bind(config.control.clone())?;
-        Ok(Node { host, identity, v4, v6, candidates, stun_pending: usable.len(), control: Some(control), started: now })
+        let control = if config.control_socket { Some(control::Server::bind(config.control.clone())?) } else { None };
+        Ok(Node { host, identity, v4, v6, candidates, stun_pending: usable.len(), control, started: now })
     }
 
     /// Our candidates so far.

@@ -430,7 +430,15 @@ impl Connection {
                 Frame::Ping => {}
                 Frame::Ack(ack) => self.on_ack(config, now, &ack),
                 Frame::Stream { offset, data, fin } => match self.rx.on_data(offset, data, fin) {
-                    Ok(readable) => self.readable_changed |= readable,
+                    Ok(readable) => {
+                        self.readable_changed |= readable;
+                        // The stream's end is acknowledged at once (as TCP
+                        // does a FIN): the peer may be waiting on it to exit.
+                        if fin {
+                            self.unacked_eliciting = self.unacked_eliciting.max(1);
+                            self.ack_deadline = Some(now);
+                        }
+                    }
                     Err(StreamViolation::FlowControl) => return self.violation("stream data beyond our limit"),
                     Err(StreamViolation::FinalSize) => return self.violation("stream data beyond its end"),
                 },
@@ -464,7 +472,8 @@ impl Connection {
         self.ack_pending = true;
         if eliciting {
             self.unacked_eliciting += 1;
-            self.ack_deadline.get_or_insert(now + config.max_ack_delay);
+            let d = self.ack_deadline.get_or_insert(now + config.max_ack_delay);
+            *d = (*d).min(now + config.max_ack_delay);
         }
         true
     }
@@ -628,6 +637,11 @@ impl Connection {
             }
             Closing::Pending(code, reason) => {
                 self.closing = Closing::Closed;
+                // Acknowledge what arrived: the peer may be waiting on it.
+                if self.ack_pending {
+                    let ranges: Vec<_> = self.received.iter_desc().map(|(s, e)| s..=e - 1).collect();
+                    frame::put_ack(&mut plain, &ranges, 0);
+                }
                 let reason = &reason.as_bytes()[..reason.len().min(200)];
                 frame::put_close(&mut plain, code, reason);
                 return Some(self.seal(config, now, plain));

@@ -1,0 +1,528 @@
+//! Session benchmark, printed side by side in one run:
+//!
+//! 1. Join to first encrypted byte on loopback: a running inviter node
+//!    (its own thread) writes one byte to every session; each round binds a
+//!    fresh joiner node, joins, and stops the clock when the byte is read.
+//!    Bind, ICE checks, nomination, Noise IK and the first data packet are
+//!    all inside the measurement; process start and key loading are not.
+//! 2. Bulk throughput of one session over loopback against `quinn` moving
+//!    the same bytes over loopback in the same run, each side on its own
+//!    thread with its own single-threaded tokio runtime; rounds interleave.
+//! 3. Idle memory: the heap one host holds per idle connected peer, and the
+//!    part the connectivity engine alone holds (the session's share is the
+//!    difference), measured with a counting allocator on in-memory hosts.
+//!
+//! Run: `cargo bench -p convoke-node --bench session` (`-- --quick`).
+
+// The counting allocator needs `unsafe impl GlobalAlloc`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use convoke_node::host::{Host, HostConfig, HostEvent};
+use convoke_node::ice::{Endpoint, EndpointConfig, Event};
+use convoke_node::identity::Identity;
+use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
+use convoke_node::token::{Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token};
+use rand_core::SeedableRng;
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn invitation(identity: &Identity, candidates: &[Candidate], reusable: bool, seed: u64) -> Invitation {
+    let params = InvitationParams {
+        candidates: candidates.to_vec(),
+        mode: ConnectionMode { reusable, ..ConnectionMode::default() },
+        ..InvitationParams::default()
+    };
+    let t = Token::new_invitation(identity, params, unix_now(), &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
+    Invitation::from_token(t, unix_now()).expect("valid")
+}
+
+fn loopback_config() -> NodeConfig {
+    NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p) as usize]
+}
+
+// ---------- 1. join to first byte ----------
+
+/// Inviter: greets every session with one byte, until told to stop.
+struct Greeter {
+    invitation: Invitation,
+    stop: Arc<AtomicBool>,
+}
+
+impl App for Greeter {
+    type Output = ();
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        ctx.host.listen(self.invitation.clone());
+    }
+    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
+        if let HostEvent::Established { session, .. } = event {
+            ctx.host.write(session, b"x");
+        }
+    }
+    fn step(&mut self, _: &mut NodeCtx<'_>) -> Option<()> {
+        self.stop.load(Ordering::Relaxed).then_some(())
+    }
+    async fn wake(&mut self) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Joiner: joins at `on_ready` and stops at the first byte.
+struct FirstByte {
+    invitation: Invitation,
+    started: Instant,
+    id: Option<convoke_node::ice::AttemptId>,
+}
+
+impl App for FirstByte {
+    type Output = Duration;
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        self.id = Some(ctx.host.join(&self.invitation, ctx.now));
+    }
+    fn on_event(&mut self, _: &mut NodeCtx<'_>, _: HostEvent) {}
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Duration> {
+        let id = self.id?;
+        let mut b = [0u8; 8];
+        (ctx.host.read(id, &mut b) > 0).then(|| {
+            let took = self.started.elapsed();
+            ctx.host.close(id, ctx.now);
+            took
+        })
+    }
+    async fn wake(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn join_to_first_byte(rounds: usize) -> Vec<Duration> {
+    let inviter_id = Identity::from_secret_bytes([1; 32]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let flag = stop.clone();
+    let server = std::thread::spawn(move || {
+        rt().block_on(async move {
+            // Sockets belong to the runtime that binds them.
+            let node = Node::bind(inviter_id.clone(), loopback_config(), [1; 32]).expect("bind");
+            let inv = invitation(&inviter_id, node.candidates(), true, 1);
+            tx.send(inv.clone()).expect("send");
+            let mut greeter = Greeter { invitation: inv, stop: flag };
+            let _ = node.run(&mut greeter).await;
+        })
+    });
+    let inv = rx.recv().expect("invitation");
+    let rt = rt();
+    let joiner_id = Identity::from_secret_bytes([2; 32]);
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let started = Instant::now();
+        let took = rt.block_on(async {
+            let mut seed = [3u8; 32];
+            seed[..8].copy_from_slice(&(r as u64).to_le_bytes());
+            let node = Node::bind(joiner_id.clone(), loopback_config(), seed).expect("bind");
+            let mut app = FirstByte { invitation: inv.clone(), started, id: None };
+            tokio::time::timeout(Duration::from_secs(10), node.run(&mut app)).await
+        });
+        out.push(took.expect("first byte within 10 s").expect("run"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    out
+}
+
+// ---------- 2. throughput ----------
+
+static DATA: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+
+struct Sender {
+    invitation: Invitation,
+    total: u64,
+    sent: u64,
+    id: Option<convoke_node::ice::AttemptId>,
+    start: Arc<Mutex<Option<Instant>>>,
+    closed: bool,
+    /// The session's counters as last seen (with CONVOKE_BENCH_STATS set).
+    last: String,
+}
+
+impl App for Sender {
+    type Output = ();
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        ctx.host.join(&self.invitation, ctx.now);
+    }
+    fn on_event(&mut self, _: &mut NodeCtx<'_>, event: HostEvent) {
+        match event {
+            HostEvent::Established { session, .. } => {
+                self.id = Some(session);
+                *self.start.lock().expect("lock") = Some(Instant::now());
+            }
+            HostEvent::Closed { .. } => {
+                self.closed = true;
+                if !self.last.is_empty() {
+                    eprintln!("{}", self.last);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<()> {
+        if self.closed {
+            return Some(());
+        }
+        let id = self.id?;
+        while self.sent < self.total {
+            let n = (self.total - self.sent).min(DATA.len() as u64) as usize;
+            let w = ctx.host.write(id, &DATA[..n]);
+            if w == 0 {
+                break;
+            }
+            self.sent += w as u64;
+            if self.sent == self.total {
+                ctx.host.finish(id);
+            }
+        }
+        if std::env::var_os("CONVOKE_BENCH_STATS").is_some() {
+            if let Some(i) = ctx.host.session(id) {
+                self.last = format!("sender: {:?} window {} rtt {:?}", i.stats, i.window, i.rtt);
+            }
+        }
+        ctx.host.send_done(id).then_some(())
+    }
+    async fn wake(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+struct Receiver {
+    invitation: Invitation,
+    total: u64,
+    got: u64,
+    buf: Vec<u8>,
+    id: Option<convoke_node::ice::AttemptId>,
+}
+
+impl App for Receiver {
+    type Output = Instant;
+    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        ctx.host.listen(self.invitation.clone());
+    }
+    fn on_event(&mut self, _: &mut NodeCtx<'_>, event: HostEvent) {
+        if let HostEvent::Established { session, .. } = event {
+            self.id = Some(session);
+        }
+    }
+    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Instant> {
+        let id = self.id?;
+        loop {
+            let n = ctx.host.read(id, &mut self.buf);
+            if n == 0 {
+                break;
+            }
+            self.got += n as u64;
+        }
+        (self.got == self.total && ctx.host.recv_finished(id)).then(|| {
+            ctx.host.close(id, ctx.now);
+            Instant::now()
+        })
+    }
+    async fn wake(&mut self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn ours_throughput(total: u64, round: u64) -> Duration {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let a = Identity::from_secret_bytes([10; 32]);
+            let node = Node::bind(a.clone(), loopback_config(), [round as u8; 32]).expect("bind");
+            let inv = invitation(&a, node.candidates(), false, round);
+            tx.send(inv.clone()).expect("send");
+            let mut recv = Receiver { invitation: inv, total, got: 0, buf: vec![0u8; 256 * 1024], id: None };
+            node.run(&mut recv).await.expect("run")
+        })
+    });
+    let inv = rx.recv().expect("invitation");
+    let start = Arc::new(Mutex::new(None));
+    let b = Identity::from_secret_bytes([11; 32]);
+    let mut send = Sender { invitation: inv, total, sent: 0, id: None, start: start.clone(), closed: false, last: String::new() };
+    rt().block_on(async {
+        let node = Node::bind(b, loopback_config(), [round as u8 + 100; 32]).expect("bind");
+        tokio::time::timeout(Duration::from_secs(120), node.run(&mut send)).await
+    })
+    .expect("sent within 120 s")
+    .expect("run");
+    let end = server.join().expect("receiver");
+    let start = start.lock().expect("lock").expect("started");
+    end - start
+}
+
+fn quinn_throughput(total: u64) -> Duration {
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let cert = CertificateDer::from(cert.cert);
+    let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into()).expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let ep = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr")).expect("server");
+            addr_tx.send(ep.local_addr().expect("addr")).expect("send");
+            let conn = ep.accept().await.expect("incoming").await.expect("connection");
+            let mut s = conn.accept_uni().await.expect("stream");
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut got = 0u64;
+            while let Some(n) = s.read(&mut buf).await.expect("read") {
+                got += n as u64;
+            }
+            assert_eq!(got, total);
+            let end = Instant::now();
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+            end
+        })
+    });
+    let addr = addr_rx.recv().expect("addr");
+    let start = rt().block_on(async move {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        ep.set_default_client_config(client_config);
+        let conn = ep.connect(addr, "localhost").expect("connect").await.expect("connection");
+        let start = Instant::now();
+        let mut s = conn.open_uni().await.expect("stream");
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(DATA.len() as u64) as usize;
+            s.write_all(&DATA[..n]).await.expect("write");
+            sent += n as u64;
+        }
+        s.finish().expect("finish");
+        let _ = s.stopped().await;
+        conn.closed().await;
+        start
+    });
+    let end = server.join().expect("server");
+    end - start
+}
+
+// ---------- 3. idle memory ----------
+
+/// One side of the in-memory wire: an endpoint alone, or a whole host.
+trait Engine {
+    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]);
+    fn output(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)>;
+    /// Counts connections (ICE nominated, or session established).
+    fn events(&mut self) -> usize;
+    fn deadline(&self) -> Option<Instant>;
+    fn timeout(&mut self, now: Instant);
+}
+
+impl Engine for Endpoint {
+    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        self.handle_datagram(now, from, data);
+    }
+    fn output(&mut self, _: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        self.poll_transmit().map(|t| (t.destination, t.contents))
+    }
+    fn events(&mut self) -> usize {
+        std::iter::from_fn(|| self.poll_event()).filter(|e| matches!(e, Event::Connected { .. })).count()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now);
+    }
+}
+
+impl Engine for Host {
+    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        self.handle_datagram(now, from, data);
+    }
+    fn output(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        self.poll_transmit(now).map(|t| (t.destination, t.contents))
+    }
+    fn events(&mut self) -> usize {
+        std::iter::from_fn(|| self.poll_event()).filter(|e| matches!(e, HostEvent::Established { .. })).count()
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.poll_timeout()
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now);
+    }
+}
+
+/// Heap held by the inviter with `n` idle connected peers (after 30 s of
+/// quiet, consent checks only), per peer.
+fn held_per_peer<E: Engine>(n: usize, make: impl Fn(usize) -> E, listen: impl FnOnce(&mut E), join: impl Fn(&mut E, Instant)) -> f64 {
+    let base = Instant::now();
+    let inviter_addr: SocketAddr = "198.18.0.1:4433".parse().expect("addr");
+    let mut inviter = make(0);
+    listen(&mut inviter);
+    let addrs: Vec<SocketAddr> =
+        (0..n).map(|i| format!("198.18.{}.{}:5000", 1 + i / 250, i % 250 + 1).parse().expect("addr")).collect();
+    let index: HashMap<SocketAddr, usize> = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+    let mut peers: Vec<E> = (1..=n).map(&make).collect();
+    for p in &mut peers {
+        join(p, base);
+    }
+    let mut now = base;
+    let mut connected = 0;
+    let quiet_until = base + Duration::from_secs(30);
+    let mut queue: VecDeque<(Option<usize>, SocketAddr, Vec<u8>)> = VecDeque::new();
+    for _ in 0..5_000_000 {
+        for (i, p) in peers.iter_mut().enumerate() {
+            while let Some((_, c)) = p.output(now) {
+                queue.push_back((None, addrs[i], c));
+            }
+            p.events();
+        }
+        while let Some((to, c)) = inviter.output(now) {
+            if let Some(&i) = index.get(&to) {
+                queue.push_back((Some(i), inviter_addr, c));
+            }
+        }
+        connected += inviter.events();
+        if queue.is_empty() {
+            if connected == n && now >= quiet_until {
+                break;
+            }
+            let next = peers.iter().filter_map(Engine::deadline).chain(inviter.deadline()).min();
+            now = next.expect("something is pending").max(now);
+            inviter.timeout(now);
+            for p in &mut peers {
+                if p.deadline().is_some_and(|t| t <= now) {
+                    p.timeout(now);
+                }
+            }
+        }
+        while let Some((to, from, mut bytes)) = queue.pop_front() {
+            match to {
+                None => inviter.input(now, from, &mut bytes),
+                Some(i) => peers[i].input(now, from, &mut bytes),
+            }
+        }
+    }
+    assert_eq!(connected, n, "all peers connect");
+    drop(peers);
+    drop(queue);
+    let with = LIVE.load(Ordering::Relaxed);
+    drop(inviter);
+    let without = LIVE.load(Ordering::Relaxed);
+    (with - without) as f64 / n as f64
+}
+
+fn memory(n: usize) -> (f64, f64) {
+    let id = Identity::from_secret_bytes([20; 32]);
+    let inv = invitation(&id, &Candidate::list([(CandidateKind::Host, "198.18.0.1:4433".parse().expect("addr"))]), true, 5);
+    let seed = |i: usize| {
+        let mut s = [9u8; 32];
+        s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        s
+    };
+    let ice = held_per_peer(
+        n,
+        |i| Endpoint::new(EndpointConfig::default(), seed(i), Instant::now(), unix_now()),
+        |e| e.listen(inv.clone()),
+        |e, now| {
+            e.join(&inv, now);
+        },
+    );
+    let host = held_per_peer(
+        n,
+        |i| {
+            let who = if i == 0 { id.clone() } else { Identity::from_secret_bytes(seed(i)) };
+            Host::new(&who, HostConfig::default(), seed(i), Instant::now(), unix_now())
+        },
+        |h| h.listen(inv.clone()),
+        |h, now| {
+            h.join(&inv, now);
+        },
+    );
+    (ice, host)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, tp_rounds, total) = if quick { (30, 2, 64u64 << 20) } else { (200, 5, 256u64 << 20) };
+
+    if std::env::args().any(|a| a == "--profile-throughput") {
+        // For `perf record`: our bulk transfer alone.
+        let t = ours_throughput(total, 1);
+        println!("{:.1} MiB/s", total as f64 / (1 << 20) as f64 / t.as_secs_f64());
+        return;
+    }
+    let firsts = join_to_first_byte(rounds + 5).split_off(5);
+    println!("join to first encrypted byte over loopback ({rounds} joins, in process)");
+    println!(
+        "  median {:.3} ms   p90 {:.3} ms   max {:.3} ms   (target: median < 5 ms)",
+        median(firsts.clone()).as_secs_f64() * 1e3,
+        pct(firsts.clone(), 0.9).as_secs_f64() * 1e3,
+        pct(firsts, 1.0).as_secs_f64() * 1e3
+    );
+
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let _ = ours_throughput(8 << 20, 200);
+    let _ = quinn_throughput(8 << 20);
+    for r in 0..tp_rounds {
+        ours.push(ours_throughput(total, r as u64));
+        theirs.push(quinn_throughput(total));
+    }
+    let mib = total as f64 / (1 << 20) as f64;
+    let (mo, mt) = (median(ours), median(theirs));
+    println!("\nbulk throughput of one session over loopback, {mib:.0} MiB per round, {tp_rounds} rounds interleaved");
+    println!("  convoke session  median {:>8.1} MiB/s", mib / mo.as_secs_f64());
+    println!("  quinn 0.11       median {:>8.1} MiB/s", mib / mt.as_secs_f64());
+    println!("  ratio convoke / quinn: {:.2}   (target >= 0.8)", mt.as_secs_f64() / mo.as_secs_f64());
+
+    let n = if quick { 200 } else { 1000 };
+    let (ice, host) = memory(n);
+    println!("\nheap the inviter holds per idle connected peer ({n} peers, 30 s after connecting)");
+    println!("  connectivity engine alone (ICE attempt)     {ice:>7.0} bytes");
+    println!("  host: ICE attempt + secure session          {host:>7.0} bytes");
+    println!("  the session's share                        {:>7.0} bytes   (target <= 2048)", host - ice);
+}
