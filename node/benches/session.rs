@@ -222,10 +222,10 @@ impl App for Sender {
                 ctx.host.finish(id);
             }
         }
-        if std::env::var_os("CONVOKE_BENCH_STATS").is_some() {
-            if let Some(i) = ctx.host.session(id) {
-                self.last = format!("sender: {:?} window {} rtt {:?}", i.stats, i.window, i.rtt);
-            }
+        if std::env::var_os("CONVOKE_BENCH_STATS").is_some()
+            && let Some(i) = ctx.host.session(id)
+        {
+            self.last = format!("sender: {:?} window {} rtt {:?}", i.stats, i.window, i.rtt);
         }
         ctx.host.send_done(id).then_some(())
     }
@@ -286,7 +286,8 @@ fn ours_throughput(total: u64, round: u64) -> Duration {
     let inv = rx.recv().expect("invitation");
     let start = Arc::new(Mutex::new(None));
     let b = Identity::from_secret_bytes([11; 32]);
-    let mut send = Sender { invitation: inv, total, sent: 0, id: None, start: start.clone(), closed: false, last: String::new() };
+    let mut send =
+        Sender { invitation: inv, total, sent: 0, id: None, start: start.clone(), closed: false, last: String::new() };
     rt().block_on(async {
         let node = Node::bind(b, loopback_config(), [round as u8 + 100; 32]).expect("bind");
         tokio::time::timeout(Duration::from_secs(120), node.run(&mut send)).await
@@ -398,7 +399,12 @@ impl Engine for Host {
 
 /// Heap held by the inviter with `n` idle connected peers (after 30 s of
 /// quiet, consent checks only), per peer.
-fn held_per_peer<E: Engine>(n: usize, make: impl Fn(usize) -> E, listen: impl FnOnce(&mut E), join: impl Fn(&mut E, Instant)) -> f64 {
+fn held_per_peer<E: Engine>(
+    n: usize,
+    make: impl Fn(usize) -> E,
+    listen: impl FnOnce(&mut E),
+    join: impl Fn(&mut E, Instant),
+) -> f64 {
     let base = Instant::now();
     let inviter_addr: SocketAddr = "198.18.0.1:4433".parse().expect("addr");
     let mut inviter = make(0);
@@ -458,7 +464,8 @@ fn held_per_peer<E: Engine>(n: usize, make: impl Fn(usize) -> E, listen: impl Fn
 
 fn memory(n: usize) -> (f64, f64) {
     let id = Identity::from_secret_bytes([20; 32]);
-    let inv = invitation(&id, &Candidate::list([(CandidateKind::Host, "198.18.0.1:4433".parse().expect("addr"))]), true, 5);
+    let inv =
+        invitation(&id, &Candidate::list([(CandidateKind::Host, "198.18.0.1:4433".parse().expect("addr"))]), true, 5);
     let seed = |i: usize| {
         let mut s = [9u8; 32];
         s[..8].copy_from_slice(&(i as u64).to_le_bytes());

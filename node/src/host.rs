@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::ice::{AcceptRsvpError, AttemptId, Binding, Endpoint, EndpointConfig, Event as IceEvent, State, Transmit, Via};
+use crate::ice::{
+    AcceptRsvpError, AttemptId, Binding, Endpoint, EndpointConfig, Event as IceEvent, State, Transmit, Via,
+};
 use crate::identity::{Identity, PublicKey};
 use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
 use crate::session::noise::{self, Initiator};
@@ -342,7 +344,6 @@ impl Host {
 
     // ---- sessions, for the application ----
 
-
     /// Writes stream bytes; returns how many were taken.
     pub fn write(&mut self, id: AttemptId, data: &[u8]) -> usize {
         let cfg = &self.config.session;
@@ -542,15 +543,8 @@ impl Host {
         out.extend_from_slice(&msg2);
         let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
         self.transmits.push_back(Transmit { destination: remote, contents: out.clone() });
-        let conn = Connection::new(
-            &self.config.session,
-            remote,
-            remote_index,
-            keys.send.key(),
-            keys.recv.key(),
-            None,
-            now,
-        );
+        let conn =
+            Connection::new(&self.config.session, remote, remote_index, keys.send.key(), keys.recv.key(), None, now);
         self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
     }
 
@@ -567,15 +561,8 @@ impl Host {
     ) {
         let remote = conn.remote;
         let remote_kind = binding.remote_kind.unwrap_or(CandidateKind::Prflx);
-        let open = Open {
-            conn,
-            peer,
-            remote_kind,
-            via: binding.via,
-            inviter: binding.inviter,
-            established: now,
-            resend,
-        };
+        let open =
+            Open { conn, peer, remote_kind, via: binding.via, inviter: binding.inviter, established: now, resend };
         self.by_index.insert(local_index, id);
         self.sessions.insert(id, Session { local_index, phase: Phase::Open(Box::new(open)) });
         self.active.insert(id);
@@ -821,7 +808,8 @@ impl Host {
     fn initiate(&mut self, id: AttemptId, remote: SocketAddr, now: Instant) {
         let Some(binding) = self.endpoint.binding(id).filter(|b| !b.inviter) else { return };
         let Some(rs) = binding.remote_peer.and_then(|k| k.to_x25519()) else {
-            self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation names no usable key" });
+            self.events
+                .push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation names no usable key" });
             return;
         };
         let local_index = self.new_index();

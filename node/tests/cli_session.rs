@@ -138,10 +138,21 @@ fn invite_and_join_exchange_data_both_ways() {
     let b_sum = random_file(&dir.path("b.in"), 700_000, 2);
     let (mut a, token) = start_inviter(&dir, &[], fs::File::open(dir.path("a.in")).expect("in").into(), "a.out");
     let mut b = Proc(
-        join_cmd(&dir, &token, &[], "b.out").stdin(fs::File::open(dir.path("b.in")).expect("in")).spawn().expect("join"),
+        join_cmd(&dir, &token, &[], "b.out")
+            .stdin(fs::File::open(dir.path("b.in")).expect("in"))
+            .spawn()
+            .expect("join"),
     );
-    assert!(b.wait_for(Duration::from_secs(60)).success(), "join: {}", fs::read_to_string(dir.path("b.err")).unwrap_or_default());
-    assert!(a.wait_for(Duration::from_secs(20)).success(), "invite: {}", fs::read_to_string(dir.path("a.err")).unwrap_or_default());
+    assert!(
+        b.wait_for(Duration::from_secs(60)).success(),
+        "join: {}",
+        fs::read_to_string(dir.path("b.err")).unwrap_or_default()
+    );
+    assert!(
+        a.wait_for(Duration::from_secs(20)).success(),
+        "invite: {}",
+        fs::read_to_string(dir.path("a.err")).unwrap_or_default()
+    );
     assert_eq!(sha256_file(&dir.path("b.out")), a_sum, "inviter → joiner");
     assert_eq!(sha256_file(&dir.path("a.out")), b_sum, "joiner → inviter");
     // Both report the other's PeerId: the handshake authenticated them.
@@ -157,9 +168,16 @@ fn hundred_mib_arrive_intact() {
     let (mut a, token) = start_inviter(&dir, &[], Stdio::null(), "a.out");
     let started = Instant::now();
     let mut b = Proc(
-        join_cmd(&dir, &token, &[], "b.out").stdin(fs::File::open(dir.path("big.in")).expect("in")).spawn().expect("join"),
+        join_cmd(&dir, &token, &[], "b.out")
+            .stdin(fs::File::open(dir.path("big.in")).expect("in"))
+            .spawn()
+            .expect("join"),
     );
-    assert!(b.wait_for(Duration::from_secs(600)).success(), "join: {}", fs::read_to_string(dir.path("b.err")).unwrap_or_default());
+    assert!(
+        b.wait_for(Duration::from_secs(600)).success(),
+        "join: {}",
+        fs::read_to_string(dir.path("b.err")).unwrap_or_default()
+    );
     assert!(a.wait_for(Duration::from_secs(30)).success());
     let took = started.elapsed();
     assert_eq!(fs::metadata(dir.path("a.out")).expect("out").len(), 100 << 20);
@@ -194,19 +212,25 @@ fn rsvp_required_goes_through_the_control_socket_and_a_replay_is_refused() {
     );
     let rsvp = wait_file(&dir.path("rsvp"), Duration::from_secs(20));
     assert!(rsvp.starts_with("scpc:"));
-    let out = convoke(&dir, "c.key").arg("rsvp").arg(&rsvp).arg("--control").arg(dir.path("a.sock")).output().expect("rsvp");
+    let out =
+        convoke(&dir, "c.key").arg("rsvp").arg(&rsvp).arg("--control").arg(dir.path("a.sock")).output().expect("rsvp");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_event(&dir.path("a.err"), "connected", Duration::from_secs(20));
     wait_event(&dir.path("b.err"), "connected", Duration::from_secs(20));
 
     // The same RSVP again is a replay.
-    let out = convoke(&dir, "c.key").arg("rsvp").arg(&rsvp).arg("--control").arg(dir.path("a.sock")).output().expect("rsvp");
+    let out =
+        convoke(&dir, "c.key").arg("rsvp").arg(&rsvp).arg("--control").arg(dir.path("a.sock")).output().expect("rsvp");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already") || err.contains("replay"), "{err}");
 
     // Status shows the session, its path and that it came from an RSVP.
-    let out = convoke(&dir, "c.key").args(["--json", "status", "--control"]).arg(dir.path("a.sock")).output().expect("status");
+    let out = convoke(&dir, "c.key")
+        .args(["--json", "status", "--control"])
+        .arg(dir.path("a.sock"))
+        .output()
+        .expect("status");
     let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
     let s = &nodes[0]["sessions"][0];
     assert_eq!(s["established_by"], "rsvp", "{nodes}");
@@ -246,7 +270,8 @@ fn tampered_and_expired_invitations_are_refused_with_their_reason() {
         ..InvitationParams::default()
     };
     let identity = Identity::from_secret_bytes([5; 32]);
-    let expired = Token::new_invitation(&identity, params, now - 1000, &mut ChaCha20Rng::seed_from_u64(1)).encode_compact();
+    let expired =
+        Token::new_invitation(&identity, params, now - 1000, &mut ChaCha20Rng::seed_from_u64(1)).encode_compact();
     let out = convoke(&dir, "b.key").args(["join", &expired, "--listen", "127.0.0.1:0"]).output().expect("join");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -299,7 +324,8 @@ fn bad_flags_and_occupied_ports_get_clear_errors() {
     let dir = Scratch::new("flags");
     let busy = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let port = busy.local_addr().expect("addr").port();
-    let out = convoke(&dir, "a.key").args(["invite", "--listen", &format!("127.0.0.1:{port}")]).output().expect("invite");
+    let out =
+        convoke(&dir, "a.key").args(["invite", "--listen", &format!("127.0.0.1:{port}")]).output().expect("invite");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen") && err.contains("in use"), "{err}");

@@ -87,7 +87,9 @@ impl Net {
             while let Some(t) = self.peers[i].host.poll_transmit(self.now) {
                 self.peers[i].contacted.insert(t.destination);
                 let Some(to) = self.peers.iter().position(|p| p.addr == t.destination) else { continue };
-                if self.drop.as_mut().is_some_and(|d| d(i, &t.contents)) || (f64::from(self.rng.next_u32()) / f64::from(u32::MAX)) < self.loss {
+                if self.drop.as_mut().is_some_and(|d| d(i, &t.contents))
+                    || (f64::from(self.rng.next_u32()) / f64::from(u32::MAX)) < self.loss
+                {
                     self.lost += 1;
                     continue;
                 }
@@ -199,7 +201,14 @@ fn exchange(net: &mut Net, ids: (AttemptId, AttemptId), a_to_b: &[u8], b_to_a: &
             && n.peers[0].host.send_done(ids.0)
             && n.peers[1].host.send_done(ids.1)
     });
-    assert!(done, "a→b {} of {}, b→a {} of {}", net.peers[1].received.len(), a_to_b.len(), net.peers[0].received.len(), b_to_a.len());
+    assert!(
+        done,
+        "a→b {} of {}, b→a {} of {}",
+        net.peers[1].received.len(),
+        a_to_b.len(),
+        net.peers[0].received.len(),
+        b_to_a.len()
+    );
     assert!(net.peers[1].received == a_to_b, "a→b bytes differ");
     assert!(net.peers[0].received == b_to_a, "b→a bytes differ");
     assert!(net.peers[0].host.recv_finished(ids.0) && net.peers[1].host.recv_finished(ids.1));
@@ -352,10 +361,9 @@ fn rsvp_session_must_be_the_rsvp_signer() {
         net.peers[0].host.listen(inv.clone());
         let now = net.now;
         let b = net.peers[1].host.join(&inv, now);
-        assert!(net.drive(Duration::from_secs(10), |n| n.peers[1]
-            .events
-            .iter()
-            .any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))));
+        assert!(net.drive(Duration::from_secs(10), |n| {
+            n.peers[1].events.iter().any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))
+        }));
         let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
         // Dishonest: the RSVP is signed by someone other than the peer
         // that will run the handshake.
@@ -364,9 +372,7 @@ fn rsvp_session_must_be_the_rsvp_signer() {
         let rsvp = Token::new_rsvp(&inv, &signer, rsvp_id, cands, UNIX + 3).encode_compact();
         let now = net.now;
         net.peers[0].host.accept_rsvp(&rsvp, now).expect("valid RSVP");
-        net.drive(Duration::from_secs(15), |n| {
-            n.established(0).is_some() || n.peers[0].host.stats().refused_peers > 0
-        });
+        net.drive(Duration::from_secs(15), |n| n.established(0).is_some() || n.peers[0].host.stats().refused_peers > 0);
         if honest {
             let (_, peer, via) = net.established(0).expect("established");
             assert_eq!((peer, via), (net.peers[1].identity.public_key(), Via::Rsvp));

@@ -152,6 +152,6 @@ pub fn find_sockets(path: Option<&Path>) -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
         .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|e| std::cmp::Reverse(e.0));
     found.into_iter().map(|(_, p)| p).collect()
 }

@@ -130,7 +130,9 @@ fn bind_one(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source: io::Error| {
         let hint = match source.kind() {
-            io::ErrorKind::AddrInUse => " (another program, perhaps another convoke, uses this port; pick another with --listen)",
+            io::ErrorKind::AddrInUse => {
+                " (another program, perhaps another convoke, uses this port; pick another with --listen)"
+            }
             io::ErrorKind::AddrNotAvailable => " (no interface of this machine has that address)",
             io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges)",
             _ => "",
@@ -207,12 +209,8 @@ impl Node {
             return Err(StartError::NoSocket);
         }
         let candidates = Candidate::list(addrs.into_iter().map(|a| (CandidateKind::Host, a)));
-        let usable: Vec<SocketAddr> = config
-            .stun
-            .iter()
-            .copied()
-            .filter(|s| if s.is_ipv4() { v4.is_some() } else { v6.is_some() })
-            .collect();
+        let usable: Vec<SocketAddr> =
+            config.stun.iter().copied().filter(|s| if s.is_ipv4() { v4.is_some() } else { v6.is_some() }).collect();
         for s in &usable {
             host.query_stun(*s, now);
         }
@@ -243,7 +241,7 @@ impl Node {
     /// not take yet.
     fn flush(&mut self, now: Instant, mut pending: Option<Transmit>) -> Option<Transmit> {
         loop {
-            let Some(t) = pending.take().or_else(|| self.host.poll_transmit(now)) else { return None };
+            let t = pending.take().or_else(|| self.host.poll_transmit(now))?;
             let Some(sock) = self.socket_for(t.destination) else { continue };
             match sock.try_send_to(&t.contents, t.destination) {
                 Ok(_) => {}

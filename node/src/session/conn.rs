@@ -186,7 +186,10 @@ pub(crate) struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("remote", &self.remote).field("next_pn", &self.next_pn).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("remote", &self.remote)
+            .field("next_pn", &self.next_pn)
+            .finish_non_exhaustive()
     }
 }
 
@@ -687,7 +690,9 @@ impl Connection {
                 frame::put_varint(&mut plain, c.offset);
                 frame::put_varint(&mut plain, u64::from(c.len));
                 self.tx.copy(c, &mut plain);
-                debug_assert!(plain.len() - start <= frame::stream_header_len(c.offset, c.len as usize) + c.len as usize);
+                debug_assert!(
+                    plain.len() - start <= frame::stream_header_len(c.offset, c.len as usize) + c.len as usize
+                );
                 chunk = Some(c);
                 eliciting = true;
             }

@@ -217,8 +217,7 @@ impl RecvStream {
         }
         let mut readable = false;
         if fin && self.fin.is_none() {
-            if end < self.contiguous() || self.pending.last_key_value().is_some_and(|(o, d)| o + d.len() as u64 > end)
-            {
+            if end < self.contiguous() || self.pending.last_key_value().is_some_and(|(o, d)| o + d.len() as u64 > end) {
                 return Err(StreamViolation::FinalSize);
             }
             self.fin = Some(end);

@@ -1,5 +1,6 @@
 //! `convoke`: the Convoke node's command-line tool.
 
+mod demo_cmd;
 mod session_cmd;
 mod token_cmd;
 mod util;
@@ -44,6 +45,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Two nodes on this machine connect with one token and greet each
+    /// other over the encrypted session; ends by itself.
+    Demo(demo_cmd::DemoArgs),
     /// Show this node's PeerId and where its key is kept (creating the key
     /// on first use).
     Id,
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
     let result = session_cmd::load_config(cli.config.as_ref()).and_then(|file| {
         let ctx = Ctx { key: cli.key, json: cli.json, quiet: cli.quiet, file };
         match cli.command {
+            Command::Demo(a) => demo_cmd::demo(&ctx, a),
             Command::Id => cmd_id(&ctx),
             Command::Token(t) => token_cmd::run(&ctx, t),
             Command::Invite(a) => session_cmd::invite(&ctx, a),

@@ -325,9 +325,13 @@ impl App for Pipe {
                     return; // reported by Closed
                 }
                 self.fail(match reason {
-                    FailReason::Timeout => "could not reach the inviter, and this invitation does not take a reply token".into(),
+                    FailReason::Timeout => {
+                        "could not reach the inviter, and this invitation does not take a reply token".into()
+                    }
                     FailReason::Closed => "the connection attempt was closed".into(),
-                    FailReason::Crossed => "the inviter is connecting to us with their own invitation; keeping that one".into(),
+                    FailReason::Crossed => {
+                        "the inviter is connecting to us with their own invitation; keeping that one".into()
+                    }
                 });
             }
             HostEvent::HandshakeFailed { session, reason } => {
@@ -382,11 +386,20 @@ impl App for Pipe {
                 } else {
                     self.fail("no reply token made; the inviter's network needs one to connect".into());
                 }
-            } else if self.inviter && self.sessions.is_empty() && (text.starts_with("scpc:") || text.starts_with("scpi://")) {
+            } else if self.inviter
+                && self.sessions.is_empty()
+                && (text.starts_with("scpc:") || text.starts_with("scpi://"))
+            {
                 self.held = None;
                 match ctx.host.accept_rsvp(&text, ctx.now) {
-                    Ok(_) => self.say("Took the reply token; both sides are now trying at once.", json!({ "event": "rsvp_accepted" })),
-                    Err(e) => self.say(format!("That reply token was refused: {e}"), json!({ "event": "rsvp_refused", "error": e.to_string() })),
+                    Ok(_) => self.say(
+                        "Took the reply token; both sides are now trying at once.",
+                        json!({ "event": "rsvp_accepted" }),
+                    ),
+                    Err(e) => self.say(
+                        format!("That reply token was refused: {e}"),
+                        json!({ "event": "rsvp_refused", "error": e.to_string() }),
+                    ),
                 }
             }
         }
@@ -540,7 +553,13 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
         pipe.reusable = reusable;
         pipe.qr = a.node.qr;
         pipe.token_out = a.token_out.clone();
-        let mut inv = InviteApp { pipe: &mut pipe, identity: identity.clone(), expires, rsvp_timeout, rsvp_required: a.rsvp_required };
+        let mut inv = InviteApp {
+            pipe: &mut pipe,
+            identity: identity.clone(),
+            expires,
+            rsvp_timeout,
+            rsvp_required: a.rsvp_required,
+        };
         node.run(&mut inv).await.map_err(Failure::from)?
     });
     let _ = writer.join();
@@ -688,7 +707,8 @@ pub fn rsvp(ctx: &Ctx, a: RsvpArgs) -> Result<(), Failure> {
 pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     let sockets = control::find_sockets(a.control.as_deref());
     let rt = runtime()?;
-    let nodes: Vec<Value> = sockets.iter().filter_map(|s| rt.block_on(control::request(s, &Request::Status)).ok()).collect();
+    let nodes: Vec<Value> =
+        sockets.iter().filter_map(|s| rt.block_on(control::request(s, &Request::Status)).ok()).collect();
     if ctx.json {
         println!("{}", Value::Array(nodes));
         return Ok(());
