@@ -114,19 +114,42 @@ pub trait App {
     }
 }
 
+/// A UDP socket with its offload state (GSO/GRO where the kernel has them).
+struct Sock {
+    io: UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+/// Datagrams to one destination, all `seg` bytes but the last, sent with
+/// one system call (generic segmentation offload).
+struct Batch {
+    dest: SocketAddr,
+    buf: Vec<u8>,
+    seg: usize,
+}
+
+/// Datagrams received per system call, and bytes per datagram slot (a GRO
+/// slot holds many coalesced datagrams).
+const RECV_BATCH: usize = 8;
+const RECV_SLOT: usize = 64 * 1024;
+/// Largest UDP payload one GSO send may carry.
+const GSO_MAX_BYTES: usize = 65_000;
+
 /// A bound node: sockets, engine, control socket.
 pub struct Node {
     host: Host,
     identity: Identity,
-    v4: Option<UdpSocket>,
-    v6: Option<UdpSocket>,
+    v4: Option<Sock>,
+    v6: Option<Sock>,
+    /// A transmit taken from the host that did not fit the last batch.
+    carry: Option<Transmit>,
     candidates: Vec<Candidate>,
     stun_pending: usize,
     control: Option<control::Server>,
     started: Instant,
 }
 
-fn bind_one(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, StartError> {
+fn bind_one(addr: SocketAddr, buffer: usize) -> Result<Sock, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source: io::Error| {
         let hint = match source.kind() {
@@ -148,7 +171,9 @@ fn bind_one(addr: SocketAddr, buffer: usize) -> Result<UdpSocket, StartError> {
     let _ = s.set_send_buffer_size(buffer);
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
-    UdpSocket::from_std(s.into()).map_err(err)
+    let io = UdpSocket::from_std(s.into()).map_err(err)?;
+    let state = quinn_udp::UdpSocketState::new((&io).into()).map_err(err)?;
+    Ok(Sock { io, state })
 }
 
 /// Host candidates for a socket bound at `local`: the address itself, or
@@ -193,7 +218,8 @@ impl Node {
             }
             match bind_one(*addr, config.socket_buffer) {
                 Ok(s) => {
-                    let local = s.local_addr().map_err(|source| StartError::Bind { addr: *addr, source, hint: "" })?;
+                    let local =
+                        s.io.local_addr().map_err(|source| StartError::Bind { addr: *addr, source, hint: "" })?;
                     addrs.extend(host_addresses(local));
                     *slot = Some(s);
                 }
@@ -215,7 +241,7 @@ impl Node {
             host.query_stun(*s, now);
         }
         let control = if config.control_socket { Some(control::Server::bind(config.control.clone())?) } else { None };
-        Ok(Node { host, identity, v4, v6, candidates, stun_pending: usable.len(), control, started: now })
+        Ok(Node { host, identity, v4, v6, carry: None, candidates, stun_pending: usable.len(), control, started: now })
     }
 
     /// Our candidates so far.
@@ -225,7 +251,7 @@ impl Node {
 
     /// The bound local addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        [&self.v4, &self.v6].into_iter().flatten().filter_map(|s| s.local_addr().ok()).collect()
+        [&self.v4, &self.v6].into_iter().flatten().filter_map(|s| s.io.local_addr().ok()).collect()
     }
 
     /// The control socket's path.
@@ -233,21 +259,57 @@ impl Node {
         self.control.as_ref().map(|c| c.path())
     }
 
-    fn socket_for(&self, dest: SocketAddr) -> Option<&UdpSocket> {
+    fn socket_for(&self, dest: SocketAddr) -> Option<&Sock> {
         if dest.is_ipv4() { self.v4.as_ref() } else { self.v6.as_ref() }
     }
 
-    /// Sends what the host has queued. Returns a transmit the socket could
+    /// The host's next datagrams to one destination, as one batch: equal
+    /// sizes but a shorter last one, as many as one GSO send takes.
+    fn next_batch(&mut self, now: Instant) -> Option<Batch> {
+        let first = self.carry.take().or_else(|| self.host.poll_transmit(now))?;
+        let seg = first.contents.len().max(1);
+        let gso = self.socket_for(first.destination).map_or(1, |s| s.state.max_gso_segments());
+        let max = gso.min(GSO_MAX_BYTES / seg).max(1);
+        let dest = first.destination;
+        let mut buf = first.contents;
+        let mut n = 1;
+        while n < max {
+            let Some(t) = self.host.poll_transmit(now) else { break };
+            if t.destination != dest || t.contents.len() > seg || t.contents.is_empty() {
+                self.carry = Some(t);
+                break;
+            }
+            let last = t.contents.len() < seg;
+            buf.extend_from_slice(&t.contents);
+            n += 1;
+            if last {
+                break;
+            }
+        }
+        Some(Batch { dest, buf, seg })
+    }
+
+    /// Sends what the host has queued. Returns a batch the socket could
     /// not take yet.
-    fn flush(&mut self, now: Instant, mut pending: Option<Transmit>) -> Option<Transmit> {
+    fn flush(&mut self, now: Instant, mut pending: Option<Batch>) -> Option<Batch> {
         loop {
-            let t = pending.take().or_else(|| self.host.poll_transmit(now))?;
-            let Some(sock) = self.socket_for(t.destination) else { continue };
-            match sock.try_send_to(&t.contents, t.destination) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(t),
+            let b = match pending.take() {
+                Some(b) => b,
+                None => self.next_batch(now)?,
+            };
+            let Some(sock) = self.socket_for(b.dest) else { continue };
+            let t = quinn_udp::Transmit {
+                destination: b.dest,
+                ecn: None,
+                contents: &b.buf,
+                segment_size: (b.buf.len() > b.seg).then_some(b.seg),
+                src_ip: None,
+            };
+            match sock.io.try_io(tokio::io::Interest::WRITABLE, || sock.state.send((&sock.io).into(), &t)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(b),
                 // Unreachable networks and the like: the engine retries.
-                Err(e) => tracing::debug!("send to {} failed: {e}", t.destination),
+                Err(e) => tracing::debug!("send to {} failed: {e}", b.dest),
             }
         }
     }
@@ -308,8 +370,8 @@ impl Node {
 
     /// Runs `app` until it returns.
     pub async fn run<A: App>(mut self, app: &mut A) -> io::Result<A::Output> {
-        let mut buf = vec![0u8; 65_536];
-        let mut pending_tx: Option<Transmit> = None;
+        let mut bufs = vec![vec![0u8; RECV_SLOT]; RECV_BATCH];
+        let mut pending_tx: Option<Batch> = None;
         let (ctl_tx, mut ctl_rx) = mpsc::channel::<(control::Request, oneshot::Sender<Value>)>(16);
         if let Some(server) = self.control.as_mut() {
             server.start(ctl_tx);
@@ -347,11 +409,11 @@ impl Node {
                 // Send what the app's last step queued (a CLOSE, a final ACK).
                 let now = Instant::now();
                 pending_tx = self.flush(now, pending_tx);
-                if let Some(t) = pending_tx
-                    && let Some(s) = self.socket_for(t.destination)
+                if let Some(b) = pending_tx
+                    && let Some(s) = self.socket_for(b.dest)
                 {
-                    let _ = s.send_to(&t.contents, t.destination).await;
-                    self.flush(now, None);
+                    let _ = s.io.writable().await;
+                    self.flush(now, Some(b));
                 }
                 return Ok(out);
             }
@@ -360,19 +422,19 @@ impl Node {
             let deadline = self.host.poll_timeout().map(tokio::time::Instant::from_std);
             let v4 = self.v4.as_ref();
             let v6 = self.v6.as_ref();
-            let want_write = pending_tx.as_ref().map(|t| t.destination.is_ipv4());
+            let want_write = pending_tx.as_ref().map(|b| b.dest.is_ipv4());
             tokio::select! {
-                r = async { v4.expect("guarded").readable().await }, if v4.is_some() => {
+                r = async { v4.expect("guarded").io.readable().await }, if v4.is_some() => {
                     r?;
-                    self.receive(true, &mut buf);
+                    self.receive(true, &mut bufs);
                 }
-                r = async { v6.expect("guarded").readable().await }, if v6.is_some() => {
+                r = async { v6.expect("guarded").io.readable().await }, if v6.is_some() => {
                     r?;
-                    self.receive(false, &mut buf);
+                    self.receive(false, &mut bufs);
                 }
                 r = async {
                     let s = if want_write == Some(true) { v4 } else { v6 };
-                    s.expect("guarded").writable().await
+                    s.expect("guarded").io.writable().await
                 }, if want_write.is_some_and(|w| if w { v4.is_some() } else { v6.is_some() }) => { r?; }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     self.host.handle_timeout(Instant::now());
@@ -382,21 +444,34 @@ impl Node {
                 }
                 _ = app.wake() => {}
             }
-            if pending_tx.as_ref().is_some_and(|t| self.socket_for(t.destination).is_none()) {
+            if pending_tx.as_ref().is_some_and(|b| self.socket_for(b.dest).is_none()) {
                 pending_tx = None;
             }
         }
     }
 
-    /// Reads every datagram waiting on one socket (bounded per wakeup).
-    fn receive(&mut self, v4: bool, buf: &mut [u8]) {
-        for _ in 0..256 {
+    /// Reads the datagrams waiting on one socket (bounded per wakeup),
+    /// several per system call, splitting GRO-coalesced ones.
+    fn receive(&mut self, v4: bool, bufs: &mut [Vec<u8>]) {
+        let mut meta = [quinn_udp::RecvMeta::default(); RECV_BATCH];
+        for _ in 0..32 {
             let sock = if v4 { self.v4.as_ref() } else { self.v6.as_ref() };
             let Some(sock) = sock else { return };
-            match sock.try_recv_from(buf) {
-                Ok((n, from)) => {
+            let got = {
+                let mut iovs: Vec<io::IoSliceMut<'_>> = bufs.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+                sock.io
+                    .try_io(tokio::io::Interest::READABLE, || sock.state.recv((&sock.io).into(), &mut iovs, &mut meta))
+            };
+            match got {
+                Ok(n) => {
                     let now = Instant::now();
-                    self.host.handle_datagram(now, from, &mut buf[..n]);
+                    for (m, buf) in meta.iter().zip(bufs.iter_mut()).take(n) {
+                        let stride = if m.stride == 0 { m.len.max(1) } else { m.stride };
+                        let len = m.len.min(buf.len());
+                        for d in buf[..len].chunks_mut(stride) {
+                            self.host.handle_datagram(now, m.addr, d);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors surface here on Linux; they are not fatal.
