@@ -6,14 +6,15 @@
 //!
 //! The crate has two layers (DESIGN §1):
 //!
-//! * the **sans-IO engine** — [`identity`], [`token`] (and, as they land,
-//!   connectivity, secure session and endpoint). It never reads the clock,
+//! * the **sans-IO engine** — [`identity`], [`token`], [`stun`], [`ice`]
+//!   (connectivity), [`session`] (Noise IK, encrypted reliable stream and
+//!   datagrams) and [`host`] (one UDP port's demultiplexer tying them together). It never reads the clock,
 //!   never touches a socket and never uses a global RNG: time comes in as an
 //!   argument, randomness from the caller's RNG. The tokio runtime and the
 //!   simulator (`convoke-sim`) drive the same code.
-//! * the **runtime** (feature `runtime`, on by default) — key storage, and
-//!   later UDP sockets, STUN, the control socket and the metrics exporter —
-//!   and the `convoke` command-line tool.
+//! * the **runtime** (feature `runtime`, on by default) — the tokio node
+//!   driver (UDP sockets with GSO/GRO, STUN client, control socket), TOML
+//!   configuration and key storage — and the `convoke` command-line tool.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
