@@ -355,12 +355,16 @@ impl Host {
         n
     }
 
+    fn open_ref(&self, id: AttemptId) -> Option<&Open> {
+        match &self.sessions.get(&id)?.phase {
+            Phase::Open(o) => Some(o),
+            Phase::Initiating(_) => None,
+        }
+    }
+
     /// Room in a session's send buffer.
     pub fn write_capacity(&self, id: AttemptId) -> usize {
-        match self.sessions.get(&id).map(|s| &s.phase) {
-            Some(Phase::Open(o)) => o.conn.write_capacity(&self.config.session),
-            _ => 0,
-        }
+        self.open_ref(id).map_or(0, |o| o.conn.write_capacity(&self.config.session))
     }
 
     /// Ends our half of a session's stream.
@@ -384,20 +388,17 @@ impl Host {
 
     /// Stream bytes ready to read.
     pub fn readable(&self, id: AttemptId) -> usize {
-        match self.sessions.get(&id).map(|s| &s.phase) {
-            Some(Phase::Open(o)) => o.conn.readable(),
-            _ => 0,
-        }
+        self.open_ref(id).map_or(0, |o| o.conn.readable())
     }
 
     /// Whether the peer ended its stream and all of it was read.
     pub fn recv_finished(&self, id: AttemptId) -> bool {
-        matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Open(o)) if o.conn.recv_finished())
+        self.open_ref(id).is_some_and(|o| o.conn.recv_finished())
     }
 
     /// Whether everything we wrote, and our end, was acknowledged.
     pub fn send_done(&self, id: AttemptId) -> bool {
-        matches!(self.sessions.get(&id).map(|s| &s.phase), Some(Phase::Open(o)) if o.conn.send_done())
+        self.open_ref(id).is_some_and(|o| o.conn.send_done())
     }
 
     /// Sends an unreliable datagram. False if too large or no session.
@@ -416,7 +417,7 @@ impl Host {
 
     /// What we know of an established session.
     pub fn session(&self, id: AttemptId) -> Option<SessionInfo> {
-        let Phase::Open(o) = &self.sessions.get(&id)?.phase else { return None };
+        let o = self.open_ref(id)?;
         Some(SessionInfo {
             peer: o.peer,
             remote: o.conn.remote,

@@ -644,6 +644,11 @@ impl Connection {
         }
     }
 
+    /// Received packet numbers as inclusive ranges, newest first.
+    fn ack_ranges(&self) -> Vec<std::ops::RangeInclusive<u64>> {
+        self.received.iter_desc().map(|(s, e)| s..=e - 1).collect()
+    }
+
     /// Whether an ACK must go now.
     fn ack_due(&self, now: Instant) -> bool {
         self.ack_pending && (self.unacked_eliciting >= 2 || self.ack_deadline.is_some_and(|d| d <= now))
@@ -666,8 +671,7 @@ impl Connection {
                 self.closing = Closing::Closed;
                 // Acknowledge what arrived: the peer may be waiting on it.
                 if self.ack_pending {
-                    let ranges: Vec<_> = self.received.iter_desc().map(|(s, e)| s..=e - 1).collect();
-                    frame::put_ack(&mut plain, &ranges, 0);
+                    frame::put_ack(&mut plain, &self.ack_ranges(), 0);
                 }
                 let reason = &reason.as_bytes()[..reason.len().min(200)];
                 frame::put_close(&mut plain, code, reason);
@@ -682,9 +686,8 @@ impl Connection {
         }
         let budget = mtu - OVERHEAD;
         if self.ack_pending {
-            let ranges: Vec<_> = self.received.iter_desc().map(|(s, e)| s..=e - 1).collect();
             let delay = self.largest_received_at.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64);
-            frame::put_ack(&mut plain, &ranges, delay);
+            frame::put_ack(&mut plain, &self.ack_ranges(), delay);
             self.ack_pending = false;
             self.unacked_eliciting = 0;
             self.ack_deadline = None;
