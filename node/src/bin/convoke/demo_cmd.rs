@@ -15,6 +15,7 @@ use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::{ConnectionMode, InitialMode, Invitation, InvitationParams, Token};
 use tokio::sync::mpsc;
 
+use crate::session_cmd::{runtime, seed};
 use crate::{Ctx, Failure};
 
 /// `convoke demo`.
@@ -146,9 +147,9 @@ pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let notes = notes_tx.clone();
     let rsvp = a.rsvp;
     let inviter = std::thread::spawn(move || -> Result<Vec<u8>, String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = runtime().map_err(|f| f.message)?;
         rt.block_on(async move {
-            let node = Node::bind(alice.clone(), loopback(), random_seed()).map_err(|e| e.to_string())?;
+            let node = Node::bind(alice.clone(), loopback(), seed()).map_err(|e| e.to_string())?;
             let params = InvitationParams {
                 candidates: node.candidates().to_vec(),
                 mode: ConnectionMode {
@@ -184,9 +185,9 @@ pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let text = inv.token().encode_compact();
     println!("\nalice: invitation ({} characters; this is what you would paste or scan):\n\n{text}\n", text.len());
     let joiner = std::thread::spawn(move || -> Result<Vec<u8>, String> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let rt = runtime().map_err(|f| f.message)?;
         rt.block_on(async move {
-            let node = Node::bind(bob, loopback(), random_seed()).map_err(|e| e.to_string())?;
+            let node = Node::bind(bob, loopback(), seed()).map_err(|e| e.to_string())?;
             let mut peer = Peer {
                 name: "bob",
                 greeting: "hello Alice, Bob here".into(),
@@ -207,7 +208,7 @@ pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         })
     });
     // Relay notes (and the RSVP, our out-of-band channel) until both end.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = runtime()?;
     rt.block_on(async {
         while let Some(n) = notes_rx.recv().await {
             match n {
@@ -235,11 +236,4 @@ pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     } else {
         Err(Failure { message: "the demo failed".into(), status: 1 })
     }
-}
-
-fn random_seed() -> [u8; 32] {
-    use rand_core::Rng;
-    let mut s = [0u8; 32];
-    os_rng().fill_bytes(&mut s);
-    s
 }

@@ -102,7 +102,7 @@ pub struct StatusArgs {
     control: Option<PathBuf>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
@@ -119,7 +119,8 @@ fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
     Ok(c)
 }
 
-fn seed() -> [u8; 32] {
+/// A fresh seed for a node's engine, from the OS.
+pub(crate) fn seed() -> [u8; 32] {
     let mut s = [0u8; 32];
     os_rng().fill_bytes(&mut s);
     s
@@ -130,8 +131,9 @@ fn seed() -> [u8; 32] {
 struct Pipe {
     json: bool,
     quiet: bool,
-    /// Invite: our invitation; join: theirs.
-    invitation: Invitation,
+    /// Join: theirs, from the start; invite: ours, minted once the
+    /// candidates are final (see `InviteApp`).
+    invitation: Option<Invitation>,
     inviter: bool,
     reusable: bool,
     yes: bool,
@@ -155,7 +157,7 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(ctx: &Ctx, invitation: Invitation, inviter: bool, out_tx: mpsc::Sender<Vec<u8>>) -> Pipe {
+    fn new(ctx: &Ctx, invitation: Option<Invitation>, inviter: bool, out_tx: mpsc::Sender<Vec<u8>>) -> Pipe {
         Pipe {
             json: ctx.json,
             quiet: ctx.quiet,
@@ -204,7 +206,7 @@ impl Pipe {
     }
 
     fn make_rsvp(&mut self, ctx: &mut NodeCtx<'_>, attempt: AttemptId) {
-        let Some(id) = ctx.host.endpoint().rsvp_token_id(attempt) else { return };
+        let (Some(id), Some(inv)) = (ctx.host.endpoint().rsvp_token_id(attempt), &self.invitation) else { return };
         let mut cands: Vec<(CandidateKind, SocketAddr)> = ctx.candidates.iter().map(|c| (c.kind, c.address)).collect();
         for m in &self.mapped {
             if !cands.iter().any(|(_, a)| a == m) {
@@ -212,7 +214,7 @@ impl Pipe {
             }
         }
         cands.truncate(token::limits::MAX_CANDIDATES);
-        let t = Token::new_rsvp(&self.invitation, ctx.identity, id, Candidate::list(cands), unix_now());
+        let t = Token::new_rsvp(inv, ctx.identity, id, Candidate::list(cands), unix_now());
         let text = t.encode_compact();
         if let Some(p) = &self.rsvp_out
             && let Err(e) = std::fs::write(p, format!("{text}\n"))
@@ -247,9 +249,10 @@ impl App for Pipe {
     type Output = Result<(), Failure>;
 
     fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
+        let Some(invitation) = self.invitation.clone() else { return };
         if self.inviter {
-            let b = &self.invitation.token().body;
-            let text = self.invitation.token().encode_compact();
+            let b = &invitation.token().body;
+            let text = invitation.token().encode_compact();
             if let Some(p) = &self.token_out
                 && let Err(e) = std::fs::write(p, format!("{text}\n"))
             {
@@ -270,9 +273,9 @@ impl App for Pipe {
                 "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
                 json!({ "event": "waiting" }),
             );
-            ctx.host.listen(self.invitation.clone());
+            ctx.host.listen(invitation);
         } else {
-            self.attempt = Some(ctx.host.join(&self.invitation, ctx.now));
+            self.attempt = Some(ctx.host.join(&invitation, ctx.now));
             self.say("Connecting to the inviter…", json!({ "event": "connecting" }));
         }
     }
@@ -445,23 +448,14 @@ impl App for Pipe {
                 permit.send(buf);
             }
         }
-        // Done: both directions ended (or the peer closed cleanly).
-        if !self.reusable {
-            for (&id, &finished) in &self.sessions {
-                if finished && ctx.host.recv_finished(id) && ctx.host.send_done(id) {
-                    ctx.host.close(id, ctx.now);
+        // Done: both directions ended (or the peer closed cleanly). A
+        // reusable invitation keeps the node up for the next invitee.
+        for (&id, &finished) in &self.sessions {
+            if finished && ctx.host.recv_finished(id) && ctx.host.send_done(id) {
+                ctx.host.close(id, ctx.now);
+                if !self.reusable {
                     self.outcome.get_or_insert(Ok(()));
                 }
-            }
-        } else {
-            let done: Vec<_> = self
-                .sessions
-                .iter()
-                .filter(|(id, f)| **f && ctx.host.recv_finished(**id) && ctx.host.send_done(**id))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in done {
-                ctx.host.close(id, ctx.now);
             }
         }
         self.outcome.take()
@@ -527,6 +521,27 @@ fn stdout_writer() -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
     (tx, h)
 }
 
+/// Binds a node for `identity`, runs the app `make` builds (given the
+/// standard output sender), and waits for standard output to drain.
+fn run_node<A: App<Output = Result<(), Failure>>>(
+    ctx: &Ctx,
+    node: &NodeArgs,
+    identity: convoke_node::identity::Identity,
+    make: impl FnOnce(mpsc::Sender<Vec<u8>>) -> A,
+) -> Result<(), Failure> {
+    let config = node_config(ctx, node)?;
+    let rt = runtime()?;
+    let (out_tx, writer) = stdout_writer();
+    let result = rt.block_on(async {
+        let node = Node::bind(identity, config, seed())?;
+        let mut app = make(out_tx);
+        node.run(&mut app).await.map_err(Failure::from)?
+    });
+    // The app (and its sender) are gone: the writer drains and ends.
+    let _ = writer.join();
+    result
+}
+
 /// `convoke invite`.
 pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
     let (identity, _) = ctx.identity()?;
@@ -539,31 +554,17 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
         Some(t) => t,
         None => file.invite.rsvp_timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(30),
     };
-    let config = node_config(ctx, &a.node)?;
-    // Bind first: the invitation carries the bound addresses.
-    let rt = runtime()?;
-    let (out_tx, writer) = stdout_writer();
-    let reusable = a.reusable;
-    let result = rt.block_on(async {
-        let node = Node::bind(identity.clone(), config, seed())?;
-        // STUN answers arrive once the node runs; the invitation is minted
-        // again in `on_ready` from the final candidate list.
-        let first = make_invitation(&identity, node.candidates(), expires, rsvp_timeout, reusable, a.rsvp_required)?;
-        let mut pipe = Pipe::new(ctx, first, true, out_tx);
-        pipe.reusable = reusable;
+    // Refuse a bad --rsvp-timeout before binding anything.
+    mode(a.reusable, a.rsvp_required, rsvp_timeout)?;
+    run_node(ctx, &a.node, identity, |out_tx| {
+        // The invitation carries the final candidates (STUN answers come
+        // once the node runs): `InviteApp::on_ready` mints it.
+        let mut pipe = Pipe::new(ctx, None, true, out_tx);
+        pipe.reusable = a.reusable;
         pipe.qr = a.node.qr;
         pipe.token_out = a.token_out.clone();
-        let mut inv = InviteApp {
-            pipe: &mut pipe,
-            identity: identity.clone(),
-            expires,
-            rsvp_timeout,
-            rsvp_required: a.rsvp_required,
-        };
-        node.run(&mut inv).await.map_err(Failure::from)?
-    });
-    let _ = writer.join();
-    result
+        InviteApp { pipe, expires, rsvp_timeout, rsvp_required: a.rsvp_required }
+    })
 }
 
 fn mode(reusable: bool, rsvp_required: bool, rsvp_timeout: u64) -> Result<ConnectionMode, Failure> {
@@ -597,27 +598,26 @@ fn make_invitation(
 }
 
 /// The inviter: makes the invitation once the candidates are final.
-struct InviteApp<'a> {
-    pipe: &'a mut Pipe,
-    identity: convoke_node::identity::Identity,
+struct InviteApp {
+    pipe: Pipe,
     expires: u64,
     rsvp_timeout: u64,
     rsvp_required: bool,
 }
 
-impl App for InviteApp<'_> {
+impl App for InviteApp {
     type Output = Result<(), Failure>;
 
     fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
         match make_invitation(
-            &self.identity,
+            ctx.identity,
             ctx.candidates,
             self.expires,
             self.rsvp_timeout,
             self.pipe.reusable,
             self.rsvp_required,
         ) {
-            Ok(inv) => self.pipe.invitation = inv,
+            Ok(inv) => self.pipe.invitation = Some(inv),
             Err(f) => {
                 self.pipe.outcome = Some(Err(f));
                 return;
@@ -656,20 +656,13 @@ pub fn join(ctx: &Ctx, a: JoinArgs) -> Result<(), Failure> {
     let invitation =
         Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}"))?;
     let (identity, _) = ctx.identity()?;
-    let config = node_config(ctx, &a.node)?;
-    let rt = runtime()?;
-    let (out_tx, writer) = stdout_writer();
-    let result = rt.block_on(async {
-        let node = Node::bind(identity, config, seed())?;
-        let mut pipe = Pipe::new(ctx, invitation, false, out_tx);
+    run_node(ctx, &a.node, identity, |out_tx| {
+        let mut pipe = Pipe::new(ctx, Some(invitation), false, out_tx);
         pipe.yes = a.yes;
         pipe.qr = a.node.qr;
         pipe.rsvp_out = a.rsvp_out.clone();
-        node.run(&mut pipe).await.map_err(Failure::from)?
-    });
-    // The pipe (and its sender) are gone: the writer drains and ends.
-    let _ = writer.join();
-    result
+        pipe
+    })
 }
 
 /// `convoke rsvp`: hands a reply token to the running inviter.
