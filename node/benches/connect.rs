@@ -11,16 +11,18 @@
 //! Run: `cargo bench -p convoke-node --bench connect` (`-- --quick` for
 //! fewer rounds).
 
-// The counting allocator needs `unsafe impl GlobalAlloc`; this benchmark is
-// the only place in the workspace allowed to use unsafe code.
+// The counting allocator (in `common`) needs `unsafe impl GlobalAlloc`; the
+// benchmarks are the only place in the workspace allowed to use unsafe code.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::VecDeque;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use common::{LIVE, held_per_peer, median, unix_now};
 
 use convoke_node::ice::{Endpoint, EndpointConfig, Event};
 use convoke_node::identity::Identity;
@@ -33,30 +35,6 @@ use webrtc_ice::candidate::candidate_base::unmarshal_candidate;
 use webrtc_ice::mdns::MulticastDnsMode;
 use webrtc_ice::network_type::NetworkType;
 use webrtc_ice::state::ConnectionState;
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: `p` came from `alloc` with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 fn invitation(addr: SocketAddr, seed: u64, reusable: bool) -> Invitation {
     let id = Identity::from_secret_bytes([seed as u8; 32]);
@@ -182,84 +160,32 @@ async fn udp_round_trip() -> Duration {
     took
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Heap held by an inviter with `n` idle connected invitees, in bytes.
+/// Heap held by an inviter with `n` idle connected invitees, in bytes;
+/// and by an endpoint listening with none.
 fn inviter_memory(n: usize) -> (isize, isize, usize) {
-    let base = Instant::now();
-    let inviter_addr: SocketAddr = "198.18.0.1:4433".parse().expect("addr");
-    let inv = invitation(inviter_addr, 99, true);
+    let inv = invitation("198.18.0.1:4433".parse().expect("addr"), 99, true);
     let before_empty = LIVE.load(Ordering::Relaxed);
-    let mut inviter = Endpoint::new(EndpointConfig::default(), [1; 32], base, unix_now());
-    inviter.listen(inv.clone());
-    let empty = LIVE.load(Ordering::Relaxed) - before_empty;
-    let addr =
-        |i: usize| -> SocketAddr { format!("198.18.{}.{}:5000", 1 + i / 250, i % 250 + 1).parse().expect("addr") };
-    let mut invitees: Vec<Endpoint> = (0..n)
-        .map(|i| {
-            let mut s = [2u8; 32];
-            s[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            Endpoint::new(EndpointConfig::default(), s, base, unix_now())
-        })
-        .collect();
-    for e in &mut invitees {
-        e.join(&inv, base);
-    }
-    let mut now = base;
-    let mut connected = 0;
-    let mut queue: VecDeque<(Option<usize>, SocketAddr, Vec<u8>)> = VecDeque::new();
-    for _ in 0..2_000_000 {
-        for (i, e) in invitees.iter_mut().enumerate() {
-            while let Some(t) = e.poll_transmit() {
-                queue.push_back((None, addr(i), t.contents));
-            }
-            while e.poll_event().is_some() {}
-        }
-        while let Some(t) = inviter.poll_transmit() {
-            let to = t.destination;
-            let i =
-                (usize::from(to.ip().to_string().split('.').nth(2).and_then(|x| x.parse::<u8>().ok()).unwrap_or(1))
-                    - 1)
-                    * 250
-                    + usize::from(
-                        to.ip().to_string().split('.').nth(3).and_then(|x| x.parse::<u8>().ok()).unwrap_or(1),
-                    )
-                    - 1;
-            queue.push_back((Some(i), inviter_addr, t.contents));
-        }
-        while let Some(e) = inviter.poll_event() {
-            connected += usize::from(matches!(e, Event::Connected { .. }));
-        }
-        if connected == n {
-            break;
-        }
-        if queue.is_empty() {
-            let next = invitees.iter().filter_map(Endpoint::poll_timeout).chain(inviter.poll_timeout()).min();
-            now = next.expect("something is pending").max(now);
-            inviter.handle_timeout(now);
-            for e in &mut invitees {
-                if e.poll_timeout().is_some_and(|t| t <= now) {
-                    e.handle_timeout(now);
-                }
-            }
-        }
-        while let Some((to, from, bytes)) = queue.pop_front() {
-            match to {
-                None => inviter.handle_datagram(now, from, &bytes),
-                Some(i) => invitees[i].handle_datagram(now, from, &bytes),
-            }
-        }
-    }
-    assert_eq!(connected, n, "all invitees connect");
-    drop(invitees);
-    drop(queue);
-    let with = LIVE.load(Ordering::Relaxed);
-    drop(inviter);
-    let without = LIVE.load(Ordering::Relaxed);
-    (with - without, empty, connected)
+    let mut empty = Endpoint::new(EndpointConfig::default(), [1; 32], Instant::now(), unix_now());
+    empty.listen(inv.clone());
+    let empty_bytes = LIVE.load(Ordering::Relaxed) - before_empty;
+    drop(empty);
+    let seed = |i: usize| {
+        let mut s = [2u8; 32];
+        s[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        s
+    };
+    let per = held_per_peer(
+        n,
+        Duration::ZERO,
+        |i| {
+            Endpoint::new(EndpointConfig::default(), if i == 0 { [1; 32] } else { seed(i) }, Instant::now(), unix_now())
+        },
+        |e| e.listen(inv.clone()),
+        |e, now| {
+            e.join(&inv, now);
+        },
+    );
+    ((per * n as f64) as isize, empty_bytes, n)
 }
 
 fn main() {

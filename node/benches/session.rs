@@ -14,46 +14,22 @@
 //!
 //! Run: `cargo bench -p convoke-node --bench session` (`-- --quick`).
 
-// The counting allocator needs `unsafe impl GlobalAlloc`.
+// The counting allocator (in `common`) needs `unsafe impl GlobalAlloc`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{held_per_peer, median, unix_now};
 use convoke_node::host::{Host, HostConfig, HostEvent};
-use convoke_node::ice::{Endpoint, EndpointConfig, Event};
+use convoke_node::ice::{Endpoint, EndpointConfig};
 use convoke_node::identity::Identity;
 use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
 use convoke_node::token::{Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token};
 use rand_core::SeedableRng;
-
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same layout contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: `p` came from `alloc` with this layout.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 fn invitation(identity: &Identity, candidates: &[Candidate], reusable: bool, seed: u64) -> Invitation {
     let params = InvitationParams {
@@ -71,11 +47,6 @@ fn loopback_config() -> NodeConfig {
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
@@ -351,117 +322,6 @@ fn quinn_throughput(total: u64) -> Duration {
 
 // ---------- 3. idle memory ----------
 
-/// One side of the in-memory wire: an endpoint alone, or a whole host.
-trait Engine {
-    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]);
-    fn output(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)>;
-    /// Counts connections (ICE nominated, or session established).
-    fn events(&mut self) -> usize;
-    fn deadline(&self) -> Option<Instant>;
-    fn timeout(&mut self, now: Instant);
-}
-
-impl Engine for Endpoint {
-    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
-        self.handle_datagram(now, from, data);
-    }
-    fn output(&mut self, _: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        self.poll_transmit().map(|t| (t.destination, t.contents))
-    }
-    fn events(&mut self) -> usize {
-        std::iter::from_fn(|| self.poll_event()).filter(|e| matches!(e, Event::Connected { .. })).count()
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-impl Engine for Host {
-    fn input(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
-        self.handle_datagram(now, from, data);
-    }
-    fn output(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
-        self.poll_transmit(now).map(|t| (t.destination, t.contents))
-    }
-    fn events(&mut self) -> usize {
-        std::iter::from_fn(|| self.poll_event()).filter(|e| matches!(e, HostEvent::Established { .. })).count()
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.poll_timeout()
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now);
-    }
-}
-
-/// Heap held by the inviter with `n` idle connected peers (after 30 s of
-/// quiet, consent checks only), per peer.
-fn held_per_peer<E: Engine>(
-    n: usize,
-    make: impl Fn(usize) -> E,
-    listen: impl FnOnce(&mut E),
-    join: impl Fn(&mut E, Instant),
-) -> f64 {
-    let base = Instant::now();
-    let inviter_addr: SocketAddr = "198.18.0.1:4433".parse().expect("addr");
-    let mut inviter = make(0);
-    listen(&mut inviter);
-    let addrs: Vec<SocketAddr> =
-        (0..n).map(|i| format!("198.18.{}.{}:5000", 1 + i / 250, i % 250 + 1).parse().expect("addr")).collect();
-    let index: HashMap<SocketAddr, usize> = addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
-    let mut peers: Vec<E> = (1..=n).map(&make).collect();
-    for p in &mut peers {
-        join(p, base);
-    }
-    let mut now = base;
-    let mut connected = 0;
-    let quiet_until = base + Duration::from_secs(30);
-    let mut queue: VecDeque<(Option<usize>, SocketAddr, Vec<u8>)> = VecDeque::new();
-    for _ in 0..5_000_000 {
-        for (i, p) in peers.iter_mut().enumerate() {
-            while let Some((_, c)) = p.output(now) {
-                queue.push_back((None, addrs[i], c));
-            }
-            p.events();
-        }
-        while let Some((to, c)) = inviter.output(now) {
-            if let Some(&i) = index.get(&to) {
-                queue.push_back((Some(i), inviter_addr, c));
-            }
-        }
-        connected += inviter.events();
-        if queue.is_empty() {
-            if connected == n && now >= quiet_until {
-                break;
-            }
-            let next = peers.iter().filter_map(Engine::deadline).chain(inviter.deadline()).min();
-            now = next.expect("something is pending").max(now);
-            inviter.timeout(now);
-            for p in &mut peers {
-                if p.deadline().is_some_and(|t| t <= now) {
-                    p.timeout(now);
-                }
-            }
-        }
-        while let Some((to, from, mut bytes)) = queue.pop_front() {
-            match to {
-                None => inviter.input(now, from, &mut bytes),
-                Some(i) => peers[i].input(now, from, &mut bytes),
-            }
-        }
-    }
-    assert_eq!(connected, n, "all peers connect");
-    drop(peers);
-    drop(queue);
-    let with = LIVE.load(Ordering::Relaxed);
-    drop(inviter);
-    let without = LIVE.load(Ordering::Relaxed);
-    (with - without) as f64 / n as f64
-}
-
 fn memory(n: usize) -> (f64, f64) {
     let id = Identity::from_secret_bytes([20; 32]);
     let inv =
@@ -473,6 +333,7 @@ fn memory(n: usize) -> (f64, f64) {
     };
     let ice = held_per_peer(
         n,
+        Duration::from_secs(30),
         |i| Endpoint::new(EndpointConfig::default(), seed(i), Instant::now(), unix_now()),
         |e| e.listen(inv.clone()),
         |e, now| {
@@ -481,6 +342,7 @@ fn memory(n: usize) -> (f64, f64) {
     );
     let host = held_per_peer(
         n,
+        Duration::from_secs(30),
         |i| {
             let who = if i == 0 { id.clone() } else { Identity::from_secret_bytes(seed(i)) };
             Host::new(&who, HostConfig::default(), seed(i), Instant::now(), unix_now())
