@@ -1,20 +1,204 @@
-//! `convoke-sim`: the simulator's command line. Scenarios arrive with the
-//! simulator issue; today it reports its version and refuses to pretend.
+//! `convoke-sim`: run a scenario, check one, or run the scale benchmark.
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (version, overlay) = convoke_sim::engine_versions();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("convoke-sim {version} (overlay protocol {overlay})")
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use convoke_sim::scenario::{Pattern, Scenario};
+use convoke_sim::{Perf, simulate};
+
+/// The scale benchmark's scenario, built in so `bench` runs anywhere.
+const SCALE: &str = include_str!("../../scenarios/scale.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "convoke-sim",
+    version,
+    about = "Discrete-event simulator running the real Convoke engine behind emulated NATs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario and write report.json, report.md, ttc.svg and perf.json.
+    Run {
+        /// The scenario file (TOML; see sim/scenarios/).
+        scenario: PathBuf,
+        /// Seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where to write the report.
+        #[arg(long, default_value = "sim-out")]
+        out: PathBuf,
+        /// Override the population size (pattern random-earlier); the run's
+        /// duration follows, keeping the time after the last join.
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// No progress bar, no summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Validate a scenario without running it.
+    Check {
+        /// The scenario file.
+        scenario: PathBuf,
+    },
+    /// The scale benchmark: N nodes join one by one, each by one invitation
+    /// from a random earlier node, under a mixed NAT population; one process
+    /// per N so peak memory is that run's.
+    Bench {
+        /// Population sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        nodes: Vec<u32>,
+        /// Scenario (default: the built-in sim/scenarios/scale.toml).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
+}
+
+fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
+    let mut s = Scenario::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(n) = nodes {
+        match (&mut s.population, s.joins.pattern) {
+            (Some(p), Pattern::RandomEarlier) => {
+                // Keep the time after the last join starts: the run is as
+                // long as the joins plus the same tail.
+                let j = &s.joins;
+                let tail = s.duration_s - (j.start_s + f64::from(p.nodes) * j.interval_s);
+                p.nodes = n;
+                s.duration_s = (j.start_s + f64::from(n) * j.interval_s + tail.max(0.0)).max(1.0);
+            }
+            _ => return Err("--nodes needs a scenario with pattern = \"random-earlier\" and a [population]".into()),
         }
-        Some("--help") | Some("-h") | None => {
-            println!("convoke-sim {version}\n\nUsage: convoke-sim run SCENARIO [--seed N] [--out DIR]\n");
-            println!("The simulator engine is not built yet; `run` exits with an error.");
+        s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(s)
+}
+
+fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bool) -> Result<(), String> {
+    let scenario = load(path, nodes)?;
+    let seed = seed.unwrap_or(scenario.seed);
+    let name = scenario.name.clone();
+    let bar = !quiet && std::io::stderr().is_terminal();
+    let mut last = Instant::now();
+    let mut progress = |now: u64, end: u64, events: u64| {
+        if bar && last.elapsed().as_millis() >= 100 {
+            last = Instant::now();
+            let f = (now as f64 / end.max(1) as f64).min(1.0);
+            let filled = (f * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {:5.1}%  t = {:.0} s  {:.1}M events ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                f * 100.0,
+                now as f64 / 1e9,
+                events as f64 / 1e6
+            );
+            let _ = std::io::stderr().flush();
         }
-        Some(other) => {
-            eprintln!("convoke-sim: `{other}` is not available yet: the simulator engine is still to be built");
-            std::process::exit(2);
+    };
+    let (report, perf) = simulate(scenario, seed, &mut progress).map_err(|e| e.to_string())?;
+    if bar {
+        eprintln!();
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let write = |file: &str, text: String| {
+        let p = out.join(file);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
+    write("report.json", report.to_json())?;
+    write("report.md", report.to_markdown())?;
+    write("ttc.svg", report.to_svg())?;
+    write("perf.json", serde_json::to_string_pretty(&perf).unwrap_or_default() + "\n")?;
+    if !quiet {
+        let j = &report.joins;
+        eprintln!(
+            "{name} (seed {seed}): {} joins — {} single token, {} RSVP, {} failed",
+            j.joins, j.single_token, j.rsvp, j.failed
+        );
+        eprintln!(
+            "{} events in {:.2} s wall ({:.2}M events/s), peak memory {:.1} MiB; report in {}",
+            perf.events,
+            perf.wall_s,
+            perf.events_per_s / 1e6,
+            perf.peak_rss_bytes as f64 / (1 << 20) as f64,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn bench(nodes: &[u32], scenario: Option<PathBuf>) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("convoke-sim-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = match scenario {
+        Some(p) => p,
+        None => {
+            let p = dir.join("scale.toml");
+            std::fs::write(&p, SCALE).map_err(|e| format!("writing {}: {e}", p.display()))?;
+            p
+        }
+    };
+    load(&path, None)?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    println!("scale benchmark: {} (one process per N)\n", path.display());
+    println!(
+        "| N | joined | single token | RSVP | failed | events | wall s | events/s | peak RSS MiB | bytes/node | sim s / wall s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for &n in nodes {
+        let out = dir.join(format!("n{n}"));
+        let status = std::process::Command::new(&exe)
+            .arg("run")
+            .arg(&path)
+            .args(["--nodes", &n.to_string(), "--quiet", "--out"])
+            .arg(&out)
+            .status()
+            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        if !status.success() {
+            return Err(format!("the run with N = {n} failed ({status})"));
+        }
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).map_err(|e| format!("reading {f}: {e}"));
+        let perf: Perf = serde_json::from_str(&read("perf.json")?).map_err(|e| e.to_string())?;
+        let report: serde_json::Value = serde_json::from_str(&read("report.json")?).map_err(|e| e.to_string())?;
+        let j = &report["joins"];
+        let joined = j["single_token"].as_u64().unwrap_or(0) + j["rsvp"].as_u64().unwrap_or(0);
+        println!(
+            "| {n} | {joined} | {} | {} | {} | {} | {:.1} | {:.2}M | {:.0} | {} | {:.0} |",
+            j["single_token"],
+            j["rsvp"],
+            j["failed"],
+            perf.events,
+            perf.wall_s,
+            perf.events_per_s / 1e6,
+            perf.peak_rss_bytes as f64 / (1 << 20) as f64,
+            perf.bytes_per_node,
+            perf.speedup
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { scenario, seed, out, nodes, quiet } => run(&scenario, seed, &out, nodes, quiet),
+        Command::Check { scenario } => {
+            load(&scenario, None).map(|s| println!("{}: ok ({})", scenario.display(), s.name))
+        }
+        Command::Bench { nodes, scenario } => bench(&nodes, scenario),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("convoke-sim: {e}");
+            ExitCode::from(2)
         }
     }
 }

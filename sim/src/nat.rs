@@ -1,0 +1,371 @@
+//! NAT boxes with the behaviours of RFC 4787: mapping (§4.1), filtering
+//! (§5), port assignment (§4.2), mapping refresh and timeout (§4.3) and
+//! hairpinning (§6, applied by the network).
+//!
+//! Two choices a real NAT makes that the RFC leaves open, taken here the way
+//! Linux conntrack (and so most home routers) takes them:
+//!
+//! * filtering is per mapping: an address- or port-dependent filter admits
+//!   a packet to an external port only from the endpoints that *that
+//!   mapping* has sent to;
+//! * a packet admitted inbound opens the reverse direction: the internal
+//!   endpoint's replies to that sender leave through the same external port,
+//!   even when the mapping behaviour would pick another (a conntrack entry
+//!   created by the first packet of a flow is used by its replies).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::FastHash;
+
+/// Mapping behaviour (RFC 4787 §4.1): what makes the NAT reuse an external
+/// port for an internal endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mapping {
+    /// Endpoint-independent: one external port per internal endpoint.
+    Eim,
+    /// Address-dependent: one per internal endpoint and destination address.
+    Adm,
+    /// Address-and-port-dependent: one per destination address and port.
+    Apdm,
+}
+
+/// Filtering behaviour (RFC 4787 §5): which inbound packets a mapping
+/// admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filtering {
+    /// Endpoint-independent: anyone.
+    Eif,
+    /// Address-dependent: addresses the mapping has sent to.
+    Adf,
+    /// Address-and-port-dependent: endpoints the mapping has sent to.
+    Apdf,
+}
+
+/// How external ports are chosen (RFC 4787 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortAssignment {
+    /// The internal port if free, else the next free one.
+    Preserving,
+    /// The next free port after the last one given.
+    Sequential,
+    /// A random free port.
+    Random,
+}
+
+/// One NAT's behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Behaviour {
+    /// Mapping.
+    pub mapping: Mapping,
+    /// Filtering.
+    pub filtering: Filtering,
+    /// Port assignment.
+    pub ports: PortAssignment,
+    /// Idle time after which a mapping is forgotten, nanoseconds; refreshed
+    /// by outbound packets only (RFC 4787 REQ-6).
+    pub timeout_ns: u64,
+    /// Whether packets from inside to the NAT's own external address are
+    /// looped back in (RFC 4787 REQ-9).
+    pub hairpin: bool,
+}
+
+/// What a destination key of a mapping holds, per mapping behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum DestKey {
+    Any,
+    Addr(Ipv4Addr),
+    Endpoint(SocketAddrV4),
+}
+
+#[derive(Debug)]
+struct Entry {
+    internal: SocketAddrV4,
+    key: DestKey,
+    /// Endpoints this mapping sent to or admitted (few per mapping).
+    peers: Vec<SocketAddrV4>,
+    expires: u64,
+}
+
+/// Most peers a mapping remembers for filtering; the oldest goes first.
+const MAX_PEERS: usize = 32;
+const FIRST_PORT: u16 = 1024;
+
+/// A NAT's translation table.
+#[derive(Debug)]
+pub struct Nat {
+    /// The behaviour.
+    pub behaviour: Behaviour,
+    /// The external address.
+    pub external: Ipv4Addr,
+    by_key: HashMap<(SocketAddrV4, DestKey), u16, FastHash>,
+    ports: HashMap<u16, Entry, FastHash>,
+    replies: HashMap<(SocketAddrV4, SocketAddrV4), u16, FastHash>,
+    next_port: u16,
+}
+
+/// Why an inbound packet did not pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No mapping on that port (never made, or expired).
+    NoMapping,
+    /// The mapping exists but its filter refused the sender.
+    Filtered,
+}
+
+impl Nat {
+    /// A NAT with no mappings yet.
+    pub fn new(behaviour: Behaviour, external: Ipv4Addr) -> Self {
+        Self {
+            behaviour,
+            external,
+            by_key: HashMap::default(),
+            ports: HashMap::default(),
+            replies: HashMap::default(),
+            next_port: FIRST_PORT,
+        }
+    }
+
+    /// Mappings held (including expired ones not yet swept).
+    pub fn mappings(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn alive(&mut self, port: u16, internal: SocketAddrV4, now: u64) -> bool {
+        match self.ports.get(&port) {
+            Some(e) if e.internal == internal && e.expires > now => true,
+            Some(e) if e.expires <= now => {
+                self.remove(port);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn remove(&mut self, port: u16) {
+        if let Some(e) = self.ports.remove(&port) {
+            self.by_key.remove(&(e.internal, e.key));
+            for p in e.peers {
+                if self.replies.get(&(e.internal, p)) == Some(&port) {
+                    self.replies.remove(&(e.internal, p));
+                }
+            }
+        }
+    }
+
+    fn free(&mut self, port: u16, now: u64) -> bool {
+        match self.ports.get(&port) {
+            None => true,
+            Some(e) if e.expires <= now => {
+                self.remove(port);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn allocate(&mut self, internal: SocketAddrV4, now: u64, random: &mut dyn FnMut() -> u32) -> Option<u16> {
+        let span = u32::from(u16::MAX - FIRST_PORT) + 1;
+        if self.behaviour.ports == PortAssignment::Preserving && internal.port() >= FIRST_PORT {
+            if self.free(internal.port(), now) {
+                return Some(internal.port());
+            }
+        }
+        // Bounded: at most one pass over the port range.
+        for _ in 0..span {
+            let p = match self.behaviour.ports {
+                PortAssignment::Random => FIRST_PORT + (random() % span) as u16,
+                _ => {
+                    let p = self.next_port;
+                    self.next_port = if p == u16::MAX { FIRST_PORT } else { p + 1 };
+                    p
+                }
+            };
+            if self.free(p, now) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Translates an outbound packet from `internal` to `remote`: the
+    /// external port it leaves from, making or refreshing the mapping.
+    /// `None` when the port range is exhausted.
+    pub fn outbound(
+        &mut self,
+        internal: SocketAddrV4,
+        remote: SocketAddrV4,
+        now: u64,
+        random: &mut dyn FnMut() -> u32,
+    ) -> Option<u16> {
+        let key = match self.behaviour.mapping {
+            Mapping::Eim => DestKey::Any,
+            Mapping::Adm => DestKey::Addr(*remote.ip()),
+            Mapping::Apdm => DestKey::Endpoint(remote),
+        };
+        let reply = self.replies.get(&(internal, remote)).copied();
+        let existing = self.by_key.get(&(internal, key)).copied();
+        let port = match (reply, existing) {
+            (Some(p), _) if self.alive(p, internal, now) => p,
+            (_, Some(p)) if self.alive(p, internal, now) => p,
+            _ => {
+                let p = self.allocate(internal, now, random)?;
+                self.ports.insert(p, Entry { internal, key, peers: Vec::new(), expires: 0 });
+                self.by_key.insert((internal, key), p);
+                p
+            }
+        };
+        let timeout = self.behaviour.timeout_ns;
+        let e = self.ports.get_mut(&port).expect("mapping present");
+        e.expires = now.saturating_add(timeout);
+        if !e.peers.contains(&remote) {
+            if e.peers.len() >= MAX_PEERS {
+                e.peers.remove(0);
+            }
+            e.peers.push(remote);
+        }
+        Some(port)
+    }
+
+    /// Translates an inbound packet from `remote` to our external `port`:
+    /// the internal endpoint it goes to, or why it is refused.
+    pub fn inbound(&mut self, remote: SocketAddrV4, port: u16, now: u64) -> Result<SocketAddrV4, Refused> {
+        let Some(e) = self.ports.get_mut(&port) else { return Err(Refused::NoMapping) };
+        if e.expires <= now {
+            self.remove(port);
+            return Err(Refused::NoMapping);
+        }
+        let admitted = match self.behaviour.filtering {
+            Filtering::Eif => true,
+            Filtering::Adf => e.peers.iter().any(|p| p.ip() == remote.ip()),
+            Filtering::Apdf => e.peers.contains(&remote),
+        };
+        if !admitted {
+            return Err(Refused::Filtered);
+        }
+        let internal = e.internal;
+        if !e.peers.contains(&remote) {
+            if e.peers.len() >= MAX_PEERS {
+                let old = e.peers.remove(0);
+                if self.replies.get(&(internal, old)) == Some(&port) {
+                    self.replies.remove(&(internal, old));
+                }
+            }
+            e.peers.push(remote);
+        }
+        self.replies.entry((internal, remote)).or_insert(port);
+        Ok(internal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn nat(mapping: Mapping, filtering: Filtering, ports: PortAssignment) -> Nat {
+        let b = Behaviour { mapping, filtering, ports, timeout_ns: 120 * SEC, hairpin: true };
+        Nat::new(b, Ipv4Addr::new(198, 18, 0, 1))
+    }
+
+    fn ep(s: &str) -> SocketAddrV4 {
+        s.parse().expect("address")
+    }
+
+    fn seq() -> impl FnMut() -> u32 {
+        let mut x = 12345u32;
+        move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            x
+        }
+    }
+
+    #[test]
+    fn mapping_behaviours_reuse_ports_as_rfc_4787_says() {
+        let inside = ep("10.0.0.2:5000");
+        let (s1, s2, t1) = (ep("198.18.1.1:3478"), ep("198.18.1.1:9999"), ep("198.18.2.2:3478"));
+        for (m, same_addr, other_addr) in
+            [(Mapping::Eim, true, true), (Mapping::Adm, true, false), (Mapping::Apdm, false, false)]
+        {
+            let mut n = nat(m, Filtering::Apdf, PortAssignment::Preserving);
+            let mut r = seq();
+            let p1 = n.outbound(inside, s1, 0, &mut r).expect("port");
+            assert_eq!(p1, 5000, "{m:?}: preserving keeps the internal port");
+            let p2 = n.outbound(inside, s2, 0, &mut r).expect("port");
+            let p3 = n.outbound(inside, t1, 0, &mut r).expect("port");
+            assert_eq!(p1 == p2, same_addr, "{m:?}: same address, other port");
+            assert_eq!(p1 == p3, other_addr, "{m:?}: other address");
+        }
+    }
+
+    #[test]
+    fn filtering_behaviours_admit_as_rfc_4787_says() {
+        let inside = ep("10.0.0.2:5000");
+        let s = ep("198.18.1.1:3478");
+        for (f, same_addr_other_port, other_addr) in
+            [(Filtering::Eif, true, true), (Filtering::Adf, true, false), (Filtering::Apdf, false, false)]
+        {
+            let mut n = nat(Mapping::Eim, f, PortAssignment::Sequential);
+            let p = n.outbound(inside, s, 0, &mut seq()).expect("port");
+            assert_eq!(n.inbound(s, p, 1), Ok(inside), "{f:?}: the contacted endpoint");
+            assert_eq!(n.inbound(ep("198.18.1.1:1"), p, 1).is_ok(), same_addr_other_port, "{f:?}");
+            assert_eq!(n.inbound(ep("198.18.9.9:3478"), p, 1).is_ok(), other_addr, "{f:?}");
+            assert_eq!(n.inbound(s, p + 1, 1), Err(Refused::NoMapping));
+        }
+    }
+
+    #[test]
+    fn mappings_expire_without_outbound_refresh() {
+        let inside = ep("10.0.0.2:5000");
+        let s = ep("198.18.1.1:3478");
+        let mut n = nat(Mapping::Eim, Filtering::Eif, PortAssignment::Preserving);
+        let p = n.outbound(inside, s, 0, &mut seq()).expect("port");
+        // Inbound traffic does not refresh (REQ-6 only requires outbound).
+        assert!(n.inbound(s, p, 100 * SEC).is_ok());
+        assert_eq!(n.inbound(s, p, 121 * SEC), Err(Refused::NoMapping));
+        assert_eq!(n.mappings(), 0);
+        // Refreshed by outbound, it lives on.
+        let p = n.outbound(inside, s, 200 * SEC, &mut seq()).expect("port");
+        n.outbound(inside, s, 300 * SEC, &mut seq()).expect("port");
+        assert!(n.inbound(s, p, 410 * SEC).is_ok());
+    }
+
+    #[test]
+    fn admitted_senders_get_replies_from_the_same_port() {
+        let inside = ep("10.0.0.2:5000");
+        let (s, other) = (ep("198.18.1.1:3478"), ep("198.18.7.7:4000"));
+        let mut n = nat(Mapping::Apdm, Filtering::Eif, PortAssignment::Random);
+        let mut r = seq();
+        let p = n.outbound(inside, s, 0, &mut r).expect("port");
+        assert_eq!(n.inbound(other, p, 1), Ok(inside));
+        assert_eq!(n.outbound(inside, other, 2, &mut r), Some(p), "the reply uses the admitting mapping");
+        let fresh = ep("198.18.8.8:4000");
+        assert_ne!(n.outbound(inside, fresh, 3, &mut r), Some(p), "a new destination gets a new mapping");
+    }
+
+    #[test]
+    fn ports_are_assigned_as_configured() {
+        let mut r = seq();
+        let mut n = nat(Mapping::Apdm, Filtering::Apdf, PortAssignment::Sequential);
+        let a = n.outbound(ep("10.0.0.2:5000"), ep("198.18.1.1:1"), 0, &mut r).expect("port");
+        let b = n.outbound(ep("10.0.0.2:5000"), ep("198.18.1.1:2"), 0, &mut r).expect("port");
+        assert_eq!(b, a + 1);
+        let mut n = nat(Mapping::Eim, Filtering::Apdf, PortAssignment::Preserving);
+        assert_eq!(n.outbound(ep("10.0.0.2:5000"), ep("198.18.1.1:1"), 0, &mut r), Some(5000));
+        let other = n.outbound(ep("10.0.0.3:5000"), ep("198.18.1.1:1"), 0, &mut r).expect("port");
+        assert_ne!(other, 5000, "two internal endpoints never share an external port");
+        let mut n = nat(Mapping::Apdm, Filtering::Apdf, PortAssignment::Random);
+        let ports: std::collections::BTreeSet<u16> = (0..50u16)
+            .map(|i| n.outbound(ep("10.0.0.2:5000"), SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), i), 0, &mut r))
+            .map(|p| p.expect("port"))
+            .collect();
+        assert_eq!(ports.len(), 50);
+        assert!(ports.iter().any(|&p| p > 20_000), "random ports spread over the range");
+    }
+}

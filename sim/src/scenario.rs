@@ -1,0 +1,564 @@
+//! Scenarios: TOML files under `sim/scenarios/`. Every field is documented
+//! on its struct; unknown fields are refused, and a bad value is reported
+//! with the field's path (`joins.profiles[3]: unknown profile "x"`).
+//!
+//! ```toml
+//! name = "example"
+//! seed = 1
+//! duration_s = 600
+//!
+//! [population]              # for pattern = "random-earlier"
+//! nodes = 1000
+//! mix = { public = 0.1, port-restricted = 0.6, symmetric = 0.3 }
+//!
+//! [joins]
+//! pattern = "random-earlier"
+//! interval_s = 0.5
+//! ```
+//!
+//! NAT profiles are named. Built in: `public` (no NAT); the nine RFC 4787
+//! combinations `eim-eif` … `apdm-apdf` (ports preserved); the classic names
+//! `full-cone` (eim-eif), `restricted-cone` (eim-adf), `port-restricted`
+//! (eim-apdf) and `symmetric` (apdm-apdf, random ports); and
+//! `symmetric-cgnat` (symmetric behind a carrier-grade NAT). A scenario may
+//! add its own under `[profiles.NAME]`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::nat::{Behaviour, Filtering, Mapping, PortAssignment};
+
+/// A scenario was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or a field is unknown or of the wrong type (the message
+    /// names it and its line).
+    #[error("{0}")]
+    Parse(String),
+    /// A field's value is out of range or names something unknown.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field's path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+/// A whole scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, used in reports.
+    pub name: String,
+    /// What it studies.
+    #[serde(default)]
+    pub description: String,
+    /// Seed of the world's RNG (overridden by `--seed`).
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// Simulated time to run, seconds.
+    pub duration_s: f64,
+    /// Links and STUN servers.
+    #[serde(default)]
+    pub network: Network,
+    /// The out-of-band channel tokens travel on.
+    #[serde(default)]
+    pub oob: Oob,
+    /// Extra or overriding NAT profiles, by name.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+    /// The carrier-grade NAT that `cgnat = true` profiles sit behind.
+    #[serde(default)]
+    pub cgnat: Cgnat,
+    /// The node population (pattern `random-earlier`).
+    #[serde(default)]
+    pub population: Option<Population>,
+    /// Who invites whom, when.
+    pub joins: Joins,
+    /// Nodes crashing at once.
+    #[serde(default)]
+    pub failures: Vec<Failure>,
+    /// Network partitions and their healing.
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    /// Nodes leaving after a random lifetime.
+    #[serde(default)]
+    pub churn: Option<Churn>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// Link latencies (one way, uniform in `[lo, hi]` per link, fixed for the
+/// link's life), per-packet jitter and loss.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// A home LAN link (host to its router), ms: [0.5, 2].
+    pub lan_latency_ms: [f64; 2],
+    /// An access link to the internet (a public host's, a router's), ms:
+    /// [5, 30].
+    pub access_latency_ms: [f64; 2],
+    /// A carrier-grade NAT's link to the internet, ms: [2, 10].
+    pub cgnat_latency_ms: [f64; 2],
+    /// Extra delay per packet per link, uniform in [0, jitter], ms: 1.
+    pub jitter_ms: f64,
+    /// Loss probability per packet per link: 0.
+    pub loss: f64,
+    /// Public STUN servers every node queries at start: 1.
+    pub stun_servers: u32,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            lan_latency_ms: [0.5, 2.0],
+            access_latency_ms: [5.0, 30.0],
+            cgnat_latency_ms: [2.0, 10.0],
+            jitter_ms: 1.0,
+            loss: 0.0,
+            stun_servers: 1,
+        }
+    }
+}
+
+/// The out-of-band channel: a person copying a token into chat, email or a
+/// QR code and the other pasting it. Delays uniform in `[lo, hi]` seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Oob {
+    /// Invitation, inviter to invitee: [5, 60] s.
+    pub invite_delay_s: [f64; 2],
+    /// RSVP, invitee back to inviter: [10, 120] s.
+    pub rsvp_delay_s: [f64; 2],
+}
+
+impl Default for Oob {
+    fn default() -> Self {
+        Self { invite_delay_s: [5.0, 60.0], rsvp_delay_s: [10.0, 120.0] }
+    }
+}
+
+/// A site's NAT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// No NAT at all: the host has a public address.
+    #[serde(default)]
+    pub public: bool,
+    /// Mapping behaviour (required unless public).
+    pub mapping: Option<Mapping>,
+    /// Filtering behaviour (required unless public).
+    pub filtering: Option<Filtering>,
+    /// Port assignment: preserving.
+    #[serde(default = "preserving")]
+    pub ports: PortAssignment,
+    /// Mapping timeout, seconds: 120 (RFC 4787 REQ-5's floor).
+    #[serde(default = "two_minutes")]
+    pub timeout_s: f64,
+    /// Hairpinning (RFC 4787 REQ-9): true.
+    #[serde(default = "yes")]
+    pub hairpin: bool,
+    /// Behind the scenario's carrier-grade NAT.
+    #[serde(default)]
+    pub cgnat: bool,
+}
+
+fn preserving() -> PortAssignment {
+    PortAssignment::Preserving
+}
+fn two_minutes() -> f64 {
+    120.0
+}
+fn yes() -> bool {
+    true
+}
+
+impl Profile {
+    fn nat(mapping: Mapping, filtering: Filtering, ports: PortAssignment, cgnat: bool) -> Self {
+        Self {
+            public: false,
+            mapping: Some(mapping),
+            filtering: Some(filtering),
+            ports,
+            timeout_s: 120.0,
+            hairpin: true,
+            cgnat,
+        }
+    }
+
+    /// The NAT behaviour, `None` for a public host.
+    pub fn behaviour(&self) -> Option<Behaviour> {
+        if self.public {
+            return None;
+        }
+        Some(Behaviour {
+            mapping: self.mapping?,
+            filtering: self.filtering?,
+            ports: self.ports,
+            timeout_ns: (self.timeout_s * 1e9) as u64,
+            hairpin: self.hairpin,
+        })
+    }
+}
+
+/// The carrier-grade NAT (RFC 6888: endpoint-independent mapping and
+/// hairpinning required; filtering and port choice are the operator's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cgnat {
+    /// Mapping: eim.
+    pub mapping: Mapping,
+    /// Filtering: apdf.
+    pub filtering: Filtering,
+    /// Port assignment: random.
+    pub ports: PortAssignment,
+    /// Mapping timeout, seconds: 120.
+    pub timeout_s: f64,
+    /// Homes sharing one carrier-grade NAT (population scenarios; the NAT
+    /// matrix gives every site its own): 64.
+    pub homes: u32,
+}
+
+impl Default for Cgnat {
+    fn default() -> Self {
+        Self {
+            mapping: Mapping::Eim,
+            filtering: Filtering::Apdf,
+            ports: PortAssignment::Random,
+            timeout_s: 120.0,
+            homes: 64,
+        }
+    }
+}
+
+impl Cgnat {
+    /// Its behaviour.
+    pub fn behaviour(&self) -> Behaviour {
+        Behaviour {
+            mapping: self.mapping,
+            filtering: self.filtering,
+            ports: self.ports,
+            timeout_ns: (self.timeout_s * 1e9) as u64,
+            hairpin: true,
+        }
+    }
+}
+
+/// Nodes and their NAT mix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Population {
+    /// How many nodes join (besides the first, which only invites).
+    pub nodes: u32,
+    /// Profile name → weight (normalised).
+    pub mix: BTreeMap<String, f64>,
+}
+
+/// Join patterns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// Every ordered pair of `joins.profiles`, inviter × invitee, each pair
+    /// on its own two sites, `repeat` times.
+    Matrix,
+    /// Node k joins by an invitation from a uniformly random earlier node.
+    RandomEarlier,
+}
+
+/// Who invites whom, when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Joins {
+    /// The pattern.
+    pub pattern: Pattern,
+    /// Seconds between the starts of two joins: 1.
+    #[serde(default = "one_second")]
+    pub interval_s: f64,
+    /// When the first join starts, seconds: 1.
+    #[serde(default = "one_second")]
+    pub start_s: f64,
+    /// Matrix: the profiles, in row and column order.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// Matrix: runs per cell: 1.
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
+    /// The invitations ask for an RSVP from the start (`--rsvp-required`).
+    #[serde(default)]
+    pub rsvp_required: bool,
+}
+
+fn one_second() -> f64 {
+    1.0
+}
+fn one_u32() -> u32 {
+    1
+}
+
+/// A share of the nodes crash at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    /// When, seconds.
+    pub at_s: f64,
+    /// Share of the live nodes, (0, 1].
+    pub fraction: f64,
+}
+
+/// The network splits in two: packets between the sides are lost.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// When it starts, seconds.
+    pub at_s: f64,
+    /// When it heals, seconds.
+    pub heal_s: f64,
+    /// Share of the nodes on the far side (STUN servers stay near).
+    pub fraction: f64,
+}
+
+/// Nodes leave (crash) after an exponentially distributed lifetime counted
+/// from their join.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    /// Mean lifetime, seconds.
+    pub mean_lifetime_s: f64,
+}
+
+/// The built-in profiles.
+pub fn builtin_profiles() -> BTreeMap<String, Profile> {
+    use Filtering::*;
+    use Mapping::*;
+    let mut m = BTreeMap::new();
+    m.insert(
+        "public".to_owned(),
+        Profile {
+            public: true,
+            mapping: None,
+            filtering: None,
+            ports: PortAssignment::Preserving,
+            timeout_s: 120.0,
+            hairpin: true,
+            cgnat: false,
+        },
+    );
+    for (mn, mv) in [("eim", Eim), ("adm", Adm), ("apdm", Apdm)] {
+        for (fname, fv) in [("eif", Eif), ("adf", Adf), ("apdf", Apdf)] {
+            m.insert(format!("{mn}-{fname}"), Profile::nat(mv, fv, PortAssignment::Preserving, false));
+        }
+    }
+    m.insert("full-cone".into(), Profile::nat(Eim, Eif, PortAssignment::Preserving, false));
+    m.insert("restricted-cone".into(), Profile::nat(Eim, Adf, PortAssignment::Preserving, false));
+    m.insert("port-restricted".into(), Profile::nat(Eim, Apdf, PortAssignment::Preserving, false));
+    m.insert("symmetric".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, false));
+    m.insert("symmetric-cgnat".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, true));
+    m
+}
+
+fn check_range(field: &str, r: [f64; 2], max: f64) -> Result<(), ScenarioError> {
+    if !(r[0].is_finite() && r[1].is_finite() && 0.0 <= r[0] && r[0] <= r[1] && r[1] <= max) {
+        return Err(invalid(field, format!("must be [lo, hi] with 0 <= lo <= hi <= {max}, got {r:?}")));
+    }
+    Ok(())
+}
+
+fn check_fraction(field: &str, f: f64) -> Result<(), ScenarioError> {
+    if !(f > 0.0 && f <= 1.0) {
+        return Err(invalid(field, format!("must be in (0, 1], got {f}")));
+    }
+    Ok(())
+}
+
+/// Most nodes a scenario may ask for.
+pub const MAX_NODES: u32 = 2_000_000;
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Io { path: path.display().to_string(), source })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates scenario text.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// All profiles: the built-ins, then the scenario's.
+    pub fn all_profiles(&self) -> BTreeMap<String, Profile> {
+        let mut m = builtin_profiles();
+        m.extend(self.profiles.clone());
+        m
+    }
+
+    /// Checks every value; the error names the field.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if !(self.duration_s.is_finite() && self.duration_s > 0.0 && self.duration_s <= 30.0 * 86400.0) {
+            return Err(invalid("duration_s", "must be > 0 and at most 30 days"));
+        }
+        let n = &self.network;
+        check_range("network.lan_latency_ms", n.lan_latency_ms, 10_000.0)?;
+        check_range("network.access_latency_ms", n.access_latency_ms, 10_000.0)?;
+        check_range("network.cgnat_latency_ms", n.cgnat_latency_ms, 10_000.0)?;
+        if !(n.jitter_ms.is_finite() && (0.0..=10_000.0).contains(&n.jitter_ms)) {
+            return Err(invalid("network.jitter_ms", "must be between 0 and 10000"));
+        }
+        if !(0.0..1.0).contains(&n.loss) {
+            return Err(invalid("network.loss", format!("must be in [0, 1), got {}", n.loss)));
+        }
+        if !(1..=16).contains(&n.stun_servers) {
+            return Err(invalid("network.stun_servers", "must be between 1 and 16"));
+        }
+        check_range("oob.invite_delay_s", self.oob.invite_delay_s, 86_400.0)?;
+        check_range("oob.rsvp_delay_s", self.oob.rsvp_delay_s, 86_400.0)?;
+        for (name, p) in &self.profiles {
+            if !p.public && (p.mapping.is_none() || p.filtering.is_none()) {
+                return Err(invalid(
+                    format!("profiles.{name}"),
+                    "needs `mapping` and `filtering` (or `public = true`)",
+                ));
+            }
+            if !(p.timeout_s.is_finite() && p.timeout_s >= 1.0) {
+                return Err(invalid(format!("profiles.{name}.timeout_s"), "must be at least 1 second"));
+            }
+        }
+        if !(self.cgnat.timeout_s.is_finite() && self.cgnat.timeout_s >= 1.0) {
+            return Err(invalid("cgnat.timeout_s", "must be at least 1 second"));
+        }
+        if self.cgnat.homes == 0 {
+            return Err(invalid("cgnat.homes", "must be at least 1"));
+        }
+        let known = self.all_profiles();
+        let j = &self.joins;
+        if !(j.interval_s.is_finite() && j.interval_s >= 0.0) {
+            return Err(invalid("joins.interval_s", "must be >= 0"));
+        }
+        if !(j.start_s.is_finite() && j.start_s >= 0.0) {
+            return Err(invalid("joins.start_s", "must be >= 0"));
+        }
+        match j.pattern {
+            Pattern::Matrix => {
+                if j.profiles.is_empty() {
+                    return Err(invalid("joins.profiles", "the matrix pattern needs at least one profile"));
+                }
+                for (i, p) in j.profiles.iter().enumerate() {
+                    if !known.contains_key(p) {
+                        return Err(invalid(format!("joins.profiles[{i}]"), format!("unknown profile \"{p}\"")));
+                    }
+                }
+                if !(1..=1000).contains(&j.repeat) {
+                    return Err(invalid("joins.repeat", "must be between 1 and 1000"));
+                }
+                let pairs = u64::from(j.repeat) * (j.profiles.len() as u64).pow(2);
+                if pairs * 2 > u64::from(MAX_NODES) {
+                    return Err(invalid("joins", format!("{pairs} pairs are more than this simulator runs")));
+                }
+            }
+            Pattern::RandomEarlier => {
+                let Some(p) = &self.population else {
+                    return Err(invalid("population", "the random-earlier pattern needs a [population]"));
+                };
+                if !(1..=MAX_NODES).contains(&p.nodes) {
+                    return Err(invalid("population.nodes", format!("must be between 1 and {MAX_NODES}")));
+                }
+                if p.mix.is_empty() {
+                    return Err(invalid("population.mix", "must name at least one profile"));
+                }
+                for (name, w) in &p.mix {
+                    if !known.contains_key(name) {
+                        return Err(invalid(format!("population.mix.{name}"), "unknown profile"));
+                    }
+                    if !(w.is_finite() && *w >= 0.0) {
+                        return Err(invalid(format!("population.mix.{name}"), "weight must be >= 0"));
+                    }
+                }
+                if p.mix.values().sum::<f64>() <= 0.0 {
+                    return Err(invalid("population.mix", "weights must not all be zero"));
+                }
+            }
+        }
+        for (i, f) in self.failures.iter().enumerate() {
+            check_fraction(&format!("failures[{i}].fraction"), f.fraction)?;
+            if !(f.at_s.is_finite() && f.at_s >= 0.0) {
+                return Err(invalid(format!("failures[{i}].at_s"), "must be >= 0"));
+            }
+        }
+        for (i, p) in self.partitions.iter().enumerate() {
+            check_fraction(&format!("partitions[{i}].fraction"), p.fraction)?;
+            if !(p.at_s.is_finite() && p.at_s >= 0.0 && p.heal_s.is_finite() && p.heal_s > p.at_s) {
+                return Err(invalid(format!("partitions[{i}]"), "needs 0 <= at_s < heal_s"));
+            }
+        }
+        if let Some(c) = &self.churn
+            && !(c.mean_lifetime_s.is_finite() && c.mean_lifetime_s > 0.0)
+        {
+            return Err(invalid("churn.mean_lifetime_s", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"t\"\nduration_s = 10\n[joins]\npattern = \"matrix\"\nprofiles = [\"public\"]\n";
+
+    #[test]
+    fn a_minimal_scenario_parses_with_defaults() {
+        let s = Scenario::parse(MINIMAL).expect("valid");
+        assert_eq!(s.seed, 1);
+        assert_eq!(s.network.stun_servers, 1);
+        assert_eq!(s.joins.repeat, 1);
+        assert!(s.all_profiles()["symmetric-cgnat"].cgnat);
+    }
+
+    fn error(text: &str) -> String {
+        Scenario::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(error(&format!("{MINIMAL}bogus = 1\n")).contains("bogus"), "unknown top-level field");
+        let e = error(&MINIMAL.replace("[\"public\"]", "[\"public\", \"nope\"]"));
+        assert!(e.contains("joins.profiles[1]") && e.contains("nope"), "{e}");
+        let e = error(&format!("{MINIMAL}[network]\nloss = 1.5\n"));
+        assert!(e.starts_with("network.loss"), "{e}");
+        let e = error(&format!("{MINIMAL}[network]\nlatency = 3\n"));
+        assert!(e.contains("latency"), "{e}");
+        let e = error(&format!("{MINIMAL}[profiles.x]\nmapping = \"eim\"\n"));
+        assert!(e.starts_with("profiles.x"), "{e}");
+        let e = error(&format!("{MINIMAL}[profiles.x]\nmapping = \"sideways\"\nfiltering = \"eif\"\n"));
+        assert!(e.contains("sideways"), "{e}");
+        let e = error(&MINIMAL.replace("matrix", "random-earlier"));
+        assert!(e.starts_with("population"), "{e}");
+        let e = error(&format!("{MINIMAL}[[partitions]]\nat_s = 5\nheal_s = 2\nfraction = 0.5\n"));
+        assert!(e.starts_with("partitions[0]"), "{e}");
+        let e = error("name = \"t\"\n[joins]\npattern = \"matrix\"\n");
+        assert!(e.contains("duration_s"), "{e}");
+    }
+}

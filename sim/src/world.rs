@@ -1,0 +1,967 @@
+//! The virtual world: nodes running the real engine, NAT boxes, links, the
+//! out-of-band channel, and the scenario's joins, failures, partitions and
+//! churn, all on one event queue.
+//!
+//! ## Network model
+//!
+//! Addresses are IPv4 and unique across the world: public hosts and NATs on
+//! the internet get 198.18.0.0/15 and onwards, hosts on home LANs 10.0.0.0/8,
+//! home routers behind a carrier-grade NAT 100.64.0.0/10. Each address has
+//! one owner (a node, or a NAT's external side) in one *realm*: the internet
+//! or the LAN behind one NAT. Every entity has one link to its realm's
+//! router, with a latency fixed for its life; per packet, each link adds
+//! jitter and may lose it.
+//!
+//! A packet travels hop by hop, each hop an event at its arrival time:
+//! from the sender over its link to its realm's router; there, to an owner
+//! in the same realm (over the owner's link), or — on a LAN — out through
+//! the LAN's NAT (translated, then over the NAT's link to the parent realm).
+//! A NAT's external side applies its filter and sends the packet on into its
+//! LAN. A packet from inside to the NAT's own external address is looped
+//! back (hairpinning) or dropped. Private addresses of other LANs are not
+//! routable from the internet, as on the real one.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use convoke_node::host::{Host, HostConfig, HostEvent};
+use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
+use convoke_node::identity::Identity;
+use convoke_node::token::{
+    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, Token, TokenId,
+};
+
+use crate::nat::{Nat, Refused};
+use crate::queue::Queue;
+use crate::scenario::{Pattern, Profile, Scenario};
+use crate::{FastHash, SimRng};
+
+/// The realm of the internet; other realms are NAT indices.
+const INTERNET: u32 = u32::MAX;
+/// The profile index of STUN servers.
+pub const STUN_PROFILE: u16 = u16::MAX;
+/// The port every node binds.
+pub const NODE_PORT: u16 = 4433;
+/// Unix time at the simulation's start (tokens carry wall-clock times).
+pub const UNIX_START: u64 = 1_800_000_000;
+const SEC: u64 = 1_000_000_000;
+/// Events at one virtual instant after which the run is declared stuck.
+const MAX_EVENTS_PER_INSTANT: u64 = 10_000_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Node(u32),
+    Nat(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Hop {
+    Router(u32),
+    NatWan(u32),
+    Node(u32),
+}
+
+#[derive(Debug)]
+struct Packet {
+    hop: Hop,
+    origin: u32,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer(u32),
+    Packet(Packet),
+    StartJoin(u32),
+    Invite { join: u32, text: String },
+    Rsvp { join: u32, text: String },
+    Fail(u32),
+    PartitionStart(u32),
+    PartitionHeal,
+    Crash(u32),
+}
+
+enum Deferred {
+    Mint(u32),
+    Import(u32, String),
+}
+
+struct SimNode {
+    host: Host,
+    identity: Identity,
+    addr: SocketAddrV4,
+    realm: u32,
+    latency: u64,
+    profile: u16,
+    timer_at: u64,
+    alive: bool,
+    far: bool,
+    stun_pending: u8,
+    crashed_at: Option<u64>,
+    /// Server- and peer-reflexive addresses we were told about.
+    reflexive: Vec<SocketAddr>,
+    deferred: Vec<Deferred>,
+    /// Our attempts, and the join each belongs to.
+    attempts: Vec<(AttemptId, u32)>,
+    /// Our invitations, and the join each was made for.
+    invitations: Vec<(TokenId, u32)>,
+}
+
+struct NatBox {
+    nat: Nat,
+    parent: u32,
+    latency: u64,
+}
+
+/// One invitation from one node to another, and what became of it.
+#[derive(Debug, Clone, Default)]
+pub struct Join {
+    /// The inviting node.
+    pub inviter: u32,
+    /// The invited node.
+    pub invitee: u32,
+    /// The inviter's and the invitee's NAT profiles (indices into
+    /// [`World::profiles`]).
+    pub profiles: (u16, u16),
+    /// When the inviter was asked for an invitation, ns.
+    pub started: u64,
+    /// When the invitee imported the token, ns.
+    pub imported: Option<u64>,
+    /// When the invitee sent its RSVP back, ns.
+    pub rsvp_sent: Option<u64>,
+    /// When the invitee's session was established, ns.
+    pub established: Option<u64>,
+    /// When the inviter's was.
+    pub inviter_established: Option<u64>,
+    /// How.
+    pub via: Option<Via>,
+    /// The inviter's candidate type on the nominated pair, as the invitee saw it.
+    pub remote_kind: Option<CandidateKind>,
+    /// When and why it failed (before a session).
+    pub failed: Option<(u64, String)>,
+    /// When an established session was first seen to end.
+    pub closed: Option<u64>,
+    invitation: Option<Box<Invitation>>,
+}
+
+/// Network counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetStats {
+    /// Datagrams sent by hosts.
+    pub sent: u64,
+    /// Datagrams handed to a host.
+    pub delivered: u64,
+    /// Lost on a link.
+    pub lost: u64,
+    /// Refused by a NAT's filter.
+    pub filtered: u64,
+    /// Arrived at a NAT port with no (or an expired) mapping.
+    pub no_mapping: u64,
+    /// Addressed to nothing routable from where they were.
+    pub no_route: u64,
+    /// Hairpinning refused by a NAT.
+    pub hairpin_refused: u64,
+    /// Addressed to a crashed node.
+    pub to_dead: u64,
+    /// Lost to a partition.
+    pub partitioned: u64,
+    /// NAT mappings made.
+    pub mappings: u64,
+}
+
+/// What one failure event did.
+#[derive(Debug, Clone)]
+pub struct FailureRecord {
+    /// When.
+    pub at: u64,
+    /// Nodes crashed.
+    pub crashed: u64,
+    /// Sessions open at that moment with exactly one end crashed.
+    pub broken: Vec<u32>,
+}
+
+/// What one partition did.
+#[derive(Debug, Clone)]
+pub struct PartitionRecord {
+    /// When it began and healed.
+    pub at: u64,
+    /// When it healed.
+    pub heal: u64,
+    /// Sessions open at its start whose ends were on different sides.
+    pub across: Vec<u32>,
+}
+
+/// The simulation stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Some host kept asking to run at the same instant.
+    #[error("the simulation is stuck at t = {0:.3} s: over 10 million events at one instant")]
+    Stuck(f64),
+}
+
+/// The simulated world.
+pub struct World {
+    /// The scenario being run.
+    pub scenario: Scenario,
+    /// Profiles by index: name and definition.
+    pub profiles: Vec<(String, Profile)>,
+    now: u64,
+    end: u64,
+    base: Instant,
+    queue: Queue<Ev>,
+    rng: SimRng,
+    nodes: Vec<SimNode>,
+    nats: Vec<NatBox>,
+    owners: HashMap<u32, Owner, FastHash>,
+    stun: Vec<SocketAddr>,
+    /// Every join, in start order.
+    pub joins: Vec<Join>,
+    /// Network counters.
+    pub net: NetStats,
+    /// Events processed.
+    pub events: u64,
+    /// Failure events, as they happened.
+    pub failures: Vec<FailureRecord>,
+    /// Partitions, as they happened.
+    pub partitions: Vec<PartitionRecord>,
+    /// Nodes crashed by churn.
+    pub churned: u64,
+    partitioned: bool,
+    host_config: HostConfig,
+    next_public: u32,
+    next_private: u32,
+    next_carrier: u32,
+    cgnat: Option<(u32, u32)>,
+    mix: Vec<(u16, f64)>,
+    same_instant: (u64, u64),
+}
+
+fn v4(a: u32, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(a), port)
+}
+
+impl World {
+    /// Builds the world for `scenario` (already validated) with `seed`, and
+    /// schedules its joins, failures and partitions.
+    pub fn new(scenario: Scenario, seed: u64) -> Self {
+        let profiles: Vec<(String, Profile)> = scenario.all_profiles().into_iter().collect();
+        let index = |name: &str| profiles.iter().position(|(n, _)| n == name).map_or(0, |i| i as u16);
+        let mix: Vec<(u16, f64)> = match &scenario.population {
+            Some(p) => {
+                let total: f64 = p.mix.values().sum();
+                p.mix.iter().map(|(n, w)| (index(n), w / total)).collect()
+            }
+            None => Vec::new(),
+        };
+        let end = (scenario.duration_s * 1e9) as u64;
+        let mut w = World {
+            profiles,
+            now: 0,
+            end,
+            base: Instant::now(),
+            queue: Queue::default(),
+            rng: SimRng::new(seed),
+            nodes: Vec::new(),
+            nats: Vec::new(),
+            owners: HashMap::default(),
+            stun: Vec::new(),
+            joins: Vec::new(),
+            net: NetStats::default(),
+            events: 0,
+            failures: Vec::new(),
+            partitions: Vec::new(),
+            churned: 0,
+            partitioned: false,
+            host_config: HostConfig::default(),
+            next_public: u32::from(Ipv4Addr::new(198, 18, 0, 1)),
+            next_private: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
+            next_carrier: u32::from(Ipv4Addr::new(100, 64, 0, 1)),
+            cgnat: None,
+            mix,
+            same_instant: (0, 0),
+            scenario,
+        };
+        for _ in 0..w.scenario.network.stun_servers {
+            let n = w.spawn(STUN_PROFILE);
+            w.stun.push(SocketAddr::V4(w.nodes[n as usize].addr));
+        }
+        w.schedule();
+        w
+    }
+
+    fn schedule(&mut self) {
+        let s = &self.scenario;
+        let start = (s.joins.start_s * 1e9) as u64;
+        let interval = (s.joins.interval_s * 1e9) as u64;
+        match s.joins.pattern {
+            Pattern::Matrix => {
+                let names = s.joins.profiles.clone();
+                let repeat = s.joins.repeat;
+                let idx = |n: &String| self.profiles.iter().position(|(p, _)| p == n).unwrap_or(0) as u16;
+                let mut k = 0u64;
+                for _ in 0..repeat {
+                    for a in &names {
+                        for b in &names {
+                            // The nodes are made when the join starts.
+                            let profiles = (idx(a), idx(b));
+                            self.joins.push(Join { inviter: u32::MAX, invitee: u32::MAX, profiles, ..Join::default() });
+                            self.queue.push(start + k * interval, Ev::StartJoin(k as u32));
+                            k += 1;
+                        }
+                    }
+                }
+            }
+            Pattern::RandomEarlier => {
+                let nodes = s.population.as_ref().map_or(0, |p| p.nodes);
+                // The first member: it only invites.
+                let first = self.draw_profile();
+                self.spawn(first);
+                for k in 0..nodes {
+                    self.queue.push(start + u64::from(k) * interval, Ev::StartJoin(k));
+                }
+                self.joins.reserve(nodes as usize);
+            }
+        }
+        for i in 0..self.scenario.failures.len() {
+            let at = (self.scenario.failures[i].at_s * 1e9) as u64;
+            self.queue.push(at, Ev::Fail(i as u32));
+        }
+        for i in 0..self.scenario.partitions.len() {
+            let p = &self.scenario.partitions[i];
+            let (at, heal) = ((p.at_s * 1e9) as u64, (p.heal_s * 1e9) as u64);
+            self.queue.push(at, Ev::PartitionStart(i as u32));
+            self.queue.push(heal, Ev::PartitionHeal);
+        }
+    }
+
+    fn draw_profile(&mut self) -> u16 {
+        let mut x = self.rng.unit();
+        for &(p, w) in &self.mix {
+            if x < w {
+                return p;
+            }
+            x -= w;
+        }
+        self.mix.last().map_or(0, |m| m.0)
+    }
+
+    /// Virtual time now, nanoseconds since the start.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// When the run ends, ns.
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Nodes made (STUN servers included).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// NAT boxes made (carrier-grade ones included).
+    pub fn nat_count(&self) -> usize {
+        self.nats.len()
+    }
+
+    /// A node's profile index ([`STUN_PROFILE`] for STUN servers).
+    pub fn node_profile(&self, n: u32) -> u16 {
+        self.nodes[n as usize].profile
+    }
+
+    /// When a node crashed, if it did.
+    pub fn crashed_at(&self, n: u32) -> Option<u64> {
+        self.nodes[n as usize].crashed_at
+    }
+
+    fn inst(&self, t: u64) -> Instant {
+        self.base + Duration::from_nanos(t)
+    }
+
+    fn unix(&self) -> u64 {
+        UNIX_START + self.now / SEC
+    }
+
+    fn link(&mut self, range_ms: [f64; 2]) -> u64 {
+        let (lo, hi) = ((range_ms[0] * 1e6) as u64, (range_ms[1] * 1e6) as u64);
+        self.rng.between(lo, hi)
+    }
+
+    fn public_ip(&mut self) -> u32 {
+        self.next_public += 1;
+        self.next_public - 1
+    }
+
+    /// Makes a node with profile `profile` (and its NATs) and boots it: it
+    /// asks the STUN servers where it is seen from.
+    fn spawn(&mut self, profile: u16) -> u32 {
+        let net = self.scenario.network.clone();
+        let behaviour = self.profiles.get(usize::from(profile)).and_then(|(_, p)| p.behaviour());
+        let (addr, realm, latency) = match behaviour {
+            None => (self.public_ip(), INTERNET, self.link(net.access_latency_ms)),
+            Some(b) => {
+                let behind_cgnat = self.profiles[usize::from(profile)].1.cgnat;
+                let parent = if behind_cgnat { self.cgnat_for_home() } else { INTERNET };
+                let external = if parent == INTERNET {
+                    self.public_ip()
+                } else {
+                    self.next_carrier += 1;
+                    self.next_carrier - 1
+                };
+                let g = self.nats.len() as u32;
+                let latency = self.link(net.access_latency_ms);
+                self.nats.push(NatBox { nat: Nat::new(b, Ipv4Addr::from(external)), parent, latency });
+                self.owners.insert(external, Owner::Nat(g));
+                self.next_private += 1;
+                (self.next_private - 1, g, self.link(net.lan_latency_ms))
+            }
+        };
+        let n = self.nodes.len() as u32;
+        self.owners.insert(addr, Owner::Node(n));
+        let identity = Identity::from_secret_bytes(self.rng.seed());
+        let now = self.inst(self.now);
+        let mut host = Host::new(&identity, self.host_config.clone(), self.rng.seed(), now, self.unix());
+        let stun_pending = if profile == STUN_PROFILE { 0 } else { self.stun.len() as u8 };
+        if profile != STUN_PROFILE {
+            for s in &self.stun {
+                host.query_stun(*s, now);
+            }
+        }
+        self.nodes.push(SimNode {
+            host,
+            identity,
+            addr: v4(addr, NODE_PORT),
+            realm,
+            latency,
+            profile,
+            timer_at: u64::MAX,
+            alive: true,
+            far: false,
+            stun_pending,
+            crashed_at: None,
+            reflexive: Vec::new(),
+            deferred: Vec::new(),
+            attempts: Vec::new(),
+            invitations: Vec::new(),
+        });
+        self.after(n);
+        n
+    }
+
+    /// The carrier-grade NAT for a new home: a fresh one for every site in
+    /// the matrix; shared by `cgnat.homes` homes otherwise.
+    fn cgnat_for_home(&mut self) -> u32 {
+        let homes = if self.scenario.joins.pattern == Pattern::Matrix { 1 } else { self.scenario.cgnat.homes };
+        if let Some((g, used)) = self.cgnat
+            && used < homes
+        {
+            self.cgnat = Some((g, used + 1));
+            return g;
+        }
+        let external = self.public_ip();
+        let g = self.nats.len() as u32;
+        let latency = self.link(self.scenario.network.cgnat_latency_ms);
+        let b = self.scenario.cgnat.behaviour();
+        self.nats.push(NatBox { nat: Nat::new(b, Ipv4Addr::from(external)), parent: INTERNET, latency });
+        self.owners.insert(external, Owner::Nat(g));
+        self.cgnat = Some((g, 1));
+        g
+    }
+
+    /// Runs until the scenario's end (or the queue empties). `progress` is
+    /// called now and then with (virtual ns, events so far).
+    pub fn run(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<(), SimError> {
+        while let Some(at) = self.queue.peek_time() {
+            if at > self.end {
+                break;
+            }
+            let Some((at, ev)) = self.queue.pop() else { break };
+            if at == self.same_instant.0 {
+                self.same_instant.1 += 1;
+                if self.same_instant.1 > MAX_EVENTS_PER_INSTANT {
+                    return Err(SimError::Stuck(at as f64 / 1e9));
+                }
+            } else {
+                self.same_instant = (at, 0);
+            }
+            self.now = at;
+            self.events += 1;
+            if self.events & 0xFFFF == 0 {
+                progress(self.now, self.events);
+            }
+            self.dispatch(ev);
+        }
+        self.now = self.now.max(self.end);
+        progress(self.now, self.events);
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer(n) => {
+                let node = &mut self.nodes[n as usize];
+                if !node.alive || node.timer_at != self.now {
+                    return;
+                }
+                node.timer_at = u64::MAX;
+                let now = self.base + Duration::from_nanos(self.now);
+                node.host.handle_timeout(now);
+                self.after(n);
+            }
+            Ev::Packet(p) => match p.hop {
+                Hop::Router(realm) => self.at_router(realm, p),
+                Hop::NatWan(g) => self.at_nat(g, p),
+                Hop::Node(n) => self.at_node(n, p),
+            },
+            Ev::StartJoin(k) => self.start_join(k),
+            Ev::Invite { join, text } => {
+                let n = self.joins[join as usize].invitee;
+                self.when_ready(n, Deferred::Import(join, text));
+            }
+            Ev::Rsvp { join, text } => self.take_rsvp(join, &text),
+            Ev::Fail(i) => self.fail(i),
+            Ev::PartitionStart(i) => self.partition(i),
+            Ev::PartitionHeal => self.partitioned = false,
+            Ev::Crash(n) => {
+                if self.nodes[n as usize].alive {
+                    self.churned += 1;
+                    self.crash(n);
+                }
+            }
+        }
+    }
+
+    // ---- the network ----
+
+    fn traverse(&mut self, latency: u64) -> Option<u64> {
+        let net = &self.scenario.network;
+        if net.loss > 0.0 && self.rng.unit() < net.loss {
+            self.net.lost += 1;
+            return None;
+        }
+        let jitter = if net.jitter_ms > 0.0 { self.rng.between(0, (net.jitter_ms * 1e6) as u64) } else { 0 };
+        Some(self.now + latency + jitter)
+    }
+
+    fn forward(&mut self, latency: u64, p: Packet) {
+        if let Some(at) = self.traverse(latency) {
+            self.queue.push(at, Ev::Packet(p));
+        }
+    }
+
+    fn send(&mut self, n: u32, destination: SocketAddr, data: Vec<u8>) {
+        self.net.sent += 1;
+        let SocketAddr::V4(dst) = destination else {
+            self.net.no_route += 1;
+            return;
+        };
+        let node = &self.nodes[n as usize];
+        let p = Packet { hop: Hop::Router(node.realm), origin: n, src: node.addr, dst, data };
+        self.forward(node.latency, p);
+    }
+
+    fn at_router(&mut self, realm: u32, mut p: Packet) {
+        match self.owners.get(&u32::from(*p.dst.ip())).copied() {
+            Some(Owner::Node(m)) if self.nodes[m as usize].realm == realm => {
+                p.hop = Hop::Node(m);
+                self.forward(self.nodes[m as usize].latency, p);
+            }
+            Some(Owner::Nat(g)) if self.nats[g as usize].parent == realm => {
+                p.hop = Hop::NatWan(g);
+                self.forward(self.nats[g as usize].latency, p);
+            }
+            _ if realm == INTERNET => self.net.no_route += 1,
+            _ => {
+                // Out through this LAN's NAT.
+                let now = self.now;
+                let rng = &mut self.rng;
+                let b = &mut self.nats[realm as usize];
+                let mut random = || rng.u32();
+                let before = b.nat.mappings();
+                let Some(port) = b.nat.outbound(p.src, p.dst, now, &mut random) else {
+                    self.net.no_route += 1;
+                    return;
+                };
+                if b.nat.mappings() > before {
+                    self.net.mappings += 1;
+                }
+                p.src = SocketAddrV4::new(b.nat.external, port);
+                if *p.dst.ip() == b.nat.external {
+                    if b.nat.behaviour.hairpin {
+                        self.at_nat(realm, p);
+                    } else {
+                        self.net.hairpin_refused += 1;
+                    }
+                    return;
+                }
+                let (parent, latency) = (b.parent, b.latency);
+                p.hop = Hop::Router(parent);
+                self.forward(latency, p);
+            }
+        }
+    }
+
+    fn at_nat(&mut self, g: u32, mut p: Packet) {
+        match self.nats[g as usize].nat.inbound(p.src, p.dst.port(), self.now) {
+            Ok(internal) => {
+                p.dst = internal;
+                self.at_router(g, p);
+            }
+            Err(Refused::Filtered) => self.net.filtered += 1,
+            Err(Refused::NoMapping) => self.net.no_mapping += 1,
+        }
+    }
+
+    fn at_node(&mut self, n: u32, mut p: Packet) {
+        let (alive, far) = (self.nodes[n as usize].alive, self.nodes[n as usize].far);
+        if !alive {
+            self.net.to_dead += 1;
+            return;
+        }
+        if self.partitioned && far != self.nodes[p.origin as usize].far {
+            self.net.partitioned += 1;
+            return;
+        }
+        self.net.delivered += 1;
+        let now = self.inst(self.now);
+        self.nodes[n as usize].host.handle_datagram(now, SocketAddr::V4(p.src), &mut p.data);
+        self.after(n);
+    }
+
+    // ---- driving a host ----
+
+    /// After any input to node `n`'s host: send what it wants sent, handle
+    /// what it reports, and re-arm its timer (the runtime's loop, in virtual
+    /// time).
+    fn after(&mut self, n: u32) {
+        let now = self.inst(self.now);
+        loop {
+            while let Some(t) = self.nodes[n as usize].host.poll_transmit(now) {
+                self.send(n, t.destination, t.contents);
+            }
+            let Some(e) = self.nodes[n as usize].host.poll_event() else { break };
+            self.on_event(n, e);
+        }
+        let t = self.nodes[n as usize].host.poll_timeout().map(|i| i.saturating_duration_since(self.base));
+        let node = &mut self.nodes[n as usize];
+        match t {
+            Some(d) => {
+                let at = (d.as_nanos() as u64).max(self.now);
+                if at != node.timer_at {
+                    node.timer_at = at;
+                    self.queue.push(at, Ev::Timer(n));
+                }
+            }
+            None => node.timer_at = u64::MAX,
+        }
+    }
+
+    fn join_of(&self, n: u32, attempt: AttemptId) -> Option<u32> {
+        self.nodes[n as usize].attempts.iter().find(|(a, _)| *a == attempt).map(|(_, k)| *k)
+    }
+
+    fn on_event(&mut self, n: u32, e: HostEvent) {
+        match e {
+            HostEvent::StunMapped { address, .. } => {
+                let node = &mut self.nodes[n as usize];
+                if !node.reflexive.contains(&address) {
+                    node.reflexive.push(address);
+                }
+                self.stun_done(n);
+            }
+            HostEvent::StunFailed { .. } => self.stun_done(n),
+            HostEvent::Ice(IceEvent::Mapped { address }) => {
+                let node = &mut self.nodes[n as usize];
+                if !node.reflexive.contains(&address) && node.reflexive.len() < 8 {
+                    node.reflexive.push(address);
+                }
+            }
+            HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) => {
+                if let Some(k) = self.join_of(n, attempt) {
+                    self.make_rsvp(n, k, attempt);
+                }
+            }
+            HostEvent::Ice(IceEvent::Failed { attempt, reason }) => {
+                if let Some(k) = self.join_of(n, attempt) {
+                    let j = &mut self.joins[k as usize];
+                    if j.invitee == n && j.established.is_none() && j.failed.is_none() {
+                        let why = match reason {
+                            FailReason::Timeout => "no path",
+                            FailReason::Closed => "closed",
+                            FailReason::Crossed => "crossed",
+                        };
+                        j.failed = Some((self.now, why.to_owned()));
+                    }
+                }
+            }
+            HostEvent::HandshakeFailed { session, reason } => {
+                if let Some(k) = self.join_of(n, session) {
+                    let j = &mut self.joins[k as usize];
+                    if j.failed.is_none() && j.established.is_none() {
+                        j.failed = Some((self.now, format!("handshake: {reason}")));
+                    }
+                }
+            }
+            HostEvent::Established { session, inviter, via, remote_kind, .. } => {
+                let k = if inviter {
+                    let inv = self.nodes[n as usize].host.endpoint().binding(session).map(|b| b.invitation);
+                    let k = inv.and_then(|id| {
+                        self.nodes[n as usize].invitations.iter().find(|(t, _)| *t == id).map(|(_, k)| *k)
+                    });
+                    if let Some(k) = k
+                        && self.join_of(n, session).is_none()
+                    {
+                        self.nodes[n as usize].attempts.push((session, k));
+                    }
+                    k
+                } else {
+                    self.join_of(n, session)
+                };
+                let Some(k) = k else { return };
+                let now = self.now;
+                let j = &mut self.joins[k as usize];
+                if inviter {
+                    j.inviter_established.get_or_insert(now);
+                } else if j.established.is_none() {
+                    j.established = Some(now);
+                    j.via = Some(via);
+                    j.remote_kind = Some(remote_kind);
+                    j.invitation = None;
+                    if let Some(c) = &self.scenario.churn {
+                        let life = (self.rng.exp(c.mean_lifetime_s) * 1e9) as u64;
+                        self.queue.push(now + life, Ev::Crash(n));
+                    }
+                }
+            }
+            HostEvent::Closed { session, .. } => {
+                if let Some(k) = self.join_of(n, session) {
+                    let j = &mut self.joins[k as usize];
+                    if j.established.is_some() {
+                        j.closed.get_or_insert(self.now);
+                    }
+                }
+            }
+            HostEvent::Readable { session } => {
+                // Nothing is sent on these sessions; drain whatever arrives.
+                let mut buf = [0u8; 2048];
+                let host = &mut self.nodes[n as usize].host;
+                while host.read(session, &mut buf) > 0 {}
+                while host.recv_datagram(session).is_some() {}
+            }
+            HostEvent::Ice(_) => {}
+        }
+    }
+
+    fn stun_done(&mut self, n: u32) {
+        let node = &mut self.nodes[n as usize];
+        node.stun_pending = node.stun_pending.saturating_sub(1);
+        if node.stun_pending == 0 {
+            for d in std::mem::take(&mut node.deferred) {
+                self.run_deferred(n, d);
+            }
+        }
+    }
+
+    fn when_ready(&mut self, n: u32, d: Deferred) {
+        let node = &mut self.nodes[n as usize];
+        if !node.alive {
+            return;
+        }
+        if node.stun_pending > 0 {
+            node.deferred.push(d);
+        } else {
+            self.run_deferred(n, d);
+        }
+    }
+
+    fn run_deferred(&mut self, n: u32, d: Deferred) {
+        match d {
+            Deferred::Mint(k) => self.mint(n, k),
+            Deferred::Import(k, text) => self.import(n, k, &text),
+        }
+        self.after(n);
+    }
+
+    fn candidates(&self, n: u32) -> Vec<Candidate> {
+        let node = &self.nodes[n as usize];
+        let mut c = vec![(CandidateKind::Host, SocketAddr::V4(node.addr))];
+        c.extend(node.reflexive.iter().map(|a| (CandidateKind::Srflx, *a)));
+        c.truncate(token::limits::MAX_CANDIDATES);
+        Candidate::list(c)
+    }
+
+    // ---- joins ----
+
+    fn start_join(&mut self, k: u32) {
+        let now = self.now;
+        let (inviter, invitee) = match self.scenario.joins.pattern {
+            Pattern::Matrix => {
+                let (a, b) = self.joins[k as usize].profiles;
+                (self.spawn(a), self.spawn(b))
+            }
+            Pattern::RandomEarlier => {
+                let first = self.stun.len() as u32;
+                let earlier = self.nodes.len() as u32 - first;
+                let mut inviter = first + self.rng.u32() % earlier;
+                for _ in 0..8 {
+                    if self.nodes[inviter as usize].alive {
+                        break;
+                    }
+                    inviter = first + self.rng.u32() % earlier;
+                }
+                let p = self.draw_profile();
+                let invitee = self.spawn(p);
+                let profiles = (self.nodes[inviter as usize].profile, p);
+                self.joins.push(Join { profiles, ..Join::default() });
+                (inviter, invitee)
+            }
+        };
+        let j = &mut self.joins[k as usize];
+        (j.inviter, j.invitee, j.started) = (inviter, invitee, now);
+        if !self.nodes[inviter as usize].alive {
+            j.failed = Some((now, "inviter is down".into()));
+            return;
+        }
+        self.when_ready(inviter, Deferred::Mint(k));
+    }
+
+    /// The inviter makes an invitation with its candidates, listens on it,
+    /// and the token leaves by the out-of-band channel.
+    fn mint(&mut self, n: u32, k: u32) {
+        let unix = self.unix();
+        let initial =
+            if self.scenario.joins.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional };
+        let params = InvitationParams {
+            candidates: self.candidates(n),
+            mode: ConnectionMode { initial, ..ConnectionMode::default() },
+            ..InvitationParams::default()
+        };
+        let node = &mut self.nodes[n as usize];
+        let t = Token::new_invitation(&node.identity, params, unix, &mut self.rng.0);
+        let text = t.encode_compact();
+        let id = t.body.token_id;
+        match Invitation::from_token(t, unix) {
+            Ok(inv) => node.host.listen(inv),
+            Err(e) => {
+                self.joins[k as usize].failed = Some((self.now, format!("own invitation refused: {e}")));
+                return;
+            }
+        }
+        node.invitations.push((id, k));
+        let [lo, hi] = self.scenario.oob.invite_delay_s;
+        let delay = self.rng.between((lo * 1e9) as u64, (hi * 1e9) as u64);
+        self.queue.push(self.now + delay, Ev::Invite { join: k, text });
+    }
+
+    /// The invitee pastes the token.
+    fn import(&mut self, n: u32, k: u32, text: &str) {
+        let unix = self.unix();
+        let now = self.inst(self.now);
+        let j = &mut self.joins[k as usize];
+        match token::decode(text).and_then(|t| Invitation::from_token(t, unix)) {
+            Ok(inv) => {
+                let node = &mut self.nodes[n as usize];
+                let a = node.host.join(&inv, now);
+                node.attempts.push((a, k));
+                j.imported = Some(self.now);
+                j.invitation = Some(Box::new(inv));
+            }
+            Err(e) => j.failed = Some((self.now, format!("invitation refused: {e}"))),
+        }
+    }
+
+    fn make_rsvp(&mut self, n: u32, k: u32, attempt: AttemptId) {
+        let candidates = self.candidates(n);
+        let unix = self.unix();
+        let node = &self.nodes[n as usize];
+        let (Some(id), Some(inv)) =
+            (node.host.endpoint().rsvp_token_id(attempt), self.joins[k as usize].invitation.as_deref())
+        else {
+            return;
+        };
+        let text = Token::new_rsvp(inv, &node.identity, id, candidates, unix).encode_compact();
+        self.joins[k as usize].rsvp_sent = Some(self.now);
+        let [lo, hi] = self.scenario.oob.rsvp_delay_s;
+        let delay = self.rng.between((lo * 1e9) as u64, (hi * 1e9) as u64);
+        self.queue.push(self.now + delay, Ev::Rsvp { join: k, text });
+    }
+
+    /// The inviter pastes the RSVP.
+    fn take_rsvp(&mut self, k: u32, text: &str) {
+        let n = self.joins[k as usize].inviter;
+        if !self.nodes[n as usize].alive {
+            return;
+        }
+        let now = self.inst(self.now);
+        match self.nodes[n as usize].host.accept_rsvp(text, now) {
+            Ok(a) => self.nodes[n as usize].attempts.push((a, k)),
+            Err(e) => {
+                let j = &mut self.joins[k as usize];
+                if j.established.is_none() && j.failed.is_none() {
+                    j.failed = Some((self.now, format!("rsvp refused: {e}")));
+                }
+            }
+        }
+        self.after(n);
+    }
+
+    // ---- failures ----
+
+    fn crash(&mut self, n: u32) {
+        let node = &mut self.nodes[n as usize];
+        node.alive = false;
+        node.crashed_at = Some(self.now);
+        node.deferred.clear();
+    }
+
+    fn open_sessions(&self) -> Vec<u32> {
+        (0..self.joins.len() as u32)
+            .filter(|&k| {
+                let j = &self.joins[k as usize];
+                j.established.is_some() && j.closed.is_none()
+            })
+            .collect()
+    }
+
+    fn fail(&mut self, i: u32) {
+        let fraction = self.scenario.failures[i as usize].fraction;
+        let mut crashed = 0;
+        for n in self.stun.len() as u32..self.nodes.len() as u32 {
+            if self.nodes[n as usize].alive && self.rng.unit() < fraction {
+                self.crash(n);
+                crashed += 1;
+            }
+        }
+        let broken = self
+            .open_sessions()
+            .into_iter()
+            .filter(|&k| {
+                let j = &self.joins[k as usize];
+                self.nodes[j.inviter as usize].alive != self.nodes[j.invitee as usize].alive
+            })
+            .collect();
+        self.failures.push(FailureRecord { at: self.now, crashed, broken });
+    }
+
+    fn partition(&mut self, i: u32) {
+        let p = self.scenario.partitions[i as usize].clone();
+        for n in self.stun.len()..self.nodes.len() {
+            self.nodes[n].far = self.rng.unit() < p.fraction;
+        }
+        self.partitioned = true;
+        let across = self
+            .open_sessions()
+            .into_iter()
+            .filter(|&k| {
+                let j = &self.joins[k as usize];
+                let (a, b) = (&self.nodes[j.inviter as usize], &self.nodes[j.invitee as usize]);
+                a.alive && b.alive && a.far != b.far
+            })
+            .collect();
+        self.partitions.push(PartitionRecord { at: self.now, heal: (p.heal_s * 1e9) as u64, across });
+    }
+}
