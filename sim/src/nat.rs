@@ -171,10 +171,11 @@ impl Nat {
 
     fn allocate(&mut self, internal: SocketAddrV4, now: u64, random: &mut dyn FnMut() -> u32) -> Option<u16> {
         let span = u32::from(u16::MAX - FIRST_PORT) + 1;
-        if self.behaviour.ports == PortAssignment::Preserving && internal.port() >= FIRST_PORT {
-            if self.free(internal.port(), now) {
-                return Some(internal.port());
-            }
+        if self.behaviour.ports == PortAssignment::Preserving
+            && internal.port() >= FIRST_PORT
+            && self.free(internal.port(), now)
+        {
+            return Some(internal.port());
         }
         // Bounded: at most one pass over the port range.
         for _ in 0..span {

@@ -86,7 +86,8 @@ pub struct PartitionReport {
     pub heal_s: f64,
     /// Open sessions across the cut when it began.
     pub sessions_across: u64,
-    /// Of those, closed by the end of the run (consent lost while cut off).
+    /// Of those, closed between the cut and 30 s after the heal (consent
+    /// lost while cut off; later closes have other causes).
     pub closed: u64,
 }
 
@@ -288,7 +289,11 @@ impl Report {
                 at_s: secs(p.at),
                 heal_s: secs(p.heal),
                 sessions_across: p.across.len() as u64,
-                closed: p.across.iter().filter(|&&k| w.joins[k as usize].closed.is_some()).count() as u64,
+                closed: p
+                    .across
+                    .iter()
+                    .filter(|&&k| w.joins[k as usize].closed.is_some_and(|c| c < p.heal + 30 * 1_000_000_000))
+                    .count() as u64,
             })
             .collect();
         let churn = w.scenario.churn.as_ref().map(|_| {

@@ -74,7 +74,7 @@ struct Packet {
 #[derive(Debug)]
 enum Ev {
     Timer(u32),
-    Packet(Packet),
+    Packet(Box<Packet>),
     StartJoin(u32),
     Invite { join: u32, text: String },
     Rsvp { join: u32, text: String },
@@ -547,10 +547,28 @@ impl World {
         Some(self.now + latency + jitter)
     }
 
-    fn forward(&mut self, latency: u64, p: Packet) {
-        if let Some(at) = self.traverse(latency) {
-            self.queue.push(at, Ev::Packet(p));
+    fn forward(&mut self, latency: u64, mut p: Box<Packet>) {
+        let Some(mut at) = self.traverse(latency) else { return };
+        if let Hop::Router(INTERNET) = p.hop {
+            // The internet's router keeps no state: route at once, over
+            // both links, one event instead of two.
+            let (hop, latency) = match self.owners.get(&u32::from(*p.dst.ip())).copied() {
+                Some(Owner::Node(m)) if self.nodes[m as usize].realm == INTERNET => {
+                    (Hop::Node(m), self.nodes[m as usize].latency)
+                }
+                Some(Owner::Nat(g)) if self.nats[g as usize].parent == INTERNET => {
+                    (Hop::NatWan(g), self.nats[g as usize].latency)
+                }
+                _ => {
+                    self.net.no_route += 1;
+                    return;
+                }
+            };
+            let Some(more) = self.traverse(latency) else { return };
+            at += more - self.now;
+            p.hop = hop;
         }
+        self.queue.push(at, Ev::Packet(p));
     }
 
     fn send(&mut self, n: u32, destination: SocketAddr, data: Vec<u8>) {
@@ -560,11 +578,11 @@ impl World {
             return;
         };
         let node = &self.nodes[n as usize];
-        let p = Packet { hop: Hop::Router(node.realm), origin: n, src: node.addr, dst, data };
+        let p = Box::new(Packet { hop: Hop::Router(node.realm), origin: n, src: node.addr, dst, data });
         self.forward(node.latency, p);
     }
 
-    fn at_router(&mut self, realm: u32, mut p: Packet) {
+    fn at_router(&mut self, realm: u32, mut p: Box<Packet>) {
         match self.owners.get(&u32::from(*p.dst.ip())).copied() {
             Some(Owner::Node(m)) if self.nodes[m as usize].realm == realm => {
                 p.hop = Hop::Node(m);
@@ -605,7 +623,7 @@ impl World {
         }
     }
 
-    fn at_nat(&mut self, g: u32, mut p: Packet) {
+    fn at_nat(&mut self, g: u32, mut p: Box<Packet>) {
         match self.nats[g as usize].nat.inbound(p.src, p.dst.port(), self.now) {
             Ok(internal) => {
                 p.dst = internal;
@@ -616,7 +634,9 @@ impl World {
         }
     }
 
-    fn at_node(&mut self, n: u32, mut p: Packet) {
+    // The box came with the event; unboxing it would copy the packet.
+    #[allow(clippy::boxed_local)]
+    fn at_node(&mut self, n: u32, mut p: Box<Packet>) {
         let (alive, far) = (self.nodes[n as usize].alive, self.nodes[n as usize].far);
         if !alive {
             self.net.to_dead += 1;

@@ -253,7 +253,9 @@ pub struct Endpoint {
     issued_by_id: HashMap<TokenId, String>,
     /// Ordered, so iteration (and so the simulator) is deterministic.
     attempts: BTreeMap<AttemptId, Attempt>,
-    by_ufrags: HashMap<(String, String), AttemptId>,
+    /// Attempts by "local_ufrag:remote_ufrag" (a check's USERNAME as it
+    /// arrives, so a lookup allocates nothing).
+    by_ufrags: HashMap<String, AttemptId>,
     transactions: HashMap<TransactionId, (AttemptId, usize)>,
     pending_by_source: HashMap<IpAddr, usize>,
     next_id: u64,
@@ -363,7 +365,7 @@ impl Endpoint {
 
     /// The attempt with this (local, remote) ufrag pair.
     pub fn attempt_by_ufrags(&self, local: &str, remote: &str) -> Option<AttemptId> {
-        self.by_ufrags.get(&(local.to_owned(), remote.to_owned())).copied()
+        self.by_ufrags.get(&format!("{local}:{remote}")).copied()
     }
 
     /// For an invitee attempt: the id the RSVP must carry (it fixes the
@@ -426,7 +428,7 @@ impl Endpoint {
             now,
         );
         let bidirectional = b.connection_mode.initial == InitialMode::Bidirectional;
-        self.by_ufrags.insert((a.local_ufrag.clone(), a.remote_ufrag.clone()), id);
+        self.by_ufrags.insert(format!("{}:{}", a.local_ufrag, a.remote_ufrag), id);
         self.attempts.insert(id, a);
         if bidirectional {
             self.enter_waiting(id);
@@ -484,7 +486,7 @@ impl Endpoint {
         let rsvp = Rsvp::from_token(t, &issued.invitation, unix, &mut issued.rsvp_guard)?;
         let ci = &rsvp.token().body.connection_info;
         let author = rsvp.token().body.author().map(|p| p.public_key);
-        let key = (ufrag.clone(), ci.ufrag.clone());
+        let key = format!("{ufrag}:{}", ci.ufrag);
         let id = match self.by_ufrags.get(&key) {
             Some(id) => *id,
             None => {
@@ -582,7 +584,7 @@ impl Endpoint {
         let Some(a) = self.attempts.remove(&id) else {
             return;
         };
-        self.by_ufrags.remove(&(a.local_ufrag.clone(), a.remote_ufrag.clone()));
+        self.by_ufrags.remove(&format!("{}:{}", a.local_ufrag, a.remote_ufrag));
         for p in &a.pairs {
             if let Some(t) = p.tid {
                 self.transactions.remove(&t);
@@ -795,7 +797,7 @@ impl Endpoint {
         };
         // A new invitee's check is authenticated with the invitation's
         // password, which becomes the attempt's local password: verified once.
-        let (id, verified) = match self.by_ufrags.get(&(local.to_owned(), remote.to_owned())) {
+        let (id, verified) = match self.by_ufrags.get(username) {
             Some(id) => (*id, false),
             None => {
                 let Some(issued) = self.issued.get(local) else {
@@ -826,7 +828,7 @@ impl Endpoint {
                 let mut a = self.inviter_attempt(local, remote.to_owned(), now, Some(from.ip()));
                 a.remote_peer = msg.peer.map(PublicKey);
                 let invitation = a.invitation;
-                self.by_ufrags.insert((local.to_owned(), remote.to_owned()), id);
+                self.by_ufrags.insert(username.to_owned(), id);
                 self.attempts.insert(id, a);
                 self.events.push_back(Event::InviteeArrived { attempt: id, invitation, from });
                 if self.resolve_crossing(id) == Some(id) {

@@ -1,0 +1,42 @@
+//! The simulated NAT matrix agrees, cell by cell, with the matrix reasoned
+//! from first principles in `sim/README.md`.
+
+use std::path::Path;
+
+use convoke_sim::report::parse_matrix;
+use convoke_sim::scenario::Scenario;
+
+#[test]
+fn simulated_matrix_matches_the_written_expectation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("sim/README.md");
+    let expected = parse_matrix(&readme).expect("the README holds the expected matrix");
+    let scenario = Scenario::load(&dir.join("scenarios/nat-matrix.toml")).expect("scenario");
+    let seed = scenario.seed;
+    let (report, _) = convoke_sim::simulate(scenario, seed, &mut |_, _, _| {}).expect("runs");
+    let matrix = report.matrix.as_ref().expect("a matrix scenario reports a matrix");
+    let simulated = parse_matrix(&matrix.to_markdown()).expect("the report's table reads back");
+    assert_eq!(expected.len(), 121, "11 behaviours as inviter × invitee");
+    let mut wrong = Vec::new();
+    for ((inviter, invitee), phase) in &expected {
+        match simulated.get(&(inviter.clone(), invitee.clone())) {
+            Some(p) if p == phase => {}
+            got => wrong.push(format!("{inviter} × {invitee}: expected {phase}, simulated {got:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
+    // Every run of a cell agreed (no "mixed"), and the times are sane: a
+    // single token connects within a second; an RSVP needs the invitee's
+    // 30 s window plus a person's 10-40 s, plus at most one 15 s keepalive.
+    for row in &matrix.cells {
+        for c in row {
+            assert_eq!(c.outcomes.joins, 3, "three runs per cell");
+            let t = c.outcomes.median_s;
+            match c.phase.as_str() {
+                "single-token" => assert!(t.is_some_and(|t| t < 1.0), "{t:?}"),
+                "rsvp" => assert!(t.is_some_and(|t| (40.0..90.0).contains(&t)), "{t:?}"),
+                _ => assert!(t.is_none()),
+            }
+        }
+    }
+}
