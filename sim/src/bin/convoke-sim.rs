@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use convoke_sim::scenario::{Pattern, Scenario};
+use convoke_sim::scenario::{Pattern, Scenario, ScenarioError};
 use convoke_sim::{Perf, simulate};
 
 /// The scale benchmark's scenario, built in so `bench` runs anywhere.
@@ -62,7 +62,10 @@ enum Command {
 }
 
 fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
-    let mut s = Scenario::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut s = Scenario::load(path).map_err(|e| match e {
+        ScenarioError::Io { .. } => e.to_string(),
+        _ => format!("{}: {e}", path.display()),
+    })?;
     if let Some(n) = nodes {
         match (&mut s.population, s.joins.pattern) {
             (Some(p), Pattern::RandomEarlier) => {
