@@ -460,15 +460,15 @@ impl Scenario {
         if !(j.start_s.is_finite() && j.start_s >= 0.0) {
             return Err(invalid("joins.start_s", "must be >= 0"));
         }
+        for (i, p) in j.profiles.iter().enumerate() {
+            if !known.contains_key(p) {
+                return Err(invalid(format!("joins.profiles[{i}]"), format!("unknown profile \"{p}\"")));
+            }
+        }
         match j.pattern {
             Pattern::Matrix => {
                 if j.profiles.is_empty() {
                     return Err(invalid("joins.profiles", "the matrix pattern needs at least one profile"));
-                }
-                for (i, p) in j.profiles.iter().enumerate() {
-                    if !known.contains_key(p) {
-                        return Err(invalid(format!("joins.profiles[{i}]"), format!("unknown profile \"{p}\"")));
-                    }
                 }
                 if !(1..=1000).contains(&j.repeat) {
                     return Err(invalid("joins.repeat", "must be between 1 and 1000"));
