@@ -231,7 +231,7 @@ impl Report {
         }
         let matrix = (w.scenario.joins.pattern == crate::scenario::Pattern::Matrix).then(|| {
             let names = w.scenario.joins.profiles.clone();
-            let idx = |n: &String| w.profiles.iter().position(|(p, _)| p == n).unwrap_or(0) as u16;
+            let idx = |n: &String| crate::world::profile_index(&w.profiles, n);
             let rows = names
                 .iter()
                 .map(|a| {

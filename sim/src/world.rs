@@ -239,6 +239,12 @@ pub struct World {
     same_instant: (u64, u64),
 }
 
+/// The index of profile `name` in `profiles` (names are validated before a
+/// world is built; an unknown one maps to the first).
+pub fn profile_index(profiles: &[(String, Profile)], name: &str) -> u16 {
+    profiles.iter().position(|(n, _)| n == name).map_or(0, |i| i as u16)
+}
+
 fn v4(a: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(a), port)
 }
@@ -248,7 +254,7 @@ impl World {
     /// schedules its joins, failures and partitions.
     pub fn new(scenario: Scenario, seed: u64) -> Self {
         let profiles: Vec<(String, Profile)> = scenario.all_profiles().into_iter().collect();
-        let index = |name: &str| profiles.iter().position(|(n, _)| n == name).map_or(0, |i| i as u16);
+        let index = |name: &str| profile_index(&profiles, name);
         let mix: Vec<(u16, f64)> = match &scenario.population {
             Some(p) => {
                 let total: f64 = p.mix.values().sum();
@@ -300,13 +306,12 @@ impl World {
             Pattern::Matrix => {
                 let names = s.joins.profiles.clone();
                 let repeat = s.joins.repeat;
-                let idx = |n: &String| self.profiles.iter().position(|(p, _)| p == n).unwrap_or(0) as u16;
                 let mut k = 0u64;
                 for _ in 0..repeat {
                     for a in &names {
                         for b in &names {
                             // The nodes are made when the join starts.
-                            let profiles = (idx(a), idx(b));
+                            let profiles = (profile_index(&self.profiles, a), profile_index(&self.profiles, b));
                             self.joins.push(Join { inviter: u32::MAX, invitee: u32::MAX, profiles, ..Join::default() });
                             self.queue.push(start + k * interval, Ev::StartJoin(k as u32));
                             k += 1;
@@ -386,9 +391,13 @@ impl World {
         UNIX_START + self.now / SEC
     }
 
+    /// Uniform in a scenario's `[lo, hi]` range given in `unit` nanoseconds.
+    fn uniform(&mut self, range: [f64; 2], unit: f64) -> u64 {
+        self.rng.between((range[0] * unit) as u64, (range[1] * unit) as u64)
+    }
+
     fn link(&mut self, range_ms: [f64; 2]) -> u64 {
-        let (lo, hi) = ((range_ms[0] * 1e6) as u64, (range_ms[1] * 1e6) as u64);
-        self.rng.between(lo, hi)
+        self.uniform(range_ms, 1e6)
     }
 
     fn public_ip(&mut self) -> u32 {
@@ -552,17 +561,9 @@ impl World {
         if let Hop::Router(INTERNET) = p.hop {
             // The internet's router keeps no state: route at once, over
             // both links, one event instead of two.
-            let (hop, latency) = match self.owners.get(&u32::from(*p.dst.ip())).copied() {
-                Some(Owner::Node(m)) if self.nodes[m as usize].realm == INTERNET => {
-                    (Hop::Node(m), self.nodes[m as usize].latency)
-                }
-                Some(Owner::Nat(g)) if self.nats[g as usize].parent == INTERNET => {
-                    (Hop::NatWan(g), self.nats[g as usize].latency)
-                }
-                _ => {
-                    self.net.no_route += 1;
-                    return;
-                }
+            let Some((hop, latency)) = self.owner_in(INTERNET, p.dst) else {
+                self.net.no_route += 1;
+                return;
             };
             let Some(more) = self.traverse(latency) else { return };
             at += more - self.now;
@@ -582,18 +583,29 @@ impl World {
         self.forward(node.latency, p);
     }
 
+    /// The hop owning `dst` in `realm` (a node, or a NAT's external side),
+    /// and the latency of its link.
+    fn owner_in(&self, realm: u32, dst: SocketAddrV4) -> Option<(Hop, u64)> {
+        match self.owners.get(&u32::from(*dst.ip())).copied()? {
+            Owner::Node(m) if self.nodes[m as usize].realm == realm => {
+                Some((Hop::Node(m), self.nodes[m as usize].latency))
+            }
+            Owner::Nat(g) if self.nats[g as usize].parent == realm => {
+                Some((Hop::NatWan(g), self.nats[g as usize].latency))
+            }
+            _ => None,
+        }
+    }
+
+    /// At the router of the LAN behind NAT `realm` (the internet's router
+    /// routes in `forward`): to an owner on the LAN, or out through the NAT.
     fn at_router(&mut self, realm: u32, mut p: Box<Packet>) {
-        match self.owners.get(&u32::from(*p.dst.ip())).copied() {
-            Some(Owner::Node(m)) if self.nodes[m as usize].realm == realm => {
-                p.hop = Hop::Node(m);
-                self.forward(self.nodes[m as usize].latency, p);
+        match self.owner_in(realm, p.dst) {
+            Some((hop, latency)) => {
+                p.hop = hop;
+                self.forward(latency, p);
             }
-            Some(Owner::Nat(g)) if self.nats[g as usize].parent == realm => {
-                p.hop = Hop::NatWan(g);
-                self.forward(self.nats[g as usize].latency, p);
-            }
-            _ if realm == INTERNET => self.net.no_route += 1,
-            _ => {
+            None => {
                 // Out through this LAN's NAT.
                 let now = self.now;
                 let rng = &mut self.rng;
@@ -872,8 +884,7 @@ impl World {
             }
         }
         node.invitations.push((id, k));
-        let [lo, hi] = self.scenario.oob.invite_delay_s;
-        let delay = self.rng.between((lo * 1e9) as u64, (hi * 1e9) as u64);
+        let delay = self.uniform(self.scenario.oob.invite_delay_s, 1e9);
         self.queue.push(self.now + delay, Ev::Invite { join: k, text });
     }
 
@@ -905,8 +916,7 @@ impl World {
         };
         let text = Token::new_rsvp(inv, &node.identity, id, candidates, unix).encode_compact();
         self.joins[k as usize].rsvp_sent = Some(self.now);
-        let [lo, hi] = self.scenario.oob.rsvp_delay_s;
-        let delay = self.rng.between((lo * 1e9) as u64, (hi * 1e9) as u64);
+        let delay = self.uniform(self.scenario.oob.rsvp_delay_s, 1e9);
         self.queue.push(self.now + delay, Ev::Rsvp { join: k, text });
     }
 
