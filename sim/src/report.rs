@@ -587,6 +587,37 @@ pub fn parse_matrix(text: &str) -> Result<PhaseTable, String> {
     Ok(out)
 }
 
+/// One cell where a measured matrix disagrees with the expected one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Inviter profile (row).
+    pub inviter: String,
+    /// Invitee profile (column).
+    pub invitee: String,
+    /// The expected phase, or `None` when the expected table has no such cell.
+    pub expected: Option<String>,
+    /// The measured phase.
+    pub measured: String,
+}
+
+/// Compares every cell of `measured` with `expected` (which may cover more
+/// profiles, like the simulator's 11 × 11 table against a testbed's 5 × 5).
+/// Returns the cells that disagree or that `expected` lacks; empty when all agree.
+pub fn compare_matrices(expected: &PhaseTable, measured: &PhaseTable) -> Vec<Mismatch> {
+    measured
+        .iter()
+        .filter_map(|((inviter, invitee), phase)| {
+            let want = expected.get(&(inviter.clone(), invitee.clone()));
+            (want != Some(phase)).then(|| Mismatch {
+                inviter: inviter.clone(),
+                invitee: invitee.clone(),
+                expected: want.cloned(),
+                measured: phase.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,5 +649,29 @@ mod tests {
         assert_eq!(t[&("symmetric".to_owned(), "symmetric".to_owned())], "failed");
         assert!(parse_matrix("| inviter \\ invitee | a |\n|---|---|\n| a | x | y |\n").is_err());
         assert!(parse_matrix("no table").is_err());
+    }
+
+    #[test]
+    fn a_smaller_measured_matrix_compares_cell_by_cell() {
+        let expected = parse_matrix(
+            "| inviter \\ invitee | public | symmetric | eim-eif |\n|---|---|---|---|\n\
+             | public | single-token (S) | single-token (S) | single-token (S) |\n\
+             | symmetric | rsvp (P1) | failed (F) | rsvp (P1) |\n",
+        )
+        .expect("expected");
+        let agree = parse_matrix(
+            "| inviter \\ invitee | public | symmetric |\n|---|---|---|\n\
+             | public | single-token 0.21 s | single-token 0.30 s |\n| symmetric | rsvp 6.10 s | failed |\n",
+        )
+        .expect("measured");
+        assert!(compare_matrices(&expected, &agree).is_empty());
+        let disagree = parse_matrix(
+            "| inviter \\ invitee | symmetric | full-cone |\n|---|---|---|\n| symmetric | rsvp 9.0 s | rsvp 1 s |\n",
+        )
+        .expect("measured");
+        let m = compare_matrices(&expected, &disagree);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0].expected, None, "full-cone is not in the expected table");
+        assert_eq!((m[1].expected.as_deref(), m[1].measured.as_str()), (Some("failed"), "rsvp"));
     }
 }

@@ -43,6 +43,17 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Compare a measured NAT matrix (the netns testbed's) with an expected
+    /// one cell by cell; exit status 1 when any cell disagrees.
+    ///
+    /// Both files are Markdown; the first table whose header starts with
+    /// `| inviter` is read, and a cell's phase is its first word.
+    Compare {
+        /// The expected matrix (sim/README.md, or a run's report.md).
+        expected: PathBuf,
+        /// The measured matrix; its cells must all exist in the expected one.
+        measured: PathBuf,
+    },
     /// Validate a scenario without running it.
     Check {
         /// The scenario file.
@@ -188,6 +199,27 @@ fn bench(nodes: &[u32], scenario: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// Prints the comparison; `Ok(false)` when some cell disagrees.
+fn compare(expected: &Path, measured: &Path) -> Result<bool, String> {
+    let read = |p: &Path| {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        convoke_sim::report::parse_matrix(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (want, got) = (read(expected)?, read(measured)?);
+    let bad = convoke_sim::report::compare_matrices(&want, &got);
+    for m in &bad {
+        println!(
+            "MISMATCH {} × {}: expected {}, measured {}",
+            m.inviter,
+            m.invitee,
+            m.expected.as_deref().unwrap_or("(no such cell)"),
+            m.measured
+        );
+    }
+    println!("{} of {} cells agree with {}", got.len() - bad.len(), got.len(), expected.display());
+    Ok(bad.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -196,6 +228,11 @@ fn main() -> ExitCode {
             load(&scenario, None).map(|s| println!("{}: ok ({})", scenario.display(), s.name))
         }
         Command::Bench { nodes, scenario } => bench(&nodes, scenario),
+        Command::Compare { expected, measured } => match compare(&expected, &measured) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -150,6 +150,8 @@ struct Pipe {
     out_blocked: bool,
     sessions: BTreeMap<AttemptId, bool>,
     attempt: Option<AttemptId>,
+    /// When this joiner imported the invitation (time to connect counts from here).
+    joined_at: Option<std::time::Instant>,
     mapped: Vec<SocketAddr>,
     awaiting_answer: bool,
     outcome: Option<Result<(), Failure>>,
@@ -177,6 +179,7 @@ impl Pipe {
             out_blocked: false,
             sessions: BTreeMap::new(),
             attempt: None,
+            joined_at: None,
             mapped: Vec::new(),
             awaiting_answer: false,
             outcome: None,
@@ -276,6 +279,7 @@ impl App for Pipe {
             ctx.host.listen(invitation);
         } else {
             self.attempt = Some(ctx.host.join(&invitation, ctx.now));
+            self.joined_at = Some(ctx.now);
             self.say("Connecting to the inviter…", json!({ "event": "connecting" }));
         }
     }
@@ -287,6 +291,9 @@ impl App for Pipe {
                     return;
                 }
                 self.sessions.insert(session, false);
+                // Seconds from importing the invitation to the session (joiner only).
+                let elapsed =
+                    self.joined_at.filter(|_| !inviter).map(|t| ctx.now.saturating_duration_since(t).as_secs_f64());
                 let how = match via {
                     Via::SingleToken => "with the invitation alone",
                     Via::Rsvp => "after the reply token",
@@ -299,7 +306,8 @@ impl App for Pipe {
                     ),
                     json!({ "event": "connected", "peer_id": peer.peer_id().to_string(), "remote": remote.to_string(),
                             "remote_kind": format!("{remote_kind:?}").to_lowercase(),
-                            "via": if via == Via::Rsvp { "rsvp" } else { "single_token" } }),
+                            "via": if via == Via::Rsvp { "rsvp" } else { "single_token" },
+                            "elapsed_s": elapsed }),
                 );
             }
             HostEvent::Ice(IceEvent::Mapped { address }) => self.mapped.push(address),
@@ -337,6 +345,11 @@ impl App for Pipe {
                     }
                 });
             }
+            HostEvent::Ice(IceEvent::Failed { reason: FailReason::Timeout, .. }) if self.inviter => self.say(
+                "An invitee's connection attempt ran out of time: no direct path between the two networks \
+                 (this side keeps waiting for others).",
+                json!({ "event": "attempt_failed", "reason": "timeout" }),
+            ),
             HostEvent::HandshakeFailed { session, reason } => {
                 if Some(session) == self.attempt {
                     self.fail(format!("the secure handshake failed: {reason}"));
