@@ -21,7 +21,8 @@ if [ $# -ne 5 ]; then
 fi
 type=$1 wan=$2 lan=$3 subnet=$4 wan_ip=$5
 
-sysctl -qw net.ipv4.ip_forward=1
+# (a container gets it from its runtime: /proc/sys is read-only there)
+[ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || sysctl -qw net.ipv4.ip_forward=1
 nft flush ruleset
 conntrack -F >/dev/null 2>&1 || true
 

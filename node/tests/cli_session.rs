@@ -159,6 +159,9 @@ fn invite_and_join_exchange_data_both_ways() {
     let a_err = fs::read_to_string(dir.path("a.err")).expect("a.err");
     let b_err = fs::read_to_string(dir.path("b.err")).expect("b.err");
     assert!(a_err.contains(r#""event":"connected""#) && b_err.contains(r#""via":"single_token""#), "{a_err}\n{b_err}");
+    // The joiner says how long it took from importing the invitation.
+    let conn = json_events(&dir.path("b.err")).into_iter().find(|e| e["event"] == "connected").expect("connected");
+    assert!(conn["elapsed_s"].as_f64().is_some_and(|t| (0.0..60.0).contains(&t)), "{conn}");
 }
 
 #[test]

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# A testbed peer container, behind its router.
+# usage: peer.sh inviter|invitee ROUTER_IP
+#   inviter: `convoke invite` sends /shared/payload, hands over the RSVP when
+#            the invitee writes one (as a person pasting it would).
+#   invitee: `convoke join --yes`, checks what arrives, writes /shared/result:
+#            "PHASE SECONDS" (single-token, rsvp) or "failed".
+# env: STUN (default 198.18.0.10:3478), RSVP_TIMEOUT seconds (default 5),
+#      LIMIT seconds the invitee tries in all (default 90).
+set -euo pipefail
+role=$1 router=$2
+shared=/shared
+stun=${STUN:-198.18.0.10:3478}
+ip route replace default via "$router"
+addr=$(ip -o -4 addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
+export CONVOKE_KEY=/tmp/identity.key XDG_RUNTIME_DIR=/tmp
+# complete FILE: FILE holds a whole line.
+complete() { [ -s "$1" ] && [ -z "$(tail -c1 "$1")" ]; }
+event() { grep -m1 "\"event\":\"$2\"" "$1" 2>/dev/null || true; }
+field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
+
+case $role in
+  inviter)
+    head -c 1048576 /dev/urandom >"$shared/payload"
+    convoke --json invite --listen "$addr:0" --stun "$stun" --rsvp-timeout "${RSVP_TIMEOUT:-5}s" \
+      --token-out "$shared/token" --control /tmp/convoke.sock <"$shared/payload" >/dev/null 2>"$shared/inviter.log" &
+    pid=$!
+    for _ in $(seq 1200); do
+      kill -0 $pid 2>/dev/null || break
+      if complete "$shared/rsvp" && [ ! -e /tmp/handed ]; then
+        touch /tmp/handed
+        convoke rsvp --control /tmp/convoke.sock "$(cat "$shared/rsvp")" || true
+      fi
+      sleep 0.1
+    done
+    wait $pid || true
+    exec sleep infinity ;;
+  invitee)
+    for _ in $(seq 600); do complete "$shared/token" && break; sleep 0.1; done
+    complete "$shared/token" || { echo "failed no-invitation" >"$shared/result"; exit 1; }
+    convoke --json join "$(cat "$shared/token")" --listen "$addr:0" --stun "$stun" --yes \
+      --rsvp-out "$shared/rsvp" --control /tmp/convoke.sock </dev/null >"$shared/received" 2>"$shared/invitee.log" &
+    pid=$!
+    result=failed
+    for _ in $(seq $((${LIMIT:-90} * 10))); do
+      conn=$(event "$shared/invitee.log" connected)
+      if [ -n "$conn" ]; then
+        for _ in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+        phase=$([ "$(field "$conn" via)" = rsvp ] && echo rsvp || echo single-token)
+        if cmp -s "$shared/payload" "$shared/received"; then
+          result="$phase $(printf '%.3f' "$(field "$conn" elapsed_s)")"
+        else
+          result=corrupt
+        fi
+        break
+      fi
+      [ -n "$(event "$shared/inviter.log" attempt_failed)" ] && break
+      sleep 0.1
+    done
+    kill $pid 2>/dev/null || true
+    echo "$result" >"$shared/result"
+    echo "invitee: $result" ;;
+  *) echo "peer.sh: role must be inviter or invitee" >&2; exit 2 ;;
+esac
