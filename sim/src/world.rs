@@ -717,7 +717,7 @@ impl World {
                     self.make_rsvp(n, k, attempt);
                 }
             }
-            HostEvent::Ice(IceEvent::Failed { attempt, reason }) => {
+            HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) => {
                 if let Some(k) = self.join_of(n, attempt) {
                     let j = &mut self.joins[k as usize];
                     if j.invitee == n && j.established.is_none() && j.failed.is_none() {

@@ -114,6 +114,8 @@ pub(crate) struct Attempt {
     /// The tie-breaker of the invitation this attempt belongs to, which
     /// settles crossing invitations.
     pub invitation_tie: u64,
+    /// When the attempt began (time to connect counts from here).
+    pub started: Instant,
 }
 
 /// What distinguishes a new attempt; everything else starts the same.
@@ -157,6 +159,7 @@ impl Attempt {
             source_ip: n.counted_source.flatten(),
             remote_peer: n.remote_peer,
             invitation_tie: n.invitation_tie,
+            started: now,
         }
     }
 

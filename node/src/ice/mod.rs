@@ -167,6 +167,10 @@ pub enum Event {
         attempt: AttemptId,
         /// Why.
         reason: FailReason,
+        /// Whether we were the inviter.
+        inviter: bool,
+        /// The phase it had reached: single token, or after an RSVP.
+        via: Via,
     },
     /// A connected path stopped answering consent checks (RFC 7675).
     ConsentLost {
@@ -231,6 +235,22 @@ pub struct Stats {
     pub stun_served: u64,
     /// Answers not sent because they would be larger than the request.
     pub amplification_refused: u64,
+    /// Attempts begun as the invitee (invitations imported).
+    pub attempts_invitee: u64,
+    /// Attempts begun as the inviter (an invitee's first check or RSVP).
+    pub attempts_inviter: u64,
+}
+
+/// What [`Endpoint::attempt_summary`] tells about an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptSummary {
+    /// When it began: the invitation imported (invitee), or the invitee's
+    /// first check or RSVP arrived (inviter).
+    pub started: Instant,
+    /// Whether we are the inviter.
+    pub inviter: bool,
+    /// Single token, or after an RSVP.
+    pub via: Via,
 }
 
 /// One of our invitations that invitees may use.
@@ -368,6 +388,15 @@ impl Endpoint {
         self.by_ufrags.get(&format!("{local}:{remote}")).copied()
     }
 
+    /// When an attempt began, which side we are and the phase it reached.
+    pub fn attempt_summary(&self, id: AttemptId) -> Option<AttemptSummary> {
+        self.attempts.get(&id).map(|a| AttemptSummary {
+            started: a.started,
+            inviter: a.side == Side::Inviter,
+            via: a.via,
+        })
+    }
+
     /// For an invitee attempt: the id the RSVP must carry (it fixes the
     /// credentials the attempt already uses). Build the RSVP with
     /// `Token::new_rsvp(invitation, identity, id, candidates, unix_now)`.
@@ -411,6 +440,7 @@ impl Endpoint {
         let local_ufrag = derived_ufrag(&rsvp_id);
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
+        self.stats.attempts_invitee += 1;
         let a = Attempt::new(
             NewAttempt {
                 side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
@@ -457,8 +487,14 @@ impl Endpoint {
         let ours = (self.attempts[&inviter_id].invitation_tie, me);
         let theirs = (self.attempts[&invitee_id].invitation_tie, peer);
         let loser = if ours > theirs { invitee_id } else { inviter_id };
+        let via = self.attempts[&loser].via;
         self.remove(loser);
-        self.events.push_back(Event::Failed { attempt: loser, reason: FailReason::Crossed });
+        self.events.push_back(Event::Failed {
+            attempt: loser,
+            reason: FailReason::Crossed,
+            inviter: loser == inviter_id,
+            via,
+        });
         Some(loser)
     }
 
@@ -543,6 +579,7 @@ impl Endpoint {
     }
 
     fn inviter_attempt(&mut self, ufrag: &str, remote_ufrag: String, now: Instant, source: Option<IpAddr>) -> Attempt {
+        self.stats.attempts_inviter += 1;
         let issued = self.issued.get_mut(ufrag).expect("admitted invitation exists");
         issued.pending += 1;
         if let Some(ip) = source {
@@ -572,10 +609,11 @@ impl Endpoint {
 
     /// Closes an attempt and forgets it.
     pub fn close(&mut self, id: AttemptId) {
-        if self.attempts.contains_key(&id) {
+        if let Some(a) = self.attempts.get(&id) {
+            let (inviter, via) = (a.side == Side::Inviter, a.via);
             self.remove(id);
             self.reindex();
-            self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Closed });
+            self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Closed, inviter, via });
         }
     }
 
@@ -689,7 +727,13 @@ impl Endpoint {
                     match a.side {
                         Side::Invitee { rsvp_supported: true, .. } => self.enter_waiting(id),
                         _ => {
-                            self.events.push_back(Event::Failed { attempt: id, reason: FailReason::Timeout });
+                            let (inviter, via) = (a.side == Side::Inviter, a.via);
+                            self.events.push_back(Event::Failed {
+                                attempt: id,
+                                reason: FailReason::Timeout,
+                                inviter,
+                                via,
+                            });
                             self.remove(id);
                             return;
                         }

@@ -6,6 +6,7 @@
 //! stun = ["198.18.0.1:3478"]
 //! key = "/var/lib/convoke/identity.key"
 //! control = "/run/convoke/node.sock"
+//! metrics = "127.0.0.1:9464"
 //!
 //! [invite]
 //! expires = "1d"
@@ -29,6 +30,8 @@ pub struct FileConfig {
     pub key: Option<PathBuf>,
     /// Control socket path.
     pub control: Option<PathBuf>,
+    /// Serve Prometheus metrics here (e.g. `"127.0.0.1:9464"`; off by default).
+    pub metrics: Option<SocketAddr>,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }

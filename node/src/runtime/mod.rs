@@ -7,6 +7,7 @@ pub mod control;
 pub mod keystore;
 pub mod node;
 pub mod qr;
+pub mod telemetry;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

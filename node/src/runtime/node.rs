@@ -23,7 +23,7 @@ use crate::ice::Transmit;
 use crate::identity::Identity;
 use crate::token::{Candidate, CandidateKind};
 
-use super::control;
+use super::{control, telemetry};
 
 /// How a node binds and what it asks.
 #[derive(Debug, Clone)]
@@ -43,6 +43,9 @@ pub struct NodeConfig {
     pub host: HostConfig,
     /// Socket buffer sizes asked of the kernel (it may cap them).
     pub socket_buffer: usize,
+    /// Publish the engine's counters to [`metrics`] every second (serve
+    /// them with [`super::telemetry::install`]). Events are counted either way.
+    pub metrics: bool,
 }
 
 impl Default for NodeConfig {
@@ -52,6 +55,7 @@ impl Default for NodeConfig {
             stun: Vec::new(),
             control: None,
             control_socket: true,
+            metrics: false,
             host: HostConfig::default(),
             socket_buffer: 4 << 20,
         }
@@ -147,6 +151,9 @@ pub struct Node {
     stun_pending: usize,
     control: Option<control::Server>,
     started: Instant,
+    /// Whether to publish counters every second.
+    metrics: bool,
+    io: telemetry::Io,
 }
 
 fn bind_one(addr: SocketAddr, buffer: usize) -> Result<Sock, StartError> {
@@ -241,7 +248,19 @@ impl Node {
             host.query_stun(*s, now);
         }
         let control = if config.control_socket { Some(control::Server::bind(config.control.clone())?) } else { None };
-        Ok(Node { host, identity, v4, v6, carry: None, candidates, stun_pending: usable.len(), control, started: now })
+        Ok(Node {
+            host,
+            identity,
+            v4,
+            v6,
+            carry: None,
+            candidates,
+            stun_pending: usable.len(),
+            control,
+            started: now,
+            metrics: config.metrics,
+            io: telemetry::Io::default(),
+        })
     }
 
     /// Our candidates so far.
@@ -306,7 +325,10 @@ impl Node {
                 src_ip: None,
             };
             match sock.io.try_io(tokio::io::Interest::WRITABLE, || sock.state.send((&sock.io).into(), &t)) {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.io.bytes_out += b.buf.len() as u64;
+                    self.io.datagrams_out += b.buf.len().div_ceil(b.seg) as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(b),
                 // Unreachable networks and the like: the engine retries.
                 Err(e) => tracing::debug!("send to {} failed: {e}", b.dest),
@@ -350,7 +372,7 @@ impl Node {
     fn on_control(&mut self, app: &mut impl App, now: Instant, req: control::Request, reply: oneshot::Sender<Value>) {
         let answer = match req {
             control::Request::Status => self.status(now),
-            control::Request::Rsvp { token } => match self.host.accept_rsvp(&token, now) {
+            control::Request::Rsvp { token } => match telemetry::counted(self.host.accept_rsvp(&token, now)) {
                 Ok(_) => {
                     app.note("took an RSVP from the control socket; both sides are now trying at once");
                     json!({ "ok": true })
@@ -377,6 +399,8 @@ impl Node {
             server.start(ctl_tx);
         }
         let mut ready = false;
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = Instant::now();
             pending_tx = self.flush(now, pending_tx);
@@ -396,6 +420,7 @@ impl Node {
                     HostEvent::StunFailed { .. } => self.stun_pending = self.stun_pending.saturating_sub(1),
                     _ => {}
                 }
+                telemetry::on_event(&self.host, &e, now);
                 let mut ctx =
                     NodeCtx { host: &mut self.host, now, candidates: &self.candidates, identity: &self.identity };
                 app.on_event(&mut ctx, e);
@@ -442,6 +467,7 @@ impl Node {
                 Some((req, reply)) = ctl_rx.recv() => {
                     self.on_control(app, Instant::now(), req, reply);
                 }
+                _ = tick.tick(), if self.metrics => telemetry::sample(&self.host, &self.io),
                 _ = app.wake() => {}
             }
             if pending_tx.as_ref().is_some_and(|b| self.socket_for(b.dest).is_none()) {
@@ -469,6 +495,8 @@ impl Node {
                         let stride = if m.stride == 0 { m.len.max(1) } else { m.stride };
                         let len = m.len.min(buf.len());
                         for d in buf[..len].chunks_mut(stride) {
+                            self.io.bytes_in += d.len() as u64;
+                            self.io.datagrams_in += 1;
                             self.host.handle_datagram(now, m.addr, d);
                         }
                     }

@@ -14,6 +14,7 @@ use convoke_node::runtime::config::{FileConfig, resolve_stun};
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
 use convoke_node::runtime::qr::TokenQr;
+use convoke_node::runtime::telemetry;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::session::CloseReason;
 use convoke_node::token::{
@@ -44,6 +45,11 @@ pub struct NodeArgs {
     /// Show the token as a QR code too (on standard error).
     #[arg(long)]
     qr: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless asked;
+    /// `--metrics` alone means 127.0.0.1:9464). Keep it on loopback or a
+    /// private network: it has no authentication.
+    #[arg(long, value_name = "IP:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    metrics: Option<SocketAddr>,
 }
 
 /// `convoke invite`.
@@ -116,6 +122,7 @@ fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
     let stun = if a.stun.is_empty() { file.stun } else { a.stun.clone() };
     c.stun = resolve_stun(&stun)?;
     c.control = a.control.clone().or(file.control);
+    c.metrics = a.metrics.or(file.metrics).is_some();
     Ok(c)
 }
 
@@ -218,6 +225,7 @@ impl Pipe {
         }
         cands.truncate(token::limits::MAX_CANDIDATES);
         let t = Token::new_rsvp(inv, ctx.identity, id, Candidate::list(cands), unix_now());
+        telemetry::token_issued("rsvp");
         let text = t.encode_compact();
         if let Some(p) = &self.rsvp_out
             && let Err(e) = std::fs::write(p, format!("{text}\n"))
@@ -272,12 +280,14 @@ impl App for Pipe {
                         "candidates": ctx.candidates.iter().map(|c| c.address.to_string()).collect::<Vec<_>>() }),
             );
             self.show_token(&text, "invitation");
+            telemetry::token_issued("invitation");
             self.say(
                 "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
                 json!({ "event": "waiting" }),
             );
             ctx.host.listen(invitation);
         } else {
+            telemetry::token_accepted("invitation");
             self.attempt = Some(ctx.host.join(&invitation, ctx.now));
             self.joined_at = Some(ctx.now);
             self.say("Connecting to the inviter…", json!({ "event": "connecting" }));
@@ -331,7 +341,7 @@ impl App for Pipe {
                     );
                 }
             }
-            HostEvent::Ice(IceEvent::Failed { attempt, reason }) if Some(attempt) == self.attempt => {
+            HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) if Some(attempt) == self.attempt => {
                 if self.sessions.contains_key(&attempt) {
                     return; // reported by Closed
                 }
@@ -407,7 +417,7 @@ impl App for Pipe {
                 && (text.starts_with("scpc:") || text.starts_with("scpi://"))
             {
                 self.held = None;
-                match ctx.host.accept_rsvp(&text, ctx.now) {
+                match telemetry::counted(ctx.host.accept_rsvp(&text, ctx.now)) {
                     Ok(_) => self.say(
                         "Took the reply token; both sides are now trying at once.",
                         json!({ "event": "rsvp_accepted" }),
@@ -545,7 +555,16 @@ fn run_node<A: App<Output = Result<(), Failure>>>(
     let config = node_config(ctx, node)?;
     let rt = runtime()?;
     let (out_tx, writer) = stdout_writer();
+    let metrics = node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
     let result = rt.block_on(async {
+        if let Some(addr) = metrics {
+            telemetry::install(addr)?;
+            if ctx.json {
+                eprintln!("{}", json!({ "event": "metrics", "url": format!("http://{addr}/metrics") }));
+            } else if !ctx.quiet {
+                eprintln!("Metrics at http://{addr}/metrics");
+            }
+        }
         let node = Node::bind(identity, config, seed())?;
         let mut app = make(out_tx);
         node.run(&mut app).await.map_err(Failure::from)?

@@ -1,0 +1,264 @@
+//! Prometheus metrics (DESIGN §7).
+//!
+//! The engine only counts ([`crate::ice::Stats`], [`crate::host::HostStats`],
+//! per-session [`crate::session::SessionStats`]) and reports events; the
+//! runtime turns those into [`metrics`] series here, and [`install`] serves
+//! them in the Prometheus text format over HTTP (`convoke … --metrics ADDR`).
+//! Names carry the `convoke_` prefix and base units, counters end in
+//! `_total`, and no label value is a peer id, an address or a port.
+//!
+//! Without [`install`], every call here goes to `metrics`' no-op recorder.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::host::{Host, HostEvent};
+use crate::ice::{AcceptRsvpError, Event as IceEvent, FailReason, Via};
+use crate::session::CloseReason;
+use crate::token::CandidateKind;
+
+/// Every series the node exports, with its type and meaning, in the order
+/// `/metrics` describes them. Tests and the dashboards check against it.
+pub const SERIES: &[(&str, &str, &str)] = &[
+    ("convoke_build_info", "gauge", "Always 1; the version label says which build runs"),
+    ("convoke_connection_attempts_total", "counter", "Connection attempts begun, by role (inviter, invitee)"),
+    (
+        "convoke_connections_established_total",
+        "counter",
+        "Sessions established, by role, phase (single_token, rsvp) and the remote candidate type",
+    ),
+    (
+        "convoke_connections_failed_total",
+        "counter",
+        "Connection attempts that failed, by role, phase and reason (timeout, crossed, handshake)",
+    ),
+    ("convoke_rsvp_needed_total", "counter", "Invitee attempts whose single-token window ran out: an RSVP was needed"),
+    ("convoke_connect_duration_seconds", "histogram", "Time from an attempt's start to its session, by role and phase"),
+    ("convoke_connection_attempts_pending", "gauge", "Attempts still checking or waiting for an RSVP"),
+    ("convoke_sessions_active", "gauge", "Established sessions"),
+    ("convoke_sessions_closed_total", "counter", "Sessions ended, by reason"),
+    ("convoke_session_rtt_seconds", "histogram", "Smoothed round-trip time, one sample per session per second"),
+    ("convoke_udp_bytes_total", "counter", "UDP payload bytes, by direction (in, out), all traffic"),
+    ("convoke_udp_datagrams_total", "counter", "UDP datagrams, by direction (in, out), all traffic"),
+    (
+        "convoke_datagrams_dropped_total",
+        "counter",
+        "Datagrams dropped, by reason (malformed, unauthenticated, session)",
+    ),
+    ("convoke_tokens_issued_total", "counter", "Tokens this node signed, by kind (invitation, rsvp)"),
+    ("convoke_tokens_accepted_total", "counter", "Tokens taken, by kind"),
+    ("convoke_tokens_refused_total", "counter", "Tokens or token uses refused, by kind and reason"),
+    ("convoke_stun_requests_served_total", "counter", "STUN Binding requests answered (every node answers STUN)"),
+    ("convoke_stun_queries_total", "counter", "Our STUN queries, by outcome (mapped, failed)"),
+];
+
+/// Buckets of the time-to-connect histogram, seconds: from a LAN handshake
+/// to an RSVP pasted minutes later.
+const CONNECT_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+/// Buckets of the RTT histogram, seconds.
+const RTT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Why the exporter did not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {message}")]
+pub struct MetricsError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Installs the global recorder and serves `/metrics` on `addr` (HTTP).
+/// Call it inside a tokio runtime: the listener runs on it. Once per process.
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
+    let err = |e: &dyn std::fmt::Display| MetricsError { addr, message: e.to_string() };
+    // Bind first so an occupied port gets the operating system's words.
+    drop(std::net::TcpListener::bind(addr).map_err(|e| err(&e))?);
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full("convoke_connect_duration_seconds".into()), CONNECT_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full("convoke_session_rtt_seconds".into()), RTT_BUCKETS))
+        .map_err(|e| err(&e))?
+        .install()
+        .map_err(|e| err(&e))?;
+    describe();
+    zero();
+    gauge!("convoke_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(())
+}
+
+/// Registers every series with its label sets at zero, so a scrape shows
+/// them before anything happened (and `rate()` sees the first increase).
+fn zero() {
+    for r in ["inviter", "invitee"] {
+        counter!("convoke_connection_attempts_total", "role" => r).absolute(0);
+        for p in ["single_token", "rsvp"] {
+            for c in ["host", "srflx", "prflx", "relay"] {
+                counter!("convoke_connections_established_total", "role" => r, "phase" => p, "candidate" => c)
+                    .absolute(0);
+            }
+            for why in ["timeout", "crossed", "handshake"] {
+                counter!("convoke_connections_failed_total", "role" => r, "phase" => p, "reason" => why).absolute(0);
+            }
+            let _ = histogram!("convoke_connect_duration_seconds", "role" => r, "phase" => p);
+        }
+    }
+    counter!("convoke_rsvp_needed_total").absolute(0);
+    for why in ["local", "peer", "peer_error", "protocol_violation", "timed_out", "path_lost"] {
+        counter!("convoke_sessions_closed_total", "reason" => why).absolute(0);
+    }
+    let _ = histogram!("convoke_session_rtt_seconds");
+    for k in ["invitation", "rsvp"] {
+        counter!("convoke_tokens_issued_total", "kind" => k).absolute(0);
+        counter!("convoke_tokens_accepted_total", "kind" => k).absolute(0);
+    }
+    for o in ["mapped", "failed"] {
+        counter!("convoke_stun_queries_total", "outcome" => o).absolute(0);
+    }
+    for why in ["expired", "bad_signature", "replayed", "limit", "unknown_invitation"] {
+        counter!("convoke_tokens_refused_total", "kind" => "rsvp", "reason" => why).absolute(0);
+    }
+}
+
+fn describe() {
+    for &(name, kind, help) in SERIES {
+        match kind {
+            "counter" => describe_counter!(name, help),
+            "gauge" => describe_gauge!(name, help),
+            _ => describe_histogram!(name, help),
+        }
+    }
+}
+
+fn role(inviter: bool) -> &'static str {
+    if inviter { "inviter" } else { "invitee" }
+}
+
+fn phase(via: Via) -> &'static str {
+    match via {
+        Via::SingleToken => "single_token",
+        Via::Rsvp => "rsvp",
+    }
+}
+
+fn candidate(k: CandidateKind) -> &'static str {
+    match k {
+        CandidateKind::Host => "host",
+        CandidateKind::Srflx => "srflx",
+        CandidateKind::Prflx => "prflx",
+        CandidateKind::Relay => "relay",
+    }
+}
+
+/// Counts one engine event. `host` is read for the attempt's start time,
+/// so call this before the event's attempt can be forgotten.
+pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
+    match event {
+        HostEvent::Established { session, remote_kind, via, inviter, .. } => {
+            counter!("convoke_connections_established_total",
+                "role" => role(*inviter), "phase" => phase(*via), "candidate" => candidate(*remote_kind))
+            .increment(1);
+            if let Some(a) = host.endpoint().attempt_summary(*session) {
+                histogram!("convoke_connect_duration_seconds", "role" => role(*inviter), "phase" => phase(*via))
+                    .record(now.saturating_duration_since(a.started).as_secs_f64());
+            }
+        }
+        HostEvent::Ice(IceEvent::Failed { reason, inviter, via, .. }) => {
+            let reason = match reason {
+                FailReason::Timeout => "timeout",
+                FailReason::Crossed => "crossed",
+                // Our own decision (the session ended, the app gave up): not a failure to connect.
+                FailReason::Closed => return,
+            };
+            counter!("convoke_connections_failed_total",
+                "role" => role(*inviter), "phase" => phase(*via), "reason" => reason)
+            .increment(1);
+        }
+        HostEvent::Ice(IceEvent::RsvpNeeded { .. }) => counter!("convoke_rsvp_needed_total").increment(1),
+        HostEvent::HandshakeFailed { session, .. } => {
+            let (r, p) = host
+                .endpoint()
+                .attempt_summary(*session)
+                .map_or(("unknown", "unknown"), |a| (role(a.inviter), phase(a.via)));
+            counter!("convoke_connections_failed_total", "role" => r, "phase" => p, "reason" => "handshake")
+                .increment(1);
+        }
+        HostEvent::Closed { reason, .. } => {
+            let reason = match reason {
+                CloseReason::Local => "local",
+                CloseReason::Peer { code: 0, .. } => "peer",
+                CloseReason::Peer { .. } => "peer_error",
+                CloseReason::ProtocolViolation(_) => "protocol_violation",
+                CloseReason::TimedOut => "timed_out",
+                CloseReason::PathLost => "path_lost",
+            };
+            counter!("convoke_sessions_closed_total", "reason" => reason).increment(1);
+        }
+        HostEvent::StunMapped { .. } => counter!("convoke_stun_queries_total", "outcome" => "mapped").increment(1),
+        HostEvent::StunFailed { .. } => counter!("convoke_stun_queries_total", "outcome" => "failed").increment(1),
+        _ => {}
+    }
+}
+
+/// A token this node signed.
+pub fn token_issued(kind: &'static str) {
+    counter!("convoke_tokens_issued_total", "kind" => kind).increment(1);
+}
+
+/// A token taken (an invitation imported, an RSVP accepted).
+pub fn token_accepted(kind: &'static str) {
+    counter!("convoke_tokens_accepted_total", "kind" => kind).increment(1);
+}
+
+/// A token refused, with a short machine reason (`TokenError::code`).
+pub fn token_refused(kind: &'static str, reason: &'static str) {
+    counter!("convoke_tokens_refused_total", "kind" => kind, "reason" => reason).increment(1);
+}
+
+/// Counts the outcome of handing an RSVP to the engine, and passes it on.
+pub fn counted<T>(r: Result<T, AcceptRsvpError>) -> Result<T, AcceptRsvpError> {
+    match &r {
+        Ok(_) => token_accepted("rsvp"),
+        Err(AcceptRsvpError::Token(t)) => token_refused("rsvp", t.code()),
+        Err(AcceptRsvpError::UnknownInvitation) => token_refused("rsvp", "unknown_invitation"),
+        Err(AcceptRsvpError::Refused) => token_refused("rsvp", "limit"),
+    }
+    r
+}
+
+/// Datagram and byte counts of the node's sockets.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Io {
+    pub bytes_in: u64,
+    pub datagrams_in: u64,
+    pub bytes_out: u64,
+    pub datagrams_out: u64,
+}
+
+/// Publishes the engine's counters and the node's gauges (once a second).
+pub(crate) fn sample(host: &Host, io: &Io) {
+    let e = host.endpoint().stats();
+    counter!("convoke_connection_attempts_total", "role" => "invitee").absolute(e.attempts_invitee);
+    counter!("convoke_connection_attempts_total", "role" => "inviter").absolute(e.attempts_inviter);
+    counter!("convoke_stun_requests_served_total").absolute(e.stun_served);
+    counter!("convoke_datagrams_dropped_total", "reason" => "malformed").absolute(e.dropped_malformed);
+    counter!("convoke_datagrams_dropped_total", "reason" => "unauthenticated").absolute(e.dropped_unauthenticated);
+    counter!("convoke_datagrams_dropped_total", "reason" => "session").absolute(host.stats().dropped);
+    counter!("convoke_tokens_refused_total", "kind" => "invitation", "reason" => "limit").absolute(e.refused_by_limit);
+    counter!("convoke_udp_bytes_total", "direction" => "in").absolute(io.bytes_in);
+    counter!("convoke_udp_bytes_total", "direction" => "out").absolute(io.bytes_out);
+    counter!("convoke_udp_datagrams_total", "direction" => "in").absolute(io.datagrams_in);
+    counter!("convoke_udp_datagrams_total", "direction" => "out").absolute(io.datagrams_out);
+    let mut active = 0usize;
+    for id in host.sessions() {
+        active += 1;
+        if let Some(rtt) = host.session(id).and_then(|s| s.rtt) {
+            histogram!("convoke_session_rtt_seconds").record(rtt.as_secs_f64());
+        }
+    }
+    gauge!("convoke_sessions_active").set(active as f64);
+    gauge!("convoke_connection_attempts_pending").set(host.endpoint().attempt_count().saturating_sub(active) as f64);
+}
