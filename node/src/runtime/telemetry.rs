@@ -92,22 +92,35 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
 
 /// Registers every series with its label sets at zero, so a scrape shows
 /// them before anything happened (and `rate()` sees the first increase).
+/// The label values come from the same mappings the counting uses.
 fn zero() {
-    for r in ["inviter", "invitee"] {
+    let fail_reasons = [FailReason::Timeout, FailReason::Crossed].into_iter().filter_map(fail_reason);
+    let fail_reasons: Vec<&str> = fail_reasons.chain(["handshake"]).collect();
+    for r in [true, false].map(role) {
         counter!("convoke_connection_attempts_total", "role" => r).absolute(0);
-        for p in ["single_token", "rsvp"] {
-            for c in ["host", "srflx", "prflx", "relay"] {
+        for p in [Via::SingleToken, Via::Rsvp].map(phase) {
+            for c in
+                [CandidateKind::Host, CandidateKind::Srflx, CandidateKind::Prflx, CandidateKind::Relay].map(candidate)
+            {
                 counter!("convoke_connections_established_total", "role" => r, "phase" => p, "candidate" => c)
                     .absolute(0);
             }
-            for why in ["timeout", "crossed", "handshake"] {
+            for &why in &fail_reasons {
                 counter!("convoke_connections_failed_total", "role" => r, "phase" => p, "reason" => why).absolute(0);
             }
             let _ = histogram!("convoke_connect_duration_seconds", "role" => r, "phase" => p);
         }
     }
     counter!("convoke_rsvp_needed_total").absolute(0);
-    for why in ["local", "peer", "peer_error", "protocol_violation", "timed_out", "path_lost"] {
+    let closes = [
+        CloseReason::Local,
+        CloseReason::Peer { code: 0, reason: String::new() },
+        CloseReason::Peer { code: 1, reason: String::new() },
+        CloseReason::ProtocolViolation(""),
+        CloseReason::TimedOut,
+        CloseReason::PathLost,
+    ];
+    for why in closes.iter().map(close_reason) {
         counter!("convoke_sessions_closed_total", "reason" => why).absolute(0);
     }
     let _ = histogram!("convoke_session_rtt_seconds");
@@ -153,6 +166,27 @@ fn candidate(k: CandidateKind) -> &'static str {
     }
 }
 
+/// The `reason` label of a failed attempt; `None` for our own decision
+/// (the session ended, the app gave up), which is not a failure to connect.
+fn fail_reason(r: FailReason) -> Option<&'static str> {
+    match r {
+        FailReason::Timeout => Some("timeout"),
+        FailReason::Crossed => Some("crossed"),
+        FailReason::Closed => None,
+    }
+}
+
+fn close_reason(r: &CloseReason) -> &'static str {
+    match r {
+        CloseReason::Local => "local",
+        CloseReason::Peer { code: 0, .. } => "peer",
+        CloseReason::Peer { .. } => "peer_error",
+        CloseReason::ProtocolViolation(_) => "protocol_violation",
+        CloseReason::TimedOut => "timed_out",
+        CloseReason::PathLost => "path_lost",
+    }
+}
+
 /// Counts one engine event. `host` is read for the attempt's start time,
 /// so call this before the event's attempt can be forgotten.
 pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
@@ -167,12 +201,7 @@ pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
             }
         }
         HostEvent::Ice(IceEvent::Failed { reason, inviter, via, .. }) => {
-            let reason = match reason {
-                FailReason::Timeout => "timeout",
-                FailReason::Crossed => "crossed",
-                // Our own decision (the session ended, the app gave up): not a failure to connect.
-                FailReason::Closed => return,
-            };
+            let Some(reason) = fail_reason(*reason) else { return };
             counter!("convoke_connections_failed_total",
                 "role" => role(*inviter), "phase" => phase(*via), "reason" => reason)
             .increment(1);
@@ -187,15 +216,7 @@ pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
                 .increment(1);
         }
         HostEvent::Closed { reason, .. } => {
-            let reason = match reason {
-                CloseReason::Local => "local",
-                CloseReason::Peer { code: 0, .. } => "peer",
-                CloseReason::Peer { .. } => "peer_error",
-                CloseReason::ProtocolViolation(_) => "protocol_violation",
-                CloseReason::TimedOut => "timed_out",
-                CloseReason::PathLost => "path_lost",
-            };
-            counter!("convoke_sessions_closed_total", "reason" => reason).increment(1);
+            counter!("convoke_sessions_closed_total", "reason" => close_reason(reason)).increment(1);
         }
         HostEvent::StunMapped { .. } => counter!("convoke_stun_queries_total", "outcome" => "mapped").increment(1),
         HostEvent::StunFailed { .. } => counter!("convoke_stun_queries_total", "outcome" => "failed").increment(1),

@@ -122,7 +122,6 @@ fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
     let stun = if a.stun.is_empty() { file.stun } else { a.stun.clone() };
     c.stun = resolve_stun(&stun)?;
     c.control = a.control.clone().or(file.control);
-    c.metrics = a.metrics.or(file.metrics).is_some();
     Ok(c)
 }
 
@@ -552,10 +551,11 @@ fn run_node<A: App<Output = Result<(), Failure>>>(
     identity: convoke_node::identity::Identity,
     make: impl FnOnce(mpsc::Sender<Vec<u8>>) -> A,
 ) -> Result<(), Failure> {
-    let config = node_config(ctx, node)?;
+    let mut config = node_config(ctx, node)?;
+    let metrics = node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
+    config.metrics = metrics.is_some();
     let rt = runtime()?;
     let (out_tx, writer) = stdout_writer();
-    let metrics = node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
     let result = rt.block_on(async {
         if let Some(addr) = metrics {
             telemetry::install(addr)?;
