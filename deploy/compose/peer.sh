@@ -14,10 +14,8 @@ stun=${STUN:-198.18.0.10:3478}
 ip route replace default via "$router"
 addr=$(ip -o -4 addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
 export CONVOKE_KEY=/tmp/identity.key XDG_RUNTIME_DIR=/tmp
-# complete FILE: FILE holds a whole line.
-complete() { [ -s "$1" ] && [ -z "$(tail -c1 "$1")" ]; }
-event() { grep -m1 "\"event\":\"$2\"" "$1" 2>/dev/null || true; }
-field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
+# shellcheck source=../nat/testbed-lib.sh
+. "$(dirname "$0")/testbed-lib.sh"
 
 case $role in
   inviter)
@@ -45,13 +43,7 @@ case $role in
     for _ in $(seq $((${LIMIT:-90} * 10))); do
       conn=$(event "$shared/invitee.log" connected)
       if [ -n "$conn" ]; then
-        for _ in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
-        phase=$([ "$(field "$conn" via)" = rsvp ] && echo rsvp || echo single-token)
-        if cmp -s "$shared/payload" "$shared/received"; then
-          result="$phase $(printf '%.3f' "$(field "$conn" elapsed_s)")"
-        else
-          result=corrupt
-        fi
+        result=$(outcome "$conn" $pid "$shared/payload" "$shared/received")
         break
       fi
       [ -n "$(event "$shared/inviter.log" attempt_failed)" ] && break

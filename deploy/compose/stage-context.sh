@@ -14,4 +14,4 @@ ctx=$here/.context
 rm -rf "$ctx"
 mkdir -p "$ctx"
 cp "$bin" "$ctx/convoke"
-cp "$root/deploy/nat/apply-nat.sh" "$here/router.sh" "$here/peer.sh" "$here/Dockerfile" "$ctx/"
+cp "$root/deploy/nat/apply-nat.sh" "$root/deploy/nat/testbed-lib.sh" "$here/router.sh" "$here/peer.sh" "$here/Dockerfile" "$ctx/"

@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Helpers shared by the NAT testbeds (sourced, not run): the namespace
+# matrix (deploy/testbed/nat-matrix), the compose runner (deploy/compose/run)
+# and the compose peers (peer.sh, inside the image).
+
+# profile TYPE: the simulator's profile name for a testbed NAT type
+# (the matrix tables' labels); status 1 for an unknown type.
+profile() {
+  case $1 in
+    public) echo public ;;
+    full-cone) echo eim-eif ;;
+    restricted-cone) echo eim-adf ;;
+    port-restricted) echo eim-apdf ;;
+    symmetric) echo apdm-apdf ;;
+    *) return 1 ;;
+  esac
+}
+
+# complete FILE: FILE holds at least one whole line (convoke writes its
+# --token-out and --rsvp-out files as one line ending in a newline).
+complete() { [ -s "$1" ] && [ -z "$(tail -c1 "$1")" ]; }
+
+# event FILE NAME: the first JSON event line NAME in FILE (empty if none).
+event() { grep -m1 "\"event\":\"$2\"" "$1" 2>/dev/null || true; }
+
+# field JSON KEY: a scalar field of one JSON event line.
+field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
+
+# outcome CONNECTED_EVENT JOINER_PID PAYLOAD RECEIVED: once the joiner said
+# `connected`, waits (up to 30 s) for it to finish receiving, then prints
+# "PHASE SECONDS" (single-token or rsvp; seconds from importing the
+# invitation to the session) or "corrupt" when the file did not arrive intact.
+outcome() {
+  local conn=$1 pid=$2 sent=$3 got=$4 w=0 phase=single-token
+  while kill -0 "$pid" 2>/dev/null && [ $w -lt 300 ]; do sleep 0.1; w=$((w + 1)); done
+  [ "$(field "$conn" via)" = rsvp ] && phase=rsvp
+  if cmp -s "$sent" "$got"; then
+    printf '%s %.3f\n' "$phase" "$(field "$conn" elapsed_s)"
+  else
+    echo corrupt
+  fi
+}
