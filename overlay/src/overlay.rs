@@ -1,0 +1,834 @@
+//! HyParView membership (Leitão, Pereira, Rodrigues 2007) with the
+//! introducer's relay and a Plumtree broadcast on top.
+//!
+//! A small *active view* holds the peers we have links to (symmetric: if
+//! we hold you, you hold us); a larger *passive view* holds contact cards
+//! of peers we could link to. A newcomer joins through a contact, whose
+//! FORWARDJOIN random walks make other members link to it; shuffles keep
+//! the passive views fresh; a lost active peer is replaced from the passive
+//! view.
+//!
+//! Links are the driver's business. When the overlay wants one it emits
+//! [`Output::Connect`] with the peer's card (its signed invitation) and a
+//! *route*: a chain of active links ending at the peer. The driver
+//! connects with the invitation, and if the peer's side must answer first
+//! (an RSVP) it sends that token along the route with
+//! [`Overlay::introduce`]; every member on the way relays it (rate-limited,
+//! unchanged: the tokens are signed end to end, so a relay cannot forge
+//! them), and the peer gets [`Event::Introduced`]. Shuffle replies go back
+//! the same way, so no message ever needs a link that is not there.
+//!
+//! Failure detection: any message from an active peer shows it alive; one
+//! silent for a round is pinged; silent for `suspect_after` it is suspected
+//! ([`Event::Suspected`]); for `fail_after` it is dropped and replaced. The
+//! driver also reports links its transport lost ([`Overlay::link_down`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::limiter::Limiter;
+use crate::plumtree::{PlumConfig, PlumStats, Plumtree};
+use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId};
+use crate::{Millis, PeerKey};
+
+/// Membership and broadcast parameters (HyParView's are the paper's).
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Active view size.
+    pub active: usize,
+    /// Passive view size.
+    pub passive: usize,
+    /// Active random walk length (FORWARDJOIN and SHUFFLE TTL).
+    pub arwl: u8,
+    /// Passive random walk length: a FORWARDJOIN at this TTL leaves the
+    /// newcomer in the passive view.
+    pub prwl: u8,
+    /// Active peers in a shuffle sample.
+    pub shuffle_active: usize,
+    /// Passive peers in a shuffle sample.
+    pub shuffle_passive: usize,
+    /// One membership round: the shuffle period and the ping interval.
+    pub round: Millis,
+    /// Silence after which an active peer is suspected.
+    pub suspect_after: Millis,
+    /// Silence after which an active peer is dropped.
+    pub fail_after: Millis,
+    /// How long a link we asked for may take.
+    pub connect_timeout: Millis,
+    /// Broadcast our active view every this often (0: never). Members
+    /// build the network's graph from these ([`Overlay::known_links`]).
+    pub announce_views: Millis,
+    /// Whether a contact broadcasts that a newcomer joined.
+    pub announce_joins: bool,
+    /// Introducer relay limit: tokens relayed at once per origin...
+    pub relay_burst: u32,
+    /// ...and per second after that (ten times both for all origins).
+    pub relay_per_second: f64,
+    /// Plumtree's timers.
+    pub plumtree: PlumConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            active: 5,
+            passive: 30,
+            arwl: 6,
+            prwl: 3,
+            shuffle_active: 3,
+            shuffle_passive: 4,
+            round: 1000,
+            suspect_after: 2500,
+            fail_after: 4000,
+            connect_timeout: 15_000,
+            announce_views: 0,
+            announce_joins: true,
+            relay_burst: 8,
+            relay_per_second: 1.0,
+            plumtree: PlumConfig::default(),
+        }
+    }
+}
+
+/// Why an active peer left the view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// It sent DISCONNECT.
+    Disconnected,
+    /// We dropped it to make room.
+    Replaced,
+    /// It stayed silent past `fail_after`.
+    Timeout,
+    /// The driver's transport lost the link.
+    LinkLost,
+}
+
+impl DownReason {
+    /// A short label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownReason::Disconnected => "disconnected",
+            DownReason::Replaced => "replaced",
+            DownReason::Timeout => "timeout",
+            DownReason::LinkLost => "link_lost",
+        }
+    }
+}
+
+/// Something the application may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<P> {
+    /// A peer entered the active view.
+    NeighborUp(P),
+    /// A peer left the active view.
+    NeighborDown {
+        /// Who.
+        peer: P,
+        /// Why.
+        reason: DownReason,
+    },
+    /// An active peer has been silent past `suspect_after`.
+    Suspected(P),
+    /// A broadcast arrived (application data).
+    Delivered {
+        /// Its id.
+        id: MsgId<P>,
+        /// Hops from the origin.
+        round: u16,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A member announced that `peer` joined through it.
+    MemberJoined {
+        /// The newcomer.
+        peer: P,
+        /// Hops the announcement took to reach us.
+        round: u16,
+    },
+    /// A token relayed to us by introducers (an RSVP for our invitation).
+    Introduced {
+        /// Who sent it.
+        from: P,
+        /// The token, to verify and use.
+        token: Vec<u8>,
+    },
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<P> {
+    /// Send `msg` over the link to `to`.
+    Send {
+        /// The peer.
+        to: P,
+        /// The message.
+        msg: Message<P>,
+    },
+    /// Open a link to `card.peer` with its invitation; report the outcome
+    /// with [`Overlay::link_up`] or [`Overlay::link_failed`]. If the peer
+    /// must get an RSVP, send it with [`Overlay::introduce`] along `route`.
+    Connect {
+        /// The peer's card.
+        card: Card<P>,
+        /// Active links to relay a token along, ending at the peer (empty:
+        /// no route known).
+        route: Vec<P>,
+    },
+    /// Close the link to this peer (after sending what was queued for it).
+    Close(P),
+    /// Tell the application.
+    Event(Event<P>),
+}
+
+/// Counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Newcomers admitted as a contact.
+    pub joins: u64,
+    /// Shuffles started.
+    pub shuffles: u64,
+    /// Peers that entered the active view.
+    pub neighbor_ups: u64,
+    /// Peers that left it.
+    pub neighbor_downs: u64,
+    /// Suspicions raised.
+    pub suspicions: u64,
+    /// Links asked for.
+    pub connects: u64,
+    /// Links that failed or timed out.
+    pub connect_failures: u64,
+    /// Tokens we relayed for others.
+    pub relayed: u64,
+    /// Relays refused: rate limit or no link to the next hop.
+    pub relay_refused: u64,
+    /// Tokens relayed to us.
+    pub introduced: u64,
+    /// Messages that made no sense where they arrived.
+    pub ignored: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ActivePeer<P> {
+    card: Card<P>,
+    heard: Millis,
+    pinged: Millis,
+    suspected: bool,
+}
+
+#[derive(Debug, Clone)]
+struct PassivePeer<P> {
+    card: Card<P>,
+    route: Vec<P>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending<P> {
+    card: Card<P>,
+    high: bool,
+    since: Millis,
+    linked: bool,
+}
+
+/// One member's overlay state machine.
+#[derive(Debug)]
+pub struct Overlay<P: PeerKey> {
+    me: Card<P>,
+    cfg: Config,
+    rng: ChaCha8Rng,
+    active: Vec<ActivePeer<P>>,
+    passive: Vec<PassivePeer<P>>,
+    pending: Vec<Pending<P>>,
+    next_shuffle: Millis,
+    next_view: Option<Millis>,
+    views: BTreeMap<P, (Millis, Vec<P>)>,
+    plum: Plumtree<P>,
+    limiter: Limiter<P>,
+    out: VecDeque<Output<P>>,
+    stats: Stats,
+    nonce: u64,
+}
+
+impl<P: PeerKey> Overlay<P> {
+    /// A member with empty views. `me` is our own card (our reusable
+    /// invitation), handed to peers so they can link to us.
+    pub fn new(me: Card<P>, cfg: Config, seed: [u8; 32], now: Millis) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        let first_shuffle = now + cfg.round + rng.next_u64() % cfg.round.max(1);
+        Self {
+            plum: Plumtree::new(me.peer, cfg.plumtree),
+            limiter: Limiter::new(cfg.relay_burst, cfg.relay_per_second),
+            me,
+            rng,
+            active: Vec::new(),
+            passive: Vec::new(),
+            pending: Vec::new(),
+            next_shuffle: first_shuffle,
+            next_view: (cfg.announce_views > 0).then_some(now),
+            views: BTreeMap::new(),
+            out: VecDeque::new(),
+            stats: Stats::default(),
+            nonce: 0,
+            cfg,
+        }
+    }
+
+    /// Our identity.
+    pub fn me(&self) -> P {
+        self.me.peer
+    }
+
+    /// Replaces our card (a fresh invitation before the old one expires).
+    pub fn set_card(&mut self, token: Vec<u8>) {
+        self.me.token = token;
+    }
+
+    /// The parameters.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Peers in the active view.
+    pub fn active(&self) -> impl Iterator<Item = P> + '_ {
+        self.active.iter().map(|a| a.card.peer)
+    }
+
+    /// Peers in the passive view.
+    pub fn passive(&self) -> impl Iterator<Item = P> + '_ {
+        self.passive.iter().map(|a| a.card.peer)
+    }
+
+    /// Whether `p` is in the active view.
+    pub fn is_active(&self, p: P) -> bool {
+        self.active.iter().any(|a| a.card.peer == p)
+    }
+
+    /// Active peers currently suspected.
+    pub fn suspected(&self) -> impl Iterator<Item = P> + '_ {
+        self.active.iter().filter(|a| a.suspected).map(|a| a.card.peer)
+    }
+
+    /// Links asked for and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The broadcast tree state.
+    pub fn plumtree(&self) -> &Plumtree<P> {
+        &self.plum
+    }
+
+    /// Membership counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Broadcast counters.
+    pub fn plum_stats(&self) -> &PlumStats {
+        self.plum.stats()
+    }
+
+    /// The network's links as members announced them (with
+    /// `announce_views`), ours included: `(a, b)` with `a < b`, each once.
+    pub fn known_links(&self) -> Vec<(P, P)> {
+        let mut links = std::collections::BTreeSet::new();
+        let mine = (self.me.peer, self.active().collect::<Vec<_>>());
+        for (a, peers) in self.views.iter().map(|(p, (_, v))| (*p, v)).chain([(mine.0, &mine.1)]) {
+            for &b in peers {
+                if a != b {
+                    links.insert((a.min(b), a.max(b)));
+                }
+            }
+        }
+        links.into_iter().collect()
+    }
+
+    /// Members we know of: ourselves, our views and announced views.
+    pub fn known_members(&self) -> Vec<P> {
+        let mut m: std::collections::BTreeSet<P> = self.views.keys().copied().collect();
+        m.insert(self.me.peer);
+        m.extend(self.active());
+        m.extend(self.passive());
+        m.into_iter().collect()
+    }
+
+    fn send(&mut self, to: P, msg: Message<P>) {
+        self.out.push_back(Output::Send { to, msg });
+    }
+
+    fn event(&mut self, e: Event<P>) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn pick<T>(rng: &mut ChaCha8Rng, v: &[T]) -> Option<usize> {
+        (!v.is_empty()).then(|| (rng.next_u64() % v.len() as u64) as usize)
+    }
+
+    /// Joins through `contact`, to which the driver already has a link
+    /// (made with the contact's invitation).
+    pub fn join(&mut self, contact: Card<P>, now: Millis) {
+        let card = self.me.clone();
+        self.send(contact.peer, Message::Join { card });
+        self.add_active(contact, now);
+    }
+
+    /// Starts a broadcast of application data; returns its id.
+    pub fn broadcast(&mut self, payload: Vec<u8>, now: Millis) -> MsgId<P> {
+        let id = self.plum.broadcast(Kind::App, payload, now);
+        self.drain_plum(now);
+        id
+    }
+
+    /// Sends a token to the last peer of `route` through the others (the
+    /// introducer's relay). `route[0]` must be an active peer.
+    pub fn introduce(&mut self, route: &[P], token: Vec<u8>) -> bool {
+        let Some((&first, rest)) = route.split_first() else { return false };
+        if !self.is_active(first) {
+            return false;
+        }
+        let inner = Box::new(Message::Introduce { token });
+        self.send(first, Message::Relay { origin: self.me.peer, route: rest.to_vec(), inner });
+        true
+    }
+
+    /// A link we asked for ([`Output::Connect`]) is up: ask the peer in.
+    pub fn link_up(&mut self, peer: P, now: Millis) {
+        let card = self.me.clone();
+        if let Some(p) = self.pending.iter_mut().find(|p| p.card.peer == peer && !p.linked) {
+            p.linked = true;
+            p.since = now;
+            let high = p.high || self.active.is_empty();
+            self.send(peer, Message::Neighbor { high, card });
+        }
+    }
+
+    /// A link we asked for could not be made: forget that peer's card and
+    /// try another.
+    pub fn link_failed(&mut self, peer: P, now: Millis) {
+        if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
+            self.pending.swap_remove(i);
+            self.stats.connect_failures += 1;
+        }
+        self.passive.retain(|p| p.card.peer != peer);
+        self.fill(now);
+    }
+
+    /// The transport lost the link to `peer` (it went away or timed out).
+    pub fn link_down(&mut self, peer: P, now: Millis) {
+        if self.pending.iter().any(|p| p.card.peer == peer) {
+            self.link_failed(peer, now);
+        }
+        if self.is_active(peer) {
+            self.remove_active(peer, DownReason::LinkLost, false, now);
+        }
+    }
+
+    /// Handles a message that arrived over the link to `from`.
+    pub fn handle(&mut self, from: P, msg: Message<P>, now: Millis) {
+        if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == from) {
+            a.heard = now;
+            a.suspected = false;
+        }
+        match msg {
+            Message::Join { card } => self.on_join(from, card, now),
+            Message::ForwardJoin { card, ttl, path } => self.on_forward_join(from, card, ttl, path, now),
+            Message::Neighbor { high, card } => {
+                if card.peer != from {
+                    self.stats.ignored += 1;
+                } else if self.is_active(from) || high || self.active.len() < self.cfg.active {
+                    self.add_active(card, now);
+                    self.send(from, Message::NeighborReply { accepted: true });
+                } else {
+                    self.send(from, Message::NeighborReply { accepted: false });
+                    self.add_passive(card, vec![from]);
+                }
+            }
+            Message::NeighborReply { accepted } => {
+                let Some(i) = self.pending.iter().position(|p| p.card.peer == from) else {
+                    self.stats.ignored += 1;
+                    return;
+                };
+                let p = self.pending.swap_remove(i);
+                if accepted {
+                    self.add_active(p.card, now);
+                } else {
+                    // Keep the card, at the back of the queue.
+                    self.out.push_back(Output::Close(from));
+                    self.fill(now);
+                }
+            }
+            Message::Disconnect { alive } => {
+                if self.is_active(from) {
+                    self.remove_active(from, DownReason::Disconnected, alive, now);
+                    self.out.push_back(Output::Close(from));
+                }
+            }
+            Message::Shuffle { origin, ttl, path, cards } => self.on_shuffle(from, origin, ttl, path, cards),
+            Message::Ping { nonce } => self.send(from, Message::Pong { nonce }),
+            Message::Pong { .. } => {}
+            Message::Relay { origin, route, inner } => self.on_relay(from, origin, route, *inner, now),
+            Message::ShuffleReply { .. } | Message::Introduce { .. } => self.stats.ignored += 1,
+            m @ (Message::Gossip { .. } | Message::IHave { .. } | Message::Graft { .. } | Message::Prune) => {
+                if self.is_active(from) {
+                    self.plum.handle(from, m, now);
+                    self.drain_plum(now);
+                } else {
+                    self.stats.ignored += 1;
+                }
+            }
+        }
+    }
+
+    fn on_join(&mut self, from: P, card: Card<P>, now: Millis) {
+        if card.peer != from || from == self.me.peer {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.stats.joins += 1;
+        let others: Vec<P> = self.active().filter(|&p| p != from).collect();
+        self.add_active(card.clone(), now);
+        for p in others {
+            let msg = Message::ForwardJoin { card: card.clone(), ttl: self.cfg.arwl, path: vec![self.me.peer] };
+            self.send(p, msg);
+        }
+        if self.cfg.announce_joins {
+            let mut payload = Vec::new();
+            from.put(&mut payload);
+            self.plum.broadcast(Kind::Joined, payload, now);
+            self.drain_plum(now);
+        }
+    }
+
+    fn on_forward_join(&mut self, from: P, card: Card<P>, ttl: u8, mut path: Vec<P>, now: Millis) {
+        let joiner = card.peer;
+        if joiner == self.me.peer || path.is_empty() || path.len() >= MAX_LIST {
+            self.stats.ignored += 1;
+            return;
+        }
+        // The way back to the newcomer: the walk reversed, then the newcomer.
+        let route: Vec<P> = path.iter().rev().copied().chain([joiner]).collect();
+        if ttl == 0 || self.active.len() <= 1 {
+            self.connect(card, route, true, now);
+            return;
+        }
+        if ttl == self.cfg.prwl {
+            self.add_passive(card.clone(), route.clone());
+        }
+        let candidates: Vec<P> = self.active().filter(|&p| p != from && p != joiner).collect();
+        match Self::pick(&mut self.rng, &candidates) {
+            Some(i) => {
+                path.push(self.me.peer);
+                self.send(candidates[i], Message::ForwardJoin { card, ttl: ttl - 1, path });
+            }
+            None => self.connect(card, route, true, now),
+        }
+    }
+
+    fn on_shuffle(&mut self, from: P, origin: P, ttl: u8, mut path: Vec<P>, cards: Vec<Card<P>>) {
+        if origin == self.me.peer || path.is_empty() || path.len() >= MAX_LIST || cards.len() > MAX_LIST {
+            self.stats.ignored += 1;
+            return;
+        }
+        let ttl = ttl.saturating_sub(1);
+        let candidates: Vec<P> = self.active().filter(|&p| p != from && p != origin).collect();
+        if ttl > 0
+            && let Some(i) = Self::pick(&mut self.rng, &candidates)
+        {
+            path.push(self.me.peer);
+            self.send(candidates[i], Message::Shuffle { origin, ttl, path, cards });
+            return;
+        }
+        // Answer with a sample of our passive view, back along the walk.
+        let reply = self.sample_passive(cards.len());
+        let mut route: Vec<P> = path.iter().rev().copied().collect();
+        route.push(origin);
+        route.dedup();
+        let first = route.remove(0);
+        let inner = Box::new(Message::ShuffleReply { cards: reply });
+        self.send(first, Message::Relay { origin: self.me.peer, route, inner });
+        for c in cards {
+            self.add_passive(c, vec![from]);
+        }
+    }
+
+    fn on_relay(&mut self, from: P, origin: P, mut route: Vec<P>, inner: Message<P>, now: Millis) {
+        if !route.is_empty() {
+            let next = route.remove(0);
+            let token = matches!(inner, Message::Introduce { .. });
+            if !self.is_active(next) || (token && !self.limiter.allow(origin, now)) {
+                self.stats.relay_refused += 1;
+                return;
+            }
+            if token {
+                self.stats.relayed += 1;
+            }
+            self.send(next, Message::Relay { origin, route, inner: Box::new(inner) });
+            return;
+        }
+        match inner {
+            Message::Introduce { token } => {
+                self.stats.introduced += 1;
+                self.event(Event::Introduced { from: origin, token });
+            }
+            Message::ShuffleReply { cards } => {
+                for c in cards.into_iter().take(MAX_LIST) {
+                    self.add_passive(c, vec![from]);
+                }
+            }
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    fn connect(&mut self, card: Card<P>, route: Vec<P>, high: bool, now: Millis) {
+        let peer = card.peer;
+        if peer == self.me.peer || self.is_active(peer) || self.pending.iter().any(|p| p.card.peer == peer) {
+            return;
+        }
+        self.stats.connects += 1;
+        self.pending.push(Pending { card: card.clone(), high, since: now, linked: false });
+        self.out.push_back(Output::Connect { card, route });
+    }
+
+    fn add_active(&mut self, card: Card<P>, now: Millis) {
+        let peer = card.peer;
+        if peer == self.me.peer {
+            return;
+        }
+        self.pending.retain(|p| p.card.peer != peer);
+        if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == peer) {
+            a.card = card;
+            return;
+        }
+        if self.active.len() >= self.cfg.active
+            && let Some(i) = Self::pick(&mut self.rng, &self.active)
+        {
+            let victim = self.active[i].card.peer;
+            self.send(victim, Message::Disconnect { alive: true });
+            self.remove_active(victim, DownReason::Replaced, true, now);
+            self.out.push_back(Output::Close(victim));
+        }
+        self.passive.retain(|p| p.card.peer != peer);
+        self.active.push(ActivePeer { card, heard: now, pinged: now, suspected: false });
+        self.plum.neighbor_up(peer);
+        self.stats.neighbor_ups += 1;
+        self.event(Event::NeighborUp(peer));
+        self.view_changed(now);
+    }
+
+    fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
+        let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
+        let a = self.active.swap_remove(i);
+        self.plum.neighbor_down(peer);
+        self.drain_plum(now);
+        self.stats.neighbor_downs += 1;
+        self.event(Event::NeighborDown { peer, reason });
+        if keep {
+            self.add_passive(a.card, Vec::new());
+        }
+        self.view_changed(now);
+        if reason != DownReason::Replaced {
+            self.fill(now);
+        }
+    }
+
+    fn add_passive(&mut self, card: Card<P>, route: Vec<P>) {
+        let peer = card.peer;
+        if peer == self.me.peer || self.is_active(peer) {
+            return;
+        }
+        if let Some(p) = self.passive.iter_mut().find(|p| p.card.peer == peer) {
+            p.card = card;
+            if !route.is_empty() {
+                p.route = route;
+            }
+            return;
+        }
+        if self.passive.len() >= self.cfg.passive
+            && let Some(i) = Self::pick(&mut self.rng, &self.passive)
+        {
+            self.passive.swap_remove(i);
+        }
+        let route = if route.last() == Some(&peer) || route.is_empty() {
+            route
+        } else {
+            route.into_iter().chain([peer]).collect()
+        };
+        self.passive.push(PassivePeer { card, route });
+    }
+
+    fn sample_passive(&mut self, n: usize) -> Vec<Card<P>> {
+        let mut idx: Vec<usize> = (0..self.passive.len()).collect();
+        let mut out = Vec::new();
+        while out.len() < n.min(MAX_LIST)
+            && let Some(i) = Self::pick(&mut self.rng, &idx)
+        {
+            out.push(self.passive[idx.swap_remove(i)].card.clone());
+        }
+        out
+    }
+
+    /// Asks for links to passive peers until the active view could be full.
+    fn fill(&mut self, now: Millis) {
+        while self.active.len() + self.pending.len() < self.cfg.active {
+            let candidates: Vec<usize> = (0..self.passive.len())
+                .filter(|&i| !self.pending.iter().any(|p| p.card.peer == self.passive[i].card.peer))
+                .collect();
+            let Some(i) = Self::pick(&mut self.rng, &candidates) else { break };
+            let p = self.passive[candidates[i]].clone();
+            // Only an active first hop can carry a token.
+            let route = if p.route.first().is_some_and(|&f| self.is_active(f)) { p.route } else { Vec::new() };
+            let high = self.active.is_empty();
+            self.connect(p.card, route, high, now);
+        }
+    }
+
+    fn view_changed(&mut self, now: Millis) {
+        if self.cfg.announce_views > 0 {
+            // Coalesce bursts of changes into one announcement.
+            let soon = now + self.cfg.round / 4;
+            self.next_view = Some(self.next_view.map_or(soon, |t| t.min(soon)));
+        }
+    }
+
+    fn drain_plum(&mut self, now: Millis) {
+        while let Some((to, msg)) = self.plum.poll_send() {
+            self.send(to, msg);
+        }
+        while let Some(d) = self.plum.poll_delivery() {
+            match d.kind {
+                Kind::App => self.event(Event::Delivered { id: d.id, round: d.round, payload: d.payload }),
+                Kind::Joined => {
+                    let mut r = d.payload.as_slice();
+                    if let Some(peer) = P::take(&mut r) {
+                        self.event(Event::MemberJoined { peer, round: d.round });
+                    }
+                }
+                Kind::View => {
+                    let mut r = d.payload.as_slice();
+                    let mut peers = Vec::new();
+                    while peers.len() < MAX_LIST
+                        && let Some(p) = P::take(&mut r)
+                    {
+                        peers.push(p);
+                    }
+                    self.views.insert(d.id.origin, (now, peers));
+                }
+            }
+        }
+    }
+
+    /// Runs timers: shuffles, pings, suspicion, link timeouts, GRAFTs, view
+    /// announcements. Call it at [`Overlay::poll_timeout`] (or more often).
+    pub fn tick(&mut self, now: Millis) {
+        if now >= self.next_shuffle {
+            self.next_shuffle = now + self.cfg.round;
+            self.start_shuffle();
+        }
+        let mut failed = Vec::new();
+        let mut pings = Vec::new();
+        let mut suspected = Vec::new();
+        for a in &mut self.active {
+            let silent = now.saturating_sub(a.heard);
+            if silent >= self.cfg.fail_after {
+                failed.push(a.card.peer);
+            } else {
+                if silent >= self.cfg.suspect_after && !a.suspected {
+                    a.suspected = true;
+                    suspected.push(a.card.peer);
+                }
+                if silent >= self.cfg.round && now.saturating_sub(a.pinged) >= self.cfg.round {
+                    a.pinged = now;
+                    pings.push(a.card.peer);
+                }
+            }
+        }
+        for p in pings {
+            self.nonce += 1;
+            self.send(p, Message::Ping { nonce: self.nonce });
+        }
+        for p in suspected {
+            self.stats.suspicions += 1;
+            self.event(Event::Suspected(p));
+        }
+        for p in failed {
+            self.remove_active(p, DownReason::Timeout, false, now);
+            self.out.push_back(Output::Close(p));
+        }
+        let stale: Vec<P> = self
+            .pending
+            .iter()
+            .filter(|p| now.saturating_sub(p.since) >= self.cfg.connect_timeout)
+            .map(|p| p.card.peer)
+            .collect();
+        for p in stale {
+            self.out.push_back(Output::Close(p));
+            self.link_failed(p, now);
+        }
+        if self.active.len() < self.cfg.active {
+            self.fill(now);
+        }
+        self.plum.tick(now);
+        self.drain_plum(now);
+        if self.cfg.announce_views > 0 {
+            if self.next_view.is_some_and(|t| now >= t) {
+                let mut payload = Vec::new();
+                for a in &self.active {
+                    a.card.peer.put(&mut payload);
+                }
+                self.next_view = Some(now + self.cfg.announce_views);
+                self.plum.broadcast(Kind::View, payload, now);
+                self.drain_plum(now);
+            }
+            // Forget members whose announcements stopped.
+            let horizon = self.cfg.announce_views.saturating_mul(3);
+            self.views.retain(|_, (at, _)| now.saturating_sub(*at) < horizon);
+        }
+    }
+
+    fn start_shuffle(&mut self) {
+        let Some(i) = Self::pick(&mut self.rng, &self.active) else { return };
+        let target = self.active[i].card.peer;
+        let mut cards = vec![self.me.clone()];
+        let mut others: Vec<Card<P>> =
+            self.active.iter().filter(|a| a.card.peer != target).map(|a| a.card.clone()).collect();
+        while cards.len() <= self.cfg.shuffle_active
+            && let Some(j) = Self::pick(&mut self.rng, &others)
+        {
+            cards.push(others.swap_remove(j));
+        }
+        cards.extend(self.sample_passive(self.cfg.shuffle_passive));
+        self.stats.shuffles += 1;
+        let msg = Message::Shuffle { origin: self.me.peer, ttl: self.cfg.arwl, path: vec![self.me.peer], cards };
+        self.send(target, msg);
+    }
+
+    /// When [`Overlay::tick`] next has work.
+    pub fn poll_timeout(&self) -> Millis {
+        let mut t = self.next_shuffle;
+        for a in &self.active {
+            t = t.min(a.heard.max(a.pinged) + self.cfg.round).min(a.heard + self.cfg.fail_after);
+            if !a.suspected {
+                t = t.min(a.heard + self.cfg.suspect_after);
+            }
+        }
+        for p in &self.pending {
+            t = t.min(p.since + self.cfg.connect_timeout);
+        }
+        if let Some(v) = self.next_view {
+            t = t.min(v);
+        }
+        if let Some(g) = self.plum.poll_timeout() {
+            t = t.min(g);
+        }
+        t
+    }
+
+    /// The next thing the driver must do.
+    pub fn poll(&mut self) -> Option<Output<P>> {
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,293 @@
+//! The overlay against itself: an in-memory network of members with a
+//! fixed latency, links made instantly where a member asks.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+struct Net {
+    nodes: Vec<Overlay<u32>>,
+    alive: Vec<bool>,
+    links: BTreeSet<(u32, u32)>,
+    /// (deliver at, to, from, message)
+    wire: Vec<(Millis, u32, u32, Message<u32>)>,
+    now: Millis,
+    delivered: Vec<Vec<(MsgId<u32>, u16)>>,
+    introduced: Vec<(u32, u32, Vec<u8>)>,
+    joined_seen: Vec<Vec<u32>>,
+}
+
+fn card(p: u32) -> Card<u32> {
+    Card { peer: p, token: format!("invitation of {p}").into_bytes() }
+}
+
+fn seed(i: u32) -> [u8; 32] {
+    let mut s = [7u8; 32];
+    s[..4].copy_from_slice(&i.to_le_bytes());
+    s
+}
+
+impl Net {
+    fn new(n: u32, cfg: Config) -> Self {
+        Net {
+            nodes: (0..n).map(|i| Overlay::new(card(i), cfg, seed(i), 0)).collect(),
+            alive: vec![true; n as usize],
+            links: BTreeSet::new(),
+            wire: Vec::new(),
+            now: 0,
+            delivered: vec![Vec::new(); n as usize],
+            introduced: Vec::new(),
+            joined_seen: vec![Vec::new(); n as usize],
+        }
+    }
+
+    fn link(&mut self, a: u32, b: u32) {
+        self.links.insert((a.min(b), a.max(b)));
+    }
+
+    fn drain(&mut self, i: u32) {
+        while let Some(o) = self.nodes[i as usize].poll() {
+            match o {
+                Output::Send { to, msg } => {
+                    // Round-trip the wire format on the way.
+                    let msg = Message::decode(&msg.encode()).expect("decodes");
+                    if self.links.contains(&(i.min(to), i.max(to))) {
+                        self.wire.push((self.now + 10, to, i, msg));
+                    }
+                }
+                Output::Connect { card, .. } => {
+                    let to = card.peer;
+                    if self.alive[to as usize] {
+                        self.link(i, to);
+                        self.nodes[i as usize].link_up(to, self.now);
+                    } else {
+                        self.nodes[i as usize].link_failed(to, self.now);
+                    }
+                }
+                // Links stay usable: a closed link only matters to the
+                // transport, and the views are what the tests check.
+                Output::Close(_) => {}
+                Output::Event(Event::Delivered { id, round, .. }) => self.delivered[i as usize].push((id, round)),
+                Output::Event(Event::Introduced { from, token }) => self.introduced.push((i, from, token)),
+                Output::Event(Event::MemberJoined { peer, .. }) => self.joined_seen[i as usize].push(peer),
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += 10;
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wire).into_iter().partition(|w| w.0 <= now);
+        self.wire = later;
+        for (_, to, from, msg) in due {
+            if self.alive[to as usize] && self.alive[from as usize] {
+                self.nodes[to as usize].handle(from, msg, now);
+                self.drain(to);
+            }
+        }
+        for i in 0..self.nodes.len() as u32 {
+            if self.alive[i as usize] && self.nodes[i as usize].poll_timeout() <= now {
+                self.nodes[i as usize].tick(now);
+                self.drain(i);
+            }
+        }
+    }
+
+    /// Runs for `ms` milliseconds of simulated time in 10 ms steps.
+    fn run(&mut self, ms: Millis) {
+        for _ in 0..ms / 10 {
+            self.step();
+        }
+    }
+
+    fn join(&mut self, newcomer: u32, contact: u32) {
+        self.link(newcomer, contact);
+        let now = self.now;
+        self.nodes[newcomer as usize].join(card(contact), now);
+        self.drain(newcomer);
+    }
+
+    fn broadcast(&mut self, from: u32, payload: &[u8]) -> MsgId<u32> {
+        let now = self.now;
+        let id = self.nodes[from as usize].broadcast(payload.to_vec(), now);
+        self.drain(from);
+        id
+    }
+
+    fn live(&self) -> Vec<u32> {
+        (0..self.nodes.len() as u32).filter(|&i| self.alive[i as usize]).collect()
+    }
+
+    fn got(&self, i: u32, id: MsgId<u32>) -> bool {
+        i == id.origin || self.delivered[i as usize].iter().any(|(d, _)| *d == id)
+    }
+
+    fn eager_edges(&self) -> BTreeSet<(u32, u32)> {
+        let mut e = BTreeSet::new();
+        for i in self.live() {
+            for &p in self.nodes[i as usize].plumtree().eager() {
+                e.insert((i.min(p), i.max(p)));
+            }
+        }
+        e
+    }
+}
+
+fn grown(n: u32, cfg: Config) -> Net {
+    let mut net = Net::new(n, cfg);
+    for i in 1..n {
+        net.join(i, i / 2);
+        net.run(50);
+    }
+    net.run(5_000);
+    net
+}
+
+#[test]
+fn joins_build_symmetric_bounded_connected_views() {
+    let net = grown(60, Config::default());
+    let mut edges = BTreeSet::new();
+    for i in net.live() {
+        let o = &net.nodes[i as usize];
+        let act: Vec<u32> = o.active().collect();
+        assert!(!act.is_empty() && act.len() <= 5, "node {i}: {act:?}");
+        assert!(o.passive().count() <= 30);
+        for p in act {
+            assert!(net.nodes[p as usize].is_active(i), "{i} holds {p} but not back");
+            edges.insert((i.min(p), i.max(p)));
+        }
+    }
+    let g = crate::topology::graph_of(0..60u32, edges.iter().copied());
+    assert!(crate::topology::is_connected(&g));
+    // Shuffles filled the passive views.
+    let filled = net.live().iter().filter(|&&i| net.nodes[i as usize].passive().count() >= 10).count();
+    assert!(filled >= 50, "{filled} nodes have 10+ passive peers");
+}
+
+#[test]
+fn broadcast_reaches_everyone_and_settles_into_a_tree() {
+    let mut net = grown(60, Config { announce_joins: false, ..Config::default() });
+    for k in 0..3u32 {
+        let id = net.broadcast(k * 7, &[k as u8]);
+        net.run(2_000);
+        let got = net.live().iter().filter(|&&i| net.got(i, id)).count();
+        assert_eq!(got, 60, "{id:?}");
+    }
+    // Once pruned, eager links form a spanning tree: n-1 undirected edges.
+    let eager = net.eager_edges();
+    let g = crate::topology::graph_of(0..60u32, eager.iter().copied());
+    assert!(crate::topology::is_tree(&g), "{} eager edges", eager.len());
+    let dups = |net: &Net| net.live().iter().map(|&i| net.nodes[i as usize].plum_stats().duplicates).sum::<u64>();
+    let before = dups(&net);
+    net.broadcast(3, b"quiet");
+    net.run(2_000);
+    assert_eq!(dups(&net), before, "a broadcast on the settled tree has no duplicates");
+}
+
+#[test]
+fn a_failed_member_is_suspected_replaced_and_the_tree_repaired() {
+    let mut net = grown(40, Config { announce_joins: false, ..Config::default() });
+    net.broadcast(0, b"warm");
+    net.run(2_000);
+    // Kill the member with the most eager links: it is a tree hub.
+    let victim = (1..40u32).max_by_key(|&i| net.nodes[i as usize].plumtree().eager().len()).expect("some");
+    net.alive[victim as usize] = false;
+    let neighbours: Vec<u32> = net.nodes[victim as usize].active().collect();
+    net.run(6_000);
+    for &n in &neighbours {
+        let o = &net.nodes[n as usize];
+        assert!(!o.is_active(victim), "{n} still holds the dead {victim}");
+        assert!(o.stats().suspicions >= 1, "{n} suspected first");
+        assert!(o.active().count() >= 3, "{n} refilled its view: {:?}", o.active().collect::<Vec<_>>());
+    }
+    let id = net.broadcast(0, b"after");
+    net.run(3_000);
+    let missing: Vec<u32> = net.live().into_iter().filter(|&i| !net.got(i, id)).collect();
+    assert!(missing.is_empty(), "not delivered to {missing:?}");
+}
+
+#[test]
+fn relays_tokens_along_a_route_rate_limited_and_only_over_links() {
+    let mut net = grown(30, Config { relay_burst: 2, relay_per_second: 0.0, ..Config::default() });
+    // A route over real active links: 0 -> a -> b.
+    let a = net.nodes[0].active().next().expect("neighbour");
+    let b = net.nodes[a as usize].active().find(|&p| p != 0).expect("second hop");
+    for k in 0..4u8 {
+        assert!(net.nodes[0].introduce(&[a, b], vec![k]));
+        net.drain(0);
+    }
+    net.run(500);
+    let got: Vec<&Vec<u8>> =
+        net.introduced.iter().filter(|(to, from, _)| *to == b && *from == 0).map(|t| &t.2).collect();
+    assert_eq!(got, vec![&vec![0u8], &vec![1u8]], "two through, then the relay's limit");
+    assert_eq!(net.nodes[a as usize].stats().relay_refused, 2);
+    // A first hop that is not a neighbour is refused locally.
+    let stranger = net.live().into_iter().find(|&p| p != 0 && !net.nodes[0].is_active(p)).expect("stranger");
+    assert!(!net.nodes[0].introduce(&[stranger], vec![1]));
+}
+
+#[test]
+fn forward_join_routes_lead_back_to_the_newcomer() {
+    let mut net = grown(30, Config::default());
+    net.nodes.push(Overlay::new(card(30), Config::default(), seed(30), net.now));
+    net.alive.push(true);
+    net.delivered.push(Vec::new());
+    net.joined_seen.push(Vec::new());
+    net.join(30, 5);
+    // Deliver by hand, catching every Connect the walks cause.
+    let mut routes = Vec::new();
+    for _ in 0..20 {
+        net.now += 10;
+        let now = net.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut net.wire).into_iter().partition(|w| w.0 <= now);
+        net.wire = later;
+        for (_, to, from, msg) in due {
+            net.nodes[to as usize].handle(from, msg, now);
+            while let Some(o) = net.nodes[to as usize].poll() {
+                match o {
+                    Output::Connect { card, route } => routes.push((to, card.peer, route)),
+                    Output::Send { to: t, msg } => net.wire.push((now + 10, t, to, msg)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Walks end where members link to the newcomer (others may refill
+    // views from their passive peers meanwhile).
+    let routes: Vec<_> = routes.into_iter().filter(|r| r.1 == 30).collect();
+    assert!(!routes.is_empty());
+    for (asker, _, route) in routes {
+        assert_eq!(route.last(), Some(&30));
+        assert!(net.nodes[asker as usize].is_active(route[0]), "{asker}'s route {route:?} starts at a neighbour");
+        assert!(route.contains(&5), "through the contact: {route:?}");
+    }
+}
+
+#[test]
+fn announced_joins_and_views_reach_every_member() {
+    let cfg = Config { announce_views: 2_000, ..Config::default() };
+    let mut net = grown(25, cfg);
+    net.run(5_000);
+    for i in net.live() {
+        if i != 24 && i != 12 {
+            assert!(net.joined_seen[i as usize].contains(&24), "{i} missed the last join");
+        }
+        let o = &net.nodes[i as usize];
+        let g = crate::topology::graph_of(o.known_members(), o.known_links());
+        assert!(crate::topology::is_connected(&g), "{i}'s known graph is connected");
+        assert_eq!(g.node_count(), 25, "{i} knows all members");
+    }
+}
+
+#[test]
+fn strangers_and_ill_formed_walks_are_ignored() {
+    let mut o = Overlay::new(card(1), Config::default(), seed(1), 0);
+    o.handle(9, Message::NeighborReply { accepted: true }, 1);
+    o.handle(9, Message::Neighbor { high: true, card: card(8) }, 1);
+    o.handle(9, Message::ForwardJoin { card: card(1), ttl: 3, path: vec![9] }, 1);
+    o.handle(9, Message::Relay { origin: 9, route: vec![], inner: Box::new(Message::Prune) }, 1);
+    o.handle(9, Message::Gossip { id: MsgId { origin: 9, seq: 1 }, round: 1, kind: Kind::App, payload: vec![] }, 1);
+    assert_eq!(o.active().count(), 0);
+    assert!(o.stats().ignored >= 4, "{:?}", o.stats());
+}

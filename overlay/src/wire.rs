@@ -1,0 +1,501 @@
+//! The overlay's messages and their binary encoding.
+//!
+//! One message per frame; the driver frames them (the node on its session
+//! stream, the simulator in memory). The format is small and strict: a tag
+//! byte, then fields; lengths are bounded, trailing bytes are an error, and
+//! a relay may not carry another relay. Peer identities encode themselves
+//! through [`PeerKey`].
+
+use crate::PeerKey;
+
+/// Largest encoded message accepted.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most peers in a walk path, relay route or shuffle sample.
+pub const MAX_LIST: usize = 64;
+/// Largest contact card (a signed invitation token) or relayed token.
+pub const MAX_CARD: usize = 8 * 1024;
+
+/// A peer's contact card: its identity and the signed, reusable invitation
+/// token others connect with. The overlay treats the token as opaque bytes;
+/// the driver verifies its signature names `peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card<P> {
+    /// Whose card it is.
+    pub peer: P,
+    /// The invitation token (opaque to the overlay).
+    pub token: Vec<u8>,
+}
+
+/// A broadcast message's identity: who first sent it and their sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgId<P> {
+    /// The originator.
+    pub origin: P,
+    /// The originator's sequence number.
+    pub seq: u64,
+}
+
+/// What a broadcast carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Application data.
+    App,
+    /// The overlay announcing a member's active view (for topology views).
+    View,
+    /// The overlay announcing that a member joined.
+    Joined,
+}
+
+/// An overlay message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message<P> {
+    /// HyParView JOIN: the sender (a newcomer) asks its contact to admit it.
+    Join {
+        /// The newcomer's card.
+        card: Card<P>,
+    },
+    /// HyParView FORWARDJOIN: a random walk announcing a newcomer.
+    ForwardJoin {
+        /// The newcomer's card.
+        card: Card<P>,
+        /// Hops left.
+        ttl: u8,
+        /// Members the walk went through, contact first.
+        path: Vec<P>,
+    },
+    /// HyParView NEIGHBOR: the sender asks to be in our active view.
+    Neighbor {
+        /// Whether we must accept (the sender has no neighbour left, or was
+        /// chosen by a join walk).
+        high: bool,
+        /// The sender's card.
+        card: Card<P>,
+    },
+    /// Answer to [`Message::Neighbor`].
+    NeighborReply {
+        /// Whether the sender added us.
+        accepted: bool,
+    },
+    /// HyParView DISCONNECT: the sender drops us from its active view.
+    Disconnect {
+        /// Whether the sender stays up (then we keep it as passive).
+        alive: bool,
+    },
+    /// HyParView SHUFFLE: a walk carrying a sample of the origin's views.
+    Shuffle {
+        /// Who started the shuffle.
+        origin: P,
+        /// Hops left.
+        ttl: u8,
+        /// Members the walk went through, origin first.
+        path: Vec<P>,
+        /// The sample.
+        cards: Vec<Card<P>>,
+    },
+    /// Answer to a shuffle, relayed back along its path.
+    ShuffleReply {
+        /// A sample of the answerer's passive view.
+        cards: Vec<Card<P>>,
+    },
+    /// Liveness probe of an active neighbour.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Answer to [`Message::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// Carry `inner` hop by hop along `route` (the introducer's relay).
+    Relay {
+        /// Who sent `inner`.
+        origin: P,
+        /// Hops still to go after the receiver; empty means "for you".
+        route: Vec<P>,
+        /// The relayed message (never a relay).
+        inner: Box<Message<P>>,
+    },
+    /// A signed token for the final hop of a relay (an RSVP, so both sides
+    /// punch at once). Opaque to the overlay; the receiver verifies it.
+    Introduce {
+        /// The token.
+        token: Vec<u8>,
+    },
+    /// Plumtree GOSSIP: a broadcast, pushed eagerly.
+    Gossip {
+        /// Its id.
+        id: MsgId<P>,
+        /// Hops from the origin.
+        round: u16,
+        /// What it carries.
+        kind: Kind,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// Plumtree IHAVE: lazy announcements.
+    IHave {
+        /// Ids and the rounds at which the sender got them.
+        ids: Vec<(MsgId<P>, u16)>,
+    },
+    /// Plumtree GRAFT: send me that message and push to me eagerly again.
+    Graft {
+        /// The missing message.
+        id: MsgId<P>,
+    },
+    /// Plumtree PRUNE: stop pushing to me eagerly.
+    Prune,
+}
+
+/// Why bytes are not a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The input ended early.
+    Truncated,
+    /// The message is larger than [`MAX_MESSAGE`].
+    TooLarge,
+    /// An unknown message tag.
+    UnknownTag(u8),
+    /// A list or byte string longer than allowed.
+    TooLong,
+    /// A peer identity did not decode.
+    BadPeer,
+    /// A relay inside a relay, or an unknown broadcast kind.
+    Invalid,
+    /// Bytes after the end of the message.
+    Trailing,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "overlay message truncated"),
+            DecodeError::TooLarge => write!(f, "overlay message larger than {MAX_MESSAGE} bytes"),
+            DecodeError::UnknownTag(t) => write!(f, "unknown overlay message tag {t}"),
+            DecodeError::TooLong => write!(f, "overlay message list or field too long"),
+            DecodeError::BadPeer => write!(f, "overlay message names an invalid peer"),
+            DecodeError::Invalid => write!(f, "invalid overlay message"),
+            DecodeError::Trailing => write!(f, "bytes after the overlay message"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+const T_JOIN: u8 = 1;
+const T_FORWARD_JOIN: u8 = 2;
+const T_NEIGHBOR: u8 = 3;
+const T_NEIGHBOR_REPLY: u8 = 4;
+const T_DISCONNECT: u8 = 5;
+const T_SHUFFLE: u8 = 6;
+const T_SHUFFLE_REPLY: u8 = 7;
+const T_PING: u8 = 8;
+const T_PONG: u8 = 9;
+const T_RELAY: u8 = 10;
+const T_INTRODUCE: u8 = 11;
+const T_GOSSIP: u8 = 12;
+const T_IHAVE: u8 = 13;
+const T_GRAFT: u8 = 14;
+const T_PRUNE: u8 = 15;
+
+impl<P: PeerKey> Message<P> {
+    /// Encodes the message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Join { card } => {
+                out.push(T_JOIN);
+                put_card(out, card);
+            }
+            Message::ForwardJoin { card, ttl, path } => {
+                out.push(T_FORWARD_JOIN);
+                put_card(out, card);
+                out.push(*ttl);
+                put_peers(out, path);
+            }
+            Message::Neighbor { high, card } => {
+                out.push(T_NEIGHBOR);
+                out.push(u8::from(*high));
+                put_card(out, card);
+            }
+            Message::NeighborReply { accepted } => out.extend([T_NEIGHBOR_REPLY, u8::from(*accepted)]),
+            Message::Disconnect { alive } => out.extend([T_DISCONNECT, u8::from(*alive)]),
+            Message::Shuffle { origin, ttl, path, cards } => {
+                out.push(T_SHUFFLE);
+                origin.put(out);
+                out.push(*ttl);
+                put_peers(out, path);
+                put_cards(out, cards);
+            }
+            Message::ShuffleReply { cards } => {
+                out.push(T_SHUFFLE_REPLY);
+                put_cards(out, cards);
+            }
+            Message::Ping { nonce } => {
+                out.push(T_PING);
+                out.extend(nonce.to_be_bytes());
+            }
+            Message::Pong { nonce } => {
+                out.push(T_PONG);
+                out.extend(nonce.to_be_bytes());
+            }
+            Message::Relay { origin, route, inner } => {
+                out.push(T_RELAY);
+                origin.put(out);
+                put_peers(out, route);
+                inner.encode_into(out);
+            }
+            Message::Introduce { token } => {
+                out.push(T_INTRODUCE);
+                put_bytes(out, token);
+            }
+            Message::Gossip { id, round, kind, payload } => {
+                out.push(T_GOSSIP);
+                put_id(out, id);
+                out.extend(round.to_be_bytes());
+                out.push(match kind {
+                    Kind::App => 0,
+                    Kind::View => 1,
+                    Kind::Joined => 2,
+                });
+                put_bytes(out, payload);
+            }
+            Message::IHave { ids } => {
+                out.push(T_IHAVE);
+                out.push(ids.len() as u8);
+                for (id, round) in ids {
+                    put_id(out, id);
+                    out.extend(round.to_be_bytes());
+                }
+            }
+            Message::Graft { id } => {
+                out.push(T_GRAFT);
+                put_id(out, id);
+            }
+            Message::Prune => out.push(T_PRUNE),
+        }
+    }
+
+    /// Decodes one message: the whole input, nothing after it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_MESSAGE {
+            return Err(DecodeError::TooLarge);
+        }
+        let mut r = bytes;
+        let m = Self::read(&mut r, true)?;
+        if r.is_empty() { Ok(m) } else { Err(DecodeError::Trailing) }
+    }
+
+    fn read(r: &mut &[u8], outer: bool) -> Result<Self, DecodeError> {
+        let tag = take_u8(r)?;
+        Ok(match tag {
+            T_JOIN => Message::Join { card: take_card(r)? },
+            T_FORWARD_JOIN => Message::ForwardJoin { card: take_card(r)?, ttl: take_u8(r)?, path: take_peers(r)? },
+            T_NEIGHBOR => Message::Neighbor { high: take_bool(r)?, card: take_card(r)? },
+            T_NEIGHBOR_REPLY => Message::NeighborReply { accepted: take_bool(r)? },
+            T_DISCONNECT => Message::Disconnect { alive: take_bool(r)? },
+            T_SHUFFLE => Message::Shuffle {
+                origin: P::take(r).ok_or(DecodeError::BadPeer)?,
+                ttl: take_u8(r)?,
+                path: take_peers(r)?,
+                cards: take_cards(r)?,
+            },
+            T_SHUFFLE_REPLY => Message::ShuffleReply { cards: take_cards(r)? },
+            T_PING => Message::Ping { nonce: take_u64(r)? },
+            T_PONG => Message::Pong { nonce: take_u64(r)? },
+            T_RELAY => {
+                if !outer {
+                    return Err(DecodeError::Invalid);
+                }
+                Message::Relay {
+                    origin: P::take(r).ok_or(DecodeError::BadPeer)?,
+                    route: take_peers(r)?,
+                    inner: Box::new(Self::read(r, false)?),
+                }
+            }
+            T_INTRODUCE => Message::Introduce { token: take_bytes(r, MAX_CARD)? },
+            T_GOSSIP => Message::Gossip {
+                id: take_id(r)?,
+                round: take_u16(r)?,
+                kind: match take_u8(r)? {
+                    0 => Kind::App,
+                    1 => Kind::View,
+                    2 => Kind::Joined,
+                    _ => return Err(DecodeError::Invalid),
+                },
+                payload: take_bytes(r, MAX_MESSAGE)?,
+            },
+            T_IHAVE => {
+                let n = usize::from(take_u8(r)?);
+                if n > MAX_LIST {
+                    return Err(DecodeError::TooLong);
+                }
+                let mut ids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ids.push((take_id(r)?, take_u16(r)?));
+                }
+                Message::IHave { ids }
+            }
+            T_GRAFT => Message::Graft { id: take_id(r)? },
+            T_PRUNE => Message::Prune,
+            t => return Err(DecodeError::UnknownTag(t)),
+        })
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend((b.len() as u32).to_be_bytes());
+    out.extend(b);
+}
+
+fn put_card<P: PeerKey>(out: &mut Vec<u8>, c: &Card<P>) {
+    c.peer.put(out);
+    put_bytes(out, &c.token);
+}
+
+fn put_cards<P: PeerKey>(out: &mut Vec<u8>, cs: &[Card<P>]) {
+    out.push(cs.len() as u8);
+    for c in cs {
+        put_card(out, c);
+    }
+}
+
+fn put_peers<P: PeerKey>(out: &mut Vec<u8>, ps: &[P]) {
+    out.push(ps.len() as u8);
+    for p in ps {
+        p.put(out);
+    }
+}
+
+fn put_id<P: PeerKey>(out: &mut Vec<u8>, id: &MsgId<P>) {
+    id.origin.put(out);
+    out.extend(id.seq.to_be_bytes());
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Result<&'a [u8], DecodeError> {
+    if r.len() < n {
+        return Err(DecodeError::Truncated);
+    }
+    let (a, b) = r.split_at(n);
+    *r = b;
+    Ok(a)
+}
+
+fn take_u8(r: &mut &[u8]) -> Result<u8, DecodeError> {
+    Ok(take(r, 1)?[0])
+}
+
+fn take_bool(r: &mut &[u8]) -> Result<bool, DecodeError> {
+    match take_u8(r)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::Invalid),
+    }
+}
+
+fn take_u16(r: &mut &[u8]) -> Result<u16, DecodeError> {
+    let b = take(r, 2)?;
+    Ok(u16::from_be_bytes([b[0], b[1]]))
+}
+
+fn take_u64(r: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(take(r, 8)?);
+    Ok(u64::from_be_bytes(a))
+}
+
+fn take_bytes(r: &mut &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(take(r, 4)?);
+    let n = u32::from_be_bytes(a) as usize;
+    if n > max {
+        return Err(DecodeError::TooLong);
+    }
+    Ok(take(r, n)?.to_vec())
+}
+
+fn take_card<P: PeerKey>(r: &mut &[u8]) -> Result<Card<P>, DecodeError> {
+    Ok(Card { peer: P::take(r).ok_or(DecodeError::BadPeer)?, token: take_bytes(r, MAX_CARD)? })
+}
+
+fn take_cards<P: PeerKey>(r: &mut &[u8]) -> Result<Vec<Card<P>>, DecodeError> {
+    let n = usize::from(take_u8(r)?);
+    if n > MAX_LIST {
+        return Err(DecodeError::TooLong);
+    }
+    (0..n).map(|_| take_card(r)).collect()
+}
+
+fn take_peers<P: PeerKey>(r: &mut &[u8]) -> Result<Vec<P>, DecodeError> {
+    let n = usize::from(take_u8(r)?);
+    if n > MAX_LIST {
+        return Err(DecodeError::TooLong);
+    }
+    (0..n).map(|_| P::take(r).ok_or(DecodeError::BadPeer)).collect()
+}
+
+fn take_id<P: PeerKey>(r: &mut &[u8]) -> Result<MsgId<P>, DecodeError> {
+    Ok(MsgId { origin: P::take(r).ok_or(DecodeError::BadPeer)?, seq: take_u64(r)? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(p: u32) -> Card<u32> {
+        Card { peer: p, token: vec![p as u8; 3] }
+    }
+
+    fn samples() -> Vec<Message<u32>> {
+        let id = MsgId { origin: 7u32, seq: 99 };
+        vec![
+            Message::Join { card: card(1) },
+            Message::ForwardJoin { card: card(2), ttl: 6, path: vec![1, 3] },
+            Message::Neighbor { high: true, card: card(4) },
+            Message::NeighborReply { accepted: false },
+            Message::Disconnect { alive: true },
+            Message::Shuffle { origin: 5, ttl: 3, path: vec![5], cards: vec![card(5), card(6)] },
+            Message::ShuffleReply { cards: vec![card(8)] },
+            Message::Ping { nonce: u64::MAX },
+            Message::Pong { nonce: 1 },
+            Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },
+            Message::Gossip { id: id, round: 3, kind: Kind::View, payload: b"hi".to_vec() },
+            Message::IHave { ids: vec![(id, 2), (MsgId { origin: 1, seq: 0 }, 0)] },
+            Message::Graft { id },
+            Message::Prune,
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            let b = m.encode();
+            assert_eq!(Message::<u32>::decode(&b), Ok(m.clone()), "{m:?}");
+            // Every strict prefix is an error, never a panic or a shorter message.
+            for n in 0..b.len() {
+                assert!(Message::<u32>::decode(&b[..n]).is_err(), "{m:?} prefix {n}");
+            }
+            let mut long = b.clone();
+            long.push(0);
+            assert_eq!(Message::<u32>::decode(&long), Err(DecodeError::Trailing));
+        }
+    }
+
+    #[test]
+    fn refuses_nested_relays_bad_tags_and_huge_lengths() {
+        let inner = Message::Relay { origin: 1u32, route: vec![], inner: Box::new(Message::Prune) };
+        let nested = Message::Relay { origin: 1u32, route: vec![2], inner: Box::new(inner) };
+        assert_eq!(Message::<u32>::decode(&nested.encode()), Err(DecodeError::Invalid));
+        assert_eq!(Message::<u32>::decode(&[200]), Err(DecodeError::UnknownTag(200)));
+        let mut b = vec![T_INTRODUCE];
+        b.extend(u32::MAX.to_be_bytes());
+        assert_eq!(Message::<u32>::decode(&b), Err(DecodeError::TooLong));
+        assert_eq!(Message::<u32>::decode(&vec![T_PRUNE; MAX_MESSAGE + 1]), Err(DecodeError::TooLarge));
+        assert_eq!(Message::<u32>::decode(&[T_NEIGHBOR_REPLY, 2]), Err(DecodeError::Invalid));
+    }
+}
