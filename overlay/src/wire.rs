@@ -464,7 +464,7 @@ mod tests {
             Message::Ping { nonce: u64::MAX },
             Message::Pong { nonce: 1 },
             Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },
-            Message::Gossip { id: id, round: 3, kind: Kind::View, payload: b"hi".to_vec() },
+            Message::Gossip { id, round: 3, kind: Kind::View, payload: b"hi".to_vec() },
             Message::IHave { ids: vec![(id, 2), (MsgId { origin: 1, seq: 0 }, 0)] },
             Message::Graft { id },
             Message::Prune,
