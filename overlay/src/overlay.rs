@@ -212,6 +212,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 struct ActivePeer<P> {
     card: Card<P>,
+    since: Millis,
+    newcomer: bool,
     heard: Millis,
     pinged: Millis,
     suspected: bool,
@@ -229,6 +231,23 @@ struct Pending<P> {
     high: bool,
     since: Millis,
     linked: bool,
+}
+
+/// A walk's way back without its detours: consecutive peers in a walk
+/// are linked, so where a peer appears twice the loop between can go, and
+/// everything up to our own last appearance too.
+fn loop_free<P: PeerKey>(me: P, hops: impl Iterator<Item = P>) -> Vec<P> {
+    let mut out: Vec<P> = Vec::new();
+    for p in hops {
+        if p == me {
+            out.clear();
+        } else if let Some(i) = out.iter().position(|&q| q == p) {
+            out.truncate(i + 1);
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// One member's overlay state machine.
@@ -488,6 +507,9 @@ impl<P: PeerKey> Overlay<P> {
         self.stats.joins += 1;
         let others: Vec<P> = self.active().filter(|&p| p != from).collect();
         self.add_active(card.clone(), now);
+        if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == from) {
+            a.newcomer = true;
+        }
         for p in others {
             let msg = Message::ForwardJoin { card: card.clone(), ttl: self.cfg.arwl, path: vec![self.me.peer] };
             self.send(p, msg);
@@ -507,7 +529,7 @@ impl<P: PeerKey> Overlay<P> {
             return;
         }
         // The way back to the newcomer: the walk reversed, then the newcomer.
-        let route: Vec<P> = path.iter().rev().copied().chain([joiner]).collect();
+        let route = loop_free(self.me.peer, path.iter().rev().copied().chain([joiner]));
         if ttl == 0 || self.active.len() <= 1 {
             self.connect(card, route, true, now);
             return;
@@ -541,9 +563,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
-        let mut route: Vec<P> = path.iter().rev().copied().collect();
-        route.push(origin);
-        route.dedup();
+        let mut route = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
         let first = route.remove(0);
         let inner = Box::new(Message::ShuffleReply { cards: reply });
         self.send(first, Message::Relay { origin: self.me.peer, route, inner });
@@ -600,20 +620,31 @@ impl<P: PeerKey> Overlay<P> {
             a.card = card;
             return;
         }
-        if self.active.len() >= self.cfg.active
-            && let Some(i) = Self::pick(&mut self.rng, &self.active)
-        {
-            let victim = self.active[i].card.peer;
-            self.send(victim, Message::Disconnect { alive: true });
-            self.remove_active(victim, DownReason::Replaced, true, now);
-            self.out.push_back(Output::Close(victim));
+        if self.active.len() >= self.cfg.active {
+            self.evict(now);
         }
         self.passive.retain(|p| p.card.peer != peer);
-        self.active.push(ActivePeer { card, heard: now, pinged: now, suspected: false });
+        self.active.push(ActivePeer { card, since: now, newcomer: false, heard: now, pinged: now, suspected: false });
         self.plum.neighbor_up(peer);
         self.stats.neighbor_ups += 1;
         self.event(Event::NeighborUp(peer));
         self.view_changed(now);
+    }
+
+    /// Drops a random active peer to make room, sparing newcomers that
+    /// joined through us in the last two rounds: one dropped as soon as it
+    /// was admitted would be cut off from the introductions its join
+    /// started (the view then stays over size until [`Overlay::tick`]).
+    fn evict(&mut self, now: Millis) -> bool {
+        let pool: Vec<usize> = (0..self.active.len())
+            .filter(|&i| !self.active[i].newcomer || now.saturating_sub(self.active[i].since) >= 2 * self.cfg.round)
+            .collect();
+        let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
+        let victim = self.active[pool[k]].card.peer;
+        self.send(victim, Message::Disconnect { alive: true });
+        self.remove_active(victim, DownReason::Replaced, true, now);
+        self.out.push_back(Output::Close(victim));
+        true
     }
 
     fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
@@ -637,6 +668,12 @@ impl<P: PeerKey> Overlay<P> {
         if peer == self.me.peer || self.is_active(peer) {
             return;
         }
+        // A route always ends at the peer it leads to.
+        let route = if route.last() == Some(&peer) || route.is_empty() {
+            route
+        } else {
+            route.into_iter().chain([peer]).collect()
+        };
         if let Some(p) = self.passive.iter_mut().find(|p| p.card.peer == peer) {
             p.card = card;
             if !route.is_empty() {
@@ -649,11 +686,6 @@ impl<P: PeerKey> Overlay<P> {
         {
             self.passive.swap_remove(i);
         }
-        let route = if route.last() == Some(&peer) || route.is_empty() {
-            route
-        } else {
-            route.into_iter().chain([peer]).collect()
-        };
         self.passive.push(PassivePeer { card, route });
     }
 
@@ -765,6 +797,7 @@ impl<P: PeerKey> Overlay<P> {
             self.out.push_back(Output::Close(p));
             self.link_failed(p, now);
         }
+        while self.active.len() > self.cfg.active && self.evict(now) {}
         if self.active.len() < self.cfg.active {
             self.fill(now);
         }

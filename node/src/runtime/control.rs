@@ -9,6 +9,7 @@
 //! ```text
 //! {"cmd":"status"}                 -> the node's status object
 //! {"cmd":"rsvp","token":"scpc:…"}  -> {"ok":true} | {"ok":false,"code":…,"error":…}
+//! {"cmd":"broadcast","data":"…"}   -> {"ok":true} | {"ok":false,"code":…,"error":…}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ pub enum Request {
     Rsvp {
         /// The RSVP token text.
         token: String,
+    },
+    /// Broadcast to every overlay member (`convoke up` nodes only).
+    Broadcast {
+        /// The message.
+        data: String,
     },
 }
 

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod control;
 pub mod keystore;
+pub mod member;
 pub mod node;
 pub mod qr;
 pub mod telemetry;

@@ -116,6 +116,15 @@ pub trait App {
     fn note(&mut self, message: &str) {
         eprintln!("convoke: {message}");
     }
+    /// What the app adds to the node's status (under `"overlay"`).
+    fn status(&self) -> Option<Value> {
+        None
+    }
+    /// Answers a control request the node itself does not handle
+    /// (`None`: this app does not support it).
+    fn control(&mut self, _req: &control::Request) -> Option<Value> {
+        None
+    }
 }
 
 /// A UDP socket with its offload state (GSO/GRO where the kernel has them).
@@ -371,7 +380,16 @@ impl Node {
 
     fn on_control(&mut self, app: &mut impl App, now: Instant, req: control::Request, reply: oneshot::Sender<Value>) {
         let answer = match req {
-            control::Request::Status => self.status(now),
+            control::Request::Status => {
+                let mut v = self.status(now);
+                if let Some(o) = app.status() {
+                    v["overlay"] = o;
+                }
+                v
+            }
+            req @ control::Request::Broadcast { .. } => app.control(&req).unwrap_or_else(|| {
+                json!({ "ok": false, "code": "not_a_member", "error": "this node runs no overlay (start one with `convoke up`)" })
+            }),
             control::Request::Rsvp { token } => match telemetry::counted(self.host.accept_rsvp(&token, now)) {
                 Ok(_) => {
                     app.note("took an RSVP from the control socket; both sides are now trying at once");

@@ -291,3 +291,11 @@ fn strangers_and_ill_formed_walks_are_ignored() {
     assert_eq!(o.active().count(), 0);
     assert!(o.stats().ignored >= 4, "{:?}", o.stats());
 }
+
+#[test]
+fn walk_routes_lose_their_loops() {
+    assert_eq!(loop_free(9u32, [1, 2, 3, 1, 4].into_iter()), vec![1, 4]);
+    assert_eq!(loop_free(9u32, [1, 9, 2, 3].into_iter()), vec![2, 3]);
+    assert_eq!(loop_free(9u32, [2, 3, 2, 3, 5].into_iter()), vec![2, 3, 5]);
+    assert_eq!(loop_free(9u32, [1, 2].into_iter()), vec![1, 2]);
+}

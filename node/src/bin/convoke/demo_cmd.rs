@@ -1,8 +1,9 @@
-//! `convoke demo`: two real nodes on loopback in one process. One invites,
-//! the other joins with the token alone (or, with `--rsvp`, through the
-//! RSVP path), they greet each other over the encrypted session, and the
-//! demo reports each step. Ends by itself; exit status 0 only if both
-//! greetings arrived intact.
+//! `convoke demo`: a network forms on loopback in one process (see
+//! [`crate::net_demo`]); `convoke demo --pair`: two real nodes, one
+//! invites, the other joins with the token alone (or, with `--rsvp`,
+//! through the RSVP path), they greet each other over the encrypted
+//! session, and the demo reports each step. Both end by themselves; exit
+//! status 0 only if every message arrived intact.
 
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,17 @@ use crate::{Ctx, Failure};
 /// `convoke demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
+    /// How many nodes form the network.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub nodes: u16,
     /// Require an RSVP, as for an inviter whose network lets no first
-    /// contact in; the demo carries the reply token back by itself.
+    /// contact in: the demo carries a newcomer's first RSVP back by itself,
+    /// and members relay every later one (introductions).
     #[arg(long)]
-    rsvp: bool,
+    pub rsvp: bool,
+    /// The two-node demo: one invitation, one greeting each way.
+    #[arg(long)]
+    pub pair: bool,
 }
 
 enum Note {
@@ -130,12 +138,16 @@ impl App for Peer {
     }
 }
 
-fn loopback() -> NodeConfig {
+pub(crate) fn loopback() -> NodeConfig {
     NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
 }
 
 /// `convoke demo`.
-pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
+pub fn demo(ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
+    if a.pair { pair(ctx, a) } else { crate::net_demo::run(ctx, a) }
+}
+
+fn pair(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let alice = Identity::generate(&mut os_rng());
     let bob = Identity::generate(&mut os_rng());
     let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
@@ -231,7 +243,8 @@ pub fn demo(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         started.elapsed().as_secs_f64() * 1e3
     );
     if ok {
-        println!("Next: run `convoke invite` in one terminal and `convoke join TOKEN` in another, and type.");
+        println!("Next: run `convoke invite` in one terminal and `convoke join TOKEN` in another, and type;");
+        println!("or `convoke demo` to watch a network form.");
         Ok(())
     } else {
         Err(Failure { message: "the demo failed".into(), status: 1 })

@@ -1,8 +1,10 @@
 //! `convoke`: the Convoke node's command-line tool.
 
 mod demo_cmd;
+mod net_demo;
 mod session_cmd;
 mod token_cmd;
+mod up_cmd;
 mod util;
 
 use std::path::PathBuf;
@@ -45,9 +47,15 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Two nodes on this machine connect with one token and greet each
-    /// other over the encrypted session; ends by itself.
+    /// A network forms on this machine: nodes join with one token each,
+    /// members introduce them to each other, and a broadcast reaches every
+    /// node along the tree they build; ends by itself.
     Demo(demo_cmd::DemoArgs),
+    /// Run a long-lived overlay member: start a network, or join one with
+    /// any member's invitation. Broadcasts arrive on standard output.
+    Up(up_cmd::UpArgs),
+    /// Send a message to every member of the running member's network.
+    Broadcast(up_cmd::BroadcastArgs),
     /// Show this node's PeerId and where its key is kept (creating the key
     /// on first use).
     Id,
@@ -114,6 +122,8 @@ fn main() -> ExitCode {
             Command::Join(a) => session_cmd::join(&ctx, a),
             Command::Rsvp(a) => session_cmd::rsvp(&ctx, a),
             Command::Status(a) => session_cmd::status(&ctx, a),
+            Command::Up(a) => up_cmd::up(&ctx, a),
+            Command::Broadcast(a) => up_cmd::broadcast(&ctx, a),
         }
     });
     match result {

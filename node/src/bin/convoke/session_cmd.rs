@@ -29,7 +29,7 @@ use crate::{Ctx, Failure};
 
 /// Options every running node shares.
 #[derive(Args, Debug, Clone)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// Address to listen on (repeatable). Default: all interfaces, IPv4 and
     /// IPv6, on a port the system picks.
     #[arg(long, value_name = "IP:PORT")]
@@ -49,7 +49,7 @@ pub struct NodeArgs {
     /// `--metrics` alone means 127.0.0.1:9464). Keep it on loopback or a
     /// private network: it has no authentication.
     #[arg(long, value_name = "IP:PORT", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
-    metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
 }
 
 /// `convoke invite`.
@@ -106,13 +106,20 @@ pub struct StatusArgs {
     /// The node's control socket (default: every running node).
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
+    /// Also show overlay members' views: active, passive, the broadcast
+    /// tree and the network's links as announced.
+    #[arg(long)]
+    topology: bool,
+    /// The known network as a Graphviz graph (implies --topology).
+    #[arg(long)]
+    dot: bool,
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
+pub(crate) fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure> {
     let mut c = NodeConfig::default();
     let file = ctx.file.clone().unwrap_or_default();
     let listen = if a.listen.is_empty() { file.listen } else { a.listen.clone() };
@@ -742,6 +749,12 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
         println!("no convoke node is running here");
         return Ok(());
     }
+    if a.dot {
+        for n in nodes.iter().filter(|n| !n["overlay"].is_null()) {
+            crate::up_cmd::print_topology(n, true);
+        }
+        return Ok(());
+    }
     for n in nodes {
         println!("node {} (pid {}, up {}s)", n["peer_id"].as_str().unwrap_or("?"), n["pid"], n["up_seconds"]);
         println!("  listening   {}", join_strs(&n["listen"]));
@@ -762,6 +775,9 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
                 s["bytes_sent"],
                 s["bytes_received"],
             );
+        }
+        if a.topology {
+            crate::up_cmd::print_topology(&n, false);
         }
     }
     Ok(())

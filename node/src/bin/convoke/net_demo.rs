@@ -1,0 +1,327 @@
+//! `convoke demo`: N real nodes on loopback in one process form a network.
+//!
+//! Each newcomer gets one invitation, from a member picked at random; the
+//! overlay does the rest: the member it joined sends random walks through
+//! the network, the members they reach are handed the newcomer's signed
+//! invitation and connect to it (introductions; with `--rsvp`, their RSVPs
+//! travel back through the members in between). Then one broadcast floods
+//! the network and prunes itself into a spanning tree, and a second one
+//! travels that tree alone. The demo prints each step and ends by itself;
+//! exit status 0 only if both broadcasts reached every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use convoke_node::identity::{Identity, PeerId};
+use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent, Snapshot};
+use convoke_node::runtime::node::Node;
+use convoke_node::runtime::{os_rng, unix_now};
+use convoke_node::token::Invitation;
+use convoke_overlay::topology;
+use rand_core::Rng;
+use tokio::sync::mpsc;
+
+use crate::demo_cmd::{DemoArgs, loopback};
+use crate::session_cmd::{runtime, seed};
+use crate::{Ctx, Failure};
+
+struct Running {
+    commands: mpsc::UnboundedSender<MemberCommand>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+fn start(
+    i: usize,
+    identity: Identity,
+    join: Option<Invitation>,
+    rsvp: bool,
+    events: mpsc::UnboundedSender<(usize, MemberEvent)>,
+) -> Running {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let mut cfg = MemberConfig { join, rsvp_required: rsvp, card_lifetime: 3600, ..MemberConfig::default() };
+    // A quick demo: half-second rounds, views announced every 2 s.
+    cfg.overlay.round = 500;
+    cfg.overlay.suspect_after = 1250;
+    cfg.overlay.fail_after = 2000;
+    cfg.overlay.announce_views = 2000;
+    let member = Member::new(cfg, seed(), ev_tx, cmd_rx);
+    let snapshot = member.snapshot();
+    let thread = std::thread::spawn(move || -> Result<(), String> {
+        let rt = runtime().map_err(|f| f.message)?;
+        rt.block_on(async move {
+            let mut member = member;
+            let node = Node::bind(identity, loopback(), seed()).map_err(|e| e.to_string())?;
+            let forward = tokio::spawn(async move {
+                while let Some(e) = ev_rx.recv().await {
+                    if events.send((i, e)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let r = tokio::time::timeout(Duration::from_secs(120), node.run(&mut member)).await;
+            drop(member);
+            let _ = forward.await;
+            r.map_err(|_| format!("node{i} did not stop"))?.map_err(|e| e.to_string())
+        })
+    });
+    Running { commands: cmd_tx, snapshot, thread }
+}
+
+struct Show {
+    names: BTreeMap<PeerId, String>,
+    started: Instant,
+    tokens: BTreeMap<usize, String>,
+    joined: BTreeSet<usize>,
+    got: BTreeMap<(usize, usize), u16>,
+    last_change: Instant,
+    introductions: usize,
+    relayed: usize,
+    links: BTreeSet<(usize, usize)>,
+    index: BTreeMap<PeerId, usize>,
+}
+
+impl Show {
+    fn name(&self, p: &PeerId) -> String {
+        self.names.get(p).cloned().unwrap_or_else(|| p.to_string())
+    }
+
+    fn say(&self, who: usize, s: String) {
+        println!("{:>6.2}s  node{who}: {s}", self.started.elapsed().as_secs_f64());
+    }
+
+    fn route(&self, r: &[PeerId]) -> String {
+        r[..r.len().saturating_sub(1)].iter().map(|p| self.name(p)).collect::<Vec<_>>().join(" → ")
+    }
+
+    fn on(&mut self, i: usize, e: MemberEvent, rsvp_to: &dyn Fn(usize, String)) {
+        match e {
+            MemberEvent::Invitation(t) => {
+                self.tokens.insert(i, t);
+            }
+            MemberEvent::Joined(p) => {
+                self.joined.insert(i);
+                self.last_change = Instant::now();
+                self.say(i, format!("connected to {} with its invitation; asks to join", self.name(&p)));
+            }
+            MemberEvent::RsvpForContact(t) => {
+                self.say(
+                    i,
+                    format!("its contact wants a reply first: the RSVP ({} chars) goes back out of band", t.len()),
+                );
+                rsvp_to(i, t);
+            }
+            MemberEvent::Connecting { peer, route } => {
+                self.introductions += 1;
+                let via =
+                    if route.len() > 1 { format!(" (introduced via {})", self.route(&route)) } else { String::new() };
+                self.say(i, format!("got {}'s invitation from the network; connecting{via}", self.name(&peer)));
+            }
+            MemberEvent::RsvpRelayed { peer, route } => {
+                self.relayed += 1;
+                let via = if route.len() > 1 { format!("through {}", self.route(&route)) } else { "directly".into() };
+                self.say(i, format!("{} wants an RSVP: sends it {via}", self.name(&peer)));
+            }
+            MemberEvent::Introduced { from, result } => match result {
+                Ok(()) => {
+                    self.say(i, format!("{}'s RSVP arrived through introducers; both punch at once", self.name(&from)))
+                }
+                Err(e) => self.say(i, format!("refused {}'s relayed RSVP: {e}", self.name(&from))),
+            },
+            MemberEvent::NeighborUp(p) => {
+                self.last_change = Instant::now();
+                let j = self.index.get(&p).copied().unwrap_or(usize::MAX);
+                if self.links.insert((i.min(j), i.max(j))) {
+                    self.say(i, format!("── {} linked (active views)", self.name(&p)));
+                }
+            }
+            MemberEvent::NeighborDown(p, r) => {
+                self.last_change = Instant::now();
+                let j = self.index.get(&p).copied().unwrap_or(usize::MAX);
+                if self.links.remove(&(i.min(j), i.max(j))) {
+                    self.say(i, format!("─╳ {} unlinked ({})", self.name(&p), r.as_str()));
+                }
+            }
+            MemberEvent::ConnectFailed(p, why) => self.say(i, format!("could not link to {}: {why}", self.name(&p))),
+            MemberEvent::Suspected(p) => self.say(i, format!("suspects {} (silent)", self.name(&p))),
+            MemberEvent::MemberJoined { .. } => {}
+            MemberEvent::Message { hops, data, .. } => {
+                // The demo's broadcasts say which they are: "hello #K ...".
+                let text = String::from_utf8_lossy(&data);
+                if let Some(k) = text.strip_prefix("hello #").and_then(|t| t.split(' ').next()?.parse().ok()) {
+                    self.got.insert((k, i), hops);
+                }
+            }
+        }
+    }
+}
+
+/// `convoke demo [--nodes N] [--rsvp]`.
+pub fn run(_ctx: &Ctx, a: crate::demo_cmd::DemoArgs) -> Result<(), Failure> {
+    let DemoArgs { nodes, rsvp, .. } = a;
+    let n = usize::from(nodes);
+    let ids: Vec<Identity> = (0..n).map(|_| Identity::generate(&mut os_rng())).collect();
+    let names: BTreeMap<PeerId, String> =
+        ids.iter().enumerate().map(|(i, id)| (id.peer_id(), format!("node{i}"))).collect();
+    let index = ids.iter().enumerate().map(|(i, id)| (id.peer_id(), i)).collect();
+    println!("Convoke demo: {n} nodes on this machine (loopback) form a network; each gets one invitation.");
+    if rsvp {
+        println!("Every member wants an RSVP before it answers: members relay them for each other.");
+    }
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let mut show = Show {
+        names,
+        started: Instant::now(),
+        tokens: BTreeMap::new(),
+        joined: BTreeSet::from([0]),
+        got: BTreeMap::new(),
+        last_change: Instant::now(),
+        introductions: 0,
+        relayed: 0,
+        links: BTreeSet::new(),
+        index,
+    };
+    let mut running: Vec<Running> = Vec::new();
+    let rt = runtime()?;
+    let contacts: Vec<usize> =
+        (0..n).map(|i| if i == 0 { 0 } else { (os_rng().next_u64() % i as u64) as usize }).collect();
+    let outcome = rt.block_on(async {
+        // Carries a newcomer's first RSVP to its contact, as a person would.
+        let commands: Arc<Mutex<Vec<mpsc::UnboundedSender<MemberCommand>>>> = Arc::default();
+        let cmds = commands.clone();
+        let contacts_of = contacts.clone();
+        let rsvp_to = move |i: usize, t: String| {
+            if let Some(c) = cmds.lock().ok().and_then(|c| c.get(contacts_of[i]).cloned()) {
+                let _ = c.send(MemberCommand::AcceptRsvp(t));
+            }
+        };
+        let mut wait = async |show: &mut Show, until: &dyn Fn(&Show) -> bool, limit: Duration| -> bool {
+            let end = tokio::time::Instant::now() + limit;
+            while !until(show) {
+                match tokio::time::timeout_at(end, ev_rx.recv()).await {
+                    Ok(Some((i, e))) => show.on(i, e, &rsvp_to),
+                    Ok(None) | Err(_) => return until(show),
+                }
+            }
+            true
+        };
+        for i in 0..n {
+            let join = if i == 0 {
+                None
+            } else {
+                let c = contacts[i];
+                let text = show.tokens.get(&c).cloned().ok_or(format!("node{c} has no invitation"))?;
+                let inv = Invitation::parse(&text, unix_now()).map_err(|e| e.to_string())?;
+                if i == 1 {
+                    println!("\nnode0 started the network. Its invitation ({} characters):\n\n{text}\n", text.len());
+                }
+                println!(
+                    "{:>6.2}s  node{i}: starts, and joins with node{c}'s invitation",
+                    show.started.elapsed().as_secs_f64()
+                );
+                Some(inv)
+            };
+            let r = start(i, ids[i].clone(), join, rsvp, ev_tx.clone());
+            if let Ok(mut c) = commands.lock() {
+                c.push(r.commands.clone());
+            }
+            running.push(r);
+            let ok = wait(
+                &mut show,
+                &|s: &Show| s.tokens.contains_key(&i) && s.joined.contains(&i),
+                Duration::from_secs(20),
+            )
+            .await;
+            if !ok {
+                return Err(format!("node{i} did not join within 20 s"));
+            }
+        }
+        // Let introductions settle: no view change for a second (at most 15 s).
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(15) {
+            let quiet = |s: &Show| s.last_change.elapsed() > Duration::from_secs(1);
+            if wait(&mut show, &quiet, Duration::from_millis(300)).await {
+                break;
+            }
+        }
+        println!(
+            "\nThe network ({} links; {} introductions, {} relayed RSVPs):",
+            show.links.len(),
+            show.introductions,
+            show.relayed
+        );
+        for (i, r) in running.iter().enumerate() {
+            let s = r.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut peers: Vec<String> = s.active.iter().map(|p| show.name(p)).collect();
+            peers.sort();
+            println!("  node{i} ── {}", peers.join(", "));
+        }
+        let g = topology::graph_of(0..n, show.links.iter().copied());
+        println!("  connected: {}", if topology::is_connected(&g) { "yes" } else { "NO" });
+        // Two broadcasts from the last node: the first floods and prunes
+        // itself into a tree, the second travels the tree alone.
+        let mut all = true;
+        for seq in 1..=2usize {
+            let origin = n - 1;
+            println!("\nBroadcast {seq} from node{origin}:");
+            let _ = running[origin]
+                .commands
+                .send(MemberCommand::Broadcast(format!("hello #{seq} from node{origin}").into_bytes()));
+            let reached = |s: &Show| (0..n).filter(|&i| i != origin).all(|i| s.got.contains_key(&(seq, i)));
+            let ok = wait(&mut show, &reached, Duration::from_secs(10)).await;
+            let mut by_hops: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for i in (0..n).filter(|&i| i != origin) {
+                if let Some(&h) = show.got.get(&(seq, i)) {
+                    by_hops.entry(h).or_default().push(format!("node{i}"));
+                }
+            }
+            for (h, who) in &by_hops {
+                println!("  {h} hop{}: {}", if *h == 1 { " " } else { "s" }, who.join(", "));
+            }
+            let count = by_hops.values().map(Vec::len).sum::<usize>();
+            println!("  reached {count} of {} nodes{}", n - 1, if ok { "" } else { " (timed out)" });
+            all &= ok;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut tree = BTreeSet::new();
+        for (i, r) in running.iter().enumerate() {
+            let s = r.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+            for p in &s.eager {
+                if let Some(&j) = show.index.get(p) {
+                    tree.insert((i.min(j), i.max(j)));
+                }
+            }
+        }
+        let t = topology::graph_of(0..n, tree.iter().copied());
+        println!(
+            "\nThe broadcast tree (eager links; the others only carry announcements): {}",
+            tree.iter().map(|(a, b)| format!("node{a}─node{b}")).collect::<Vec<_>>().join("  ")
+        );
+        println!("  a spanning tree: {}", if topology::is_tree(&t) { "yes" } else { "not yet" });
+        for r in &running {
+            let _ = r.commands.send(MemberCommand::Leave);
+        }
+        Ok::<bool, String>(all)
+    });
+    for (i, r) in running.into_iter().enumerate() {
+        match r.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("convoke: node{i}: {e}"),
+            Err(_) => eprintln!("convoke: node{i} panicked"),
+        }
+    }
+    let all = outcome?;
+    println!(
+        "\n{} in {:.1} s.",
+        if all { "Both broadcasts reached every node" } else { "A broadcast did not reach every node" },
+        show.started.elapsed().as_secs_f64()
+    );
+    if all {
+        println!("Next: `convoke up` on one machine, `convoke up --join TOKEN` on others, `convoke broadcast hello`.");
+        Ok(())
+    } else {
+        Err(Failure { message: "the demo failed".into(), status: 1 })
+    }
+}

@@ -1,0 +1,265 @@
+//! `convoke up`, `convoke broadcast`, and the overlay parts of `convoke
+//! status`: a long-lived overlay member, and how to talk to it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use convoke_node::identity::PeerId;
+use convoke_node::runtime::control::{self, Request};
+use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent};
+use convoke_node::runtime::node::Node;
+use convoke_node::runtime::{telemetry, unix_now};
+use convoke_node::token::Invitation;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::session_cmd::{NodeArgs, node_config, runtime, seed};
+use crate::util::read_token_arg;
+use crate::{Ctx, Failure};
+
+/// `convoke up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Join the network of this invitation (any member's; the text, @FILE,
+    /// or - for standard input). Without it, start a new network.
+    #[arg(long, value_name = "TOKEN")]
+    join: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Write this member's invitation to FILE: anyone with it can join the
+    /// network (it is reusable, and valid for `--card-lifetime`).
+    #[arg(long, value_name = "FILE")]
+    invite_out: Option<PathBuf>,
+    /// How long this member's invitation stays valid.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::util::parse_duration)]
+    card_lifetime: u64,
+    /// Invitees must send an RSVP before this member answers (for networks
+    /// that let no first contact in); members relay it for introductions.
+    #[arg(long)]
+    rsvp_required: bool,
+    /// One membership round in milliseconds (shuffle and ping period;
+    /// suspicion after 2.5 rounds, failure after 4).
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    round_ms: u64,
+}
+
+/// `convoke broadcast`.
+#[derive(Args, Debug)]
+pub struct BroadcastArgs {
+    /// The message (UTF-8 text).
+    message: String,
+    /// The member's control socket (default: the running member found).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+fn short(p: &PeerId) -> String {
+    let s = p.to_string();
+    s[s.len().saturating_sub(8)..].to_string()
+}
+
+/// `convoke up`.
+pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
+    let join = match &a.join {
+        Some(t) => {
+            let text = read_token_arg(t)?;
+            Some(Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}"))?)
+        }
+        None => None,
+    };
+    let (identity, _) = ctx.identity()?;
+    let mut config = node_config(ctx, &a.node)?;
+    let metrics = a.node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
+    config.metrics = metrics.is_some();
+    let round = a.round_ms;
+    let mut mc =
+        MemberConfig { join, card_lifetime: a.card_lifetime, rsvp_required: a.rsvp_required, ..Default::default() };
+    mc.overlay.round = round;
+    mc.overlay.suspect_after = round * 5 / 2;
+    mc.overlay.fail_after = round * 4;
+    mc.overlay.announce_views = round * 5;
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let me = identity.peer_id();
+    let json_out = ctx.json;
+    let quiet = ctx.quiet;
+    let invite_out = a.invite_out.clone();
+    let joining = a.join.is_some();
+    // Events: broadcasts on standard output, the rest on standard error.
+    let printer = std::thread::spawn(move || -> Result<(), String> {
+        let mut contact_failed = None;
+        while let Some(e) = ev_rx.blocking_recv() {
+            let (text, v): (Option<String>, Value) = match &e {
+                MemberEvent::Invitation(t) => {
+                    if let Some(p) = &invite_out {
+                        std::fs::write(p, format!("{t}\n")).map_err(|e| format!("writing {}: {e}", p.display()))?;
+                    }
+                    (
+                        Some(format!(
+                            "member {me} is up. Its invitation (reusable; anyone with it can join):\n\n{t}\n"
+                        )),
+                        json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }),
+                    )
+                }
+                MemberEvent::Joined(p) => (
+                    Some(format!("connected to {p} with its invitation; joining its network")),
+                    json!({ "event": "joined", "contact": p.to_string() }),
+                ),
+                MemberEvent::Connecting { peer, route } => (
+                    Some(format!("introduced to {}; connecting", short(peer))),
+                    json!({ "event": "connecting", "peer": peer.to_string(), "route": route.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
+                ),
+                MemberEvent::RsvpRelayed { peer, route } => (
+                    Some(format!("{} wants an RSVP: sent through {} introducer(s)", short(peer), route.len() - 1)),
+                    json!({ "event": "rsvp_relayed", "peer": peer.to_string(), "hops": route.len() }),
+                ),
+                MemberEvent::RsvpForContact(t) => (
+                    Some(format!(
+                        "the member you joined wants a reply first; send it this RSVP (they run `convoke rsvp TOKEN`):\n\n{t}\n"
+                    )),
+                    json!({ "event": "rsvp", "token": t }),
+                ),
+                MemberEvent::Introduced { from, result } => (
+                    Some(match result {
+                        Ok(()) => {
+                            format!("{}'s RSVP arrived through introducers; both sides punch at once", short(from))
+                        }
+                        Err(e) => format!("refused an RSVP relayed from {}: {e}", short(from)),
+                    }),
+                    json!({ "event": "introduced", "from": from.to_string(), "ok": result.is_ok(), "error": result.as_ref().err() }),
+                ),
+                MemberEvent::NeighborUp(p) => {
+                    (Some(format!("neighbour up: {p}")), json!({ "event": "neighbor_up", "peer": p.to_string() }))
+                }
+                MemberEvent::NeighborDown(p, r) => (
+                    Some(format!("neighbour down: {p} ({})", r.as_str())),
+                    json!({ "event": "neighbor_down", "peer": p.to_string(), "reason": r.as_str() }),
+                ),
+                MemberEvent::Suspected(p) => (
+                    Some(format!("neighbour silent, suspected: {p}")),
+                    json!({ "event": "suspected", "peer": p.to_string() }),
+                ),
+                MemberEvent::ConnectFailed(p, why) => {
+                    if joining && contact_failed.is_none() && why.contains("RSVP") {
+                        contact_failed = Some(why.clone());
+                    }
+                    (
+                        Some(format!("could not link to {}: {why}", short(p))),
+                        json!({ "event": "connect_failed", "peer": p.to_string(), "error": why }),
+                    )
+                }
+                MemberEvent::MemberJoined { peer, hops } => (
+                    Some(format!("member joined the network: {peer}")),
+                    json!({ "event": "member_joined", "peer": peer.to_string(), "hops": hops }),
+                ),
+                MemberEvent::Message { origin, seq, hops, data } => {
+                    // The subscription: one line per message on standard output.
+                    let mut out = std::io::stdout().lock();
+                    let line = if json_out {
+                        json!({ "event": "message", "from": origin.to_string(), "seq": seq, "hops": hops, "data": String::from_utf8_lossy(data) }).to_string()
+                    } else {
+                        format!("{}: {}", short(origin), String::from_utf8_lossy(data))
+                    };
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    continue;
+                }
+            };
+            if json_out {
+                eprintln!("{v}");
+            } else if !quiet && let Some(t) = text {
+                eprintln!("convoke: {t}");
+            }
+        }
+        Ok(())
+    });
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        if let Some(addr) = metrics {
+            telemetry::install(addr)?;
+        }
+        let node = Node::bind(identity, config, seed())?;
+        if !json_out && !quiet && let Some(p) = node.control_path() {
+            eprintln!("convoke: control socket {} (`convoke broadcast`, `convoke status --topology`)", p.display());
+        }
+        let mut member = Member::new(mc, seed(), ev_tx, cmd_rx);
+        let leave = cmd_tx.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = leave.send(MemberCommand::Leave);
+        });
+        node.run(&mut member).await.map_err(Failure::from)
+    });
+    drop(cmd_tx);
+    let printed = printer.join().map_err(|_| "the event printer panicked")?;
+    result?;
+    printed.map_err(Failure::from)
+}
+
+/// `convoke broadcast`.
+pub fn broadcast(ctx: &Ctx, a: BroadcastArgs) -> Result<(), Failure> {
+    let sockets = control::find_sockets(a.control.as_deref());
+    let rt = runtime()?;
+    let req = Request::Broadcast { data: a.message.clone() };
+    for s in &sockets {
+        let Ok(answer) = rt.block_on(control::request(s, &req)) else { continue };
+        if answer["ok"] == Value::Bool(true) {
+            if ctx.json {
+                println!("{}", json!({ "ok": true, "control": s }));
+            }
+            return Ok(());
+        }
+        if answer["code"] != "not_a_member" {
+            return Err(format!("the member refused: {}", answer["error"].as_str().unwrap_or("?")).into());
+        }
+    }
+    Err("no overlay member is running here (start one with `convoke up`)".into())
+}
+
+/// The overlay part of `convoke status --topology`: text, or Graphviz DOT.
+pub fn print_topology(node: &Value, dot: bool) {
+    let o = &node["overlay"];
+    let me = node["peer_id"].as_str().unwrap_or("?");
+    let list = |k: &str| -> Vec<String> {
+        o[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let tail = |s: &str| s[s.len().saturating_sub(8)..].to_string();
+    let eager = list("eager");
+    let links: Vec<(String, String)> = o["links"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| Some((l[0].as_str()?.to_string(), l[1].as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    if dot {
+        println!("graph convoke {{");
+        println!("  // members as {me} knows them; bold: its broadcast-tree links");
+        for m in list("members") {
+            let style = if m == me { ", style=filled" } else { "" };
+            println!("  \"{}\" [label=\"{}\"{style}];", tail(&m), tail(&m));
+        }
+        for (a, b) in &links {
+            let tree = (a == me && eager.contains(b)) || (b == me && eager.contains(a));
+            println!("  \"{}\" -- \"{}\"{};", tail(a), tail(b), if tree { " [penwidth=3]" } else { "" });
+        }
+        println!("}}");
+        return;
+    }
+    if o.is_null() {
+        println!("  not an overlay member");
+        return;
+    }
+    println!("  overlay: {} members known, {} links", list("members").len(), links.len());
+    println!("    active view   {}", list("active").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    tree (eager)  {}", eager.iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    lazy          {}", list("lazy").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    passive view  {} peers; suspected: {}", list("passive").len(), list("suspected").len());
+    println!("    links:");
+    for (a, b) in &links {
+        println!("      {} -- {}", tail(a), tail(b));
+    }
+    println!("    counters      {}", o["stats"]);
+}
