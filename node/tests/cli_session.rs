@@ -6,8 +6,8 @@
 use std::fs;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use convoke_node::identity::Identity;
@@ -17,71 +17,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-const BIN: &str = env!("CARGO_BIN_EXE_convoke");
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("convoke-cli-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("scratch dir");
-        Scratch(p)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn wait_for(&mut self, limit: Duration) -> ExitStatus {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Some(s) = self.0.try_wait().expect("try_wait") {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("process did not finish within {limit:?}");
-    }
-}
-
-fn convoke(dir: &Scratch, key: &str) -> Command {
-    let mut c = Command::new(BIN);
-    c.arg("--key").arg(dir.path(key)).env_remove("RUST_LOG").env("XDG_RUNTIME_DIR", dir.path("run"));
-    c
-}
-
-/// Waits until `file` has content.
-fn wait_file(file: &Path, limit: Duration) -> String {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if let Ok(s) = fs::read_to_string(file)
-            && s.ends_with('\n')
-        {
-            return s.trim().to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{} did not appear within {limit:?}", file.display());
-}
+mod common;
+use common::{Proc, Scratch, convoke, wait_file};
 
 fn random_file(path: &Path, len: usize, seed: u64) -> [u8; 32] {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);

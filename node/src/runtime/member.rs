@@ -41,6 +41,18 @@ impl PeerKey for PeerId {
     }
 }
 
+/// A card is usable only as a valid invitation signed by the peer it
+/// names: members relay cards, and none can pass off its own invitation
+/// (or a stale one) as someone else's.
+pub fn check_card(card: &Card<PeerId>, now: u64) -> Result<Invitation, String> {
+    let text = std::str::from_utf8(&card.token).map_err(|_| "its card is not text".to_string())?;
+    match Invitation::parse(text, now) {
+        Ok(inv) if inv.inviter() == card.peer => Ok(inv),
+        Ok(inv) => Err(format!("its card is signed by {}, not by it", inv.inviter())),
+        Err(e) => Err(format!("its card is unusable: {e}")),
+    }
+}
+
 /// How a member runs.
 #[derive(Debug, Clone)]
 pub struct MemberConfig {
@@ -245,27 +257,16 @@ impl Member {
         while let Some(o) = overlay.poll() {
             match o {
                 Output::Send { to, msg } => self.send(ctx, to, &msg),
-                Output::Connect { card, route } => {
-                    let text = String::from_utf8_lossy(&card.token).into_owned();
-                    // The card must be a valid invitation signed by the peer it names.
-                    match Invitation::parse(&text, unix_now()) {
-                        Ok(inv) if inv.inviter() == card.peer => {
-                            self.emit(MemberEvent::Connecting { peer: card.peer, route: route.clone() });
-                            self.dial(ctx, inv, route, false);
-                        }
-                        Ok(_) => {
-                            overlay.link_failed(card.peer, self.ms(ctx.now));
-                            self.emit(MemberEvent::ConnectFailed(
-                                card.peer,
-                                "its card is signed by someone else".into(),
-                            ));
-                        }
-                        Err(e) => {
-                            overlay.link_failed(card.peer, self.ms(ctx.now));
-                            self.emit(MemberEvent::ConnectFailed(card.peer, format!("its card is unusable: {e}")));
-                        }
+                Output::Connect { card, route } => match check_card(&card, unix_now()) {
+                    Ok(inv) => {
+                        self.emit(MemberEvent::Connecting { peer: card.peer, route: route.clone() });
+                        self.dial(ctx, inv, route, false);
                     }
-                }
+                    Err(e) => {
+                        overlay.link_failed(card.peer, self.ms(ctx.now));
+                        self.emit(MemberEvent::ConnectFailed(card.peer, e));
+                    }
+                },
                 Output::Close(peer) => {
                     if let Some(&id) = self.by_peer.get(&peer)
                         && let Some(l) = self.links.get_mut(&id)
@@ -577,5 +578,57 @@ impl Member {
             }
             self.emit(MemberEvent::ConnectFailed(d.peer, why));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::token::{Candidate, CandidateKind};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn invitation(id: &Identity, rng: &mut ChaCha20Rng) -> String {
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let params = InvitationParams {
+            candidates: Candidate::list([(CandidateKind::Host, addr)]),
+            ..InvitationParams::default()
+        };
+        Token::new_invitation(id, params, 1_000, rng).encode_compact()
+    }
+
+    #[test]
+    fn cards_must_be_valid_invitations_signed_by_their_peer() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let alice = Identity::generate(&mut rng);
+        let mallory = Identity::generate(&mut rng);
+        let good = invitation(&alice, &mut rng);
+        let card = |peer: PeerId, t: &str| Card { peer, token: t.as_bytes().to_vec() };
+        assert!(check_card(&card(alice.peer_id(), &good), 1_001).is_ok());
+        // Mallory's own invitation passed off as Alice's card.
+        let forged = invitation(&mallory, &mut rng);
+        let e = check_card(&card(alice.peer_id(), &forged), 1_001).expect_err("forged");
+        assert!(e.contains("signed by"), "{e}");
+        // One character changed in the middle of Alice's token.
+        let mut bytes = good.clone().into_bytes();
+        let mid = bytes.len() / 2;
+        bytes[mid] = if bytes[mid] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("ascii");
+        assert!(check_card(&card(alice.peer_id(), &tampered), 1_001).is_err());
+        // Expired, and not text at all.
+        assert!(check_card(&card(alice.peer_id(), &good), 1_000 + 400 * 86_400).is_err());
+        assert!(check_card(&Card { peer: alice.peer_id(), token: vec![0xff, 0xfe] }, 1_001).is_err());
+    }
+
+    #[test]
+    fn peer_ids_round_trip_through_the_overlay_encoding() {
+        let id = Identity::generate(&mut ChaCha20Rng::seed_from_u64(2)).peer_id();
+        let mut b = Vec::new();
+        id.put(&mut b);
+        let mut r = b.as_slice();
+        assert_eq!(PeerId::take(&mut r), Some(id));
+        assert!(r.is_empty());
+        assert_eq!(PeerId::take(&mut &b[..31]), None);
     }
 }

@@ -1,0 +1,181 @@
+//! Five `convoke up` processes on loopback form one network, each joining
+//! with one member's invitation; a broadcast reaches all; one member is
+//! killed (no goodbye) and the others detect it, repair their views and
+//! tree, and the next broadcast reaches every survivor. Every wait is
+//! bounded; every child is killed on the way out.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{Proc, Scratch, convoke, wait_file};
+
+/// One running member: its process and what it printed, line by line.
+struct Member {
+    proc: Proc,
+    peer_id: String,
+    control: std::path::PathBuf,
+    out: Arc<Mutex<Vec<Value>>>,
+    err: Arc<Mutex<Vec<Value>>>,
+}
+
+fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Value>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                sink.lock().expect("lock").push(v);
+            }
+        }
+    });
+    lines
+}
+
+fn start(dir: &Scratch, i: usize, join: Option<&str>) -> Member {
+    let card = dir.path(&format!("card{i}"));
+    let control = dir.path(&format!("m{i}.sock"));
+    let mut c = convoke(dir, &format!("key{i}"));
+    c.args(["--json", "up", "--listen", "127.0.0.1:0", "--round-ms", "300"])
+        .arg("--invite-out")
+        .arg(&card)
+        .arg("--control")
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(t) = join {
+        c.args(["--join", t]);
+    }
+    let mut child = c.spawn().expect("spawn convoke up");
+    let out = collect(child.stdout.take().expect("stdout"));
+    let err = collect(child.stderr.take().expect("stderr"));
+    let proc = Proc(child);
+    wait_file(&card, Duration::from_secs(20));
+    let peer_id = wait_for(&err, Duration::from_secs(10), |v| v["event"] == "invitation")["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    Member { proc, peer_id, control, out, err }
+}
+
+/// Waits for a line matching `f`, returning it.
+fn wait_for(lines: &Arc<Mutex<Vec<Value>>>, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(v) = lines.lock().expect("lock").iter().find(|v| f(v)) {
+            return v.clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no matching line within {limit:?}; got {:?}", lines.lock().expect("lock"));
+}
+
+fn got_message(m: &Member, text: &str) -> bool {
+    m.out.lock().expect("lock").iter().any(|v| v["event"] == "message" && v["data"] == text)
+}
+
+fn broadcast(dir: &Scratch, from: &Member, text: &str) {
+    let ok = convoke(dir, "client")
+        .args(["broadcast", text, "--control"])
+        .arg(&from.control)
+        .status()
+        .expect("convoke broadcast");
+    assert!(ok.success(), "convoke broadcast failed");
+}
+
+fn topology(dir: &Scratch, m: &Member) -> Value {
+    let out = convoke(dir, "client")
+        .args(["--json", "status", "--topology", "--control"])
+        .arg(&m.control)
+        .output()
+        .expect("convoke status");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    v[0]["overlay"].clone()
+}
+
+/// Waits until every member in `who` printed `text` on standard output.
+fn all_get(who: &[&Member], text: &str, limit: Duration) -> Vec<String> {
+    let end = Instant::now() + limit;
+    loop {
+        let missing: Vec<String> = who.iter().filter(|m| !got_message(m, text)).map(|m| m.peer_id.clone()).collect();
+        if missing.is_empty() || Instant::now() >= end {
+            return missing;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn five_members_broadcast_and_repair_after_a_kill() {
+    let dir = Scratch::new("overlay-up");
+    let token = |i: usize| std::fs::read_to_string(dir.path(&format!("card{i}"))).expect("card").trim().to_owned();
+    let mut members = vec![start(&dir, 0, None)];
+    // Each newcomer joins with one member's invitation: 0, 0, 1, 2.
+    for (i, contact) in [(1, 0), (2, 0), (3, 1), (4, 2)] {
+        let t = token(contact);
+        members.push(start(&dir, i, Some(&t)));
+        wait_for(&members[i].err, Duration::from_secs(20), |v| v["event"] == "joined");
+    }
+    // Introductions give everyone more than its contact.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<usize> =
+            members.iter().map(|m| topology(&dir, m)["active"].as_array().map_or(0, Vec::len)).collect();
+        if views.iter().all(|&n| n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < end, "active views stayed small: {views:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let introduced = members.iter().any(|m| m.err.lock().expect("lock").iter().any(|v| v["event"] == "connecting"));
+    assert!(introduced, "some member connected to one it got no token from");
+
+    broadcast(&dir, &members[4], "first");
+    let others: Vec<&Member> = members[..4].iter().collect();
+    assert_eq!(all_get(&others, "first", Duration::from_secs(10)), Vec::<String>::new(), "first broadcast missed");
+
+    // Kill member 1 without a goodbye; survivors must notice by themselves.
+    let victim = members.remove(1);
+    let victim_id = victim.peer_id.clone();
+    drop(victim);
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let holding: Vec<String> = members
+            .iter()
+            .filter(|m| {
+                topology(&dir, m)["active"].as_array().is_some_and(|a| a.iter().any(|p| p == victim_id.as_str()))
+            })
+            .map(|m| m.peer_id.clone())
+            .collect();
+        if holding.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < end, "{holding:?} still hold the killed member");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let noticed = members.iter().any(|m| {
+        m.err.lock().expect("lock").iter().any(|v| v["event"] == "neighbor_down" && v["peer"] == victim_id.as_str())
+    });
+    assert!(noticed, "a neighbour of the killed member reported it down");
+
+    broadcast(&dir, &members[3], "after the kill");
+    let others: Vec<&Member> = members[..3].iter().collect();
+    assert_eq!(all_get(&others, "after the kill", Duration::from_secs(10)), Vec::<String>::new(), "repair failed");
+    // The survivors' views are connected again and their trees hold no dead links.
+    for m in &members {
+        let t = topology(&dir, m);
+        let eager = t["eager"].as_array().cloned().unwrap_or_default();
+        assert!(!eager.iter().any(|p| p == victim_id.as_str()), "a tree link to the dead member remains");
+        assert!(!t["active"].as_array().is_some_and(|a| a.is_empty()), "{} is isolated", m.peer_id);
+    }
+    // A clean leave (SIGTERM) ends the process with status 0.
+    let mut last = members.pop().expect("member");
+    let pid = last.proc.0.id();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    assert!(last.proc.wait_for(Duration::from_secs(10)).success());
+}
