@@ -634,10 +634,16 @@ impl<P: PeerKey> Overlay<P> {
     /// Drops a random active peer to make room, sparing newcomers that
     /// joined through us in the last two rounds: one dropped as soon as it
     /// was admitted would be cut off from the introductions its join
-    /// started (the view then stays over size until [`Overlay::tick`]).
+    /// started (the view then stays over size, at most twice, until
+    /// [`Overlay::tick`]).
     fn evict(&mut self, now: Millis) -> bool {
+        // A flood of joins must not grow the view without bound: at twice
+        // its size, nobody is spared.
+        let spare = self.active.len() < 2 * self.cfg.active;
         let pool: Vec<usize> = (0..self.active.len())
-            .filter(|&i| !self.active[i].newcomer || now.saturating_sub(self.active[i].since) >= 2 * self.cfg.round)
+            .filter(|&i| {
+                !spare || !self.active[i].newcomer || now.saturating_sub(self.active[i].since) >= 2 * self.cfg.round
+            })
             .collect();
         let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
         let victim = self.active[pool[k]].card.peer;

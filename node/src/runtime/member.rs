@@ -187,6 +187,8 @@ pub struct Member {
     inbox: VecDeque<MemberCommand>,
     deadline: Option<Instant>,
     leaving: Option<Instant>,
+    /// Since when our active view has been empty (we joined once).
+    alone_since: Option<Instant>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
 
@@ -212,6 +214,7 @@ impl Member {
             inbox: VecDeque::new(),
             deadline: None,
             leaving: None,
+            alone_since: None,
             snapshot: Arc::default(),
         }
     }
@@ -510,6 +513,7 @@ impl App for Member {
         {
             o.tick(now);
         }
+        self.rejoin_if_alone(ctx);
         self.pump(ctx);
         // Move queued frames; close links that asked for it once flushed.
         let mut close = Vec::new();
@@ -571,6 +575,26 @@ impl App for Member {
 }
 
 impl Member {
+    /// A member cut off from everyone (its neighbours all left and no
+    /// passive peer answers) joins again through the member it first
+    /// joined, after four rounds alone, and then every four rounds.
+    fn rejoin_if_alone(&mut self, ctx: &mut NodeCtx<'_>) {
+        let (Some(o), Some(contact)) = (&self.overlay, &self.cfg.join) else { return };
+        if self.leaving.is_some() || o.active().next().is_some() || o.pending() > 0 {
+            self.alone_since = None;
+            return;
+        }
+        let since = *self.alone_since.get_or_insert(ctx.now);
+        let wait = std::time::Duration::from_millis(4 * o.config().round);
+        let dialing_contact = self.dialing.values().any(|d| d.contact.is_some());
+        if ctx.now.saturating_duration_since(since) >= wait && !dialing_contact {
+            self.alone_since = Some(ctx.now);
+            let contact = contact.clone();
+            tracing::info!("alone for {wait:?}: joining again through {}", contact.inviter());
+            self.dial(ctx, contact, Vec::new(), true);
+        }
+    }
+
     fn dial_failed(&mut self, attempt: AttemptId, why: String, now: u64) {
         if let Some(d) = self.dialing.remove(&attempt) {
             if let Some(o) = self.overlay.as_mut() {
