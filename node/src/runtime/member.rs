@@ -187,6 +187,9 @@ pub struct Member {
     inbox: VecDeque<MemberCommand>,
     deadline: Option<Instant>,
     leaving: Option<Instant>,
+    /// When we last published metrics, and the last broadcast's hops.
+    sampled: Option<Instant>,
+    last_hops: u16,
     /// Since when our active view has been empty (we joined once).
     alone_since: Option<Instant>,
     snapshot: Arc<Mutex<Snapshot>>,
@@ -215,6 +218,8 @@ impl Member {
             deadline: None,
             leaving: None,
             alone_since: None,
+            sampled: None,
+            last_hops: 0,
             snapshot: Arc::default(),
         }
     }
@@ -282,6 +287,7 @@ impl Member {
                     Event::NeighborDown { peer, reason } => self.emit(MemberEvent::NeighborDown(peer, reason)),
                     Event::Suspected(p) => self.emit(MemberEvent::Suspected(p)),
                     Event::Delivered { id, round, payload } => {
+                        self.last_hops = round;
                         self.emit(MemberEvent::Message { origin: id.origin, seq: id.seq, hops: round, data: payload })
                     }
                     Event::MemberJoined { peer, round } => self.emit(MemberEvent::MemberJoined { peer, hops: round }),
@@ -514,6 +520,7 @@ impl App for Member {
             o.tick(now);
         }
         self.rejoin_if_alone(ctx);
+        self.publish(ctx.now);
         self.pump(ctx);
         // Move queued frames; close links that asked for it once flushed.
         let mut close = Vec::new();
@@ -575,6 +582,27 @@ impl App for Member {
 }
 
 impl Member {
+    /// Publishes the overlay's figures once a second (a no-op without a
+    /// metrics recorder).
+    fn publish(&mut self, now: Instant) {
+        let Some(o) = &self.overlay else { return };
+        if self.sampled.is_some_and(|t| now.saturating_duration_since(t).as_secs() < 1) {
+            return;
+        }
+        self.sampled = Some(now);
+        super::telemetry::sample_overlay(&super::telemetry::OverlaySample {
+            active: o.active().count(),
+            passive: o.passive().count(),
+            suspected: o.suspected().count(),
+            eager: o.plumtree().eager().len(),
+            lazy: o.plumtree().lazy().len(),
+            members: o.known_members().len(),
+            last_hops: self.last_hops,
+            stats: *o.stats(),
+            plum: *o.plum_stats(),
+        });
+    }
+
     /// A member cut off from everyone (its neighbours all left and no
     /// passive peer answers) joins again through the member it first
     /// joined, after four rounds alone, and then every four rounds.

@@ -53,6 +53,22 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("convoke_tokens_refused_total", "counter", "Tokens or token uses refused, by kind and reason"),
     ("convoke_stun_requests_served_total", "counter", "STUN Binding requests answered (every node answers STUN)"),
     ("convoke_stun_queries_total", "counter", "Our STUN queries, by outcome (mapped, failed)"),
+    ("convoke_overlay_view_peers", "gauge", "Overlay members in our views, by view (active, passive, suspected)"),
+    ("convoke_overlay_tree_links", "gauge", "Our broadcast-tree links, by kind (eager: tree edges; lazy: announcements)"),
+    ("convoke_overlay_members_known", "gauge", "Overlay members we know of (views and announcements)"),
+    ("convoke_overlay_neighbor_changes_total", "counter", "Peers entering (up) or leaving (down) our active view"),
+    ("convoke_overlay_suspicions_total", "counter", "Active peers suspected after going silent"),
+    (
+        "convoke_overlay_broadcasts_total",
+        "counter",
+        "Broadcast messages, by outcome (delivered: first copies; duplicate: extra copies)",
+    ),
+    ("convoke_overlay_broadcast_hops", "gauge", "Hops the last broadcast we received took from its origin"),
+    (
+        "convoke_overlay_introductions_total",
+        "counter",
+        "Introductions: links asked for with a card (asked), failed, tokens relayed for others (relayed), refused, received",
+    ),
 ];
 
 /// Buckets of the time-to-connect histogram, seconds: from a LAN handshake
@@ -133,6 +149,56 @@ fn zero() {
     }
     for why in ["expired", "bad_signature", "replayed", "limit", "unknown_invitation"] {
         counter!("convoke_tokens_refused_total", "kind" => "rsvp", "reason" => why).absolute(0);
+    }
+    sample_overlay(&OverlaySample::default());
+}
+
+/// One overlay member's figures, published by [`sample_overlay`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverlaySample {
+    /// Active view size.
+    pub active: usize,
+    /// Passive view size.
+    pub passive: usize,
+    /// Suspected active peers.
+    pub suspected: usize,
+    /// Eager (tree) links.
+    pub eager: usize,
+    /// Lazy links.
+    pub lazy: usize,
+    /// Members known.
+    pub members: usize,
+    /// Hops of the last broadcast received.
+    pub last_hops: u16,
+    /// Membership counters.
+    pub stats: convoke_overlay::Stats,
+    /// Broadcast counters.
+    pub plum: convoke_overlay::plumtree::PlumStats,
+}
+
+/// Publishes an overlay member's gauges and counters (once a second).
+pub fn sample_overlay(o: &OverlaySample) {
+    gauge!("convoke_overlay_view_peers", "view" => "active").set(o.active as f64);
+    gauge!("convoke_overlay_view_peers", "view" => "passive").set(o.passive as f64);
+    gauge!("convoke_overlay_view_peers", "view" => "suspected").set(o.suspected as f64);
+    gauge!("convoke_overlay_tree_links", "kind" => "eager").set(o.eager as f64);
+    gauge!("convoke_overlay_tree_links", "kind" => "lazy").set(o.lazy as f64);
+    gauge!("convoke_overlay_members_known").set(o.members as f64);
+    gauge!("convoke_overlay_broadcast_hops").set(f64::from(o.last_hops));
+    let s = &o.stats;
+    counter!("convoke_overlay_neighbor_changes_total", "change" => "up").absolute(s.neighbor_ups);
+    counter!("convoke_overlay_neighbor_changes_total", "change" => "down").absolute(s.neighbor_downs);
+    counter!("convoke_overlay_suspicions_total").absolute(s.suspicions);
+    counter!("convoke_overlay_broadcasts_total", "outcome" => "delivered").absolute(o.plum.delivered);
+    counter!("convoke_overlay_broadcasts_total", "outcome" => "duplicate").absolute(o.plum.duplicates);
+    for (step, n) in [
+        ("asked", s.connects),
+        ("failed", s.connect_failures),
+        ("relayed", s.relayed),
+        ("refused", s.relay_refused),
+        ("received", s.introduced),
+    ] {
+        counter!("convoke_overlay_introductions_total", "step" => step).absolute(n);
     }
 }
 
