@@ -738,7 +738,9 @@ impl<P: PeerKey> Overlay<P> {
                 Kind::App => self.event(Event::Delivered { id: d.id, round: d.round, payload: d.payload }),
                 Kind::Joined => {
                     let mut r = d.payload.as_slice();
-                    if let Some(peer) = P::take(&mut r) {
+                    if let Some(peer) = P::take(&mut r)
+                        && peer != self.me.peer
+                    {
                         self.event(Event::MemberJoined { peer, round: d.round });
                     }
                 }

@@ -54,7 +54,11 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("convoke_stun_requests_served_total", "counter", "STUN Binding requests answered (every node answers STUN)"),
     ("convoke_stun_queries_total", "counter", "Our STUN queries, by outcome (mapped, failed)"),
     ("convoke_overlay_view_peers", "gauge", "Overlay members in our views, by view (active, passive, suspected)"),
-    ("convoke_overlay_tree_links", "gauge", "Our broadcast-tree links, by kind (eager: tree edges; lazy: announcements)"),
+    (
+        "convoke_overlay_tree_links",
+        "gauge",
+        "Our broadcast-tree links, by kind (eager: tree edges; lazy: announcements)",
+    ),
     ("convoke_overlay_members_known", "gauge", "Overlay members we know of (views and announcements)"),
     ("convoke_overlay_neighbor_changes_total", "counter", "Peers entering (up) or leaving (down) our active view"),
     ("convoke_overlay_suspicions_total", "counter", "Active peers suspected after going silent"),
