@@ -16,6 +16,8 @@
 //!   servers are hosts too (every host answers Binding requests). Tokens
 //!   travel as text through an out-of-band channel with a person's delay.
 //! * [`report`]: the deterministic report (JSON, Markdown, SVG).
+//! * [`overlay`]: the overlay (membership, broadcast, introducer relay,
+//!   topology policies) at N = 10,000 over a simulated message network.
 //!
 //! Determinism: one seeded ChaCha RNG drives the world; each node's host
 //! gets its own seed drawn from it. Nothing iterates a hash map to decide
@@ -24,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod nat;
+pub mod overlay;
 pub mod queue;
 pub mod report;
 pub mod scenario;
