@@ -1095,7 +1095,7 @@ pub struct MembershipFigures {
     pub newcomer: u32,
     /// Its contact (which announces the join).
     pub contact: u32,
-    /// Live nodes other than the contact.
+    /// Live nodes other than the contact and the newcomer.
     pub nodes: u64,
     /// How many got `MemberJoined` for the newcomer.
     pub informed: u64,
@@ -1381,7 +1381,8 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
         let mut informed = 0;
         let mut within = 0;
         for i in sim.live() {
-            if i == c {
+            // The contact announces; the newcomer is not told about itself.
+            if i == c || i == newcomer {
                 continue;
             }
             nodes += 1;
