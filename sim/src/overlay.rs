@@ -488,6 +488,10 @@ struct NatModel {
     pending: HashMap<(u32, u32), u64, FastHash>,
     attempt: u64,
     counts: BTreeMap<(usize, usize), CellCount>,
+    /// Attempt (low 32 bits) → why a relay refused its RSVP.
+    refused: HashMap<u32, &'static str, FastHash>,
+    /// Why RSVPs to live peers were lost: reason → count.
+    losses: BTreeMap<&'static str, u64>,
 }
 
 /// The simulated overlay network.
@@ -747,12 +751,30 @@ impl OverlaySim {
                         continue;
                     }
                     self.messages += 1;
+                    // Why a relay refuses an RSVP: the next hop is not its
+                    // neighbour (the route broke) or its rate limit.
+                    let watch = match (&msg, &self.nat) {
+                        (Message::Relay { route, inner, .. }, Some(_)) => match (route.first(), &**inner) {
+                            (Some(&next), Message::Introduce { token }) if token.len() == 8 => {
+                                let attempt = u32::from_be_bytes([token[4], token[5], token[6], token[7]]);
+                                let o = &self.nodes[to as usize];
+                                Some((attempt, o.is_active(next), o.stats().relay_refused))
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
                     if let Message::Gossip { id, kind: Kind::App, .. } = &msg
                         && let Some(&k) = self.track_of.get(id)
                     {
                         self.tracks[k].copies += 1;
                     }
                     self.nodes[to as usize].handle(from, msg, at);
+                    if let (Some((attempt, linked, before)), Some(nat)) = (watch, &mut self.nat)
+                        && self.nodes[to as usize].stats().relay_refused > before
+                    {
+                        nat.refused.insert(attempt, if linked { "rate_limited" } else { "route_broken" });
+                    }
                     self.drain(to);
                 }
                 Ev::Tick(i) => {
@@ -797,6 +819,8 @@ impl OverlaySim {
                         // A dead target was counted as such when we asked.
                         if self.alive[peer as usize] {
                             c.rsvp_relay_lost += 1;
+                            let why = nat.refused.remove(&(attempt as u32)).unwrap_or("lost_in_transit");
+                            *nat.losses.entry(why).or_insert(0) += 1;
                         }
                         if self.alive[asker as usize] {
                             self.nodes[asker as usize].link_failed(peer, at);
@@ -1172,6 +1196,11 @@ pub struct IntroFigures {
     /// Attempts in direct-path cells to live targets that failed for a
     /// reason other than a lost relay or missing route (must be 0).
     pub unexplained_failures: u64,
+    /// Why RSVPs to live peers were lost in the relays: `rate_limited` (a
+    /// relay's per-origin or total limit), `route_broken` (the next hop was
+    /// no longer the relay's neighbour), `lost_in_transit` (a hop had died
+    /// or closed the link, so the message was dropped without a refusal).
+    pub rsvp_losses: BTreeMap<String, u64>,
     /// Broadcasts after settling.
     pub broadcasts: Vec<BroadcastFigures>,
 }
@@ -1295,6 +1324,8 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
             pending: HashMap::default(),
             attempt: 0,
             counts: BTreeMap::new(),
+            refused: HashMap::default(),
+            losses: BTreeMap::new(),
         });
     }
     // The membership contact announces joins; nobody joins through it
@@ -1588,6 +1619,7 @@ fn intro_figures(nat: &NatModel, broadcasts: Vec<BroadcastFigures>) -> IntroFigu
         totals,
         success_in_failed_cells: success_in_failed,
         unexplained_failures: unexplained,
+        rsvp_losses: nat.losses.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         broadcasts,
     }
 }
@@ -1825,6 +1857,7 @@ impl OverlayReport {
                 "\nSuccesses in `failed` cells: {}. Direct-path attempts to live peers that failed unexplained: {}.\n",
                 i.success_in_failed_cells, i.unexplained_failures
             );
+            let _ = writeln!(m, "Why RSVPs to live peers were lost in the relays: {:?}\n", i.rsvp_losses);
             let _ = writeln!(
                 m,
                 "| inviter | invitee | expected | attempts | succeeded | target dead | RSVP no route | RSVP relay lost |\n|---|---|---|---|---|---|---|---|"
