@@ -563,20 +563,30 @@ impl<P: PeerKey> Overlay<P> {
         }
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
-        let mut route = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
+        let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
+        let mut route = back.clone();
         let first = route.remove(0);
         let inner = Box::new(Message::ShuffleReply { cards: reply });
         self.send(first, Message::Relay { origin: self.me.peer, route, inner });
+        // The sample is the origin's card and mostly its active peers: the
+        // way to them is back along the walk, then through the origin.
         for c in cards {
-            self.add_passive(c, vec![from]);
+            self.add_passive(c, back.clone());
         }
     }
 
     fn on_relay(&mut self, from: P, origin: P, mut route: Vec<P>, inner: Message<P>, now: Millis) {
         if !route.is_empty() {
-            let next = route.remove(0);
+            // Routes are hints learned earlier: skip ahead to the furthest
+            // hop that is our neighbour now (the peer itself, if linked).
+            let Some(j) = route.iter().rposition(|&p| self.is_active(p)) else {
+                self.stats.relay_refused += 1;
+                return;
+            };
+            let next = route[j];
+            route.drain(..=j);
             let token = matches!(inner, Message::Introduce { .. });
-            if !self.is_active(next) || (token && !self.limiter.allow(origin, now)) {
+            if token && !self.limiter.allow(origin, now) {
                 self.stats.relay_refused += 1;
                 return;
             }
@@ -625,7 +635,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         self.passive.retain(|p| p.card.peer != peer);
         self.active.push(ActivePeer { card, since: now, newcomer: false, heard: now, pinged: now, suspected: false });
-        self.plum.neighbor_up(peer);
+        self.plum.neighbor_up(peer, now);
         self.stats.neighbor_ups += 1;
         self.event(Event::NeighborUp(peer));
         self.view_changed(now);

@@ -27,11 +27,13 @@ pub struct PlumConfig {
     pub graft_retry: Millis,
     /// How long a message is remembered (duplicates, GRAFTs).
     pub cache: Millis,
+    /// Messages this recent are announced to a new neighbour.
+    pub digest: Millis,
 }
 
 impl Default for PlumConfig {
     fn default() -> Self {
-        Self { graft_timeout: 400, graft_retry: 200, cache: 120_000 }
+        Self { graft_timeout: 300, graft_retry: 150, cache: 120_000, digest: 10_000 }
     }
 }
 
@@ -135,9 +137,23 @@ impl<P: PeerKey> Plumtree<P> {
     }
 
     /// A new neighbour: eager until a duplicate says otherwise.
-    pub fn neighbor_up(&mut self, p: P) {
+    pub fn neighbor_up(&mut self, p: P, now: Millis) {
         if p != self.me && !self.eager.contains(&p) && !self.lazy.contains(&p) {
             self.eager.push(p);
+            // Offer what passed recently: a member that was cut off while a
+            // broadcast went by grafts it from its new neighbour.
+            let ids: Vec<(MsgId<P>, u16)> = self
+                .seen_order
+                .iter()
+                .rev()
+                .take_while(|(at, _)| now.saturating_sub(*at) <= self.cfg.digest)
+                .filter_map(|(_, id)| self.seen.get(id).map(|s| (*id, s.round)))
+                .take(crate::wire::MAX_LIST)
+                .collect();
+            if !ids.is_empty() {
+                self.stats.ihave_sent += ids.len() as u64;
+                self.sends.push_back((p, Message::IHave { ids }));
+            }
         }
     }
 
@@ -350,8 +366,8 @@ mod tests {
         let mut nodes: Vec<_> = (0..n).map(|i| Plumtree::new(i, PlumConfig::default())).collect();
         for i in 0..n {
             for j in [(i + 1) % n, (i + 7) % n] {
-                nodes[i as usize].neighbor_up(j);
-                nodes[j as usize].neighbor_up(i);
+                nodes[i as usize].neighbor_up(j, 0);
+                nodes[j as usize].neighbor_up(i, 0);
             }
         }
         nodes
@@ -390,7 +406,7 @@ mod tests {
     #[test]
     fn a_graft_for_a_forgotten_message_sends_nothing_and_ihave_for_a_known_one_sets_no_timer() {
         let mut p = Plumtree::new(1u32, PlumConfig::default());
-        p.neighbor_up(2);
+        p.neighbor_up(2, 0);
         let id = p.broadcast(Kind::App, b"x".to_vec(), 0);
         while p.poll_send().is_some() {}
         p.handle(2, Message::IHave { ids: vec![(id, 0)] }, 1);

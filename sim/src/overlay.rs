@@ -1688,8 +1688,8 @@ fn plumtree_over(
 ) -> ((f64, u16, bool), (f64, u16, bool), Vec<(u32, u32)>) {
     let mut nodes: Vec<Plumtree<u32>> = (0..n).map(|i| Plumtree::new(i, PlumConfig::default())).collect();
     for &(a, b) in edges {
-        nodes[a as usize].neighbor_up(b);
-        nodes[b as usize].neighbor_up(a);
+        nodes[a as usize].neighbor_up(b, 0);
+        nodes[b as usize].neighbor_up(a, 0);
     }
     let mut now = 0u64;
     let one = |nodes: &mut Vec<Plumtree<u32>>, origin: u32, now: &mut u64| {
