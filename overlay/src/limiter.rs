@@ -1,4 +1,4 @@
-//! Token buckets for the introducer's relay: per origin and in total.
+//! Token buckets for the introducer's relay: per neighbour and in total.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +23,8 @@ impl Bucket {
     }
 }
 
-/// Limits how many tokens a member relays: `burst` at once and `per_second`
-/// after that, for each origin and (ten times that) for everyone together.
+/// Limits how much a member relays: `burst` at once and `per_second` after
+/// that, for each neighbour and (ten times that) for all together.
 #[derive(Debug)]
 pub(crate) struct Limiter<P> {
     burst: f64,
@@ -43,8 +43,12 @@ impl<P: PeerKey> Limiter<P> {
     pub(crate) fn allow(&mut self, origin: P, now: Millis) -> bool {
         let (burst, per_ms) = (self.burst, self.per_ms);
         if self.each.len() > 4096 {
-            // Forget full buckets: they hold nothing a fresh one would not.
-            self.each.retain(|_, b| b.tokens < burst);
+            // Forget buckets that have refilled: they hold nothing a fresh
+            // one would not. If that is not enough, forget them all.
+            self.each.retain(|_, b| b.tokens + now.saturating_sub(b.at) as f64 * per_ms < burst);
+            if self.each.len() > 4096 {
+                self.each.clear();
+            }
         }
         let b = self.each.entry(origin).or_insert(Bucket { tokens: burst, at: now });
         if !b.take(now, burst, per_ms) {

@@ -62,9 +62,9 @@ pub struct Config {
     pub announce_views: Millis,
     /// Whether a contact broadcasts that a newcomer joined.
     pub announce_joins: bool,
-    /// Introducer relay limit: tokens relayed at once per origin...
+    /// Introducer relay limit: tokens relayed (or taken) at once per neighbour...
     pub relay_burst: u32,
-    /// ...and per second after that (ten times both for all origins).
+    /// ...and per second after that (ten times both for all neighbours).
     pub relay_per_second: f64,
     /// Plumtree's timers.
     pub plumtree: PlumConfig,
@@ -450,8 +450,12 @@ impl<P: PeerKey> Overlay<P> {
             a.suspected = false;
         }
         match msg {
-            Message::Join { card } => self.on_join(from, card, now),
-            Message::ForwardJoin { card, ttl, path } => self.on_forward_join(from, card, ttl, path, now),
+            // A second JOIN from a neighbour would start walks and a
+            // network-wide announcement again: once is enough.
+            Message::Join { card } if !self.is_active(from) => self.on_join(from, card, now),
+            Message::ForwardJoin { card, ttl, path } if self.is_active(from) => {
+                self.on_forward_join(from, card, ttl, path, now)
+            }
             Message::Neighbor { high, card } => {
                 if card.peer != from {
                     self.stats.ignored += 1;
@@ -472,7 +476,7 @@ impl<P: PeerKey> Overlay<P> {
                 if accepted {
                     self.add_active(p.card, now);
                 } else {
-                    // Keep the card, at the back of the queue.
+                    // The card stays in the passive view for another try.
                     self.out.push_back(Output::Close(from));
                     self.fill(now);
                 }
@@ -483,7 +487,10 @@ impl<P: PeerKey> Overlay<P> {
                     self.out.push_back(Output::Close(from));
                 }
             }
-            Message::Shuffle { origin, ttl, path, cards } => self.on_shuffle(from, origin, ttl, path, cards),
+            Message::Shuffle { origin, ttl, path, cards } if self.is_active(from) => {
+                self.on_shuffle(from, origin, ttl, path, cards)
+            }
+            Message::Join { .. } | Message::ForwardJoin { .. } | Message::Shuffle { .. } => self.stats.ignored += 1,
             Message::Ping { nonce } => self.send(from, Message::Pong { nonce }),
             Message::Pong { .. } => {}
             Message::Relay { origin, route, inner } => self.on_relay(from, origin, route, *inner, now),
@@ -505,8 +512,8 @@ impl<P: PeerKey> Overlay<P> {
             return;
         }
         self.stats.joins += 1;
-        let others: Vec<P> = self.active().filter(|&p| p != from).collect();
         self.add_active(card.clone(), now);
+        let others: Vec<P> = self.active().filter(|&p| p != from).collect();
         if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == from) {
             a.newcomer = true;
         }
@@ -576,6 +583,18 @@ impl<P: PeerKey> Overlay<P> {
     }
 
     fn on_relay(&mut self, from: P, origin: P, mut route: Vec<P>, inner: Message<P>, now: Millis) {
+        // Only neighbours may relay through us, only tokens and shuffle
+        // replies travel this way, and each neighbour is held to the token
+        // limit (the `origin` it names is not authenticated; the link is).
+        let token = matches!(inner, Message::Introduce { .. });
+        if !self.is_active(from) || !(token || matches!(inner, Message::ShuffleReply { .. })) {
+            self.stats.ignored += 1;
+            return;
+        }
+        if token && !self.limiter.allow(from, now) {
+            self.stats.relay_refused += 1;
+            return;
+        }
         if !route.is_empty() {
             // Routes are hints learned earlier: skip ahead to the furthest
             // hop that is our neighbour now (the peer itself, if linked).
@@ -585,11 +604,6 @@ impl<P: PeerKey> Overlay<P> {
             };
             let next = route[j];
             route.drain(..=j);
-            let token = matches!(inner, Message::Introduce { .. });
-            if token && !self.limiter.allow(origin, now) {
-                self.stats.relay_refused += 1;
-                return;
-            }
             if token {
                 self.stats.relayed += 1;
             }
@@ -613,6 +627,11 @@ impl<P: PeerKey> Overlay<P> {
     fn connect(&mut self, card: Card<P>, route: Vec<P>, high: bool, now: Millis) {
         let peer = card.peer;
         if peer == self.me.peer || self.is_active(peer) || self.pending.iter().any(|p| p.card.peer == peer) {
+            return;
+        }
+        // Links in flight are bounded: walks cannot make us dial without end.
+        if self.pending.len() >= 2 * self.cfg.active {
+            self.stats.ignored += 1;
             return;
         }
         self.stats.connects += 1;
@@ -754,7 +773,8 @@ impl<P: PeerKey> Overlay<P> {
                         self.event(Event::MemberJoined { peer, round: d.round });
                     }
                 }
-                Kind::View => {
+                // Only members that announce views keep others' (bounded).
+                Kind::View if self.cfg.announce_views > 0 && self.views.len() < 4096 => {
                     let mut r = d.payload.as_slice();
                     let mut peers = Vec::new();
                     while peers.len() < MAX_LIST
@@ -764,6 +784,7 @@ impl<P: PeerKey> Overlay<P> {
                     }
                     self.views.insert(d.id.origin, (now, peers));
                 }
+                Kind::View => {}
             }
         }
     }

@@ -53,6 +53,9 @@ pub fn check_card(card: &Card<PeerId>, now: u64) -> Result<Invitation, String> {
     }
 }
 
+/// Largest broadcast payload: the message and its header fit one frame.
+pub const MAX_PAYLOAD: usize = MAX_MESSAGE - 1024;
+
 /// How a member runs.
 #[derive(Debug, Clone)]
 pub struct MemberConfig {
@@ -127,7 +130,8 @@ pub enum MemberEvent {
     },
     /// A broadcast arrived.
     Message {
-        /// Who sent it.
+        /// Who it says sent it (claimed by the message id, not verified:
+        /// broadcasts are not signed by their origin).
         origin: PeerId,
         /// Its sequence number at the origin.
         seq: u64,
@@ -163,6 +167,9 @@ struct Link {
     rx: Vec<u8>,
     tx: Vec<u8>,
     close_when_flushed: bool,
+    /// When the close was asked for: we finish the stream and close once
+    /// the peer has everything, or after a grace period.
+    closing_since: Option<Instant>,
 }
 
 struct Dial {
@@ -344,16 +351,15 @@ impl Member {
             at += 4 + len;
         }
         link.rx.drain(..at);
-        if let Some(why) = bad {
-            tracing::warn!("closing the session with {peer}: {why}");
-            ctx.host.close(id, ctx.now);
-            return;
-        }
         let now = self.ms(ctx.now);
         if let Some(o) = self.overlay.as_mut() {
             for m in msgs {
                 o.handle(peer, m, now);
             }
+        }
+        if let Some(why) = bad {
+            tracing::warn!("closing the session with {peer}: {why}");
+            ctx.host.close(id, ctx.now);
         }
     }
 
@@ -432,7 +438,10 @@ impl App for Member {
         match event {
             HostEvent::Established { session, peer, .. } => {
                 let peer = peer.peer_id();
-                self.links.insert(session, Link { peer, rx: Vec::new(), tx: Vec::new(), close_when_flushed: false });
+                self.links.insert(
+                    session,
+                    Link { peer, rx: Vec::new(), tx: Vec::new(), close_when_flushed: false, closing_since: None },
+                );
                 // A second session to the same peer (both dialled at once)
                 // replaces the first for sending; either may receive.
                 self.by_peer.insert(peer, session);
@@ -476,7 +485,8 @@ impl App for Member {
                     if sent {
                         self.emit(MemberEvent::RsvpRelayed { peer, route });
                     } else {
-                        self.emit(MemberEvent::ConnectFailed(peer, "needs an RSVP and no introducer route".into()));
+                        self.dial_failed(attempt, "needs an RSVP and no introducer route".into(), now);
+                        ctx.host.close(attempt, ctx.now);
                     }
                 }
             }
@@ -493,7 +503,9 @@ impl App for Member {
         while let Some(c) = self.inbox.pop_front() {
             match c {
                 MemberCommand::Broadcast(data) => {
-                    if let Some(o) = self.overlay.as_mut() {
+                    if data.len() > MAX_PAYLOAD {
+                        tracing::warn!("not broadcasting {} bytes: at most {MAX_PAYLOAD}", data.len());
+                    } else if let Some(o) = self.overlay.as_mut() {
                         o.broadcast(data, now);
                     }
                 }
@@ -530,6 +542,18 @@ impl App for Member {
                 l.tx.drain(..n);
             }
             if l.close_when_flushed && l.tx.is_empty() {
+                // A DISCONNECT queued just before must reach the peer: end
+                // our stream and close once it is acknowledged (or after 2 s).
+                let since = *l.closing_since.get_or_insert_with(|| {
+                    ctx.host.finish(id);
+                    ctx.now
+                });
+                if ctx.host.send_done(id) || ctx.now.saturating_duration_since(since).as_secs() >= 2 {
+                    close.push(id);
+                }
+            } else if l.tx.len() > 4 * MAX_MESSAGE {
+                // The peer takes nothing while we have much to say: drop it.
+                tracing::warn!("closing the session with {}: it does not read", l.peer);
                 close.push(id);
             }
         }
@@ -539,6 +563,12 @@ impl App for Member {
                 && self.by_peer.get(&l.peer) == Some(&id)
             {
                 self.by_peer.remove(&l.peer);
+                let now = self.ms(ctx.now);
+                if !l.close_when_flushed
+                    && let Some(o) = self.overlay.as_mut()
+                {
+                    o.link_down(l.peer, now);
+                }
             }
         }
         match self.leaving {
@@ -553,12 +583,10 @@ impl App for Member {
         let inbox = &mut self.inbox;
         async move {
             tokio::select! {
-                c = commands.recv() => match c {
-                    Some(c) => inbox.push_back(c),
-                    // Nobody can command us any more: keep running.
-                    None => std::future::pending::<()>().await,
-                },
+                Some(c) = commands.recv() => inbox.push_back(c),
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {}
+                // No commands can come any more and no timer is set.
+                else => std::future::pending::<()>().await,
             }
         }
     }
