@@ -113,6 +113,16 @@ fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
     Ok(s)
 }
 
+/// Writes a run's report files into `out`, creating it.
+fn write_files<const N: usize>(out: &Path, files: [(&str, String); N]) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    for (file, text) in files {
+        let p = out.join(file);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bool) -> Result<(), String> {
     let scenario = load(path, nodes)?;
     let seed = seed.unwrap_or(scenario.seed);
@@ -139,15 +149,15 @@ fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bo
     if bar {
         eprintln!();
     }
-    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let write = |file: &str, text: String| {
-        let p = out.join(file);
-        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
-    };
-    write("report.json", report.to_json())?;
-    write("report.md", report.to_markdown())?;
-    write("ttc.svg", report.to_svg())?;
-    write("perf.json", serde_json::to_string_pretty(&perf).unwrap_or_default() + "\n")?;
+    write_files(
+        out,
+        [
+            ("report.json", report.to_json()),
+            ("report.md", report.to_markdown()),
+            ("ttc.svg", report.to_svg()),
+            ("perf.json", serde_json::to_string_pretty(&perf).unwrap_or_default() + "\n"),
+        ],
+    )?;
     if !quiet {
         let j = &report.joins;
         eprintln!(
@@ -180,13 +190,7 @@ fn overlay(path: &Path, out: &Path, nodes: Option<u32>, seed: Option<u64>, quiet
     let started = Instant::now();
     let report = convoke_sim::overlay::run(&s, seed);
     let wall = started.elapsed().as_secs_f64();
-    std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let write = |file: &str, text: String| {
-        let p = out.join(file);
-        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
-    };
-    write("report.json", report.to_json())?;
-    write("report.md", report.to_markdown())?;
+    write_files(out, [("report.json", report.to_json()), ("report.md", report.to_markdown())])?;
     if !quiet {
         let (peak, _) = convoke_sim::memory();
         eprintln!(
