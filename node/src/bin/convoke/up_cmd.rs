@@ -21,8 +21,8 @@ use crate::{Ctx, Failure};
 /// `convoke up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Join the network of this invitation (any member's; the text, @FILE,
-    /// or - for standard input). Without it, start a new network.
+    /// Join the network of this invitation (any member's; the text, or -
+    /// for standard input). Without it, start a new network.
     #[arg(long, value_name = "TOKEN")]
     join: Option<String>,
     #[command(flatten)]
