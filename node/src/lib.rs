@@ -8,7 +8,10 @@
 //!
 //! * the **sans-IO engine** — [`identity`], [`token`], [`stun`], [`ice`]
 //!   (connectivity), [`session`] (Noise IK, encrypted reliable stream and
-//!   datagrams) and [`host`] (one UDP port's demultiplexer tying them together). It never reads the clock,
+//!   datagrams), [`host`] (one UDP port's demultiplexer tying them
+//!   together) and [`member`] (a network member: the host, the overlay and
+//!   the glue between them — candidates, the one place tokens are minted,
+//!   cards, dialing, RSVPs relayed by introducers). It never reads the clock,
 //!   never touches a socket and never uses a global RNG: time comes in as an
 //!   argument, randomness from the caller's RNG. The tokio runtime and the
 //!   simulator (`convoke-sim`) drive the same code.
@@ -21,6 +24,7 @@
 pub mod host;
 pub mod ice;
 pub mod identity;
+pub mod member;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod session;

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::host::{Host, HostConfig, HostEvent};
 use crate::ice::Transmit;
 use crate::identity::Identity;
-use crate::token::{Candidate, CandidateKind};
+use crate::member::Minter;
+use crate::token::Candidate;
 
 use super::{control, telemetry};
 
@@ -94,10 +95,12 @@ pub struct NodeCtx<'a> {
     pub host: &'a mut Host,
     /// The current time.
     pub now: Instant,
-    /// Our candidates (host, then server reflexive).
+    /// The candidates our tokens offer now (see [`Minter`]).
     pub candidates: &'a [Candidate],
     /// Our identity.
     pub identity: &'a Identity,
+    /// Mints our invitations and RSVPs with those candidates.
+    pub minter: &'a mut Minter,
 }
 
 /// What runs on a node: reacts to events and moves application data.
@@ -156,6 +159,9 @@ pub struct Node {
     v6: Option<Sock>,
     /// A transmit taken from the host that did not fit the last batch.
     carry: Option<Transmit>,
+    /// Our addresses and the one place our tokens are minted.
+    minter: Minter,
+    /// What the minter selects now, for apps and status.
     candidates: Vec<Candidate>,
     stun_pending: usize,
     control: Option<control::Server>,
@@ -250,7 +256,13 @@ impl Node {
         if v4.is_none() && v6.is_none() {
             return Err(StartError::NoSocket);
         }
-        let candidates = Candidate::list(addrs.into_iter().map(|a| (CandidateKind::Host, a)));
+        let mut mint_seed = seed;
+        mint_seed[0] ^= 0x3c;
+        let mut minter = Minter::new(identity.clone(), mint_seed);
+        for a in addrs {
+            minter.candidates_mut().add_host(a);
+        }
+        let candidates = minter.candidates().select();
         let usable: Vec<SocketAddr> =
             config.stun.iter().copied().filter(|s| if s.is_ipv4() { v4.is_some() } else { v6.is_some() }).collect();
         for s in &usable {
@@ -263,6 +275,7 @@ impl Node {
             v4,
             v6,
             carry: None,
+            minter,
             candidates,
             stun_pending: usable.len(),
             control,
@@ -272,9 +285,14 @@ impl Node {
         })
     }
 
-    /// Our candidates so far.
+    /// The candidates our tokens offer so far.
     pub fn candidates(&self) -> &[Candidate] {
         &self.candidates
+    }
+
+    /// Mints our tokens (with [`Node::candidates`]).
+    pub fn minter(&mut self) -> &mut Minter {
+        &mut self.minter
     }
 
     /// The bound local addresses.
@@ -371,7 +389,7 @@ impl Node {
             "pid": std::process::id(),
             "up_seconds": now.saturating_duration_since(self.started).as_secs(),
             "listen": self.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "candidates": self.candidates.iter().map(|c| format!("{} {}", format!("{:?}", c.kind).to_lowercase(), c.address)).collect::<Vec<_>>(),
+            "candidates": self.minter.candidates().all().iter().map(|c| format!("{} {}", format!("{:?}", c.kind).to_lowercase(), c.address)).collect::<Vec<_>>(),
             "attempts": self.host.endpoint().attempt_count(),
             "stun_served": self.host.endpoint().stats().stun_served,
             "sessions": sessions,
@@ -428,22 +446,31 @@ impl Node {
             }
             for e in events {
                 match &e {
-                    HostEvent::StunMapped { address, .. } => {
-                        self.stun_pending = self.stun_pending.saturating_sub(1);
-                        let c = Candidate::list([(CandidateKind::Srflx, *address)]);
-                        if !self.candidates.iter().any(|k| k.address == *address) {
-                            self.candidates.extend(c);
-                        }
+                    HostEvent::StunMapped { .. } | HostEvent::StunFailed { .. } => {
+                        self.stun_pending = self.stun_pending.saturating_sub(1)
                     }
-                    HostEvent::StunFailed { .. } => self.stun_pending = self.stun_pending.saturating_sub(1),
                     _ => {}
                 }
+                if self.minter.learn(&e) {
+                    self.candidates = self.minter.candidates().select();
+                }
                 telemetry::on_event(&self.host, &e, now);
-                let mut ctx =
-                    NodeCtx { host: &mut self.host, now, candidates: &self.candidates, identity: &self.identity };
+                let mut ctx = NodeCtx {
+                    host: &mut self.host,
+                    now,
+                    candidates: &self.candidates,
+                    identity: &self.identity,
+                    minter: &mut self.minter,
+                };
                 app.on_event(&mut ctx, e);
             }
-            let mut ctx = NodeCtx { host: &mut self.host, now, candidates: &self.candidates, identity: &self.identity };
+            let mut ctx = NodeCtx {
+                host: &mut self.host,
+                now,
+                candidates: &self.candidates,
+                identity: &self.identity,
+                minter: &mut self.minter,
+            };
             if !ready && self.stun_pending == 0 {
                 ready = true;
                 app.on_ready(&mut ctx);

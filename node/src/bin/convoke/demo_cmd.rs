@@ -13,7 +13,7 @@ use convoke_node::ice::{AttemptId, Event as IceEvent, Via};
 use convoke_node::identity::Identity;
 use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
 use convoke_node::runtime::{os_rng, unix_now};
-use convoke_node::token::{ConnectionMode, InitialMode, Invitation, InvitationParams, Token};
+use convoke_node::token::{ConnectionMode, InitialMode, Invitation, InvitationParams};
 use tokio::sync::mpsc;
 
 use crate::session_cmd::{runtime, seed};
@@ -88,7 +88,7 @@ impl App for Peer {
             }
             HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) => {
                 if let (Some(inv), Some(id)) = (&self.join, ctx.host.endpoint().rsvp_token_id(attempt)) {
-                    let t = Token::new_rsvp(inv, ctx.identity, id, ctx.candidates.to_vec(), unix_now());
+                    let t = ctx.minter.rsvp(inv, id, unix_now());
                     self.say("the inviter needs a reply: makes an RSVP token and sends it back".into());
                     let _ = self.notes.send(Note::Rsvp(t.encode_compact()));
                 }
@@ -161,17 +161,15 @@ fn pair(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let inviter = std::thread::spawn(move || -> Result<Vec<u8>, String> {
         let rt = runtime().map_err(|f| f.message)?;
         rt.block_on(async move {
-            let node = Node::bind(alice.clone(), loopback(), seed()).map_err(|e| e.to_string())?;
+            let mut node = Node::bind(alice.clone(), loopback(), seed()).map_err(|e| e.to_string())?;
             let params = InvitationParams {
-                candidates: node.candidates().to_vec(),
                 mode: ConnectionMode {
                     initial: if rsvp { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
                     ..ConnectionMode::default()
                 },
                 ..InvitationParams::default()
             };
-            let t = Token::new_invitation(&alice, params, unix_now(), &mut os_rng());
-            let inv = Invitation::from_token(t, unix_now()).map_err(|e| e.to_string())?;
+            let inv = node.minter().invitation(params, unix_now()).map_err(|e| e.to_string())?;
             let _ = inv_tx.send(inv.clone());
             let mut peer = Peer {
                 name: "alice",

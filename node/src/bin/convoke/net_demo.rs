@@ -146,7 +146,8 @@ impl Show {
             }
             MemberEvent::ConnectFailed(p, why) => self.say(i, format!("could not link to {}: {why}", self.name(&p))),
             MemberEvent::Suspected(p) => self.say(i, format!("suspects {} (silent)", self.name(&p))),
-            MemberEvent::MemberJoined { .. } => {}
+            MemberEvent::Misbehaved(p, why) => self.say(i, format!("closed {}'s session: {why}", self.name(&p))),
+            MemberEvent::MemberJoined { .. } | MemberEvent::Linked { .. } => {}
             MemberEvent::Message { hops, data, .. } => {
                 // The demo's broadcasts say which they are: "hello #K ...".
                 let text = String::from_utf8_lossy(&data);

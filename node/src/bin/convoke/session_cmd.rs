@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use clap::Args;
 use convoke_node::host::HostEvent;
 use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
+use convoke_node::member::Minter;
 use convoke_node::runtime::config::{FileConfig, resolve_stun};
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
@@ -17,9 +18,7 @@ use convoke_node::runtime::qr::TokenQr;
 use convoke_node::runtime::telemetry;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::session::CloseReason;
-use convoke_node::token::{
-    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, Token,
-};
+use convoke_node::token::{CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams};
 use rand_core::Rng;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -165,7 +164,6 @@ struct Pipe {
     attempt: Option<AttemptId>,
     /// When this joiner imported the invitation (time to connect counts from here).
     joined_at: Option<std::time::Instant>,
-    mapped: Vec<SocketAddr>,
     awaiting_answer: bool,
     outcome: Option<Result<(), Failure>>,
     interrupted: bool,
@@ -193,7 +191,6 @@ impl Pipe {
             sessions: BTreeMap::new(),
             attempt: None,
             joined_at: None,
-            mapped: Vec::new(),
             awaiting_answer: false,
             outcome: None,
             interrupted: false,
@@ -223,14 +220,9 @@ impl Pipe {
 
     fn make_rsvp(&mut self, ctx: &mut NodeCtx<'_>, attempt: AttemptId) {
         let (Some(id), Some(inv)) = (ctx.host.endpoint().rsvp_token_id(attempt), &self.invitation) else { return };
-        let mut cands: Vec<(CandidateKind, SocketAddr)> = ctx.candidates.iter().map(|c| (c.kind, c.address)).collect();
-        for m in &self.mapped {
-            if !cands.iter().any(|(_, a)| a == m) {
-                cands.push((CandidateKind::Srflx, *m));
-            }
-        }
-        cands.truncate(token::limits::MAX_CANDIDATES);
-        let t = Token::new_rsvp(inv, ctx.identity, id, Candidate::list(cands), unix_now());
+        // The node's minter offers peer-reflexive addresses our checks
+        // revealed too (a symmetric NAT's port towards this inviter).
+        let t = ctx.minter.rsvp(inv, id, unix_now());
         telemetry::token_issued("rsvp");
         let text = t.encode_compact();
         if let Some(p) = &self.rsvp_out
@@ -326,7 +318,6 @@ impl App for Pipe {
                             "elapsed_s": elapsed }),
                 );
             }
-            HostEvent::Ice(IceEvent::Mapped { address }) => self.mapped.push(address),
             HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) if Some(attempt) == self.attempt => {
                 self.say(
                     "The inviter's network does not let a first contact in from outside, so they need a reply\n\
@@ -616,24 +607,18 @@ fn mode(reusable: bool, rsvp_required: bool, rsvp_timeout: u64) -> Result<Connec
 }
 
 fn make_invitation(
-    identity: &convoke_node::identity::Identity,
-    candidates: &[Candidate],
+    minter: &mut Minter,
     expires: u64,
     rsvp_timeout: u64,
     reusable: bool,
     rsvp_required: bool,
 ) -> Result<Invitation, Failure> {
-    let mut cands = candidates.to_vec();
-    cands.truncate(token::limits::MAX_CANDIDATES);
     let params = InvitationParams {
-        candidates: cands,
         lifetime_secs: expires,
         mode: mode(reusable, rsvp_required, rsvp_timeout)?,
         ..InvitationParams::default()
     };
-    let now = unix_now();
-    let t = Token::new_invitation(identity, params, now, &mut os_rng());
-    Ok(Invitation::from_token(t, now)?)
+    Ok(minter.invitation(params, unix_now())?)
 }
 
 /// The inviter: makes the invitation once the candidates are final.
@@ -648,14 +633,7 @@ impl App for InviteApp {
     type Output = Result<(), Failure>;
 
     fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        match make_invitation(
-            ctx.identity,
-            ctx.candidates,
-            self.expires,
-            self.rsvp_timeout,
-            self.pipe.reusable,
-            self.rsvp_required,
-        ) {
+        match make_invitation(ctx.minter, self.expires, self.rsvp_timeout, self.pipe.reusable, self.rsvp_required) {
             Ok(inv) => self.pipe.invitation = Some(inv),
             Err(f) => {
                 self.pipe.outcome = Some(Err(f));

@@ -141,6 +141,7 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
                     json!({ "event": "suspected", "peer": p.to_string() }),
                 ),
                 MemberEvent::ConnectFailed(p, why) => {
+                    let why = why.to_string();
                     if joining && contact_failed.is_none() && why.contains("RSVP") {
                         contact_failed = Some(why.clone());
                     }
@@ -149,6 +150,14 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
                         json!({ "event": "connect_failed", "peer": p.to_string(), "error": why }),
                     )
                 }
+                MemberEvent::Linked { peer, via, dialed } => (
+                    None,
+                    json!({ "event": "linked", "peer": peer.to_string(), "via": format!("{via:?}").to_lowercase(), "dialed": format!("{dialed:?}") }),
+                ),
+                MemberEvent::Misbehaved(p, why) => (
+                    Some(format!("closed the session with {}: {why}", short(p))),
+                    json!({ "event": "misbehaved", "peer": p.to_string(), "error": why }),
+                ),
                 MemberEvent::MemberJoined { peer, hops } => (
                     Some(format!("member joined the network: {peer}")),
                     json!({ "event": "member_joined", "peer": peer.to_string(), "hops": hops }),

@@ -1,0 +1,97 @@
+//! The one place that mints our tokens: invitations (and the cards made of
+//! them) and RSVPs, always with the candidates [`LocalCandidates::select`]
+//! picks, so no token we make is refused for carrying too many.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use convoke_overlay::Card;
+
+use super::candidates::LocalCandidates;
+use crate::host::HostEvent;
+use crate::ice::Event as IceEvent;
+use crate::identity::{Identity, PeerId};
+use crate::token::{Invitation, InvitationParams, Token, TokenError, TokenId};
+
+/// Mints our tokens from our identity and candidates. Randomness (token
+/// ids, ICE passwords) comes from a seed: the runtime seeds it from the
+/// operating system, the simulator from its own seeded stream.
+pub struct Minter {
+    identity: Identity,
+    candidates: LocalCandidates,
+    rng: ChaCha20Rng,
+}
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Minter").field("peer", &self.identity.peer_id()).field("candidates", &self.candidates).finish()
+    }
+}
+
+impl Minter {
+    /// A minter for `identity` with no candidates yet.
+    pub fn new(identity: Identity, seed: [u8; 32]) -> Self {
+        Self { identity, candidates: LocalCandidates::new(), rng: ChaCha20Rng::from_seed(seed) }
+    }
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// Our candidates.
+    pub fn candidates(&self) -> &LocalCandidates {
+        &self.candidates
+    }
+
+    /// Our candidates, to add interface addresses to.
+    pub fn candidates_mut(&mut self) -> &mut LocalCandidates {
+        &mut self.candidates
+    }
+
+    /// Learns our reflexive addresses from a host event (a STUN answer, a
+    /// peer's check). Returns whether a new address was kept.
+    pub fn learn(&mut self, e: &HostEvent) -> bool {
+        match e {
+            HostEvent::StunMapped { address, .. } => self.candidates.add_server_reflexive(*address),
+            HostEvent::Ice(IceEvent::Mapped { address }) => self.candidates.add_peer_reflexive(*address),
+            _ => false,
+        }
+    }
+
+    /// A signed invitation offering our selected candidates (whatever
+    /// `params.candidates` held), checked as a reader would check it.
+    pub fn invitation(&mut self, params: InvitationParams, unix_now: u64) -> Result<Invitation, TokenError> {
+        let params = InvitationParams { candidates: self.candidates.select(), ..params };
+        let t = Token::new_invitation(&self.identity, params, unix_now, &mut self.rng);
+        Invitation::from_token(t, unix_now)
+    }
+
+    /// Our RSVP to `invitation` for the attempt whose credentials
+    /// `token_id` fixes (see [`crate::ice::Endpoint::rsvp_token_id`]).
+    pub fn rsvp(&self, invitation: &Invitation, token_id: TokenId, unix_now: u64) -> Token {
+        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), unix_now)
+    }
+}
+
+/// The card of an invitation: its inviter and the token in compact text.
+pub fn card_of(invitation: &Invitation) -> Card<PeerId> {
+    Card { peer: invitation.inviter(), token: invitation.token().encode_compact().into_bytes() }
+}
+
+/// A card is usable only as a valid invitation signed by the peer it
+/// names: members relay cards, and none can pass off its own invitation
+/// (or a stale one) as someone else's.
+pub fn check_card(card: &Card<PeerId>, unix_now: u64) -> Result<Invitation, String> {
+    let text = std::str::from_utf8(&card.token).map_err(|_| "its card is not text".to_string())?;
+    match Invitation::parse(text, unix_now) {
+        Ok(inv) if inv.inviter() == card.peer => Ok(inv),
+        Ok(inv) => Err(format!("its card is signed by {}, not by it", inv.inviter())),
+        Err(e) => Err(format!("its card is unusable: {e}")),
+    }
+}

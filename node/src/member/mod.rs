@@ -1,0 +1,749 @@
+//! The member engine: what makes a node a member of a network, sans-IO.
+//!
+//! A member is a [`Host`] (connectivity and sessions) plus an [`Overlay`]
+//! (membership and broadcast) plus the glue between them, which lives
+//! here and nowhere else:
+//!
+//! * **candidates and tokens** — [`Minter`] holds our addresses (interface
+//!   addresses from the driver, reflexive ones learnt from host events) and
+//!   is the one place that mints invitations, cards and RSVPs, bounded to
+//!   the token limits;
+//! * **cards** — every member listens with one reusable, signed invitation,
+//!   its contact card, which the overlay hands to peers. A card is used
+//!   only if it is a valid invitation signed by the peer it names
+//!   ([`check_card`]);
+//! * **dialing** — when the overlay asks for a link ([`Output::Connect`]),
+//!   the member connects with the card; when the peer's network wants an
+//!   RSVP first, our signed RSVP travels along a route of active links
+//!   whose members relay it unchanged (they cannot forge it: the receiver's
+//!   engine checks it against its own invitation), and both sides punch at
+//!   once with nobody pasting anything;
+//! * **framing** — overlay messages travel on each session's reliable
+//!   stream ([`framing`]).
+//!
+//! ## Driving it
+//!
+//! The member sits on a [`Host`] its driver owns (the tokio runtime's
+//! node, the simulator's virtual node, [`MemberHost`] in tests): the driver
+//! feeds datagrams and timeouts to the host and hands every host event to
+//! [`Member::handle_host_event`]; it calls [`Member::handle_timeout`] when
+//! [`Member::poll_timeout`] comes, and [`Member::command`] for what the
+//! application asks. After every input it drains the host's transmits and
+//! events and the member's [`Member::poll_event`] — the engine's drive
+//! rule. Time comes in as arguments (an `Instant` for timers, unix seconds
+//! for token validity), randomness from the seed given to [`Member::new`]:
+//! the member never reads a clock, touches a socket or draws from the OS.
+
+mod candidates;
+pub mod framing;
+mod member_host;
+mod mint;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use convoke_overlay::wire::MAX_MESSAGE;
+use convoke_overlay::{Card, Config, DownReason, Event, Message, Output, Overlay, PeerKey};
+
+pub use candidates::LocalCandidates;
+pub use member_host::MemberHost;
+pub use mint::{Minter, card_of, check_card};
+
+use crate::host::{Host, HostEvent};
+use crate::ice::{AttemptId, Event as IceEvent, FailReason, Via};
+use crate::identity::{Identity, PeerId, PublicKey};
+use crate::token::{ConnectionMode, InitialMode, Invitation, InvitationParams, TokenError};
+
+impl PeerKey for PeerId {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend(self.public_key().0);
+    }
+    fn take(input: &mut &[u8]) -> Option<Self> {
+        <[u8; 32]>::take(input).map(|k| PublicKey(k).peer_id())
+    }
+}
+
+/// Largest broadcast payload: the message and its header fit one frame.
+pub const MAX_PAYLOAD: usize = MAX_MESSAGE - 1024;
+
+/// How a member runs.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    /// The invitation to join with at start; `None` starts a new network
+    /// (or waits for [`MemberCommand::Join`]).
+    pub join: Option<Invitation>,
+    /// Overlay parameters.
+    pub overlay: Config,
+    /// Lifetime of our invitation (our contact card), seconds: 7 days.
+    pub card_lifetime: u64,
+    /// Whether invitees must send an RSVP before we answer (for networks
+    /// that let no first contact in).
+    pub rsvp_required: bool,
+    /// How long a peer dialing our card checks before it asks for our RSVP,
+    /// seconds: 5. Members relay RSVPs with no person in the loop, and a
+    /// path that exists answers within a second, so waiting the 30 s a
+    /// person's invitation allows only keeps filtered members apart (and
+    /// must stay well below the overlay's `connect_timeout`).
+    pub card_rsvp_window: u32,
+}
+
+impl Default for MemberConfig {
+    fn default() -> Self {
+        Self {
+            join: None,
+            overlay: Config { announce_views: 5_000, ..Config::default() },
+            card_lifetime: 7 * 86_400,
+            rsvp_required: false,
+            card_rsvp_window: 5,
+        }
+    }
+}
+
+/// How a link came about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialed {
+    /// We dialed the member whose invitation we joined with.
+    Contact,
+    /// We dialed a peer the overlay asked for; `relayed` when our RSVP
+    /// went to it through introducers.
+    Overlay {
+        /// Whether an RSVP was relayed for it.
+        relayed: bool,
+    },
+    /// The peer dialed us.
+    Inbound,
+}
+
+/// Why a link the member wanted was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectFailure {
+    /// The peer's card is not a usable invitation signed by it.
+    #[error("{0}")]
+    BadCard(String),
+    /// The peer's network wants an RSVP and no route of active links leads
+    /// to it.
+    #[error("it needs an RSVP and no introducer route leads to it")]
+    NoRoute,
+    /// Connectivity checks found no path (or were closed).
+    #[error("no path: {0:?}")]
+    Ice(FailReason),
+    /// The secure handshake did not finish.
+    #[error("handshake: {0}")]
+    Handshake(&'static str),
+}
+
+/// What a member tells its application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEvent {
+    /// Our invitation (contact card) is ready: anyone with it can join.
+    Invitation(String),
+    /// The link to the member whose invitation we used is up; we asked in.
+    Joined(PeerId),
+    /// A session to a member is up.
+    Linked {
+        /// Who.
+        peer: PeerId,
+        /// Single token or RSVP.
+        via: Via,
+        /// Who dialed, and how.
+        dialed: Dialed,
+    },
+    /// The overlay asked for a link to `peer`, introduced along `route`.
+    Connecting {
+        /// Who.
+        peer: PeerId,
+        /// Members that relay our RSVP if one is needed.
+        route: Vec<PeerId>,
+    },
+    /// `peer`'s network needs our RSVP: sent along `route`.
+    RsvpRelayed {
+        /// Who.
+        peer: PeerId,
+        /// Through whom.
+        route: Vec<PeerId>,
+    },
+    /// The member whose invitation we joined with wants an RSVP first:
+    /// carry this token to it out of band (`convoke rsvp`, or
+    /// [`MemberCommand::AcceptRsvp`] on its side).
+    RsvpForContact(String),
+    /// An RSVP reached us through introducers.
+    Introduced {
+        /// Who sent it.
+        from: PeerId,
+        /// `Err` with the reason when it was refused.
+        result: Result<(), String>,
+    },
+    /// A peer entered our active view.
+    NeighborUp(PeerId),
+    /// A peer left it.
+    NeighborDown(PeerId, DownReason),
+    /// An active peer went silent.
+    Suspected(PeerId),
+    /// A link the member wanted could not be made.
+    ConnectFailed(PeerId, ConnectFailure),
+    /// A member announced a newcomer.
+    MemberJoined {
+        /// The newcomer.
+        peer: PeerId,
+        /// Hops the announcement took.
+        hops: u16,
+    },
+    /// A broadcast arrived.
+    Message {
+        /// Who it says sent it (claimed by the message id, not verified:
+        /// broadcasts are not signed by their origin).
+        origin: PeerId,
+        /// Its sequence number at the origin.
+        seq: u64,
+        /// Hops it took.
+        hops: u16,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A session was closed because the peer broke the framing.
+    Misbehaved(PeerId, String),
+}
+
+/// What an application asks of a member.
+#[derive(Debug, Clone)]
+pub enum MemberCommand {
+    /// Broadcast these bytes to every member.
+    Broadcast(Vec<u8>),
+    /// Take an RSVP that came out of band (a newcomer's first contact).
+    AcceptRsvp(String),
+    /// Join the network of this invitation (a member's card).
+    Join(Invitation),
+    /// Leave: tell neighbours, close sessions; [`Member::is_done`] then.
+    Leave,
+}
+
+/// A command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// [`Member::start`] has not run yet.
+    #[error("the member is still starting")]
+    NotReady,
+    /// The broadcast is larger than one frame carries.
+    #[error("a broadcast carries at most {MAX_PAYLOAD} bytes, not {0}")]
+    TooLarge(usize),
+    /// The RSVP was refused (the reason says why).
+    #[error("refused the RSVP: {0}")]
+    Rsvp(String),
+    /// The member is leaving.
+    #[error("the member is leaving")]
+    Leaving,
+}
+
+struct Link {
+    peer: PeerId,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    close_when_flushed: bool,
+    /// When the close was asked for: we finish the stream and close once
+    /// the peer has everything, or after [`CLOSE_GRACE`].
+    closing_since: Option<Instant>,
+}
+
+struct Dial {
+    peer: PeerId,
+    route: Vec<PeerId>,
+    contact: bool,
+    relayed: bool,
+    invitation: Invitation,
+}
+
+/// How long a closing link may take to deliver its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long leaving may take.
+const LEAVE_GRACE: Duration = Duration::from_millis(500);
+
+/// One member of a network (see the module docs).
+pub struct Member {
+    cfg: MemberConfig,
+    minter: Minter,
+    seed: [u8; 32],
+    base: Instant,
+    overlay: Option<Overlay<PeerId>>,
+    invitation: Option<Invitation>,
+    contact: Option<Invitation>,
+    links: BTreeMap<AttemptId, Link>,
+    by_peer: BTreeMap<PeerId, AttemptId>,
+    dialing: BTreeMap<AttemptId, Dial>,
+    events: VecDeque<MemberEvent>,
+    leaving: Option<Instant>,
+    /// Since when our active view has been empty (we joined once).
+    alone_since: Option<Instant>,
+    last_hops: u16,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("peer", &self.minter.peer_id())
+            .field("links", &self.links.len())
+            .field("dialing", &self.dialing.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Member {
+    /// A member for `identity`, not started. `seed` keys its randomness
+    /// (token ids, overlay choices).
+    pub fn new(identity: Identity, cfg: MemberConfig, seed: [u8; 32], now: Instant) -> Self {
+        let mut mint_seed = seed;
+        mint_seed[0] ^= 0x5a;
+        Self {
+            cfg,
+            minter: Minter::new(identity, mint_seed),
+            seed,
+            base: now,
+            overlay: None,
+            invitation: None,
+            contact: None,
+            links: BTreeMap::new(),
+            by_peer: BTreeMap::new(),
+            dialing: BTreeMap::new(),
+            events: VecDeque::new(),
+            leaving: None,
+            alone_since: None,
+            last_hops: 0,
+        }
+    }
+
+    /// The minter, with our candidates (add interface addresses here
+    /// before [`Member::start`]).
+    pub fn minter(&mut self) -> &mut Minter {
+        &mut self.minter
+    }
+
+    /// Our candidates.
+    pub fn candidates(&self) -> &LocalCandidates {
+        self.minter.candidates()
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.minter.peer_id()
+    }
+
+    /// The overlay, once started.
+    pub fn overlay(&self) -> Option<&Overlay<PeerId>> {
+        self.overlay.as_ref()
+    }
+
+    /// Our invitation (contact card), once started.
+    pub fn invitation(&self) -> Option<&Invitation> {
+        self.invitation.as_ref()
+    }
+
+    /// Hops the last broadcast we received took.
+    pub fn last_hops(&self) -> u16 {
+        self.last_hops
+    }
+
+    /// Peers we have a session with.
+    pub fn linked(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.by_peer.keys().copied()
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    fn emit(&mut self, e: MemberEvent) {
+        self.events.push_back(e);
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<MemberEvent> {
+        self.events.pop_front()
+    }
+
+    /// Starts: mints our card (with the candidates known now), listens on
+    /// it and, if the config names one, joins through a contact.
+    pub fn start(&mut self, host: &mut Host, now: Instant, unix_now: u64) -> Result<(), TokenError> {
+        let params = InvitationParams {
+            lifetime_secs: self.cfg.card_lifetime,
+            mode: ConnectionMode {
+                initial: if self.cfg.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
+                rsvp_supported: true,
+                rsvp_timeout_seconds: self.cfg.card_rsvp_window.max(1),
+                reusable: true,
+            },
+            ..InvitationParams::default()
+        };
+        let inv = self.minter.invitation(params, unix_now)?;
+        host.listen(inv.clone());
+        self.emit(MemberEvent::Invitation(inv.token().encode_compact()));
+        self.overlay = Some(Overlay::new(card_of(&inv), self.cfg.overlay, self.seed, self.ms(now)));
+        self.invitation = Some(inv);
+        if let Some(contact) = self.cfg.join.clone() {
+            self.join(host, contact, now);
+        }
+        self.after(host, now, unix_now);
+        Ok(())
+    }
+
+    fn join(&mut self, host: &mut Host, contact: Invitation, now: Instant) {
+        self.contact = Some(contact.clone());
+        self.dial(host, contact, Vec::new(), true, now);
+    }
+
+    fn dial(&mut self, host: &mut Host, invitation: Invitation, route: Vec<PeerId>, contact: bool, now: Instant) {
+        let peer = invitation.inviter();
+        let attempt = host.join(&invitation, now);
+        self.dialing.insert(attempt, Dial { peer, route, contact, relayed: false, invitation });
+    }
+
+    /// Takes an application's command.
+    pub fn command(
+        &mut self,
+        host: &mut Host,
+        c: MemberCommand,
+        now: Instant,
+        unix_now: u64,
+    ) -> Result<(), CommandError> {
+        if self.leaving.is_some() {
+            return Err(CommandError::Leaving);
+        }
+        let r = match c {
+            MemberCommand::Broadcast(data) => {
+                let ms = self.ms(now);
+                match self.overlay.as_mut() {
+                    None => Err(CommandError::NotReady),
+                    Some(_) if data.len() > MAX_PAYLOAD => Err(CommandError::TooLarge(data.len())),
+                    Some(o) => {
+                        o.broadcast(data, ms);
+                        Ok(())
+                    }
+                }
+            }
+            MemberCommand::AcceptRsvp(text) => {
+                host.accept_rsvp(&text, now).map(|_| ()).map_err(|e| CommandError::Rsvp(e.to_string()))
+            }
+            MemberCommand::Join(inv) => {
+                if self.overlay.is_none() {
+                    self.cfg.join = Some(inv);
+                } else {
+                    self.join(host, inv, now);
+                }
+                Ok(())
+            }
+            MemberCommand::Leave => {
+                let peers: Vec<PeerId> = self.by_peer.keys().copied().collect();
+                for p in peers {
+                    self.send(host, p, &Message::Disconnect { alive: false });
+                }
+                for l in self.links.values_mut() {
+                    l.close_when_flushed = true;
+                }
+                self.leaving = Some(now);
+                Ok(())
+            }
+        };
+        self.after(host, now, unix_now);
+        r
+    }
+
+    /// Whether the member has left (after [`MemberCommand::Leave`], once its
+    /// links closed or a grace period passed).
+    pub fn is_done(&self, now: Instant) -> bool {
+        self.leaving.is_some_and(|t| self.links.is_empty() || now.saturating_duration_since(t) > LEAVE_GRACE)
+    }
+
+    fn send(&mut self, host: &mut Host, to: PeerId, msg: &Message<PeerId>) {
+        let Some(&id) = self.by_peer.get(&to) else { return };
+        let Some(link) = self.links.get_mut(&id) else { return };
+        framing::encode(msg, &mut link.tx);
+        let n = host.write(id, &link.tx);
+        link.tx.drain(..n);
+    }
+
+    /// Takes a host event (every one, in order).
+    pub fn handle_host_event(&mut self, host: &mut Host, event: HostEvent, now: Instant, unix_now: u64) {
+        self.minter.learn(&event);
+        let ms = self.ms(now);
+        match event {
+            HostEvent::Established { session, peer, via, .. } => {
+                let peer = peer.peer_id();
+                self.links.insert(
+                    session,
+                    Link { peer, rx: Vec::new(), tx: Vec::new(), close_when_flushed: false, closing_since: None },
+                );
+                // A second session to the same peer (both dialled at once)
+                // replaces the first for sending; either may receive.
+                self.by_peer.insert(peer, session);
+                let dial = self.dialing.remove(&session);
+                let dialed = match &dial {
+                    Some(d) if d.contact => Dialed::Contact,
+                    Some(d) => Dialed::Overlay { relayed: d.relayed },
+                    None => Dialed::Inbound,
+                };
+                self.emit(MemberEvent::Linked { peer, via, dialed });
+                if let (Some(o), Some(d)) = (self.overlay.as_mut(), dial) {
+                    if d.contact {
+                        o.join(card_of(&d.invitation), ms);
+                        self.events.push_back(MemberEvent::Joined(peer));
+                    } else {
+                        o.link_up(peer, ms);
+                    }
+                }
+            }
+            HostEvent::Readable { session } => self.read(host, session, now),
+            HostEvent::Closed { session, .. } => {
+                if let Some(l) = self.links.remove(&session)
+                    && self.by_peer.get(&l.peer) == Some(&session)
+                {
+                    self.by_peer.remove(&l.peer);
+                    if let Some(o) = self.overlay.as_mut() {
+                        o.link_down(l.peer, ms);
+                    }
+                }
+            }
+            HostEvent::HandshakeFailed { session, reason } => {
+                self.dial_failed(session, ConnectFailure::Handshake(reason), now)
+            }
+            HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) => {
+                self.dial_failed(attempt, ConnectFailure::Ice(reason), now)
+            }
+            HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) => self.rsvp_needed(host, attempt, now, unix_now),
+            _ => {}
+        }
+        self.after(host, now, unix_now);
+    }
+
+    /// Our RSVP for an attempt whose peer must hear from us first: to the
+    /// contact's person out of band, or along the overlay's route.
+    fn rsvp_needed(&mut self, host: &mut Host, attempt: AttemptId, now: Instant, unix_now: u64) {
+        let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return };
+        let Some(d) = self.dialing.get(&attempt) else { return };
+        let t = self.minter.rsvp(&d.invitation, id, unix_now);
+        if d.contact {
+            self.emit(MemberEvent::RsvpForContact(t.encode_compact()));
+            return;
+        }
+        let (peer, route) = (d.peer, d.route.clone());
+        // The route was remembered when the card arrived; links change.
+        // Start from the furthest hop that is our neighbour now.
+        let route = self.overlay.as_ref().and_then(|o| {
+            let start = route.iter().rposition(|&p| o.is_active(p))?;
+            Some(route[start..].to_vec())
+        });
+        let token = t.encode_compact().into_bytes();
+        let sent = match (route, self.overlay.as_mut()) {
+            (Some(r), Some(o)) => o.introduce(&r, token).then_some(r),
+            _ => None,
+        };
+        match sent {
+            Some(route) => {
+                if let Some(d) = self.dialing.get_mut(&attempt) {
+                    d.relayed = true;
+                }
+                self.emit(MemberEvent::RsvpRelayed { peer, route });
+            }
+            None => {
+                self.dial_failed(attempt, ConnectFailure::NoRoute, now);
+                host.close(attempt, now);
+            }
+        }
+    }
+
+    fn read(&mut self, host: &mut Host, id: AttemptId, now: Instant) {
+        let Some(link) = self.links.get_mut(&id) else { return };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = host.read(id, &mut buf);
+            if n == 0 {
+                break;
+            }
+            link.rx.extend_from_slice(&buf[..n]);
+        }
+        while host.recv_datagram(id).is_some() {}
+        let peer = link.peer;
+        let (msgs, bad) = framing::decode(&mut link.rx);
+        let ms = self.ms(now);
+        if let Some(o) = self.overlay.as_mut() {
+            for m in msgs {
+                o.handle(peer, m, ms);
+            }
+        }
+        if let Some(why) = bad {
+            self.emit(MemberEvent::Misbehaved(peer, why.to_string()));
+            host.close(id, now);
+        }
+    }
+
+    /// Runs what is due at `now` (the overlay's rounds, closing links,
+    /// rejoining when alone). Cheap when nothing is.
+    pub fn handle_timeout(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        let ms = self.ms(now);
+        if let Some(o) = self.overlay.as_mut()
+            && o.poll_timeout() <= ms
+        {
+            o.tick(ms);
+        }
+        self.rejoin_if_alone(host, now);
+        self.after(host, now, unix_now);
+    }
+
+    /// When [`Member::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let overlay = self.overlay.as_ref().map(|o| self.base + Duration::from_millis(o.poll_timeout()));
+        let closing = self.links.values().filter_map(|l| l.closing_since).min().map(|t| t + CLOSE_GRACE);
+        let leaving = self.leaving.map(|t| t + LEAVE_GRACE);
+        let dialing_contact = self.dialing.values().any(|d| d.contact);
+        let rejoin = self.alone_since.filter(|_| !dialing_contact).and_then(|t| Some(t + self.rejoin_wait()?));
+        [overlay, closing, leaving, rejoin].into_iter().flatten().min()
+    }
+
+    fn rejoin_wait(&self) -> Option<Duration> {
+        self.overlay.as_ref().map(|o| Duration::from_millis(4 * o.config().round))
+    }
+
+    /// Does what the overlay asked, moves queued frames and closes links
+    /// that asked for it: the tail of every input.
+    fn after(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        self.pump(host, now, unix_now);
+        self.flush(host, now);
+    }
+
+    fn pump(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        let Some(mut overlay) = self.overlay.take() else { return };
+        while let Some(o) = overlay.poll() {
+            match o {
+                Output::Send { to, msg } => self.send(host, to, &msg),
+                Output::Connect { card, route } => self.connect(host, &mut overlay, card, route, now, unix_now),
+                Output::Close(peer) => {
+                    if let Some(&id) = self.by_peer.get(&peer)
+                        && let Some(l) = self.links.get_mut(&id)
+                    {
+                        l.close_when_flushed = true;
+                    } else {
+                        // The overlay gave up on a link still being made.
+                        let stale: Vec<AttemptId> = self
+                            .dialing
+                            .iter()
+                            .filter(|(_, d)| d.peer == peer && !d.contact)
+                            .map(|(a, _)| *a)
+                            .collect();
+                        for a in stale {
+                            self.dialing.remove(&a);
+                            host.close(a, now);
+                        }
+                    }
+                }
+                Output::Event(e) => match e {
+                    Event::NeighborUp(p) => self.emit(MemberEvent::NeighborUp(p)),
+                    Event::NeighborDown { peer, reason } => self.emit(MemberEvent::NeighborDown(peer, reason)),
+                    Event::Suspected(p) => self.emit(MemberEvent::Suspected(p)),
+                    Event::Delivered { id, round, payload } => {
+                        self.last_hops = round;
+                        self.emit(MemberEvent::Message { origin: id.origin, seq: id.seq, hops: round, data: payload })
+                    }
+                    Event::MemberJoined { peer, round } => self.emit(MemberEvent::MemberJoined { peer, hops: round }),
+                    Event::Introduced { from, token } => {
+                        let result = match std::str::from_utf8(&token) {
+                            Ok(text) => host.accept_rsvp(text, now).map(|_| ()).map_err(|e| e.to_string()),
+                            Err(_) => Err("the token is not text".to_owned()),
+                        };
+                        self.emit(MemberEvent::Introduced { from, result });
+                    }
+                },
+            }
+        }
+        self.overlay = Some(overlay);
+    }
+
+    fn connect(
+        &mut self,
+        host: &mut Host,
+        overlay: &mut Overlay<PeerId>,
+        card: Card<PeerId>,
+        route: Vec<PeerId>,
+        now: Instant,
+        unix_now: u64,
+    ) {
+        match check_card(&card, unix_now) {
+            Ok(inv) => {
+                self.emit(MemberEvent::Connecting { peer: card.peer, route: route.clone() });
+                self.dial(host, inv, route, false, now);
+            }
+            Err(e) => {
+                overlay.link_failed(card.peer, self.ms(now));
+                self.emit(MemberEvent::ConnectFailed(card.peer, ConnectFailure::BadCard(e)));
+            }
+        }
+    }
+
+    /// Moves queued frames; closes links that asked for it once flushed
+    /// (or after a grace period), and links whose peer reads nothing.
+    fn flush(&mut self, host: &mut Host, now: Instant) {
+        let mut close = Vec::new();
+        for (&id, l) in &mut self.links {
+            if !l.tx.is_empty() {
+                let n = host.write(id, &l.tx);
+                l.tx.drain(..n);
+            }
+            if l.close_when_flushed && l.tx.is_empty() {
+                // A DISCONNECT queued just before must reach the peer: end
+                // our stream and close once it is acknowledged.
+                let since = *l.closing_since.get_or_insert_with(|| {
+                    host.finish(id);
+                    now
+                });
+                if host.send_done(id) || now.saturating_duration_since(since) >= CLOSE_GRACE {
+                    close.push(id);
+                }
+            } else if l.tx.len() > 4 * MAX_MESSAGE {
+                // The peer takes nothing while we have much to say: drop it.
+                let peer = l.peer;
+                self.events.push_back(MemberEvent::Misbehaved(peer, "it reads nothing".into()));
+                close.push(id);
+            }
+        }
+        let ms = self.ms(now);
+        for id in close {
+            host.close(id, now);
+            if let Some(l) = self.links.remove(&id)
+                && self.by_peer.get(&l.peer) == Some(&id)
+            {
+                self.by_peer.remove(&l.peer);
+                if !l.close_when_flushed
+                    && let Some(o) = self.overlay.as_mut()
+                {
+                    o.link_down(l.peer, ms);
+                }
+            }
+        }
+    }
+
+    /// A member cut off from everyone (its neighbours all left and no
+    /// passive peer answers) joins again through the member it first
+    /// joined, after four rounds alone, and then every four rounds.
+    fn rejoin_if_alone(&mut self, host: &mut Host, now: Instant) {
+        let (Some(o), Some(contact), Some(wait)) = (&self.overlay, &self.contact, self.rejoin_wait()) else { return };
+        if self.leaving.is_some() || o.active().next().is_some() || o.pending() > 0 {
+            self.alone_since = None;
+            return;
+        }
+        let since = *self.alone_since.get_or_insert(now);
+        let dialing_contact = self.dialing.values().any(|d| d.contact);
+        if now.saturating_duration_since(since) >= wait && !dialing_contact {
+            self.alone_since = Some(now);
+            let contact = contact.clone();
+            self.dial(host, contact, Vec::new(), true, now);
+        }
+    }
+
+    fn dial_failed(&mut self, attempt: AttemptId, why: ConnectFailure, now: Instant) {
+        if let Some(d) = self.dialing.remove(&attempt) {
+            let ms = self.ms(now);
+            if let Some(o) = self.overlay.as_mut() {
+                o.link_failed(d.peer, ms);
+            }
+            self.emit(MemberEvent::ConnectFailed(d.peer, why));
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Members against each other in memory, in virtual time: a tiny network
+//! that delivers datagrams after a fixed latency, where a node may sit
+//! behind a filter that lets in only replies from addresses it has sent to
+//! (an address-and-port-dependent filter, as in a home router).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use super::*;
+use crate::host::HostConfig;
+use crate::ice::Via;
+use crate::token::Token;
+
+const UNIX: u64 = 1_800_000_000;
+const LATENCY: Duration = Duration::from_millis(10);
+
+struct Peer {
+    addr: SocketAddr,
+    m: MemberHost,
+    filtering: bool,
+    contacted: BTreeSet<SocketAddr>,
+    events: Vec<MemberEvent>,
+}
+
+struct Net {
+    base: Instant,
+    now: Instant,
+    peers: Vec<Peer>,
+    /// (arrival, sequence) → (to, from, bytes)
+    wire: BTreeMap<(Instant, u64), (usize, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    filtered: u64,
+    rng: ChaCha20Rng,
+}
+
+impl Net {
+    fn new() -> Self {
+        let base = Instant::now();
+        Self {
+            base,
+            now: base,
+            peers: Vec::new(),
+            wire: BTreeMap::new(),
+            seq: 0,
+            filtered: 0,
+            rng: ChaCha20Rng::seed_from_u64(7),
+        }
+    }
+
+    fn unix(&self) -> u64 {
+        UNIX + self.now.duration_since(self.base).as_secs()
+    }
+
+    /// A member at 198.18.0.`i`, started at once (it has its host address).
+    fn add(&mut self, filtering: bool, join: Option<Invitation>) -> usize {
+        self.add_with(filtering, join, Config { announce_views: 0, ..Config::default() })
+    }
+
+    fn add_with(&mut self, filtering: bool, join: Option<Invitation>, overlay: Config) -> usize {
+        let i = self.peers.len();
+        let addr = SocketAddr::from(([198, 18, 0, i as u8 + 1], 4433));
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let identity = Identity::from_secret_bytes(seed);
+        self.rng.fill_bytes(&mut seed);
+        let cfg = MemberConfig { join, overlay, ..MemberConfig::default() };
+        let mut m = MemberHost::new(identity, cfg, HostConfig::default(), seed, self.now, self.unix());
+        m.member.minter().candidates_mut().add_host(addr);
+        self.peers.push(Peer { addr, m, filtering, contacted: BTreeSet::new(), events: Vec::new() });
+        self.peers[i].m.start(self.now).expect("own card");
+        self.flush(i);
+        i
+    }
+
+    fn card(&self, i: usize) -> Invitation {
+        self.peers[i].m.member.invitation().expect("started").clone()
+    }
+
+    fn flush(&mut self, i: usize) {
+        let now = self.now;
+        while let Some(t) = self.peers[i].m.poll_transmit(now) {
+            let from = self.peers[i].addr;
+            self.peers[i].contacted.insert(t.destination);
+            if let Some(to) = self.peers.iter().position(|p| p.addr == t.destination) {
+                self.seq += 1;
+                self.wire.insert((now + LATENCY, self.seq), (to, from, t.contents));
+            }
+        }
+        while let Some(e) = self.peers[i].m.poll_event() {
+            self.peers[i].events.push(e);
+        }
+    }
+
+    /// Runs until `until` (virtual), one input at a time.
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        for _ in 0..5_000_000 {
+            let next_packet = self.wire.keys().next().map(|k| k.0);
+            let next_timer = self.peers.iter().enumerate().filter_map(|(i, p)| Some((p.m.poll_timeout()?, i))).min();
+            let t = [next_packet, next_timer.map(|t| t.0)].into_iter().flatten().min().unwrap_or(until);
+            if t > until {
+                break;
+            }
+            self.now = self.now.max(t);
+            if next_packet == Some(t) {
+                let (_, (to, from, mut data)) = self.wire.pop_first().expect("a packet");
+                let p = &mut self.peers[to];
+                if p.filtering && !p.contacted.contains(&from) {
+                    self.filtered += 1;
+                    continue;
+                }
+                let now = self.now;
+                p.m.handle_datagram(now, from, &mut data);
+                self.flush(to);
+            } else if let Some((_, i)) = next_timer {
+                let now = self.now;
+                self.peers[i].m.handle_timeout(now);
+                self.flush(i);
+            }
+        }
+        self.now = until;
+    }
+
+    fn active(&self, i: usize) -> Vec<PeerId> {
+        self.peers[i].m.member.overlay().map(|o| o.active().collect()).unwrap_or_default()
+    }
+
+    fn id(&self, i: usize) -> PeerId {
+        self.peers[i].m.member.peer_id()
+    }
+}
+
+#[test]
+fn members_join_through_one_card_and_a_broadcast_reaches_everyone() {
+    let mut net = Net::new();
+    let a = net.add(false, None);
+    for _ in 0..5 {
+        let card = net.card(a);
+        net.add(false, Some(card));
+        net.run_for(Duration::from_secs(2));
+    }
+    net.run_for(Duration::from_secs(10));
+    for i in 0..net.peers.len() {
+        assert!(!net.active(i).is_empty(), "member {i} has no neighbour");
+        for p in net.active(i) {
+            let j = (0..net.peers.len()).find(|&j| net.id(j) == p).expect("a member");
+            assert!(net.active(j).contains(&net.id(i)), "active views are symmetric");
+        }
+    }
+    // Members other than the contact were reached by the overlay, not by
+    // their first token alone.
+    assert!(net.active(1).len() >= 2, "{:?}", net.active(1));
+    let now = net.now;
+    net.peers[3].m.command(MemberCommand::Broadcast(b"hello".to_vec()), now).expect("broadcast");
+    net.flush(3);
+    net.run_for(Duration::from_secs(3));
+    for (i, p) in net.peers.iter().enumerate().filter(|(i, _)| *i != 3) {
+        assert!(
+            p.events.iter().any(|e| matches!(e, MemberEvent::Message { data, .. } if data == b"hello")),
+            "member {i} missed the broadcast"
+        );
+    }
+    assert!(matches!(
+        net.peers[3].m.command(MemberCommand::Broadcast(vec![0; MAX_PAYLOAD + 1]), now),
+        Err(CommandError::TooLarge(_))
+    ));
+}
+
+#[test]
+fn members_behind_filters_link_by_rsvps_relayed_through_introducers() {
+    let mut net = Net::new();
+    // Small views, so that members fill theirs and links are asked for one
+    // way (a walk's end dialing the newcomer), not by both sides at once.
+    let small = Config { active: 3, passive: 8, announce_views: 0, ..Config::default() };
+    let a = net.add_with(false, None, small);
+    // Each newcomer sits behind a filter: it reaches its public contact
+    // with the token alone, but a link a walk asks for towards it needs
+    // the dialer's RSVP to travel through introducers first.
+    let mut filtered = Vec::new();
+    for _ in 0..10 {
+        let card = net.card(a);
+        filtered.push(net.add_with(true, Some(card), small));
+        net.run_for(Duration::from_secs(3));
+    }
+    net.run_for(Duration::from_secs(90));
+    assert!(net.filtered > 0, "the filter was never exercised");
+    let relayed_up =
+        net.peers.iter().flat_map(|p| &p.events).any(|e| {
+            matches!(e, MemberEvent::Linked { via: Via::Rsvp, dialed: Dialed::Overlay { relayed: true }, .. })
+        });
+    assert!(relayed_up, "no link came up by an RSVP relayed through introducers");
+    let introduced = filtered
+        .iter()
+        .filter(|&&f| net.peers[f].events.iter().any(|e| matches!(e, MemberEvent::Introduced { result: Ok(()), .. })))
+        .count();
+    assert!(introduced >= 2, "only {introduced} filtered members took an introduced RSVP");
+    for &f in &filtered {
+        assert!(!net.active(f).is_empty(), "filtered member {f} has no neighbour");
+    }
+}
+
+#[test]
+fn forty_interface_addresses_still_make_a_valid_card_and_rsvp() {
+    let now = Instant::now();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let (alice_id, bob_id) = (Identity::generate(&mut rng), Identity::generate(&mut rng));
+    let mut alice = MemberHost::new(alice_id, MemberConfig::default(), HostConfig::default(), seed, now, UNIX);
+    let mut bob = MemberHost::new(bob_id, MemberConfig::default(), HostConfig::default(), seed, now, UNIX);
+    for m in [&mut alice, &mut bob] {
+        let c = m.member.minter().candidates_mut();
+        for i in 0..20u8 {
+            c.add_host(SocketAddr::from(([10, 1, 0, i + 1], 4433)));
+            c.add_host(SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, u16::from(i) + 1], 4433)));
+        }
+        m.start(now).expect("a card with 40 interface addresses");
+    }
+    let card = alice.member.invitation().expect("card").token().encode_compact();
+    let inv = Invitation::parse(&card, UNIX + 1).expect("the card parses as its readers parse it");
+    let attempt = bob.host.join(&inv, now);
+    let id = bob.host.endpoint().rsvp_token_id(attempt).expect("an invitee attempt");
+    let rsvp: Token = bob.member.minter().rsvp(&inv, id, UNIX + 1);
+    assert!(rsvp.body.connection_info.ice_candidates.len() <= crate::token::limits::MAX_CANDIDATES);
+    alice
+        .command(MemberCommand::AcceptRsvp(rsvp.encode_compact()), now)
+        .expect("the inviter takes an RSVP minted on a machine with 40 addresses");
+}
