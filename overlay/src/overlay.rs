@@ -203,6 +203,10 @@ pub struct Stats {
     pub relayed: u64,
     /// Relays refused: rate limit or no link to the next hop.
     pub relay_refused: u64,
+    /// Of those, refused by the rate limit.
+    pub relay_rate_limited: u64,
+    /// Relays that arrived over a link we no longer count as active.
+    pub relay_from_stranger: u64,
     /// Tokens relayed to us.
     pub introduced: u64,
     /// Messages that made no sense where they arrived.
@@ -589,10 +593,14 @@ impl<P: PeerKey> Overlay<P> {
         let token = matches!(inner, Message::Introduce { .. });
         if !self.is_active(from) || !(token || matches!(inner, Message::ShuffleReply { .. })) {
             self.stats.ignored += 1;
+            if token {
+                self.stats.relay_from_stranger += 1;
+            }
             return;
         }
         if token && !self.limiter.allow(from, now) {
             self.stats.relay_refused += 1;
+            self.stats.relay_rate_limited += 1;
             return;
         }
         if !route.is_empty() {

@@ -15,6 +15,8 @@
 //!   `poll_transmit` / `poll_event`, then sleep until `poll_timeout`. STUN
 //!   servers are hosts too (every host answers Binding requests). Tokens
 //!   travel as text through an out-of-band channel with a person's delay.
+//! * [`reach`]: which pairs of NAT behaviours connect, and by which step,
+//!   worked out by running the NAT model on the engine's exchange.
 //! * [`report`]: the deterministic report (JSON, Markdown, SVG).
 //! * [`overlay`]: the overlay (membership, broadcast, introducer relay,
 //!   topology policies) at N = 10,000 over a simulated message network.
@@ -25,9 +27,11 @@
 //! `report.json` (tested).
 #![deny(missing_docs)]
 
+pub mod members_report;
 pub mod nat;
 pub mod overlay;
 pub mod queue;
+pub mod reach;
 pub mod report;
 pub mod scenario;
 pub mod world;

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use convoke_node::ice::Via;
 use serde::Serialize;
 
+use crate::members_report::{BroadcastReport, IntroducerReport, LinksReport, MembersReport, NetworkReport};
 use crate::world::{NetStats, STUN_PROFILE, World};
 
 /// Joins and what became of them.
@@ -143,6 +144,18 @@ pub struct Report {
     pub partitions: Vec<PartitionReport>,
     /// Churn.
     pub churn: Option<ChurnReport>,
+    /// Members (pattern `network`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<MembersReport>,
+    /// RSVPs through introducers (pattern `network`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub introducer: Option<IntroducerReport>,
+    /// How overlay links came up (pattern `network`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links: Option<LinksReport>,
+    /// Broadcast delivery (pattern `network` with broadcasts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastReport>,
     /// Times to connect, seconds, by path (for the plot; not serialised).
     #[serde(skip)]
     pub samples: BTreeMap<String, Vec<f64>>,
@@ -156,7 +169,8 @@ fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-fn summary(v: &mut [f64]) -> Option<Summary> {
+/// Percentiles of `v` (sorted in place), nearest rank.
+pub fn summary(v: &mut [f64]) -> Option<Summary> {
     if v.is_empty() {
         return None;
     }
@@ -309,6 +323,16 @@ impl Report {
             let detected = broken.iter().filter(|&&k| w.joins[k as usize].closed.is_some()).count() as u64;
             ChurnReport { left: w.churned, sessions_broken: broken.len() as u64, detected }
         });
+        let net = NetworkReport::new(w);
+        if let Some(n) = &net
+            && !n.samples.is_empty()
+        {
+            samples.insert("membership".to_owned(), n.samples.clone());
+        }
+        let (members, introducer, links, broadcast) = match net {
+            Some(n) => (Some(n.members), Some(n.introducer), Some(n.links), n.broadcast),
+            None => (None, None, None, None),
+        };
         Report {
             scenario: w.scenario.name.clone(),
             description: w.scenario.description.clone(),
@@ -329,6 +353,10 @@ impl Report {
             failures,
             partitions,
             churn,
+            members,
+            introducer,
+            links,
+            broadcast,
             samples,
         }
     }
@@ -375,6 +403,9 @@ impl Report {
             let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
         }
         let _ = writeln!(m);
+        if let (Some(s), Some(i), Some(l)) = (&self.members, &self.introducer, &self.links) {
+            m.push_str(&crate::members_report::markdown(s, i, l, self.broadcast.as_ref()));
+        }
         if let Some(x) = &self.matrix {
             let _ = writeln!(m, "## NAT matrix (rows: inviter, columns: invitee)\n");
             m.push_str(&x.to_markdown());
@@ -462,9 +493,10 @@ impl Report {
         let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="{}" y="18" text-anchor="middle">{}: time from token import to session (CDF)</text>"#,
+            r#"<text x="{}" y="18" text-anchor="middle">{}: time from token import to session{} (CDF)</text>"#,
             left + pw / 2.0,
-            self.scenario
+            self.scenario,
+            if self.samples.contains_key("membership") { " and to membership" } else { "" }
         );
         for d in (lo as i32)..=(hi as i32) {
             let xv = x(10f64.powi(d));

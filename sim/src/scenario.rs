@@ -99,6 +99,27 @@ pub struct Scenario {
     /// Nodes leaving after a random lifetime.
     #[serde(default)]
     pub churn: Option<Churn>,
+    /// Broadcasts by random members (pattern `network`).
+    #[serde(default)]
+    pub broadcasts: Option<Broadcasts>,
+}
+
+/// Broadcasts during a whole-system run: `count` of them, `interval_s`
+/// apart from `start_s`, each from a random live member with a neighbour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broadcasts {
+    /// When the first is sent, seconds.
+    pub start_s: f64,
+    /// Seconds between two: 10.
+    #[serde(default = "ten_seconds")]
+    pub interval_s: f64,
+    /// How many: 1 to 1,000.
+    pub count: u32,
+}
+
+fn ten_seconds() -> f64 {
+    10.0
 }
 
 fn one() -> u64 {
@@ -269,6 +290,10 @@ pub struct Population {
     pub nodes: u32,
     /// Profile name → weight (normalised).
     pub mix: BTreeMap<String, f64>,
+    /// The first node's profile (the one that starts the network); drawn
+    /// from the mix when absent.
+    #[serde(default)]
+    pub first: Option<String>,
 }
 
 /// Join patterns.
@@ -280,6 +305,12 @@ pub enum Pattern {
     Matrix,
     /// Node k joins by an invitation from a uniformly random earlier node.
     RandomEarlier,
+    /// The whole system: every node is a network member (the member engine:
+    /// host, overlay and the glue between them). Node k joins the one
+    /// network with the card of a uniformly random earlier member, which
+    /// travels out of band; from then on members introduce it, relaying
+    /// RSVPs through introducers with nobody in the loop.
+    Network,
 }
 
 /// Who invites whom, when.
@@ -405,6 +436,17 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The NATs between a host of profile `name` and the internet, from the
+    /// host outward (empty for a public host or an unknown name).
+    pub fn nat_chain(&self, name: &str) -> Vec<Behaviour> {
+        let Some(p) = self.all_profiles().remove(name) else { return Vec::new() };
+        let mut chain: Vec<Behaviour> = p.behaviour().into_iter().collect();
+        if p.cgnat && !chain.is_empty() {
+            chain.push(self.cgnat.behaviour());
+        }
+        chain
+    }
+
     /// All profiles: the built-ins, then the scenario's.
     pub fn all_profiles(&self) -> BTreeMap<String, Profile> {
         let mut m = builtin_profiles();
@@ -478,9 +520,9 @@ impl Scenario {
                     return Err(invalid("joins", format!("{pairs} pairs are more than this simulator runs")));
                 }
             }
-            Pattern::RandomEarlier => {
+            Pattern::RandomEarlier | Pattern::Network => {
                 let Some(p) = &self.population else {
-                    return Err(invalid("population", "the random-earlier pattern needs a [population]"));
+                    return Err(invalid("population", "the random-earlier and network patterns need a [population]"));
                 };
                 if !(1..=MAX_NODES).contains(&p.nodes) {
                     return Err(invalid("population.nodes", format!("must be between 1 and {MAX_NODES}")));
@@ -496,9 +538,28 @@ impl Scenario {
                         return Err(invalid(format!("population.mix.{name}"), "weight must be >= 0"));
                     }
                 }
+                if let Some(f) = &p.first
+                    && !known.contains_key(f)
+                {
+                    return Err(invalid("population.first", format!("unknown profile \"{f}\"")));
+                }
                 if p.mix.values().sum::<f64>() <= 0.0 {
                     return Err(invalid("population.mix", "weights must not all be zero"));
                 }
+            }
+        }
+        if let Some(b) = &self.broadcasts {
+            if j.pattern != Pattern::Network {
+                return Err(invalid("broadcasts", "only the network pattern has members to broadcast"));
+            }
+            if !(b.start_s.is_finite() && b.start_s >= 0.0) {
+                return Err(invalid("broadcasts.start_s", "must be >= 0"));
+            }
+            if !(b.interval_s.is_finite() && b.interval_s > 0.0) {
+                return Err(invalid("broadcasts.interval_s", "must be > 0"));
+            }
+            if !(1..=1000).contains(&b.count) {
+                return Err(invalid("broadcasts.count", "must be between 1 and 1000"));
             }
         }
         for (i, f) in self.failures.iter().enumerate() {

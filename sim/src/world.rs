@@ -33,9 +33,13 @@ use convoke_node::token::{
 };
 
 use crate::nat::{Nat, Refused};
+
+mod members;
+
 use crate::queue::Queue;
 use crate::scenario::{Pattern, Profile, Scenario};
 use crate::{FastHash, SimRng};
+pub use members::{MemberFigures, RsvpCount, Sent, Whole};
 
 /// The realm of the internet; other realms are NAT indices.
 const INTERNET: u32 = u32::MAX;
@@ -78,6 +82,7 @@ enum Ev {
     StartJoin(u32),
     Invite { join: u32, text: String },
     Rsvp { join: u32, text: String },
+    Broadcast(u32),
     Fail(u32),
     PartitionStart(u32),
     PartitionHeal,
@@ -108,6 +113,8 @@ struct SimNode {
     attempts: Vec<(AttemptId, u32)>,
     /// Our invitations, and the join each was made for.
     invitations: Vec<(TokenId, u32)>,
+    /// The member on this node (pattern `network`).
+    member: Option<Box<members::Slot>>,
 }
 
 struct NatBox {
@@ -237,6 +244,8 @@ pub struct World {
     cgnat: Option<(u32, u32)>,
     mix: Vec<(u16, f64)>,
     same_instant: (u64, u64),
+    /// The whole-system run's bookkeeping (pattern `network`).
+    whole: Option<Box<Whole>>,
 }
 
 /// The index of profile `name` in `profiles` (names are validated before a
@@ -288,6 +297,7 @@ impl World {
             cgnat: None,
             mix,
             same_instant: (0, 0),
+            whole: None,
             scenario,
         };
         for _ in 0..w.scenario.network.stun_servers {
@@ -328,6 +338,24 @@ impl World {
                     self.queue.push(start + u64::from(k) * interval, Ev::StartJoin(k));
                 }
                 self.joins.reserve(nodes as usize);
+            }
+            Pattern::Network => {
+                let nodes = s.population.as_ref().map_or(0, |p| p.nodes);
+                let first = match s.population.as_ref().and_then(|p| p.first.clone()) {
+                    Some(name) => profile_index(&self.profiles, &name),
+                    None => self.draw_profile(),
+                };
+                self.spawn_member(first);
+                for k in 0..nodes {
+                    self.queue.push(start + u64::from(k) * interval, Ev::StartJoin(k));
+                }
+                self.joins.reserve(nodes as usize);
+            }
+        }
+        if let Some(b) = self.scenario.broadcasts.clone() {
+            for i in 0..b.count {
+                let at = ((b.start_s + f64::from(i) * b.interval_s) * 1e9) as u64;
+                self.queue.push(at, Ev::Broadcast(i));
             }
         }
         for i in 0..self.scenario.failures.len() {
@@ -456,6 +484,7 @@ impl World {
             deferred: Vec::new(),
             attempts: Vec::new(),
             invitations: Vec::new(),
+            member: None,
         });
         self.after(n);
         n
@@ -519,6 +548,9 @@ impl World {
                 node.timer_at = u64::MAX;
                 let now = self.base + Duration::from_nanos(self.now);
                 node.host.handle_timeout(now);
+                if node.member.is_some() {
+                    self.member_timeout(n);
+                }
                 self.after(n);
             }
             Ev::Packet(p) => match p.hop {
@@ -531,7 +563,11 @@ impl World {
                 let n = self.joins[join as usize].invitee;
                 self.when_ready(n, Deferred::Import(join, text));
             }
+            Ev::Rsvp { join, text } if self.scenario.joins.pattern == Pattern::Network => {
+                self.take_member_rsvp(join, &text)
+            }
             Ev::Rsvp { join, text } => self.take_rsvp(join, &text),
+            Ev::Broadcast(i) => self.network_broadcast(i),
             Ev::Fail(i) => self.fail(i),
             Ev::PartitionStart(i) => self.partition(i),
             Ev::PartitionHeal => self.partitioned = false,
@@ -676,9 +712,15 @@ impl World {
                 self.send(n, t.destination, t.contents);
             }
             let Some(e) = self.nodes[n as usize].host.poll_event() else { break };
-            self.on_event(n, e);
+            if self.nodes[n as usize].member.is_some() {
+                self.member_host_event(n, e);
+            } else {
+                self.on_event(n, e);
+            }
         }
-        let t = self.nodes[n as usize].host.poll_timeout().map(|i| i.saturating_duration_since(self.base));
+        let host = self.nodes[n as usize].host.poll_timeout();
+        let t =
+            [host, self.member_deadline(n)].into_iter().flatten().min().map(|i| i.saturating_duration_since(self.base));
         let node = &mut self.nodes[n as usize];
         match t {
             Some(d) => {
@@ -792,6 +834,10 @@ impl World {
         let node = &mut self.nodes[n as usize];
         node.stun_pending = node.stun_pending.saturating_sub(1);
         if node.stun_pending == 0 {
+            if node.member.is_some() {
+                self.start_member(n);
+            }
+            let node = &mut self.nodes[n as usize];
             for d in std::mem::take(&mut node.deferred) {
                 self.run_deferred(n, d);
             }
@@ -812,6 +858,10 @@ impl World {
 
     fn run_deferred(&mut self, n: u32, d: Deferred) {
         match d {
+            Deferred::Mint(k) if self.scenario.joins.pattern == Pattern::Network => self.send_card(n, k),
+            Deferred::Import(k, text) if self.scenario.joins.pattern == Pattern::Network => {
+                self.import_card(n, k, &text)
+            }
             Deferred::Mint(k) => self.mint(n, k),
             Deferred::Import(k, text) => self.import(n, k, &text),
         }
@@ -834,6 +884,10 @@ impl World {
             Pattern::Matrix => {
                 let (a, b) = self.joins[k as usize].profiles;
                 (self.spawn(a), self.spawn(b))
+            }
+            Pattern::Network => {
+                self.start_network_join(k);
+                return;
             }
             Pattern::RandomEarlier => {
                 let first = self.stun.len() as u32;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use convoke_sim::reach::reach;
 use convoke_sim::report::parse_matrix;
 use convoke_sim::scenario::Scenario;
 
@@ -25,6 +26,17 @@ fn simulated_matrix_matches_the_written_expectation() {
         }
     }
     assert!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
+    // The NAT model's own answer for each pair (what the overlay model and
+    // the whole-system report use) is what the engine met in the run.
+    let scenario = Scenario::load(&dir.join("scenarios/nat-matrix.toml")).expect("scenario");
+    let mut disagree = Vec::new();
+    for ((inviter, invitee), phase) in &simulated {
+        let r = reach(&scenario.nat_chain(inviter), &scenario.nat_chain(invitee));
+        if r.as_str() != phase {
+            disagree.push(format!("{inviter} × {invitee}: simulated {phase}, reach() says {}", r.as_str()));
+        }
+    }
+    assert!(disagree.is_empty(), "{} cells differ:\n{}", disagree.len(), disagree.join("\n"));
     // Every run of a cell agreed (no "mixed"), and the times are sane: a
     // single token connects within a second; an RSVP needs the invitee's
     // 30 s window plus a person's 10-40 s, plus at most one 15 s keepalive.

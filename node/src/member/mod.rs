@@ -87,6 +87,11 @@ pub struct MemberConfig {
     /// person's invitation allows only keeps filtered members apart (and
     /// must stay well below the overlay's `connect_timeout`).
     pub card_rsvp_window: u32,
+    /// Send our RSVP along the route as soon as the overlay asks for a
+    /// link, not only once the peer stayed silent for `card_rsvp_window`:
+    /// true. The route is a walk that just ended here; seconds later its
+    /// links may have changed.
+    pub rsvp_with_every_dial: bool,
 }
 
 impl Default for MemberConfig {
@@ -97,6 +102,7 @@ impl Default for MemberConfig {
             card_lifetime: 7 * 86_400,
             rsvp_required: false,
             card_rsvp_window: 5,
+            rsvp_with_every_dial: true,
         }
     }
 }
@@ -214,7 +220,7 @@ pub enum MemberCommand {
     /// Take an RSVP that came out of band (a newcomer's first contact).
     AcceptRsvp(String),
     /// Join the network of this invitation (a member's card).
-    Join(Invitation),
+    Join(Box<Invitation>),
     /// Leave: tell neighbours, close sessions; [`Member::is_done`] then.
     Leave,
 }
@@ -244,6 +250,8 @@ struct Link {
     /// When the close was asked for: we finish the stream and close once
     /// the peer has everything, or after [`CLOSE_GRACE`].
     closing_since: Option<Instant>,
+    /// Whether our half of the stream is finished.
+    finished: bool,
 }
 
 struct Dial {
@@ -275,6 +283,9 @@ pub struct Member {
     leaving: Option<Instant>,
     /// Since when our active view has been empty (we joined once).
     alone_since: Option<Instant>,
+    /// Whether the link to our contact was ever up: only then does being
+    /// alone mean we were cut off (not that the contact is out of reach).
+    joined_once: bool,
     last_hops: u16,
 }
 
@@ -308,6 +319,7 @@ impl Member {
             events: VecDeque::new(),
             leaving: None,
             alone_since: None,
+            joined_once: false,
             last_hops: 0,
         }
     }
@@ -388,13 +400,21 @@ impl Member {
 
     fn join(&mut self, host: &mut Host, contact: Invitation, now: Instant) {
         self.contact = Some(contact.clone());
-        self.dial(host, contact, Vec::new(), true, now);
+        let _ = self.dial(host, contact, Vec::new(), true, now);
     }
 
-    fn dial(&mut self, host: &mut Host, invitation: Invitation, route: Vec<PeerId>, contact: bool, now: Instant) {
+    fn dial(
+        &mut self,
+        host: &mut Host,
+        invitation: Invitation,
+        route: Vec<PeerId>,
+        contact: bool,
+        now: Instant,
+    ) -> AttemptId {
         let peer = invitation.inviter();
         let attempt = host.join(&invitation, now);
         self.dialing.insert(attempt, Dial { peer, route, contact, relayed: false, invitation });
+        attempt
     }
 
     /// Takes an application's command.
@@ -425,9 +445,9 @@ impl Member {
             }
             MemberCommand::Join(inv) => {
                 if self.overlay.is_none() {
-                    self.cfg.join = Some(inv);
+                    self.cfg.join = Some(*inv);
                 } else {
-                    self.join(host, inv, now);
+                    self.join(host, *inv, now);
                 }
                 Ok(())
             }
@@ -470,7 +490,14 @@ impl Member {
                 let peer = peer.peer_id();
                 self.links.insert(
                     session,
-                    Link { peer, rx: Vec::new(), tx: Vec::new(), close_when_flushed: false, closing_since: None },
+                    Link {
+                        peer,
+                        rx: Vec::new(),
+                        tx: Vec::new(),
+                        close_when_flushed: false,
+                        closing_since: None,
+                        finished: false,
+                    },
                 );
                 // A second session to the same peer (both dialled at once)
                 // replaces the first for sending; either may receive.
@@ -484,6 +511,7 @@ impl Member {
                 self.emit(MemberEvent::Linked { peer, via, dialed });
                 if let (Some(o), Some(d)) = (self.overlay.as_mut(), dial) {
                     if d.contact {
+                        self.joined_once = true;
                         o.join(card_of(&d.invitation), ms);
                         self.events.push_back(MemberEvent::Joined(peer));
                     } else {
@@ -515,39 +543,44 @@ impl Member {
     }
 
     /// Our RSVP for an attempt whose peer must hear from us first: to the
-    /// contact's person out of band, or along the overlay's route.
+    /// contact's person out of band, or along the overlay's route (unless
+    /// it went with the dial already).
     fn rsvp_needed(&mut self, host: &mut Host, attempt: AttemptId, now: Instant, unix_now: u64) {
-        let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return };
         let Some(d) = self.dialing.get(&attempt) else { return };
-        let t = self.minter.rsvp(&d.invitation, id, unix_now);
         if d.contact {
+            let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return };
+            let t = self.minter.rsvp(&d.invitation, id, unix_now);
             self.emit(MemberEvent::RsvpForContact(t.encode_compact()));
             return;
         }
-        let (peer, route) = (d.peer, d.route.clone());
-        // The route was remembered when the card arrived; links change.
-        // Start from the furthest hop that is our neighbour now.
-        let route = self.overlay.as_ref().and_then(|o| {
-            let start = route.iter().rposition(|&p| o.is_active(p))?;
-            Some(route[start..].to_vec())
-        });
-        let token = t.encode_compact().into_bytes();
-        let sent = match (route, self.overlay.as_mut()) {
-            (Some(r), Some(o)) => o.introduce(&r, token).then_some(r),
-            _ => None,
-        };
-        match sent {
-            Some(route) => {
-                if let Some(d) = self.dialing.get_mut(&attempt) {
-                    d.relayed = true;
-                }
-                self.emit(MemberEvent::RsvpRelayed { peer, route });
-            }
-            None => {
-                self.dial_failed(attempt, ConnectFailure::NoRoute, now);
-                host.close(attempt, now);
-            }
+        if d.relayed {
+            return; // sent when we dialed; the peer is checking towards us
         }
+        let Some(mut overlay) = self.overlay.take() else { return };
+        let sent = self.relay_rsvp(host, &mut overlay, attempt, unix_now);
+        self.overlay = Some(overlay);
+        if !sent {
+            self.dial_failed(attempt, ConnectFailure::NoRoute, now);
+            host.close(attempt, now);
+        }
+    }
+
+    /// Mints our RSVP for an overlay dial and sends it along the dial's
+    /// route, from the furthest hop that is our neighbour now (routes are
+    /// remembered; links change). Whether it went.
+    fn relay_rsvp(&mut self, host: &Host, overlay: &mut Overlay<PeerId>, attempt: AttemptId, unix_now: u64) -> bool {
+        let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return false };
+        let Some(d) = self.dialing.get_mut(&attempt) else { return false };
+        let Some(start) = d.route.iter().rposition(|&p| overlay.is_active(p)) else { return false };
+        let route = d.route[start..].to_vec();
+        let token = self.minter.rsvp(&d.invitation, id, unix_now).encode_compact().into_bytes();
+        if !overlay.introduce(&route, token) {
+            return false;
+        }
+        d.relayed = true;
+        let peer = d.peer;
+        self.emit(MemberEvent::RsvpRelayed { peer, route });
+        true
     }
 
     fn read(&mut self, host: &mut Host, id: AttemptId, now: Instant) {
@@ -594,7 +627,10 @@ impl Member {
         let closing = self.links.values().filter_map(|l| l.closing_since).min().map(|t| t + CLOSE_GRACE);
         let leaving = self.leaving.map(|t| t + LEAVE_GRACE);
         let dialing_contact = self.dialing.values().any(|d| d.contact);
-        let rejoin = self.alone_since.filter(|_| !dialing_contact).and_then(|t| Some(t + self.rejoin_wait()?));
+        let rejoin = self
+            .alone_since
+            .filter(|_| !dialing_contact && self.joined_once)
+            .and_then(|t| Some(t + self.rejoin_wait()?));
         [overlay, closing, leaving, rejoin].into_iter().flatten().min()
     }
 
@@ -668,7 +704,13 @@ impl Member {
         match check_card(&card, unix_now) {
             Ok(inv) => {
                 self.emit(MemberEvent::Connecting { peer: card.peer, route: route.clone() });
-                self.dial(host, inv, route, false, now);
+                let attempt = self.dial(host, inv, route, false, now);
+                // Both sides check from the start: the route is fresh now
+                // (a walk that just ended here), and an RSVP that finds the
+                // peer reachable anyway costs one relayed token.
+                if self.cfg.rsvp_with_every_dial {
+                    self.relay_rsvp(host, overlay, attempt, unix_now);
+                }
             }
             Err(e) => {
                 overlay.link_failed(card.peer, self.ms(now));
@@ -686,16 +728,23 @@ impl Member {
                 let n = host.write(id, &l.tx);
                 l.tx.drain(..n);
             }
-            if l.close_when_flushed && l.tx.is_empty() {
+            let overdue = l.closing_since.is_some_and(|t| now.saturating_duration_since(t) >= CLOSE_GRACE);
+            if overdue {
+                close.push(id);
+            } else if l.close_when_flushed && l.tx.is_empty() {
                 // A DISCONNECT queued just before must reach the peer: end
                 // our stream and close once it is acknowledged.
-                let since = *l.closing_since.get_or_insert_with(|| {
+                l.closing_since.get_or_insert(now);
+                if !l.finished {
                     host.finish(id);
-                    now
-                });
-                if host.send_done(id) || now.saturating_duration_since(since) >= CLOSE_GRACE {
+                    l.finished = true;
+                }
+                if host.send_done(id) {
                     close.push(id);
                 }
+            } else if l.close_when_flushed {
+                // Still flushing: the grace period runs from now.
+                l.closing_since.get_or_insert(now);
             } else if l.tx.len() > 4 * MAX_MESSAGE {
                 // The peer takes nothing while we have much to say: drop it.
                 let peer = l.peer;
@@ -724,7 +773,7 @@ impl Member {
     /// joined, after four rounds alone, and then every four rounds.
     fn rejoin_if_alone(&mut self, host: &mut Host, now: Instant) {
         let (Some(o), Some(contact), Some(wait)) = (&self.overlay, &self.contact, self.rejoin_wait()) else { return };
-        if self.leaving.is_some() || o.active().next().is_some() || o.pending() > 0 {
+        if !self.joined_once || self.leaving.is_some() || o.active().next().is_some() || o.pending() > 0 {
             self.alone_since = None;
             return;
         }
@@ -733,7 +782,7 @@ impl Member {
         if now.saturating_duration_since(since) >= wait && !dialing_contact {
             self.alone_since = Some(now);
             let contact = contact.clone();
-            self.dial(host, contact, Vec::new(), true, now);
+            let _ = self.dial(host, contact, Vec::new(), true, now);
         }
     }
 

@@ -98,7 +98,7 @@ fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
     })?;
     if let Some(n) = nodes {
         match (&mut s.population, s.joins.pattern) {
-            (Some(p), Pattern::RandomEarlier) => {
+            (Some(p), Pattern::RandomEarlier | Pattern::Network) => {
                 // Keep the time after the last join starts: the run is as
                 // long as the joins plus the same tail.
                 let j = &s.joins;
@@ -106,7 +106,12 @@ fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
                 p.nodes = n;
                 s.duration_s = (j.start_s + f64::from(n) * j.interval_s + tail.max(0.0)).max(1.0);
             }
-            _ => return Err("--nodes needs a scenario with pattern = \"random-earlier\" and a [population]".into()),
+            _ => {
+                return Err(
+                    "--nodes needs a scenario with pattern = \"random-earlier\" or \"network\" and a [population]"
+                        .into(),
+                );
+            }
         }
         s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -1,0 +1,246 @@
+//! The whole-system part of a report (pattern `network`): how many nodes
+//! became members, how the network hangs together, how introducer-relayed
+//! RSVPs fared, how links came up and how far broadcasts went.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::report::Summary;
+use crate::world::World;
+
+/// `members`: who ended up in the network.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MembersReport {
+    /// Member nodes started (the first member and every newcomer).
+    pub nodes: u64,
+    /// Alive at the end.
+    pub alive: u64,
+    /// Alive at the end with at least one active overlay link.
+    pub joined: u64,
+    /// Nodes that could be in the network with the token they were given:
+    /// the first member, and each newcomer whose contact could and whose
+    /// pair with its contact connects by some step of the ladder built so
+    /// far (the NAT model says, [`crate::reach`]).
+    pub allowed: u64,
+    /// `joined / nodes`.
+    pub joined_share: f64,
+    /// `allowed / nodes`.
+    pub allowed_share: f64,
+    /// Mean active view of the joined members (live neighbours).
+    pub mean_active: f64,
+    /// Components of the live active graph (joined members).
+    pub components: u64,
+    /// Members in the largest component.
+    pub largest_component: u64,
+    /// Seconds from importing a card to the first overlay link.
+    pub time_to_membership_s: Option<Summary>,
+}
+
+/// Why introducer-relayed RSVPs did not reach their addressee.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RsvpLosses {
+    /// No hop of the remembered route was a neighbour when it was needed.
+    pub no_route: u64,
+    /// Sent, never arrived, addressee alive (a relay refused it or its
+    /// route broke on the way).
+    pub in_transit: u64,
+    /// The addressee had crashed.
+    pub addressee_crashed: u64,
+}
+
+/// `introducer`: RSVPs relayed through introducers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IntroducerReport {
+    /// RSVPs members needed to send through introducers.
+    pub rsvps_sent: u64,
+    /// Taken by their addressee.
+    pub rsvps_delivered: u64,
+    /// Reached their addressee, which refused them.
+    pub rsvps_refused: u64,
+    /// Lost, all reasons.
+    pub rsvps_lost: u64,
+    /// Lost, by reason.
+    pub lost: RsvpLosses,
+    /// Of the RSVPs addressed to live members, the share that reached them.
+    pub delivered_to_live_share: f64,
+    /// Relays refused by members on the way (rate limit or no link to the
+    /// next hop), summed over live members' counters.
+    pub relay_refusals: u64,
+    /// Of those, by the rate limit.
+    pub relay_rate_limited: u64,
+    /// Tokens relayed to a member over a link it no longer counted active
+    /// (views are symmetric only eventually), summed likewise.
+    pub relay_from_stranger: u64,
+}
+
+/// `links`: how overlay links came up.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LinksReport {
+    /// Links up, counted once at the side that dialed: by the newcomer's
+    /// first token alone, by its RSVP carried out of band, by an
+    /// introduced card alone, by an RSVP relayed through introducers.
+    pub by_phase: BTreeMap<String, u64>,
+    /// Links the overlay asked for that failed, by reason.
+    pub failed: BTreeMap<String, u64>,
+}
+
+/// `broadcast`: how far broadcasts went.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BroadcastReport {
+    /// Broadcasts sent.
+    pub count: u64,
+    /// The smallest share of live members (joined before it was sent)
+    /// that received one.
+    pub min_delivery: f64,
+    /// The mean of those shares.
+    pub mean_delivery: f64,
+}
+
+/// The four sections, gathered from a finished world.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkReport {
+    /// `members`.
+    pub members: MembersReport,
+    /// `introducer`.
+    pub introducer: IntroducerReport,
+    /// `links`.
+    pub links: LinksReport,
+    /// `broadcast` (when the scenario sends any).
+    pub broadcast: Option<BroadcastReport>,
+    /// Seconds to membership, for the plot.
+    pub samples: Vec<f64>,
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn share(x: u64, of: u64) -> f64 {
+    if of == 0 { 1.0 } else { round(x as f64 / of as f64) }
+}
+
+impl NetworkReport {
+    /// Gathers it from a network run (`None` for other patterns).
+    pub fn new(w: &World) -> Option<NetworkReport> {
+        let whole = w.whole()?;
+        let f = w.member_figures()?;
+        let mut samples = f.to_membership_s.clone();
+        let members = MembersReport {
+            nodes: f.nodes,
+            alive: f.alive,
+            joined: f.joined,
+            allowed: f.allowed,
+            joined_share: share(f.joined, f.nodes),
+            allowed_share: share(f.allowed, f.nodes),
+            mean_active: round(f.mean_active),
+            components: f.components,
+            largest_component: f.largest,
+            time_to_membership_s: crate::report::summary(&mut samples),
+        };
+        let r = &whole.rsvps;
+        let (mut in_transit, mut crashed) = (0u64, r.to_crashed);
+        for (&(_, to), &c) in &r.in_flight {
+            if w.crashed_at(to).is_some() {
+                crashed += u64::from(c);
+            } else {
+                in_transit += u64::from(c);
+            }
+        }
+        let needed = r.sent + r.no_route;
+        let lost = RsvpLosses { no_route: r.no_route, in_transit, addressee_crashed: crashed };
+        let introducer = IntroducerReport {
+            rsvps_sent: needed,
+            rsvps_delivered: r.delivered,
+            rsvps_refused: r.refused,
+            rsvps_lost: lost.no_route + lost.in_transit + lost.addressee_crashed,
+            delivered_to_live_share: share(r.delivered + r.refused, needed.saturating_sub(crashed)),
+            lost,
+            relay_refusals: f.relay_refused,
+            relay_rate_limited: f.relay_rate_limited,
+            relay_from_stranger: f.relay_from_stranger,
+        };
+        let links = LinksReport {
+            by_phase: whole.links_by_phase.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            failed: whole.connect_failures.clone(),
+        };
+        let broadcast = (!f.deliveries.is_empty()).then(|| {
+            let shares: Vec<f64> = f.deliveries.iter().map(|&(live, got)| share(got, live)).collect();
+            BroadcastReport {
+                count: shares.len() as u64,
+                min_delivery: shares.iter().copied().fold(1.0, f64::min),
+                mean_delivery: round(shares.iter().sum::<f64>() / shares.len() as f64),
+            }
+        });
+        Some(NetworkReport { members, introducer, links, broadcast, samples: f.to_membership_s })
+    }
+}
+
+/// The report's Markdown section for the four parts.
+pub fn markdown(
+    s: &MembersReport,
+    i: &IntroducerReport,
+    links: &LinksReport,
+    broadcast: Option<&BroadcastReport>,
+) -> String {
+    {
+        let mut m = String::new();
+        let _ = writeln!(
+            m,
+            "## Members\n\n| nodes | alive | joined | allowed by the NAT model | mean active view | components | largest |\n|---|---|---|---|---|---|---|\n| {} | {} | {} ({:.1}%) | {} ({:.1}%) | {:.2} | {} | {} |\n",
+            s.nodes,
+            s.alive,
+            s.joined,
+            100.0 * s.joined_share,
+            s.allowed,
+            100.0 * s.allowed_share,
+            s.mean_active,
+            s.components,
+            s.largest_component
+        );
+        if let Some(t) = &s.time_to_membership_s {
+            let _ = writeln!(
+                m,
+                "Time from importing a card to the first overlay link: median {:.1} s, p90 {:.1} s, p99 {:.1} s, max {:.1} s (n = {}).\n",
+                t.p50, t.p90, t.p99, t.max, t.n
+            );
+        }
+        let _ = writeln!(
+            m,
+            "## RSVPs through introducers\n\n| needed | delivered | refused | lost: no route | lost: in transit | lost: addressee crashed | reached live addressees | relay refusals (rate limit) | from non-neighbours |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {:.2}% | {} ({}) | {} |\n",
+            i.rsvps_sent,
+            i.rsvps_delivered,
+            i.rsvps_refused,
+            i.lost.no_route,
+            i.lost.in_transit,
+            i.lost.addressee_crashed,
+            100.0 * i.delivered_to_live_share,
+            i.relay_refusals,
+            i.relay_rate_limited,
+            i.relay_from_stranger
+        );
+        let _ = writeln!(m, "## Links by how they came up\n\n| phase | links |\n|---|---|");
+        for (k, v) in &links.by_phase {
+            let _ = writeln!(m, "| {} | {v} |", k.replace('_', " "));
+        }
+        let _ = writeln!(m);
+        if !links.failed.is_empty() {
+            let _ = writeln!(m, "## Overlay links that failed\n\n| reason | links |\n|---|---|");
+            for (k, v) in &links.failed {
+                let _ = writeln!(m, "| {k} | {v} |");
+            }
+            let _ = writeln!(m);
+        }
+        if let Some(b) = broadcast {
+            let _ = writeln!(
+                m,
+                "## Broadcasts\n\n{} broadcasts; delivery to live members: min {:.2}%, mean {:.2}%.\n",
+                b.count,
+                100.0 * b.min_delivery,
+                100.0 * b.mean_delivery
+            );
+        }
+        m
+    }
+}

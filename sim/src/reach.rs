@@ -1,0 +1,177 @@
+//! Which pairs of sites can connect, and how: worked out by running the
+//! NAT model ([`crate::nat`]) on the exchange the engine makes, not read
+//! from a table.
+//!
+//! Each site is a host behind zero, one or two NATs (a home router, and a
+//! carrier-grade NAT above it). Both sites ask a STUN server where they are
+//! seen from. Then, as the engine does:
+//!
+//! * **single token** — the invitee checks the inviter's server-reflexive
+//!   address, round after round; the inviter answers whatever arrives and
+//!   sends a triggered check back to where it came from;
+//! * **RSVP** — both sides check each other's server-reflexive address at
+//!   once, and every address a check arrived from is checked back.
+//!
+//! A check succeeds when it arrives and its answer comes back from the
+//! address it was sent to (ICE's symmetric check). The simulated NAT matrix
+//! agrees with this cell by cell (`tests/nat_matrix.rs`).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::nat::{Behaviour, Nat};
+
+/// The furthest step of the ladder a pair needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reach {
+    /// The invitation alone connects.
+    SingleToken,
+    /// Both sides must check at once (an RSVP).
+    Rsvp,
+    /// Neither connects them (port prediction or a relay would be needed).
+    Never,
+}
+
+impl Reach {
+    /// The phase name used in reports and matrices.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::SingleToken => "single-token",
+            Reach::Rsvp => "rsvp",
+            Reach::Never => "failed",
+        }
+    }
+}
+
+struct Site {
+    /// Outermost last.
+    chain: Vec<Nat>,
+    host: SocketAddrV4,
+}
+
+/// Checks per address and round, as many rounds as it takes for the
+/// filters' state to settle.
+const ROUNDS: usize = 4;
+
+impl Site {
+    fn new(behaviours: &[Behaviour], index: u8) -> Site {
+        if behaviours.is_empty() {
+            return Site { chain: Vec::new(), host: SocketAddrV4::new(Ipv4Addr::new(198, 18, 10, index), 4433) };
+        }
+        let chain = behaviours
+            .iter()
+            .enumerate()
+            .map(|(k, b)| {
+                let outer = k + 1 == behaviours.len();
+                let ip = if outer { Ipv4Addr::new(198, 18, 20, index) } else { Ipv4Addr::new(100, 64, k as u8, index) };
+                Nat::new(*b, ip)
+            })
+            .collect();
+        Site { chain, host: SocketAddrV4::new(Ipv4Addr::new(10, 0, index, 2), 4433) }
+    }
+
+    /// Sends to `to`: the source address the internet sees.
+    fn send(&mut self, to: SocketAddrV4, random: &mut dyn FnMut() -> u32) -> Option<SocketAddrV4> {
+        let mut src = self.host;
+        for nat in &mut self.chain {
+            let port = nat.outbound(src, to, 0, random)?;
+            src = SocketAddrV4::new(nat.external, port);
+        }
+        Some(src)
+    }
+
+    /// Whether a packet from `from` to our external address `at` reaches
+    /// the host.
+    fn receive(&mut self, from: SocketAddrV4, at: SocketAddrV4) -> bool {
+        let mut at = at;
+        for nat in self.chain.iter_mut().rev() {
+            if *at.ip() != nat.external {
+                return false;
+            }
+            match nat.inbound(from, at.port(), 0) {
+                Ok(inner) => at = inner,
+                Err(_) => return false,
+            }
+        }
+        at == self.host
+    }
+
+    /// Asks a STUN server where we are seen from.
+    fn reflexive(&mut self, random: &mut dyn FnMut() -> u32) -> Option<SocketAddrV4> {
+        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 3478);
+        let seen = self.send(stun, random)?;
+        self.receive(stun, seen).then_some(seen)
+    }
+}
+
+/// One check from `from` to `to`'s address `dst`: whether it succeeded,
+/// and the source `to` saw it from (when it arrived).
+fn check(
+    from: &mut Site,
+    to: &mut Site,
+    dst: SocketAddrV4,
+    random: &mut dyn FnMut() -> u32,
+) -> (bool, Option<SocketAddrV4>) {
+    let Some(src) = from.send(dst, random) else { return (false, None) };
+    if !to.receive(src, dst) {
+        return (false, None);
+    }
+    let answered = to.send(src, random).is_some_and(|r| r == dst && from.receive(r, src));
+    (answered, Some(src))
+}
+
+/// Rounds of checks from both sides (or only `b`'s when `one_way`) to the
+/// addresses each knows of the other, learning the sources checks come
+/// from. Whether any check succeeded.
+fn exchange(a: &mut Site, b: &mut Site, one_way: bool, random: &mut dyn FnMut() -> u32) -> bool {
+    let (Some(ra), Some(rb)) = (a.reflexive(random), b.reflexive(random)) else { return false };
+    // What each side checks: the other's reflexive address (from its
+    // token) when it has the token, plus sources checks arrived from.
+    let mut a_checks: Vec<SocketAddrV4> = if one_way { Vec::new() } else { vec![rb] };
+    let mut b_checks: Vec<SocketAddrV4> = vec![ra];
+    for _ in 0..ROUNDS {
+        for dst in b_checks.clone() {
+            let (ok, seen) = check(b, a, dst, random);
+            if ok {
+                return true;
+            }
+            if let Some(s) = seen
+                && !a_checks.contains(&s)
+            {
+                a_checks.push(s);
+            }
+        }
+        for dst in a_checks.clone() {
+            let (ok, seen) = check(a, b, dst, random);
+            if ok {
+                return true;
+            }
+            if let Some(s) = seen
+                && !b_checks.contains(&s)
+            {
+                b_checks.push(s);
+            }
+        }
+    }
+    false
+}
+
+/// How an invitee behind `invitee` (NATs from the host outward; empty for
+/// a public host) reaches an inviter behind `inviter`.
+pub fn reach(inviter: &[Behaviour], invitee: &[Behaviour]) -> Reach {
+    let mut x = 0x2545_f491_u32;
+    let mut random = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let (mut a, mut b) = (Site::new(inviter, 1), Site::new(invitee, 2));
+    if exchange(&mut a, &mut b, true, &mut random) {
+        return Reach::SingleToken;
+    }
+    // The RSVP comes later, on the same NAT state, as it does in the engine.
+    if exchange(&mut a, &mut b, false, &mut random) {
+        return Reach::Rsvp;
+    }
+    Reach::Never
+}

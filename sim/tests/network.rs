@@ -1,0 +1,79 @@
+//! The whole system in the packet world (pattern `network`): members
+//! behind the NAT mix join one overlay with one card each, introducers
+//! relay RSVPs, broadcasts cross the network; with failures and churn too,
+//! and the same seed gives the same report.
+
+use convoke_sim::scenario::Scenario;
+
+const BASE: &str = r#"
+name = "network-test"
+duration_s = 260
+[oob]
+invite_delay_s = [2, 10]
+rsvp_delay_s = [2, 20]
+[population]
+nodes = 40
+mix = { public = 0.1, full-cone = 0.05, restricted-cone = 0.15, port-restricted = 0.5, symmetric = 0.1, symmetric-cgnat = 0.1 }
+first = "public"
+[cgnat]
+homes = 4
+[joins]
+pattern = "network"
+interval_s = 1
+[broadcasts]
+start_s = 200
+interval_s = 10
+count = 3
+"#;
+
+fn run(text: &str, seed: u64) -> convoke_sim::report::Report {
+    let s = Scenario::parse(text).expect("valid scenario");
+    convoke_sim::simulate(s, seed, &mut |_, _, _| {}).expect("runs").0
+}
+
+#[test]
+fn every_node_the_nat_model_lets_in_ends_up_in_one_network() {
+    let r = run(BASE, 3);
+    let m = r.members.as_ref().expect("a network run reports its members");
+    assert_eq!(m.nodes, 41, "the first member and 40 newcomers");
+    // The mix has symmetric newcomers whose contact filters by port: some
+    // cannot get in with one card, and the report says so.
+    assert!(m.allowed < m.nodes, "{m:?}");
+    assert!(m.joined >= m.allowed, "every node the NAT model lets in is in: {m:?}");
+    assert_eq!(m.components, 1, "one network, not islands: {m:?}");
+    assert_eq!(m.largest_component, m.joined);
+    assert!(m.mean_active > 2.0, "{m:?}");
+    assert!(m.time_to_membership_s.is_some());
+    let i = r.introducer.as_ref().expect("introducer figures");
+    assert!(i.rsvps_delivered > 0, "no RSVP reached anyone through introducers: {i:?}");
+    let l = r.links.as_ref().expect("link figures");
+    assert!(l.by_phase.get("rsvp_through_introducers").copied().unwrap_or(0) > 0, "{l:?}");
+    assert!(l.by_phase.get("rsvp_out_of_band").copied().unwrap_or(0) > 0, "{l:?}");
+    let b = r.broadcast.as_ref().expect("broadcast figures");
+    assert_eq!(b.count, 3);
+    assert!(b.min_delivery >= 0.95, "{b:?}");
+    let json = r.to_json();
+    for key in ["\"members\"", "\"introducer\"", "\"rsvps_lost\"", "\"by_phase\"", "\"min_delivery\""] {
+        assert!(json.contains(key), "report.json lacks {key}");
+    }
+    assert!(r.to_markdown().contains("## Members"));
+    assert!(r.to_svg().contains("membership"));
+}
+
+#[test]
+fn same_seed_same_report_with_failures_and_churn() {
+    let text = format!("{BASE}\n[[failures]]\nat_s = 120\nfraction = 0.2\n[churn]\nmean_lifetime_s = 600\n");
+    let a = run(&text, 9).to_json();
+    assert_eq!(a, run(&text, 9).to_json(), "same seed, same report");
+    let r = run(&text, 9);
+    let m = r.members.expect("members");
+    assert!(m.alive < m.nodes, "the failure and churn crashed nodes: {m:?}");
+    assert!(m.joined <= m.alive);
+}
+
+#[test]
+fn broadcasts_need_the_network_pattern() {
+    let text = BASE.replace("pattern = \"network\"", "pattern = \"random-earlier\"");
+    let e = Scenario::parse(&text).expect_err("broadcasts without members");
+    assert!(e.to_string().contains("broadcasts"), "{e}");
+}
