@@ -57,6 +57,9 @@ pub struct Config {
     pub fail_after: Millis,
     /// How long a link we asked for may take.
     pub connect_timeout: Millis,
+    /// How long a link replaced out of the active view stays open for
+    /// tokens relayed through it (0: closed at once).
+    pub linger: Millis,
     /// Broadcast our active view every this often (0: never). Members
     /// build the network's graph from these ([`Overlay::known_links`]).
     pub announce_views: Millis,
@@ -83,6 +86,7 @@ impl Default for Config {
             suspect_after: 2500,
             fail_after: 4000,
             connect_timeout: 15_000,
+            linger: 10_000,
             announce_views: 0,
             announce_joins: true,
             relay_burst: 8,
@@ -207,6 +211,9 @@ pub struct Stats {
     pub relay_rate_limited: u64,
     /// Relays that arrived over a link we no longer count as active.
     pub relay_from_stranger: u64,
+    /// Tokens we could not pass on: no hop of their route, and no
+    /// neighbour we know of, is linked to their addressee.
+    pub relay_unroutable: u64,
     /// Tokens relayed to us.
     pub introduced: u64,
     /// Messages that made no sense where they arrived.
@@ -266,6 +273,18 @@ pub struct Overlay<P: PeerKey> {
     next_shuffle: Millis,
     next_view: Option<Millis>,
     views: BTreeMap<P, (Millis, Vec<P>)>,
+    /// Each active neighbour's active view, as it last told us.
+    nbr_views: BTreeMap<P, Vec<P>>,
+    /// Our active view changed since we last told our neighbours.
+    nbr_dirty: bool,
+    /// Links replaced out of the active view, open for tokens until then.
+    lingering: Vec<(P, Millis)>,
+    /// Consecutive failed tries to fill the active view, and when the next
+    /// may start.
+    fill_backoff: u32,
+    fill_after: Millis,
+    /// When [`Overlay::tick`] last ran.
+    last_tick: Millis,
     plum: Plumtree<P>,
     limiter: Limiter<P>,
     out: VecDeque<Output<P>>,
@@ -290,6 +309,12 @@ impl<P: PeerKey> Overlay<P> {
             next_shuffle: first_shuffle,
             next_view: (cfg.announce_views > 0).then_some(now),
             views: BTreeMap::new(),
+            nbr_views: BTreeMap::new(),
+            nbr_dirty: false,
+            lingering: Vec::new(),
+            fill_backoff: 0,
+            fill_after: 0,
+            last_tick: now,
             out: VecDeque::new(),
             stats: Stats::default(),
             nonce: 0,
@@ -403,16 +428,71 @@ impl<P: PeerKey> Overlay<P> {
         id
     }
 
-    /// Sends a token to the last peer of `route` through the others (the
-    /// introducer's relay). `route[0]` must be an active peer.
-    pub fn introduce(&mut self, route: &[P], token: Vec<u8>) -> bool {
-        let Some((&first, rest)) = route.split_first() else { return false };
-        if !self.is_active(first) {
-            return false;
+    /// A link that left the active view by replacement stays open for
+    /// `linger`, for tokens only: a token that was routed through it a
+    /// moment ago still gets through. Then it closes.
+    fn linger(&mut self, peer: P, now: Millis) {
+        self.lingering.retain(|(p, _)| *p != peer);
+        if self.cfg.linger == 0 || self.lingering.len() >= 4 * self.cfg.active {
+            self.out.push_back(Output::Close(peer));
+        } else {
+            self.lingering.push((peer, now + self.cfg.linger));
         }
+    }
+
+    fn is_lingering(&self, peer: P) -> bool {
+        self.lingering.iter().any(|(p, _)| *p == peer)
+    }
+
+    /// Sends a token to the last peer of `route` through the others (the
+    /// introducer's relay). Returns whether it went.
+    pub fn introduce(&mut self, route: &[P], token: Vec<u8>) -> bool {
+        self.introduce_along(route, token).is_some()
+    }
+
+    /// Like [`Overlay::introduce`], and returns the route taken: from the
+    /// furthest hop of `route` that is our neighbour now, or — when none
+    /// is — through a neighbour that told us it is linked to the peer.
+    pub fn introduce_along(&mut self, route: &[P], token: Vec<u8>) -> Option<Vec<P>> {
+        let target = *route.last()?;
+        let route = self.live_route(route, target)?;
+        let (&first, rest) = route.split_first()?;
         let inner = Box::new(Message::Introduce { token });
         self.send(first, Message::Relay { origin: self.me.peer, route: rest.to_vec(), inner });
-        true
+        Some(route)
+    }
+
+    /// A route to `target` that starts at a neighbour: what we know to be
+    /// linked now ([`Overlay::known_route`]) to the target, else to the
+    /// furthest hop of `route` we can reach that way, followed by the rest
+    /// of `route` (a hint remembered earlier, which later hops check again).
+    fn live_route(&self, route: &[P], target: P) -> Option<Vec<P>> {
+        if let Some(r) = self.known_route(target) {
+            return Some(r);
+        }
+        (0..route.len()).rev().find_map(|j| {
+            let mut r = self.known_route(route[j])?;
+            r.extend_from_slice(&route[j + 1..]);
+            Some(r)
+        })
+    }
+
+    /// A route to `target` we know holds now: it is our neighbour (or a
+    /// replaced one whose link lingers), or a neighbour told us it is
+    /// linked to it.
+    fn known_route(&self, target: P) -> Option<Vec<P>> {
+        if self.is_active(target) || self.is_lingering(target) {
+            return Some(vec![target]);
+        }
+        self.nbr_views
+            .iter()
+            .find(|(n, view)| self.is_active(**n) && view.contains(&target))
+            .map(|(&n, _)| vec![n, target])
+    }
+
+    /// Whether we know a neighbour linked to `peer` (or are linked to it).
+    pub fn can_reach(&self, peer: P) -> bool {
+        self.known_route(peer).is_some()
     }
 
     /// A link we asked for ([`Output::Connect`]) is up: ask the peer in.
@@ -432,6 +512,7 @@ impl<P: PeerKey> Overlay<P> {
         if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
             self.pending.swap_remove(i);
             self.stats.connect_failures += 1;
+            self.fill_failed(now);
         }
         self.passive.retain(|p| p.card.peer != peer);
         self.fill(now);
@@ -439,6 +520,7 @@ impl<P: PeerKey> Overlay<P> {
 
     /// The transport lost the link to `peer` (it went away or timed out).
     pub fn link_down(&mut self, peer: P, now: Millis) {
+        self.lingering.retain(|(p, _)| *p != peer);
         if self.pending.iter().any(|p| p.card.peer == peer) {
             self.link_failed(peer, now);
         }
@@ -478,23 +560,36 @@ impl<P: PeerKey> Overlay<P> {
                 };
                 let p = self.pending.swap_remove(i);
                 if accepted {
+                    self.fill_backoff = 0;
                     self.add_active(p.card, now);
                 } else {
                     // The card stays in the passive view for another try.
                     self.out.push_back(Output::Close(from));
+                    self.fill_failed(now);
                     self.fill(now);
                 }
             }
             Message::Disconnect { alive } => {
                 if self.is_active(from) {
                     self.remove_active(from, DownReason::Disconnected, alive, now);
-                    self.out.push_back(Output::Close(from));
+                    if alive {
+                        self.linger(from, now);
+                    } else {
+                        self.out.push_back(Output::Close(from));
+                    }
                 }
             }
             Message::Shuffle { origin, ttl, path, cards } if self.is_active(from) => {
                 self.on_shuffle(from, origin, ttl, path, cards)
             }
             Message::Join { .. } | Message::ForwardJoin { .. } | Message::Shuffle { .. } => self.stats.ignored += 1,
+            Message::Neighbors { peers } => {
+                if self.is_active(from) && peers.len() <= MAX_LIST {
+                    self.nbr_views.insert(from, peers);
+                } else {
+                    self.stats.ignored += 1;
+                }
+            }
             Message::Ping { nonce } => self.send(from, Message::Pong { nonce }),
             Message::Pong { .. } => {}
             Message::Relay { origin, route, inner } => self.on_relay(from, origin, route, *inner, now),
@@ -579,10 +674,14 @@ impl<P: PeerKey> Overlay<P> {
         let first = route.remove(0);
         let inner = Box::new(Message::ShuffleReply { cards: reply });
         self.send(first, Message::Relay { origin: self.me.peer, route, inner });
-        // The sample is the origin's card and mostly its active peers: the
-        // way to them is back along the walk, then through the origin.
-        for c in cards {
-            self.add_passive(c, back.clone());
+        // The sample is the origin's card, then its active peers (as many
+        // as our own `shuffle_active`: members run the same parameters),
+        // then its passive ones. The way to the first is back along the
+        // walk, then through the origin; the passive ones were linked to
+        // nobody we know of, and get no route.
+        for (i, c) in cards.into_iter().enumerate() {
+            let route = if i <= self.cfg.shuffle_active { back.clone() } else { Vec::new() };
+            self.add_passive(c, route);
         }
     }
 
@@ -591,7 +690,8 @@ impl<P: PeerKey> Overlay<P> {
         // replies travel this way, and each neighbour is held to the token
         // limit (the `origin` it names is not authenticated; the link is).
         let token = matches!(inner, Message::Introduce { .. });
-        if !self.is_active(from) || !(token || matches!(inner, Message::ShuffleReply { .. })) {
+        let neighbour = self.is_active(from) || (token && self.is_lingering(from));
+        if !neighbour || !(token || matches!(inner, Message::ShuffleReply { .. })) {
             self.stats.ignored += 1;
             if token {
                 self.stats.relay_from_stranger += 1;
@@ -603,15 +703,19 @@ impl<P: PeerKey> Overlay<P> {
             self.stats.relay_rate_limited += 1;
             return;
         }
-        if !route.is_empty() {
+        if let Some(&target) = route.last() {
             // Routes are hints learned earlier: skip ahead to the furthest
-            // hop that is our neighbour now (the peer itself, if linked).
-            let Some(j) = route.iter().rposition(|&p| self.is_active(p)) else {
+            // hop that is our neighbour now (the peer itself, if linked),
+            // or go through a neighbour linked to the peer.
+            let Some(live) = self.live_route(&route, target) else {
                 self.stats.relay_refused += 1;
+                if token {
+                    self.stats.relay_unroutable += 1;
+                }
                 return;
             };
-            let next = route[j];
-            route.drain(..=j);
+            let next = live[0];
+            route = live[1..].to_vec();
             if token {
                 self.stats.relayed += 1;
             }
@@ -624,8 +728,9 @@ impl<P: PeerKey> Overlay<P> {
                 self.event(Event::Introduced { from: origin, token });
             }
             Message::ShuffleReply { cards } => {
+                // The answerer's passive peers: linked to nobody we know of.
                 for c in cards.into_iter().take(MAX_LIST) {
-                    self.add_passive(c, vec![from]);
+                    self.add_passive(c, Vec::new());
                 }
             }
             _ => self.stats.ignored += 1,
@@ -661,6 +766,7 @@ impl<P: PeerKey> Overlay<P> {
             self.evict(now);
         }
         self.passive.retain(|p| p.card.peer != peer);
+        self.lingering.retain(|(p, _)| *p != peer);
         self.active.push(ActivePeer { card, since: now, newcomer: false, heard: now, pinged: now, suspected: false });
         self.plum.neighbor_up(peer, now);
         self.stats.neighbor_ups += 1;
@@ -686,13 +792,14 @@ impl<P: PeerKey> Overlay<P> {
         let victim = self.active[pool[k]].card.peer;
         self.send(victim, Message::Disconnect { alive: true });
         self.remove_active(victim, DownReason::Replaced, true, now);
-        self.out.push_back(Output::Close(victim));
+        self.linger(victim, now);
         true
     }
 
     fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
+        self.nbr_views.remove(&peer);
         self.plum.neighbor_down(peer);
         self.drain_plum(now);
         self.stats.neighbor_downs += 1;
@@ -744,21 +851,38 @@ impl<P: PeerKey> Overlay<P> {
     }
 
     /// Asks for links to passive peers until the active view could be full.
+    /// A link we asked for to fill the view was refused or failed: the
+    /// next try waits a round, doubling up to 32 rounds while they keep
+    /// failing (every try costs both sides connectivity checks and a
+    /// handshake). A member with no neighbour at all never waits.
+    fn fill_failed(&mut self, now: Millis) {
+        self.fill_backoff = (self.fill_backoff + 1).min(5);
+        self.fill_after = now + (self.cfg.round << self.fill_backoff);
+    }
+
     fn fill(&mut self, now: Millis) {
+        if !self.active.is_empty() && now < self.fill_after {
+            return;
+        }
         while self.active.len() + self.pending.len() < self.cfg.active {
-            let candidates: Vec<usize> = (0..self.passive.len())
+            let free: Vec<usize> = (0..self.passive.len())
                 .filter(|&i| !self.pending.iter().any(|p| p.card.peer == self.passive[i].card.peer))
                 .collect();
-            let Some(i) = Self::pick(&mut self.rng, &candidates) else { break };
-            let p = self.passive[candidates[i]].clone();
-            // Only an active first hop can carry a token.
-            let route = if p.route.first().is_some_and(|&f| self.is_active(f)) { p.route } else { Vec::new() };
+            // Prefer peers a token can reach now (through a neighbour
+            // linked to them): if their network wants an RSVP, it gets there.
+            let routable: Vec<usize> =
+                free.iter().copied().filter(|&i| self.known_route(self.passive[i].card.peer).is_some()).collect();
+            let pool = if routable.is_empty() { free } else { routable };
+            let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
+            let p = self.passive[pool[i]].clone();
+            let route = self.live_route(&p.route, p.card.peer).unwrap_or_default();
             let high = self.active.is_empty();
             self.connect(p.card, route, high, now);
         }
     }
 
     fn view_changed(&mut self, now: Millis) {
+        self.nbr_dirty = true;
         if self.cfg.announce_views > 0 {
             // Coalesce bursts of changes into one announcement.
             let soon = now + self.cfg.round / 4;
@@ -800,6 +924,18 @@ impl<P: PeerKey> Overlay<P> {
     /// Runs timers: shuffles, pings, suspicion, link timeouts, GRAFTs, view
     /// announcements. Call it at [`Overlay::poll_timeout`] (or more often).
     pub fn tick(&mut self, now: Millis) {
+        self.last_tick = now;
+        let mut expired = Vec::new();
+        self.lingering.retain(|&(p, until)| {
+            let keep = until > now;
+            if !keep {
+                expired.push(p);
+            }
+            keep
+        });
+        for p in expired {
+            self.out.push_back(Output::Close(p));
+        }
         if now >= self.next_shuffle {
             self.next_shuffle = now + self.cfg.round;
             self.start_shuffle();
@@ -886,6 +1022,17 @@ impl<P: PeerKey> Overlay<P> {
     /// When [`Overlay::tick`] next has work.
     pub fn poll_timeout(&self) -> Millis {
         let mut t = self.next_shuffle;
+        // A fill held back by failures is due once it may run again (not
+        // again once a tick at or after that time has tried it).
+        if self.active.len() + self.pending.len() < self.cfg.active
+            && !self.passive.is_empty()
+            && self.fill_after > self.last_tick
+        {
+            t = t.min(self.fill_after);
+        }
+        for &(_, until) in &self.lingering {
+            t = t.min(until);
+        }
         for a in &self.active {
             t = t.min(a.heard.max(a.pinged) + self.cfg.round).min(a.heard + self.cfg.fail_after);
             if !a.suspected {
@@ -906,6 +1053,12 @@ impl<P: PeerKey> Overlay<P> {
 
     /// The next thing the driver must do.
     pub fn poll(&mut self) -> Option<Output<P>> {
+        if std::mem::take(&mut self.nbr_dirty) {
+            let peers: Vec<P> = self.active().collect();
+            for &p in &peers {
+                self.send(p, Message::Neighbors { peers: peers.iter().copied().filter(|&q| q != p).collect() });
+            }
+        }
         self.out.pop_front()
     }
 }

@@ -97,6 +97,13 @@ pub enum Message<P> {
         /// A sample of the answerer's passive view.
         cards: Vec<Card<P>>,
     },
+    /// Our active view, told to each neighbour when it changes: members
+    /// know who their neighbours are linked to, and route tokens through
+    /// them when a remembered route has broken.
+    Neighbors {
+        /// Our active peers.
+        peers: Vec<P>,
+    },
     /// Liveness probe of an active neighbour.
     Ping {
         /// Echoed in the pong.
@@ -197,6 +204,7 @@ const T_GOSSIP: u8 = 12;
 const T_IHAVE: u8 = 13;
 const T_GRAFT: u8 = 14;
 const T_PRUNE: u8 = 15;
+const T_NEIGHBORS: u8 = 16;
 
 impl<P: PeerKey> Message<P> {
     /// Encodes the message.
@@ -235,6 +243,10 @@ impl<P: PeerKey> Message<P> {
             Message::ShuffleReply { cards } => {
                 out.push(T_SHUFFLE_REPLY);
                 put_cards(out, cards);
+            }
+            Message::Neighbors { peers } => {
+                out.push(T_NEIGHBORS);
+                put_peers(out, peers);
             }
             Message::Ping { nonce } => {
                 out.push(T_PING);
@@ -306,6 +318,7 @@ impl<P: PeerKey> Message<P> {
                 cards: take_cards(r)?,
             },
             T_SHUFFLE_REPLY => Message::ShuffleReply { cards: take_cards(r)? },
+            T_NEIGHBORS => Message::Neighbors { peers: take_peers(r)? },
             T_PING => Message::Ping { nonce: take_u64(r)? },
             T_PONG => Message::Pong { nonce: take_u64(r)? },
             T_RELAY => {
@@ -461,6 +474,7 @@ mod tests {
             Message::Disconnect { alive: true },
             Message::Shuffle { origin: 5, ttl: 3, path: vec![5], cards: vec![card(5), card(6)] },
             Message::ShuffleReply { cards: vec![card(8)] },
+            Message::Neighbors { peers: vec![1, 2, 3] },
             Message::Ping { nonce: u64::MAX },
             Message::Pong { nonce: 1 },
             Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },

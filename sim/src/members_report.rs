@@ -73,6 +73,12 @@ pub struct IntroducerReport {
     /// Tokens relayed to a member over a link it no longer counted active
     /// (views are symmetric only eventually), summed likewise.
     pub relay_from_stranger: u64,
+    /// Tokens a member could not pass on: no hop of the route and no
+    /// neighbour it knew of was linked to the addressee.
+    pub relay_unroutable: u64,
+    /// Overlay messages (of any kind) a member dropped because it had no
+    /// session with the neighbour they were for.
+    pub unsent_messages: u64,
 }
 
 /// `links`: how overlay links came up.
@@ -160,6 +166,8 @@ impl NetworkReport {
             relay_refusals: f.relay_refused,
             relay_rate_limited: f.relay_rate_limited,
             relay_from_stranger: f.relay_from_stranger,
+            relay_unroutable: f.relay_unroutable,
+            unsent_messages: f.unsent,
         };
         let links = LinksReport {
             by_phase: whole.links_by_phase.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
@@ -208,7 +216,7 @@ pub fn markdown(
         }
         let _ = writeln!(
             m,
-            "## RSVPs through introducers\n\n| needed | delivered | refused | lost: no route | lost: in transit | lost: addressee crashed | reached live addressees | relay refusals (rate limit) | from non-neighbours |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {:.2}% | {} ({}) | {} |\n",
+            "## RSVPs through introducers\n\n| needed | delivered | refused | lost: no route | lost: in transit | lost: addressee crashed | reached live addressees | relay refusals (rate limit, unroutable tokens) | from non-neighbours | messages with no session |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {:.2}% | {} ({}, {}) | {} | {} |\n",
             i.rsvps_sent,
             i.rsvps_delivered,
             i.rsvps_refused,
@@ -218,7 +226,9 @@ pub fn markdown(
             100.0 * i.delivered_to_live_share,
             i.relay_refusals,
             i.relay_rate_limited,
-            i.relay_from_stranger
+            i.relay_unroutable,
+            i.relay_from_stranger,
+            i.unsent_messages
         );
         let _ = writeln!(m, "## Links by how they came up\n\n| phase | links |\n|---|---|");
         for (k, v) in &links.by_phase {

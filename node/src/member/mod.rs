@@ -287,6 +287,8 @@ pub struct Member {
     /// alone mean we were cut off (not that the contact is out of reach).
     joined_once: bool,
     last_hops: u16,
+    /// Overlay messages for a peer we have no session with.
+    unsent: u64,
 }
 
 impl std::fmt::Debug for Member {
@@ -321,6 +323,7 @@ impl Member {
             alone_since: None,
             joined_once: false,
             last_hops: 0,
+            unsent: 0,
         }
     }
 
@@ -348,6 +351,12 @@ impl Member {
     /// Our invitation (contact card), once started.
     pub fn invitation(&self) -> Option<&Invitation> {
         self.invitation.as_ref()
+    }
+
+    /// Overlay messages dropped because we had no session with their
+    /// addressee (the overlay and the sessions disagreed for a moment).
+    pub fn unsent(&self) -> u64 {
+        self.unsent
     }
 
     /// Hops the last broadcast we received took.
@@ -474,8 +483,11 @@ impl Member {
     }
 
     fn send(&mut self, host: &mut Host, to: PeerId, msg: &Message<PeerId>) {
-        let Some(&id) = self.by_peer.get(&to) else { return };
-        let Some(link) = self.links.get_mut(&id) else { return };
+        let Some(link) = self.by_peer.get(&to).and_then(|id| self.links.get_mut(id)) else {
+            self.unsent += 1;
+            return;
+        };
+        let id = self.by_peer[&to];
         framing::encode(msg, &mut link.tx);
         let n = host.write(id, &link.tx);
         link.tx.drain(..n);
@@ -566,17 +578,21 @@ impl Member {
     }
 
     /// Mints our RSVP for an overlay dial and sends it along the dial's
-    /// route, from the furthest hop that is our neighbour now (routes are
-    /// remembered; links change). Whether it went.
+    /// route from the furthest hop that is our neighbour now, or through a
+    /// neighbour linked to the peer (routes are remembered; links change).
+    /// Whether it went.
     fn relay_rsvp(&mut self, host: &Host, overlay: &mut Overlay<PeerId>, attempt: AttemptId, unix_now: u64) -> bool {
         let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return false };
         let Some(d) = self.dialing.get_mut(&attempt) else { return false };
-        let Some(start) = d.route.iter().rposition(|&p| overlay.is_active(p)) else { return false };
-        let route = d.route[start..].to_vec();
-        let token = self.minter.rsvp(&d.invitation, id, unix_now).encode_compact().into_bytes();
-        if !overlay.introduce(&route, token) {
+        let mut route = d.route.clone();
+        if route.last() != Some(&d.peer) {
+            route.push(d.peer);
+        }
+        if !overlay.can_reach(d.peer) && !route.iter().any(|&p| overlay.is_active(p)) {
             return false;
         }
+        let token = self.minter.rsvp(&d.invitation, id, unix_now).encode_compact().into_bytes();
+        let Some(route) = overlay.introduce_along(&route, token) else { return false };
         d.relayed = true;
         let peer = d.peer;
         self.emit(MemberEvent::RsvpRelayed { peer, route });

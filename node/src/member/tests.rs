@@ -61,13 +61,17 @@ impl Net {
     }
 
     fn add_with(&mut self, filtering: bool, join: Option<Invitation>, overlay: Config) -> usize {
+        let cfg = MemberConfig { join, overlay, ..MemberConfig::default() };
+        self.add_member(filtering, cfg)
+    }
+
+    fn add_member(&mut self, filtering: bool, cfg: MemberConfig) -> usize {
         let i = self.peers.len();
         let addr = SocketAddr::from(([198, 18, 0, i as u8 + 1], 4433));
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         let identity = Identity::from_secret_bytes(seed);
         self.rng.fill_bytes(&mut seed);
-        let cfg = MemberConfig { join, overlay, ..MemberConfig::default() };
         let mut m = MemberHost::new(identity, cfg, HostConfig::default(), seed, self.now, self.unix());
         m.member.minter().candidates_mut().add_host(addr);
         self.peers.push(Peer { addr, m, filtering, contacted: BTreeSet::new(), events: Vec::new() });
@@ -170,29 +174,24 @@ fn members_join_through_one_card_and_a_broadcast_reaches_everyone() {
     ));
 }
 
-#[test]
-fn members_behind_filters_link_by_rsvps_relayed_through_introducers() {
+/// A public contact and ten newcomers behind filters: each reaches its
+/// contact with the token alone, but a link a walk asks for towards a
+/// newcomer needs the dialer's RSVP to travel through introducers.
+fn filtered_network(rsvp_with_every_dial: bool) -> (Net, Vec<usize>) {
     let mut net = Net::new();
     // Small views, so that members fill theirs and links are asked for one
     // way (a walk's end dialing the newcomer), not by both sides at once.
     let small = Config { active: 3, passive: 8, announce_views: 0, ..Config::default() };
-    let a = net.add_with(false, None, small);
-    // Each newcomer sits behind a filter: it reaches its public contact
-    // with the token alone, but a link a walk asks for towards it needs
-    // the dialer's RSVP to travel through introducers first.
+    let cfg = |join| MemberConfig { join, overlay: small, rsvp_with_every_dial, ..MemberConfig::default() };
+    let a = net.add_member(false, cfg(None));
     let mut filtered = Vec::new();
     for _ in 0..10 {
         let card = net.card(a);
-        filtered.push(net.add_with(true, Some(card), small));
+        filtered.push(net.add_member(true, cfg(Some(card))));
         net.run_for(Duration::from_secs(3));
     }
     net.run_for(Duration::from_secs(90));
     assert!(net.filtered > 0, "the filter was never exercised");
-    let relayed_up =
-        net.peers.iter().flat_map(|p| &p.events).any(|e| {
-            matches!(e, MemberEvent::Linked { via: Via::Rsvp, dialed: Dialed::Overlay { relayed: true }, .. })
-        });
-    assert!(relayed_up, "no link came up by an RSVP relayed through introducers");
     let introduced = filtered
         .iter()
         .filter(|&&f| net.peers[f].events.iter().any(|e| matches!(e, MemberEvent::Introduced { result: Ok(()), .. })))
@@ -201,6 +200,45 @@ fn members_behind_filters_link_by_rsvps_relayed_through_introducers() {
     for &f in &filtered {
         assert!(!net.active(f).is_empty(), "filtered member {f} has no neighbour");
     }
+    (net, filtered)
+}
+
+/// Links that came up towards a filtered member dialed by the overlay, and
+/// how the dialer's engine saw them.
+fn links_to_filtered(net: &Net, filtered: &[usize]) -> Vec<(Via, bool)> {
+    let ids: Vec<PeerId> = filtered.iter().map(|&f| net.id(f)).collect();
+    net.peers
+        .iter()
+        .flat_map(|p| &p.events)
+        .filter_map(|e| match e {
+            MemberEvent::Linked { peer, via, dialed: Dialed::Overlay { relayed } } if ids.contains(peer) => {
+                Some((*via, *relayed))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn members_behind_filters_link_by_rsvps_sent_with_the_dial() {
+    let (net, filtered) = filtered_network(true);
+    let links = links_to_filtered(&net, &filtered);
+    assert!(!links.is_empty(), "no overlay link reached a filtered member");
+    // A filtered member lets in only peers it has sent to: every such link
+    // needed the RSVP that went with the dial.
+    assert!(links.iter().all(|&(_, relayed)| relayed), "{links:?}");
+}
+
+#[test]
+fn members_behind_filters_link_by_rsvps_after_the_window() {
+    let (net, filtered) = filtered_network(false);
+    let links = links_to_filtered(&net, &filtered);
+    assert!(!links.is_empty(), "no overlay link reached a filtered member");
+    // Where the filtered member did not happen to dial the dialer too, the
+    // dialer checked alone for the card's window, then relayed its RSVP.
+    let by_rsvp = links.iter().filter(|&&(via, relayed)| via == Via::Rsvp && relayed).count();
+    assert!(by_rsvp >= 3, "{links:?}");
+    assert!(links.iter().all(|&(via, relayed)| via == Via::SingleToken || relayed), "{links:?}");
 }
 
 #[test]

@@ -107,6 +107,11 @@ pub struct MemberFigures {
     pub relay_rate_limited: u64,
     /// Tokens relayed to a member over a link it no longer counts active.
     pub relay_from_stranger: u64,
+    /// Tokens a member could not pass on (no route, no neighbour linked to
+    /// the addressee).
+    pub relay_unroutable: u64,
+    /// Overlay messages for a peer the member had no session with.
+    pub unsent: u64,
 }
 
 impl World {
@@ -530,6 +535,8 @@ impl World {
                 f.relay_refused += st.relay_refused;
                 f.relay_rate_limited += st.relay_rate_limited;
                 f.relay_from_stranger += st.relay_from_stranger;
+                f.relay_unroutable += st.relay_unroutable;
+                f.unsent += s.member.unsent();
             }
             if let (Some(i), Some(m)) = (s.imported, s.member_at) {
                 f.to_membership_s.push(m.saturating_sub(i) as f64 / 1e9);
