@@ -12,7 +12,7 @@
 //! Demultiplexing by the first byte: `0x00..=0x03` STUN (RFC 7983), `0xE1`
 //! handshake initiation, `0xE2` handshake response, `0xE3` session data.
 //!
-//! Handshake (Noise IK, DESIGN §4), once ICE reports the path:
+//! Handshake (Noise IK, docs/DESIGN.md §4), once ICE reports the path:
 //!
 //! ```text
 //! invitee → inviter   0xE1 | len u8 | "inviter_ufrag:invitee_ufrag" | IK msg 1 (payload: Ed25519 key, index)

@@ -4,7 +4,7 @@
 //! directly, across NATs, with no signaling server. One signed invitation
 //! token, passed by any out-of-band channel, is enough to connect.
 //!
-//! The crate has two layers (DESIGN §1):
+//! The crate has two layers (docs/DESIGN.md §1):
 //!
 //! * the **sans-IO engine** — [`identity`], [`token`], [`stun`], [`ice`]
 //!   (connectivity), [`session`] (Noise IK, encrypted reliable stream and

@@ -192,7 +192,7 @@ fn metrics_parse_follow_the_naming_rules_and_count_a_join() {
     for (name, kind, _) in SERIES {
         assert_eq!(e.types.get(*name).map(String::as_str), Some(*kind), "{name} missing or mistyped");
     }
-    // Naming (DESIGN §7): prefix, counters end in _total, no peer or address labels.
+    // Naming (docs/DESIGN.md §7): prefix, counters end in _total, no peer or address labels.
     for (name, labels, _) in &e.samples {
         let family = e.family(name);
         assert!(family.starts_with("convoke_"), "{name}");

@@ -1,7 +1,7 @@
 //! # convoke-overlay
 //!
 //! Sans-IO overlay protocols for Convoke, generic over peer identity
-//! (DESIGN §5):
+//! (docs/DESIGN.md §5):
 //!
 //! * [`Overlay`]: membership with active and passive views (HyParView):
 //!   joins through a contact, random walks, shuffles, failure detection

@@ -2,7 +2,7 @@
 //!
 //! A discrete-event simulator that runs the real Convoke engine
 //! (`convoke-node` built without its runtime) on thousands of virtual nodes
-//! behind emulated RFC 4787 NATs (DESIGN §6).
+//! behind emulated RFC 4787 NATs (docs/DESIGN.md §6).
 //!
 //! * [`queue`]: the event queue, ordered by (time, sequence).
 //! * [`nat`]: NAT boxes — mapping × filtering × port assignment, timeouts,

@@ -9,8 +9,9 @@
 //! overlay asks for a link ([`convoke_overlay::Output::Connect`]) it comes
 //! up one round trip later if the target is alive and reachable; otherwise
 //! the asker hears `link_failed` after a transport timeout. With a NAT
-//! population (`[introducer]`), the expected matrix in `sim/README.md`
-//! decides each connection instead: `single-token` as above, `rsvp` only if
+//! population (`[introducer]`), the NAT model decides each connection
+//! instead ([`crate::reach`], the same answer the packet world's engine
+//! meets): `single-token` as above, `rsvp` only if
 //! the driver's RSVP, sent along the overlay's route with
 //! [`convoke_overlay::Overlay::introduce`], reaches the peer through the
 //! relays, `failed` never. Dead nodes drop everything; survivors are not
@@ -36,12 +37,9 @@ use convoke_overlay::{Card, Config, Event, Kind, Message, MsgId, Output, Overlay
 use serde::{Deserialize, Serialize};
 
 use crate::queue::Queue;
-use crate::report::parse_matrix;
-use crate::scenario::ScenarioError;
+use crate::reach::{Reach as Ladder, reach};
+use crate::scenario::{Cgnat, ScenarioError, builtin_profiles};
 use crate::{FastHash, SimRng};
-
-/// The expected NAT matrix (parsed from `sim/README.md`).
-const README: &str = include_str!("../README.md");
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid { field: field.into(), reason: reason.into() }
@@ -410,29 +408,34 @@ struct Matrix {
     cells: Vec<Vec<Cell>>,
 }
 
+/// What the NAT model says of every pair of built-in profiles.
 fn expected_matrix() -> Matrix {
-    // The README is part of the crate; a broken table is a build-time bug.
-    let table = parse_matrix(README).unwrap_or_default();
-    let mut profiles: Vec<String> = Vec::new();
-    for (a, _) in table.keys() {
-        if !profiles.contains(a) {
-            profiles.push(a.clone());
-        }
-    }
-    let cells = profiles
+    let builtin = builtin_profiles();
+    let cgnat = Cgnat::default().behaviour();
+    let chains: Vec<Vec<crate::nat::Behaviour>> = builtin
+        .values()
+        .map(|p| {
+            let mut c: Vec<_> = p.behaviour().into_iter().collect();
+            if p.cgnat && !c.is_empty() {
+                c.push(cgnat);
+            }
+            c
+        })
+        .collect();
+    let cells = chains
         .iter()
         .map(|a| {
-            profiles
+            chains
                 .iter()
-                .map(|b| match table.get(&(a.clone(), b.clone())).map(String::as_str) {
-                    Some("single-token") => Cell::Single,
-                    Some("rsvp") => Cell::Rsvp,
-                    _ => Cell::Failed,
+                .map(|b| match reach(a, b) {
+                    Ladder::SingleToken => Cell::Single,
+                    Ladder::Rsvp => Cell::Rsvp,
+                    Ladder::Never => Cell::Failed,
                 })
                 .collect()
         })
         .collect();
-    Matrix { profiles, cells }
+    Matrix { profiles: builtin.into_keys().collect(), cells }
 }
 
 fn draw_profile(rng: &mut SimRng, mix: &[(usize, f64)]) -> usize {

@@ -29,7 +29,7 @@
 //!   §7.3.1.1); consent is refreshed every ~5 s once connected and a path
 //!   silent for 30 s is reported lost (RFC 7675).
 //!
-//! Why our own agent rather than the `is` crate (DESIGN §3 suggested it):
+//! Why our own agent rather than the `is` crate (str0m's sans-IO ICE):
 //! `is` draws transaction ids from a global thread-local RNG (the simulator
 //! must be deterministic from its seed), parks early checks unanswered
 //! until remote credentials are set (the inviter must answer invitees it has
@@ -69,7 +69,7 @@ pub struct EndpointConfig {
     pub rto_initial: Duration,
     /// Retransmission backoff cap while checking: 3 s.
     pub rto_max: Duration,
-    /// NAT binding refresh while waiting for an RSVP: 15 s (DESIGN §3).
+    /// NAT binding refresh while waiting for an RSVP: 15 s (docs/DESIGN.md §3).
     pub keepalive: Duration,
     /// Consent check interval once connected: 5 s ± 20% (RFC 7675 §5.1).
     pub consent_interval: Duration,
@@ -363,7 +363,7 @@ impl Endpoint {
     }
 
     /// What binds a session to an attempt: its invitation, both ufrags and
-    /// the peer key the tokens name (DESIGN §4: the handshake's prologue).
+    /// the peer key the tokens name (docs/DESIGN.md §4: the handshake's prologue).
     pub fn binding(&self, id: AttemptId) -> Option<Binding> {
         let a = self.attempts.get(&id)?;
         let inviter = a.side == Side::Inviter;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §7).
+//! Prometheus metrics (docs/DESIGN.md §7).
 //!
 //! The engine only counts ([`crate::ice::Stats`], [`crate::host::HostStats`],
 //! per-session [`crate::session::SessionStats`]) and reports events; the

@@ -1,4 +1,4 @@
-//! Secure sessions (DESIGN §4), sans-IO: the Noise IK handshake bound to
+//! Secure sessions (docs/DESIGN.md §4), sans-IO: the Noise IK handshake bound to
 //! the token ([`noise`]), and what runs once it finished — encrypted
 //! packets with counter nonces, a sliding replay window ([`replay`]),
 //! rekeying, acknowledgements, loss recovery with an RFC 6298 timer,

@@ -49,7 +49,7 @@ pub const COMPACT_PREFIX: &str = "scpc:";
 pub const DEFAULT_RSVP_TIMEOUT_SECS: u32 = 30;
 /// Default lifetime of an RSVP (seconds): one hour.
 pub const DEFAULT_RSVP_LIFETIME_SECS: u64 = 3600;
-/// The session handshake every v1.1 token offers (DESIGN §4).
+/// The session handshake every v1.1 token offers (docs/DESIGN.md §4).
 pub const DEFAULT_SUITE: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 
 /// Hard limits checked before expensive work. They bound memory and CPU for
@@ -546,7 +546,7 @@ pub fn derived_ufrag(id: &TokenId) -> String {
 }
 
 /// The invitee's ICE password: base64url of the first 16 bytes of
-/// HMAC-SHA256(key = inviter's pwd, invitee's ufrag) (DESIGN §2). The inviter
+/// HMAC-SHA256(key = inviter's pwd, invitee's ufrag) (docs/DESIGN.md §2). The inviter
 /// learns the invitee's ufrag from the USERNAME of its first check and
 /// derives the same password, so it can check back towards an invitee it has
 /// never heard of.
