@@ -21,8 +21,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use super::node::StartError;
-
 /// Largest request line accepted (a token is at most 8 KiB).
 const MAX_LINE: u64 = 16 * 1024;
 
@@ -57,6 +55,16 @@ fn uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0)
 }
 
+/// The control socket could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the control socket {path}: {source}")]
+pub struct BindError {
+    /// Its path.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
 /// A bound control socket; removes its file when dropped.
 pub struct Server {
     path: PathBuf,
@@ -65,9 +73,9 @@ pub struct Server {
 
 impl Server {
     /// Binds `path`, or `<socket_dir>/<pid>.sock`.
-    pub fn bind(path: Option<PathBuf>) -> Result<Server, StartError> {
+    pub fn bind(path: Option<PathBuf>) -> Result<Server, BindError> {
         let path = path.unwrap_or_else(|| socket_dir().join(format!("{}.sock", std::process::id())));
-        let err = |source| StartError::Control { path: path.clone(), source };
+        let err = |source| BindError { path: path.clone(), source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(err)?;
             use std::os::unix::fs::PermissionsExt;

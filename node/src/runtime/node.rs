@@ -268,7 +268,14 @@ impl Node {
         for s in &usable {
             host.query_stun(*s, now);
         }
-        let control = if config.control_socket { Some(control::Server::bind(config.control.clone())?) } else { None };
+        let control = if config.control_socket {
+            Some(
+                control::Server::bind(config.control.clone())
+                    .map_err(|e| StartError::Control { path: e.path, source: e.source })?,
+            )
+        } else {
+            None
+        };
         Ok(Node {
             host,
             identity,

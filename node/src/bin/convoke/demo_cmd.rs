@@ -7,33 +7,17 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Args;
 use convoke_node::host::HostEvent;
 use convoke_node::ice::{AttemptId, Event as IceEvent, Via};
 use convoke_node::identity::Identity;
-use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
+use convoke_node::runtime::node::{App, Node, NodeCtx};
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::{ConnectionMode, InitialMode, Invitation, InvitationParams};
 use tokio::sync::mpsc;
 
+use crate::demo_common::{DemoArgs, loopback};
 use crate::session_cmd::{runtime, seed};
 use crate::{Ctx, Failure};
-
-/// `convoke demo`.
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// How many nodes form the network.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
-    pub nodes: u16,
-    /// Require an RSVP, as for an inviter whose network lets no first
-    /// contact in: the demo carries a newcomer's first RSVP back by itself,
-    /// and members relay every later one (introductions).
-    #[arg(long)]
-    pub rsvp: bool,
-    /// The two-node demo: one invitation, one greeting each way.
-    #[arg(long)]
-    pub pair: bool,
-}
 
 enum Note {
     Say(&'static str, String),
@@ -136,10 +120,6 @@ impl App for Peer {
             None => std::future::pending().await,
         }
     }
-}
-
-pub(crate) fn loopback() -> NodeConfig {
-    NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
 }
 
 /// `convoke demo`.

@@ -1,9 +1,11 @@
 //! `convoke`: the Convoke node's command-line tool.
 
 mod demo_cmd;
+mod demo_common;
 mod net_demo;
 mod session_cmd;
 mod token_cmd;
+mod topology_view;
 mod up_cmd;
 mod util;
 
@@ -50,7 +52,7 @@ enum Command {
     /// A network forms on this machine: nodes join with one token each,
     /// members introduce them to each other, and a broadcast reaches every
     /// node along the tree they build; ends by itself.
-    Demo(demo_cmd::DemoArgs),
+    Demo(demo_common::DemoArgs),
     /// Run a long-lived overlay member: start a network, or join one with
     /// any member's invitation. Broadcasts arrive on standard output.
     Up(up_cmd::UpArgs),

@@ -22,7 +22,7 @@ use convoke_overlay::topology;
 use rand_core::Rng;
 use tokio::sync::mpsc;
 
-use crate::demo_cmd::{DemoArgs, loopback};
+use crate::demo_common::{DemoArgs, loopback};
 use crate::session_cmd::{runtime, seed};
 use crate::{Ctx, Failure};
 
@@ -160,7 +160,7 @@ impl Show {
 }
 
 /// `convoke demo [--nodes N] [--rsvp]`.
-pub fn run(_ctx: &Ctx, a: crate::demo_cmd::DemoArgs) -> Result<(), Failure> {
+pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let DemoArgs { nodes, rsvp, .. } = a;
     let n = usize::from(nodes);
     let ids: Vec<Identity> = (0..n).map(|_| Identity::generate(&mut os_rng())).collect();

@@ -729,7 +729,7 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     }
     if a.dot {
         for n in nodes.iter().filter(|n| !n["overlay"].is_null()) {
-            crate::up_cmd::print_topology(n, true);
+            crate::topology_view::print_topology(n, true);
         }
         return Ok(());
     }
@@ -755,7 +755,7 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
             );
         }
         if a.topology {
-            crate::up_cmd::print_topology(&n, false);
+            crate::topology_view::print_topology(&n, false);
         }
     }
     Ok(())

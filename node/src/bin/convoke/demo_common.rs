@@ -1,0 +1,24 @@
+//! What both demos share: their arguments and a loopback node's config.
+
+use clap::Args;
+use convoke_node::runtime::node::NodeConfig;
+
+/// `convoke demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// How many nodes form the network.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(2..=64))]
+    pub nodes: u16,
+    /// Require an RSVP, as for an inviter whose network lets no first
+    /// contact in: the demo carries a newcomer's first RSVP back by itself,
+    /// and members relay every later one (introductions).
+    #[arg(long)]
+    pub rsvp: bool,
+    /// The two-node demo: one invitation, one greeting each way.
+    #[arg(long)]
+    pub pair: bool,
+}
+
+pub(crate) fn loopback() -> NodeConfig {
+    NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
+}

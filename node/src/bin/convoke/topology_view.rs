@@ -1,0 +1,47 @@
+//! `convoke status --topology`: a member's overlay state as text or as
+//! Graphviz DOT.
+
+use serde_json::Value;
+
+/// The overlay part of `convoke status --topology`: text, or Graphviz DOT.
+pub fn print_topology(node: &Value, dot: bool) {
+    let o = &node["overlay"];
+    let me = node["peer_id"].as_str().unwrap_or("?");
+    let list = |k: &str| -> Vec<String> {
+        o[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let tail = |s: &str| s[s.len().saturating_sub(8)..].to_string();
+    let eager = list("eager");
+    let links: Vec<(String, String)> = o["links"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| Some((l[0].as_str()?.to_string(), l[1].as_str()?.to_string()))).collect())
+        .unwrap_or_default();
+    if dot {
+        println!("graph convoke {{");
+        println!("  // members as {me} knows them; bold: its broadcast-tree links");
+        for m in list("members") {
+            let style = if m == me { ", style=filled" } else { "" };
+            println!("  \"{}\" [label=\"{}\"{style}];", tail(&m), tail(&m));
+        }
+        for (a, b) in &links {
+            let tree = (a == me && eager.contains(b)) || (b == me && eager.contains(a));
+            println!("  \"{}\" -- \"{}\"{};", tail(a), tail(b), if tree { " [penwidth=3]" } else { "" });
+        }
+        println!("}}");
+        return;
+    }
+    if o.is_null() {
+        println!("  not an overlay member");
+        return;
+    }
+    println!("  overlay: {} members known, {} links", list("members").len(), links.len());
+    println!("    active view   {}", list("active").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    tree (eager)  {}", eager.iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    lazy          {}", list("lazy").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
+    println!("    passive view  {} peers; suspected: {}", list("passive").len(), list("suspected").len());
+    println!("    links:");
+    for (a, b) in &links {
+        println!("      {} -- {}", tail(a), tail(b));
+    }
+    println!("    counters      {}", o["stats"]);
+}
