@@ -32,13 +32,11 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::ice::{
-    AcceptRsvpError, AttemptId, Binding, Endpoint, EndpointConfig, Event as IceEvent, State, Transmit, Via,
-};
+use crate::ice::{AcceptRsvpError, AttemptId, Endpoint, EndpointConfig, Event as IceEvent, Transmit, Via};
 use crate::identity::{Identity, PublicKey};
 use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
-use crate::session::noise::{self, Initiator};
-use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
+use crate::session::noise::Initiator;
+use crate::stun::TransactionId;
 use crate::token::{CandidateKind, Invitation, TokenId};
 
 /// First byte of a handshake initiation.
@@ -239,15 +237,6 @@ fn open_mut(sessions: &mut BTreeMap<AttemptId, Session>, id: AttemptId) -> Optio
     }
 }
 
-fn prologue(b: &Binding) -> Vec<u8> {
-    let mut p = PROLOGUE_LABEL.to_vec();
-    p.extend_from_slice(&b.invitation.0);
-    p.extend_from_slice(b.inviter_ufrag.as_bytes());
-    p.push(b':');
-    p.extend_from_slice(b.invitee_ufrag.as_bytes());
-    p
-}
-
 impl Host {
     /// A host for `identity`. `seed` keys all its randomness.
     pub fn new(identity: &Identity, config: HostConfig, seed: [u8; 32], now: Instant, unix_now: u64) -> Self {
@@ -315,20 +304,6 @@ impl Host {
         r
     }
 
-    /// Asks a STUN server where it sees us; answered by
-    /// [`HostEvent::StunMapped`] or [`HostEvent::StunFailed`].
-    pub fn query_stun(&mut self, server: SocketAddr, now: Instant) {
-        let mut tid = [0u8; 12];
-        self.rng.fill_bytes(&mut tid);
-        let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId(tid));
-        // Padded so the answer (XOR-MAPPED-ADDRESS for IPv6 + FINGERPRINT,
-        // 52 bytes) is no larger: Convoke nodes do not amplify.
-        b.software("convoke stun client; padded to the size of the answer");
-        let request = b.finish(None, true);
-        self.transmits.push_back(Transmit { destination: server, contents: request.clone() });
-        self.stun.insert(TransactionId(tid), StunQuery { server, request, next: now + self.config.stun_rto, tries: 1 });
-    }
-
     /// Closes an attempt or session at once (the peer is told if a session
     /// is open).
     pub fn close(&mut self, id: AttemptId, now: Instant) {
@@ -341,102 +316,6 @@ impl Host {
         }
         self.pump(now);
     }
-
-    // ---- sessions, for the application ----
-
-    /// Writes stream bytes; returns how many were taken.
-    pub fn write(&mut self, id: AttemptId, data: &[u8]) -> usize {
-        let cfg = &self.config.session;
-        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
-        let n = o.conn.write(cfg, data);
-        if n > 0 {
-            self.active.insert(id);
-        }
-        n
-    }
-
-    fn open_ref(&self, id: AttemptId) -> Option<&Open> {
-        match &self.sessions.get(&id)?.phase {
-            Phase::Open(o) => Some(o),
-            Phase::Initiating(_) => None,
-        }
-    }
-
-    /// Room in a session's send buffer.
-    pub fn write_capacity(&self, id: AttemptId) -> usize {
-        self.open_ref(id).map_or(0, |o| o.conn.write_capacity(&self.config.session))
-    }
-
-    /// Ends our half of a session's stream.
-    pub fn finish(&mut self, id: AttemptId) {
-        if let Some(o) = open_mut(&mut self.sessions, id) {
-            o.conn.finish();
-            self.active.insert(id);
-        }
-    }
-
-    /// Reads stream bytes in order.
-    pub fn read(&mut self, id: AttemptId, buf: &mut [u8]) -> usize {
-        let cfg = &self.config.session;
-        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
-        let n = o.conn.read(cfg, buf);
-        if n > 0 {
-            self.active.insert(id);
-        }
-        n
-    }
-
-    /// Stream bytes ready to read.
-    pub fn readable(&self, id: AttemptId) -> usize {
-        self.open_ref(id).map_or(0, |o| o.conn.readable())
-    }
-
-    /// Whether the peer ended its stream and all of it was read.
-    pub fn recv_finished(&self, id: AttemptId) -> bool {
-        self.open_ref(id).is_some_and(|o| o.conn.recv_finished())
-    }
-
-    /// Whether everything we wrote, and our end, was acknowledged.
-    pub fn send_done(&self, id: AttemptId) -> bool {
-        self.open_ref(id).is_some_and(|o| o.conn.send_done())
-    }
-
-    /// Sends an unreliable datagram. False if too large or no session.
-    pub fn send_datagram(&mut self, id: AttemptId, data: &[u8]) -> bool {
-        let cfg = &self.config.session;
-        let Some(o) = open_mut(&mut self.sessions, id) else { return false };
-        let ok = o.conn.send_datagram(cfg, data);
-        self.active.insert(id);
-        ok
-    }
-
-    /// Takes a received datagram.
-    pub fn recv_datagram(&mut self, id: AttemptId) -> Option<Vec<u8>> {
-        open_mut(&mut self.sessions, id)?.conn.recv_datagram()
-    }
-
-    /// What we know of an established session.
-    pub fn session(&self, id: AttemptId) -> Option<SessionInfo> {
-        let o = self.open_ref(id)?;
-        Some(SessionInfo {
-            peer: o.peer,
-            remote: o.conn.remote,
-            remote_kind: o.remote_kind,
-            via: o.via,
-            inviter: o.inviter,
-            established: o.established,
-            rtt: o.conn.rtt(),
-            window: o.conn.window(),
-            stats: o.conn.stats,
-        })
-    }
-
-    /// Established sessions.
-    pub fn sessions(&self) -> impl Iterator<Item = AttemptId> + '_ {
-        self.sessions.iter().filter(|(_, s)| matches!(s.phase, Phase::Open(_))).map(|(id, _)| *id)
-    }
-
-    // ---- network side ----
 
     /// Handles one datagram from `from`. Decrypts in place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
@@ -454,224 +333,10 @@ impl Host {
         self.pump(now);
     }
 
-    fn stun_answer(&mut self, from: SocketAddr, data: &[u8]) -> bool {
-        let Ok(msg) = Message::parse(data) else { return false };
-        if msg.class != Class::Success || !self.stun.contains_key(&msg.transaction_id) {
-            return false;
-        }
-        let Some(q) = self.stun.remove(&msg.transaction_id) else { return false };
-        if from != q.server {
-            self.stun.insert(msg.transaction_id, q);
-            return true;
-        }
-        match msg.mapped_address {
-            Some(address) => self.events.push_back(HostEvent::StunMapped { server: q.server, address }),
-            None => self.events.push_back(HostEvent::StunFailed { server: q.server }),
-        }
-        true
-    }
-
-    fn on_init(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some((&n, rest)) = data[1..].split_first() else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let n = usize::from(n);
-        if rest.len() < n + noise::MSG1_LEN {
-            self.stats.dropped += 1;
-            return;
-        }
-        let (ufrags, msg1) = rest.split_at(n);
-        let Some((inviter, invitee)) = std::str::from_utf8(ufrags).ok().and_then(|u| u.split_once(':')) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Some(id) = self.endpoint.attempt_by_ufrags(inviter, invitee) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Some(binding) = self.endpoint.binding(id).filter(|b| b.inviter) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        if let Some(s) = self.sessions.get(&id) {
-            // A repeated initiation: the invitee missed our answer.
-            if let Phase::Open(o) = &s.phase
-                && let Some(r) = &o.resend
-                && msg1[..32] == r.0
-            {
-                self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone() });
-            }
-            return;
-        }
-        if self.endpoint.state(id) != Some(State::Connected) {
-            // ICE has not told us yet (our nomination's answer may be in
-            // flight); keep the latest initiation until it does.
-            self.early_init.insert(id, (from, data.to_vec()));
-            return;
-        }
-        let local_index = self.new_index();
-        let mut payload_ok = None;
-        let answer = noise::respond(self.static_secret, &prologue(&binding), msg1, &mut self.rng, |rs, payload| {
-            if payload.len() == 36 {
-                let mut pk = [0u8; 32];
-                pk.copy_from_slice(&payload[..32]);
-                let idx = u32::from_be_bytes([payload[32], payload[33], payload[34], payload[35]]);
-                payload_ok = Some((PublicKey(pk), idx, *rs));
-            }
-            local_index.to_be_bytes().to_vec()
-        });
-        let Ok((keys, _, msg2)) = answer else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Some((peer, remote_index, rs)) = payload_ok else {
-            self.stats.dropped += 1;
-            return;
-        };
-        if peer.to_x25519() != Some(rs) || binding.remote_peer.is_some_and(|k| k != peer) {
-            self.stats.refused_peers += 1;
-            self.endpoint.close(id);
-            self.events.push_back(HostEvent::HandshakeFailed {
-                session: id,
-                reason: "the peer's key is not the one its tokens name",
-            });
-            return;
-        }
-        let remote = self.endpoint.selected(id).unwrap_or(from);
-        let mut out = vec![HANDSHAKE_RESP];
-        out.extend_from_slice(&remote_index.to_be_bytes());
-        out.extend_from_slice(&msg2);
-        let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
-        self.transmits.push_back(Transmit { destination: remote, contents: out.clone() });
-        let conn =
-            Connection::new(&self.config.session, remote, remote_index, keys.send.key(), keys.recv.key(), None, now);
-        self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn establish(
-        &mut self,
-        id: AttemptId,
-        local_index: u32,
-        conn: Connection,
-        peer: PublicKey,
-        binding: &Binding,
-        now: Instant,
-        resend: Option<Box<([u8; 32], Vec<u8>)>>,
-    ) {
-        let remote = conn.remote;
-        let remote_kind = binding.remote_kind.unwrap_or(CandidateKind::Prflx);
-        let open =
-            Open { conn, peer, remote_kind, via: binding.via, inviter: binding.inviter, established: now, resend };
-        self.by_index.insert(local_index, id);
-        self.sessions.insert(id, Session { local_index, phase: Phase::Open(Box::new(open)) });
-        self.active.insert(id);
-        self.stats.established += 1;
-        self.events.push_back(HostEvent::Established {
-            session: id,
-            peer,
-            remote,
-            remote_kind,
-            via: binding.via,
-            inviter: binding.inviter,
-        });
-    }
-
-    fn new_index(&mut self) -> u32 {
-        loop {
-            let i = self.rng.next_u32();
-            if !self.by_index.contains_key(&i) {
-                return i;
-            }
-        }
-    }
-
-    fn on_resp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        if data.len() < 5 + noise::MSG2_LEN {
-            self.stats.dropped += 1;
-            return;
-        }
-        let index = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
-        let Some(&id) = self.by_index.get(&index) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Some(Session { phase: Phase::Initiating(i), .. }) = self.sessions.get(&id) else {
-            self.stats.dropped += 1; // a repeated answer
-            return;
-        };
-        if from != i.remote {
-            self.stats.dropped += 1;
-            return;
-        }
-        // Keep the handshake state if this answer is forged.
-        let Ok((keys, payload)) = (*i.init).clone().finish(&data[5..]) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Ok(idx) = <[u8; 4]>::try_from(payload.as_slice()) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        // Karn: only an unrepeated exchange measures the round trip.
-        let rtt = (i.tries == 1).then(|| now.saturating_duration_since(i.first_sent));
-        let remote = i.remote;
-        let Some(binding) = self.endpoint.binding(id) else { return };
-        let Some(peer) = binding.remote_peer else { return };
-        self.by_index.remove(&index);
-        self.sessions.remove(&id);
-        let conn = Connection::new(
-            &self.config.session,
-            remote,
-            u32::from_be_bytes(idx),
-            keys.send.key(),
-            keys.recv.key(),
-            rtt,
-            now,
-        );
-        self.establish(id, index, conn, peer, &binding, now, None);
-    }
-
-    fn on_data(&mut self, now: Instant, data: &mut [u8]) {
-        let Some(h) = conn::Header::parse(data) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let Some(&id) = self.by_index.get(&h.receiver) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        let cfg = &self.config.session;
-        let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) else {
-            self.stats.dropped += 1;
-            return;
-        };
-        if o.conn.handle_packet(cfg, now, data) {
-            o.resend = None;
-            if std::mem::take(&mut o.conn.readable_changed) {
-                self.events.push_back(HostEvent::Readable { session: id });
-            }
-            self.active.insert(id);
-        }
-    }
-
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
-        let due: Vec<_> = self.stun.iter().filter(|(_, q)| q.next <= now).map(|(t, _)| *t).collect();
-        for t in due {
-            let Some(q) = self.stun.get_mut(&t) else { continue };
-            if q.tries >= self.config.stun_tries {
-                let server = q.server;
-                self.stun.remove(&t);
-                self.events.push_back(HostEvent::StunFailed { server });
-            } else {
-                q.tries += 1;
-                q.next = now + self.config.stun_rto * (1 << (q.tries - 1).min(8));
-                self.transmits.push_back(Transmit { destination: q.server, contents: q.request.clone() });
-            }
-        }
+        self.stun_timeouts(now);
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -804,47 +469,11 @@ impl Host {
             self.events.push_back(HostEvent::Ice(e));
         }
     }
-
-    /// Invitee: sends the handshake initiation on the new path.
-    fn initiate(&mut self, id: AttemptId, remote: SocketAddr, now: Instant) {
-        let Some(binding) = self.endpoint.binding(id).filter(|b| !b.inviter) else { return };
-        let Some(rs) = binding.remote_peer.and_then(|k| k.to_x25519()) else {
-            self.events
-                .push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation names no usable key" });
-            return;
-        };
-        let local_index = self.new_index();
-        let mut payload = self.public.0.to_vec();
-        payload.extend_from_slice(&local_index.to_be_bytes());
-        let Ok((init, msg1)) = Initiator::start(self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng)
-        else {
-            self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation's key is weak" });
-            return;
-        };
-        let ufrags = format!("{}:{}", binding.inviter_ufrag, binding.invitee_ufrag);
-        let mut msg = vec![HANDSHAKE_INIT, ufrags.len() as u8];
-        msg.extend_from_slice(ufrags.as_bytes());
-        msg.extend_from_slice(&msg1);
-        self.transmits.push_back(Transmit { destination: remote, contents: msg.clone() });
-        let next_retry = now + self.config.handshake_rto;
-        self.by_index.insert(local_index, id);
-        self.sessions.insert(
-            id,
-            Session {
-                local_index,
-                phase: Phase::Initiating(Initiating {
-                    init: Box::new(init),
-                    msg,
-                    remote,
-                    first_sent: now,
-                    next_retry,
-                    tries: 1,
-                }),
-            },
-        );
-        self.reschedule(id);
-    }
 }
+
+mod handshake;
+mod streams;
+mod stun_client;
 
 #[cfg(test)]
 mod tests;

@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
 
 use super::*;
 use crate::identity::Identity;
-use crate::token::{ConnectionMode, InvitationParams, Token};
+use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
+use crate::token::{Candidate, CandidateKind, ConnectionMode, InitialMode, InvitationParams, Token, TokenError};
 
 const UNIX: u64 = 1_800_000_000;
 

@@ -1,0 +1,380 @@
+//! Connectivity checks: pacing and retransmitting them, answering the
+//! peer's (and STUN clients'), learning peer-reflexive candidates,
+//! nominating, and consent freshness once connected.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rand_core::Rng;
+
+use super::attempt::{PairState, Side};
+use super::*;
+use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
+use crate::token::{Candidate, CandidateKind, IceRole, InitialMode};
+
+impl Endpoint {
+    /// Advances timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Bounded: each due attempt runs once per call.
+        let due: Vec<AttemptId> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| *id).collect();
+        for id in due {
+            self.run_attempt(id, now);
+        }
+        self.reindex();
+    }
+
+    pub(super) fn run_attempt(&mut self, id: AttemptId, now: Instant) {
+        self.dirty.push(id);
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        match a.state {
+            State::Failed => {}
+            State::Connected => {
+                if now.saturating_duration_since(a.last_consent) >= self.config.consent_timeout {
+                    a.state = State::Failed;
+                    self.events.push_back(Event::ConsentLost { attempt: id });
+                    self.remove(id);
+                } else if a.next_consent.is_some_and(|t| t <= now) {
+                    let jitter = 0.8 + 0.4 * (self.rng.next_u32() as f64 / f64::from(u32::MAX));
+                    let next = now + self.config.consent_interval.mul_f64(jitter);
+                    let sel = a.selected.expect("connected attempt has a selected pair");
+                    a.next_consent = Some(next);
+                    self.send_check(id, sel, now);
+                }
+            }
+            State::Checking | State::WaitingForRsvp => {
+                if a.state == State::Checking && now >= a.window_end {
+                    match a.side {
+                        Side::Invitee { rsvp_supported: true, .. } => self.enter_waiting(id),
+                        _ => {
+                            let (inviter, via) = (a.side == Side::Inviter, a.via);
+                            self.events.push_back(Event::Failed {
+                                attempt: id,
+                                reason: FailReason::Timeout,
+                                inviter,
+                                via,
+                            });
+                            self.remove(id);
+                            return;
+                        }
+                    }
+                }
+                let a = self.attempts.get_mut(&id).expect("present");
+                if now >= a.next_pace
+                    && let Some(i) = a.next_check(now)
+                {
+                    a.next_pace = now + self.config.ta;
+                    self.send_check(id, i, now);
+                }
+            }
+        }
+    }
+
+    /// Sends (or retransmits, same transaction id) a check on pair `i`.
+    pub(super) fn send_check(&mut self, id: AttemptId, i: usize, now: Instant) {
+        let cap = self.config.rto_max;
+        let keepalive = self.config.keepalive;
+        let a = self.attempts.get_mut(&id).expect("caller checked");
+        let waiting = a.state == State::WaitingForRsvp;
+        let p = &mut a.pairs[i];
+        let retransmit = p.state == PairState::InProgress && p.tid.is_some();
+        let tid = match (retransmit, p.tid) {
+            (true, Some(t)) => t,
+            _ => {
+                if let Some(old) = p.tid.take() {
+                    self.transactions.remove(&old);
+                }
+                let mut t = [0u8; 12];
+                self.rng.fill_bytes(&mut t);
+                TransactionId(t)
+            }
+        };
+        p.tid = Some(tid);
+        if p.state != PairState::Succeeded {
+            p.state = PairState::InProgress;
+            p.next_send = Some(now + p.rto);
+            p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap });
+        }
+        self.transactions.insert(tid, (id, i));
+        let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
+        m.username(&format!("{}:{}", a.remote_ufrag, a.local_ufrag))
+            .priority(Candidate::standard_priority(CandidateKind::Prflx, 65535));
+        match a.role {
+            IceRole::Controlling => m.ice_controlling(a.tie_breaker),
+            IceRole::Controlled => m.ice_controlled(a.tie_breaker),
+        };
+        if a.role == IceRole::Controlling && p.nominate && a.state != State::Connected {
+            m.use_candidate();
+        }
+        if let (Side::Invitee { .. }, Some(me)) = (&a.side, &self.local_peer) {
+            m.peer(&me.0);
+        }
+        let contents = m.finish(Some(a.remote_pwd.as_bytes()), true);
+        self.transmits.push_back(Transmit { destination: p.remote, contents });
+    }
+
+    /// Handles one datagram that arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(msg) = Message::parse(data) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        if msg.method != BINDING {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        match msg.class {
+            Class::Request => self.on_request(now, from, &msg),
+            Class::Success | Class::Error => self.on_response(now, from, &msg),
+            Class::Indication => {} // keepalives need no answer
+        }
+        self.reindex();
+    }
+
+    /// Queues `reply` unless it is larger than the request (no
+    /// amplification). Returns whether it was queued.
+    pub(super) fn reply(&mut self, to: SocketAddr, request_len: usize, reply: Vec<u8>) -> bool {
+        if reply.len() > request_len {
+            self.stats.amplification_refused += 1;
+            return false;
+        }
+        self.transmits.push_back(Transmit { destination: to, contents: reply });
+        true
+    }
+
+    pub(super) fn on_request(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
+        let Some(username) = msg.username else {
+            // A plain STUN Binding request: say where we see it from. Only
+            // answered when the answer is no larger than the request, so
+            // clients pad their requests (ours do).
+            let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
+            b.xor_mapped_address(from);
+            let out = b.finish(None, true);
+            if self.reply(from, msg.raw().len(), out) {
+                self.stats.stun_served += 1;
+            }
+            return;
+        };
+        let Some((local, remote)) = username.split_once(':') else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        // A new invitee's check is authenticated with the invitation's
+        // password, which becomes the attempt's local password: verified once.
+        let (id, verified) = match self.by_ufrags.get(username) {
+            Some(id) => (*id, false),
+            None => {
+                let Some(issued) = self.issued.get(local) else {
+                    self.stats.dropped_unauthenticated += 1;
+                    return;
+                };
+                if !msg.verify_integrity(issued.invitation.token().body.connection_info.pwd.as_bytes()) {
+                    self.stats.dropped_unauthenticated += 1;
+                    return;
+                }
+                let body = &issued.invitation.token().body;
+                // An invitation that requires an RSVP admits only invitees
+                // whose RSVP the inviter took: their checks then match an
+                // attempt by ufrags and never get here.
+                if body.connection_mode.initial == InitialMode::Bidirectional {
+                    self.stats.refused_by_limit += 1;
+                    return;
+                }
+                let expired = self.unix(now) >= body.expires_at;
+                if expired || !(4..=64).contains(&remote.len()) {
+                    self.stats.refused_by_limit += 1;
+                    return;
+                }
+                if !self.admit(local, Some(from.ip())) {
+                    return;
+                }
+                let id = self.new_id();
+                let mut a = self.inviter_attempt(local, remote.to_owned(), now, Some(from.ip()));
+                a.remote_peer = msg.peer.map(PublicKey);
+                let invitation = a.invitation;
+                self.by_ufrags.insert(username.to_owned(), id);
+                self.attempts.insert(id, a);
+                self.events.push_back(Event::InviteeArrived { attempt: id, invitation, from });
+                if self.resolve_crossing(id) == Some(id) {
+                    return;
+                }
+                (id, true)
+            }
+        };
+        self.dirty.push(id);
+        let rto = self.config.rto_initial;
+        let a = self.attempts.get_mut(&id).expect("present");
+        if !verified && !msg.verify_integrity(a.local_pwd.as_bytes()) {
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        }
+        // RFC 8445 §7.3.1.1: role conflicts.
+        let conflict = match (a.role, msg.ice_controlling, msg.ice_controlled) {
+            (IceRole::Controlling, Some(theirs), _) => {
+                if a.tie_breaker >= theirs {
+                    true
+                } else {
+                    a.role = IceRole::Controlled;
+                    false
+                }
+            }
+            (IceRole::Controlled, _, Some(theirs)) => {
+                if a.tie_breaker >= theirs {
+                    a.role = IceRole::Controlling;
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        };
+        let key = a.local_pwd.clone();
+        if conflict {
+            let mut b = MessageBuilder::new(Class::Error, BINDING, msg.transaction_id);
+            b.error_code(487, "Role Conflict");
+            let out = b.finish(Some(key.as_bytes()), true);
+            self.reply(from, msg.raw().len(), out);
+            return;
+        }
+        let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
+        b.xor_mapped_address(from);
+        let out = b.finish(Some(key.as_bytes()), true);
+        self.reply(from, msg.raw().len(), out);
+
+        let a = self.attempts.get_mut(&id).expect("present");
+        if a.state == State::Connected || a.state == State::Failed {
+            return;
+        }
+        let i = a.add_remote(from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
+        let p = &mut a.pairs[i];
+        if msg.use_candidate && a.role == IceRole::Controlled {
+            p.nominate = true;
+            if p.state == PairState::Succeeded {
+                self.nominate(id, i, now);
+                return;
+            }
+        }
+        if p.state != PairState::Succeeded {
+            if p.state == PairState::Failed {
+                p.state = PairState::Waiting;
+            }
+            // The controlling side nominates the path an authenticated check
+            // just arrived on with its very first (triggered) check: that path
+            // demonstrably works, and this saves a round trip. The controlled
+            // side must honour USE-CANDIDATE on any check (RFC 8445 §7.3.1.5).
+            let nominating = a.pairs.iter().any(|p| p.nominate);
+            if a.role == IceRole::Controlling && !nominating {
+                a.pairs[i].nominate = true;
+            }
+            a.trigger(i, now);
+        }
+        self.run_attempt(id, now);
+    }
+
+    pub(super) fn on_response(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
+        let Some(&(id, i)) = self.transactions.get(&msg.transaction_id) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        self.dirty.push(id);
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        if !msg.verify_integrity(a.remote_pwd.as_bytes()) {
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        }
+        self.transactions.remove(&msg.transaction_id);
+        let p = &mut a.pairs[i];
+        p.tid = None;
+        p.next_send = None;
+        if msg.class == Class::Error {
+            if msg.error_code == Some(487) {
+                // Switch role and check again (RFC 8445 §7.2.5.1).
+                a.role = match a.role {
+                    IceRole::Controlling => IceRole::Controlled,
+                    IceRole::Controlled => IceRole::Controlling,
+                };
+                p.state = PairState::Waiting;
+                a.trigger(i, now);
+                self.run_attempt(id, now);
+            } else {
+                p.state = PairState::Failed;
+            }
+            return;
+        }
+        // Symmetric addresses (RFC 8445 §7.2.5.2.1).
+        if from != p.remote {
+            p.state = PairState::Failed;
+            return;
+        }
+        if let Some(address) = msg.mapped_address
+            && !self.mapped.contains(&address)
+        {
+            if self.mapped.len() == 8 {
+                self.mapped.pop_front();
+            }
+            self.mapped.push_back(address);
+            self.events.push_back(Event::Mapped { address });
+        }
+        let a = self.attempts.get_mut(&id).expect("present");
+        if a.state == State::Connected {
+            if a.selected == Some(i) {
+                a.last_consent = now;
+            }
+            return;
+        }
+        let p = &mut a.pairs[i];
+        let was_nomination = p.nominate;
+        p.state = PairState::Succeeded;
+        match a.role {
+            IceRole::Controlling if was_nomination => self.nominate(id, i, now),
+            IceRole::Controlling => {
+                // Regular nomination: the first pair that works is
+                // nominated with a second check carrying USE-CANDIDATE.
+                if !a.pairs.iter().any(|p| p.nominate) {
+                    let p = &mut a.pairs[i];
+                    p.nominate = true;
+                    p.state = PairState::Waiting;
+                    a.trigger(i, now);
+                    self.run_attempt(id, now);
+                }
+            }
+            IceRole::Controlled if was_nomination => self.nominate(id, i, now),
+            IceRole::Controlled => {}
+        }
+    }
+
+    pub(super) fn nominate(&mut self, id: AttemptId, i: usize, now: Instant) {
+        self.dirty.push(id);
+        let interval = self.config.consent_interval;
+        let Some(a) = self.attempts.get_mut(&id) else {
+            return;
+        };
+        a.state = State::Connected;
+        a.selected = Some(i);
+        a.last_consent = now;
+        a.next_consent = Some(now + interval);
+        a.triggered.clear();
+        let mut stale = Vec::new();
+        for (j, p) in a.pairs.iter_mut().enumerate() {
+            if j != i {
+                stale.extend(p.tid.take());
+                p.next_send = None;
+            }
+        }
+        let (remote, remote_kind, role, via) = (a.pairs[i].remote, a.pairs[i].remote_kind, a.role, a.via);
+        let (counted, ufrag, source) = (a.counted_pending, a.local_ufrag.clone(), a.source_ip);
+        let inviter = a.side == Side::Inviter;
+        a.counted_pending = false;
+        for t in stale {
+            self.transactions.remove(&t);
+        }
+        self.uncount_pending(counted, &ufrag, source);
+        if inviter && let Some(issued) = self.issued.get_mut(&ufrag) {
+            issued.connected += 1;
+        }
+        self.events.push_back(Event::Connected { attempt: id, remote, remote_kind, role, via });
+    }
+}

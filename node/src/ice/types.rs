@@ -1,0 +1,202 @@
+//! What the connectivity engine takes and reports: its tunables, the
+//! datagrams it sends, its events, attempt ids and summaries, counters.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::Via;
+use crate::identity::PublicKey;
+use crate::token::{CandidateKind, IceRole, TokenError, TokenId};
+
+/// Tunables. `Default` gives the values cited on each field.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Pacing between new checks of one attempt: Ta = 50 ms (RFC 8445 §14.2).
+    pub ta: Duration,
+    /// First retransmission timeout of a check: 500 ms (RFC 8445 §14.3).
+    pub rto_initial: Duration,
+    /// Retransmission backoff cap while checking: 3 s.
+    pub rto_max: Duration,
+    /// NAT binding refresh while waiting for an RSVP: 15 s (docs/DESIGN.md §3).
+    pub keepalive: Duration,
+    /// Consent check interval once connected: 5 s ± 20% (RFC 7675 §5.1).
+    pub consent_interval: Duration,
+    /// Consent lost after this much silence: 30 s (RFC 7675 §5.1).
+    pub consent_timeout: Duration,
+    /// Least time the inviter keeps checking an invitee: 30 s.
+    pub inviter_window: Duration,
+    /// Unconnected attempts one invitation may have at once.
+    pub max_pending_per_invitation: usize,
+    /// Unconnected inviter-side attempts from one source IP address.
+    pub max_pending_per_source: usize,
+    /// All attempts of this endpoint, connected or not.
+    pub max_attempts: usize,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            ta: Duration::from_millis(50),
+            rto_initial: Duration::from_millis(500),
+            rto_max: Duration::from_secs(3),
+            keepalive: Duration::from_secs(15),
+            consent_interval: Duration::from_secs(5),
+            consent_timeout: Duration::from_secs(30),
+            inviter_window: Duration::from_secs(30),
+            max_pending_per_invitation: 64,
+            max_pending_per_source: 8,
+            max_attempts: 100_000,
+        }
+    }
+}
+
+/// A datagram to send from the endpoint's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The bytes.
+    pub contents: Vec<u8>,
+}
+
+/// Names one connection attempt of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(pub u64);
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    /// No pair worked within the window and no RSVP is possible.
+    Timeout,
+    /// Closed by the application.
+    Closed,
+    /// The peer and we invited each other at once; the other invitation's
+    /// attempt was kept (the one with the higher tie-breaker), this one
+    /// dropped, on both sides alike.
+    Crossed,
+}
+
+/// What the endpoint reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An invitee we had never heard of checked in on one of our
+    /// invitations.
+    InviteeArrived {
+        /// The new attempt.
+        attempt: AttemptId,
+        /// Which invitation.
+        invitation: TokenId,
+        /// Where its check came from.
+        from: SocketAddr,
+    },
+    /// A pair is nominated: the path works.
+    Connected {
+        /// Which attempt.
+        attempt: AttemptId,
+        /// The peer's address on the nominated pair.
+        remote: SocketAddr,
+        /// Its candidate type (a check from an unannounced address is
+        /// peer reflexive).
+        remote_kind: CandidateKind,
+        /// Our final ICE role.
+        role: IceRole,
+        /// Single token or RSVP.
+        via: Via,
+    },
+    /// The invitee's window passed: the inviter needs our RSVP. Build it
+    /// with [`Endpoint::rsvp_token_id`] and `Token::new_rsvp`.
+    RsvpNeeded {
+        /// Which attempt.
+        attempt: AttemptId,
+    },
+    /// Gave up.
+    Failed {
+        /// Which attempt.
+        attempt: AttemptId,
+        /// Why.
+        reason: FailReason,
+        /// Whether we were the inviter.
+        inviter: bool,
+        /// The phase it had reached: single token, or after an RSVP.
+        via: Via,
+    },
+    /// A connected path stopped answering consent checks (RFC 7675).
+    ConsentLost {
+        /// Which attempt.
+        attempt: AttemptId,
+    },
+    /// A peer told us the address it sees us at (server or peer reflexive).
+    Mapped {
+        /// That address.
+        address: SocketAddr,
+    },
+}
+
+/// What ties a session to its attempt; see [`Endpoint::binding`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The invitation's id.
+    pub invitation: TokenId,
+    /// The inviter's ufrag (the invitation's).
+    pub inviter_ufrag: String,
+    /// The invitee's ufrag (derived from its RSVP id).
+    pub invitee_ufrag: String,
+    /// Whether we are the inviter.
+    pub inviter: bool,
+    /// The peer's key if a token names it (the invitation's author for an
+    /// invitee; the RSVP's author, or the key the invitee's checks claim,
+    /// for an inviter).
+    pub remote_peer: Option<PublicKey>,
+    /// Single token or RSVP.
+    pub via: Via,
+    /// The nominated remote candidate's type, once connected.
+    pub remote_kind: Option<CandidateKind>,
+}
+
+/// Why an RSVP was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptRsvpError {
+    /// The token itself was refused (decoding, signature, expiry, link,
+    /// replay…).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// It answers an invitation this endpoint is not listening on.
+    #[error("this node is not listening on the invitation that RSVP answers")]
+    UnknownInvitation,
+    /// The invitation is single-use and already taken, or a limit on
+    /// pending invitees is reached.
+    #[error("the invitation is already in use or too many invitees are pending; try again later")]
+    Refused,
+}
+
+/// Counters for observability. The runtime exports them; the engine only
+/// counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams that were not well-formed STUN, or not for us.
+    pub dropped_malformed: u64,
+    /// Requests or responses whose MESSAGE-INTEGRITY did not verify.
+    pub dropped_unauthenticated: u64,
+    /// New invitees refused by a limit (single use, pending, per source, total).
+    pub refused_by_limit: u64,
+    /// Plain STUN Binding requests answered.
+    pub stun_served: u64,
+    /// Answers not sent because they would be larger than the request.
+    pub amplification_refused: u64,
+    /// Attempts begun as the invitee (invitations imported).
+    pub attempts_invitee: u64,
+    /// Attempts begun as the inviter (an invitee's first check or RSVP).
+    pub attempts_inviter: u64,
+}
+
+/// What [`Endpoint::attempt_summary`] tells about an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptSummary {
+    /// When it began: the invitation imported (invitee), or the invitee's
+    /// first check or RSVP arrived (inviter).
+    pub started: Instant,
+    /// Whether we are the inviter.
+    pub inviter: bool,
+    /// Single token, or after an RSVP.
+    pub via: Via,
+}
