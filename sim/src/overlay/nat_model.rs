@@ -1,0 +1,59 @@
+//! Which pairs connect: the NAT model's answer for every pair of profiles.
+
+use super::*;
+
+/// What the expected matrix says of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cell {
+    Single,
+    Rsvp,
+    Failed,
+}
+
+pub(super) struct Matrix {
+    pub(super) profiles: Vec<String>,
+    /// cells[inviter][invitee]
+    pub(super) cells: Vec<Vec<Cell>>,
+}
+
+/// What the NAT model says of every pair of built-in profiles.
+pub(super) fn expected_matrix() -> Matrix {
+    let builtin = builtin_profiles();
+    let cgnat = Cgnat::default().behaviour();
+    let chains: Vec<Vec<crate::nat::Behaviour>> = builtin
+        .values()
+        .map(|p| {
+            let mut c: Vec<_> = p.behaviour().into_iter().collect();
+            if p.cgnat && !c.is_empty() {
+                c.push(cgnat);
+            }
+            c
+        })
+        .collect();
+    let cells = chains
+        .iter()
+        .map(|a| {
+            chains
+                .iter()
+                .map(|b| match reach(a, b) {
+                    Ladder::SingleToken => Cell::Single,
+                    Ladder::Rsvp => Cell::Rsvp,
+                    Ladder::Never => Cell::Failed,
+                })
+                .collect()
+        })
+        .collect();
+    Matrix { profiles: builtin.into_keys().collect(), cells }
+}
+
+pub(super) fn draw_profile(rng: &mut SimRng, mix: &[(usize, f64)]) -> usize {
+    let total: f64 = mix.iter().map(|m| m.1).sum();
+    let mut x = rng.unit() * total;
+    for &(p, w) in mix {
+        if x < w {
+            return p;
+        }
+        x -= w;
+    }
+    mix.last().map_or(0, |m| m.0)
+}
