@@ -60,6 +60,12 @@ pub struct Config {
     /// How long a link replaced out of the active view stays open for
     /// tokens relayed through it (0: closed at once).
     pub linger: Millis,
+    /// Fill the active view preferring passive peers a token can reach now
+    /// (through a neighbour linked to them): false. Members behind NATs
+    /// want it (a peer whose network needs an RSVP is reachable only
+    /// then); it costs randomness, so the overlay's diameter grows (at
+    /// N = 10,000 the deepest broadcast path went from 25 to 32 hops).
+    pub prefer_reachable: bool,
     /// Broadcast our active view every this often (0: never). Members
     /// build the network's graph from these ([`Overlay::known_links`]).
     pub announce_views: Millis,
@@ -87,6 +93,7 @@ impl Default for Config {
             fail_after: 4000,
             connect_timeout: 15_000,
             linger: 10_000,
+            prefer_reachable: false,
             announce_views: 0,
             announce_joins: true,
             relay_burst: 8,
@@ -512,7 +519,6 @@ impl<P: PeerKey> Overlay<P> {
         if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
             self.pending.swap_remove(i);
             self.stats.connect_failures += 1;
-            self.fill_failed(now);
         }
         self.passive.retain(|p| p.card.peer != peer);
         self.fill(now);
@@ -851,12 +857,14 @@ impl<P: PeerKey> Overlay<P> {
     }
 
     /// Asks for links to passive peers until the active view could be full.
-    /// A link we asked for to fill the view was refused or failed: the
-    /// next try waits a round, doubling up to 32 rounds while they keep
-    /// failing (every try costs both sides connectivity checks and a
-    /// handshake). A member with no neighbour at all never waits.
+    /// A peer we asked to fill the view refused (its view is full): the
+    /// next try waits a round, doubling up to 8 rounds while they keep
+    /// being refused (every try costs both sides connectivity checks and a
+    /// handshake). A link that failed (a dead or unreachable peer) is not
+    /// held against the next try: after a crash, members must refill at
+    /// once. A member with no neighbour at all never waits.
     fn fill_failed(&mut self, now: Millis) {
-        self.fill_backoff = (self.fill_backoff + 1).min(5);
+        self.fill_backoff = (self.fill_backoff + 1).min(3);
         self.fill_after = now + (self.cfg.round << self.fill_backoff);
     }
 
@@ -872,7 +880,7 @@ impl<P: PeerKey> Overlay<P> {
             // linked to them): if their network wants an RSVP, it gets there.
             let routable: Vec<usize> =
                 free.iter().copied().filter(|&i| self.known_route(self.passive[i].card.peer).is_some()).collect();
-            let pool = if routable.is_empty() { free } else { routable };
+            let pool = if routable.is_empty() || !self.cfg.prefer_reachable { free } else { routable };
             let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
             let p = self.passive[pool[i]].clone();
             let route = self.live_route(&p.route, p.card.peer).unwrap_or_default();

@@ -118,7 +118,8 @@ impl World {
     pub(super) fn network_config() -> MemberConfig {
         // View announcements would make every member broadcast every few
         // seconds: the runtime's status page needs them, the run does not.
-        MemberConfig { overlay: Config { announce_views: 0, ..Config::default() }, ..MemberConfig::default() }
+        let d = MemberConfig::default();
+        MemberConfig { overlay: Config { announce_views: 0, ..d.overlay }, ..d }
     }
 
     /// Makes a node and a member on it.
