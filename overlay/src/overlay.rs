@@ -60,11 +60,13 @@ pub struct Config {
     /// How long a link replaced out of the active view stays open for
     /// tokens relayed through it (0: closed at once).
     pub linger: Millis,
-    /// Fill the active view preferring passive peers a token can reach now
-    /// (through a neighbour linked to them): false. Members behind NATs
-    /// want it (a peer whose network needs an RSVP is reachable only
-    /// then); it costs randomness, so the overlay's diameter grows (at
-    /// N = 10,000 the deepest broadcast path went from 25 to 32 hops).
+    /// Fill the active view preferring passive peers a neighbour says it
+    /// is linked to now: true. A token can reach them (a peer whose network
+    /// needs an RSVP is reachable only then), and they are alive: after
+    /// half the network crashed, the first broadcast reached 92% of the
+    /// survivors within 3 rounds with it, 60% without. It costs a little
+    /// randomness (the deepest steady-state broadcast path at N = 10,000:
+    /// 32 hops with it, 30 without).
     pub prefer_reachable: bool,
     /// Broadcast our active view every this often (0: never). Members
     /// build the network's graph from these ([`Overlay::known_links`]).
@@ -93,7 +95,7 @@ impl Default for Config {
             fail_after: 4000,
             connect_timeout: 15_000,
             linger: 10_000,
-            prefer_reachable: false,
+            prefer_reachable: true,
             announce_views: 0,
             announce_joins: true,
             relay_burst: 8,

@@ -98,7 +98,7 @@ impl Default for MemberConfig {
     fn default() -> Self {
         Self {
             join: None,
-            overlay: Config { announce_views: 5_000, prefer_reachable: true, ..Config::default() },
+            overlay: Config { announce_views: 5_000, ..Config::default() },
             card_lifetime: 7 * 86_400,
             rsvp_required: false,
             card_rsvp_window: 5,
