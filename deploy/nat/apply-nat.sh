@@ -2,7 +2,7 @@
 # Turns this (network namespace or container) into a NAT router of one
 # RFC 4787 type. Shared by the namespace testbed (deploy/testbed/) and the
 # compose testbed (deploy/compose/); the rules are the ones verified in
-# DESIGN §8.
+# docs/DESIGN.md §8.
 #
 # usage: apply-nat.sh TYPE WAN_IF LAN_IF LAN_SUBNET WAN_IP
 #   TYPE: full-cone        endpoint-independent mapping and filtering (eim-eif)

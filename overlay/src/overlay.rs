@@ -499,6 +499,12 @@ impl<P: PeerKey> Overlay<P> {
             .map(|(&n, _)| vec![n, target])
     }
 
+    /// Whether a link with `peer` is on its way in or out of the active
+    /// view: asked for and not answered yet, or replaced and lingering.
+    pub fn in_transition(&self, peer: P) -> bool {
+        self.pending.iter().any(|p| p.card.peer == peer) || self.is_lingering(peer)
+    }
+
     /// Whether we know a neighbour linked to `peer` (or are linked to it).
     pub fn can_reach(&self, peer: P) -> bool {
         self.known_route(peer).is_some()
@@ -564,6 +570,12 @@ impl<P: PeerKey> Overlay<P> {
             Message::NeighborReply { accepted } => {
                 let Some(i) = self.pending.iter().position(|p| p.card.peer == from) else {
                     self.stats.ignored += 1;
+                    // We gave up on that link; the peer now holds us:
+                    // let it go, or the views stay one-sided.
+                    if accepted && !self.is_active(from) {
+                        self.send(from, Message::Disconnect { alive: true });
+                        self.linger(from, now);
+                    }
                     return;
                 };
                 let p = self.pending.swap_remove(i);
@@ -597,6 +609,11 @@ impl<P: PeerKey> Overlay<P> {
                 } else {
                     self.stats.ignored += 1;
                 }
+            }
+            // A ping from a peer that holds us while we do not hold it: the
+            // views went one-sided (a link given up at one end); tell it.
+            Message::Ping { .. } if !self.is_active(from) && !self.pending.iter().any(|p| p.card.peer == from) => {
+                self.send(from, Message::Disconnect { alive: true });
             }
             Message::Ping { nonce } => self.send(from, Message::Pong { nonce }),
             Message::Pong { .. } => {}

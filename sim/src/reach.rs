@@ -129,27 +129,31 @@ fn exchange(a: &mut Site, b: &mut Site, one_way: bool, random: &mut dyn FnMut() 
     let mut a_checks: Vec<SocketAddrV4> = if one_way { Vec::new() } else { vec![rb] };
     let mut b_checks: Vec<SocketAddrV4> = vec![ra];
     for _ in 0..ROUNDS {
-        for dst in b_checks.clone() {
-            let (ok, seen) = check(b, a, dst, random);
-            if ok {
-                return true;
-            }
-            if let Some(s) = seen
-                && !a_checks.contains(&s)
-            {
-                a_checks.push(s);
-            }
+        if sweep(b, a, &b_checks, &mut a_checks, random) || sweep(a, b, &a_checks, &mut b_checks, random) {
+            return true;
         }
-        for dst in a_checks.clone() {
-            let (ok, seen) = check(a, b, dst, random);
-            if ok {
-                return true;
-            }
-            if let Some(s) = seen
-                && !b_checks.contains(&s)
-            {
-                b_checks.push(s);
-            }
+    }
+    false
+}
+
+/// One round of `from`'s checks to each of `dsts`: whether one succeeded.
+/// Where a check arrived from is added to what `to` checks back.
+fn sweep(
+    from: &mut Site,
+    to: &mut Site,
+    dsts: &[SocketAddrV4],
+    back: &mut Vec<SocketAddrV4>,
+    random: &mut dyn FnMut() -> u32,
+) -> bool {
+    for &dst in dsts {
+        let (ok, seen) = check(from, to, dst, random);
+        if ok {
+            return true;
+        }
+        if let Some(s) = seen
+            && !back.contains(&s)
+        {
+            back.push(s);
         }
     }
     false

@@ -292,6 +292,17 @@ impl Node {
         })
     }
 
+    /// What an app sees of the node at `now`.
+    fn ctx(&mut self, now: Instant) -> NodeCtx<'_> {
+        NodeCtx {
+            host: &mut self.host,
+            now,
+            candidates: &self.candidates,
+            identity: &self.identity,
+            minter: &mut self.minter,
+        }
+    }
+
     /// The candidates our tokens offer so far.
     pub fn candidates(&self) -> &[Candidate] {
         &self.candidates
@@ -462,27 +473,13 @@ impl Node {
                     self.candidates = self.minter.candidates().select();
                 }
                 telemetry::on_event(&self.host, &e, now);
-                let mut ctx = NodeCtx {
-                    host: &mut self.host,
-                    now,
-                    candidates: &self.candidates,
-                    identity: &self.identity,
-                    minter: &mut self.minter,
-                };
-                app.on_event(&mut ctx, e);
+                app.on_event(&mut self.ctx(now), e);
             }
-            let mut ctx = NodeCtx {
-                host: &mut self.host,
-                now,
-                candidates: &self.candidates,
-                identity: &self.identity,
-                minter: &mut self.minter,
-            };
             if !ready && self.stun_pending == 0 {
                 ready = true;
-                app.on_ready(&mut ctx);
+                app.on_ready(&mut self.ctx(now));
             }
-            if ready && let Some(out) = app.step(&mut ctx) {
+            if ready && let Some(out) = app.step(&mut self.ctx(now)) {
                 // Send what the app's last step queued (a CLOSE, a final ACK).
                 let now = Instant::now();
                 pending_tx = self.flush(now, pending_tx);

@@ -37,7 +37,8 @@ pub struct BroadcastFigures {
 pub struct Invariants {
     /// Live nodes.
     pub live: u64,
-    /// Active-view entries the other side does not hold back.
+    /// Active-view entries the other side does not hold back (and is not
+    /// in the middle of linking or unlinking).
     pub asymmetric_entries: u64,
     /// Active-view entries naming dead nodes.
     pub dead_entries: u64,
@@ -103,7 +104,10 @@ impl OverlaySim {
                     dead += 1;
                     continue;
                 }
-                if !self.nodes[p as usize].is_active(i) {
+                // One-sided, and not because a NEIGHBOR reply or a
+                // DISCONNECT is still on its way.
+                let other = &self.nodes[p as usize];
+                if !other.is_active(i) && !other.in_transition(i) {
                     asym += 1;
                 }
                 if i < p {
