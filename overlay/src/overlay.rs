@@ -464,23 +464,24 @@ impl<P: PeerKey> Overlay<P> {
     /// is — through a neighbour that told us it is linked to the peer.
     pub fn introduce_along(&mut self, route: &[P], token: Vec<u8>) -> Option<Vec<P>> {
         let target = *route.last()?;
-        let route = self.live_route(route, target)?;
+        let route = self.live_route(route, target, None)?;
         let (&first, rest) = route.split_first()?;
         let inner = Box::new(Message::Introduce { token });
         self.send(first, Message::Relay { origin: self.me.peer, route: rest.to_vec(), inner });
         Some(route)
     }
 
-    /// A route to `target` that starts at a neighbour: what we know to be
-    /// linked now ([`Overlay::known_route`]) to the target, else to the
-    /// furthest hop of `route` we can reach that way, followed by the rest
-    /// of `route` (a hint remembered earlier, which later hops check again).
-    fn live_route(&self, route: &[P], target: P) -> Option<Vec<P>> {
-        if let Some(r) = self.known_route(target) {
+    /// A route to `target` that starts at a neighbour other than `not_via`:
+    /// what we know to be linked now ([`Overlay::known_route`]) to the
+    /// target, else to the furthest hop of `route` we can reach that way,
+    /// followed by the rest of `route` (a hint remembered earlier, which
+    /// later hops check again).
+    fn live_route(&self, route: &[P], target: P, not_via: Option<P>) -> Option<Vec<P>> {
+        if let Some(r) = self.known_route(target, not_via) {
             return Some(r);
         }
         (0..route.len()).rev().find_map(|j| {
-            let mut r = self.known_route(route[j])?;
+            let mut r = self.known_route(route[j], not_via)?;
             r.extend_from_slice(&route[j + 1..]);
             Some(r)
         })
@@ -488,15 +489,24 @@ impl<P: PeerKey> Overlay<P> {
 
     /// A route to `target` we know holds now: it is our neighbour (or a
     /// replaced one whose link lingers), or a neighbour told us it is
-    /// linked to it.
-    fn known_route(&self, target: P) -> Option<Vec<P>> {
+    /// linked to it; never through `not_via` (where a token came from).
+    fn known_route(&self, target: P, not_via: Option<P>) -> Option<Vec<P>> {
+        if Some(target) == not_via {
+            return None;
+        }
         if self.is_active(target) || self.is_lingering(target) {
             return Some(vec![target]);
         }
         self.nbr_views
             .iter()
-            .find(|(n, view)| self.is_active(**n) && view.contains(&target))
+            .find(|(n, view)| Some(**n) != not_via && self.is_active(**n) && view.contains(&target))
             .map(|(&n, _)| vec![n, target])
+    }
+
+    /// Whether [`Overlay::introduce_along`] would find a way along `route`
+    /// (which ends at the peer).
+    pub fn has_route(&self, route: &[P]) -> bool {
+        route.last().is_some_and(|&t| self.live_route(route, t, None).is_some())
     }
 
     /// Whether a link with `peer` is on its way in or out of the active
@@ -507,7 +517,7 @@ impl<P: PeerKey> Overlay<P> {
 
     /// Whether we know a neighbour linked to `peer` (or are linked to it).
     pub fn can_reach(&self, peer: P) -> bool {
-        self.known_route(peer).is_some()
+        self.known_route(peer, None).is_some()
     }
 
     /// A link we asked for ([`Output::Connect`]) is up: ask the peer in.
@@ -732,7 +742,8 @@ impl<P: PeerKey> Overlay<P> {
             // Routes are hints learned earlier: skip ahead to the furthest
             // hop that is our neighbour now (the peer itself, if linked),
             // or go through a neighbour linked to the peer.
-            let Some(live) = self.live_route(&route, target) else {
+            // Never back to where it came from (views may be stale).
+            let Some(live) = self.live_route(&route, target, Some(from)) else {
                 self.stats.relay_refused += 1;
                 if token {
                     self.stats.relay_unroutable += 1;
@@ -898,11 +909,11 @@ impl<P: PeerKey> Overlay<P> {
             // Prefer peers a token can reach now (through a neighbour
             // linked to them): if their network wants an RSVP, it gets there.
             let routable: Vec<usize> =
-                free.iter().copied().filter(|&i| self.known_route(self.passive[i].card.peer).is_some()).collect();
+                free.iter().copied().filter(|&i| self.known_route(self.passive[i].card.peer, None).is_some()).collect();
             let pool = if routable.is_empty() || !self.cfg.prefer_reachable { free } else { routable };
             let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
             let p = self.passive[pool[i]].clone();
-            let route = self.live_route(&p.route, p.card.peer).unwrap_or_default();
+            let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
             let high = self.active.is_empty();
             self.connect(p.card, route, high, now);
         }
@@ -961,7 +972,10 @@ impl<P: PeerKey> Overlay<P> {
             keep
         });
         for p in expired {
-            self.out.push_back(Output::Close(p));
+            // A new link to it is being asked for over the same session.
+            if !self.pending.iter().any(|q| q.card.peer == p) {
+                self.out.push_back(Output::Close(p));
+            }
         }
         if now >= self.next_shuffle {
             self.next_shuffle = now + self.cfg.round;

@@ -31,8 +31,13 @@ fn steady_state_delivers_everything_on_a_settled_tree() {
     // The bound is 2·log2 N; the tree misses it by up to two hops
     // here as at N = 10,000 (sim/README.md). Hold it to that, not more.
     assert!(f64::from(a.max_last_hop) <= a.hop_target + 2.0, "{a:?}");
+    // The eager links span the network. A link that came up after the last
+    // broadcast starts eager and is pruned only when the next message
+    // arrives twice (Plumtree's design), so a snapshot may hold a few
+    // extra edges; no more than 1% of the members'.
     let end = r.end.as_ref().expect("end");
-    assert!(end.eager_connected && end.eager_acyclic, "the eager links are a spanning tree: {end:?}");
+    assert!(end.eager_connected, "the eager links span the network: {end:?}");
+    assert!(end.eager_extra_edges * 100 <= end.live, "the eager links are nearly a tree: {end:?}");
 }
 
 #[test]

@@ -588,7 +588,7 @@ impl Member {
         if route.last() != Some(&d.peer) {
             route.push(d.peer);
         }
-        if !overlay.can_reach(d.peer) && !route.iter().any(|&p| overlay.is_active(p)) {
+        if !overlay.has_route(&route) {
             return false;
         }
         let token = self.minter.rsvp(&d.invitation, id, unix_now).encode_compact().into_bytes();
@@ -641,7 +641,8 @@ impl Member {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let overlay = self.overlay.as_ref().map(|o| self.base + Duration::from_millis(o.poll_timeout()));
         let closing = self.links.values().filter_map(|l| l.closing_since).min().map(|t| t + CLOSE_GRACE);
-        let leaving = self.leaving.map(|t| t + LEAVE_GRACE);
+        // Once done (no links, or the grace passed) the driver stops.
+        let leaving = self.leaving.filter(|_| !self.links.is_empty()).map(|t| t + LEAVE_GRACE);
         let dialing_contact = self.dialing.values().any(|d| d.contact);
         let rejoin = self
             .alone_since
@@ -668,22 +669,17 @@ impl Member {
                 Output::Send { to, msg } => self.send(host, to, &msg),
                 Output::Connect { card, route } => self.connect(host, &mut overlay, card, route, now, unix_now),
                 Output::Close(peer) => {
-                    if let Some(&id) = self.by_peer.get(&peer)
-                        && let Some(l) = self.links.get_mut(&id)
-                    {
+                    // Every session with that peer (a second one may have
+                    // come up while the first lingered), and any link to
+                    // it still being made.
+                    for l in self.links.values_mut().filter(|l| l.peer == peer) {
                         l.close_when_flushed = true;
-                    } else {
-                        // The overlay gave up on a link still being made.
-                        let stale: Vec<AttemptId> = self
-                            .dialing
-                            .iter()
-                            .filter(|(_, d)| d.peer == peer && !d.contact)
-                            .map(|(a, _)| *a)
-                            .collect();
-                        for a in stale {
-                            self.dialing.remove(&a);
-                            host.close(a, now);
-                        }
+                    }
+                    let stale: Vec<AttemptId> =
+                        self.dialing.iter().filter(|(_, d)| d.peer == peer && !d.contact).map(|(a, _)| *a).collect();
+                    for a in stale {
+                        self.dialing.remove(&a);
+                        host.close(a, now);
                     }
                 }
                 Output::Event(e) => match e {
@@ -720,6 +716,13 @@ impl Member {
         match check_card(&card, unix_now) {
             Ok(inv) => {
                 self.emit(MemberEvent::Connecting { peer: card.peer, route: route.clone() });
+                // A session with the peer is still open (a replaced link
+                // lingering): ask over it instead of dialing a second one.
+                let open = self.by_peer.get(&card.peer).and_then(|id| self.links.get(id));
+                if open.is_some_and(|l| !l.close_when_flushed) {
+                    overlay.link_up(card.peer, self.ms(now));
+                    return;
+                }
                 let attempt = self.dial(host, inv, route, false, now);
                 // Both sides check from the start: the route is fresh now
                 // (a walk that just ended here), and an RSVP that finds the
