@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 use convoke_node::host::{Host, HostConfig, HostEvent};
 use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
 use convoke_node::identity::Identity;
-use convoke_node::token::{
-    self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, Token, TokenId,
-};
+use convoke_node::member::Minter;
+use convoke_node::token::{self, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, TokenId};
 
 use crate::nat::{Nat, Refused};
 
@@ -868,12 +867,19 @@ impl World {
         self.after(n);
     }
 
-    fn candidates(&self, n: u32) -> Vec<Candidate> {
+    /// Node `n`'s minter: its identity and what it knows of its addresses
+    /// (the engine's one place tokens are minted), keyed from the world's
+    /// stream.
+    fn minter(&mut self, n: u32) -> Minter {
+        let seed = self.rng.seed();
         let node = &self.nodes[n as usize];
-        let mut c = vec![(CandidateKind::Host, SocketAddr::V4(node.addr))];
-        c.extend(node.reflexive.iter().map(|a| (CandidateKind::Srflx, *a)));
-        c.truncate(token::limits::MAX_CANDIDATES);
-        Candidate::list(c)
+        let mut m = Minter::new(node.identity.clone(), seed);
+        let c = m.candidates_mut();
+        c.add_host(SocketAddr::V4(node.addr));
+        for a in &node.reflexive {
+            c.add_server_reflexive(*a);
+        }
+        m
     }
 
     // ---- joins ----
@@ -922,22 +928,21 @@ impl World {
         let initial =
             if self.scenario.joins.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional };
         let params = InvitationParams {
-            candidates: self.candidates(n),
             mode: ConnectionMode { initial, ..ConnectionMode::default() },
             ..InvitationParams::default()
         };
-        let node = &mut self.nodes[n as usize];
-        let t = Token::new_invitation(&node.identity, params, unix, &mut self.rng.0);
-        let text = t.encode_compact();
-        let id = t.body.token_id;
-        match Invitation::from_token(t, unix) {
-            Ok(inv) => node.host.listen(inv),
+        let (text, id) = match self.minter(n).invitation(params, unix) {
+            Ok(inv) => {
+                let t = (inv.token().encode_compact(), inv.token().body.token_id);
+                self.nodes[n as usize].host.listen(inv);
+                t
+            }
             Err(e) => {
                 self.joins[k as usize].failed = Some((self.now, format!("own invitation refused: {e}")));
                 return;
             }
-        }
-        node.invitations.push((id, k));
+        };
+        self.nodes[n as usize].invitations.push((id, k));
         let delay = self.uniform(self.scenario.oob.invite_delay_s, 1e9);
         self.queue.push(self.now + delay, Ev::Invite { join: k, text });
     }
@@ -960,7 +965,7 @@ impl World {
     }
 
     fn make_rsvp(&mut self, n: u32, k: u32, attempt: AttemptId) {
-        let candidates = self.candidates(n);
+        let minter = self.minter(n);
         let unix = self.unix();
         let node = &self.nodes[n as usize];
         let (Some(id), Some(inv)) =
@@ -968,7 +973,7 @@ impl World {
         else {
             return;
         };
-        let text = Token::new_rsvp(inv, &node.identity, id, candidates, unix).encode_compact();
+        let text = minter.rsvp(inv, id, unix).encode_compact();
         self.joins[k as usize].rsvp_sent = Some(self.now);
         let delay = self.uniform(self.scenario.oob.rsvp_delay_s, 1e9);
         self.queue.push(self.now + delay, Ev::Rsvp { join: k, text });
