@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::report::Summary;
+use crate::report::{Summary, round};
 use crate::world::World;
 
 /// `members`: who ended up in the network.
@@ -117,10 +117,6 @@ pub struct NetworkReport {
     pub broadcast: Option<BroadcastReport>,
     /// Seconds to membership, for the plot.
     pub samples: Vec<f64>,
-}
-
-fn round(x: f64) -> f64 {
-    (x * 1e6).round() / 1e6
 }
 
 fn share(x: u64, of: u64) -> f64 {

@@ -165,7 +165,8 @@ fn secs(ns: u64) -> f64 {
     round(ns as f64 / 1e9)
 }
 
-fn round(x: f64) -> f64 {
+/// Rounded to a millionth, so reports print the same everywhere.
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 

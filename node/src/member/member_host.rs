@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{CommandError, Member, MemberCommand, MemberConfig, MemberEvent};
-use crate::host::{Host, HostConfig, HostEvent};
+use crate::host::{Host, HostConfig};
 use crate::ice::Transmit;
 use crate::identity::Identity;
 use crate::token::TokenError;
@@ -24,11 +24,6 @@ pub struct MemberHost {
     unix_base: u64,
     base: Instant,
     started: bool,
-    /// Host events the member has not seen yet are handed over before
-    /// anything else; these are the member's own events.
-    events: std::collections::VecDeque<MemberEvent>,
-    host_events: Vec<HostEvent>,
-    record: bool,
 }
 
 impl MemberHost {
@@ -50,9 +45,6 @@ impl MemberHost {
             unix_base: unix_now,
             base: now,
             started: false,
-            events: Default::default(),
-            host_events: Vec::new(),
-            record: false,
         }
     }
 
@@ -103,22 +95,9 @@ impl MemberHost {
         self.host.poll_transmit(now)
     }
 
-    /// The next event: the member's. Host events go to the member (and
-    /// are returned by [`MemberHost::take_host_events`] for drivers that
-    /// count them).
+    /// The next event: the member's (host events go to the member).
     pub fn poll_event(&mut self) -> Option<MemberEvent> {
-        self.events.pop_front()
-    }
-
-    /// Keep host events for [`MemberHost::take_host_events`] (off by default).
-    pub fn record_host_events(&mut self, on: bool) {
-        self.record = on;
-    }
-
-    /// Host events seen since the last call (already handed to the member),
-    /// when recording.
-    pub fn take_host_events(&mut self) -> Vec<HostEvent> {
-        std::mem::take(&mut self.host_events)
+        self.member.poll_event()
     }
 
     /// When [`MemberHost::handle_timeout`] must run next.
@@ -127,23 +106,17 @@ impl MemberHost {
         [self.host.poll_timeout(), m].into_iter().flatten().min()
     }
 
-    /// Hands host events to the member until neither has anything more
-    /// to say (the drive rule, inside one machine).
+    /// Hands the host's events to the member (the drive rule, inside one
+    /// machine).
     fn pump(&mut self, now: Instant) {
         let unix = self.unix(now);
         for _ in 0..10_000 {
             let Some(e) = self.host.poll_event() else { break };
             if self.started {
-                self.member.handle_host_event(&mut self.host, e.clone(), now, unix);
+                self.member.handle_host_event(&mut self.host, e, now, unix);
             } else {
                 self.member.minter().learn(&e);
             }
-            if self.record {
-                self.host_events.push(e);
-            }
-        }
-        while let Some(e) = self.member.poll_event() {
-            self.events.push_back(e);
         }
     }
 }

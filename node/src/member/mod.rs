@@ -483,11 +483,10 @@ impl Member {
     }
 
     fn send(&mut self, host: &mut Host, to: PeerId, msg: &Message<PeerId>) {
-        let Some(link) = self.by_peer.get(&to).and_then(|id| self.links.get_mut(id)) else {
+        let Some((id, link)) = self.by_peer.get(&to).and_then(|&id| Some((id, self.links.get_mut(&id)?))) else {
             self.unsent += 1;
             return;
         };
-        let id = self.by_peer[&to];
         framing::encode(msg, &mut link.tx);
         let n = host.write(id, &link.tx);
         link.tx.drain(..n);

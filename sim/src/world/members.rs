@@ -18,6 +18,7 @@ use convoke_overlay::Config;
 
 use super::{Deferred, Ev, Join, World};
 use crate::FastHash;
+use crate::reach::{Reach, reach};
 
 /// A node's member and what the run learns of it.
 pub(super) struct Slot {
@@ -74,6 +75,9 @@ pub struct Whole {
     pub broadcasts: Vec<Sent>,
     /// Links the overlay asked for that failed, by reason.
     pub connect_failures: BTreeMap<String, u64>,
+    /// What the NAT model says of each pair of profiles, `[inviter][invitee]`
+    /// (worked out once: links and members ask it thousands of times).
+    reach: Vec<Vec<Reach>>,
 }
 
 /// What a finished whole-system run measured of its members.
@@ -122,6 +126,20 @@ impl World {
         MemberConfig { overlay: Config { announce_views: 0, ..d.overlay }, ..d }
     }
 
+    fn reach_matrix(&self) -> Vec<Vec<Reach>> {
+        let chains: Vec<_> = self.profiles.iter().map(|(name, _)| self.scenario.nat_chain(name)).collect();
+        chains.iter().map(|a| chains.iter().map(|b| reach(a, b)).collect()).collect()
+    }
+
+    /// How an invitee of profile `invitee` reaches an inviter of profile
+    /// `inviter` (profile indices).
+    fn pair_reach(&self, inviter: u16, invitee: u16) -> Reach {
+        self.whole
+            .as_ref()
+            .and_then(|w| w.reach.get(usize::from(inviter))?.get(usize::from(invitee)).copied())
+            .unwrap_or(Reach::Never)
+    }
+
     /// Makes a node and a member on it.
     pub(super) fn spawn_member(&mut self, profile: u16) -> u32 {
         let n = self.spawn(profile);
@@ -129,10 +147,8 @@ impl World {
         let now = self.inst(self.now);
         let node = &mut self.nodes[n as usize];
         let mut member = Member::new(node.identity.clone(), Self::network_config(), seed, now);
+        // Reflexive addresses come later, from its STUN answers.
         member.minter().candidates_mut().add_host(std::net::SocketAddr::V4(node.addr));
-        for a in &node.reflexive {
-            member.minter().candidates_mut().add_server_reflexive(*a);
-        }
         let peer = member.peer_id();
         node.member = Some(Box::new(Slot {
             member,
@@ -142,7 +158,11 @@ impl World {
             member_at: None,
             got: Vec::new(),
         }));
-        let w = self.whole.get_or_insert_with(Default::default);
+        if self.whole.is_none() {
+            let reach = self.reach_matrix();
+            self.whole = Some(Box::new(Whole { reach, ..Whole::default() }));
+        }
+        let Some(w) = self.whole.as_mut() else { return n };
         w.members.push(n);
         w.by_peer.insert(peer, n);
         if self.nodes[n as usize].stun_pending == 0 {
@@ -326,16 +346,14 @@ impl World {
                 // `via` says only which side's checks got through first;
                 // the NAT model says which step the pair needed.
                 let needed = |w: &World| {
-                    let m = w.node_of(&peer)?;
-                    let name = |x: u32| w.profiles[usize::from(w.nodes[x as usize].profile)].0.clone();
-                    Some(crate::reach::reach(&w.scenario.nat_chain(&name(m)), &w.scenario.nat_chain(&name(n))))
+                    Some(w.pair_reach(w.nodes[w.node_of(&peer)? as usize].profile, w.nodes[n as usize].profile))
                 };
                 let phase = match dialed {
                     Dialed::Inbound => None,
                     Dialed::Contact if via == Via::SingleToken => Some("single_token_first_contact"),
                     Dialed::Contact => Some("rsvp_out_of_band"),
                     Dialed::Overlay { relayed } => match needed(self) {
-                        Some(crate::reach::Reach::SingleToken) => Some("single_token_introduced"),
+                        Some(Reach::SingleToken) => Some("single_token_introduced"),
                         _ if relayed => Some("rsvp_through_introducers"),
                         _ => Some("other"),
                     },
@@ -498,11 +516,8 @@ impl World {
                 None => true,
                 Some(k) => {
                     let j = &self.joins[k as usize];
-                    let name = |p: u16| &self.profiles[usize::from(p)].0;
-                    let (a, b) = (name(j.profiles.0), name(j.profiles.1));
                     allowed.get(&j.inviter).copied().unwrap_or(false)
-                        && crate::reach::reach(&self.scenario.nat_chain(a), &self.scenario.nat_chain(b))
-                            != crate::reach::Reach::Never
+                        && self.pair_reach(j.profiles.0, j.profiles.1) != Reach::Never
                 }
             };
             allowed.insert(n, ok);
