@@ -37,7 +37,7 @@ use convoke_overlay::{Card, Config, Event, Kind, Message, MsgId, Output, Overlay
 use serde::{Deserialize, Serialize};
 
 use crate::queue::Queue;
-use crate::reach::{Reach as Ladder, reach};
+use crate::reach::Reach as Ladder;
 use crate::scenario::{Cgnat, ScenarioError, builtin_profiles};
 use crate::{FastHash, SimRng};
 

@@ -179,3 +179,8 @@ pub fn reach(inviter: &[Behaviour], invitee: &[Behaviour]) -> Reach {
     }
     Reach::Never
 }
+
+/// [`reach`] for every pair of `chains`: `[inviter][invitee]`.
+pub fn matrix(chains: &[Vec<Behaviour>]) -> Vec<Vec<Reach>> {
+    chains.iter().map(|a| chains.iter().map(|b| reach(a, b)).collect()).collect()
+}

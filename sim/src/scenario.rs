@@ -224,6 +224,17 @@ impl Profile {
         }
     }
 
+    /// The NATs between a host of this profile and the internet, from the
+    /// host outward: its own, then `cgnat` if it sits behind one (empty for
+    /// a public host).
+    pub fn nat_chain(&self, cgnat: &Cgnat) -> Vec<Behaviour> {
+        let mut chain: Vec<Behaviour> = self.behaviour().into_iter().collect();
+        if self.cgnat && !chain.is_empty() {
+            chain.push(cgnat.behaviour());
+        }
+        chain
+    }
+
     /// The NAT behaviour, `None` for a public host.
     pub fn behaviour(&self) -> Option<Behaviour> {
         if self.public {
@@ -439,12 +450,7 @@ impl Scenario {
     /// The NATs between a host of profile `name` and the internet, from the
     /// host outward (empty for a public host or an unknown name).
     pub fn nat_chain(&self, name: &str) -> Vec<Behaviour> {
-        let Some(p) = self.all_profiles().remove(name) else { return Vec::new() };
-        let mut chain: Vec<Behaviour> = p.behaviour().into_iter().collect();
-        if p.cgnat && !chain.is_empty() {
-            chain.push(self.cgnat.behaviour());
-        }
-        chain
+        self.all_profiles().get(name).map_or_else(Vec::new, |p| p.nat_chain(&self.cgnat))
     }
 
     /// All profiles: the built-ins, then the scenario's.

@@ -19,23 +19,13 @@ pub(super) struct Matrix {
 /// What the NAT model says of every pair of built-in profiles.
 pub(super) fn expected_matrix() -> Matrix {
     let builtin = builtin_profiles();
-    let cgnat = Cgnat::default().behaviour();
-    let chains: Vec<Vec<crate::nat::Behaviour>> = builtin
-        .values()
-        .map(|p| {
-            let mut c: Vec<_> = p.behaviour().into_iter().collect();
-            if p.cgnat && !c.is_empty() {
-                c.push(cgnat);
-            }
-            c
-        })
-        .collect();
-    let cells = chains
-        .iter()
-        .map(|a| {
-            chains
-                .iter()
-                .map(|b| match reach(a, b) {
+    let cgnat = Cgnat::default();
+    let chains: Vec<_> = builtin.values().map(|p| p.nat_chain(&cgnat)).collect();
+    let cells = crate::reach::matrix(&chains)
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|r| match r {
                     Ladder::SingleToken => Cell::Single,
                     Ladder::Rsvp => Cell::Rsvp,
                     Ladder::Never => Cell::Failed,

@@ -18,7 +18,7 @@ use convoke_overlay::Config;
 
 use super::{Deferred, Ev, Join, World};
 use crate::FastHash;
-use crate::reach::{Reach, reach};
+use crate::reach::Reach;
 
 /// A node's member and what the run learns of it.
 pub(super) struct Slot {
@@ -127,8 +127,8 @@ impl World {
     }
 
     fn reach_matrix(&self) -> Vec<Vec<Reach>> {
-        let chains: Vec<_> = self.profiles.iter().map(|(name, _)| self.scenario.nat_chain(name)).collect();
-        chains.iter().map(|a| chains.iter().map(|b| reach(a, b)).collect()).collect()
+        let chains: Vec<_> = self.profiles.iter().map(|(_, p)| p.nat_chain(&self.scenario.cgnat)).collect();
+        crate::reach::matrix(&chains)
     }
 
     /// How an invitee of profile `invitee` reaches an inviter of profile
