@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::ice::{AcceptRsvpError, AttemptId, Endpoint, EndpointConfig, Event as IceEvent, Transmit, Via};
+use crate::ice::{AcceptRsvpError, AttemptId, Endpoint, EndpointConfig, Event as IceEvent, SocketId, Transmit, Via};
 use crate::identity::{Identity, PublicKey};
 use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
 use crate::session::noise::Initiator;
@@ -127,6 +127,9 @@ pub enum HostEvent {
         /// The server.
         server: SocketAddr,
     },
+    /// A round of STUN answers classified our NAT (differently from
+    /// before). Tokens minted from now on should carry it.
+    NatClassified(crate::token::NatInfo),
 }
 
 /// What the host tells about one session.
@@ -199,6 +202,8 @@ struct StunQuery {
     request: Vec<u8>,
     next: Instant,
     tries: u32,
+    /// Place in the round's order of requests.
+    order: u32,
 }
 
 /// One UDP port's engine: connectivity, handshakes and sessions. See the
@@ -222,6 +227,11 @@ pub struct Host {
     stats: HostStats,
     /// The latest `now` given, for events pumped from `poll_event`.
     last_now: Instant,
+    /// This round's STUN answers, by request order.
+    observations: Vec<(u32, crate::nat::Observation)>,
+    stun_order: u32,
+    local_port: Option<u16>,
+    local_ips: Vec<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Host {
@@ -262,6 +272,10 @@ impl Host {
             events: VecDeque::new(),
             stats: HostStats::default(),
             last_now: now,
+            observations: Vec::new(),
+            stun_order: 0,
+            local_port: None,
+            local_ips: Vec::new(),
         }
     }
 
@@ -297,6 +311,27 @@ impl Host {
         id
     }
 
+    /// [`Host::join`], saying whether the attempt may predict or probe
+    /// ports ([`crate::ice::Endpoint::join_probing`]).
+    pub fn join_probing(&mut self, invitation: &Invitation, now: Instant, probing: bool) -> AttemptId {
+        let id = self.endpoint.join_probing(invitation, now, probing);
+        self.pump(now);
+        id
+    }
+
+    /// [`Host::accept_rsvp`], saying whether the attempt may predict or
+    /// probe ports.
+    pub fn accept_rsvp_probing(
+        &mut self,
+        text: &str,
+        now: Instant,
+        probing: bool,
+    ) -> Result<AttemptId, AcceptRsvpError> {
+        let r = self.endpoint.accept_rsvp_probing(text, now, probing);
+        self.pump(now);
+        r
+    }
+
     /// Imports an RSVP to one of our invitations; both sides check at once.
     pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, AcceptRsvpError> {
         let r = self.endpoint.accept_rsvp(text, now);
@@ -317,12 +352,23 @@ impl Host {
         self.pump(now);
     }
 
-    /// Handles one datagram from `from`. Decrypts in place.
+    /// Handles one datagram from `from` on the main socket. Decrypts in
+    /// place.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &mut [u8]) {
+        self.handle_datagram_on(now, SocketId::MAIN, from, data);
+    }
+
+    /// Handles one datagram from `from` on `socket` (see [`SocketId`]).
+    /// Decrypts in place.
+    pub fn handle_datagram_on(&mut self, now: Instant, socket: SocketId, from: SocketAddr, data: &mut [u8]) {
+        if !self.endpoint.is_socket_open(socket) {
+            self.stats.dropped += 1;
+            return;
+        }
         match data.first() {
             Some(0..=3) => {
-                if !self.stun_answer(from, data) {
-                    self.endpoint.handle_datagram(now, from, data);
+                if socket != SocketId::MAIN || !self.stun_answer(from, data) {
+                    self.endpoint.handle_datagram_on(now, socket, from, data);
                 }
             }
             Some(&HANDSHAKE_INIT) => self.on_init(now, from, data),
@@ -346,6 +392,7 @@ impl Host {
             self.active.insert(id);
             let cfg = &self.config.session;
             let mut failed = false;
+            let socket = self.endpoint.socket_of(id).unwrap_or_default();
             match self.sessions.get_mut(&id).map(|s| &mut s.phase) {
                 Some(Phase::Open(o)) => o.conn.handle_timeout(cfg, now),
                 Some(Phase::Initiating(i)) if i.next_retry <= now => {
@@ -354,7 +401,7 @@ impl Host {
                     } else {
                         i.tries += 1;
                         i.next_retry = now + self.config.handshake_rto * (1 << i.tries.min(10));
-                        self.transmits.push_back(Transmit { destination: i.remote, contents: i.msg.clone() });
+                        self.transmits.push_back(Transmit { destination: i.remote, contents: i.msg.clone(), socket });
                     }
                 }
                 _ => {}
@@ -366,6 +413,11 @@ impl Host {
             }
         }
         self.pump(now);
+    }
+
+    /// The next socket the driver should close (see [`SocketId`]).
+    pub fn poll_socket_close(&mut self) -> Option<SocketId> {
+        self.endpoint.poll_socket_close()
     }
 
     /// The next datagram to send.
@@ -381,8 +433,13 @@ impl Host {
             let cfg = &self.config.session;
             let mut out = None;
             let mut closed = None;
+            let socket = self.endpoint.socket_of(id).unwrap_or_default();
             if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
-                out = o.conn.poll_transmit(cfg, now).map(|c| Transmit { destination: o.conn.remote, contents: c });
+                out = o.conn.poll_transmit(cfg, now).map(|c| Transmit {
+                    destination: o.conn.remote,
+                    contents: c,
+                    socket,
+                });
                 if out.is_none() && !o.conn.is_open() {
                     closed = o.conn.closed.clone();
                 }

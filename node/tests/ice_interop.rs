@@ -118,6 +118,7 @@ fn invitation_for_foreign(addr: SocketAddr, ufrag: String, pwd: String) -> Invit
             pwd,
             ice_role: IceRole::Controlling,
             ice_tie_breaker: 1,
+            nat: None,
         },
         crypto: Crypto::default(),
         relay: Vec::new(),

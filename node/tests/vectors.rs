@@ -94,7 +94,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
         (CandidateKind::Host, "10.1.0.2:50000".parse().expect("addr")),
         (CandidateKind::Srflx, "198.18.3.4:40001".parse().expect("addr")),
     ]);
-    let rsvp = Token::new_rsvp(&inv_ok, &invitee, TokenId::random(&mut rng(2)), rsvp_cands.clone(), NOW - 30);
+    let rsvp = Token::new_rsvp(&inv_ok, &invitee, TokenId::random(&mut rng(2)), rsvp_cands.clone(), None, NOW - 30);
 
     let mut files = Vec::new();
     let mut valid = Vec::new();
@@ -365,6 +365,7 @@ fn build() -> (Vec<(String, String)>, Manifest) {
         &invitee,
         TokenId::random(&mut rng(3)),
         rsvp_cands,
+        None,
         NOW - 30,
     );
     let mut linked = Vec::new();

@@ -13,7 +13,7 @@
 //!   even when the mapping behaviour would pick another (a conntrack entry
 //!   created by the first packet of a flow is used by its replies).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
@@ -87,13 +87,42 @@ enum DestKey {
 struct Entry {
     internal: SocketAddrV4,
     key: DestKey,
-    /// Endpoints this mapping sent to or admitted (few per mapping).
-    peers: Vec<SocketAddrV4>,
+    /// Endpoints this mapping sent to or admitted, with when (ns): the
+    /// least recent first. Each is forgotten a mapping timeout after it was
+    /// last used, as conntrack forgets a flow (a mapping that sprayed 2,000
+    /// probes remembers them for that long, and no longer).
+    peers: VecDeque<(SocketAddrV4, u64)>,
     expires: u64,
 }
 
-/// Most peers a mapping remembers for filtering; the oldest goes first.
-const MAX_PEERS: usize = 32;
+impl Entry {
+    /// Forgets peers not used within `timeout` of `now`.
+    fn prune(&mut self, now: u64, timeout: u64) {
+        while self.peers.front().is_some_and(|p| p.1.saturating_add(timeout) <= now) {
+            self.peers.pop_front();
+        }
+    }
+
+    /// Marks `remote` used at `now`; returns the peer evicted to make room.
+    fn touch(&mut self, remote: SocketAddrV4, now: u64) -> Option<SocketAddrV4> {
+        if let Some(i) = self.peers.iter().position(|p| p.0 == remote) {
+            self.peers.remove(i);
+            self.peers.push_back((remote, now));
+            return None;
+        }
+        let evicted = if self.peers.len() >= MAX_PEERS { self.peers.pop_front().map(|p| p.0) } else { None };
+        self.peers.push_back((remote, now));
+        evicted
+    }
+
+    fn knows(&self, remote: SocketAddrV4) -> bool {
+        self.peers.iter().any(|p| p.0 == remote)
+    }
+}
+
+/// Most peers a mapping remembers for filtering; the least recently used
+/// goes first.
+const MAX_PEERS: usize = 4096;
 const FIRST_PORT: u16 = 1024;
 
 /// A NAT's translation table.
@@ -150,7 +179,7 @@ impl Nat {
     fn remove(&mut self, port: u16) {
         if let Some(e) = self.ports.remove(&port) {
             self.by_key.remove(&(e.internal, e.key));
-            for p in e.peers {
+            for (p, _) in e.peers {
                 if self.replies.get(&(e.internal, p)) == Some(&port) {
                     self.replies.remove(&(e.internal, p));
                 }
@@ -216,7 +245,7 @@ impl Nat {
             (_, Some(p)) if self.alive(p, internal, now) => p,
             _ => {
                 let p = self.allocate(internal, now, random)?;
-                self.ports.insert(p, Entry { internal, key, peers: Vec::new(), expires: 0 });
+                self.ports.insert(p, Entry { internal, key, peers: VecDeque::new(), expires: 0 });
                 self.by_key.insert((internal, key), p);
                 p
             }
@@ -224,13 +253,17 @@ impl Nat {
         let timeout = self.behaviour.timeout_ns;
         let e = self.ports.get_mut(&port).expect("mapping present");
         e.expires = now.saturating_add(timeout);
-        if !e.peers.contains(&remote) {
-            if e.peers.len() >= MAX_PEERS {
-                e.peers.remove(0);
-            }
-            e.peers.push(remote);
+        e.prune(now, timeout);
+        if let Some(old) = e.touch(remote, now) {
+            self.forget_reply(internal, old, port);
         }
         Some(port)
+    }
+
+    fn forget_reply(&mut self, internal: SocketAddrV4, remote: SocketAddrV4, port: u16) {
+        if self.replies.get(&(internal, remote)) == Some(&port) {
+            self.replies.remove(&(internal, remote));
+        }
     }
 
     /// Translates an inbound packet from `remote` to our external `port`:
@@ -241,23 +274,20 @@ impl Nat {
             self.remove(port);
             return Err(Refused::NoMapping);
         }
+        e.prune(now, self.behaviour.timeout_ns);
         let admitted = match self.behaviour.filtering {
             Filtering::Eif => true,
-            Filtering::Adf => e.peers.iter().any(|p| p.ip() == remote.ip()),
-            Filtering::Apdf => e.peers.contains(&remote),
+            Filtering::Adf => e.peers.iter().any(|p| p.0.ip() == remote.ip()),
+            Filtering::Apdf => e.knows(remote),
         };
         if !admitted {
             return Err(Refused::Filtered);
         }
         let internal = e.internal;
-        if !e.peers.contains(&remote) {
-            if e.peers.len() >= MAX_PEERS {
-                let old = e.peers.remove(0);
-                if self.replies.get(&(internal, old)) == Some(&port) {
-                    self.replies.remove(&(internal, old));
-                }
-            }
-            e.peers.push(remote);
+        if !e.knows(remote)
+            && let Some(old) = e.touch(remote, now)
+        {
+            self.forget_reply(internal, old, port);
         }
         self.replies.entry((internal, remote)).or_insert(port);
         Ok(internal)

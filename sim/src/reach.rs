@@ -12,11 +12,22 @@
 //! * **RSVP** — both sides check each other's server-reflexive address at
 //!   once, and every address a check arrived from is checked back.
 //!
+//! * **prediction / birthday** — when one side's NAT maps per destination
+//!   (hard) and the other's does not (easy), as each classifies itself from
+//!   two STUN servers: a socket of the hard side's pool checks the easy
+//!   side's reflexive address, and the easy side's probe that guessed the
+//!   port this made arrives there. Whether a guess lands is chance (the
+//!   engine's odds, `node/src/ice/probe.rs`); whether a landed guess gets
+//!   through both NATs is what this decides.
+//!
 //! A check succeeds when it arrives and its answer comes back from the
 //! address it was sent to (ICE's symmetric check). The simulated NAT matrix
 //! agrees with this cell by cell (`tests/nat_matrix.rs`).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+use convoke_node::nat::{Observation, classify};
+use convoke_node::token::{NatInfo, PortAllocation};
 
 use crate::nat::{Behaviour, Nat};
 
@@ -27,7 +38,13 @@ pub enum Reach {
     SingleToken,
     /// Both sides must check at once (an RSVP).
     Rsvp,
-    /// Neither connects them (port prediction or a relay would be needed).
+    /// After the RSVP, the easy side checks the hard side's predicted ports.
+    PortPrediction,
+    /// After the RSVP, the easy side probes random ports of the hard side's
+    /// pool of mappings.
+    Birthday,
+    /// Nothing direct connects them (both NATs map per destination): a relay
+    /// would be needed.
     Never,
 }
 
@@ -37,6 +54,8 @@ impl Reach {
         match self {
             Reach::SingleToken => "single-token",
             Reach::Rsvp => "rsvp",
+            Reach::PortPrediction => "predicted",
+            Reach::Birthday => "birthday",
             Reach::Never => "failed",
         }
     }
@@ -95,11 +114,28 @@ impl Site {
         at == self.host
     }
 
-    /// Asks a STUN server where we are seen from.
-    fn reflexive(&mut self, random: &mut dyn FnMut() -> u32) -> Option<SocketAddrV4> {
-        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 3478);
+    /// Asks STUN server `k` (0 or 1) where we are seen from.
+    fn ask(&mut self, k: u8, random: &mut dyn FnMut() -> u32) -> Option<SocketAddrV4> {
+        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1 + k), 3478);
         let seen = self.send(stun, random)?;
         self.receive(stun, seen).then_some(seen)
+    }
+
+    /// Asks the first STUN server where we are seen from.
+    fn reflexive(&mut self, random: &mut dyn FnMut() -> u32) -> Option<SocketAddrV4> {
+        self.ask(0, random)
+    }
+
+    /// How the host classifies its NAT from two STUN servers' answers, as
+    /// the engine does ([`convoke_node::nat::classify`]).
+    fn classify(&mut self, random: &mut dyn FnMut() -> u32) -> Option<NatInfo> {
+        let mut obs = Vec::new();
+        for k in 0..2 {
+            let mapped = self.ask(k, random)?;
+            let server = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1 + k), 3478);
+            obs.push(Observation { server: server.into(), mapped: mapped.into() });
+        }
+        classify(Some(self.host.port()), &[IpAddr::V4(*self.host.ip())], &obs)
     }
 }
 
@@ -173,11 +209,58 @@ pub fn reach(inviter: &[Behaviour], invitee: &[Behaviour]) -> Reach {
     if exchange(&mut a, &mut b, true, &mut random) {
         return Reach::SingleToken;
     }
+    let (Some(na), Some(nb)) = (a.classify(&mut random), b.classify(&mut random)) else { return Reach::Never };
+    let probing = na.is_hard() != nb.is_hard() && na.is_translated() && nb.is_translated();
+    if probing && na.ports == Some(PortAllocation::Sequential) {
+        // An easy invitee probes a sequential inviter's predicted ports while
+        // it waits for the RSVP to be carried (the engine's spray starts
+        // when it offers the RSVP): its NAT then lets in the inviter's next
+        // mappings, and the RSVP round's own checks come from one of them.
+        if let (Some(ra), Some(delta)) = (a.reflexive(&mut random), na.delta) {
+            for k in 1..=32i32 {
+                for sign in [1, -1] {
+                    let port = i32::from(ra.port()) + sign * k * delta.abs();
+                    if let Ok(port) = u16::try_from(port) {
+                        let _ = b.send(SocketAddrV4::new(*ra.ip(), port), &mut random);
+                    }
+                }
+            }
+        }
+    }
     // The RSVP comes later, on the same NAT state, as it does in the engine.
     if exchange(&mut a, &mut b, false, &mut random) {
         return Reach::Rsvp;
     }
-    Reach::Never
+    if !probing {
+        return Reach::Never;
+    }
+    let ((hard, hard_nat), easy) = if na.is_hard() { ((&mut a, na), &mut b) } else { ((&mut b, nb), &mut a) };
+    let step = if hard_nat.ports == Some(PortAllocation::Sequential) { Reach::PortPrediction } else { Reach::Birthday };
+    if lucky_probe(hard, easy, &mut random) { step } else { Reach::Never }
+}
+
+/// A pool socket of `hard` (a new port on its host) checks `easy`'s
+/// reflexive address; `easy`'s probe aimed at the port that made (a guess
+/// that landed) must reach that socket, and the socket's answer must come
+/// back through `easy`'s filter.
+fn lucky_probe(hard: &mut Site, easy: &mut Site, random: &mut dyn FnMut() -> u32) -> bool {
+    let Some(target) = easy.reflexive(random) else { return false };
+    let main = hard.host;
+    hard.host = SocketAddrV4::new(*main.ip(), main.port() + 1);
+    let ok = (|| {
+        let pool = hard.send(target, random)?;
+        // The pool's own check is dropped at the easy side's filter (it has
+        // not sent there yet); the easy side's probe then lands on it.
+        let probe_src = easy.send(pool, random)?;
+        if !hard.receive(probe_src, pool) {
+            return Some(false);
+        }
+        let answer = hard.send(probe_src, random)?;
+        Some(answer == pool && easy.receive(answer, probe_src))
+    })()
+    .unwrap_or(false);
+    hard.host = main;
+    ok
 }
 
 /// [`reach`] for every pair of `chains`: `[inviter][invitee]`.

@@ -19,8 +19,12 @@ pub struct Outcomes {
     pub joins: u64,
     /// Connected by the invitation alone.
     pub single_token: u64,
-    /// Connected after an RSVP.
+    /// Connected after an RSVP (both sides checking at once).
     pub rsvp: u64,
+    /// Connected after the RSVP at a predicted port of a sequential NAT.
+    pub predicted: u64,
+    /// Connected after the RSVP by birthday probing.
+    pub birthday: u64,
     /// Not connected by the end of the run.
     pub failed: u64,
     /// RSVPs the invitees sent back.
@@ -61,6 +65,22 @@ pub struct Matrix {
     pub profiles: Vec<String>,
     /// `cells[inviter][invitee]`.
     pub cells: Vec<Vec<Cell>>,
+}
+
+/// Port prediction and birthday probing, summed over every node.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Probing {
+    /// Attempts that began probing (counted on each side).
+    pub started: u64,
+    /// Of those, connected through a probed pair (counted on each side).
+    pub connected: u64,
+    /// Probes the easy sides sent.
+    pub probes_sent: u64,
+    /// Sockets the hard sides opened for their pools.
+    pub pool_sockets: u64,
+    /// Probes sent (all of them, also by attempts the RSVP round connected
+    /// first) per join connected by prediction or probing.
+    pub probes_per_connection: Option<f64>,
 }
 
 /// A failure event's aftermath.
@@ -138,6 +158,8 @@ pub struct Report {
     pub matrix: Option<Matrix>,
     /// Network counters.
     pub network: NetStats,
+    /// Port prediction and birthday probing.
+    pub probing: Probing,
     /// Failure events.
     pub failures: Vec<FailureReport>,
     /// Partitions.
@@ -192,6 +214,8 @@ impl Acc {
         match phase {
             "single-token" => self.o.single_token += 1,
             "rsvp" => self.o.rsvp += 1,
+            "predicted" => self.o.predicted += 1,
+            "birthday" => self.o.birthday += 1,
             _ => self.o.failed += 1,
         }
         self.o.rsvp_sent += u64::from(rsvp_sent);
@@ -200,6 +224,17 @@ impl Acc {
     fn done(mut self) -> Outcomes {
         self.o.median_s = summary(&mut self.times).map(|s| s.p50);
         self.o
+    }
+}
+
+/// A connection's step of the reach ladder, named as the NAT model names
+/// it ([`crate::reach::Reach::as_str`]).
+pub fn phase_name(via: Via) -> &'static str {
+    match via {
+        Via::SingleToken => "single-token",
+        Via::Rsvp => "rsvp",
+        Via::PortPrediction => "predicted",
+        Via::Birthday => "birthday",
     }
 }
 
@@ -218,8 +253,9 @@ impl Report {
         for j in &w.joins {
             let (phase, ttc) = match (j.established, j.via, j.imported) {
                 (Some(e), Some(via), Some(i)) => {
-                    let p = if via == Via::Rsvp { "rsvp" } else { "single-token" };
-                    (p, Some(secs(e - i)))
+                    // The furthest step either side saw: a probe may have
+                    // found a port that the other side's main socket held.
+                    (phase_name(j.inviter_via.map_or(via, |v| v.max(via))), Some(secs(e - i)))
                 }
                 _ => ("failed", None),
             };
@@ -254,10 +290,15 @@ impl Report {
                         .iter()
                         .map(|b| {
                             let o = cells.remove(&(idx(a), idx(b))).map(Acc::done).unwrap_or_default();
-                            let phase = if o.single_token == o.joins && o.joins > 0 {
+                            let all = |n: u64| n == o.joins && o.joins > 0;
+                            let phase = if all(o.single_token) {
                                 "single-token"
-                            } else if o.rsvp == o.joins && o.joins > 0 {
+                            } else if all(o.rsvp) {
                                 "rsvp"
+                            } else if all(o.predicted) {
+                                "predicted"
+                            } else if all(o.birthday) {
+                                "birthday"
                             } else if o.failed == o.joins {
                                 "failed"
                             } else {
@@ -334,6 +375,19 @@ impl Report {
             Some(n) => (Some(n.members), Some(n.introducer), Some(n.links), n.broadcast),
             None => (None, None, None, None),
         };
+        let joins = all.done();
+        let probing = {
+            let t = w.endpoint_totals();
+            let found = joins.predicted + joins.birthday;
+            let per = (found > 0).then(|| round(t.probes_sent as f64 / found as f64));
+            Probing {
+                started: t.probing_started,
+                connected: t.probing_connected,
+                probes_sent: t.probes_sent,
+                pool_sockets: t.pool_sockets_opened,
+                probes_per_connection: per,
+            }
+        };
         Report {
             scenario: w.scenario.name.clone(),
             description: w.scenario.description.clone(),
@@ -343,7 +397,7 @@ impl Report {
             nodes: w.node_count() as u64,
             nats: w.nat_count() as u64,
             events: w.events,
-            joins: all.done(),
+            joins,
             time_to_connect_s,
             remote_candidate: kinds,
             failure_reasons: reasons,
@@ -351,6 +405,7 @@ impl Report {
             by_inviter_profile: by_inviter.into_iter().map(|(k, a)| (k, a.done())).collect(),
             matrix,
             network: w.net.clone(),
+            probing,
             failures,
             partitions,
             churn,
@@ -383,19 +438,38 @@ impl Report {
         );
         let pct = |x: u64, of: u64| if of == 0 { 0.0 } else { 100.0 * x as f64 / of as f64 };
         let o = &self.joins;
-        let _ = writeln!(m, "## Joins\n\n| joins | single token | RSVP | failed | RSVPs sent |\n|---|---|---|---|---|");
         let _ = writeln!(
             m,
-            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
+            "## Joins\n\n| joins | single token | RSVP | predicted | birthday | failed | RSVPs sent |\n|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            m,
+            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
             o.joins,
             o.single_token,
             pct(o.single_token, o.joins),
             o.rsvp,
             pct(o.rsvp, o.joins),
+            o.predicted,
+            pct(o.predicted, o.joins),
+            o.birthday,
+            pct(o.birthday, o.joins),
             o.failed,
             pct(o.failed, o.joins),
             o.rsvp_sent
         );
+        let p = &self.probing;
+        if p.started > 0 {
+            let _ = writeln!(
+                m,
+                "## Probing\n\n| started | connected | probes sent | pool sockets | probes per probed connection |\n|---|---|---|---|---|\n| {} | {} | {} | {} | {} |\n",
+                p.started,
+                p.connected,
+                p.probes_sent,
+                p.pool_sockets,
+                p.probes_per_connection.map_or("–".to_owned(), |v| format!("{v:.0}"))
+            );
+        }
         let _ = writeln!(
             m,
             "## Time to connect (token imported → session), seconds\n\n| path | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
@@ -415,16 +489,18 @@ impl Report {
         for (title, table) in [("invitee", &self.by_invitee_profile), ("inviter", &self.by_inviter_profile)] {
             let _ = writeln!(
                 m,
-                "## By the {title}'s NAT\n\n| profile | joins | single token | RSVP | failed | median s |\n|---|---|---|---|---|---|"
+                "## By the {title}'s NAT\n\n| profile | joins | single token | RSVP | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|"
             );
             for (k, o) in table {
                 let med = o.median_s.map_or("–".to_owned(), |v| format!("{v:.3}"));
                 let _ = writeln!(
                     m,
-                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {med} |",
+                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {med} |",
                     o.joins,
                     pct(o.single_token, o.joins),
                     pct(o.rsvp, o.joins),
+                    pct(o.predicted, o.joins),
+                    pct(o.birthday, o.joins),
                     pct(o.failed, o.joins)
                 );
             }

@@ -142,7 +142,8 @@ pub struct Network {
     pub jitter_ms: f64,
     /// Loss probability per packet per link: 0.
     pub loss: f64,
-    /// Public STUN servers every node queries at start: 1.
+    /// Public STUN servers every node queries at start: 2 (two addresses
+    /// let a node classify its NAT; one cannot).
     pub stun_servers: u32,
 }
 
@@ -154,7 +155,7 @@ impl Default for Network {
             cgnat_latency_ms: [2.0, 10.0],
             jitter_ms: 1.0,
             loss: 0.0,
-            stun_servers: 1,
+            stun_servers: 2,
         }
     }
 }
@@ -412,6 +413,8 @@ pub fn builtin_profiles() -> BTreeMap<String, Profile> {
     m.insert("port-restricted".into(), Profile::nat(Eim, Apdf, PortAssignment::Preserving, false));
     m.insert("symmetric".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, false));
     m.insert("symmetric-cgnat".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, true));
+    // A symmetric NAT that hands out ports in order: predictable.
+    m.insert("symmetric-sequential".into(), Profile::nat(Apdm, Apdf, PortAssignment::Sequential, false));
     m
 }
 
@@ -599,7 +602,7 @@ mod tests {
     fn a_minimal_scenario_parses_with_defaults() {
         let s = Scenario::parse(MINIMAL).expect("valid");
         assert_eq!(s.seed, 1);
-        assert_eq!(s.network.stun_servers, 1);
+        assert_eq!(s.network.stun_servers, 2);
         assert_eq!(s.joins.repeat, 1);
         assert!(s.all_profiles()["symmetric-cgnat"].cgnat);
     }

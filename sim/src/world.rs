@@ -22,11 +22,11 @@
 //! routable from the internet, as on the real one.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use convoke_node::host::{Host, HostConfig, HostEvent};
-use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
+use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, SocketId, Via};
 use convoke_node::identity::Identity;
 use convoke_node::member::Minter;
 use convoke_node::token::{self, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, TokenId};
@@ -142,8 +142,11 @@ pub struct Join {
     pub established: Option<u64>,
     /// When the inviter's was.
     pub inviter_established: Option<u64>,
-    /// How.
+    /// How, as the invitee's engine tells it.
     pub via: Option<Via>,
+    /// How, as the inviter's engine tells it (the side that probed may be
+    /// the only one that knows a probe found the path).
+    pub inviter_via: Option<Via>,
     /// The inviter's candidate type on the nominated pair, as the invitee saw it.
     pub remote_kind: Option<CandidateKind>,
     /// When and why it failed (before a session).
@@ -176,6 +179,8 @@ pub struct NetStats {
     pub partitioned: u64,
     /// NAT mappings made.
     pub mappings: u64,
+    /// Arrived at a node's port whose pool socket was already closed.
+    pub to_closed_socket: u64,
 }
 
 /// What one failure event did.
@@ -461,6 +466,7 @@ impl World {
         let identity = Identity::from_secret_bytes(self.rng.seed());
         let now = self.inst(self.now);
         let mut host = Host::new(&identity, self.host_config.clone(), self.rng.seed(), now, self.unix());
+        host.set_local_addresses(Some(NODE_PORT), &[IpAddr::V4(Ipv4Addr::from(addr))]);
         let stun_pending = if profile == STUN_PROFILE { 0 } else { self.stun.len() as u8 };
         if profile != STUN_PROFILE {
             for s in &self.stun {
@@ -607,14 +613,17 @@ impl World {
         self.queue.push(at, Ev::Packet(p));
     }
 
-    fn send(&mut self, n: u32, destination: SocketAddr, data: Vec<u8>) {
+    /// Sends from node `n`'s `socket`: its main port, or the port after it
+    /// numbered by the socket (a probing pool).
+    fn send(&mut self, n: u32, socket: SocketId, destination: SocketAddr, data: Vec<u8>) {
         self.net.sent += 1;
         let SocketAddr::V4(dst) = destination else {
             self.net.no_route += 1;
             return;
         };
         let node = &self.nodes[n as usize];
-        let p = Box::new(Packet { hop: Hop::Router(node.realm), origin: n, src: node.addr, dst, data });
+        let src = SocketAddrV4::new(*node.addr.ip(), node.addr.port().wrapping_add(socket.0));
+        let p = Box::new(Packet { hop: Hop::Router(node.realm), origin: n, src, dst, data });
         self.forward(node.latency, p);
     }
 
@@ -693,9 +702,14 @@ impl World {
             self.net.partitioned += 1;
             return;
         }
+        let socket = SocketId(p.dst.port().wrapping_sub(self.nodes[n as usize].addr.port()));
+        if !self.nodes[n as usize].host.endpoint().is_socket_open(socket) {
+            self.net.to_closed_socket += 1;
+            return;
+        }
         self.net.delivered += 1;
         let now = self.inst(self.now);
-        self.nodes[n as usize].host.handle_datagram(now, SocketAddr::V4(p.src), &mut p.data);
+        self.nodes[n as usize].host.handle_datagram_on(now, socket, SocketAddr::V4(p.src), &mut p.data);
         self.after(n);
     }
 
@@ -708,8 +722,11 @@ impl World {
         let now = self.inst(self.now);
         loop {
             while let Some(t) = self.nodes[n as usize].host.poll_transmit(now) {
-                self.send(n, t.destination, t.contents);
+                self.send(n, t.socket, t.destination, t.contents);
             }
+            // A closed pool socket needs nothing here: its port stops
+            // delivering (`at_node` asks the host).
+            while self.nodes[n as usize].host.poll_socket_close().is_some() {}
             let Some(e) = self.nodes[n as usize].host.poll_event() else { break };
             if self.nodes[n as usize].member.is_some() {
                 self.member_host_event(n, e);
@@ -731,6 +748,19 @@ impl World {
             }
             None => node.timer_at = u64::MAX,
         }
+    }
+
+    /// The connectivity engines' counters, summed over every node.
+    pub fn endpoint_totals(&self) -> convoke_node::ice::Stats {
+        let mut t = convoke_node::ice::Stats::default();
+        for n in &self.nodes {
+            let s = n.host.endpoint().stats();
+            t.probes_sent += s.probes_sent;
+            t.pool_sockets_opened += s.pool_sockets_opened;
+            t.probing_started += s.probing_started;
+            t.probing_connected += s.probing_connected;
+        }
+        t
     }
 
     fn join_of(&self, n: u32, attempt: AttemptId) -> Option<u32> {
@@ -799,6 +829,7 @@ impl World {
                 let j = &mut self.joins[k as usize];
                 if inviter {
                     j.inviter_established.get_or_insert(now);
+                    j.inviter_via.get_or_insert(via);
                 } else if j.established.is_none() {
                     j.established = Some(now);
                     j.via = Some(via);
@@ -825,7 +856,8 @@ impl World {
                 while host.read(session, &mut buf) > 0 {}
                 while host.recv_datagram(session).is_some() {}
             }
-            HostEvent::Ice(_) => {}
+            // The host keeps its classification; minters read it there.
+            HostEvent::Ice(_) | HostEvent::NatClassified(_) => {}
         }
     }
 
@@ -879,6 +911,7 @@ impl World {
         for a in &node.reflexive {
             c.add_server_reflexive(*a);
         }
+        m.set_nat(node.host.nat());
         m
     }
 

@@ -53,7 +53,8 @@ impl Host {
                 && let Some(r) = &o.resend
                 && msg1[..32] == r.0
             {
-                self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone() });
+                let socket = self.endpoint.socket_of(id).unwrap_or_default();
+                self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone(), socket });
             }
             return;
         }
@@ -96,7 +97,8 @@ impl Host {
         out.extend_from_slice(&remote_index.to_be_bytes());
         out.extend_from_slice(&msg2);
         let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
-        self.transmits.push_back(Transmit { destination: remote, contents: out.clone() });
+        let socket = self.endpoint.socket_of(id).unwrap_or_default();
+        self.transmits.push_back(Transmit { destination: remote, contents: out.clone(), socket });
         let conn =
             Connection::new(&self.config.session, remote, remote_index, keys.send.key(), keys.recv.key(), None, now);
         self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
@@ -206,7 +208,8 @@ impl Host {
         let mut msg = vec![HANDSHAKE_INIT, ufrags.len() as u8];
         msg.extend_from_slice(ufrags.as_bytes());
         msg.extend_from_slice(&msg1);
-        self.transmits.push_back(Transmit { destination: remote, contents: msg.clone() });
+        let socket = self.endpoint.socket_of(id).unwrap_or_default();
+        self.transmits.push_back(Transmit { destination: remote, contents: msg.clone(), socket });
         let next_retry = now + self.config.handshake_rto;
         self.by_index.insert(local_index, id);
         self.sessions.insert(

@@ -7,13 +7,27 @@ use std::time::Instant;
 use rand_core::Rng;
 
 use super::{Host, HostEvent, StunQuery};
+use crate::nat::Observation;
+
+/// Answers kept for one classification round.
+const MAX_OBSERVATIONS: usize = 8;
 use crate::ice::Transmit;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
 
 impl Host {
     /// Asks a STUN server where it sees us; answered by
     /// [`HostEvent::StunMapped`] or [`HostEvent::StunFailed`].
+    ///
+    /// Queries made while none is outstanding start a new round; when a
+    /// round's last answer is in, the host classifies its NAT from them
+    /// ([`crate::nat::classify`]) and reports a change with
+    /// [`HostEvent::NatClassified`].
     pub fn query_stun(&mut self, server: SocketAddr, now: Instant) {
+        if self.stun.is_empty() {
+            self.observations.clear();
+            self.stun_order = 0;
+        }
+        self.stun_order += 1;
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
         let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId(tid));
@@ -21,8 +35,11 @@ impl Host {
         // 52 bytes) is no larger: Convoke nodes do not amplify.
         b.software("convoke stun client; padded to the size of the answer");
         let request = b.finish(None, true);
-        self.transmits.push_back(Transmit { destination: server, contents: request.clone() });
-        self.stun.insert(TransactionId(tid), StunQuery { server, request, next: now + self.config.stun_rto, tries: 1 });
+        self.transmits.push_back(Transmit::main(server, request.clone()));
+        self.stun.insert(
+            TransactionId(tid),
+            StunQuery { server, request, next: now + self.config.stun_rto, tries: 1, order: self.stun_order },
+        );
     }
 
     pub(super) fn stun_answer(&mut self, from: SocketAddr, data: &[u8]) -> bool {
@@ -36,10 +53,43 @@ impl Host {
             return true;
         }
         match msg.mapped_address {
-            Some(address) => self.events.push_back(HostEvent::StunMapped { server: q.server, address }),
+            Some(address) => {
+                self.events.push_back(HostEvent::StunMapped { server: q.server, address });
+                if self.observations.len() < MAX_OBSERVATIONS {
+                    let at = self.observations.partition_point(|(o, _)| *o < q.order);
+                    self.observations.insert(at, (q.order, Observation { server: q.server, mapped: address }));
+                }
+            }
             None => self.events.push_back(HostEvent::StunFailed { server: q.server }),
         }
+        self.classify_when_done();
         true
+    }
+
+    /// Once no query is outstanding, classifies the NAT from the round's
+    /// answers and reports it if it changed.
+    pub(super) fn classify_when_done(&mut self) {
+        if !self.stun.is_empty() {
+            return;
+        }
+        let obs: Vec<Observation> = self.observations.iter().map(|(_, o)| *o).collect();
+        let Some(nat) = crate::nat::classify(self.local_port, &self.local_ips, &obs) else { return };
+        if self.endpoint.nat() != Some(nat) {
+            self.endpoint.set_nat(Some(nat));
+            self.events.push_back(HostEvent::NatClassified(nat));
+        }
+    }
+
+    /// Tells the host the port its main socket is bound to and our interface
+    /// addresses, which NAT classification compares STUN answers with.
+    pub fn set_local_addresses(&mut self, port: Option<u16>, ips: &[std::net::IpAddr]) {
+        self.local_port = port;
+        self.local_ips = ips.to_vec();
+    }
+
+    /// Our NAT as last classified, if the STUN answers could tell.
+    pub fn nat(&self) -> Option<crate::token::NatInfo> {
+        self.endpoint.nat()
     }
 
     /// Retransmits STUN queries that are due; gives up on a server after
@@ -52,10 +102,11 @@ impl Host {
                 let server = q.server;
                 self.stun.remove(&t);
                 self.events.push_back(HostEvent::StunFailed { server });
+                self.classify_when_done();
             } else {
                 q.tries += 1;
                 q.next = now + self.config.stun_rto * (1 << (q.tries - 1).min(8));
-                self.transmits.push_back(Transmit { destination: q.server, contents: q.request.clone() });
+                self.transmits.push_back(Transmit::main(q.server, q.request.clone()));
             }
         }
     }

@@ -369,7 +369,7 @@ fn rsvp_session_must_be_the_rsvp_signer() {
         // that will run the handshake.
         let signer = if honest { net.peers[1].identity.clone() } else { Identity::from_secret_bytes([99; 32]) };
         let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
-        let rsvp = Token::new_rsvp(&inv, &signer, rsvp_id, cands, UNIX + 3).encode_compact();
+        let rsvp = Token::new_rsvp(&inv, &signer, rsvp_id, cands, None, UNIX + 3).encode_compact();
         let now = net.now;
         net.peers[0].host.accept_rsvp(&rsvp, now).expect("valid RSVP");
         net.drive(Duration::from_secs(15), |n| n.established(0).is_some() || n.peers[0].host.stats().refused_peers > 0);

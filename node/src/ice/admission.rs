@@ -31,12 +31,27 @@ impl Endpoint {
 
     /// Imports an invitation as the invitee and starts checking.
     pub fn join(&mut self, invitation: &Invitation, now: Instant) -> AttemptId {
+        self.join_probing(invitation, now, self.config.probing)
+    }
+
+    /// [`Endpoint::join`], saying whether this attempt may predict or probe
+    /// ports (see [`EndpointConfig::probing`]): a member dialing a peer the
+    /// overlay picked does not, a person's invitation does.
+    pub fn join_probing(&mut self, invitation: &Invitation, now: Instant, probing: bool) -> AttemptId {
         let b = &invitation.token().body;
         let ci = &b.connection_info;
         let rsvp_id = TokenId::random(&mut self.rng);
         let local_ufrag = derived_ufrag(&rsvp_id);
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
+        // Ask for the RSVP as soon as silence says the inviter's NAT keeps
+        // our checks out; a public inviter gets the whole window.
+        let silence = match ci.nat {
+            _ if !b.connection_mode.rsvp_supported => None,
+            Some(n) if n.is_translated() => Some(self.config.rsvp_after_silence),
+            Some(_) => None,
+            None => Some(self.config.rsvp_after_silence_unknown),
+        };
         self.stats.attempts_invitee += 1;
         let a = Attempt::new(
             NewAttempt {
@@ -50,15 +65,19 @@ impl Endpoint {
                 remote_peer: b.initiator.as_ref().map(|p| p.public_key),
                 pairs: self.pairs_from(&ci.ice_candidates),
                 window,
+                silence,
+                peer_nat: ci.nat,
                 counted_source: None,
             },
             now,
         );
         let bidirectional = b.connection_mode.initial == InitialMode::Bidirectional;
+        let mut a = a;
+        a.probing_allowed = probing;
         self.by_ufrags.insert(format!("{}:{}", a.local_ufrag, a.remote_ufrag), id);
         self.attempts.insert(id, a);
         if bidirectional {
-            self.enter_waiting(id);
+            self.enter_waiting(id, now);
         }
         if self.resolve_crossing(id) != Some(id) {
             self.run_attempt(id, now);
@@ -95,19 +114,37 @@ impl Endpoint {
         Some(loser)
     }
 
-    pub(super) fn enter_waiting(&mut self, id: AttemptId) {
+    /// The invitee offers its RSVP; from now on both sides may hold it, so a
+    /// pair of NATs that needs probing starts it.
+    pub(super) fn enter_waiting(&mut self, id: AttemptId, now: Instant) {
         let Some(a) = self.attempts.get_mut(&id) else { return };
         a.state = State::WaitingForRsvp;
         a.via = Via::Rsvp;
-        for p in &mut a.pairs {
-            p.rto = self.config.keepalive;
+        // Asked early (silence): checks keep their pace until the window's
+        // end, then slow to keepalives (see `send_check`).
+        if now >= a.full_window_end {
+            for p in &mut a.pairs {
+                p.rto = self.config.keepalive;
+            }
         }
         self.events.push_back(Event::RsvpNeeded { attempt: id });
+        self.plan_probe(id, now);
     }
 
     /// Imports an RSVP answering one of our invitations and starts checking
     /// towards the invitee at once (the invitee is checking too).
     pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, AcceptRsvpError> {
+        self.accept_rsvp_probing(text, now, self.config.probing)
+    }
+
+    /// [`Endpoint::accept_rsvp`], saying whether this attempt may predict
+    /// or probe ports.
+    pub fn accept_rsvp_probing(
+        &mut self,
+        text: &str,
+        now: Instant,
+        probing: bool,
+    ) -> Result<AttemptId, AcceptRsvpError> {
         let t = token::decode(text)?;
         let unix = self.unix(now);
         let reply_to =
@@ -137,6 +174,8 @@ impl Endpoint {
         let window = self.config.inviter_window;
         let a = self.attempts.get_mut(&id).expect("just found or made");
         a.via = Via::Rsvp;
+        a.peer_nat = ci.nat;
+        a.probing_allowed = probing;
         a.remote_pwd = ci.pwd.clone();
         // The RSVP's signer is who the session must authenticate as.
         a.remote_peer = author.or(a.remote_peer);
@@ -144,7 +183,7 @@ impl Endpoint {
             a.state = State::Checking;
             a.window_end = a.window_end.max(now + window);
             for c in &ci.ice_candidates {
-                let i = a.add_remote(c.address, c.kind, c.priority, rto);
+                let i = a.add_remote(SocketId::MAIN, c.address, c.kind, c.priority, rto);
                 let p = &mut a.pairs[i];
                 if p.state == PairState::Failed {
                     p.state = PairState::Waiting;
@@ -152,6 +191,7 @@ impl Endpoint {
             }
             a.next_pace = a.next_pace.min(now);
         }
+        self.plan_probe(id, now);
         self.run_attempt(id, now);
         self.reindex();
         Ok(id)
@@ -204,6 +244,8 @@ impl Endpoint {
                 remote_peer: None,
                 pairs: Vec::new(),
                 window,
+                silence: None,
+                peer_nat: None,
                 counted_source: Some(source),
             },
             now,
@@ -222,9 +264,13 @@ impl Endpoint {
 
     pub(super) fn remove(&mut self, id: AttemptId) {
         self.dirty.push(id);
+        self.end_probe(id, false);
         let Some(a) = self.attempts.remove(&id) else {
             return;
         };
+        for s in &a.sockets {
+            self.close_socket(*s);
+        }
         self.by_ufrags.remove(&format!("{}:{}", a.local_ufrag, a.remote_ufrag));
         for p in &a.pairs {
             if let Some(t) = p.tid {

@@ -1,19 +1,38 @@
 //! One connection attempt: an ICE check list towards one remote peer.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::SocketId;
 use crate::stun::TransactionId;
-use crate::token::{CandidateKind, IceRole, TokenId};
+use crate::token::{CandidateKind, IceRole, NatInfo, TokenId};
 
-/// How a connection came about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a connection came about: the reach ladder's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Via {
     /// The invitee's checks reached the inviter on their own.
     SingleToken,
     /// Both sides checked at once after the inviter imported an RSVP.
     Rsvp,
+    /// After the RSVP, the easy side checked predicted ports of a NAT that
+    /// allocates them sequentially.
+    PortPrediction,
+    /// After the RSVP, the easy side probed random ports of a hard NAT
+    /// until one hit the pool of mappings the hard side opened.
+    Birthday,
+}
+
+impl Via {
+    /// The step's name in reports, metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::SingleToken => "single_token",
+            Via::Rsvp => "rsvp",
+            Via::PortPrediction => "predicted",
+            Via::Birthday => "birthday",
+        }
+    }
 }
 
 /// Which side of the invitation this attempt is.
@@ -47,10 +66,11 @@ pub(crate) enum PairState {
     Failed,
 }
 
-/// A check list entry. One socket per endpoint, so a pair is identified by
-/// its remote address (local candidates share the same base).
+/// A check list entry: one of our sockets and a remote address (each
+/// socket is one local candidate, whatever addresses it is seen at).
 #[derive(Debug, Clone)]
 pub(crate) struct Pair {
+    pub socket: SocketId,
     pub remote: SocketAddr,
     pub remote_kind: CandidateKind,
     pub remote_priority: u32,
@@ -62,11 +82,16 @@ pub(crate) struct Pair {
     /// The request we send carries USE-CANDIDATE (controlling) / the peer
     /// asked to nominate this pair (controlled).
     pub nominate: bool,
+    /// A pool socket's pair: its checks go at the probing pace, not ICE's.
+    pub pool: bool,
+    /// Found by probing (a pool socket, or a probe's answer).
+    pub probed: bool,
 }
 
 impl Pair {
     pub fn new(remote: SocketAddr, remote_kind: CandidateKind, remote_priority: u32, rto: Duration) -> Self {
         Pair {
+            socket: SocketId::MAIN,
             remote,
             remote_kind,
             remote_priority,
@@ -75,8 +100,36 @@ impl Pair {
             rto,
             next_send: None,
             nominate: false,
+            pool: false,
+            probed: false,
         }
     }
+}
+
+/// Probing for a hard NAT's port (docs/DESIGN.md §3: the ladder after the
+/// RSVP round).
+#[derive(Debug, Clone)]
+pub(crate) struct Probe {
+    pub plan: ProbePlan,
+    /// What a connection found by it is called.
+    pub via: Via,
+    /// Waiting for the node's one probing slot, or running.
+    pub active: bool,
+    /// When the next probing packet may go.
+    pub next_send: Instant,
+    /// Running until (then the pool closes or the spray is over).
+    pub until: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum ProbePlan {
+    /// The hard side: open `size` sockets, each checking `target` (the easy
+    /// side's reflexive address), then keep their mappings alive.
+    Pool { target: SocketAddr, size: u16, opened: u16, cursor: usize },
+    /// The easy side: check ports of the hard side's address from the main
+    /// socket: predicted ones (`next`: around a base port by a step, the
+    /// k-th guess next) or random ones.
+    Spray { ip: IpAddr, next: Option<(i32, i32, u32)>, sent: u32, tids: Vec<TransactionId> },
 }
 
 /// The state of one attempt.
@@ -116,6 +169,20 @@ pub(crate) struct Attempt {
     pub invitation_tie: u64,
     /// When the attempt began (time to connect counts from here).
     pub started: Instant,
+    /// Invitee: the end of the whole checking window, if `window_end` is an
+    /// earlier "ask for the RSVP after this much silence".
+    pub full_window_end: Instant,
+    /// Whether anything authenticated came from the peer yet.
+    pub heard: bool,
+    /// The peer's NAT as its token describes it.
+    pub peer_nat: Option<NatInfo>,
+    /// Probing, if this pair's NATs need it.
+    pub probe: Option<Probe>,
+    /// Whether this attempt may probe at all.
+    pub probing_allowed: bool,
+    /// Sockets other than the main one that this attempt opened (its pool,
+    /// or after connecting, the one its session runs on).
+    pub sockets: Vec<SocketId>,
 }
 
 /// What distinguishes a new attempt; everything else starts the same.
@@ -130,6 +197,9 @@ pub(crate) struct NewAttempt {
     pub remote_peer: Option<crate::identity::PublicKey>,
     pub pairs: Vec<Pair>,
     pub window: Duration,
+    /// Invitee: ask for the RSVP after this much silence, if shorter.
+    pub silence: Option<Duration>,
+    pub peer_nat: Option<NatInfo>,
     /// Inviter side: the source address counted against pending limits.
     pub counted_source: Option<Option<std::net::IpAddr>>,
 }
@@ -150,7 +220,7 @@ impl Attempt {
             pairs: n.pairs,
             triggered: VecDeque::new(),
             state: State::Checking,
-            window_end: now + n.window,
+            window_end: now + n.silence.map_or(n.window, |s| s.min(n.window)),
             next_pace: now,
             selected: None,
             last_consent: now,
@@ -160,11 +230,17 @@ impl Attempt {
             remote_peer: n.remote_peer,
             invitation_tie: n.invitation_tie,
             started: now,
+            full_window_end: now + n.window,
+            heard: false,
+            peer_nat: n.peer_nat,
+            probe: None,
+            probing_allowed: true,
+            sockets: Vec::new(),
         }
     }
 
-    pub fn pair_by_remote(&self, remote: SocketAddr) -> Option<usize> {
-        self.pairs.iter().position(|p| p.remote == remote)
+    pub fn pair_by(&self, socket: SocketId, remote: SocketAddr) -> Option<usize> {
+        self.pairs.iter().position(|p| p.socket == socket && p.remote == remote)
     }
 
     /// Queues a triggered check on pair `i` to go out now rather than after
@@ -174,12 +250,20 @@ impl Attempt {
         self.next_pace = self.next_pace.min(now);
     }
 
-    /// Adds a remote candidate unless already known; returns its index.
-    pub fn add_remote(&mut self, remote: SocketAddr, kind: CandidateKind, priority: u32, rto: Duration) -> usize {
-        if let Some(i) = self.pair_by_remote(remote) {
+    /// Adds a pair (our `socket`, a remote candidate) unless already known;
+    /// returns its index.
+    pub fn add_remote(
+        &mut self,
+        socket: SocketId,
+        remote: SocketAddr,
+        kind: CandidateKind,
+        priority: u32,
+        rto: Duration,
+    ) -> usize {
+        if let Some(i) = self.pair_by(socket, remote) {
             return i;
         }
-        self.pairs.push(Pair::new(remote, kind, priority, rto));
+        self.pairs.push(Pair { socket, probed: socket != SocketId::MAIN, ..Pair::new(remote, kind, priority, rto) });
         self.pairs.len() - 1
     }
 
@@ -195,7 +279,7 @@ impl Attempt {
             .pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PairState::Waiting)
+            .filter(|(_, p)| p.state == PairState::Waiting && !p.pool)
             .max_by_key(|(_, p)| p.remote_priority)
             .map(|(i, _)| i);
         if waiting.is_some() {
@@ -204,7 +288,7 @@ impl Attempt {
         self.pairs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.state == PairState::InProgress && p.next_send.is_some_and(|t| t <= now))
+            .filter(|(_, p)| p.state == PairState::InProgress && !p.pool && p.next_send.is_some_and(|t| t <= now))
             .min_by_key(|(_, p)| p.next_send)
             .map(|(i, _)| i)
     }
@@ -224,14 +308,20 @@ impl Attempt {
                 if self.state == State::Checking {
                     min(Some(self.window_end));
                 }
-                let has_new = !self.triggered.is_empty() || self.pairs.iter().any(|p| p.state == PairState::Waiting);
+                let has_new =
+                    !self.triggered.is_empty() || self.pairs.iter().any(|p| p.state == PairState::Waiting && !p.pool);
                 if has_new {
                     min(Some(self.next_pace));
                 }
                 for p in &self.pairs {
-                    if p.state == PairState::InProgress {
+                    if p.state == PairState::InProgress && !p.pool {
                         min(p.next_send.map(|s| s.max(self.next_pace)));
                     }
+                }
+                if let Some(probe) = &self.probe
+                    && probe.active
+                {
+                    min(Some(probe.next_send.min(probe.until)));
                 }
                 t
             }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use rand_core::Rng;
 
 use super::attempt::{PairState, Side};
+use super::probe::SPRAY;
 use super::*;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
 use crate::token::{Candidate, CandidateKind, IceRole, InitialMode};
@@ -44,9 +45,14 @@ impl Endpoint {
                 }
             }
             State::Checking | State::WaitingForRsvp => {
+                if a.state == State::Checking && now >= a.window_end && a.heard && now < a.full_window_end {
+                    // The early "ask for the RSVP" deadline is for silence;
+                    // the peer answered, so the whole window applies.
+                    a.window_end = a.full_window_end;
+                }
                 if a.state == State::Checking && now >= a.window_end {
                     match a.side {
-                        Side::Invitee { rsvp_supported: true, .. } => self.enter_waiting(id),
+                        Side::Invitee { rsvp_supported: true, .. } => self.enter_waiting(id, now),
                         _ => {
                             let (inviter, via) = (a.side == Side::Inviter, a.via);
                             self.events.push_back(Event::Failed {
@@ -67,6 +73,7 @@ impl Endpoint {
                     a.next_pace = now + self.config.ta;
                     self.send_check(id, i, now);
                 }
+                self.run_probe(id, now);
             }
         }
     }
@@ -76,7 +83,12 @@ impl Endpoint {
         let cap = self.config.rto_max;
         let keepalive = self.config.keepalive;
         let a = self.attempts.get_mut(&id).expect("caller checked");
-        let waiting = a.state == State::WaitingForRsvp;
+        // Waiting for the RSVP past the checking window: keepalives only,
+        // unless a pool is open (then the RSVP round's checks keep ICE's
+        // pace, so they connect before probing would start).
+        let pool_open =
+            matches!(&a.probe, Some(p) if p.active && matches!(p.plan, super::attempt::ProbePlan::Pool { .. }));
+        let waiting = a.state == State::WaitingForRsvp && now >= a.full_window_end && !pool_open;
         let p = &mut a.pairs[i];
         let retransmit = p.state == PairState::InProgress && p.tid.is_some();
         let tid = match (retransmit, p.tid) {
@@ -97,25 +109,23 @@ impl Endpoint {
             p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap });
         }
         self.transactions.insert(tid, (id, i));
-        let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
-        m.username(&format!("{}:{}", a.remote_ufrag, a.local_ufrag))
-            .priority(Candidate::standard_priority(CandidateKind::Prflx, 65535));
-        match a.role {
-            IceRole::Controlling => m.ice_controlling(a.tie_breaker),
-            IceRole::Controlled => m.ice_controlled(a.tie_breaker),
-        };
-        if a.role == IceRole::Controlling && p.nominate && a.state != State::Connected {
-            m.use_candidate();
-        }
-        if let (Side::Invitee { .. }, Some(me)) = (&a.side, &self.local_peer) {
-            m.peer(&me.0);
-        }
-        let contents = m.finish(Some(a.remote_pwd.as_bytes()), true);
-        self.transmits.push_back(Transmit { destination: p.remote, contents });
+        let nominate = a.role == IceRole::Controlling && p.nominate && a.state != State::Connected;
+        let (destination, socket) = (p.remote, p.socket);
+        let contents = check_message(a, self.local_peer.as_ref(), tid, nominate);
+        self.transmits.push_back(Transmit { destination, contents, socket });
     }
 
-    /// Handles one datagram that arrived from `from`.
+    /// Handles one datagram that arrived on the main socket from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.handle_datagram_on(now, SocketId::MAIN, from, data);
+    }
+
+    /// Handles one datagram that arrived on `socket` from `from`.
+    pub fn handle_datagram_on(&mut self, now: Instant, socket: SocketId, from: SocketAddr, data: &[u8]) {
+        if !self.is_socket_open(socket) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
         let Ok(msg) = Message::parse(data) else {
             self.stats.dropped_malformed += 1;
             return;
@@ -125,25 +135,25 @@ impl Endpoint {
             return;
         }
         match msg.class {
-            Class::Request => self.on_request(now, from, &msg),
-            Class::Success | Class::Error => self.on_response(now, from, &msg),
+            Class::Request => self.on_request(now, socket, from, &msg),
+            Class::Success | Class::Error => self.on_response(now, socket, from, &msg),
             Class::Indication => {} // keepalives need no answer
         }
         self.reindex();
     }
 
-    /// Queues `reply` unless it is larger than the request (no
+    /// Queues `reply` (on `socket`) unless it is larger than the request (no
     /// amplification). Returns whether it was queued.
-    pub(super) fn reply(&mut self, to: SocketAddr, request_len: usize, reply: Vec<u8>) -> bool {
+    pub(super) fn reply(&mut self, socket: SocketId, to: SocketAddr, request_len: usize, reply: Vec<u8>) -> bool {
         if reply.len() > request_len {
             self.stats.amplification_refused += 1;
             return false;
         }
-        self.transmits.push_back(Transmit { destination: to, contents: reply });
+        self.transmits.push_back(Transmit { destination: to, contents: reply, socket });
         true
     }
 
-    pub(super) fn on_request(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
+    pub(super) fn on_request(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &Message<'_>) {
         let Some(username) = msg.username else {
             // A plain STUN Binding request: say where we see it from. Only
             // answered when the answer is no larger than the request, so
@@ -151,7 +161,7 @@ impl Endpoint {
             let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
             b.xor_mapped_address(from);
             let out = b.finish(None, true);
-            if self.reply(from, msg.raw().len(), out) {
+            if self.reply(socket, from, msg.raw().len(), out) {
                 self.stats.stun_served += 1;
             }
             return;
@@ -165,7 +175,8 @@ impl Endpoint {
         let (id, verified) = match self.by_ufrags.get(username) {
             Some(id) => (*id, false),
             None => {
-                let Some(issued) = self.issued.get(local) else {
+                let issued = if socket == SocketId::MAIN { self.issued.get(local) } else { None };
+                let Some(issued) = issued else {
                     self.stats.dropped_unauthenticated += 1;
                     return;
                 };
@@ -209,6 +220,7 @@ impl Endpoint {
             self.stats.dropped_unauthenticated += 1;
             return;
         }
+        a.heard = true;
         // RFC 8445 §7.3.1.1: role conflicts.
         let conflict = match (a.role, msg.ice_controlling, msg.ice_controlled) {
             (IceRole::Controlling, Some(theirs), _) => {
@@ -234,19 +246,19 @@ impl Endpoint {
             let mut b = MessageBuilder::new(Class::Error, BINDING, msg.transaction_id);
             b.error_code(487, "Role Conflict");
             let out = b.finish(Some(key.as_bytes()), true);
-            self.reply(from, msg.raw().len(), out);
+            self.reply(socket, from, msg.raw().len(), out);
             return;
         }
         let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
         b.xor_mapped_address(from);
         let out = b.finish(Some(key.as_bytes()), true);
-        self.reply(from, msg.raw().len(), out);
+        self.reply(socket, from, msg.raw().len(), out);
 
         let a = self.attempts.get_mut(&id).expect("present");
         if a.state == State::Connected || a.state == State::Failed {
             return;
         }
-        let i = a.add_remote(from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
+        let i = a.add_remote(socket, from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
         let p = &mut a.pairs[i];
         if msg.use_candidate && a.role == IceRole::Controlled {
             p.nominate = true;
@@ -263,7 +275,8 @@ impl Endpoint {
             // just arrived on with its very first (triggered) check: that path
             // demonstrably works, and this saves a round trip. The controlled
             // side must honour USE-CANDIDATE on any check (RFC 8445 §7.3.1.5).
-            let nominating = a.pairs.iter().any(|p| p.nominate);
+            // (A nomination whose pair failed since no longer counts.)
+            let nominating = a.pairs.iter().any(|p| p.nominate && p.state != PairState::Failed);
             if a.role == IceRole::Controlling && !nominating {
                 a.pairs[i].nominate = true;
             }
@@ -272,12 +285,13 @@ impl Endpoint {
         self.run_attempt(id, now);
     }
 
-    pub(super) fn on_response(&mut self, now: Instant, from: SocketAddr, msg: &Message<'_>) {
+    pub(super) fn on_response(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &Message<'_>) {
         let Some(&(id, i)) = self.transactions.get(&msg.transaction_id) else {
             self.stats.dropped_malformed += 1;
             return;
         };
         self.dirty.push(id);
+        let rto = self.config.rto_initial;
         let Some(a) = self.attempts.get_mut(&id) else {
             return;
         };
@@ -286,6 +300,19 @@ impl Endpoint {
             return;
         }
         self.transactions.remove(&msg.transaction_id);
+        a.heard = true;
+        let i = if i == SPRAY {
+            // A probe hit a mapping of the hard side's pool: the path from
+            // our main socket to where the answer came from works.
+            if socket != SocketId::MAIN || a.state == State::Connected {
+                return;
+            }
+            let i = a.add_remote(socket, from, CandidateKind::Prflx, 0, rto);
+            a.pairs[i].probed = true;
+            i
+        } else {
+            i
+        };
         let p = &mut a.pairs[i];
         p.tid = None;
         p.next_send = None;
@@ -301,12 +328,14 @@ impl Endpoint {
                 self.run_attempt(id, now);
             } else {
                 p.state = PairState::Failed;
+                self.renominate(id, now);
             }
             return;
         }
         // Symmetric addresses (RFC 8445 §7.2.5.2.1).
-        if from != p.remote {
+        if from != p.remote || socket != p.socket {
             p.state = PairState::Failed;
+            self.renominate(id, now);
             return;
         }
         if let Some(address) = msg.mapped_address
@@ -333,7 +362,9 @@ impl Endpoint {
             IceRole::Controlling => {
                 // Regular nomination: the first pair that works is
                 // nominated with a second check carrying USE-CANDIDATE.
-                if !a.pairs.iter().any(|p| p.nominate) {
+                // A nomination whose pair failed (its answer came from
+                // elsewhere: a NAT's reply port moved) gives way to this one.
+                if !a.pairs.iter().any(|p| p.nominate && p.state != PairState::Failed) {
                     let p = &mut a.pairs[i];
                     p.nominate = true;
                     p.state = PairState::Waiting;
@@ -343,6 +374,29 @@ impl Endpoint {
             }
             IceRole::Controlled if was_nomination => self.nominate(id, i, now),
             IceRole::Controlled => {}
+        }
+    }
+
+    /// The controlling side's nomination failed (its pair's answer came
+    /// from another address: a NAT moved the peer's reply port): nominate
+    /// the best pair that did work instead.
+    fn renominate(&mut self, id: AttemptId, now: Instant) {
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        if a.role != IceRole::Controlling
+            || a.state == State::Connected
+            || a.pairs.iter().any(|p| p.nominate && p.state != PairState::Failed)
+        {
+            return;
+        }
+        let best = (0..a.pairs.len())
+            .filter(|&j| a.pairs[j].state == PairState::Succeeded)
+            .max_by_key(|&j| a.pairs[j].remote_priority);
+        if let Some(j) = best {
+            let p = &mut a.pairs[j];
+            p.nominate = true;
+            p.state = PairState::Waiting;
+            a.trigger(j, now);
+            self.run_attempt(id, now);
         }
     }
 
@@ -364,6 +418,11 @@ impl Endpoint {
                 p.next_send = None;
             }
         }
+        if a.pairs[i].probed
+            && let Some(probe) = &a.probe
+        {
+            a.via = probe.via;
+        }
         let (remote, remote_kind, role, via) = (a.pairs[i].remote, a.pairs[i].remote_kind, a.role, a.via);
         let (counted, ufrag, source) = (a.counted_pending, a.local_ufrag.clone(), a.source_ip);
         let inviter = a.side == Side::Inviter;
@@ -375,6 +434,30 @@ impl Endpoint {
         if inviter && let Some(issued) = self.issued.get_mut(&ufrag) {
             issued.connected += 1;
         }
+        self.end_probe(id, true);
         self.events.push_back(Event::Connected { attempt: id, remote, remote_kind, role, via });
     }
+}
+
+/// A connectivity check of attempt `a` (with USE-CANDIDATE if `nominate`).
+pub(super) fn check_message(
+    a: &super::attempt::Attempt,
+    local_peer: Option<&PublicKey>,
+    tid: TransactionId,
+    nominate: bool,
+) -> Vec<u8> {
+    let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
+    m.username(&format!("{}:{}", a.remote_ufrag, a.local_ufrag))
+        .priority(Candidate::standard_priority(CandidateKind::Prflx, 65535));
+    match a.role {
+        IceRole::Controlling => m.ice_controlling(a.tie_breaker),
+        IceRole::Controlled => m.ice_controlled(a.tie_breaker),
+    };
+    if nominate {
+        m.use_candidate();
+    }
+    if let (Side::Invitee { .. }, Some(me)) = (&a.side, local_peer) {
+        m.peer(&me.0);
+    }
+    m.finish(Some(a.remote_pwd.as_bytes()), true)
 }

@@ -42,6 +42,7 @@
 mod admission;
 mod attempt;
 mod checks;
+mod probe;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -56,12 +57,12 @@ use rand_core::SeedableRng;
 use attempt::{Attempt, Pair, Side};
 pub use attempt::{State, Via};
 pub use types::{
-    AcceptRsvpError, AttemptId, AttemptSummary, Binding, EndpointConfig, Event, FailReason, Stats, Transmit,
+    AcceptRsvpError, AttemptId, AttemptSummary, Binding, EndpointConfig, Event, FailReason, SocketId, Stats, Transmit,
 };
 
 use crate::identity::PublicKey;
 use crate::stun::{self, TransactionId};
-use crate::token::{Candidate, IceRole, Invitation, ReplayGuard, TokenId};
+use crate::token::{Candidate, IceRole, Invitation, NatInfo, ReplayGuard, TokenId};
 
 /// One of our invitations that invitees may use.
 #[derive(Debug)]
@@ -101,6 +102,15 @@ pub struct Endpoint {
     scheduled: HashMap<AttemptId, Instant>,
     /// Attempts touched since their deadline was last indexed.
     dirty: Vec<AttemptId>,
+    /// Our NAT, as the host classified it.
+    nat: Option<NatInfo>,
+    /// The attempt holding the node's one probing slot, and those waiting.
+    probing: Option<AttemptId>,
+    probe_queue: VecDeque<AttemptId>,
+    /// Pool sockets open, and those the driver must close.
+    open_sockets: BTreeSet<SocketId>,
+    socket_closes: VecDeque<SocketId>,
+    next_socket: u16,
 }
 
 impl Endpoint {
@@ -127,7 +137,48 @@ impl Endpoint {
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
             dirty: Vec::new(),
+            nat: None,
+            probing: None,
+            probe_queue: VecDeque::new(),
+            open_sockets: BTreeSet::new(),
+            socket_closes: VecDeque::new(),
+            next_socket: 0,
         }
+    }
+
+    /// Tells the engine how our NAT behaves (from
+    /// [`crate::nat::classify`]); it decides with the peer's token whether to
+    /// predict or probe for ports.
+    pub fn set_nat(&mut self, nat: Option<NatInfo>) {
+        self.nat = nat;
+    }
+
+    /// Our NAT, as last set.
+    pub fn nat(&self) -> Option<NatInfo> {
+        self.nat
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// The socket an attempt's nominated pair (and so its session) uses.
+    pub fn socket_of(&self, id: AttemptId) -> Option<SocketId> {
+        let a = self.attempts.get(&id)?;
+        a.selected.map(|i| a.pairs[i].socket)
+    }
+
+    /// Whether `socket` is open: the main one, or a pool socket not yet
+    /// closed. Datagrams for a closed socket are not ours.
+    pub fn is_socket_open(&self, socket: SocketId) -> bool {
+        socket == SocketId::MAIN || self.open_sockets.contains(&socket)
+    }
+
+    /// The next socket the driver should close (it opened it the first time
+    /// a transmit named it).
+    pub fn poll_socket_close(&mut self) -> Option<SocketId> {
+        self.socket_closes.pop_front()
     }
 
     /// Our identity key. Invitee checks then carry it (CONVOKE-PEER), so
@@ -208,8 +259,9 @@ impl Endpoint {
     }
 
     /// For an invitee attempt: the id the RSVP must carry (it fixes the
-    /// credentials the attempt already uses). Build the RSVP with
-    /// `Token::new_rsvp(invitation, identity, id, candidates, unix_now)`.
+    /// credentials the attempt already uses). Build the RSVP (with our NAT's
+    /// classification, [`Endpoint::nat`]) with
+    /// `Token::new_rsvp(invitation, identity, id, candidates, nat, unix_now)`.
     pub fn rsvp_token_id(&self, id: AttemptId) -> Option<TokenId> {
         match self.attempts.get(&id)?.side {
             Side::Invitee { rsvp_id, .. } => Some(rsvp_id),
@@ -222,6 +274,7 @@ impl Endpoint {
         AttemptId(self.next_id)
     }
 
+    /// Pairs from our main socket to a token's candidates.
     fn pairs_from(&self, candidates: &[Candidate]) -> Vec<Pair> {
         candidates.iter().map(|c| Pair::new(c.address, c.kind, c.priority, self.config.rto_initial)).collect()
     }

@@ -12,9 +12,16 @@ use rand_core::{Rng, SeedableRng};
 use super::*;
 use crate::identity::Identity;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
-use crate::token::{Candidate, CandidateKind, ConnectionMode, InitialMode, InvitationParams, Token, TokenError};
+use crate::token::{
+    Candidate, CandidateKind, ConnectionMode, InitialMode, InvitationParams, NatInfo, NatMapping, Token, TokenError,
+};
 
 const UNIX: u64 = 1_800_000_000;
+
+const PUBLIC: NatInfo = NatInfo { delta: None, mapping: NatMapping::None, ports: None };
+const CONE: NatInfo = NatInfo { delta: None, mapping: NatMapping::Independent, ports: None };
+const SYMMETRIC: NatInfo =
+    NatInfo { delta: None, mapping: NatMapping::Dependent, ports: Some(crate::token::PortAllocation::Random) };
 
 struct Node {
     ep: Endpoint,
@@ -47,6 +54,9 @@ struct Net {
     dropped_by_filter: u64,
     /// When (since start) the filter dropped something.
     dropped_at: Vec<Duration>,
+    /// Every datagram sent: when (since start), by which node, from which
+    /// socket, to where.
+    sent: Vec<(Duration, usize, SocketId, SocketAddr)>,
 }
 
 impl Net {
@@ -73,6 +83,7 @@ impl Net {
             delivered: 0,
             dropped_by_filter: 0,
             dropped_at: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -84,6 +95,7 @@ impl Net {
     fn collect(&mut self) {
         for i in 0..self.nodes.len() {
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
+                self.sent.push((self.now - self.start, i, t.socket, t.destination));
                 self.nodes[i].contacted.insert(t.destination);
                 let from = self.nodes[i].addr;
                 if let Some(to) = self.nodes.iter().position(|n| n.addr == t.destination)
@@ -171,10 +183,22 @@ impl Net {
 /// An invitation from `node` for its address; `seed` picks its random
 /// parts (and so its tie-breaker).
 fn invitation_with(net: &Net, node: usize, mode: ConnectionMode, seed: u64) -> (Invitation, Identity) {
+    invitation_nat(net, node, mode, seed, None)
+}
+
+/// The same, saying how the inviter's NAT behaves.
+fn invitation_nat(
+    net: &Net,
+    node: usize,
+    mode: ConnectionMode,
+    seed: u64,
+    nat: Option<NatInfo>,
+) -> (Invitation, Identity) {
     let id = Identity::from_secret_bytes([node as u8 + 10; 32]);
     let params = InvitationParams {
         candidates: Candidate::list([(CandidateKind::Host, net.nodes[node].addr)]),
         mode,
+        nat,
         ..InvitationParams::default()
     };
     let t = Token::new_invitation(&id, params, UNIX, &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
@@ -188,9 +212,14 @@ fn invitation(net: &Net, node: usize, mode: ConnectionMode) -> (Invitation, Iden
 /// Two nodes: node 0 invites (filtering unsolicited inbound traffic if
 /// asked), node 1 joins at time zero.
 fn pair(mode: ConnectionMode, inviter_filters: bool) -> (Net, Invitation, AttemptId) {
+    pair_nat(mode, inviter_filters, None)
+}
+
+/// The same, with the inviter's token classifying its NAT as `nat`.
+fn pair_nat(mode: ConnectionMode, inviter_filters: bool, nat: Option<NatInfo>) -> (Net, Invitation, AttemptId) {
     let mut net = Net::new(2);
     net.nodes[0].filter = inviter_filters;
-    let (inv, _) = invitation(&net, 0, mode);
+    let (inv, _) = invitation_nat(&net, 0, mode, 0, nat);
     net.nodes[0].ep.listen(inv.clone());
     let now = net.now;
     let b = net.nodes[1].ep.join(&inv, now);
@@ -216,8 +245,10 @@ fn single_token_connects_when_the_inviter_does_not_filter() {
 
 #[test]
 fn filtering_inviter_needs_an_rsvp_which_then_connects() {
-    let (mut net, inv, b) = pair(ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() }, true);
-    // The invitee checks for the whole 20 s window, then asks for an RSVP.
+    // A public inviter behind a firewall: its token says "no NAT", so the
+    // invitee checks for the whole 20 s window, then asks for an RSVP.
+    let (mut net, inv, b) =
+        pair_nat(ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() }, true, Some(PUBLIC));
     assert!(net.drive(Duration::from_secs(60), |n| { n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })) }));
     assert!(net.elapsed() >= Duration::from_secs(20), "asked after {:?}", net.elapsed());
     // Checks continued to the end of the window (not 7 tries and done):
@@ -237,7 +268,7 @@ fn filtering_inviter_needs_an_rsvp_which_then_connects() {
     let invitee = Identity::from_secret_bytes([77; 32]);
     let rsvp_id = net.nodes[1].ep.rsvp_token_id(b).expect("invitee attempt");
     let cands = Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]);
-    let rsvp = Token::new_rsvp(&inv, &invitee, rsvp_id, cands, UNIX + net.elapsed().as_secs());
+    let rsvp = Token::new_rsvp(&inv, &invitee, rsvp_id, cands, None, UNIX + net.elapsed().as_secs());
     let now = net.now;
     net.nodes[0].ep.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
     let t0 = net.now;
@@ -479,4 +510,121 @@ fn a_thousand_invitees_connect_on_one_reusable_invitation_and_port() {
     assert_eq!(net.nodes[0].ep.attempt_count(), n);
     // The pending limit (64) was hit and recovered from.
     assert!(net.nodes[0].ep.stats().refused_by_limit > 0);
+}
+
+#[test]
+fn the_rsvp_is_asked_after_a_silence_the_inviters_token_sets() {
+    // (inviter's NAT as its token says, when the RSVP is asked for): behind
+    // a NAT → 2 s of silence; unknown → 10 s; public → the whole window.
+    for (nat, at) in [(Some(CONE), 2), (Some(SYMMETRIC), 2), (None, 10), (Some(PUBLIC), 30)] {
+        let (mut net, _, b) = pair_nat(ConnectionMode::default(), true, nat);
+        assert!(net.drive(Duration::from_secs(60), |n| n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. }))));
+        let t = net.elapsed();
+        assert!(
+            t >= Duration::from_secs(at) && t < Duration::from_secs(at) + Duration::from_millis(100),
+            "{nat:?}: {t:?}"
+        );
+        assert_eq!(net.nodes[1].ep.state(b), Some(State::WaitingForRsvp));
+        // Asked early, the invitee still checks at ICE's pace until the
+        // window ends (the inviter may yet answer).
+        let before = net.dropped_by_filter;
+        net.drive(Duration::from_secs(10), |_| false);
+        let during = net.dropped_by_filter - before;
+        if at < 30 {
+            assert!(during >= 3, "{nat:?}: {during} checks in the 10 s after asking");
+        }
+    }
+    // An inviter behind a NAT that lets checks in answers within the
+    // silence: single token, and no RSVP asked for.
+    let (mut net, _, _) = pair_nat(ConnectionMode::default(), false, Some(CONE));
+    assert!(net.drive(Duration::from_secs(5), |n| n.connected(1).len() == 1));
+    net.drive(Duration::from_secs(5), |_| false);
+    assert!(!net.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
+    assert_eq!(net.connected(1)[0].3, Via::SingleToken);
+}
+
+/// An RSVP to `inv` from node 1 offering `cands`, its NAT classified `nat`.
+fn rsvp_from(net: &Net, inv: &Invitation, attempt: AttemptId, cands: Vec<Candidate>, nat: NatInfo) -> String {
+    let invitee = Identity::from_secret_bytes([77; 32]);
+    let rsvp_id = net.nodes[1].ep.rsvp_token_id(attempt).expect("invitee attempt");
+    Token::new_rsvp(inv, &invitee, rsvp_id, cands, Some(nat), UNIX + net.elapsed().as_secs()).encode_compact()
+}
+
+#[test]
+fn probing_never_leaves_faster_than_its_rate_nor_past_its_budget() {
+    // The inviter (an easy NAT) takes an RSVP from a symmetric NAT whose
+    // reflexive address leads nowhere: it sprays that address's ports.
+    let (mut net, inv, b) = pair(ConnectionMode::default(), false);
+    net.nodes[0].ep.set_nat(Some(CONE));
+    let hard: SocketAddr = "198.18.77.7:40000".parse().expect("addr");
+    let cands = Candidate::list([(CandidateKind::Srflx, hard)]);
+    net.cut = true;
+    net.drive(Duration::from_secs(1), |_| false);
+    let text = rsvp_from(&net, &inv, b, cands, SYMMETRIC);
+    let now = net.now;
+    net.nodes[0].ep.accept_rsvp(&text, now).expect("valid RSVP");
+    net.drive(Duration::from_secs(90), |_| false);
+    let probes: Vec<(Duration, u16)> = net
+        .sent
+        .iter()
+        .filter(|(_, n, s, d)| *n == 0 && *s == SocketId::MAIN && d.ip() == hard.ip() && *d != hard)
+        .map(|(t, _, _, d)| (*t, d.port()))
+        .collect();
+    let config = EndpointConfig::default();
+    assert_eq!(probes.len(), config.probe_budget as usize, "the whole budget, no more");
+    assert_eq!(net.nodes[0].ep.stats().probes_sent, u64::from(config.probe_budget));
+    // No one-second window holds more than the rate.
+    for (i, (t, _)) in probes.iter().enumerate() {
+        let within = probes[i..].iter().take_while(|(u, _)| *u < *t + Duration::from_secs(1)).count();
+        assert!(within <= config.probe_rate as usize, "{within} probes in the second from {t:?}");
+    }
+    // Random ports, spread over the range.
+    let distinct: HashSet<u16> = probes.iter().map(|p| p.1).collect();
+    assert!(distinct.len() > 1900, "{} distinct ports", distinct.len());
+    assert!(probes.iter().all(|p| p.1 >= 1024));
+}
+
+#[test]
+fn the_hard_side_opens_a_bounded_pool_and_closes_it() {
+    // The invitee behind a symmetric NAT, the inviter's token says it maps
+    // endpoint-independently: when the invitee asks for the RSVP, it opens
+    // its pool towards the inviter's reflexive address.
+    let mut net = Net::new(2);
+    net.nodes[0].filter = true;
+    net.nodes[1].ep.set_nat(Some(SYMMETRIC));
+    let easy: SocketAddr = "198.18.66.6:5000".parse().expect("addr");
+    let id = Identity::from_secret_bytes([10; 32]);
+    let params = InvitationParams {
+        candidates: Candidate::list([(CandidateKind::Srflx, easy), (CandidateKind::Host, net.nodes[0].addr)]),
+        nat: Some(CONE),
+        ..InvitationParams::default()
+    };
+    let t = Token::new_invitation(&id, params, UNIX, &mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
+    let inv = Invitation::from_token(t, UNIX).expect("valid");
+    let now = net.now;
+    let b = net.nodes[1].ep.join(&inv, now);
+    net.drive(Duration::from_secs(200), |_| false);
+    assert!(net.has_event(1, |e| matches!(e, Event::RsvpNeeded { attempt } if *attempt == b)));
+    let pool: Vec<&(Duration, usize, SocketId, SocketAddr)> =
+        net.sent.iter().filter(|(_, n, s, _)| *n == 1 && *s != SocketId::MAIN).collect();
+    let sockets: HashSet<SocketId> = pool.iter().map(|p| p.2).collect();
+    let config = EndpointConfig::default();
+    assert_eq!(sockets.len(), usize::from(config.pool_size));
+    assert!(pool.iter().all(|p| p.3 == easy), "pool checks go to the easy side's reflexive address only");
+    for (i, (t, ..)) in pool.iter().enumerate() {
+        let within = pool[i..].iter().take_while(|(u, ..)| *u < *t + Duration::from_secs(1)).count();
+        assert!(within <= config.probe_rate as usize, "{within} pool packets in the second from {t:?}");
+    }
+    // Mappings kept alive (every socket refreshed), then all closed when
+    // the pool's lifetime ran out.
+    assert!(pool.len() > 3 * sockets.len(), "{} pool packets", pool.len());
+    let last = pool.iter().map(|p| p.0).max().expect("pool");
+    assert!(last <= config.pool_lifetime + Duration::from_secs(3), "pool still sending at {last:?}");
+    let mut closed = HashSet::new();
+    while let Some(s) = net.nodes[1].ep.poll_socket_close() {
+        closed.insert(s);
+    }
+    assert_eq!(closed, sockets);
+    assert!(sockets.iter().all(|s| !net.nodes[1].ep.is_socket_open(*s)));
+    assert_eq!(net.nodes[1].ep.stats().pool_sockets_opened, u64::from(config.pool_size));
 }

@@ -31,6 +31,26 @@ pub struct EndpointConfig {
     pub max_pending_per_source: usize,
     /// All attempts of this endpoint, connected or not.
     pub max_attempts: usize,
+    /// An invitee asks for the RSVP after this long without hearing from an
+    /// inviter whose token says it is behind a NAT: 2 s (single-token
+    /// connections complete in well under a second).
+    pub rsvp_after_silence: Duration,
+    /// The same when the inviter's token does not say how its NAT behaves:
+    /// 10 s. A public inviter gets the invitation's whole window.
+    pub rsvp_after_silence_unknown: Duration,
+    /// Whether to predict or probe for ports when the pair's NATs leave no
+    /// other direct path (docs/DESIGN.md §3): on.
+    pub probing: bool,
+    /// Probing packets per second, both sides: 50.
+    pub probe_rate: u32,
+    /// Most probes the easy side sends in one attempt: 2,000.
+    pub probe_budget: u32,
+    /// Sockets the hard side opens for birthday probing: 256 (16 when its
+    /// ports are predictable).
+    pub pool_size: u16,
+    /// How long the hard side keeps its pool open waiting for the easy side's
+    /// probes: 180 s (the RSVP may take a person that long to carry).
+    pub pool_lifetime: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -46,17 +66,47 @@ impl Default for EndpointConfig {
             max_pending_per_invitation: 64,
             max_pending_per_source: 8,
             max_attempts: 100_000,
+            rsvp_after_silence: Duration::from_secs(2),
+            rsvp_after_silence_unknown: Duration::from_secs(10),
+            probing: true,
+            probe_rate: 50,
+            probe_budget: 2_000,
+            pool_size: 256,
+            pool_lifetime: Duration::from_secs(180),
         }
     }
 }
 
-/// A datagram to send from the endpoint's socket.
+/// One of the node's UDP sockets. [`SocketId::MAIN`] is the port the node
+/// listens on, the only one most nodes ever use. The others are opened by
+/// the driver the first time a [`Transmit`] names them (a hard NAT's side
+/// of birthday probing opens a pool of them) and closed when the engine
+/// says so ([`Endpoint::poll_socket_close`](super::Endpoint::poll_socket_close));
+/// a session found through a pool socket keeps running on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SocketId(pub u16);
+
+impl SocketId {
+    /// The node's own port.
+    pub const MAIN: SocketId = SocketId(0);
+}
+
+/// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Where to.
     pub destination: SocketAddr,
     /// The bytes.
     pub contents: Vec<u8>,
+    /// From which of our sockets.
+    pub socket: SocketId,
+}
+
+impl Transmit {
+    /// A datagram from the main socket.
+    pub fn main(destination: SocketAddr, contents: Vec<u8>) -> Self {
+        Self { destination, contents, socket: SocketId::MAIN }
+    }
 }
 
 /// Names one connection attempt of an endpoint.
@@ -187,6 +237,15 @@ pub struct Stats {
     pub attempts_invitee: u64,
     /// Attempts begun as the inviter (an invitee's first check or RSVP).
     pub attempts_inviter: u64,
+    /// Probes sent to guessed ports of a hard NAT (port prediction and
+    /// birthday probing, the easy side).
+    pub probes_sent: u64,
+    /// Pool sockets opened (birthday probing, the hard side).
+    pub pool_sockets_opened: u64,
+    /// Probing attempts begun (either side).
+    pub probing_started: u64,
+    /// Probing attempts that connected.
+    pub probing_connected: u64,
 }
 
 /// What [`Endpoint::attempt_summary`] tells about an attempt.

@@ -11,7 +11,7 @@ use super::candidates::LocalCandidates;
 use crate::host::HostEvent;
 use crate::ice::Event as IceEvent;
 use crate::identity::{Identity, PeerId};
-use crate::token::{Invitation, InvitationParams, Token, TokenError, TokenId};
+use crate::token::{Invitation, InvitationParams, NatInfo, Token, TokenError, TokenId};
 
 /// Mints our tokens from our identity and candidates. Randomness (token
 /// ids, ICE passwords) comes from a seed: the runtime seeds it from the
@@ -20,6 +20,8 @@ pub struct Minter {
     identity: Identity,
     candidates: LocalCandidates,
     rng: ChaCha20Rng,
+    /// Our NAT as the host last classified it.
+    nat: Option<NatInfo>,
 }
 
 impl std::fmt::Debug for Minter {
@@ -31,7 +33,7 @@ impl std::fmt::Debug for Minter {
 impl Minter {
     /// A minter for `identity` with no candidates yet.
     pub fn new(identity: Identity, seed: [u8; 32]) -> Self {
-        Self { identity, candidates: LocalCandidates::new(), rng: ChaCha20Rng::from_seed(seed) }
+        Self { identity, candidates: LocalCandidates::new(), rng: ChaCha20Rng::from_seed(seed), nat: None }
     }
 
     /// Our identity.
@@ -54,10 +56,25 @@ impl Minter {
         &mut self.candidates
     }
 
+    /// Our NAT's classification, carried in the tokens we mint.
+    pub fn nat(&self) -> Option<NatInfo> {
+        self.nat
+    }
+
+    /// Sets our NAT's classification (as [`crate::host::Host::nat`] has it).
+    pub fn set_nat(&mut self, nat: Option<NatInfo>) {
+        self.nat = nat;
+    }
+
     /// Learns our reflexive addresses from a host event (a STUN answer, a
-    /// peer's check). Returns whether a new address was kept.
+    /// peer's check) and our NAT's classification. Returns whether a new
+    /// address was kept.
     pub fn learn(&mut self, e: &HostEvent) -> bool {
         match e {
+            HostEvent::NatClassified(nat) => {
+                self.nat = Some(*nat);
+                false
+            }
             HostEvent::StunMapped { address, .. } => self.candidates.add_server_reflexive(*address),
             HostEvent::Ice(IceEvent::Mapped { address }) => self.candidates.add_peer_reflexive(*address),
             _ => false,
@@ -67,7 +84,7 @@ impl Minter {
     /// A signed invitation offering our selected candidates (whatever
     /// `params.candidates` held), checked as a reader would check it.
     pub fn invitation(&mut self, params: InvitationParams, unix_now: u64) -> Result<Invitation, TokenError> {
-        let params = InvitationParams { candidates: self.candidates.select(), ..params };
+        let params = InvitationParams { candidates: self.candidates.select(), nat: self.nat, ..params };
         let t = Token::new_invitation(&self.identity, params, unix_now, &mut self.rng);
         Invitation::from_token(t, unix_now)
     }
@@ -75,7 +92,7 @@ impl Minter {
     /// Our RSVP to `invitation` for the attempt whose credentials
     /// `token_id` fixes (see [`crate::ice::Endpoint::rsvp_token_id`]).
     pub fn rsvp(&self, invitation: &Invitation, token_id: TokenId, unix_now: u64) -> Token {
-        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), unix_now)
+        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), self.nat, unix_now)
     }
 }
 

@@ -421,7 +421,10 @@ impl Member {
         now: Instant,
     ) -> AttemptId {
         let peer = invitation.inviter();
-        let attempt = host.join(&invitation, now);
+        // Probing is for first contact only: an introduction that needs it
+        // would spend up to 2,000 probes inside the overlay's connect
+        // timeout, and the overlay can pick another peer instead.
+        let attempt = host.join_probing(&invitation, now, contact && host.endpoint().config().probing);
         self.dialing.insert(attempt, Dial { peer, route, contact, relayed: false, invitation });
         attempt
     }
@@ -692,7 +695,9 @@ impl Member {
                     Event::MemberJoined { peer, round } => self.emit(MemberEvent::MemberJoined { peer, hops: round }),
                     Event::Introduced { from, token } => {
                         let result = match std::str::from_utf8(&token) {
-                            Ok(text) => host.accept_rsvp(text, now).map(|_| ()).map_err(|e| e.to_string()),
+                            Ok(text) => {
+                                host.accept_rsvp_probing(text, now, false).map(|_| ()).map_err(|e| e.to_string())
+                            }
                             Err(_) => Err("the token is not text".to_owned()),
                         };
                         self.emit(MemberEvent::Introduced { from, result });

@@ -8,10 +8,12 @@
 //! then drains the host's transmits and events completely (the engine's
 //! drive rule).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -19,7 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::host::{Host, HostConfig, HostEvent};
-use crate::ice::Transmit;
+use crate::ice::{SocketId, Transmit};
 use crate::identity::Identity;
 use crate::member::Minter;
 use crate::token::Candidate;
@@ -151,6 +153,76 @@ const RECV_SLOT: usize = 64 * 1024;
 /// Largest UDP payload one GSO send may carry.
 const GSO_MAX_BYTES: usize = 65_000;
 
+/// Extra sockets the engine opens for birthday probing (see
+/// [`SocketId`]): bound on first use at the main socket's address with a
+/// port from the kernel, each read by its own task into one channel, closed
+/// when the engine says. They carry little (probes at a bounded rate, or
+/// one session), so they skip the main sockets' batching.
+struct Pool {
+    sockets: HashMap<SocketId, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)>,
+    tx: mpsc::Sender<(SocketId, SocketAddr, Vec<u8>)>,
+    rx: mpsc::Receiver<(SocketId, SocketAddr, Vec<u8>)>,
+}
+
+/// Datagrams from pool sockets waiting for the loop.
+const POOL_QUEUE: usize = 1024;
+
+impl Pool {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(POOL_QUEUE);
+        Self { sockets: HashMap::new(), tx, rx }
+    }
+
+    /// Sends on pool socket `id`, binding it first (at `base`'s address) if
+    /// this is its first datagram. A datagram the socket cannot take now is
+    /// dropped: probes are many and sessions retransmit.
+    fn send(&mut self, id: SocketId, base: Option<SocketAddr>, t: &Transmit) {
+        if !self.sockets.contains_key(&id) {
+            let Some(base) = base else { return };
+            let any = SocketAddr::new(base.ip(), 0);
+            let sock = match std::net::UdpSocket::bind(any)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(UdpSocket::from_std)
+            {
+                Ok(s) => Arc::new(s),
+                Err(e) => {
+                    tracing::debug!("cannot open a probing socket: {e}");
+                    return;
+                }
+            };
+            let (reader, tx) = (sock.clone(), self.tx.clone());
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = reader.recv_from(&mut buf).await {
+                    if tx.try_send((id, from, buf[..n].to_vec())).is_err() && tx.is_closed() {
+                        return;
+                    }
+                }
+            });
+            self.sockets.insert(id, (sock, task));
+        }
+        if let Some((sock, _)) = self.sockets.get(&id)
+            && let Err(e) = sock.try_send_to(&t.contents, t.destination)
+        {
+            tracing::debug!("probing socket send to {} failed: {e}", t.destination);
+        }
+    }
+
+    fn close(&mut self, id: SocketId) {
+        if let Some((_, task)) = self.sockets.remove(&id) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (_, task) in self.sockets.values() {
+            task.abort();
+        }
+    }
+}
+
 /// A bound node: sockets, engine, control socket.
 pub struct Node {
     host: Host,
@@ -159,6 +231,8 @@ pub struct Node {
     v6: Option<Sock>,
     /// A transmit taken from the host that did not fit the last batch.
     carry: Option<Transmit>,
+    /// Probing sockets.
+    pool: Pool,
     /// Our addresses and the one place our tokens are minted.
     minter: Minter,
     /// What the minter selects now, for apps and status.
@@ -256,6 +330,10 @@ impl Node {
         if v4.is_none() && v6.is_none() {
             return Err(StartError::NoSocket);
         }
+        // NAT classification compares STUN answers with our own addresses.
+        let port = v4.as_ref().or(v6.as_ref()).and_then(|s| s.io.local_addr().ok()).map(|a| a.port());
+        let ips: Vec<IpAddr> = addrs.iter().map(SocketAddr::ip).collect();
+        host.set_local_addresses(port, &ips);
         let mut mint_seed = seed;
         mint_seed[0] ^= 0x3c;
         let mut minter = Minter::new(identity.clone(), mint_seed);
@@ -282,6 +360,7 @@ impl Node {
             v4,
             v6,
             carry: None,
+            pool: Pool::new(),
             minter,
             candidates,
             stun_pending: usable.len(),
@@ -330,7 +409,13 @@ impl Node {
     /// The host's next datagrams to one destination, as one batch: equal
     /// sizes but a shorter last one, as many as one GSO send takes.
     fn next_batch(&mut self, now: Instant) -> Option<Batch> {
-        let first = self.carry.take().or_else(|| self.host.poll_transmit(now))?;
+        let mut first = self.carry.take().or_else(|| self.host.poll_transmit(now))?;
+        // Bounded: the host queues finitely many transmits.
+        while first.socket != SocketId::MAIN {
+            let base = self.socket_for(first.destination).and_then(|s| s.io.local_addr().ok());
+            self.pool.send(first.socket, base, &first);
+            first = self.host.poll_transmit(now)?;
+        }
         let seg = first.contents.len().max(1);
         let gso = self.socket_for(first.destination).map_or(1, |s| s.state.max_gso_segments());
         let max = gso.min(GSO_MAX_BYTES / seg).max(1);
@@ -339,7 +424,7 @@ impl Node {
         let mut n = 1;
         while n < max {
             let Some(t) = self.host.poll_transmit(now) else { break };
-            if t.destination != dest || t.contents.len() > seg || t.contents.is_empty() {
+            if t.destination != dest || t.contents.len() > seg || t.contents.is_empty() || t.socket != SocketId::MAIN {
                 self.carry = Some(t);
                 break;
             }
@@ -392,7 +477,7 @@ impl Node {
                     "peer_id": s.peer.peer_id().to_string(),
                     "remote": s.remote.to_string(),
                     "remote_kind": format!("{:?}", s.remote_kind).to_lowercase(),
-                    "established_by": match s.via { crate::ice::Via::SingleToken => "single token", crate::ice::Via::Rsvp => "rsvp" },
+                    "established_by": s.via.name(),
                     "we_invited": s.inviter,
                     "up_seconds": now.saturating_duration_since(s.established).as_secs(),
                     "rtt_ms": s.rtt.map(|r| r.as_secs_f64() * 1000.0),
@@ -493,6 +578,9 @@ impl Node {
             }
             // Anything the step queued goes out before we sleep.
             pending_tx = self.flush(now, pending_tx);
+            while let Some(id) = self.host.poll_socket_close() {
+                self.pool.close(id);
+            }
             let deadline = self.host.poll_timeout().map(tokio::time::Instant::from_std);
             let v4 = self.v4.as_ref();
             let v6 = self.v6.as_ref();
@@ -512,6 +600,11 @@ impl Node {
                 }, if want_write.is_some_and(|w| if w { v4.is_some() } else { v6.is_some() }) => { r?; }
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     self.host.handle_timeout(Instant::now());
+                }
+                Some((id, from, mut data)) = self.pool.rx.recv() => {
+                    self.io.bytes_in += data.len() as u64;
+                    self.io.datagrams_in += 1;
+                    self.host.handle_datagram_on(Instant::now(), id, from, &mut data);
                 }
                 Some((req, reply)) = ctl_rx.recv() => {
                     self.on_control(app, Instant::now(), req, reply);

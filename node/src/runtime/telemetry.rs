@@ -118,7 +118,7 @@ fn zero() {
     let fail_reasons: Vec<&str> = fail_reasons.chain(["handshake"]).collect();
     for r in [true, false].map(role) {
         counter!("convoke_connection_attempts_total", "role" => r).absolute(0);
-        for p in [Via::SingleToken, Via::Rsvp].map(phase) {
+        for p in [Via::SingleToken, Via::Rsvp, Via::PortPrediction, Via::Birthday].map(phase) {
             for c in
                 [CandidateKind::Host, CandidateKind::Srflx, CandidateKind::Prflx, CandidateKind::Relay].map(candidate)
             {
@@ -221,10 +221,7 @@ fn role(inviter: bool) -> &'static str {
 }
 
 fn phase(via: Via) -> &'static str {
-    match via {
-        Via::SingleToken => "single_token",
-        Via::Rsvp => "rsvp",
-    }
+    via.name()
 }
 
 fn candidate(k: CandidateKind) -> &'static str {

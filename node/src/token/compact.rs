@@ -22,6 +22,7 @@
 //! | str | crypto suite if `F_SUITE` (else the default) |
 //! | list | relay hints if `F_RELAY` |
 //! | list | metadata pairs if `F_METADATA` |
+//! | 1 [+ varint] | NAT classification if `F_NAT`: bits 0–1 mapping (none, independent, dependent), bits 2–3 ports (unknown, preserving, sequential, random), then the zigzag delta if sequential |
 //! | 64 | signature |
 //!
 //! A party is a flags byte, the 32-byte key, the peer id only if it is not
@@ -36,8 +37,8 @@ use base64::Engine;
 
 use super::{
     B64, Candidate, CandidateKind, ConnectionInfo, ConnectionMode, Crypto, DEFAULT_SUITE, IceRole, InitialMode,
-    KNOWN_CAPABILITIES, Party, Token, TokenBody, TokenError, TokenId, TokenType, VERSION, derived_local_pref,
-    derived_tie_breaker, derived_ufrag, limits,
+    KNOWN_CAPABILITIES, NatInfo, NatMapping, Party, PortAllocation, Token, TokenBody, TokenError, TokenId, TokenType,
+    VERSION, derived_local_pref, derived_tie_breaker, derived_ufrag, limits,
 };
 use crate::identity::PublicKey;
 
@@ -61,7 +62,8 @@ const F_TIE: u16 = 1 << 11;
 const F_SUITE: u16 = 1 << 12;
 const F_RELAY: u16 = 1 << 13;
 const F_METADATA: u16 = 1 << 14;
-const F_ALL: u16 = (1 << 15) - 1;
+/// The last of the 16 flag bits: a later field needs a new format tag.
+const F_NAT: u16 = 1 << 15;
 
 const P_PEER_ID: u8 = 1 << 0;
 const P_CAPS_LIST: u8 = 1 << 1;
@@ -95,6 +97,7 @@ pub(super) fn encode(token: &Token) -> Vec<u8> {
     set(b.crypto.suite != DEFAULT_SUITE, F_SUITE);
     set(!b.relay.is_empty(), F_RELAY);
     set(!b.metadata.is_empty(), F_METADATA);
+    set(ci.nat.is_some(), F_NAT);
 
     let mut out = Vec::with_capacity(192);
     if b.version == VERSION {
@@ -150,8 +153,58 @@ pub(super) fn encode(token: &Token) -> Vec<u8> {
             put_str(&mut out, v);
         }
     }
+    if let Some(nat) = &ci.nat {
+        put_nat(&mut out, nat);
+    }
     out.extend_from_slice(&token.signature);
     out
+}
+
+fn put_nat(out: &mut Vec<u8>, nat: &NatInfo) {
+    let mapping = match nat.mapping {
+        NatMapping::None => 0,
+        NatMapping::Independent => 1,
+        NatMapping::Dependent => 2,
+    };
+    let ports = match nat.ports {
+        None => 0,
+        Some(PortAllocation::Preserving) => 1,
+        Some(PortAllocation::Sequential) => 2,
+        Some(PortAllocation::Random) => 3,
+    };
+    out.push(mapping | (ports << 2));
+    if nat.ports == Some(PortAllocation::Sequential) {
+        let d = nat.delta.unwrap_or(0);
+        // Zigzag: small deltas of either sign stay one byte.
+        put_varint(out, u64::from(((d << 1) ^ (d >> 31)) as u32));
+    }
+}
+
+fn read_nat(r: &mut Reader<'_>) -> Result<NatInfo, TokenError> {
+    let head = r.u8("nat")?;
+    let mapping = match head & 0b11 {
+        0 => NatMapping::None,
+        1 => NatMapping::Independent,
+        2 => NatMapping::Dependent,
+        _ => return Err(TokenError::Malformed("nat: unknown mapping".into())),
+    };
+    if head >> 4 != 0 {
+        return Err(TokenError::Malformed("nat: unknown flags set".into()));
+    }
+    let ports = match (head >> 2) & 0b11 {
+        0 => None,
+        1 => Some(PortAllocation::Preserving),
+        2 => Some(PortAllocation::Sequential),
+        _ => Some(PortAllocation::Random),
+    };
+    let delta = if ports == Some(PortAllocation::Sequential) {
+        let z = u32::try_from(r.varint("nat.delta")?)
+            .map_err(|_| TokenError::Malformed("nat.delta does not fit 32 bits".into()))?;
+        Some(((z >> 1) as i32) ^ -((z & 1) as i32))
+    } else {
+        None
+    };
+    Ok(NatInfo { delta, mapping, ports })
 }
 
 /// The 16 raw bytes behind a password, if it is exactly their canonical
@@ -320,10 +373,8 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
             return Err(TokenError::UnknownVersion(format!("compact tag {other:#04x}")));
         }
     };
+    // Every one of the 16 bits has a meaning, so no flag is unknown.
     let flags = u16::from_be_bytes(r.array("flags")?);
-    if flags & !F_ALL != 0 {
-        return Err(TokenError::Malformed("unknown flags set".into()));
-    }
     let has = |f: u16| flags & f != 0;
     let token_id = TokenId(r.array("token_id")?);
     let in_reply_to = if has(F_REPLY_TO) { Some(TokenId(r.array("in_reply_to")?)) } else { None };
@@ -364,6 +415,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
             }
         }
     }
+    let nat = if has(F_NAT) { Some(read_nat(&mut r)?) } else { None };
     let signature = r.array::<64>("signature")?;
     if !r.buf.is_empty() {
         return Err(TokenError::TrailingBytes(r.buf.len()));
@@ -390,6 +442,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
             pwd,
             ice_role: if has(F_CONTROLLED) { IceRole::Controlled } else { IceRole::Controlling },
             ice_tie_breaker,
+            nat,
         },
         crypto: Crypto { suite },
         relay,

@@ -79,6 +79,8 @@ pub mod limits {
     pub const MAX_METADATA: usize = 16;
     /// Longest metadata value.
     pub const MAX_METADATA_VALUE: usize = 256;
+    /// Largest `connection_info.nat.delta`, either sign.
+    pub const MAX_PORT_DELTA: i32 = 1024;
     /// How far in the future `created_at` may lie (clock skew), seconds.
     pub const MAX_CLOCK_SKEW: u64 = 300;
 }
@@ -302,10 +304,71 @@ pub struct ConnectionInfo {
     pub ice_role: IceRole,
     /// The author's 64-bit tie-breaker (RFC 8445 §7.3.1.1).
     pub ice_tie_breaker: u64,
+    /// How the author's NAT behaves, as far as it could tell; absent when
+    /// it could not (tokens without it stay valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatInfo>,
     /// ICE password.
     pub pwd: String,
     /// ICE username fragment.
     pub ufrag: String,
+}
+
+/// How a NAT maps an internal endpoint to external ports (RFC 4787 §4.1),
+/// as far as a node can tell from its STUN answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatMapping {
+    /// No translation: the node's own address is what the internet sees.
+    None,
+    /// One external port whatever the destination: the address in a token
+    /// is the one a new peer reaches (if the filter lets it in).
+    Independent,
+    /// A new external port per destination: a new peer cannot know it, and
+    /// only port prediction or probing finds it.
+    Dependent,
+}
+
+/// How a NAT chooses the external port of a new mapping (RFC 4787 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortAllocation {
+    /// The internal port when free.
+    Preserving,
+    /// The previous mapping's port plus a fixed `delta`: predictable.
+    Sequential,
+    /// Any free port.
+    Random,
+}
+
+/// A node's NAT as it classified it (`connection_info.nat`). The peer uses
+/// it to pick the step of the reach ladder: ask for the RSVP at once, predict
+/// ports, or probe for them (docs/DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatInfo {
+    /// For `ports = "sequential"`: the step between consecutive mappings'
+    /// ports (non-zero, at most ±[`limits::MAX_PORT_DELTA`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<i32>,
+    /// Mapping behaviour.
+    pub mapping: NatMapping,
+    /// Port allocation, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<PortAllocation>,
+}
+
+impl NatInfo {
+    /// Whether a new peer cannot reach the reflexive address this node put
+    /// in its token (its NAT maps per destination).
+    pub fn is_hard(&self) -> bool {
+        self.mapping == NatMapping::Dependent
+    }
+
+    /// Whether the node sits behind any NAT.
+    pub fn is_translated(&self) -> bool {
+        self.mapping != NatMapping::None
+    }
 }
 
 /// The `crypto` section.
@@ -515,6 +578,8 @@ pub struct InvitationParams {
     pub relay: Vec<String>,
     /// Metadata.
     pub metadata: BTreeMap<String, String>,
+    /// How our NAT behaves, if we could tell.
+    pub nat: Option<NatInfo>,
 }
 
 impl Default for InvitationParams {
@@ -527,6 +592,7 @@ impl Default for InvitationParams {
             capabilities: default_capabilities(),
             relay: Vec::new(),
             metadata: BTreeMap::new(),
+            nat: None,
         }
     }
 }
@@ -602,6 +668,7 @@ impl Token {
                 pwd: random_pwd(rng),
                 ice_role: IceRole::Controlling,
                 ice_tie_breaker: derived_tie_breaker(&token_id),
+                nat: params.nat,
             },
             crypto: Crypto::default(),
             relay: params.relay,
@@ -610,7 +677,8 @@ impl Token {
         Token::sign(body, identity)
     }
 
-    /// Builds the responder's RSVP to `invitation` at time `now`: role
+    /// Builds the responder's RSVP to `invitation` at time `now` (our NAT's
+    /// classification in `nat`, if known): role
     /// controlled, `in_reply_to` the invitation, valid for
     /// [`DEFAULT_RSVP_LIFETIME_SECS`], signed by `identity`.
     ///
@@ -624,6 +692,7 @@ impl Token {
         identity: &Identity,
         token_id: TokenId,
         candidates: Vec<Candidate>,
+        nat: Option<NatInfo>,
         now: u64,
     ) -> Token {
         let inv = &invitation.token().body;
@@ -648,6 +717,7 @@ impl Token {
                 ufrag,
                 ice_role: IceRole::Controlled,
                 ice_tie_breaker: derived_tie_breaker(&token_id),
+                nat,
             },
             crypto: Crypto::default(),
             relay: Vec::new(),

@@ -95,7 +95,7 @@ fn rsvp_links_to_its_invitation_and_is_single_use() {
     let invitee = Identity::from_secret_bytes([2; 32]);
     let inv = Invitation::from_token(typical(&inviter), NOW).expect("valid");
     let cands = Candidate::list([(CandidateKind::Host, "10.0.0.2:5000".parse().expect("addr"))]);
-    let rsvp = Token::new_rsvp(&inv, &invitee, TokenId::random(&mut rng(2)), cands, NOW + 5);
+    let rsvp = Token::new_rsvp(&inv, &invitee, TokenId::random(&mut rng(2)), cands, None, NOW + 5);
     assert_eq!(rsvp.body.in_reply_to, Some(inv.token().body.token_id));
     assert_eq!(rsvp.body.connection_info.ice_role, IceRole::Controlled);
     assert_eq!(rsvp.body.expires_at, NOW + 5 + DEFAULT_RSVP_LIFETIME_SECS);
@@ -231,6 +231,18 @@ fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
         })
 }
 
+fn arb_nat() -> impl Strategy<Value = Option<NatInfo>> {
+    let mapping = prop_oneof![Just(NatMapping::None), Just(NatMapping::Independent), Just(NatMapping::Dependent)];
+    let delta = (1..=limits::MAX_PORT_DELTA, any::<bool>()).prop_map(|(d, neg)| if neg { -d } else { d });
+    let ports = prop_oneof![
+        Just((None, None)),
+        Just((Some(PortAllocation::Preserving), None)),
+        Just((Some(PortAllocation::Random), None)),
+        delta.prop_map(|d| (Some(PortAllocation::Sequential), Some(d))),
+    ];
+    prop::option::of((mapping, ports).prop_map(|(mapping, (ports, delta))| NatInfo { delta, mapping, ports }))
+}
+
 fn arb_caps() -> impl Strategy<Value = Vec<String>> {
     prop_oneof![
         prop::sample::subsequence(KNOWN_CAPABILITIES.to_vec(), 0..=KNOWN_CAPABILITIES.len())
@@ -260,6 +272,7 @@ prop_compose! {
         suite in prop::option::of("[A-Za-z0-9_]{1,64}"),
         relay in prop::collection::vec("[ -~]{0,64}", 0..=limits::MAX_RELAYS),
         metadata in prop::collection::btree_map("[a-z]{1,16}", "\\PC{0,40}", 0..=limits::MAX_METADATA),
+        nat in arb_nat(),
     ) -> TokenBody {
         let key = key_for(id).public_key();
         let party = Party { peer_id: key.peer_id().to_string(), public_key: key, capabilities: caps };
@@ -286,6 +299,7 @@ prop_compose! {
                 pwd,
                 ice_role: if controlled { IceRole::Controlled } else { IceRole::Controlling },
                 ice_tie_breaker: tie.unwrap_or_else(|| derived_tie_breaker(&token_id)),
+                nat,
             },
             crypto: Crypto { suite: suite.unwrap_or_else(|| DEFAULT_SUITE.into()) },
             relay,

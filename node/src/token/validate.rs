@@ -38,6 +38,21 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
         limit("metadata key", k.len(), limits::MAX_SHORT_STRING)?;
         limit("metadata value", v.len(), limits::MAX_METADATA_VALUE)?;
     }
+    if let Some(nat) = &ci.nat {
+        let sequential = nat.ports == Some(super::PortAllocation::Sequential);
+        match nat.delta {
+            Some(d) if !sequential => {
+                return Err(TokenError::Malformed(format!("nat.delta {d} given but ports are not sequential")));
+            }
+            Some(d) if d == 0 || d.abs() > limits::MAX_PORT_DELTA => {
+                return Err(TokenError::Malformed(format!("nat.delta {d} is outside ±1..={}", limits::MAX_PORT_DELTA)));
+            }
+            None if sequential => {
+                return Err(TokenError::Malformed("nat.ports is sequential but nat.delta is missing".into()));
+            }
+            _ => {}
+        }
+    }
     for c in &ci.ice_candidates {
         if c.address.port() == 0 {
             return Err(TokenError::Malformed(format!("candidate {} has port 0", c.address)));

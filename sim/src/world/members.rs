@@ -285,8 +285,12 @@ impl World {
     /// rest for the member.
     pub(super) fn member_host_event(&mut self, n: u32, e: HostEvent) {
         if matches!(e, HostEvent::StunMapped { .. } | HostEvent::StunFailed { .. }) {
-            if let Some(s) = self.nodes[n as usize].member.as_mut() {
+            let node = &mut self.nodes[n as usize];
+            if let Some(s) = node.member.as_mut() {
                 s.member.minter().learn(&e);
+                // Classified as the round's last answer came in: the first
+                // card, minted when STUN is done, carries it.
+                s.member.minter().set_nat(node.host.nat());
             }
             self.stun_done(n);
             return;

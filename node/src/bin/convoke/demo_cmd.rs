@@ -61,7 +61,7 @@ impl App for Peer {
         match event {
             HostEvent::Established { session, peer, remote, remote_kind, via, .. } => {
                 self.session = Some(session);
-                let how = if via == Via::Rsvp { "after the RSVP" } else { "with the invitation alone" };
+                let how = if via == Via::SingleToken { "with the invitation alone" } else { "after the RSVP" };
                 self.say(format!(
                     "connected {how} in {:.1} ms to {} at {remote} ({remote_kind:?}); Noise IK done, peer authenticated",
                     self.started.elapsed().as_secs_f64() * 1e3,

@@ -305,6 +305,8 @@ impl App for Pipe {
                 let how = match via {
                     Via::SingleToken => "with the invitation alone",
                     Via::Rsvp => "after the reply token",
+                    Via::PortPrediction => "after the reply token, at a predicted port",
+                    Via::Birthday => "after the reply token, by probing ports",
                 };
                 self.say(
                     format!(
@@ -314,7 +316,7 @@ impl App for Pipe {
                     ),
                     json!({ "event": "connected", "peer_id": peer.peer_id().to_string(), "remote": remote.to_string(),
                             "remote_kind": format!("{remote_kind:?}").to_lowercase(),
-                            "via": if via == Via::Rsvp { "rsvp" } else { "single_token" },
+                            "via": via.name(),
                             "elapsed_s": elapsed }),
                 );
             }
