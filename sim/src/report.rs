@@ -146,6 +146,12 @@ pub struct Report {
     pub joins: Outcomes,
     /// Time from import to session by path: `single-token`, `rsvp`, `all`.
     pub time_to_connect_s: BTreeMap<String, Summary>,
+    /// Time from import to the RSVP offer, seconds, by what the inviter's
+    /// token says of its NAT: `behind_nat`, `public`, `unknown`.
+    pub time_to_rsvp_offer_s: BTreeMap<String, Summary>,
+    /// Time from the inviter taking the RSVP to the session, seconds, by
+    /// path (what probing costs after the RSVP round).
+    pub time_after_rsvp_s: BTreeMap<String, Summary>,
     /// The inviter's candidate type on the nominated pair.
     pub remote_candidate: BTreeMap<String, u64>,
     /// Why joins failed.
@@ -154,6 +160,10 @@ pub struct Report {
     pub by_invitee_profile: BTreeMap<String, Outcomes>,
     /// Joins by the inviter's NAT profile.
     pub by_inviter_profile: BTreeMap<String, Outcomes>,
+    /// Joins by the pair of profiles, `"inviter × invitee"` (patterns other
+    /// than `matrix`, whose table this is).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_profile_pair: BTreeMap<String, Outcomes>,
     /// The NAT matrix (pattern `matrix`).
     pub matrix: Option<Matrix>,
     /// Network counters.
@@ -250,6 +260,8 @@ impl Report {
         let mut samples = BTreeMap::<String, Vec<f64>>::new();
         let mut kinds = BTreeMap::new();
         let mut reasons = BTreeMap::new();
+        let mut offers = BTreeMap::<String, Vec<f64>>::new();
+        let mut after = BTreeMap::<String, Vec<f64>>::new();
         for j in &w.joins {
             let (phase, ttc) = match (j.established, j.via, j.imported) {
                 (Some(e), Some(via), Some(i)) => {
@@ -274,13 +286,34 @@ impl Report {
                 };
                 *reasons.entry(why).or_insert(0u64) += 1;
             }
+            if let (Some(taken), Some(e), true) = (j.rsvp_taken, j.established, ttc.is_some()) {
+                after.entry(phase.to_owned()).or_default().push(secs(e.saturating_sub(taken)));
+            }
+            if let (Some(sent), Some(imported)) = (j.rsvp_sent, j.imported) {
+                let nat = w.nodes_nat(j.inviter);
+                let kind = match nat {
+                    Some(n) if n.is_translated() => "behind_nat",
+                    Some(_) => "public",
+                    None => "unknown",
+                };
+                offers.entry(kind.to_owned()).or_default().push(secs(sent.saturating_sub(imported)));
+            }
             let rsvp = j.rsvp_sent.is_some();
             all.add(phase, ttc, rsvp);
             by_invitee.entry(name(j.profiles.1)).or_default().add(phase, ttc, rsvp);
             by_inviter.entry(name(j.profiles.0)).or_default().add(phase, ttc, rsvp);
             cells.entry(j.profiles).or_default().add(phase, ttc, rsvp);
         }
-        let matrix = (w.scenario.joins.pattern == crate::scenario::Pattern::Matrix).then(|| {
+        let is_matrix = w.scenario.joins.pattern == crate::scenario::Pattern::Matrix;
+        let by_profile_pair: BTreeMap<String, Outcomes> = if is_matrix {
+            BTreeMap::new()
+        } else {
+            std::mem::take(&mut cells)
+                .into_iter()
+                .map(|((a, b), acc)| (format!("{} × {}", name(a), name(b)), acc.done()))
+                .collect()
+        };
+        let matrix = is_matrix.then(|| {
             let names = w.scenario.joins.profiles.clone();
             let idx = |n: &String| crate::world::profile_index(&w.profiles, n);
             let rows = names
@@ -399,10 +432,13 @@ impl Report {
             events: w.events,
             joins,
             time_to_connect_s,
+            time_to_rsvp_offer_s: offers.into_iter().filter_map(|(k, mut v)| Some((k, summary(&mut v)?))).collect(),
+            time_after_rsvp_s: after.into_iter().filter_map(|(k, mut v)| Some((k, summary(&mut v)?))).collect(),
             remote_candidate: kinds,
             failure_reasons: reasons,
             by_invitee_profile: by_invitee.into_iter().map(|(k, a)| (k, a.done())).collect(),
             by_inviter_profile: by_inviter.into_iter().map(|(k, a)| (k, a.done())).collect(),
+            by_profile_pair,
             matrix,
             network: w.net.clone(),
             probing,
@@ -478,6 +514,26 @@ impl Report {
             let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
         }
         let _ = writeln!(m);
+        if !self.time_to_rsvp_offer_s.is_empty() {
+            let _ = writeln!(
+                m,
+                "## Time to the RSVP offer (token imported → RSVP offered), seconds\n\n| inviter's token says | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
+            );
+            for (k, s) in &self.time_to_rsvp_offer_s {
+                let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
+            }
+            let _ = writeln!(m);
+        }
+        if !self.time_after_rsvp_s.is_empty() {
+            let _ = writeln!(
+                m,
+                "## Time after the RSVP (inviter took it → session), seconds\n\n| path | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
+            );
+            for (k, s) in &self.time_after_rsvp_s {
+                let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
+            }
+            let _ = writeln!(m);
+        }
         if let (Some(s), Some(i), Some(l)) = (&self.members, &self.introducer, &self.links) {
             m.push_str(&crate::members_report::markdown(s, i, l, self.broadcast.as_ref()));
         }
@@ -486,10 +542,16 @@ impl Report {
             m.push_str(&x.to_markdown());
             let _ = writeln!(m);
         }
-        for (title, table) in [("invitee", &self.by_invitee_profile), ("inviter", &self.by_inviter_profile)] {
+        let pairs = [("profile pair (inviter × invitee)", &self.by_profile_pair)];
+        let pairs = pairs.into_iter().filter(|(_, t)| !t.is_empty());
+        for (title, table) in [("invitee", &self.by_invitee_profile), ("inviter", &self.by_inviter_profile)]
+            .into_iter()
+            .map(|(t, x)| (format!("the {t}'s NAT"), x))
+            .chain(pairs.map(|(t, x)| (t.to_owned(), x)))
+        {
             let _ = writeln!(
                 m,
-                "## By the {title}'s NAT\n\n| profile | joins | single token | RSVP | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|"
+                "## By {title}\n\n| profile | joins | single token | RSVP | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|"
             );
             for (k, o) in table {
                 let med = o.median_s.map_or("–".to_owned(), |v| format!("{v:.3}"));

@@ -138,6 +138,8 @@ pub struct Join {
     pub imported: Option<u64>,
     /// When the invitee sent its RSVP back, ns.
     pub rsvp_sent: Option<u64>,
+    /// When the inviter took the RSVP, ns.
+    pub rsvp_taken: Option<u64>,
     /// When the invitee's session was established, ns.
     pub established: Option<u64>,
     /// When the inviter's was.
@@ -750,6 +752,11 @@ impl World {
         }
     }
 
+    /// Node `n`'s NAT as it classified it (what its tokens carry).
+    pub fn nodes_nat(&self, n: u32) -> Option<convoke_node::token::NatInfo> {
+        self.nodes.get(n as usize).and_then(|node| node.host.nat())
+    }
+
     /// The connectivity engines' counters, summed over every node.
     pub fn endpoint_totals(&self) -> convoke_node::ice::Stats {
         let mut t = convoke_node::ice::Stats::default();
@@ -1019,6 +1026,7 @@ impl World {
             return;
         }
         let now = self.inst(self.now);
+        self.joins[k as usize].rsvp_taken.get_or_insert(self.now);
         match self.nodes[n as usize].host.accept_rsvp(text, now) {
             Ok(a) => self.nodes[n as usize].attempts.push((a, k)),
             Err(e) => {

@@ -20,10 +20,14 @@
 //! opened also count where its NAT still remembers them: a pool check that
 //! arrives from one of those ports is let in.
 //!
-//! Bounds: one probing attempt at a time per endpoint (others wait their
-//! turn), at most `probe_rate` probing packets per second, at most
-//! `probe_budget` probes per attempt, the pool closed after `pool_lifetime`
-//! or as soon as a pair is nominated (all but the socket the session uses).
+//! Bounds: at most `probe_rate` probing packets per second from the node,
+//! whatever the number of attempts probing; one spray at a time (others
+//! wait their turn); at most `probe_budget` probes per spray; at most 1,024
+//! pool sockets open; a pool closed after its lifetime or as soon as a pair
+//! is nominated (all but the socket the session uses). Pools do not wait for
+//! a turn: a hard node that invites several people (or is itself waiting for
+//! an RSVP to be carried) would otherwise make each wait out the other's
+//! pool, and the easy side's probes, sent once, do not wait for anyone.
 //! Pairs where both sides are hard are left to a relay: no guess finds two
 //! unknown ports at once.
 
@@ -44,6 +48,8 @@ pub(super) const SPRAY: usize = usize::MAX;
 
 /// Pool sockets are numbered 1..=MAX_POOL_SOCKET (the main socket is 0).
 const MAX_POOL_SOCKET: u16 = 4096;
+/// Pool sockets open at once, over all attempts.
+const MAX_OPEN_POOL_SOCKETS: usize = 1024;
 /// Pool size when the hard side's ports are predictable.
 const PREDICTED_POOL: u16 = 16;
 /// How long probing waits once both sides hold the RSVP: the RSVP round's
@@ -110,14 +116,36 @@ impl Endpoint {
             return;
         }
         let Some(peer) = a.peer_reflexive() else { return };
+        // Pools share a bound on open sockets; one that would be too small
+        // to be worth it is not opened.
+        let room = MAX_OPEN_POOL_SOCKETS.saturating_sub(self.open_sockets.len());
+        let size = size.min(u16::try_from(room).unwrap_or(u16::MAX));
         let Some((plan, via)) = plan(ours, a.peer_nat, peer, size) else { return };
+        if matches!(plan, ProbePlan::Pool { size, .. } if size < PREDICTED_POOL.min(self.config.pool_size)) {
+            return;
+        }
+        let spray = matches!(plan, ProbePlan::Spray { .. });
         a.probe = Some(Probe { plan, via, active: false, next_send: now, until: now });
         self.stats.probing_started += 1;
         self.dirty.push(id);
-        if self.probing.is_none() {
+        // One spray at a time; pools (a few hundred packets, then a slow
+        // refresh) run beside it. All share the node's probing rate.
+        if !spray {
             self.activate_probe(id, now);
+        } else if self.probing.is_none() {
+            self.activate_probe(id, now);
+            self.probing = Some(id);
         } else {
+            // Waiting its turn must not time the attempt out: it lives until
+            // the sprays ahead of it (each bounded) and its own are done.
             self.probe_queue.push_back(id);
+            let turns = u32::try_from(self.probe_queue.len() + 1).unwrap_or(u32::MAX);
+            let wait = (ROUND_FIRST + self.spray_duration()).saturating_mul(turns);
+            if let Some(a) = self.attempts.get_mut(&id)
+                && a.state == State::Checking
+            {
+                a.window_end = a.window_end.max(now + wait);
+            }
         }
     }
 
@@ -143,7 +171,6 @@ impl Endpoint {
         if a.state == State::Checking {
             a.window_end = a.window_end.max(probe.until);
         }
-        self.probing = Some(id);
         self.dirty.push(id);
     }
 
@@ -166,9 +193,12 @@ impl Endpoint {
             self.end_probe(id, false);
             return;
         }
-        if now < probe.next_send {
+        // The node's probing packets, of every attempt, share one rate.
+        if now < probe.next_send.max(self.probe_next) {
+            probe.next_send = probe.next_send.max(self.probe_next);
             return;
         }
+        self.probe_next = now + interval;
         match &mut probe.plan {
             ProbePlan::Pool { target, size, opened, cursor } => {
                 let target = *target;
@@ -310,6 +340,7 @@ impl Endpoint {
                     self.attempts.get(&next).is_some_and(|b| b.probe.is_some() && b.state != State::Connected);
                 if waiting {
                     self.activate_probe(next, resume);
+                    self.probing = Some(next);
                     break;
                 }
             }

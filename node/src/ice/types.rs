@@ -49,7 +49,8 @@ pub struct EndpointConfig {
     /// ports are predictable).
     pub pool_size: u16,
     /// How long the hard side keeps its pool open waiting for the easy side's
-    /// probes: 180 s (the RSVP may take a person that long to carry).
+    /// probes: 240 s (the RSVP may take a person minutes to carry, and the
+    /// easy side may have to wait for its turn to probe).
     pub pool_lifetime: Duration,
 }
 
@@ -72,7 +73,7 @@ impl Default for EndpointConfig {
             probe_rate: 50,
             probe_budget: 2_000,
             pool_size: 256,
-            pool_lifetime: Duration::from_secs(180),
+            pool_lifetime: Duration::from_secs(240),
         }
     }
 }

@@ -269,6 +269,7 @@ impl World {
         }
         let now = self.inst(self.now);
         let unix = self.unix();
+        self.joins[k as usize].rsvp_taken.get_or_insert(self.now);
         let node = &mut self.nodes[n as usize];
         let Some(s) = node.member.as_mut() else { return };
         if let Err(e) = s.member.command(&mut node.host, MemberCommand::AcceptRsvp(text.to_owned()), now, unix) {
