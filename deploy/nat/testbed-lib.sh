@@ -16,6 +16,19 @@ profile() {
   esac
 }
 
+# ladder VIA...: the furthest of the reach ladder's steps named (convoke's
+# `via` values), as the simulator names it.
+ladder() {
+  local v best=0 rank names=(single-token rsvp predicted birthday)
+  for v in "$@"; do
+    case $v in
+      rsvp) rank=1 ;; predicted) rank=2 ;; birthday) rank=3 ;; *) rank=0 ;;
+    esac
+    [ $rank -gt $best ] && best=$rank
+  done
+  echo "${names[$best]}"
+}
+
 # complete FILE: FILE holds at least one whole line (convoke writes its
 # --token-out and --rsvp-out files as one line ending in a newline).
 complete() { [ -s "$1" ] && [ -z "$(tail -c1 "$1")" ]; }
@@ -26,14 +39,17 @@ event() { grep -m1 "\"event\":\"$2\"" "$1" 2>/dev/null || true; }
 # field JSON KEY: a scalar field of one JSON event line.
 field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
 
-# outcome CONNECTED_EVENT JOINER_PID PAYLOAD RECEIVED: once the joiner said
-# `connected`, waits (up to 30 s) for it to finish receiving, then prints
-# "PHASE SECONDS" (single-token or rsvp; seconds from importing the
+# outcome CONNECTED_EVENT JOINER_PID PAYLOAD RECEIVED [INVITER_CONNECTED_EVENT]:
+# once the joiner said `connected`, waits (up to 30 s) for it to finish
+# receiving, then prints "PHASE SECONDS" (single-token, rsvp, predicted or
+# birthday, the furthest either side saw; seconds from importing the
 # invitation to the session) or "corrupt" when the file did not arrive intact.
 outcome() {
-  local conn=$1 pid=$2 sent=$3 got=$4 w=0 phase=single-token
+  local conn=$1 pid=$2 sent=$3 got=$4 other=${5:-} w=0 phase
   while kill -0 "$pid" 2>/dev/null && [ $w -lt 300 ]; do sleep 0.1; w=$((w + 1)); done
-  [ "$(field "$conn" via)" = rsvp ] && phase=rsvp
+  # The furthest step of the reach ladder either side saw: a probe may have
+  # found a port that the other side's main socket held.
+  phase=$(ladder "$(field "$conn" via)" "$(field "$other" via)")
   if cmp -s "$sent" "$got"; then
     printf '%s %.3f\n' "$phase" "$(field "$conn" elapsed_s)"
   else

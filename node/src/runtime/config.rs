@@ -7,6 +7,7 @@
 //! key = "/var/lib/convoke/identity.key"
 //! control = "/run/convoke/node.sock"
 //! metrics = "127.0.0.1:9464"
+//! no_probing = false
 //!
 //! [invite]
 //! expires = "1d"
@@ -32,6 +33,8 @@ pub struct FileConfig {
     pub control: Option<PathBuf>,
     /// Serve Prometheus metrics here (e.g. `"127.0.0.1:9464"`; off by default).
     pub metrics: Option<SocketAddr>,
+    /// Never predict or probe for ports (`--no-probing`).
+    pub no_probing: bool,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }

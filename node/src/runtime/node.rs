@@ -487,6 +487,18 @@ impl Node {
                 })
             })
             .collect();
+        let nat = self.host.nat().map(|n| {
+            let (mapping, ports) = telemetry::nat_labels(&n);
+            json!({ "mapping": mapping, "ports": ports, "delta": n.delta })
+        });
+        let e = self.host.endpoint().stats();
+        let probing = json!({
+            "enabled": self.host.endpoint().config().probing,
+            "started": e.probing_started,
+            "connected": e.probing_connected,
+            "probes_sent": e.probes_sent,
+            "pool_sockets_opened": e.pool_sockets_opened,
+        });
         json!({
             "peer_id": self.identity.peer_id().to_string(),
             "pid": std::process::id(),
@@ -495,6 +507,8 @@ impl Node {
             "candidates": self.minter.candidates().all().iter().map(|c| format!("{} {}", format!("{:?}", c.kind).to_lowercase(), c.address)).collect::<Vec<_>>(),
             "attempts": self.host.endpoint().attempt_count(),
             "stun_served": self.host.endpoint().stats().stun_served,
+            "nat": nat,
+            "probing": probing,
             "sessions": sessions,
         })
     }

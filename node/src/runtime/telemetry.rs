@@ -53,6 +53,18 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("convoke_tokens_refused_total", "counter", "Tokens or token uses refused, by kind and reason"),
     ("convoke_stun_requests_served_total", "counter", "STUN Binding requests answered (every node answers STUN)"),
     ("convoke_stun_queries_total", "counter", "Our STUN queries, by outcome (mapped, failed)"),
+    (
+        "convoke_nat_info",
+        "gauge",
+        "1 for our NAT as classified from STUN answers: mapping (none, independent, dependent, unknown) and ports (preserving, sequential, random, unknown)",
+    ),
+    ("convoke_probes_sent_total", "counter", "Probes sent to guessed ports of a peer behind a hard NAT"),
+    (
+        "convoke_probing_attempts_total",
+        "counter",
+        "Attempts that predicted or probed ports, by outcome (started, connected)",
+    ),
+    ("convoke_pool_sockets_opened_total", "counter", "Sockets opened for birthday probing (we were the hard side)"),
     ("convoke_overlay_view_peers", "gauge", "Overlay members in our views, by view (active, passive, suspected)"),
     (
         "convoke_overlay_tree_links",
@@ -132,6 +144,12 @@ fn zero() {
         }
     }
     counter!("convoke_rsvp_needed_total").absolute(0);
+    gauge!("convoke_nat_info", "mapping" => "unknown", "ports" => "unknown").set(1.0);
+    counter!("convoke_probes_sent_total").absolute(0);
+    for o in ["started", "connected"] {
+        counter!("convoke_probing_attempts_total", "outcome" => o).absolute(0);
+    }
+    counter!("convoke_pool_sockets_opened_total").absolute(0);
     let closes = [
         CloseReason::Local,
         CloseReason::Peer { code: 0, reason: String::new() },
@@ -224,6 +242,24 @@ fn phase(via: Via) -> &'static str {
     via.name()
 }
 
+/// The `mapping` and `ports` labels (and words for `convoke status`) of a
+/// NAT classification.
+pub(crate) fn nat_labels(nat: &crate::token::NatInfo) -> (&'static str, &'static str) {
+    use crate::token::{NatMapping, PortAllocation};
+    let m = match nat.mapping {
+        NatMapping::None => "none",
+        NatMapping::Independent => "independent",
+        NatMapping::Dependent => "dependent",
+    };
+    let p = match nat.ports {
+        None => "unknown",
+        Some(PortAllocation::Preserving) => "preserving",
+        Some(PortAllocation::Sequential) => "sequential",
+        Some(PortAllocation::Random) => "random",
+    };
+    (m, p)
+}
+
 fn candidate(k: CandidateKind) -> &'static str {
     match k {
         CandidateKind::Host => "host",
@@ -285,6 +321,11 @@ pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
         HostEvent::Closed { reason, .. } => {
             counter!("convoke_sessions_closed_total", "reason" => close_reason(reason)).increment(1);
         }
+        HostEvent::NatClassified(nat) => {
+            gauge!("convoke_nat_info", "mapping" => "unknown", "ports" => "unknown").set(0.0);
+            let (m, p) = nat_labels(nat);
+            gauge!("convoke_nat_info", "mapping" => m, "ports" => p).set(1.0);
+        }
         HostEvent::StunMapped { .. } => counter!("convoke_stun_queries_total", "outcome" => "mapped").increment(1),
         HostEvent::StunFailed { .. } => counter!("convoke_stun_queries_total", "outcome" => "failed").increment(1),
         _ => {}
@@ -332,6 +373,10 @@ pub(crate) fn sample(host: &Host, io: &Io) {
     counter!("convoke_connection_attempts_total", "role" => "invitee").absolute(e.attempts_invitee);
     counter!("convoke_connection_attempts_total", "role" => "inviter").absolute(e.attempts_inviter);
     counter!("convoke_stun_requests_served_total").absolute(e.stun_served);
+    counter!("convoke_probes_sent_total").absolute(e.probes_sent);
+    counter!("convoke_probing_attempts_total", "outcome" => "started").absolute(e.probing_started);
+    counter!("convoke_probing_attempts_total", "outcome" => "connected").absolute(e.probing_connected);
+    counter!("convoke_pool_sockets_opened_total").absolute(e.pool_sockets_opened);
     counter!("convoke_datagrams_dropped_total", "reason" => "malformed").absolute(e.dropped_malformed);
     counter!("convoke_datagrams_dropped_total", "reason" => "unauthenticated").absolute(e.dropped_unauthenticated);
     counter!("convoke_datagrams_dropped_total", "reason" => "session").absolute(host.stats().dropped);

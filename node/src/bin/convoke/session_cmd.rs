@@ -44,6 +44,12 @@ pub(crate) struct NodeArgs {
     /// Show the token as a QR code too (on standard error).
     #[arg(long)]
     qr: bool,
+    /// Never predict or probe for ports when both NATs need it (the RSVP
+    /// round is then the last step). Probing sends up to 2,000 small
+    /// packets at 50 per second to the peer's address, or opens 256
+    /// sockets on the side behind a symmetric NAT.
+    #[arg(long)]
+    no_probing: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless asked;
     /// `--metrics` alone means 127.0.0.1:9464). Keep it on loopback or a
     /// private network: it has no authentication.
@@ -128,6 +134,7 @@ pub(crate) fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure
     let stun = if a.stun.is_empty() { file.stun } else { a.stun.clone() };
     c.stun = resolve_stun(&stun)?;
     c.control = a.control.clone().or(file.control);
+    c.host.endpoint.probing = !(a.no_probing || file.no_probing);
     Ok(c)
 }
 
@@ -739,6 +746,18 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
         println!("node {} (pid {}, up {}s)", n["peer_id"].as_str().unwrap_or("?"), n["pid"], n["up_seconds"]);
         println!("  listening   {}", join_strs(&n["listen"]));
         println!("  candidates  {}", join_strs(&n["candidates"]));
+        println!("  nat         {}", nat_words(&n["nat"]));
+        let p = &n["probing"];
+        if p["started"].as_u64().unwrap_or(0) > 0 || p["enabled"] == false {
+            println!(
+                "  probing     {}; {} attempts probed, {} connected; {} probes sent, {} pool sockets opened",
+                if p["enabled"] == false { "off" } else { "on" },
+                p["started"],
+                p["connected"],
+                p["probes_sent"],
+                p["pool_sockets_opened"]
+            );
+        }
         let sessions = n["sessions"].as_array().cloned().unwrap_or_default();
         if sessions.is_empty() {
             println!("  no sessions ({} attempts pending)", n["attempts"]);
@@ -778,5 +797,23 @@ pub fn load_config(path: Option<&PathBuf>) -> Result<Option<FileConfig>, Failure
                 _ => Ok(None),
             }
         }
+    }
+}
+
+/// `convoke status`'s line on our NAT.
+fn nat_words(nat: &Value) -> String {
+    let ports = match nat["ports"].as_str() {
+        Some("preserving") => ", ports preserved".to_owned(),
+        Some("sequential") => format!(", ports allocated in order (step {})", nat["delta"]),
+        Some("random") => ", random ports".to_owned(),
+        _ => String::new(),
+    };
+    match nat["mapping"].as_str() {
+        Some("none") => "none: this address is public".to_owned(),
+        Some("independent") => format!("maps endpoint-independently (one port for every peer){ports}"),
+        Some("dependent") => {
+            format!("maps per destination (a symmetric NAT: peers behind another such NAT need a relay){ports}")
+        }
+        _ => "unknown (give two STUN servers at different addresses with --stun to find out)".to_owned(),
     }
 }
