@@ -181,7 +181,9 @@ impl Default for Oob {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    /// No NAT at all: the host has a public address.
+    /// No NAT of its own: the host has a public address, or with `cgnat`
+    /// a carrier address right behind the carrier-grade NAT (a phone on a
+    /// mobile network).
     #[serde(default)]
     pub public: bool,
     /// Mapping behaviour (required unless public).
@@ -230,7 +232,7 @@ impl Profile {
     /// a public host).
     pub fn nat_chain(&self, cgnat: &Cgnat) -> Vec<Behaviour> {
         let mut chain: Vec<Behaviour> = self.behaviour().into_iter().collect();
-        if self.cgnat && !chain.is_empty() {
+        if self.cgnat {
             chain.push(cgnat.behaviour());
         }
         chain
@@ -413,6 +415,19 @@ pub fn builtin_profiles() -> BTreeMap<String, Profile> {
     m.insert("port-restricted".into(), Profile::nat(Eim, Apdf, PortAssignment::Preserving, false));
     m.insert("symmetric".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, false));
     m.insert("symmetric-cgnat".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, true));
+    // A phone on a mobile network: no NAT of its own, the carrier's only.
+    m.insert(
+        "mobile".into(),
+        Profile {
+            public: true,
+            mapping: None,
+            filtering: None,
+            ports: PortAssignment::Preserving,
+            timeout_s: 120.0,
+            hairpin: true,
+            cgnat: true,
+        },
+    );
     // A symmetric NAT that hands out ports in order: predictable.
     m.insert("symmetric-sequential".into(), Profile::nat(Apdm, Apdf, PortAssignment::Sequential, false));
     m

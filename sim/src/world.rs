@@ -444,7 +444,14 @@ impl World {
     fn spawn(&mut self, profile: u16) -> u32 {
         let net = self.scenario.network.clone();
         let behaviour = self.profiles.get(usize::from(profile)).and_then(|(_, p)| p.behaviour());
+        let behind_cgnat = self.profiles.get(usize::from(profile)).is_some_and(|(_, p)| p.cgnat);
         let (addr, realm, latency) = match behaviour {
+            // Right behind the carrier-grade NAT, with a carrier address.
+            None if behind_cgnat => {
+                let g = self.cgnat_for_home();
+                self.next_carrier += 1;
+                (self.next_carrier - 1, g, self.link(net.access_latency_ms))
+            }
             None => (self.public_ip(), INTERNET, self.link(net.access_latency_ms)),
             Some(b) => {
                 let behind_cgnat = self.profiles[usize::from(profile)].1.cgnat;

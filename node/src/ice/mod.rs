@@ -104,11 +104,8 @@ pub struct Endpoint {
     dirty: Vec<AttemptId>,
     /// Our NAT, as the host classified it.
     nat: Option<NatInfo>,
-    /// The attempt holding the node's one spraying slot, and those waiting.
-    probing: Option<AttemptId>,
     /// When the node's next probing packet may go (the shared rate).
     probe_next: Instant,
-    probe_queue: VecDeque<AttemptId>,
     /// Pool sockets open, and those the driver must close.
     open_sockets: BTreeSet<SocketId>,
     socket_closes: VecDeque<SocketId>,
@@ -140,9 +137,7 @@ impl Endpoint {
             scheduled: HashMap::new(),
             dirty: Vec::new(),
             nat: None,
-            probing: None,
             probe_next: now,
-            probe_queue: VecDeque::new(),
             open_sockets: BTreeSet::new(),
             socket_closes: VecDeque::new(),
             next_socket: 0,

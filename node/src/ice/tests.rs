@@ -603,7 +603,7 @@ fn the_hard_side_opens_a_bounded_pool_and_closes_it() {
     let inv = Invitation::from_token(t, UNIX).expect("valid");
     let now = net.now;
     let b = net.nodes[1].ep.join(&inv, now);
-    net.drive(Duration::from_secs(200), |_| false);
+    net.drive(EndpointConfig::default().pool_lifetime + Duration::from_secs(20), |_| false);
     assert!(net.has_event(1, |e| matches!(e, Event::RsvpNeeded { attempt } if *attempt == b)));
     let pool: Vec<&(Duration, usize, SocketId, SocketAddr)> =
         net.sent.iter().filter(|(_, n, s, _)| *n == 1 && *s != SocketId::MAIN).collect();
