@@ -98,8 +98,13 @@ struct Entry {
 impl Entry {
     /// Forgets peers not used within `timeout` of `now`.
     fn prune(&mut self, now: u64, timeout: u64) {
+        let before = self.peers.len();
         while self.peers.front().is_some_and(|p| p.1.saturating_add(timeout) <= now) {
             self.peers.pop_front();
+        }
+        // After a spray's thousands of peers go, so does their memory.
+        if self.peers.len() < before && self.peers.capacity() > 4 * self.peers.len() + 32 {
+            self.peers.shrink_to_fit();
         }
     }
 
@@ -136,7 +141,13 @@ pub struct Nat {
     ports: HashMap<u16, Entry, FastHash>,
     replies: HashMap<(SocketAddrV4, SocketAddrV4), u16, FastHash>,
     next_port: u16,
+    /// Mappings made since the last sweep of expired ones.
+    since_sweep: u32,
 }
+
+/// Expired mappings are swept after this many new ones (a pool of probing
+/// sockets leaves hundreds behind that nothing would touch again).
+const SWEEP_EVERY: u32 = 256;
 
 /// Why an inbound packet did not pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +168,7 @@ impl Nat {
             ports: HashMap::default(),
             replies: HashMap::default(),
             next_port: FIRST_PORT,
+            since_sweep: 0,
         }
     }
 
@@ -244,6 +256,15 @@ impl Nat {
             (Some(p), _) if self.alive(p, internal, now) => p,
             (_, Some(p)) if self.alive(p, internal, now) => p,
             _ => {
+                self.since_sweep += 1;
+                if self.since_sweep >= SWEEP_EVERY {
+                    self.since_sweep = 0;
+                    let expired: Vec<u16> =
+                        self.ports.iter().filter(|(_, e)| e.expires <= now).map(|(p, _)| *p).collect();
+                    for p in expired {
+                        self.remove(p);
+                    }
+                }
                 let p = self.allocate(internal, now, random)?;
                 self.ports.insert(p, Entry { internal, key, peers: VecDeque::new(), expires: 0 });
                 self.by_key.insert((internal, key), p);

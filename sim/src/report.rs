@@ -336,10 +336,7 @@ impl Report {
                                 (o.birthday, "birthday"),
                                 (o.failed, "failed"),
                             ];
-                            let phase = counts
-                                .iter()
-                                .find(|(n, _)| 2 * n > o.joins)
-                                .map_or("mixed", |(_, p)| p);
+                            let phase = counts.iter().find(|(n, _)| 2 * n > o.joins).map_or("mixed", |(_, p)| p);
                             Cell { phase: phase.to_owned(), outcomes: o }
                         })
                         .collect()

@@ -295,6 +295,11 @@ impl Endpoint {
             for t in tids.drain(..) {
                 self.transactions.remove(&t);
             }
+            // A spray grew the table to thousands of entries; give the
+            // memory back rather than keep it for the node's life.
+            if self.transactions.capacity() > 4 * self.transactions.len() + 64 {
+                self.transactions.shrink_to_fit();
+            }
         }
         let keep = a.selected.filter(|_| connected).map(|i| a.pairs[i].socket);
         let selected = a.selected.map(|i| a.pairs[i].remote);
@@ -315,6 +320,22 @@ impl Endpoint {
         }
         for s in closed {
             self.close_socket(s);
+        }
+        // Forget the failed pool pairs (a connected attempt lives on, and
+        // 255 dead pairs would stay with it): keep the others, re-filing
+        // their transactions and the selected pair under their new places.
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        if !a.pairs.iter().any(|p| p.pool && p.state == PairState::Failed) {
+            return;
+        }
+        let selected = a.selected.map(|i| (a.pairs[i].socket, a.pairs[i].remote));
+        a.pairs.retain(|p| !(p.pool && p.state == PairState::Failed));
+        a.triggered.clear();
+        a.selected = selected.and_then(|(s, r)| a.pair_by(s, r));
+        for (i, p) in a.pairs.iter().enumerate() {
+            if let Some(t) = p.tid {
+                self.transactions.insert(t, (id, i));
+            }
         }
     }
 

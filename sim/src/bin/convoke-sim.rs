@@ -227,9 +227,9 @@ fn bench(nodes: &[u32], scenario: Option<PathBuf>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
     println!("scale benchmark: {} (one process per N)\n", path.display());
     println!(
-        "| N | joined | single token | RSVP | failed | events | wall s | events/s | peak RSS MiB | bytes/node | sim s / wall s |"
+        "| N | joined | single token | RSVP | predicted | birthday | failed | events | wall s | events/s | peak RSS MiB | bytes/node | sim s / wall s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in nodes {
         let out = dir.join(format!("n{n}"));
         let status = std::process::Command::new(&exe)
@@ -246,11 +246,14 @@ fn bench(nodes: &[u32], scenario: Option<PathBuf>) -> Result<(), String> {
         let perf: Perf = serde_json::from_str(&read("perf.json")?).map_err(|e| e.to_string())?;
         let report: serde_json::Value = serde_json::from_str(&read("report.json")?).map_err(|e| e.to_string())?;
         let j = &report["joins"];
-        let joined = j["single_token"].as_u64().unwrap_or(0) + j["rsvp"].as_u64().unwrap_or(0);
+        let joined: u64 =
+            ["single_token", "rsvp", "predicted", "birthday"].iter().map(|k| j[*k].as_u64().unwrap_or(0)).sum();
         println!(
-            "| {n} | {joined} | {} | {} | {} | {} | {:.1} | {:.2}M | {:.0} | {} | {:.0} |",
+            "| {n} | {joined} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}M | {:.0} | {} | {:.0} |",
             j["single_token"],
             j["rsvp"],
+            j["predicted"],
+            j["birthday"],
             j["failed"],
             perf.events,
             perf.wall_s,
