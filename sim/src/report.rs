@@ -237,6 +237,15 @@ impl Acc {
     }
 }
 
+/// A `## title` section: one row of percentiles per entry of `table`.
+fn summary_table(m: &mut String, title: &str, key: &str, table: &BTreeMap<String, Summary>) {
+    let _ = writeln!(m, "## {title}, seconds\n\n| {key} | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
+    for (k, s) in table {
+        let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
+    }
+    let _ = writeln!(m);
+}
+
 /// A connection's step of the reach ladder, named as the NAT model names
 /// it ([`crate::reach::Reach::as_str`]).
 pub fn phase_name(via: Via) -> &'static str {
@@ -506,33 +515,19 @@ impl Report {
                 p.probes_per_connection.map_or("–".to_owned(), |v| format!("{v:.0}"))
             );
         }
-        let _ = writeln!(
-            m,
-            "## Time to connect (token imported → session), seconds\n\n| path | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
-        );
-        for (k, s) in &self.time_to_connect_s {
-            let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
-        }
-        let _ = writeln!(m);
-        if !self.time_to_rsvp_offer_s.is_empty() {
-            let _ = writeln!(
-                m,
-                "## Time to the RSVP offer (token imported → RSVP offered), seconds\n\n| inviter's token says | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
-            );
-            for (k, s) in &self.time_to_rsvp_offer_s {
-                let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
+        for (title, key, table, always) in [
+            ("Time to connect (token imported → session)", "path", &self.time_to_connect_s, true),
+            (
+                "Time to the RSVP offer (token imported → RSVP offered)",
+                "inviter's token says",
+                &self.time_to_rsvp_offer_s,
+                false,
+            ),
+            ("Time after the RSVP (inviter took it → session)", "path", &self.time_after_rsvp_s, false),
+        ] {
+            if always || !table.is_empty() {
+                summary_table(&mut m, title, key, table);
             }
-            let _ = writeln!(m);
-        }
-        if !self.time_after_rsvp_s.is_empty() {
-            let _ = writeln!(
-                m,
-                "## Time after the RSVP (inviter took it → session), seconds\n\n| path | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|"
-            );
-            for (k, s) in &self.time_after_rsvp_s {
-                let _ = writeln!(m, "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", s.n, s.p50, s.p90, s.p99, s.max);
-            }
-            let _ = writeln!(m);
         }
         if let (Some(s), Some(i), Some(l)) = (&self.members, &self.introducer, &self.links) {
             m.push_str(&crate::members_report::markdown(s, i, l, self.broadcast.as_ref()));

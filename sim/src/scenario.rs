@@ -215,6 +215,19 @@ fn yes() -> bool {
 }
 
 impl Profile {
+    /// No NAT of its own: public, or right behind the carrier's with `cgnat`.
+    fn no_nat(cgnat: bool) -> Self {
+        Self {
+            public: true,
+            mapping: None,
+            filtering: None,
+            ports: PortAssignment::Preserving,
+            timeout_s: 120.0,
+            hairpin: true,
+            cgnat,
+        }
+    }
+
     fn nat(mapping: Mapping, filtering: Filtering, ports: PortAssignment, cgnat: bool) -> Self {
         Self {
             public: false,
@@ -393,18 +406,7 @@ pub fn builtin_profiles() -> BTreeMap<String, Profile> {
     use Filtering::*;
     use Mapping::*;
     let mut m = BTreeMap::new();
-    m.insert(
-        "public".to_owned(),
-        Profile {
-            public: true,
-            mapping: None,
-            filtering: None,
-            ports: PortAssignment::Preserving,
-            timeout_s: 120.0,
-            hairpin: true,
-            cgnat: false,
-        },
-    );
+    m.insert("public".to_owned(), Profile::no_nat(false));
     for (mn, mv) in [("eim", Eim), ("adm", Adm), ("apdm", Apdm)] {
         for (fname, fv) in [("eif", Eif), ("adf", Adf), ("apdf", Apdf)] {
             m.insert(format!("{mn}-{fname}"), Profile::nat(mv, fv, PortAssignment::Preserving, false));
@@ -416,18 +418,7 @@ pub fn builtin_profiles() -> BTreeMap<String, Profile> {
     m.insert("symmetric".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, false));
     m.insert("symmetric-cgnat".into(), Profile::nat(Apdm, Apdf, PortAssignment::Random, true));
     // A phone on a mobile network: no NAT of its own, the carrier's only.
-    m.insert(
-        "mobile".into(),
-        Profile {
-            public: true,
-            mapping: None,
-            filtering: None,
-            ports: PortAssignment::Preserving,
-            timeout_s: 120.0,
-            hairpin: true,
-            cgnat: true,
-        },
-    );
+    m.insert("mobile".into(), Profile::no_nat(true));
     // A symmetric NAT that hands out ports in order: predictable.
     m.insert("symmetric-sequential".into(), Profile::nat(Apdm, Apdf, PortAssignment::Sequential, false));
     m
