@@ -200,11 +200,12 @@ impl Endpoint {
                 probe.next_send = now + next;
                 let pair = match i {
                     Some(c) => {
-                        let pool: Vec<usize> = (0..a.pairs.len()).filter(|&j| a.pairs[j].pool).collect();
-                        if pool.is_empty() {
-                            return;
-                        }
-                        pool[c % pool.len()]
+                        // The c-th pool pair, round and round (no allocation:
+                        // this runs for every refresh packet).
+                        let count = a.pairs.iter().filter(|p| p.pool).count();
+                        let nth = (0..a.pairs.len()).filter(|&j| a.pairs[j].pool).nth(c % count.max(1));
+                        let Some(j) = nth else { return };
+                        j
                     }
                     None => {
                         let Some(socket) = self.alloc_socket() else { return };
