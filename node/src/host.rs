@@ -440,7 +440,10 @@ impl Host {
                     contents: c,
                     socket,
                 });
-                if out.is_none() && !o.conn.is_open() {
+                // A closed session whose stream bytes the app has not read
+                // yet stays until it has (reading re-activates it): the
+                // peer's close must not take its last data with it.
+                if out.is_none() && !o.conn.is_open() && o.conn.readable() == 0 {
                     closed = o.conn.closed.clone();
                 }
             }

@@ -47,6 +47,11 @@ pub const MAX_SEQUENTIAL_STEP: i32 = 64;
 /// bound at `local_port`, with `local_ips` our own interface addresses.
 /// `None` when the answers cannot tell (see the module docs).
 pub fn classify(local_port: Option<u16>, local_ips: &[IpAddr], observations: &[Observation]) -> Option<NatInfo> {
+    // One address family: a public IPv6 answer beside a translated IPv4
+    // one says nothing of either NAT. IPv4 first (the family tokens lead
+    // with behind NATs).
+    let v4: Vec<Observation> = observations.iter().filter(|o| o.mapped.is_ipv4()).copied().collect();
+    let observations: &[Observation] = if v4.is_empty() { observations } else { &v4 };
     let first = observations.first()?;
     let own = |a: &SocketAddr| local_ips.contains(&a.ip()) && local_port.is_none_or(|p| p == a.port());
     if observations.iter().all(|o| own(&o.mapped)) {
@@ -102,6 +107,13 @@ mod tests {
         assert!(!c.is_translated());
         // A different port on our own address is a NAT on the same host.
         assert_eq!(classify(Some(4433), &ips, &[obs("198.18.0.1:3478", "198.18.0.9:5000")]), None);
+    }
+
+    #[test]
+    fn families_are_not_mixed() {
+        let o = [obs("[2001:db8::1]:3478", "[2001:db8::9]:4433"), obs("198.18.0.1:3478", "198.18.5.5:4433")];
+        // One IPv4 server: unknown, not "dependent" for the IPv6 answer.
+        assert_eq!(classify(Some(4433), LAN, &o), None);
     }
 
     #[test]

@@ -519,7 +519,7 @@ impl Report {
             ("Time to connect (token imported → session)", "path", &self.time_to_connect_s, true),
             (
                 "Time to the RSVP offer (token imported → RSVP offered)",
-                "inviter's token says",
+                "what the inviter's token says",
                 &self.time_to_rsvp_offer_s,
                 false,
             ),

@@ -25,6 +25,8 @@ struct Peer {
     contacted: HashSet<SocketAddr>,
     events: Vec<HostEvent>,
     received: Vec<u8>,
+    /// The app does not read (its output is blocked).
+    paused: bool,
 }
 
 struct Net {
@@ -55,6 +57,7 @@ impl Net {
                     contacted: HashSet::new(),
                     events: Vec::new(),
                     received: Vec::new(),
+                    paused: false,
                 }
             })
             .collect();
@@ -98,7 +101,9 @@ impl Net {
                 self.wire.insert((self.now + self.latency, self.seq), (to, from, t.contents));
             }
             while let Some(e) = self.peers[i].host.poll_event() {
-                if let HostEvent::Readable { session } = e {
+                if let HostEvent::Readable { session } = e
+                    && !self.peers[i].paused
+                {
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
                         let n = self.peers[i].host.read(session, &mut buf);
@@ -336,6 +341,39 @@ fn datagrams_cross_both_ways() {
         got.0.is_some() && got.1.is_some()
     }));
     assert_eq!(got, (Some(b"pong".to_vec()), Some(b"ping".to_vec())));
+}
+
+#[test]
+fn a_peer_close_does_not_take_the_last_unread_bytes() {
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    // The reader's output is blocked: the bytes wait in its host.
+    net.peers[1].paused = true;
+    let data = pattern(50_000, 7);
+    let mut sent = 0;
+    assert!(net.drive(Duration::from_secs(10), |n| {
+        n.feed(0, ids.0, &data, &mut sent);
+        n.peers[1].host.readable(ids.1) == data.len()
+    }));
+    let now = net.now;
+    net.peers[0].host.close(ids.0, now);
+    net.drive(Duration::from_secs(2), |_| false);
+    assert!(!net.peers[1].events.iter().any(|e| matches!(e, HostEvent::Closed { .. })), "closed with bytes unread");
+    assert_eq!(net.peers[1].host.readable(ids.1), data.len());
+    // The reader catches up: every byte, then the close.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = net.peers[1].host.read(ids.1, &mut buf);
+        if n == 0 {
+            break;
+        }
+        net.peers[1].received.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(net.peers[1].received, data);
+    assert!(net.drive(Duration::from_secs(2), |n| {
+        n.peers[1].events.iter().any(|e| matches!(e, HostEvent::Closed { reason: CloseReason::Peer { .. }, .. }))
+    }));
+    assert_eq!(net.peers[1].host.sessions().count(), 0);
 }
 
 #[test]

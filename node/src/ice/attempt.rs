@@ -119,6 +119,11 @@ pub(crate) struct Probe {
     pub next_send: Instant,
     /// Running until (then the pool closes or the spray is over).
     pub until: Instant,
+    /// When this probe last sent (the shared rate serves the probe that
+    /// waited longest).
+    pub last_sent: Option<Instant>,
+    /// The attempt's window end before probing extended it.
+    pub window_before: Instant,
 }
 
 #[derive(Debug, Clone)]

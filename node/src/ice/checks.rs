@@ -216,6 +216,12 @@ impl Endpoint {
         self.dirty.push(id);
         let rto = self.config.rto_initial;
         let a = self.attempts.get_mut(&id).expect("present");
+        // A pool socket belongs to one attempt: another's check there (a
+        // probe meant for another pool) is not this attempt's path.
+        if socket != SocketId::MAIN && !a.sockets.contains(&socket) {
+            self.stats.dropped_unauthenticated += 1;
+            return;
+        }
         if !verified && !msg.verify_integrity(a.local_pwd.as_bytes()) {
             self.stats.dropped_unauthenticated += 1;
             return;
@@ -309,6 +315,10 @@ impl Endpoint {
             }
             let i = a.add_remote(socket, from, CandidateKind::Prflx, 0, rto);
             a.pairs[i].probed = true;
+            // The pair may have had its own check in flight: forget it.
+            if let Some(old) = a.pairs[i].tid.take() {
+                self.transactions.remove(&old);
+            }
             i
         } else {
             i

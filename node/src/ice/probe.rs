@@ -96,7 +96,8 @@ fn plan(ours: Option<NatInfo>, theirs: Option<NatInfo>, peer: SocketAddr, pool_s
         (Some(PortAllocation::Sequential), Some(d)) => {
             // Both directions from the port in the token: the step's sign
             // from two answers is only as good as their order on the wire.
-            let next = Some((i32::from(peer.port()), d.abs(), 0));
+            let step = i32::try_from(d.unsigned_abs()).unwrap_or(i32::MAX).min(crate::token::limits::MAX_PORT_DELTA);
+            let next = Some((i32::from(peer.port()), step, 0));
             let plan = ProbePlan::Spray { ip: peer.ip(), next, sent: 0, tids: Vec::new() };
             Some((plan, Via::PortPrediction))
         }
@@ -122,13 +123,24 @@ impl Endpoint {
         let Some(peer) = a.peer_reflexive() else { return };
         // Pools share a bound on open sockets; one that would be too small
         // to be worth it is not opened.
-        let room = MAX_OPEN_POOL_SOCKETS.saturating_sub(self.open_sockets.len());
+        let planned: usize = self
+            .attempts
+            .values()
+            .filter_map(|b| match &b.probe {
+                Some(Probe { plan: ProbePlan::Pool { size, opened, .. }, .. }) => Some(usize::from(size - opened)),
+                _ => None,
+            })
+            .sum();
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        let room = MAX_OPEN_POOL_SOCKETS.saturating_sub(self.open_sockets.len() + planned);
         let size = size.min(u16::try_from(room).unwrap_or(u16::MAX));
         let Some((plan, via)) = plan(ours, a.peer_nat, peer, size) else { return };
-        if matches!(plan, ProbePlan::Pool { size, .. } if size < PREDICTED_POOL.min(self.config.pool_size)) {
+        if matches!(plan, ProbePlan::Pool { size, .. } if size == 0 || size < PREDICTED_POOL.min(self.config.pool_size))
+        {
             return;
         }
-        a.probe = Some(Probe { plan, via, active: false, next_send: now, until: now });
+        let window_before = a.window_end;
+        a.probe = Some(Probe { plan, via, active: false, next_send: now, until: now, last_sent: None, window_before });
         self.stats.probing_started += 1;
         self.dirty.push(id);
         self.activate_probe(id, now);
@@ -180,12 +192,31 @@ impl Endpoint {
             self.end_probe(id, false);
             return;
         }
-        // The node's probing packets, of every attempt, share one rate.
+        // The node's probing packets, of every attempt, share one rate;
+        // among the probes due, the one that sent least recently goes.
         if now < probe.next_send.max(self.probe_next) {
             probe.next_send = probe.next_send.max(self.probe_next);
             return;
         }
+        let mine = probe.last_sent;
+        let waited_longer = self.attempts.iter().any(|(other, b)| {
+            *other != id
+                && b.state != State::Connected
+                && b.probe.as_ref().is_some_and(|q| {
+                    q.active
+                        && q.next_send <= now
+                        && now < q.until
+                        && q.last_sent.is_none_or(|t| mine.is_some_and(|m| t < m))
+                })
+        });
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        let Some(probe) = a.probe.as_mut() else { return };
+        if waited_longer {
+            probe.next_send = now + interval;
+            return;
+        }
         self.probe_next = now + interval;
+        probe.last_sent = Some(now);
         match &mut probe.plan {
             ProbePlan::Pool { target, size, opened, cursor } => {
                 let target = *target;
@@ -292,6 +323,11 @@ impl Endpoint {
         let Some(a) = self.attempts.get_mut(&id) else { return };
         let Some(mut probe) = a.probe.take() else { return };
         self.dirty.push(id);
+        // Probing over, the attempt's window is its own again.
+        if a.state == State::Checking {
+            let last = probe.last_sent.map_or(probe.window_before, |t| t + SPRAY_GRACE);
+            a.window_end = a.window_end.min(probe.window_before.max(last));
+        }
         if let ProbePlan::Spray { tids, .. } = &mut probe.plan {
             for t in tids.drain(..) {
                 self.transactions.remove(&t);
@@ -342,6 +378,9 @@ impl Endpoint {
 
     /// A free pool socket number, or `None` when all are in use.
     fn alloc_socket(&mut self) -> Option<SocketId> {
+        if self.open_sockets.len() >= MAX_OPEN_POOL_SOCKETS {
+            return None;
+        }
         for _ in 0..MAX_POOL_SOCKET {
             self.next_socket = self.next_socket % MAX_POOL_SOCKET + 1;
             let s = SocketId(self.next_socket);

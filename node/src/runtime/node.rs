@@ -193,9 +193,18 @@ impl Pool {
             let (reader, tx) = (sock.clone(), self.tx.clone());
             let task = tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
-                while let Ok((n, from)) = reader.recv_from(&mut buf).await {
-                    if tx.try_send((id, from, buf[..n].to_vec())).is_err() && tx.is_closed() {
-                        return;
+                // Bounded by the socket's life: the task is aborted when the
+                // engine closes the socket. Errors (an ICMP unreachable
+                // surfacing as a reset) do not end it.
+                loop {
+                    match reader.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            if tx.try_send((id, from, buf[..n].to_vec())).is_err() && tx.is_closed() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                        Err(_) => return,
                     }
                 }
             });
@@ -412,8 +421,11 @@ impl Node {
         let mut first = self.carry.take().or_else(|| self.host.poll_transmit(now))?;
         // Bounded: the host queues finitely many transmits.
         while first.socket != SocketId::MAIN {
-            let base = self.socket_for(first.destination).and_then(|s| s.io.local_addr().ok());
-            self.pool.send(first.socket, base, &first);
+            // A socket the engine closed since it queued this stays closed.
+            if self.host.endpoint().is_socket_open(first.socket) {
+                let base = self.socket_for(first.destination).and_then(|s| s.io.local_addr().ok());
+                self.pool.send(first.socket, base, &first);
+            }
             first = self.host.poll_transmit(now)?;
         }
         let seg = first.contents.len().max(1);

@@ -374,3 +374,17 @@ fn metadata_order_is_canonical() {
     assert!(!json.contains(' ') && !json.contains('\n'), "canonical JSON has no whitespace");
     assert!(!json.contains("signature"));
 }
+
+#[test]
+fn nat_steps_out_of_range_are_refused_in_both_encodings() {
+    let id = Identity::from_secret_bytes([1; 32]);
+    for (delta, ok) in [(1, true), (-1024, true), (0, false), (1025, false), (i32::MIN, false), (i32::MAX, false)] {
+        let nat =
+            NatInfo { delta: Some(delta), mapping: NatMapping::Dependent, ports: Some(PortAllocation::Sequential) };
+        let params = InvitationParams { nat: Some(nat), ..InvitationParams::default() };
+        let t = Token::new_invitation(&id, params, NOW, &mut rng(1));
+        for text in [t.encode_text(), t.encode_compact()] {
+            assert_eq!(decode(&text).is_ok(), ok, "delta {delta}");
+        }
+    }
+}

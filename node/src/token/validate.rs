@@ -44,7 +44,7 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
             Some(d) if !sequential => {
                 return Err(TokenError::Malformed(format!("nat.delta {d} given but ports are not sequential")));
             }
-            Some(d) if d == 0 || d.abs() > limits::MAX_PORT_DELTA => {
+            Some(d) if d == 0 || d.unsigned_abs() > limits::MAX_PORT_DELTA.unsigned_abs() => {
                 return Err(TokenError::Malformed(format!("nat.delta {d} is outside ±1..={}", limits::MAX_PORT_DELTA)));
             }
             None if sequential => {
