@@ -33,6 +33,10 @@ use crate::plumtree::{PlumConfig, PlumStats, Plumtree};
 use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId};
 use crate::{Millis, PeerKey};
 
+/// Neighbours linked beyond our neighbourhood that an eviction spares (see
+/// `Overlay::evict`).
+const MIN_BRIDGES: usize = 2;
+
 /// Membership and broadcast parameters (HyParView's are the paper's).
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -449,6 +453,13 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
+    /// Whether neighbour `peer` told us it is linked to a member that is
+    /// neither us nor one of our neighbours: a way out of our
+    /// neighbourhood.
+    fn is_bridge(&self, peer: P) -> bool {
+        self.nbr_views.get(&peer).is_some_and(|view| view.iter().any(|&q| q != self.me.peer && !self.is_active(q)))
+    }
+
     fn is_lingering(&self, peer: P) -> bool {
         self.lingering.iter().any(|(p, _)| *p == peer)
     }
@@ -819,11 +830,21 @@ impl<P: PeerKey> Overlay<P> {
         // A flood of joins must not grow the view without bound: at twice
         // its size, nobody is spared.
         let spare = self.active.len() < 2 * self.cfg.active;
-        let pool: Vec<usize> = (0..self.active.len())
+        let mut pool: Vec<usize> = (0..self.active.len())
             .filter(|&i| {
                 !spare || !self.active[i].newcomer || now.saturating_sub(self.active[i].since) >= 2 * self.cfg.round
             })
             .collect();
+        // Spare our last links beyond our own neighbourhood. Members that
+        // can reach few others (behind symmetric NATs) crowd into the views
+        // of the few that take them; were those to drop every neighbour
+        // linked elsewhere, the crowd would become an island nobody can
+        // route a token into.
+        let bridges: Vec<usize> =
+            (0..self.active.len()).filter(|&i| self.is_bridge(self.active[i].card.peer)).collect();
+        if bridges.len() <= MIN_BRIDGES && pool.iter().any(|i| !bridges.contains(i)) {
+            pool.retain(|i| !bridges.contains(i));
+        }
         let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
         let victim = self.active[pool[k]].card.peer;
         self.send(victim, Message::Disconnect { alive: true });
