@@ -30,6 +30,10 @@ pub const HEADER: usize = 14;
 /// Bytes a data packet adds around its frames.
 pub const OVERHEAD: usize = HEADER + TAG;
 
+/// The largest packet number a data packet may carry: the nonce 2^64 - 1
+/// is REKEY's (Noise rev. 34 §4.2), never a packet's.
+const MAX_PN: u64 = u64::MAX - 1;
+
 /// Session tunables. `Default` cites where each number comes from.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -413,7 +417,9 @@ impl Connection {
     /// addressed to this session). Returns false if it was dropped.
     pub fn handle_packet(&mut self, config: &SessionConfig, now: Instant, data: &mut [u8]) -> bool {
         let Some(h) = Header::parse(data) else { return false };
-        if matches!(self.closing, Closing::Closed) || !self.replay.check(h.pn) {
+        // The last nonce belongs to REKEY: no packet is ever sealed with it
+        // (see `MAX_PN`), and only a hostile peer would send it.
+        if matches!(self.closing, Closing::Closed) || h.pn > MAX_PN || !self.replay.check(h.pn) {
             self.stats.packets_dropped += 1;
             return false;
         }
@@ -468,6 +474,7 @@ impl Connection {
                     }
                     Err(StreamViolation::FlowControl) => return self.violation("stream data beyond our limit"),
                     Err(StreamViolation::FinalSize) => return self.violation("stream data beyond its end"),
+                    Err(StreamViolation::Fragmented) => return self.violation("stream data in too many pieces"),
                 },
                 Frame::MaxData(m) => {
                     self.tx.peer_max = self.tx.peer_max.max(m);
@@ -661,6 +668,12 @@ impl Connection {
         let mut max_data = false;
         let mut chunk = None;
         let mut eliciting = false;
+        // Out of packet numbers (2^64 - 1 sent): the session ends rather
+        // than reuse a nonce.
+        if self.next_pn > MAX_PN {
+            self.abandon(CloseReason::ProtocolViolation("packet numbers exhausted"));
+            return None;
+        }
         match std::mem::replace(&mut self.closing, Closing::Open) {
             Closing::Open => {}
             Closing::Closed => {
@@ -758,7 +771,7 @@ impl Connection {
             self.stats.rekeys += 1;
         }
         let pn = self.next_pn;
-        self.next_pn += 1;
+        self.next_pn = pn.saturating_add(1);
         self.send_epoch_packets += 1;
         let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
         out.push(DATA);
@@ -779,6 +792,40 @@ impl Connection {
 mod tests {
     use super::*;
     use crate::session::noise::CipherState;
+
+    fn pair(now: Instant) -> (Connection, Connection) {
+        let cfg = SessionConfig::default();
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let a = Connection::new(&cfg, addr, 2, [1; 32], [2; 32], None, now);
+        let b = Connection::new(&cfg, addr, 1, [2; 32], [1; 32], None, now);
+        (a, b)
+    }
+
+    fn ping(a: &mut Connection, pn: u64, now: Instant) -> Vec<u8> {
+        a.next_pn = pn;
+        let mut plain = Vec::new();
+        frame::put_ping(&mut plain);
+        a.seal(&SessionConfig::default(), now, plain)
+    }
+
+    /// A peer holding the keys seals a packet with the last packet number
+    /// (REKEY's nonce): dropped, not a panic, and the session goes on.
+    #[test]
+    fn the_last_packet_number_is_refused_and_never_sent() {
+        let now = Instant::now();
+        let cfg = SessionConfig::default();
+        let (mut a, mut b) = pair(now);
+        assert!(b.handle_packet(&cfg, now, &mut ping(&mut a, 5, now)), "an ordinary packet opens");
+        assert!(!b.handle_packet(&cfg, now, &mut ping(&mut a, u64::MAX, now)));
+        assert_eq!(b.stats.packets_dropped, 1);
+        assert!(b.handle_packet(&cfg, now, &mut ping(&mut a, 6, now)), "the session goes on");
+        // Our own numbers run out: the session ends instead of sealing
+        // with REKEY's nonce.
+        a.next_pn = MAX_PN + 1;
+        a.ping_due = true;
+        assert!(a.poll_transmit(&cfg, now).is_none());
+        assert_eq!(a.closed, Some(CloseReason::ProtocolViolation("packet numbers exhausted")));
+    }
 
     /// The packet cipher (ring) and the handshake's (RustCrypto) are the
     /// same algorithm with the same nonce layout, and REKEY agrees.

@@ -178,7 +178,17 @@ pub(crate) enum StreamViolation {
     FlowControl,
     /// Data beyond the end, or two different ends.
     FinalSize,
+    /// More separate out-of-order pieces than [`MAX_PENDING_PIECES`].
+    Fragmented,
 }
+
+/// Out-of-order pieces a stream holds at most. Pieces never overlap and
+/// touching ones merge, so an honest sender leaves one piece per hole: at
+/// most one per lost packet in flight, about 7,000 full-size packets at
+/// the largest congestion window (16 MiB). Without the bound, a peer
+/// sending one-byte frames at every other offset would make us keep a map
+/// entry (about 80 bytes) per two bytes of the window.
+pub(crate) const MAX_PENDING_PIECES: usize = 16_384;
 
 /// Our receiving half.
 #[derive(Debug, Default)]
@@ -245,11 +255,53 @@ impl RecvStream {
             }
             return Ok(true);
         }
-        let keep = self.pending.get(&offset).is_none_or(|d| d.len() < data.len());
-        if keep {
-            self.pending.insert(offset, data.to_vec());
-        }
+        self.hold(offset, data)?;
         Ok(readable)
+    }
+
+    /// Keeps the parts of an out-of-order chunk that no held piece covers
+    /// yet, merged with the pieces they touch: the bytes held never exceed
+    /// the window, however a peer overlaps its frames.
+    fn hold(&mut self, offset: u64, data: &[u8]) -> Result<(), StreamViolation> {
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        if let Some((&o, d)) = self.pending.range(..=pos).next_back() {
+            pos = pos.max(o + d.len() as u64);
+        }
+        while pos < end {
+            let next = self.pending.range(pos..).next().map(|(&o, d)| (o, o + d.len() as u64));
+            let stop = next.map_or(end, |(o, _)| o.min(end));
+            if stop > pos {
+                let gap = &data[(pos - offset) as usize..(stop - offset) as usize];
+                // Append to the piece ending where the gap starts, else a
+                // new piece; then swallow the piece that starts where it ends.
+                let before = self.pending.range(..pos).next_back().filter(|(o, d)| **o + d.len() as u64 == pos);
+                let at = match before.map(|(&o, _)| o) {
+                    Some(o) => o,
+                    None => {
+                        if self.pending.len() >= MAX_PENDING_PIECES {
+                            return Err(StreamViolation::Fragmented);
+                        }
+                        self.pending.insert(pos, Vec::new());
+                        pos
+                    }
+                };
+                let mut after = match next {
+                    Some((o, _)) if o == stop => self.pending.remove(&o),
+                    _ => None,
+                };
+                let piece = self.pending.get_mut(&at).expect("just found or made");
+                piece.extend_from_slice(gap);
+                if let Some(a) = after.take() {
+                    piece.extend_from_slice(&a);
+                }
+            }
+            match next {
+                Some((_, e)) => pos = e,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Reads in-order bytes into `buf`. Returns how many; with `window`,
@@ -294,6 +346,59 @@ impl RecvStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn held(r: &RecvStream) -> usize {
+        r.pending.values().map(Vec::len).sum()
+    }
+
+    #[test]
+    fn overlapping_frames_hold_each_byte_once() {
+        // A peer resending the window's bytes in overlapping frames at every
+        // offset: what we hold stays within the window, and reads right.
+        let window = 64 * 1024;
+        let mut r = RecvStream::default();
+        r.raise_limit(window);
+        let data: Vec<u8> = (0..window).map(|i| (i % 251) as u8).collect();
+        for start in (1..window as usize - 1200).step_by(7) {
+            r.on_data(start as u64, &data[start..start + 1200], false).expect("within the window");
+        }
+        assert!(held(&r) < window as usize, "held {} bytes for a {window}-byte window", held(&r));
+        assert!(r.pending.len() <= 2, "touching pieces merge: {}", r.pending.len());
+        // Frames inside, across and around the held pieces change nothing.
+        let before: Vec<(u64, Vec<u8>)> = r.pending.iter().map(|(o, d)| (*o, d.clone())).collect();
+        r.on_data(5000, &data[5000..5100], false).expect("inside");
+        r.on_data(3, &data[3..60000], false).expect("across");
+        assert_eq!(before, r.pending.iter().map(|(o, d)| (*o, d.clone())).collect::<Vec<_>>());
+        assert!(r.on_data(0, &data[..1], false).expect("the first byte"));
+        let mut out = vec![0u8; window as usize];
+        let (n, _) = r.read(&mut out, window);
+        assert_eq!(&out[..n], &data[..n]);
+        assert!(n >= window as usize - 1200 - 8, "read {n}");
+        assert!(r.pending.is_empty());
+    }
+
+    #[test]
+    fn gaps_fill_between_pieces_and_the_pieces_are_bounded() {
+        let mut r = RecvStream::default();
+        r.raise_limit(1 << 20);
+        r.on_data(10, b"bbbbb", false).expect("within the window");
+        r.on_data(20, b"ddddd", false).expect("within the window");
+        // Covers both pieces and the gaps around them.
+        r.on_data(8, b"AAbbbbbCCCCCdddddEE", false).expect("within the window");
+        assert_eq!(r.pending.len(), 1);
+        assert_eq!(r.pending.get(&8).map(Vec::as_slice), Some(&b"AAbbbbbCCCCCdddddEE"[..]));
+        // One byte at every other offset: refused past the bound, not held.
+        let mut r = RecvStream::default();
+        r.raise_limit(1 << 20);
+        let mut refused = None;
+        for k in 0..(MAX_PENDING_PIECES as u64 + 10) {
+            if let Err(e) = r.on_data(2 + 2 * k, b"x", false) {
+                refused = Some((k, e));
+                break;
+            }
+        }
+        assert_eq!(refused, Some((MAX_PENDING_PIECES as u64, StreamViolation::Fragmented)));
+    }
 
     #[test]
     fn send_chunks_acks_and_losses() {
