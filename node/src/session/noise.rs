@@ -140,14 +140,10 @@ impl Symmetric {
         self.h = Sha256::new().chain_update(self.h).chain_update(data).finalize().into();
     }
 
-    fn mix_key(&mut self, ikm: &[u8; 32]) -> Result<(), HandshakeError> {
-        if ikm == &[0u8; 32] {
-            return Err(HandshakeError::WeakKey);
-        }
+    fn mix_key(&mut self, ikm: &[u8; 32]) {
         let (ck, k) = hkdf2(&self.ck, ikm);
         self.ck = ck;
         self.cipher = Some(CipherState::new(k));
-        Ok(())
     }
 
     fn encrypt_and_hash(&mut self, pt: &[u8]) -> Vec<u8> {
@@ -176,8 +172,14 @@ impl Symmetric {
     }
 }
 
-fn dh(secret: &StaticSecret, public: &[u8; 32]) -> [u8; 32] {
-    secret.diffie_hellman(&XPublic::from(*public)).to_bytes()
+/// X25519, refusing a peer key of small order (the all-zero output) with
+/// the library's constant-time check.
+fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Result<[u8; 32], HandshakeError> {
+    let shared = secret.diffie_hellman(&XPublic::from(*public));
+    if !shared.was_contributory() {
+        return Err(HandshakeError::WeakKey);
+    }
+    Ok(shared.to_bytes())
 }
 
 /// The keys a finished handshake yields.
@@ -221,9 +223,9 @@ impl Initiator {
         let e_pub = XPublic::from(&e).to_bytes();
         let mut msg = e_pub.to_vec();
         sym.mix_hash(&e_pub);
-        sym.mix_key(&dh(&e, &rs))?;
+        sym.mix_key(&dh(&e, &rs)?);
         msg.extend(sym.encrypt_and_hash(XPublic::from(&s).as_bytes()));
-        sym.mix_key(&dh(&s, &rs))?;
+        sym.mix_key(&dh(&s, &rs)?);
         msg.extend(sym.encrypt_and_hash(payload));
         Ok((Initiator { sym, e, s, rs }, msg))
     }
@@ -235,8 +237,8 @@ impl Initiator {
         }
         let re: [u8; 32] = msg[..32].try_into().expect("32 bytes");
         self.sym.mix_hash(&re);
-        self.sym.mix_key(&dh(&self.e, &re))?;
-        self.sym.mix_key(&dh(&self.s, &re))?;
+        self.sym.mix_key(&dh(&self.e, &re)?);
+        self.sym.mix_key(&dh(&self.s, &re)?);
         let payload = self.sym.decrypt_and_hash(&msg[32..])?;
         let (send, recv) = self.sym.split();
         Ok((Keys { send, recv, handshake_hash: self.sym.h, remote_static: self.rs }, payload))
@@ -262,9 +264,9 @@ pub fn respond<R: CryptoRng + ?Sized>(
     sym.mix_hash(XPublic::from(&s).as_bytes());
     let re: [u8; 32] = msg[..32].try_into().expect("32 bytes");
     sym.mix_hash(&re);
-    sym.mix_key(&dh(&s, &re))?;
+    sym.mix_key(&dh(&s, &re)?);
     let rs: [u8; 32] = sym.decrypt_and_hash(&msg[32..32 + 48])?.try_into().map_err(|_| HandshakeError::Decrypt)?;
-    sym.mix_key(&dh(&s, &rs))?;
+    sym.mix_key(&dh(&s, &rs)?);
     let their_payload = sym.decrypt_and_hash(&msg[80..])?;
     let our_payload = respond(&rs, &their_payload);
     let mut eb = [0u8; 32];
@@ -273,8 +275,8 @@ pub fn respond<R: CryptoRng + ?Sized>(
     let e_pub = XPublic::from(&e).to_bytes();
     let mut out = e_pub.to_vec();
     sym.mix_hash(&e_pub);
-    sym.mix_key(&dh(&e, &re))?;
-    sym.mix_key(&dh(&e, &rs))?;
+    sym.mix_key(&dh(&e, &re)?);
+    sym.mix_key(&dh(&e, &rs)?);
     out.extend(sym.encrypt_and_hash(&our_payload));
     let (recv, send) = sym.split();
     Ok((Keys { send, recv, handshake_hash: sym.h, remote_static: rs }, their_payload, out))
@@ -309,6 +311,29 @@ mod tests {
         let ct = ik.send.seal(7, b"ad", b"data");
         assert_eq!(rk.recv.open(7, b"ad", &ct).as_deref(), Some(&b"data"[..]));
         assert!(rk.recv.open(8, b"ad", &ct).is_none());
+    }
+
+    /// Small-order X25519 points (zero, one, and an order-8 point) as a
+    /// peer's static or ephemeral key make the DH output all zeros: refused.
+    #[test]
+    fn small_order_keys_are_refused() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let (is, _) = keypair(1);
+        let (rs, rp) = keypair(2);
+        let mut order8 = [0u8; 32];
+        order8[..8].copy_from_slice(&[0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae]);
+        order8[8..16].copy_from_slice(&[0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a]);
+        order8[16..24].copy_from_slice(&[0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd]);
+        order8[24..].copy_from_slice(&[0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00]);
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for bad in [[0u8; 32], one, order8] {
+            assert_eq!(Initiator::start(is, bad, b"p", b"", &mut rng).err(), Some(HandshakeError::WeakKey));
+            // A message 1 whose ephemeral is the bad point.
+            let (_, mut m1) = Initiator::start(is, rp, b"p", b"", &mut rng).expect("m1");
+            m1[..32].copy_from_slice(&bad);
+            assert_eq!(respond(rs, b"p", &m1, &mut rng, |_, _| vec![]).err(), Some(HandshakeError::WeakKey));
+        }
     }
 
     #[test]
