@@ -73,11 +73,14 @@ pub enum ConfigError {
     Stun(String, String),
 }
 
+/// The largest configuration file read (a real one is a few hundred bytes).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 impl FileConfig {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = super::read_capped(path, MAX_CONFIG_BYTES)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
@@ -116,6 +119,13 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.invite.expires.as_deref(), Some("1d"));
         assert_eq!(resolve_stun(&c.stun).expect("ip")[0], "198.18.0.1:3478".parse().expect("addr"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_config_file_is_refused() {
+        let e = FileConfig::load(Path::new("/dev/zero")).expect_err("refused");
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
     }
 
     #[test]

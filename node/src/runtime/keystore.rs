@@ -49,7 +49,8 @@ pub fn default_key_path() -> Result<PathBuf, KeyFileError> {
 /// created now.
 pub fn load_or_create(path: &Path) -> Result<(Identity, bool), KeyFileError> {
     let io_err = |source| KeyFileError::Io { path: path.to_owned(), source };
-    match fs::read_to_string(path) {
+    // A key file is two short lines; anything far larger is not one.
+    match super::read_capped(path, 4096) {
         Ok(text) => {
             check_permissions(path)?;
             parse(&text).map(|id| (id, false)).ok_or_else(|| KeyFileError::Corrupt(path.to_owned()))
@@ -123,6 +124,15 @@ mod tests {
         assert!(!created);
         assert_eq!(a.peer_id(), b.peer_id());
         fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// An endless file is refused after a few KiB, not read until memory
+    /// runs out.
+    #[cfg(unix)]
+    #[test]
+    fn an_endless_key_file_is_refused() {
+        let e = load_or_create(Path::new("/dev/zero")).expect_err("refused");
+        assert!(e.to_string().contains("larger than 4096 bytes"), "{e}");
     }
 
     #[test]

@@ -25,3 +25,19 @@ pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
 pub fn os_rng() -> OsRng {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
+
+/// Reads a text file of at most `cap` bytes: a larger file (or an endless
+/// one such as `/dev/zero`) is refused after `cap + 1` bytes instead of
+/// filling memory.
+pub fn read_capped(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes; not a file this program reads"),
+        ));
+    }
+    Ok(text)
+}
