@@ -275,4 +275,13 @@ fn bad_flags_and_occupied_ports_get_clear_errors() {
     let out = convoke(&dir, "a.key").arg("--config").arg(dir.path("bad.toml")).arg("invite").output().expect("invite");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+    // Values under [invite] are refused naming the field, not a flag.
+    for (text, field) in [("expires = \"5y\"", "expires"), ("rsvp_timeout = \"1x\"", "rsvp_timeout")] {
+        fs::write(dir.path("bad.toml"), format!("[invite]\n{text}\n")).expect("write");
+        let out =
+            convoke(&dir, "a.key").arg("--config").arg(dir.path("bad.toml")).arg("invite").output().expect("invite");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("[invite] {field}")) && !err.contains("--"), "{err}");
+    }
 }

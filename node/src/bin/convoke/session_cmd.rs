@@ -585,16 +585,25 @@ fn run_node<A: App<Output = Result<(), Failure>>>(
 pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
     let (identity, _) = ctx.identity()?;
     let file = ctx.file.clone().unwrap_or_default();
+    // A value from the configuration file is refused naming its field.
+    let from_file = |field: &str, v: Option<&str>| {
+        v.map(|v| parse_duration(v).map_err(|e| format!("configuration file, [invite] {field}: {e}"))).transpose()
+    };
     let expires = match a.expires {
         Some(e) => e,
-        None => file.invite.expires.as_deref().map(parse_duration).transpose()?.unwrap_or(86_400),
+        None => from_file("expires", file.invite.expires.as_deref())?.unwrap_or(86_400),
     };
-    let rsvp_timeout = match a.rsvp_timeout {
-        Some(t) => t,
-        None => file.invite.rsvp_timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(30),
+    let (rsvp_timeout, rsvp_source) = match a.rsvp_timeout {
+        Some(t) => (t, "--rsvp-timeout"),
+        None => (
+            from_file("rsvp_timeout", file.invite.rsvp_timeout.as_deref())?.unwrap_or(30),
+            "the configuration file's [invite] rsvp_timeout",
+        ),
     };
-    // Refuse a bad --rsvp-timeout before binding anything.
-    mode(a.reusable, a.rsvp_required, rsvp_timeout)?;
+    // Refuse a bad RSVP timeout before binding anything.
+    if u32::try_from(rsvp_timeout).is_err() {
+        return Err(format!("{rsvp_source} is too long").into());
+    }
     run_node(ctx, &a.node, identity, |out_tx| {
         // The invitation carries the final candidates (STUN answers come
         // once the node runs): `InviteApp::on_ready` mints it.
