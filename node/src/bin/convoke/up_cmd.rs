@@ -214,6 +214,10 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
 pub fn broadcast(ctx: &Ctx, a: BroadcastArgs) -> Result<(), Failure> {
     let sockets = control::find_sockets(a.control.as_deref());
     let rt = runtime()?;
+    let max = convoke_node::member::MAX_PAYLOAD;
+    if a.message.len() > max {
+        return Err(format!("a broadcast carries at most {max} bytes; this message has {}", a.message.len()).into());
+    }
     let req = Request::Broadcast { data: a.message.clone() };
     for s in &sockets {
         let Ok(answer) = rt.block_on(control::request(s, &req)) else { continue };
