@@ -164,6 +164,9 @@ pub struct HostStats {
     pub refused_peers: u64,
     /// Sessions established.
     pub established: u64,
+    /// Inviter sessions given up: the initiator never sent an
+    /// authenticated packet after our answer (a replayed initiation).
+    pub unconfirmed: u64,
 }
 
 struct Open {
@@ -176,6 +179,10 @@ struct Open {
     /// Inviter: the answer to the initiation (by its ephemeral key), resent
     /// if the initiation comes again, until the first data packet.
     resend: Option<Box<([u8; 32], Vec<u8>)>>,
+    /// Inviter: until when we wait for the initiator's first authenticated
+    /// packet, which alone proves it holds the handshake's keys (anyone can
+    /// replay a message 1). `None` once it came, and for the invitee.
+    unconfirmed: Option<Instant>,
 }
 
 struct Initiating {
@@ -393,7 +400,9 @@ impl Host {
             let cfg = &self.config.session;
             let mut failed = false;
             let socket = self.endpoint.socket_of(id).unwrap_or_default();
+            let mut unconfirmed = false;
             match self.sessions.get_mut(&id).map(|s| &mut s.phase) {
+                Some(Phase::Open(o)) if o.unconfirmed.is_some_and(|t| t <= now) => unconfirmed = true,
                 Some(Phase::Open(o)) => o.conn.handle_timeout(cfg, now),
                 Some(Phase::Initiating(i)) if i.next_retry <= now => {
                     if i.tries >= self.config.handshake_tries {
@@ -410,6 +419,15 @@ impl Host {
                 self.drop_session(id);
                 self.endpoint.close(id);
                 self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the peer did not answer" });
+            }
+            if unconfirmed {
+                self.stats.unconfirmed += 1;
+                self.drop_session(id);
+                self.endpoint.close(id);
+                self.events.push_back(HostEvent::HandshakeFailed {
+                    session: id,
+                    reason: "the initiator never sent an authenticated packet (a replayed initiation?)",
+                });
             }
         }
         self.pump(now);
@@ -481,7 +499,7 @@ impl Host {
             self.timers.remove(&(at, id));
         }
         let at = match self.sessions.get(&id).map(|s| &s.phase) {
-            Some(Phase::Open(o)) => o.conn.poll_timeout(),
+            Some(Phase::Open(o)) => [o.conn.poll_timeout(), o.unconfirmed].into_iter().flatten().min(),
             Some(Phase::Initiating(i)) => Some(i.next_retry),
             None => None,
         };
@@ -520,7 +538,10 @@ impl Host {
                     let id = *attempt;
                     if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
                         o.conn.abandon(CloseReason::PathLost);
-                        self.events.push_back(HostEvent::Closed { session: id, reason: CloseReason::PathLost });
+                        // Nobody was told of a session never confirmed.
+                        if o.unconfirmed.is_none() {
+                            self.events.push_back(HostEvent::Closed { session: id, reason: CloseReason::PathLost });
+                        }
                     }
                     self.drop_session(id);
                 }

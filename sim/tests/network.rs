@@ -13,7 +13,7 @@ invite_delay_s = [2, 10]
 rsvp_delay_s = [2, 20]
 [population]
 nodes = 40
-mix = { public = 0.1, full-cone = 0.05, restricted-cone = 0.15, port-restricted = 0.5, symmetric = 0.1, symmetric-cgnat = 0.1 }
+mix = { public = 0.1, full-cone = 0.05, restricted-cone = 0.15, port-restricted = 0.3, symmetric = 0.3, symmetric-cgnat = 0.1 }
 first = "public"
 [cgnat]
 homes = 4
@@ -36,8 +36,10 @@ fn every_node_the_nat_model_lets_in_ends_up_in_one_network() {
     let r = run(BASE, 3);
     let m = r.members.as_ref().expect("a network run reports its members");
     assert_eq!(m.nodes, 41, "the first member and 40 newcomers");
-    // The mix has symmetric newcomers whose contact filters by port: some
-    // cannot get in with one card, and the report says so.
+    // Four in ten newcomers map per destination, and so do four in ten of
+    // their contacts: a pair with no direct path is all but certain (the
+    // chance of none among 40 joins is about 0.1%), and the report counts
+    // such newcomers out of `allowed`.
     assert!(m.allowed < m.nodes, "{m:?}");
     assert!(m.joined >= m.allowed, "every node the NAT model lets in is in: {m:?}");
     assert_eq!(m.components, 1, "one network, not islands: {m:?}");

@@ -117,11 +117,35 @@ impl Host {
     ) {
         let remote = conn.remote;
         let remote_kind = binding.remote_kind.unwrap_or(CandidateKind::Prflx);
-        let open =
-            Open { conn, peer, remote_kind, via: binding.via, inviter: binding.inviter, established: now, resend };
+        let mut conn = conn;
+        // The responder (answering with `resend`) reports the session once
+        // the initiator's first authenticated packet arrives: a message 1
+        // can be replayed by anyone, a packet under the session's keys
+        // cannot. It waits as long as the initiator keeps retrying. The
+        // initiator sends that packet at once.
+        let unconfirmed = resend.is_some().then(|| {
+            let tries = self.config.handshake_tries.min(10) + 1;
+            now + self.config.handshake_rto * (1 << tries)
+        });
+        if unconfirmed.is_none() {
+            conn.ping();
+        }
+        let open = Open {
+            conn,
+            peer,
+            remote_kind,
+            via: binding.via,
+            inviter: binding.inviter,
+            established: now,
+            resend,
+            unconfirmed,
+        };
         self.by_index.insert(local_index, id);
         self.sessions.insert(id, Session { local_index, phase: Phase::Open(Box::new(open)) });
         self.active.insert(id);
+        if unconfirmed.is_some() {
+            return;
+        }
         self.stats.established += 1;
         self.events.push_back(HostEvent::Established {
             session: id,

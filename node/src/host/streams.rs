@@ -97,7 +97,10 @@ impl Host {
 
     /// Established sessions.
     pub fn sessions(&self) -> impl Iterator<Item = AttemptId> + '_ {
-        self.sessions.iter().filter(|(_, s)| matches!(s.phase, Phase::Open(_))).map(|(id, _)| *id)
+        self.sessions
+            .iter()
+            .filter(|(_, s)| matches!(&s.phase, Phase::Open(o) if o.unconfirmed.is_none()))
+            .map(|(id, _)| *id)
     }
 
     pub(super) fn on_data(&mut self, now: Instant, data: &mut [u8]) {
@@ -116,6 +119,19 @@ impl Host {
         };
         if o.conn.handle_packet(cfg, now, data) {
             o.resend = None;
+            // The initiator's first authenticated packet: now the session
+            // is real (see `Open::unconfirmed`).
+            if o.unconfirmed.take().is_some() {
+                self.stats.established += 1;
+                self.events.push_back(HostEvent::Established {
+                    session: id,
+                    peer: o.peer,
+                    remote: o.conn.remote,
+                    remote_kind: o.remote_kind,
+                    via: o.via,
+                    inviter: o.inviter,
+                });
+            }
             if std::mem::take(&mut o.conn.readable_changed) {
                 self.events.push_back(HostEvent::Readable { session: id });
             }

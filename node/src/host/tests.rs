@@ -435,3 +435,34 @@ fn stun_query_learns_the_mapped_address() {
     assert!(net.drive(Duration::from_secs(10), |n| n.peers[1].events.len() == 2));
     assert_eq!(net.peers[1].events[1], HostEvent::StunFailed { server: nowhere });
 }
+
+/// Anyone can replay a message 1, but only the initiator holds the keys it
+/// leads to: an inviter whose answer is never followed by an authenticated
+/// packet reports no session (a replayed initiation looks just like this),
+/// gives up once the initiator would have, and frees the attempt.
+#[test]
+fn an_initiation_without_an_authenticated_packet_is_no_session() {
+    let mut net = Net::new(HostConfig::default());
+    net.drop = Some(Box::new(|i, bytes| i == 1 && bytes.first() == Some(&conn::DATA)));
+    let inv = net.invitation(ConnectionMode::default());
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    let failed = |n: &Net| {
+        n.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::HandshakeFailed { reason, .. } if reason.contains("authenticated packet")))
+    };
+    assert!(net.drive(Duration::from_secs(60), |n| failed(n)), "the inviter gave up");
+    assert!(net.established(1).is_some(), "the initiator read the answer");
+    assert!(net.established(0).is_none(), "the inviter reported a session nobody proved");
+    assert_eq!(net.peers[0].host.stats().unconfirmed, 1);
+    assert_eq!(net.peers[0].host.sessions().count(), 0);
+    // With the initiator's packets let through, the same exchange is a
+    // session on both sides.
+    let mut net = Net::new(HostConfig::default());
+    let ids = connect(&mut net, ConnectionMode::default());
+    assert_eq!(net.peers[0].host.sessions().collect::<Vec<_>>(), vec![ids.0]);
+    assert_eq!(net.peers[0].host.stats().unconfirmed, 0);
+}

@@ -403,6 +403,13 @@ impl Connection {
         }
     }
 
+    /// Sends an acknowledgement-eliciting packet at the next chance (the
+    /// initiator's first packet, which confirms the handshake to the
+    /// responder).
+    pub fn ping(&mut self) {
+        self.ping_due = true;
+    }
+
     /// Ends the session without a word (the path is gone).
     pub fn abandon(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
