@@ -339,8 +339,17 @@ impl<'a> Reader<'a> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8(field)?;
+            // The tenth byte holds bit 63 only.
+            if shift == 63 && b > 1 {
+                break;
+            }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
+                // One value, one encoding: a final zero byte after others
+                // would be a second spelling of a shorter varint.
+                if shift > 0 && b == 0 {
+                    return Err(TokenError::Malformed(format!("{field}: varint not in its shortest form")));
+                }
                 return Ok(v);
             }
         }
@@ -514,4 +523,29 @@ fn read_candidate(r: &mut Reader<'_>, index: usize) -> Result<Candidate, TokenEr
         ip => SocketAddr::new(ip, port),
     };
     Ok(Candidate { kind, address, priority })
+}
+
+#[cfg(test)]
+mod varint_tests {
+    use super::*;
+
+    fn read(bytes: &[u8]) -> Result<u64, TokenError> {
+        Reader { buf: bytes }.varint("n")
+    }
+
+    #[test]
+    fn a_varint_has_one_spelling_and_64_bits() {
+        assert_eq!(read(&[0x05]), Ok(5));
+        assert_eq!(read(&[0x80, 0x01]), Ok(128));
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(read(&max), Ok(u64::MAX));
+        // 5 spelled in two bytes, and 0 in two.
+        for longer in [&[0x85, 0x00][..], &[0x80, 0x00], &[0xff, 0xff, 0x00]] {
+            let e = read(longer).expect_err("not minimal");
+            assert!(e.to_string().contains("shortest form"), "{e}");
+        }
+        // Bits past 64 in the tenth byte.
+        let over = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(read(&over).expect_err("too long").to_string().contains("64 bits"));
+    }
 }

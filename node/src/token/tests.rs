@@ -174,6 +174,30 @@ fn compact_truncation_names_the_field() {
     assert_eq!(Token::decode_compact_bytes(&long), Err(TokenError::TrailingBytes(1)));
 }
 
+/// The text form read two ways: a repeated key (serde_json would keep the
+/// last) and bytes after the DEFLATE stream are refused, not ignored.
+#[test]
+fn text_tokens_with_two_readings_are_refused() {
+    let t = typical(&Identity::from_secret_bytes([1; 32]));
+    let wrap = |json: &[u8], extra: &[u8]| {
+        use std::io::Write;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(json).expect("deflate");
+        let mut d = enc.finish().expect("deflate");
+        d.extend_from_slice(extra);
+        format!("{TEXT_PREFIX}{}", base64::Engine::encode(&B64, d))
+    };
+    let json = text::to_json(&t);
+    assert_eq!(decode(&wrap(&json, b"")).expect("the token itself").signature, t.signature);
+    let mut twice = b"{\"version\":\"0\",".to_vec();
+    twice.extend_from_slice(&json[1..]);
+    match decode(&wrap(&twice, b"")) {
+        Err(TokenError::Malformed(m)) => assert!(m.contains("duplicate key \"version\""), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decode(&wrap(&json, b"\0")).err(), Some(TokenError::TrailingBytes(1)));
+}
+
 #[test]
 fn non_derived_values_survive_the_compact_form() {
     let id = Identity::from_secret_bytes([5; 32]);
