@@ -167,6 +167,9 @@ pub struct HostStats {
     /// Inviter sessions given up: the initiator never sent an
     /// authenticated packet after our answer (a replayed initiation).
     pub unconfirmed: u64,
+    /// Inviter attempts freed: the checks succeeded but no handshake
+    /// initiation followed.
+    pub no_handshake: u64,
 }
 
 struct Open {
@@ -224,6 +227,9 @@ pub struct Host {
     sessions: BTreeMap<AttemptId, Session>,
     by_index: HashMap<u32, AttemptId>,
     early_init: HashMap<AttemptId, (SocketAddr, Vec<u8>)>,
+    /// Inviter: attempts whose checks succeeded, and until when we wait
+    /// for the invitee's handshake initiation before freeing them.
+    awaiting_init: BTreeMap<AttemptId, Instant>,
     stun: HashMap<TransactionId, StunQuery>,
     timers: BTreeSet<(Instant, AttemptId)>,
     scheduled: HashMap<AttemptId, Instant>,
@@ -271,6 +277,7 @@ impl Host {
             sessions: BTreeMap::new(),
             by_index: HashMap::new(),
             early_init: HashMap::new(),
+            awaiting_init: BTreeMap::new(),
             stun: HashMap::new(),
             timers: BTreeSet::new(),
             scheduled: HashMap::new(),
@@ -390,6 +397,19 @@ impl Host {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
         self.stun_timeouts(now);
+        let silent: Vec<AttemptId> = self.awaiting_init.iter().filter(|&(_, &t)| t <= now).map(|(&id, _)| id).collect();
+        for id in silent {
+            self.awaiting_init.remove(&id);
+            if !self.sessions.contains_key(&id) {
+                self.stats.no_handshake += 1;
+                self.early_init.remove(&id);
+                self.endpoint.close(id);
+                self.events.push_back(HostEvent::HandshakeFailed {
+                    session: id,
+                    reason: "the invitee finished the checks but never started the handshake",
+                });
+            }
+        }
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -491,7 +511,14 @@ impl Host {
     /// When [`Host::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stun = self.stun.values().map(|q| q.next).min();
-        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun].into_iter().flatten().min()
+        let init = self.awaiting_init.values().min().copied();
+        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init].into_iter().flatten().min()
+    }
+
+    /// How long an invitee keeps retrying its handshake initiation: what
+    /// the inviter waits for it, and for its first packet after the answer.
+    fn handshake_patience(&self) -> std::time::Duration {
+        self.config.handshake_rto * (1 << (self.config.handshake_tries.min(10) + 1))
     }
 
     fn reschedule(&mut self, id: AttemptId) {
@@ -514,6 +541,7 @@ impl Host {
             self.by_index.remove(&s.local_index);
         }
         self.early_init.remove(&id);
+        self.awaiting_init.remove(&id);
         self.active.remove(&id);
         if let Some(at) = self.scheduled.remove(&id) {
             self.timers.remove(&(at, id));
@@ -532,6 +560,11 @@ impl Host {
                         self.on_init(now, from, &init);
                     } else if !self.sessions.contains_key(&id) {
                         self.initiate(id, remote, now);
+                    }
+                    // An inviter waits for the initiation only as long as
+                    // an invitee would keep sending it.
+                    if !self.sessions.contains_key(&id) && self.endpoint.binding(id).is_some_and(|b| b.inviter) {
+                        self.awaiting_init.insert(id, now + self.handshake_patience());
                     }
                 }
                 IceEvent::ConsentLost { attempt } | IceEvent::Failed { attempt, .. } => {

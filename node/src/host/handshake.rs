@@ -123,10 +123,7 @@ impl Host {
         // can be replayed by anyone, a packet under the session's keys
         // cannot. It waits as long as the initiator keeps retrying. The
         // initiator sends that packet at once.
-        let unconfirmed = resend.is_some().then(|| {
-            let tries = self.config.handshake_tries.min(10) + 1;
-            now + self.config.handshake_rto * (1 << tries)
-        });
+        let unconfirmed = resend.is_some().then(|| now + self.handshake_patience());
         if unconfirmed.is_none() {
             conn.ping();
         }
@@ -141,6 +138,7 @@ impl Host {
             unconfirmed,
         };
         self.by_index.insert(local_index, id);
+        self.awaiting_init.remove(&id);
         self.sessions.insert(id, Session { local_index, phase: Phase::Open(Box::new(open)) });
         self.active.insert(id);
         if unconfirmed.is_some() {

@@ -466,3 +466,33 @@ fn an_initiation_without_an_authenticated_packet_is_no_session() {
     assert_eq!(net.peers[0].host.sessions().collect::<Vec<_>>(), vec![ids.0]);
     assert_eq!(net.peers[0].host.stats().unconfirmed, 0);
 }
+
+/// An invitee that completes the checks but never starts the handshake
+/// does not hold the inviter's attempt for as long as it answers consent:
+/// the inviter waits as long as an invitee would retry, then frees it.
+#[test]
+fn checks_without_a_handshake_free_the_attempt() {
+    let mut net = Net::new(HostConfig::default());
+    net.drop = Some(Box::new(|i, bytes| i == 1 && bytes.first() == Some(&HANDSHAKE_INIT)));
+    let inv = net.invitation(ConnectionMode::default());
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    let freed = |n: &Net| {
+        n.peers[0].events.iter().find_map(|e| match e {
+            HostEvent::HandshakeFailed { session, reason } if reason.contains("never started") => Some(*session),
+            _ => None,
+        })
+    };
+    assert!(net.drive(Duration::from_secs(60), |n| freed(n).is_some()), "the inviter freed the attempt");
+    let id = freed(&net).expect("freed");
+    assert!(
+        net.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::Ice(IceEvent::Connected { attempt, .. }) if *attempt == id))
+    );
+    assert_eq!(net.peers[0].host.stats().no_handshake, 1);
+    assert_ne!(net.peers[0].host.endpoint().state(id), Some(crate::ice::State::Connected));
+    assert!(net.established(0).is_none());
+}
