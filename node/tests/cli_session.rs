@@ -285,3 +285,25 @@ fn bad_flags_and_occupied_ports_get_clear_errors() {
         assert!(err.contains(&format!("[invite] {field}")) && !err.contains("--"), "{err}");
     }
 }
+
+/// A forged token (no valid signature needed) or an error quoting one must
+/// not drive the terminal of whoever inspects it.
+#[test]
+fn inspecting_a_hostile_token_prints_no_control_characters() {
+    let dir = Scratch::new("escapes");
+    let identity = Identity::from_secret_bytes([6; 32]);
+    let params = InvitationParams {
+        candidates: Candidate::list([(CandidateKind::Host, "127.0.0.1:4433".parse().expect("addr"))]),
+        ..InvitationParams::default()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let mut t = Token::new_invitation(&identity, params, now, &mut ChaCha20Rng::seed_from_u64(2));
+    t.body.network_id = Some("net\u{1b}[2J\u{1b}]0;owned\u{7}\rfake line".into());
+    t.body.metadata.insert("k\u{9b}31m".into(), "v\u{202e}txt.exe".into());
+    let out = convoke(&dir, "a.key").args(["token", "inspect", &t.encode_text()]).output().expect("inspect");
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("\\u{1b}[2J"), "{all}");
+    for c in ['\u{1b}', '\u{7}', '\r', '\u{9b}', '\u{202e}'] {
+        assert!(!all.contains(c), "{c:?} reached the terminal: {all:?}");
+    }
+}

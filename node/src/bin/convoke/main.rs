@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("convoke: {}", f.message);
+                eprintln!("convoke: {}", util::printable(&f.message));
             }
             ExitCode::from(f.status)
         }

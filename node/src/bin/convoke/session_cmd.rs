@@ -23,7 +23,7 @@ use rand_core::Rng;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::util::{format_time, parse_duration, read_token_arg};
+use crate::util::{format_time, parse_duration, printable, read_token_arg};
 use crate::{Ctx, Failure};
 
 /// Options every running node shares.
@@ -208,7 +208,8 @@ impl Pipe {
         if self.json {
             eprintln!("{event}");
         } else if !self.quiet {
-            eprintln!("{}", human.as_ref());
+            // Messages may quote a peer (its close reason, its key).
+            eprintln!("{}", printable(human.as_ref()));
         }
     }
 

@@ -11,7 +11,7 @@ use convoke_node::token::{
     Token, TokenError, TokenType,
 };
 
-use crate::util::{format_span, format_time, parse_duration, read_token_arg};
+use crate::util::{format_span, format_time, parse_duration, printable, read_token_arg};
 use crate::{Ctx, Failure};
 
 #[derive(Subcommand, Debug)]
@@ -206,7 +206,8 @@ fn print_human(t: &Token, verdict: &Result<(), TokenError>, now: u64, linked: bo
         Err(_) => "INVALID",
     };
     println!("{status} {}", b.token_type);
-    let row = |k: &str, v: String| println!("  {k:<14} {v}");
+    // Every value may come from whoever made the token (or forged it).
+    let row = |k: &str, v: String| println!("  {:<14} {}", printable(k), printable(&v));
     row("token id", b.token_id.to_string());
     if let Some(r) = &b.in_reply_to {
         row("in reply to", r.to_string());

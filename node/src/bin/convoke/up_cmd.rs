@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::session_cmd::{NodeArgs, node_config, runtime, seed};
-use crate::util::read_token_arg;
+use crate::util::{printable, read_token_arg};
 use crate::{Ctx, Failure};
 
 /// `convoke up`.
@@ -168,7 +168,7 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
                     let line = if json_out {
                         json!({ "event": "message", "from": origin.to_string(), "seq": seq, "hops": hops, "data": String::from_utf8_lossy(data) }).to_string()
                     } else {
-                        format!("{}: {}", short(origin), String::from_utf8_lossy(data))
+                        format!("{}: {}", short(origin), printable(&String::from_utf8_lossy(data)))
                     };
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
@@ -178,7 +178,7 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
             if json_out {
                 eprintln!("{v}");
             } else if !quiet && let Some(t) = text {
-                eprintln!("convoke: {t}");
+                eprintln!("convoke: {}", printable(&t));
             }
         }
         Ok(())

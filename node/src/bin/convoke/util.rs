@@ -57,6 +57,29 @@ pub fn format_span(secs: u64) -> String {
     }
 }
 
+/// Text from a token, a peer or the network made safe to show a person:
+/// control characters (C0, DEL and C1: ESC, BEL, CR, the 8-bit CSI...) and
+/// the marks that reorder text (bidirectional overrides and isolates) are
+/// written as escapes, so nobody can drive a terminal, rewrite a line or
+/// fake one "from" someone else. JSON output is already escaped.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The token text from an argument, or from standard input for `-`. Reads
 /// at most a little more than any valid token, so a huge input is refused
 /// without being held in memory.
@@ -78,6 +101,15 @@ pub fn read_token_arg(arg: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printable_escapes_what_drives_a_terminal() {
+        use super::printable;
+        assert_eq!(printable("plain text, ünïcode ✓"), "plain text, ünïcode ✓");
+        assert_eq!(printable("a\x1b[2Jb\x07\rc\nd"), "a\\u{1b}[2Jb\\u{7}\\rc\\nd");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m", "the 8-bit CSI");
+        assert_eq!(printable("user\u{202e}gpj.exe"), "user\\u{202e}gpj.exe");
+    }
+
     use super::*;
 
     #[test]
