@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use rand_core::Rng;
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
 
 use super::{HANDSHAKE_INIT, HANDSHAKE_RESP, Host, HostEvent, Initiating, Open, PROLOGUE_LABEL, Phase, Session};
 use crate::ice::{AttemptId, Binding, State, Transmit};
@@ -75,6 +76,7 @@ impl Host {
             }
             local_index.to_be_bytes().to_vec()
         });
+        self.erase_past();
         let Ok((keys, _, msg2)) = answer else {
             self.stats.dropped += 1;
             return;
@@ -155,6 +157,19 @@ impl Host {
         });
     }
 
+    /// Fast key erasure after drawing an ephemeral key: the generator is
+    /// replaced by one seeded from its own output, so whoever reads this
+    /// memory later cannot seek the old one back to past ephemerals (a
+    /// ChaCha20 generator can seek anywhere in its stream) and break
+    /// forward secrecy. Unlike drawing each ephemeral from the OS, this
+    /// keeps the simulator's seeded runs reproducible.
+    fn erase_past(&mut self) {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        self.rng = ChaCha20Rng::from_seed(seed);
+        seed.fill(0);
+    }
+
     pub(super) fn new_index(&mut self) -> u32 {
         loop {
             let i = self.rng.next_u32();
@@ -221,8 +236,9 @@ impl Host {
         let local_index = self.new_index();
         let mut payload = self.public.0.to_vec();
         payload.extend_from_slice(&local_index.to_be_bytes());
-        let Ok((init, msg1)) = Initiator::start(self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng)
-        else {
+        let started = Initiator::start(self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng);
+        self.erase_past();
+        let Ok((init, msg1)) = started else {
             self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation's key is weak" });
             return;
         };

@@ -496,3 +496,33 @@ fn checks_without_a_handshake_free_the_attempt() {
     assert_ne!(net.peers[0].host.endpoint().state(id), Some(crate::ice::State::Connected));
     assert!(net.established(0).is_none());
 }
+
+/// Forward secrecy against a later memory read: the host's generator after
+/// a handshake cannot be wound back to the ephemeral key it drew.
+#[test]
+fn the_generator_cannot_be_wound_back_to_a_past_ephemeral() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut net = Net::new(HostConfig::default());
+    let seen: Rc<RefCell<Option<[u8; 32]>>> = Rc::default();
+    let record = seen.clone();
+    net.drop = Some(Box::new(move |i, bytes| {
+        if i == 1 && bytes.first() == Some(&HANDSHAKE_INIT) && record.borrow().is_none() {
+            let n = usize::from(bytes[1]);
+            *record.borrow_mut() = bytes[2 + n..2 + n + 32].try_into().ok();
+        }
+        false
+    }));
+    connect(&mut net, ConnectionMode::default());
+    let e_pub = seen.borrow().expect("the initiation went out");
+    // Rewind a copy of the invitee's generator to the start of its stream
+    // and look for a 32-byte draw whose public key is the ephemeral's.
+    let mut rng = net.peers[1].host.rng.clone();
+    let found = (0..2048u128).any(|word| {
+        rng.set_word_pos(word);
+        let mut eb = [0u8; 32];
+        rng.fill_bytes(&mut eb);
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(eb)).to_bytes() == e_pub
+    });
+    assert!(!found, "the ephemeral key can be recomputed from the host's memory");
+}
