@@ -34,6 +34,11 @@ pub const OVERHEAD: usize = HEADER + TAG;
 /// is REKEY's (Noise rev. 34 §4.2), never a packet's.
 const MAX_PN: u64 = u64::MAX - 1;
 
+/// How long the previous epoch's receive key is kept after a rekey: long
+/// enough for packets reordered across it, short enough that a memory read
+/// later finds only the current key.
+const PREVIOUS_KEY_KEPT: Duration = Duration::from_secs(3);
+
 /// Session tunables. `Default` cites where each number comes from.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -155,7 +160,10 @@ pub(crate) struct Connection {
     send_epoch_packets: u64,
     send_epoch_start: Instant,
     recv_key: PacketKey,
-    recv_prev: Option<PacketKey>,
+    /// The previous epoch's key, for packets reordered across a rekey,
+    /// and when the current epoch began: it is dropped (and wiped)
+    /// [`PREVIOUS_KEY_KEPT`] later.
+    recv_prev: Option<(PacketKey, Instant)>,
     recv_epoch: u8,
     next_pn: u64,
     replay: ReplayWindow,
@@ -231,7 +239,7 @@ fn nonce(pn: u64) -> Nonce {
 /// AVX2 backend, whose intrinsics did not inline. The raw 32 bytes are kept
 /// (ring's expanded key is far larger) and expanded per packet, which costs
 /// a copy.
-#[derive(Clone)]
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct PacketKey([u8; 32]);
 
 impl PacketKey {
@@ -410,6 +418,13 @@ impl Connection {
         self.ping_due = true;
     }
 
+    fn forget_previous_key(&mut self, now: Instant) {
+        if self.recv_prev.as_ref().is_some_and(|(_, since)| now.saturating_duration_since(*since) >= PREVIOUS_KEY_KEPT)
+        {
+            self.recv_prev = None;
+        }
+    }
+
     /// Ends the session without a word (the path is gone).
     pub fn abandon(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
@@ -424,6 +439,7 @@ impl Connection {
     /// addressed to this session). Returns false if it was dropped.
     pub fn handle_packet(&mut self, config: &SessionConfig, now: Instant, data: &mut [u8]) -> bool {
         let Some(h) = Header::parse(data) else { return false };
+        self.forget_previous_key(now);
         // The last nonce belongs to REKEY: no packet is ever sealed with it
         // (see `MAX_PN`), and only a hostile peer would send it.
         if matches!(self.closing, Closing::Closed) || h.pn > MAX_PN || !self.replay.check(h.pn) {
@@ -437,12 +453,12 @@ impl Connection {
         let opened = if h.epoch == self.recv_epoch {
             self.recv_key.open(n, header, ct, tag)
         } else if h.epoch == self.recv_epoch.wrapping_sub(1) {
-            self.recv_prev.as_ref().is_some_and(|k| k.open(n, header, ct, tag))
+            self.recv_prev.as_ref().is_some_and(|(k, _)| k.open(n, header, ct, tag))
         } else if h.epoch == next_epoch {
             let next = self.recv_key.rekey();
             let ok = next.open(n, header, ct, tag);
             if ok {
-                self.recv_prev = Some(std::mem::replace(&mut self.recv_key, next));
+                self.recv_prev = Some((std::mem::replace(&mut self.recv_key, next), now));
                 self.recv_epoch = next_epoch;
             }
             ok
@@ -634,6 +650,7 @@ impl Connection {
 
     /// Runs timers due at `now`.
     pub fn handle_timeout(&mut self, config: &SessionConfig, now: Instant) {
+        self.forget_previous_key(now);
         if self.loss_deadline.is_some_and(|d| d <= now) {
             self.detect_lost(now);
             self.trim_sent();
@@ -832,6 +849,29 @@ mod tests {
         a.ping_due = true;
         assert!(a.poll_transmit(&cfg, now).is_none());
         assert_eq!(a.closed, Some(CloseReason::ProtocolViolation("packet numbers exhausted")));
+    }
+
+    /// Packets reordered across a rekey still open for a moment; then the
+    /// old key is gone (and wiped), and so are its stragglers.
+    #[test]
+    fn the_previous_epoch_key_is_kept_briefly() {
+        fn assert_wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        assert_wiped_on_drop::<PacketKey>();
+        assert_wiped_on_drop::<crate::session::noise::CipherState>();
+        let now = Instant::now();
+        let cfg = SessionConfig { rekey_after_packets: 2, ..SessionConfig::default() };
+        let (mut a, mut b) = pair(now);
+        let mut sealed = Vec::new();
+        for _ in 0..3 {
+            let mut plain = Vec::new();
+            frame::put_ping(&mut plain);
+            sealed.push(a.seal(&cfg, now, plain));
+        }
+        assert_eq!((sealed[0][1], sealed[1][1], sealed[2][1]), (0, 0, 1), "epochs");
+        assert!(b.handle_packet(&cfg, now, &mut sealed[2]), "the new epoch");
+        assert!(b.handle_packet(&cfg, now + Duration::from_secs(1), &mut sealed[0]), "reordered, in time");
+        assert!(!b.handle_packet(&cfg, now + PREVIOUS_KEY_KEPT, &mut sealed[1]), "the old key is gone");
+        assert!(b.recv_prev.is_none());
     }
 
     /// The packet cipher (ring) and the handshake's (RustCrypto) are the

@@ -45,7 +45,7 @@ pub enum HandshakeError {
 }
 
 /// A cipher key with its nonce counter (Noise `CipherState`).
-#[derive(Clone)]
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct CipherState {
     key: [u8; 32],
     nonce: u64,
@@ -122,7 +122,7 @@ fn hkdf2(ck: &[u8; 32], ikm: &[u8]) -> ([u8; 32], [u8; 32]) {
     (o1, o2)
 }
 
-#[derive(Clone)]
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 struct Symmetric {
     ck: [u8; 32],
     h: [u8; 32],
