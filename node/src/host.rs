@@ -356,7 +356,9 @@ impl Host {
     /// Closes an attempt or session at once (the peer is told if a session
     /// is open).
     pub fn close(&mut self, id: AttemptId, now: Instant) {
-        if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
+        if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id)
+            && o.unconfirmed.is_none()
+        {
             o.conn.close(0, "closed");
             self.active.insert(id);
         } else {
@@ -482,17 +484,20 @@ impl Host {
                 // yet stays until it has (reading re-activates it): the
                 // peer's close must not take its last data with it.
                 if out.is_none() && !o.conn.is_open() && o.conn.readable() == 0 {
-                    closed = o.conn.closed.clone();
+                    closed = o.conn.closed.clone().map(|r| (r, o.unconfirmed.is_none()));
                 }
             }
             if out.is_none() {
                 self.active.remove(&id);
                 self.reschedule(id);
             }
-            if let Some(reason) = closed {
+            if let Some((reason, reported)) = closed {
                 self.drop_session(id);
                 self.endpoint.close(id);
-                self.events.push_back(HostEvent::Closed { session: id, reason });
+                // Nobody was told of a session never confirmed.
+                if reported {
+                    self.events.push_back(HostEvent::Closed { session: id, reason });
+                }
             }
             if out.is_some() {
                 return out;

@@ -48,14 +48,19 @@ impl Host {
             self.stats.dropped += 1;
             return;
         };
-        if let Some(s) = self.sessions.get(&id) {
-            // A repeated initiation: the invitee missed our answer.
-            if let Phase::Open(o) = &s.phase
+        let patience = self.handshake_patience();
+        let socket = self.endpoint.socket_of(id).unwrap_or_default();
+        if let Some(s) = self.sessions.get_mut(&id) {
+            // A repeated initiation: the invitee missed our answer. Its
+            // confirming packet can only start once this one arrives.
+            if let Phase::Open(o) = &mut s.phase
                 && let Some(r) = &o.resend
                 && msg1[..32] == r.0
             {
-                let socket = self.endpoint.socket_of(id).unwrap_or_default();
                 self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone(), socket });
+                if o.unconfirmed.is_some() {
+                    o.unconfirmed = Some(now + patience);
+                }
             }
             return;
         }

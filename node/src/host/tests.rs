@@ -526,3 +526,32 @@ fn the_generator_cannot_be_wound_back_to_a_past_ephemeral() {
     });
     assert!(!found, "the ephemeral key can be recomputed from the host's memory");
 }
+
+/// On a lossy path the inviter's wait for the initiator's first packet
+/// starts again with each answer it resends: the invitee can only begin
+/// confirming once an answer gets through.
+#[test]
+fn a_late_answer_still_becomes_a_session_on_both_sides() {
+    let mut net = Net::new(HostConfig::default());
+    let (mut answers, mut packets) = (0, 0);
+    net.drop = Some(Box::new(move |i, bytes| {
+        if i == 0 && bytes.first() == Some(&HANDSHAKE_RESP) && answers < 5 {
+            answers += 1;
+            return true;
+        }
+        if i == 1 && bytes.first() == Some(&conn::DATA) && packets < 5 {
+            packets += 1;
+            return true;
+        }
+        false
+    }));
+    let inv = net.invitation(ConnectionMode::default());
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    let failed = |n: &Net| n.peers[0].events.iter().any(|e| matches!(e, HostEvent::HandshakeFailed { .. }));
+    assert!(net.drive(Duration::from_secs(90), |n| n.established(0).is_some() || failed(n)));
+    assert!(!failed(&net), "the inviter gave up on a session the invitee has");
+    assert!(net.established(1).is_some());
+    assert!(net.now - net.start > net.peers[0].host.handshake_patience(), "took {:?}", net.now - net.start);
+}

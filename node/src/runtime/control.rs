@@ -111,6 +111,10 @@ impl Server {
             }
             if default {
                 check_private_dir(dir).map_err(err)?;
+                // Ours, and nobody else may write to it: close it to them
+                // entirely, whatever the umask gave the directory.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
             }
         }
         match std::fs::symlink_metadata(&path) {
@@ -221,6 +225,7 @@ pub fn find_sockets(path: Option<&Path>) -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid()))
         .map(|p| (std::fs::metadata(&p).and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), p))
         .collect();
     found.sort_by_key(|e| std::cmp::Reverse(e.0));

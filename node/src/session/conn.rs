@@ -645,7 +645,8 @@ impl Connection {
             return None;
         }
         let ack = if self.ack_pending { self.ack_deadline } else { None };
-        [ack, self.loss_deadline, self.rto_deadline].into_iter().flatten().min()
+        let forget = self.recv_prev.as_ref().map(|(_, since)| *since + PREVIOUS_KEY_KEPT);
+        [ack, self.loss_deadline, self.rto_deadline, forget].into_iter().flatten().min()
     }
 
     /// Runs timers due at `now`.
@@ -870,8 +871,20 @@ mod tests {
         assert_eq!((sealed[0][1], sealed[1][1], sealed[2][1]), (0, 0, 1), "epochs");
         assert!(b.handle_packet(&cfg, now, &mut sealed[2]), "the new epoch");
         assert!(b.handle_packet(&cfg, now + Duration::from_secs(1), &mut sealed[0]), "reordered, in time");
+        // An idle session wakes up to forget it.
+        let wake = b.poll_timeout().expect("a timer");
+        assert!(wake <= now + PREVIOUS_KEY_KEPT, "{:?}", wake - now);
+        let mut t = wake;
+        for _ in 0..64 {
+            b.handle_timeout(&cfg, t);
+            while b.poll_transmit(&cfg, t).is_some() {}
+            if b.recv_prev.is_none() {
+                break;
+            }
+            t = b.poll_timeout().expect("a timer while the key is kept").max(t);
+        }
+        assert!(b.recv_prev.is_none(), "forgotten by its timer");
         assert!(!b.handle_packet(&cfg, now + PREVIOUS_KEY_KEPT, &mut sealed[1]), "the old key is gone");
-        assert!(b.recv_prev.is_none());
     }
 
     /// The packet cipher (ring) and the handshake's (RustCrypto) are the

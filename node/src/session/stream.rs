@@ -260,8 +260,12 @@ impl RecvStream {
     }
 
     /// Keeps the parts of an out-of-order chunk that no held piece covers
-    /// yet, merged with the pieces they touch: the bytes held never exceed
-    /// the window, however a peer overlaps its frames.
+    /// yet: the bytes held never exceed the window, however a peer overlaps
+    /// its frames. A part that starts where a piece ends is appended to it
+    /// (data arriving in order after a hole stays one piece); any other
+    /// part is a new piece, even one that touches the next piece, because
+    /// moving a later piece into an earlier one would let a peer sending
+    /// backwards make us copy the window again with every frame.
     fn hold(&mut self, offset: u64, data: &[u8]) -> Result<(), StreamViolation> {
         let end = offset + data.len() as u64;
         let mut pos = offset;
@@ -273,27 +277,13 @@ impl RecvStream {
             let stop = next.map_or(end, |(o, _)| o.min(end));
             if stop > pos {
                 let gap = &data[(pos - offset) as usize..(stop - offset) as usize];
-                // Append to the piece ending where the gap starts, else a
-                // new piece; then swallow the piece that starts where it ends.
-                let before = self.pending.range(..pos).next_back().filter(|(o, d)| **o + d.len() as u64 == pos);
-                let at = match before.map(|(&o, _)| o) {
-                    Some(o) => o,
+                let pieces = self.pending.len();
+                match self.pending.range_mut(..pos).next_back().filter(|(o, d)| **o + d.len() as u64 == pos) {
+                    Some((_, piece)) => piece.extend_from_slice(gap),
+                    None if pieces >= MAX_PENDING_PIECES => return Err(StreamViolation::Fragmented),
                     None => {
-                        if self.pending.len() >= MAX_PENDING_PIECES {
-                            return Err(StreamViolation::Fragmented);
-                        }
-                        self.pending.insert(pos, Vec::new());
-                        pos
+                        self.pending.insert(pos, gap.to_vec());
                     }
-                };
-                let mut after = match next {
-                    Some((o, _)) if o == stop => self.pending.remove(&o),
-                    _ => None,
-                };
-                let piece = self.pending.get_mut(&at).expect("just found or made");
-                piece.extend_from_slice(gap);
-                if let Some(a) = after.take() {
-                    piece.extend_from_slice(&a);
                 }
             }
             match next {
@@ -383,10 +373,15 @@ mod tests {
         r.raise_limit(1 << 20);
         r.on_data(10, b"bbbbb", false).expect("within the window");
         r.on_data(20, b"ddddd", false).expect("within the window");
-        // Covers both pieces and the gaps around them.
+        // Covers both pieces and the gaps around them: only the gaps are
+        // added, each appended to the piece it follows when there is one.
         r.on_data(8, b"AAbbbbbCCCCCdddddEE", false).expect("within the window");
-        assert_eq!(r.pending.len(), 1);
-        assert_eq!(r.pending.get(&8).map(Vec::as_slice), Some(&b"AAbbbbbCCCCCdddddEE"[..]));
+        let pieces: Vec<(u64, &[u8])> = r.pending.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        assert_eq!(pieces, vec![(8, &b"AA"[..]), (10, b"bbbbbCCCCC"), (20, b"dddddEE")]);
+        assert!(r.on_data(0, b"01234567", false).expect("the start"));
+        let mut out = [0u8; 64];
+        let (n, _) = r.read(&mut out, 1 << 20);
+        assert_eq!(&out[..n], b"01234567AAbbbbbCCCCCdddddEE");
         // One byte at every other offset: refused past the bound, not held.
         let mut r = RecvStream::default();
         r.raise_limit(1 << 20);
@@ -398,6 +393,26 @@ mod tests {
             }
         }
         assert_eq!(refused, Some((MAX_PENDING_PIECES as u64, StreamViolation::Fragmented)));
+    }
+
+    /// A peer sending the window backwards one byte at a time: each frame
+    /// is a new piece (no piece is ever copied into another), so the work
+    /// stays linear and the piece bound ends it.
+    #[test]
+    fn data_sent_backwards_is_never_recopied() {
+        let mut r = RecvStream::default();
+        r.raise_limit(4 << 20);
+        r.on_data(2 << 20, &vec![7u8; 2 << 20], false).expect("the upper half");
+        let mut k = 0u64;
+        let refused = loop {
+            k += 1;
+            match r.on_data((2 << 20) - k, b"x", false) {
+                Ok(_) => assert_eq!(r.pending.get(&(2 << 20)).map(Vec::len), Some(2 << 20), "the upper half moved"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!((k - 1) as usize, MAX_PENDING_PIECES - 1);
+        assert_eq!(refused, StreamViolation::Fragmented);
     }
 
     #[test]

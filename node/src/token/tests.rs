@@ -196,6 +196,16 @@ fn text_tokens_with_two_readings_are_refused() {
         other => panic!("{other:?}"),
     }
     assert_eq!(decode(&wrap(&json, b"\0")).err(), Some(TokenError::TrailingBytes(1)));
+    // A stream that never ends (flushed, no final block) carries the whole
+    // JSON; a strict inflater (zlib's) refuses it, and so do we.
+    let unfinished = {
+        use std::io::Write;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&json).expect("deflate");
+        enc.flush().expect("sync flush");
+        format!("{TEXT_PREFIX}{}", base64::Engine::encode(&B64, enc.get_ref()))
+    };
+    assert_eq!(decode(&unfinished).err(), Some(TokenError::BadDeflate));
 }
 
 #[test]

@@ -61,10 +61,15 @@ pub fn format_span(secs: u64) -> String {
 /// control characters (C0, DEL and C1: ESC, BEL, CR, the 8-bit CSI...) and
 /// the marks that reorder text (bidirectional overrides and isolates) are
 /// written as escapes, so nobody can drive a terminal, rewrite a line or
-/// fake one "from" someone else. JSON output is already escaped.
+/// fake one "from" someone else. (JSON output escapes C0 controls but not
+/// C1 ones: it is for programs, which must treat it as data.)
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
     fn unsafe_char(c: char) -> bool {
-        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            )
     }
     if !s.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(s);
@@ -108,6 +113,7 @@ mod tests {
         assert_eq!(printable("a\x1b[2Jb\x07\rc\nd"), "a\\u{1b}[2Jb\\u{7}\\rc\\nd");
         assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m", "the 8-bit CSI");
         assert_eq!(printable("user\u{202e}gpj.exe"), "user\\u{202e}gpj.exe");
+        assert_eq!(printable("a\u{2028}b"), "a\\u{2028}b", "a line separator");
     }
 
     use super::*;
