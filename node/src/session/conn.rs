@@ -39,6 +39,12 @@ const MAX_PN: u64 = u64::MAX - 1;
 /// later finds only the current key.
 const PREVIOUS_KEY_KEPT: Duration = Duration::from_secs(3);
 
+/// How many epochs ahead of ours a packet may be: a peer that rekeyed
+/// more than once while all the packets of the epochs between were lost
+/// is still understood. Each step costs a forged packet one more key
+/// derivation, so the walk is short.
+const MAX_EPOCHS_AHEAD: u8 = 3;
+
 /// Session tunables. `Default` cites where each number comes from.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -449,17 +455,25 @@ impl Connection {
         let (header, body) = data.split_at_mut(HEADER);
         let (ct, tag) = body.split_at_mut(body.len() - TAG);
         let n = h.pn;
-        let next_epoch = self.recv_epoch.wrapping_add(1);
-        let opened = if h.epoch == self.recv_epoch {
+        let ahead = h.epoch.wrapping_sub(self.recv_epoch);
+        let opened = if ahead == 0 {
             self.recv_key.open(n, header, ct, tag)
-        } else if h.epoch == self.recv_epoch.wrapping_sub(1) {
+        } else if ahead == u8::MAX {
             self.recv_prev.as_ref().is_some_and(|(k, _)| k.open(n, header, ct, tag))
-        } else if h.epoch == next_epoch {
-            let next = self.recv_key.rekey();
-            let ok = next.open(n, header, ct, tag);
+        } else if ahead <= MAX_EPOCHS_AHEAD {
+            // The peer rekeyed once, or several times while every packet
+            // of the epochs between was lost: walk the key forward.
+            let mut before = self.recv_key.clone();
+            let mut target = before.rekey();
+            for _ in 1..ahead {
+                before = target;
+                target = before.rekey();
+            }
+            let ok = target.open(n, header, ct, tag);
             if ok {
-                self.recv_prev = Some((std::mem::replace(&mut self.recv_key, next), now));
-                self.recv_epoch = next_epoch;
+                self.recv_key = target;
+                self.recv_prev = Some((before, now));
+                self.recv_epoch = h.epoch;
             }
             ok
         } else {
@@ -885,6 +899,34 @@ mod tests {
         }
         assert!(b.recv_prev.is_none(), "forgotten by its timer");
         assert!(!b.handle_packet(&cfg, now + PREVIOUS_KEY_KEPT, &mut sealed[1]), "the old key is gone");
+    }
+
+    /// Both ends rekeyed while every packet of the epoch between was lost:
+    /// the receiver walks its key forward (a bounded number of epochs) and
+    /// the session goes on; too far ahead is refused without a change.
+    #[test]
+    fn a_lost_epoch_does_not_end_the_session() {
+        let now = Instant::now();
+        let cfg = SessionConfig { rekey_after_packets: 1, ..SessionConfig::default() };
+        let (mut a, mut b) = pair(now);
+        let mut sealed: Vec<Vec<u8>> = (0..8)
+            .map(|_| {
+                let mut plain = Vec::new();
+                frame::put_ping(&mut plain);
+                a.seal(&cfg, now, plain)
+            })
+            .collect();
+        assert_eq!(sealed.iter().map(|p| p[1]).collect::<Vec<_>>(), (0..8).collect::<Vec<u8>>(), "one epoch each");
+        assert!(b.handle_packet(&cfg, now, &mut sealed[0]));
+        // Epoch 1 lost entirely; epoch 2 opens, and so does a straggler of 1.
+        assert!(b.handle_packet(&cfg, now, &mut sealed[2]), "two epochs ahead");
+        assert!(b.handle_packet(&cfg, now, &mut sealed[1]), "the epoch before, reordered");
+        // Epochs 3..=6 lost: 7 is four ahead, past the walk's bound.
+        assert!(!b.handle_packet(&cfg, now, &mut sealed[7]));
+        assert_eq!(b.recv_epoch, 2, "a refused packet changes nothing");
+        assert!(b.handle_packet(&cfg, now, &mut sealed[5]), "three ahead");
+        assert!(b.handle_packet(&cfg, now, &mut sealed[6]));
+        assert!(b.handle_packet(&cfg, now, &mut sealed[7]));
     }
 
     /// The packet cipher (ring) and the handshake's (RustCrypto) are the
