@@ -52,14 +52,16 @@ impl Host {
         let socket = self.endpoint.socket_of(id).unwrap_or_default();
         if let Some(s) = self.sessions.get_mut(&id) {
             // A repeated initiation: the invitee missed our answer. Its
-            // confirming packet can only start once this one arrives.
+            // confirming packet can only start once this one arrives, so
+            // the wait starts again — up to twice the first one, or
+            // someone replaying message 1 could hold the attempt for ever.
             if let Phase::Open(o) = &mut s.phase
                 && let Some(r) = &o.resend
                 && msg1[..32] == r.0
             {
                 self.transmits.push_back(Transmit { destination: o.conn.remote, contents: r.1.clone(), socket });
                 if o.unconfirmed.is_some() {
-                    o.unconfirmed = Some(now + patience);
+                    o.unconfirmed = Some((now + patience).min(o.established + 2 * patience));
                 }
             }
             return;

@@ -555,3 +555,47 @@ fn a_late_answer_still_becomes_a_session_on_both_sides() {
     assert!(net.established(1).is_some());
     assert!(net.now - net.start > net.peers[0].host.handshake_patience(), "took {:?}", net.now - net.start);
 }
+
+/// Someone replaying message 1 over and over restarts the inviter's wait
+/// only up to twice the first one: the attempt is still freed.
+#[test]
+fn replaying_an_initiation_does_not_hold_the_attempt_for_ever() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut net = Net::new(HostConfig::default());
+    let captured: Rc<RefCell<Option<Vec<u8>>>> = Rc::default();
+    let record = captured.clone();
+    net.drop = Some(Box::new(move |i, bytes| {
+        if i == 1 && bytes.first() == Some(&HANDSHAKE_INIT) {
+            record.borrow_mut().get_or_insert_with(|| bytes.to_vec());
+        }
+        // The initiator's packets never arrive: only its message 1 does.
+        i == 1 && bytes.first() == Some(&conn::DATA)
+    }));
+    let inv = net.invitation(ConnectionMode::default());
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    let gave_up = |n: &Net| {
+        n.peers[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, HostEvent::HandshakeFailed { reason, .. } if reason.contains("authenticated")))
+    };
+    let patience = net.peers[0].host.handshake_patience();
+    let from = net.peers[1].addr;
+    let mut next_replay = net.now + Duration::from_secs(5);
+    let done = net.drive(patience * 4, |n| {
+        if n.now >= next_replay {
+            if let Some(mut m) = captured.borrow().clone() {
+                let now = n.now;
+                n.peers[0].host.handle_datagram(now, from, &mut m);
+            }
+            next_replay = n.now + Duration::from_secs(5);
+        }
+        gave_up(n)
+    });
+    assert!(done, "still held after {:?}", net.now - net.start);
+    assert!(net.now - net.start <= patience * 2 + Duration::from_secs(6), "{:?}", net.now - net.start);
+    assert!(net.established(0).is_none());
+}
