@@ -184,12 +184,17 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// Joins peer 1 to peer 0 and returns both session ids.
-fn connect(net: &mut Net, mode: ConnectionMode) -> (AttemptId, AttemptId) {
+/// Peer 0 listens on a new invitation and peer 1 imports it.
+fn start_join(net: &mut Net, mode: ConnectionMode) {
     let inv = net.invitation(mode);
     net.peers[0].host.listen(inv.clone());
     let now = net.now;
     net.peers[1].host.join(&inv, now);
+}
+
+/// Joins peer 1 to peer 0 and returns both session ids.
+fn connect(net: &mut Net, mode: ConnectionMode) -> (AttemptId, AttemptId) {
+    start_join(net, mode);
     assert!(net.drive(Duration::from_secs(10), |n| n.established(0).is_some() && n.established(1).is_some()));
     (net.established(0).expect("a").0, net.established(1).expect("b").0)
 }
@@ -444,10 +449,7 @@ fn stun_query_learns_the_mapped_address() {
 fn an_initiation_without_an_authenticated_packet_is_no_session() {
     let mut net = Net::new(HostConfig::default());
     net.drop = Some(Box::new(|i, bytes| i == 1 && bytes.first() == Some(&conn::DATA)));
-    let inv = net.invitation(ConnectionMode::default());
-    net.peers[0].host.listen(inv.clone());
-    let now = net.now;
-    net.peers[1].host.join(&inv, now);
+    start_join(&mut net, ConnectionMode::default());
     let failed = |n: &Net| {
         n.peers[0]
             .events
@@ -474,10 +476,7 @@ fn an_initiation_without_an_authenticated_packet_is_no_session() {
 fn checks_without_a_handshake_free_the_attempt() {
     let mut net = Net::new(HostConfig::default());
     net.drop = Some(Box::new(|i, bytes| i == 1 && bytes.first() == Some(&HANDSHAKE_INIT)));
-    let inv = net.invitation(ConnectionMode::default());
-    net.peers[0].host.listen(inv.clone());
-    let now = net.now;
-    net.peers[1].host.join(&inv, now);
+    start_join(&mut net, ConnectionMode::default());
     let freed = |n: &Net| {
         n.peers[0].events.iter().find_map(|e| match e {
             HostEvent::HandshakeFailed { session, reason } if reason.contains("never started") => Some(*session),
@@ -545,10 +544,7 @@ fn a_late_answer_still_becomes_a_session_on_both_sides() {
         }
         false
     }));
-    let inv = net.invitation(ConnectionMode::default());
-    net.peers[0].host.listen(inv.clone());
-    let now = net.now;
-    net.peers[1].host.join(&inv, now);
+    start_join(&mut net, ConnectionMode::default());
     let failed = |n: &Net| n.peers[0].events.iter().any(|e| matches!(e, HostEvent::HandshakeFailed { .. }));
     assert!(net.drive(Duration::from_secs(90), |n| n.established(0).is_some() || failed(n)));
     assert!(!failed(&net), "the inviter gave up on a session the invitee has");
@@ -572,10 +568,7 @@ fn replaying_an_initiation_does_not_hold_the_attempt_for_ever() {
         // The initiator's packets never arrive: only its message 1 does.
         i == 1 && bytes.first() == Some(&conn::DATA)
     }));
-    let inv = net.invitation(ConnectionMode::default());
-    net.peers[0].host.listen(inv.clone());
-    let now = net.now;
-    net.peers[1].host.join(&inv, now);
+    start_join(&mut net, ConnectionMode::default());
     let gave_up = |n: &Net| {
         n.peers[0]
             .events
