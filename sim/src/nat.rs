@@ -140,6 +140,9 @@ pub struct Nat {
     by_key: HashMap<(SocketAddrV4, DestKey), u16, FastHash>,
     ports: HashMap<u16, Entry, FastHash>,
     replies: HashMap<(SocketAddrV4, SocketAddrV4), u16, FastHash>,
+    /// Port mappings granted by PCP / NAT-PMP / UPnP: internal endpoint
+    /// to external port (see [`Nat::add_forward`]).
+    forwards: HashMap<SocketAddrV4, u16, FastHash>,
     next_port: u16,
     /// Mappings made since the last sweep of expired ones.
     since_sweep: u32,
@@ -167,6 +170,7 @@ impl Nat {
             by_key: HashMap::default(),
             ports: HashMap::default(),
             replies: HashMap::default(),
+            forwards: HashMap::default(),
             next_port: FIRST_PORT,
             since_sweep: 0,
         }
@@ -235,6 +239,25 @@ impl Nat {
         None
     }
 
+    /// Grants `internal` a port mapping, as a router answering PCP,
+    /// NAT-PMP or UPnP IGD does: a mapping that never expires, whose filter
+    /// admits anyone, and that the endpoint's packets to every destination
+    /// leave from (miniupnpd adds a matching source-NAT rule). The internal
+    /// port when free, as those protocols ask. `None` when no port is free.
+    pub fn add_forward(&mut self, internal: SocketAddrV4, now: u64, random: &mut dyn FnMut() -> u32) -> Option<u16> {
+        if let Some(p) = self.forwards.get(&internal) {
+            return Some(*p);
+        }
+        let p = if internal.port() >= FIRST_PORT && self.free(internal.port(), now) {
+            internal.port()
+        } else {
+            self.allocate(internal, now, random)?
+        };
+        self.ports.insert(p, Entry { internal, key: DestKey::Any, peers: VecDeque::new(), expires: u64::MAX });
+        self.forwards.insert(internal, p);
+        Some(p)
+    }
+
     /// Translates an outbound packet from `internal` to `remote`: the
     /// external port it leaves from, making or refreshing the mapping.
     /// `None` when the port range is exhausted.
@@ -252,7 +275,9 @@ impl Nat {
         };
         let reply = self.replies.get(&(internal, remote)).copied();
         let existing = self.by_key.get(&(internal, key)).copied();
+        let forward = self.forwards.get(&internal).copied();
         let port = match (reply, existing) {
+            _ if let Some(p) = forward => p,
             (Some(p), _) if self.alive(p, internal, now) => p,
             (_, Some(p)) if self.alive(p, internal, now) => p,
             _ => {
@@ -273,7 +298,9 @@ impl Nat {
         };
         let timeout = self.behaviour.timeout_ns;
         let e = self.ports.get_mut(&port).expect("mapping present");
-        e.expires = now.saturating_add(timeout);
+        if forward.is_none() {
+            e.expires = now.saturating_add(timeout);
+        }
         e.prune(now, timeout);
         if let Some(old) = e.touch(remote, now) {
             self.forget_reply(internal, old, port);
@@ -296,7 +323,9 @@ impl Nat {
             return Err(Refused::NoMapping);
         }
         e.prune(now, self.behaviour.timeout_ns);
+        let forwarded = self.forwards.get(&e.internal) == Some(&port);
         let admitted = match self.behaviour.filtering {
+            _ if forwarded => true,
             Filtering::Eif => true,
             Filtering::Adf => e.peers.iter().any(|p| p.0.ip() == remote.ip()),
             Filtering::Apdf => e.knows(remote),
@@ -399,6 +428,25 @@ mod tests {
         assert_eq!(n.outbound(inside, other, 2, &mut r), Some(p), "the reply uses the admitting mapping");
         let fresh = ep("198.18.8.8:4000");
         assert_ne!(n.outbound(inside, fresh, 3, &mut r), Some(p), "a new destination gets a new mapping");
+    }
+
+    #[test]
+    fn a_port_mapping_admits_anyone_never_expires_and_carries_every_destination() {
+        let inside = ep("10.0.0.2:5000");
+        let mut n = nat(Mapping::Apdm, Filtering::Apdf, PortAssignment::Random);
+        let mut r = seq();
+        let p = n.add_forward(inside, 0, &mut r).expect("port");
+        assert_eq!(p, 5000, "the internal port when free");
+        assert_eq!(n.add_forward(inside, 1, &mut r), Some(p), "asked again: the same mapping");
+        assert_eq!(n.inbound(ep("198.18.9.9:1"), p, 3600 * SEC), Ok(inside), "a stranger, an hour later");
+        for (i, dest) in ["198.18.1.1:1", "198.18.1.1:2", "198.18.7.7:3"].into_iter().enumerate() {
+            assert_eq!(n.outbound(inside, ep(dest), i as u64 * SEC, &mut r), Some(p), "{dest}");
+        }
+        // Without it, this NAT maps per destination and filters per endpoint.
+        let other = ep("10.0.0.3:5001");
+        let q = n.outbound(other, ep("198.18.1.1:1"), 0, &mut r).expect("port");
+        assert_eq!(n.inbound(ep("198.18.9.9:1"), q, 1), Err(Refused::Filtered));
+        assert_ne!(n.outbound(other, ep("198.18.1.1:2"), 0, &mut r), Some(q));
     }
 
     #[test]

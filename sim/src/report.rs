@@ -21,6 +21,9 @@ pub struct Outcomes {
     pub single_token: u64,
     /// Connected after an RSVP (both sides checking at once).
     pub rsvp: u64,
+    /// Connected through a port a router mapped for one side (PCP,
+    /// NAT-PMP, UPnP IGD), with or without an RSVP.
+    pub port_mapped: u64,
     /// Connected after the RSVP at a predicted port of a sequential NAT.
     pub predicted: u64,
     /// Connected after the RSVP by birthday probing.
@@ -224,6 +227,7 @@ impl Acc {
         match phase {
             "single-token" => self.o.single_token += 1,
             "rsvp" => self.o.rsvp += 1,
+            "port-mapped" => self.o.port_mapped += 1,
             "predicted" => self.o.predicted += 1,
             "birthday" => self.o.birthday += 1,
             _ => self.o.failed += 1,
@@ -276,7 +280,12 @@ impl Report {
                 (Some(e), Some(via), Some(i)) => {
                     // The furthest step either side saw: a probe may have
                     // found a port that the other side's main socket held.
-                    (phase_name(j.inviter_via.map_or(via, |v| v.max(via))), Some(secs(e - i)))
+                    let phase = if j.port_mapped {
+                        "port-mapped"
+                    } else {
+                        phase_name(j.inviter_via.map_or(via, |v| v.max(via)))
+                    };
+                    (phase, Some(secs(e - i)))
                 }
                 _ => ("failed", None),
             };
@@ -341,6 +350,7 @@ impl Report {
                             let counts = [
                                 (o.single_token, "single-token"),
                                 (o.rsvp, "rsvp"),
+                                (o.port_mapped, "port-mapped"),
                                 (o.predicted, "predicted"),
                                 (o.birthday, "birthday"),
                                 (o.failed, "failed"),
@@ -485,16 +495,18 @@ impl Report {
         let o = &self.joins;
         let _ = writeln!(
             m,
-            "## Joins\n\n| joins | single token | RSVP | predicted | birthday | failed | RSVPs sent |\n|---|---|---|---|---|---|---|"
+            "## Joins\n\n| joins | single token | RSVP | port mapped | predicted | birthday | failed | RSVPs sent |\n|---|---|---|---|---|---|---|---|"
         );
         let _ = writeln!(
             m,
-            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
+            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
             o.joins,
             o.single_token,
             pct(o.single_token, o.joins),
             o.rsvp,
             pct(o.rsvp, o.joins),
+            o.port_mapped,
+            pct(o.port_mapped, o.joins),
             o.predicted,
             pct(o.predicted, o.joins),
             o.birthday,
@@ -546,16 +558,17 @@ impl Report {
         {
             let _ = writeln!(
                 m,
-                "## By {title}\n\n| profile | joins | single token | RSVP | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|"
+                "## By {title}\n\n| profile | joins | single token | RSVP | port mapped | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|---|"
             );
             for (k, o) in table {
                 let med = o.median_s.map_or("–".to_owned(), |v| format!("{v:.3}"));
                 let _ = writeln!(
                     m,
-                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {med} |",
+                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {med} |",
                     o.joins,
                     pct(o.single_token, o.joins),
                     pct(o.rsvp, o.joins),
+                    pct(o.port_mapped, o.joins),
                     pct(o.predicted, o.joins),
                     pct(o.birthday, o.joins),
                     pct(o.failed, o.joins)

@@ -202,6 +202,13 @@ pub struct Profile {
     /// Behind the scenario's carrier-grade NAT.
     #[serde(default)]
     pub cgnat: bool,
+    /// Chance (0 to 1) that the router grants a port mapping (PCP,
+    /// NAT-PMP or UPnP IGD): a node behind it then offers the mapped
+    /// address, which anyone reaches. 0 by default; no effect behind a
+    /// carrier-grade NAT (the mapped address would be the carrier's
+    /// private one) or without a NAT.
+    #[serde(default)]
+    pub port_mapping: f64,
 }
 
 fn preserving() -> PortAssignment {
@@ -225,6 +232,7 @@ impl Profile {
             timeout_s: 120.0,
             hairpin: true,
             cgnat,
+            port_mapping: 0.0,
         }
     }
 
@@ -237,6 +245,7 @@ impl Profile {
             timeout_s: 120.0,
             hairpin: true,
             cgnat,
+            port_mapping: 0.0,
         }
     }
 
@@ -501,6 +510,9 @@ impl Scenario {
             }
             if !(p.timeout_s.is_finite() && p.timeout_s >= 1.0) {
                 return Err(invalid(format!("profiles.{name}.timeout_s"), "must be at least 1 second"));
+            }
+            if !(0.0..=1.0).contains(&p.port_mapping) {
+                return Err(invalid(format!("profiles.{name}.port_mapping"), "must be a chance in [0, 1]"));
             }
         }
         if !(self.cgnat.timeout_s.is_finite() && self.cgnat.timeout_s >= 1.0) {

@@ -107,6 +107,9 @@ struct SimNode {
     crashed_at: Option<u64>,
     /// Server- and peer-reflexive addresses we were told about.
     reflexive: Vec<SocketAddr>,
+    /// The port our router maps to us (PCP / NAT-PMP / UPnP), if it
+    /// granted one.
+    mapped: Option<SocketAddrV4>,
     deferred: Vec<Deferred>,
     /// Our attempts, and the join each belongs to.
     attempts: Vec<(AttemptId, u32)>,
@@ -151,6 +154,8 @@ pub struct Join {
     pub inviter_via: Option<Via>,
     /// The inviter's candidate type on the nominated pair, as the invitee saw it.
     pub remote_kind: Option<CandidateKind>,
+    /// Whether either side's session ran to the other's port mapping.
+    pub port_mapped: bool,
     /// When and why it failed (before a session).
     pub failed: Option<(u64, String)>,
     /// When an established session was first seen to end.
@@ -445,6 +450,7 @@ impl World {
         let net = self.scenario.network.clone();
         let behaviour = self.profiles.get(usize::from(profile)).and_then(|(_, p)| p.behaviour());
         let behind_cgnat = self.profiles.get(usize::from(profile)).is_some_and(|(_, p)| p.cgnat);
+        let mut mapped = None;
         let (addr, realm, latency) = match behaviour {
             // Right behind the carrier-grade NAT, with a carrier address.
             None if behind_cgnat => {
@@ -467,6 +473,16 @@ impl World {
                 self.nats.push(NatBox { nat: Nat::new(b, Ipv4Addr::from(external)), parent, latency });
                 self.owners.insert(external, Owner::Nat(g));
                 self.next_private += 1;
+                // The router grants a port mapping with the profile's
+                // chance (no draw at 0, so scenarios without mappings
+                // keep their random stream).
+                let chance = self.profiles[usize::from(profile)].1.port_mapping;
+                if parent == INTERNET && chance > 0.0 && self.rng.unit() < chance {
+                    let inside = v4(self.next_private - 1, NODE_PORT);
+                    let rng = &mut self.rng;
+                    let port = self.nats[g as usize].nat.add_forward(inside, self.now, &mut || rng.u32());
+                    mapped = port.map(|p| SocketAddrV4::new(Ipv4Addr::from(external), p));
+                }
                 (self.next_private - 1, g, self.link(net.lan_latency_ms))
             }
         };
@@ -476,6 +492,7 @@ impl World {
         let now = self.inst(self.now);
         let mut host = Host::new(&identity, self.host_config.clone(), self.rng.seed(), now, self.unix());
         host.set_local_addresses(Some(NODE_PORT), &[IpAddr::V4(Ipv4Addr::from(addr))]);
+        host.set_port_mapped(mapped.is_some());
         let stun_pending = if profile == STUN_PROFILE { 0 } else { self.stun.len() as u8 };
         if profile != STUN_PROFILE {
             for s in &self.stun {
@@ -495,6 +512,7 @@ impl World {
             stun_pending,
             crashed_at: None,
             reflexive: Vec::new(),
+            mapped,
             deferred: Vec::new(),
             attempts: Vec::new(),
             invitations: Vec::new(),
@@ -823,7 +841,7 @@ impl World {
                     }
                 }
             }
-            HostEvent::Established { session, inviter, via, remote_kind, .. } => {
+            HostEvent::Established { session, inviter, via, remote, remote_kind, .. } => {
                 let k = if inviter {
                     let inv = self.nodes[n as usize].host.endpoint().binding(session).map(|b| b.invitation);
                     let k = inv.and_then(|id| {
@@ -840,7 +858,11 @@ impl World {
                 };
                 let Some(k) = k else { return };
                 let now = self.now;
+                let other = if inviter { self.joins[k as usize].invitee } else { self.joins[k as usize].inviter };
+                let to_mapping =
+                    self.nodes.get(other as usize).and_then(|o| o.mapped).map(SocketAddr::V4) == Some(remote);
                 let j = &mut self.joins[k as usize];
+                j.port_mapped |= to_mapping;
                 if inviter {
                     j.inviter_established.get_or_insert(now);
                     j.inviter_via.get_or_insert(via);
@@ -925,6 +947,7 @@ impl World {
         for a in &node.reflexive {
             c.add_server_reflexive(*a);
         }
+        c.set_port_mapped(node.mapped.map(SocketAddr::V4));
         m.set_nat(node.host.nat());
         m
     }

@@ -92,6 +92,14 @@ impl Host {
         self.endpoint.nat()
     }
 
+    /// Tells the engine whether our router forwards a port to us (see
+    /// [`crate::ice::Endpoint::set_port_mapped`]); the driver that asked
+    /// for the mapping also offers it through
+    /// [`crate::member::LocalCandidates::set_port_mapped`].
+    pub fn set_port_mapped(&mut self, mapped: bool) {
+        self.endpoint.set_port_mapped(mapped);
+    }
+
     /// Retransmits STUN queries that are due; gives up on a server after
     /// `stun_tries` (RFC 8489 §6.2.1).
     pub(super) fn stun_timeouts(&mut self, now: Instant) {

@@ -104,6 +104,8 @@ pub struct Endpoint {
     dirty: Vec<AttemptId>,
     /// Our NAT, as the host classified it.
     nat: Option<NatInfo>,
+    /// Whether our router forwards a port to us (the driver's port mapping).
+    port_mapped: bool,
     /// When the node's next probing packet may go (the shared rate).
     probe_next: Instant,
     /// Pool sockets open, and those the driver must close.
@@ -137,6 +139,7 @@ impl Endpoint {
             scheduled: HashMap::new(),
             dirty: Vec::new(),
             nat: None,
+            port_mapped: false,
             probe_next: now,
             open_sockets: BTreeSet::new(),
             socket_closes: VecDeque::new(),
@@ -154,6 +157,14 @@ impl Endpoint {
     /// Our NAT, as last set.
     pub fn nat(&self) -> Option<NatInfo> {
         self.nat
+    }
+
+    /// Tells the engine whether our router forwards a port to us (PCP,
+    /// NAT-PMP, UPnP IGD). With one, peers reach the mapped address our
+    /// tokens offer, so we never predict or probe ports ourselves: our side
+    /// counts as having no NAT in the way ([`NatInfo::PORT_MAPPED`]).
+    pub fn set_port_mapped(&mut self, mapped: bool) {
+        self.port_mapped = mapped;
     }
 
     /// The tunables.

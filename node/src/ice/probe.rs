@@ -115,7 +115,8 @@ impl Endpoint {
         if !self.config.probing || self.config.probe_rate == 0 {
             return;
         }
-        let (ours, size) = (self.nat, self.config.pool_size);
+        let ours = if self.port_mapped { Some(NatInfo::PORT_MAPPED) } else { self.nat };
+        let size = self.config.pool_size;
         let Some(a) = self.attempts.get_mut(&id) else { return };
         if a.probe.is_some() || a.state == State::Connected || !a.probing_allowed {
             return;

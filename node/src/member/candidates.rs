@@ -52,10 +52,14 @@ fn host_rank(ip: IpAddr) -> u8 {
 }
 
 /// The addresses we can be reached at: interface addresses (from the
-/// driver), server-reflexive ones (STUN answers) and peer-reflexive ones
-/// (what peers' checks told us).
+/// driver), server-reflexive ones (STUN answers), peer-reflexive ones
+/// (what peers' checks told us) and a port our router forwards to us.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalCandidates {
+    /// A public address:port the gateway forwards to our socket (PCP,
+    /// NAT-PMP, UPnP IGD). Anyone can reach it unsolicited, so it leads
+    /// the reflexive addresses.
+    mapped: Option<SocketAddr>,
     host: Vec<SocketAddr>,
     srflx: Vec<SocketAddr>,
     prflx: Vec<SocketAddr>,
@@ -86,6 +90,19 @@ impl LocalCandidates {
         !self.host.contains(&addr) && push_new(&mut self.srflx, addr, MAX_SRFLX)
     }
 
+    /// The address our router forwards to us (a port mapping), or `None`
+    /// when the mapping is gone. Returns whether it changed.
+    pub fn set_port_mapped(&mut self, addr: Option<SocketAddr>) -> bool {
+        let changed = self.mapped != addr;
+        self.mapped = addr;
+        changed
+    }
+
+    /// The address our router forwards to us, if any.
+    pub fn port_mapped(&self) -> Option<SocketAddr> {
+        self.mapped
+    }
+
     /// Where a peer saw our checks come from. Returns whether it was new
     /// (and kept).
     pub fn add_peer_reflexive(&mut self, addr: SocketAddr) -> bool {
@@ -98,24 +115,32 @@ impl LocalCandidates {
             self.host
                 .iter()
                 .map(|a| (CandidateKind::Host, *a))
-                .chain(self.srflx.iter().map(|a| (CandidateKind::Srflx, *a)))
+                .chain(self.reflexive().map(|a| (CandidateKind::Srflx, a)))
                 .chain(self.prflx.iter().map(|a| (CandidateKind::Prflx, *a))),
         )
     }
 
     /// Whether we know no address at all.
     pub fn is_empty(&self) -> bool {
-        self.host.is_empty() && self.srflx.is_empty() && self.prflx.is_empty()
+        self.mapped.is_none() && self.host.is_empty() && self.srflx.is_empty() && self.prflx.is_empty()
+    }
+
+    /// The mapped address, then the server-reflexive ones without it. A
+    /// mapped address travels as a server-reflexive candidate: to a peer it
+    /// is the same thing, a public address of our NAT, only one whose
+    /// filter lets everyone in (tokens need no new candidate type).
+    fn reflexive(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.mapped.into_iter().chain(self.srflx.iter().copied().filter(move |a| Some(*a) != self.mapped))
     }
 
     /// What a token offers: at most [`limits::MAX_CANDIDATES`], the most
     /// useful first. Reflexive addresses are what peers behind other NATs
-    /// can reach, so they always get their places (up to 4 server- and 4
-    /// peer-reflexive); host addresses fill the rest, public ones before
+    /// can reach, so they always get their places (a port mapping, up to 4
+    /// server- and 4 peer-reflexive); host addresses fill the rest, public ones before
     /// private, unique-local, link-local and loopback ones, alternating
     /// between IPv4 and IPv6 so that neither family crowds the other out.
     pub fn select(&self) -> Vec<Candidate> {
-        let reflexive = self.srflx.len() + self.prflx.len();
+        let reflexive = self.reflexive().count() + self.prflx.len();
         let room = limits::MAX_CANDIDATES.saturating_sub(reflexive);
         let mut v4: Vec<SocketAddr> = self.host.iter().copied().filter(SocketAddr::is_ipv4).collect();
         let mut v6: Vec<SocketAddr> = self.host.iter().copied().filter(SocketAddr::is_ipv6).collect();
@@ -139,7 +164,7 @@ impl LocalCandidates {
             turn_v4 = !turn_v4;
         }
         let mut out: Vec<(CandidateKind, SocketAddr)> = hosts.into_iter().map(|a| (CandidateKind::Host, a)).collect();
-        out.extend(self.srflx.iter().map(|a| (CandidateKind::Srflx, *a)));
+        out.extend(self.reflexive().map(|a| (CandidateKind::Srflx, a)));
         out.extend(self.prflx.iter().map(|a| (CandidateKind::Prflx, *a)));
         out.truncate(limits::MAX_CANDIDATES);
         Candidate::list(out)
@@ -179,6 +204,26 @@ mod tests {
         assert!(s.iter().any(|x| x.kind == CandidateKind::Prflx));
         assert!(s.iter().any(|x| x.address.is_ipv6()), "both families offered");
         assert_eq!(c.all().len(), 43);
+    }
+
+    #[test]
+    fn a_port_mapping_leads_the_reflexive_addresses_once_and_goes_when_lost() {
+        let mut c = LocalCandidates::with_hosts([a("10.0.0.2:4433")]);
+        assert!(c.add_server_reflexive(a("198.51.100.1:4433")));
+        assert!(c.add_server_reflexive(a("198.51.100.1:5000")));
+        assert!(c.set_port_mapped(Some(a("198.51.100.1:5000"))));
+        assert!(!c.set_port_mapped(Some(a("198.51.100.1:5000"))), "the same mapping again is no change");
+        let s = c.select();
+        let srflx: Vec<SocketAddr> = s.iter().filter(|x| x.kind == CandidateKind::Srflx).map(|x| x.address).collect();
+        assert_eq!(srflx, vec![a("198.51.100.1:5000"), a("198.51.100.1:4433")], "mapped first, STUN's copy not twice");
+        assert!(
+            s.iter().position(|x| x.address == a("198.51.100.1:5000"))
+                < s.iter().position(|x| x.address == a("198.51.100.1:4433")),
+            "earlier in the token: a higher local preference"
+        );
+        assert!(c.set_port_mapped(None));
+        assert_eq!(c.port_mapped(), None);
+        assert_eq!(c.select().iter().filter(|x| x.kind == CandidateKind::Srflx).count(), 2, "STUN's own answer stays");
     }
 
     #[test]

@@ -56,9 +56,20 @@ impl Minter {
         &mut self.candidates
     }
 
-    /// Our NAT's classification, carried in the tokens we mint.
+    /// Our NAT's classification, as STUN answers showed it.
     pub fn nat(&self) -> Option<NatInfo> {
         self.nat
+    }
+
+    /// What our tokens say of our NAT. With a port mapping the router lets
+    /// anyone in at the mapped address, which is all a peer needs to know:
+    /// the token then says no NAT stands in the way, so the peer neither
+    /// asks for an RSVP early nor starts probing, and checks that address.
+    pub fn token_nat(&self) -> Option<NatInfo> {
+        match self.candidates.port_mapped() {
+            Some(_) => Some(NatInfo::PORT_MAPPED),
+            None => self.nat,
+        }
     }
 
     /// Sets our NAT's classification (as [`crate::host::Host::nat`] has it).
@@ -84,7 +95,7 @@ impl Minter {
     /// A signed invitation offering our selected candidates (whatever
     /// `params.candidates` held), checked as a reader would check it.
     pub fn invitation(&mut self, params: InvitationParams, unix_now: u64) -> Result<Invitation, TokenError> {
-        let params = InvitationParams { candidates: self.candidates.select(), nat: self.nat, ..params };
+        let params = InvitationParams { candidates: self.candidates.select(), nat: self.token_nat(), ..params };
         let t = Token::new_invitation(&self.identity, params, unix_now, &mut self.rng);
         Invitation::from_token(t, unix_now)
     }
@@ -92,7 +103,7 @@ impl Minter {
     /// Our RSVP to `invitation` for the attempt whose credentials
     /// `token_id` fixes (see [`crate::ice::Endpoint::rsvp_token_id`]).
     pub fn rsvp(&self, invitation: &Invitation, token_id: TokenId, unix_now: u64) -> Token {
-        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), self.nat, unix_now)
+        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), self.token_nat(), unix_now)
     }
 }
 

@@ -8,6 +8,7 @@
 //! control = "/run/convoke/node.sock"
 //! metrics = "127.0.0.1:9464"
 //! no_probing = false
+//! no_port_mapping = false
 //!
 //! [invite]
 //! expires = "1d"
@@ -35,6 +36,8 @@ pub struct FileConfig {
     pub metrics: Option<SocketAddr>,
     /// Never predict or probe for ports (`--no-probing`).
     pub no_probing: bool,
+    /// Never ask the router for a port mapping (`--no-port-mapping`).
+    pub no_port_mapping: bool,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod keystore;
 pub mod member;
 pub mod node;
+pub mod portmap;
 pub mod qr;
 pub mod telemetry;
 

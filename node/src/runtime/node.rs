@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::member::Minter;
 use crate::token::Candidate;
 
+use super::portmap::{PortMapper, Protocol, Report};
 use super::{control, telemetry};
 
 /// How a node binds and what it asks.
@@ -49,6 +50,10 @@ pub struct NodeConfig {
     /// Publish the engine's counters to [`metrics`] every second (serve
     /// them with [`super::telemetry::install`]). Events are counted either way.
     pub metrics: bool,
+    /// Ask the router for a port mapping (PCP, NAT-PMP, UPnP IGD; see
+    /// [`super::portmap`]) and offer it in our tokens. Never done for a
+    /// socket on loopback.
+    pub port_mapping: bool,
 }
 
 impl Default for NodeConfig {
@@ -59,6 +64,7 @@ impl Default for NodeConfig {
             control: None,
             control_socket: true,
             metrics: false,
+            port_mapping: true,
             host: HostConfig::default(),
             socket_buffer: 4 << 20,
         }
@@ -252,6 +258,24 @@ pub struct Node {
     /// Whether to publish counters every second.
     metrics: bool,
     io: telemetry::Io,
+    /// The router port mapping task, while it runs.
+    portmap: Option<PortMapper>,
+    /// What it last said, for status (`None`: not asked yet or off).
+    mapping: MappingState,
+}
+
+/// How long a node waits for its router's port mapping before it calls
+/// itself ready: the first token should carry the mapped address, but a
+/// router that does not answer must not hold up a start for long.
+const PORT_MAPPING_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The port mapping, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MappingState {
+    Off,
+    Asking,
+    Mapped { protocol: Protocol, external: SocketAddr, lifetime: std::time::Duration, since: Instant },
+    Unavailable(String),
 }
 
 fn bind_one(addr: SocketAddr, buffer: usize) -> Result<Sock, StartError> {
@@ -355,6 +379,12 @@ impl Node {
         for s in &usable {
             host.query_stun(*s, now);
         }
+        let portmap = if config.port_mapping {
+            v4.as_ref().and_then(|s| s.io.local_addr().ok()).and_then(PortMapper::start)
+        } else {
+            None
+        };
+        let mapping = if portmap.is_some() { MappingState::Asking } else { MappingState::Off };
         let control = if config.control_socket {
             Some(
                 control::Server::bind(config.control.clone())
@@ -377,6 +407,8 @@ impl Node {
             started: now,
             metrics: config.metrics,
             io: telemetry::Io::default(),
+            portmap,
+            mapping,
         })
     }
 
@@ -478,6 +510,43 @@ impl Node {
         }
     }
 
+    fn mapping_status(&self, now: Instant) -> Value {
+        match &self.mapping {
+            MappingState::Off => json!({ "state": "off" }),
+            MappingState::Asking => json!({ "state": "asking" }),
+            MappingState::Mapped { protocol, external, lifetime, since } => json!({
+                "state": "mapped",
+                "protocol": protocol.name(),
+                "external": external.to_string(),
+                "expires_in_seconds": lifetime.saturating_sub(now.saturating_duration_since(*since)).as_secs(),
+            }),
+            MappingState::Unavailable(reason) => json!({ "state": "unavailable", "reason": reason }),
+        }
+    }
+
+    /// Takes the port mapper's news: the mapped address becomes (or stops
+    /// being) a candidate in the tokens we mint from now on.
+    fn on_port_mapping(&mut self, report: Report, now: Instant) {
+        telemetry::on_port_mapping(&report);
+        let mapped = match &report {
+            Report::Mapped { protocol, external, lifetime } => {
+                tracing::info!("port mapping: the router forwards {external} to us ({})", protocol.name());
+                self.mapping =
+                    MappingState::Mapped { protocol: *protocol, external: *external, lifetime: *lifetime, since: now };
+                Some(*external)
+            }
+            Report::Unavailable { reason } => {
+                tracing::info!("port mapping: none ({reason})");
+                self.mapping = MappingState::Unavailable(reason.clone());
+                None
+            }
+        };
+        self.host.set_port_mapped(mapped.is_some());
+        if self.minter.candidates_mut().set_port_mapped(mapped) {
+            self.candidates = self.minter.candidates().select();
+        }
+    }
+
     fn status(&self, now: Instant) -> Value {
         let sessions: Vec<Value> = self
             .host
@@ -521,6 +590,7 @@ impl Node {
             "stun_served": self.host.endpoint().stats().stun_served,
             "nat": nat,
             "probing": probing,
+            "port_mapping": self.mapping_status(now),
             "sessions": sessions,
         })
     }
@@ -586,7 +656,9 @@ impl Node {
                 telemetry::on_event(&self.host, &e, now);
                 app.on_event(&mut self.ctx(now), e);
             }
-            if !ready && self.stun_pending == 0 {
+            let mapping_settled = self.mapping != MappingState::Asking
+                || now.saturating_duration_since(self.started) >= PORT_MAPPING_WAIT;
+            if !ready && self.stun_pending == 0 && mapping_settled {
                 ready = true;
                 app.on_ready(&mut self.ctx(now));
             }
@@ -600,6 +672,9 @@ impl Node {
                     let _ = s.io.writable().await;
                     self.flush(now, Some(b));
                 }
+                if let Some(m) = self.portmap.take() {
+                    m.release().await;
+                }
                 return Ok(out);
             }
             // Anything the step queued goes out before we sleep.
@@ -611,6 +686,8 @@ impl Node {
             let v4 = self.v4.as_ref();
             let v6 = self.v6.as_ref();
             let want_write = pending_tx.as_ref().map(|b| b.dest.is_ipv4());
+            let portmap = self.portmap.as_mut();
+            let mapping_deadline = tokio::time::Instant::from_std(self.started + PORT_MAPPING_WAIT);
             tokio::select! {
                 r = async { v4.expect("guarded").io.readable().await }, if v4.is_some() => {
                     r?;
@@ -624,6 +701,10 @@ impl Node {
                     let s = if want_write == Some(true) { v4 } else { v6 };
                     s.expect("guarded").io.writable().await
                 }, if want_write.is_some_and(|w| if w { v4.is_some() } else { v6.is_some() }) => { r?; }
+                report = async { portmap.expect("guarded").next().await }, if portmap.is_some() => {
+                    self.on_port_mapping(report, Instant::now());
+                }
+                _ = tokio::time::sleep_until(mapping_deadline), if !ready && !mapping_settled => {}
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
                     self.host.handle_timeout(Instant::now());
                 }
@@ -674,5 +755,43 @@ impl Node {
                 Err(e) => tracing::debug!("receive: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{CandidateKind, InvitationParams, NatInfo};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_port_mapping_becomes_a_candidate_in_the_next_token_and_leaves_with_the_mapping() {
+        let identity = Identity::from_secret_bytes([7; 32]);
+        let config = NodeConfig {
+            listen: vec!["127.0.0.1:0".parse().expect("addr")],
+            control_socket: false,
+            ..NodeConfig::default()
+        };
+        let mut node = Node::bind(identity, config, [1; 32]).expect("binds");
+        assert_eq!(node.mapping, MappingState::Off, "no mapper for a loopback socket");
+        let external: SocketAddr = "198.18.4.1:40000".parse().expect("addr");
+        let now = Instant::now();
+        node.on_port_mapping(
+            Report::Mapped { protocol: Protocol::Upnp, external, lifetime: std::time::Duration::from_secs(3600) },
+            now,
+        );
+        assert!(node.candidates().iter().any(|c| c.address == external && c.kind == CandidateKind::Srflx));
+        let inv = node.minter().invitation(InvitationParams::default(), super::super::unix_now()).expect("mints");
+        let ci = &inv.token().body.connection_info;
+        assert!(ci.ice_candidates.iter().any(|c| c.address == external), "{:?}", ci.ice_candidates);
+        assert_eq!(ci.nat, Some(NatInfo::PORT_MAPPED), "peers are told nothing filters them at that address");
+        let status = node.mapping_status(now);
+        assert_eq!(status["state"], "mapped");
+        assert_eq!(status["external"], "198.18.4.1:40000");
+        assert_eq!(status["protocol"], "upnp");
+        node.on_port_mapping(Report::Unavailable { reason: "renewal failed".into() }, now);
+        assert!(!node.candidates().iter().any(|c| c.address == external), "a lost mapping is not offered");
+        let inv = node.minter().invitation(InvitationParams::default(), super::super::unix_now()).expect("mints");
+        assert_ne!(inv.token().body.connection_info.nat, Some(NatInfo::PORT_MAPPED));
+        assert_eq!(node.mapping_status(now)["state"], "unavailable");
     }
 }

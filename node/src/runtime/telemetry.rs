@@ -15,6 +15,7 @@ use std::time::Instant;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
+use super::portmap::{Protocol, Report};
 use crate::host::{Host, HostEvent};
 use crate::ice::{AcceptRsvpError, Event as IceEvent, FailReason, Via};
 use crate::session::CloseReason;
@@ -65,6 +66,16 @@ pub const SERIES: &[(&str, &str, &str)] = &[
         "Attempts that predicted or probed ports, by outcome (started, connected)",
     ),
     ("convoke_pool_sockets_opened_total", "counter", "Sockets opened for birthday probing (we were the hard side)"),
+    (
+        "convoke_port_mapping_active",
+        "gauge",
+        "1 while the router forwards a port to us, by protocol (pcp, natpmp, upnp); 0 for each otherwise",
+    ),
+    (
+        "convoke_port_mapping_reports_total",
+        "counter",
+        "Port mapping news, by outcome (mapped: a mapping made or renewed at a new address; unavailable: none, or lost)",
+    ),
     ("convoke_overlay_view_peers", "gauge", "Overlay members in our views, by view (active, passive, suspected)"),
     (
         "convoke_overlay_tree_links",
@@ -86,6 +97,21 @@ pub const SERIES: &[(&str, &str, &str)] = &[
         "Introductions: links asked for with a card (asked), failed, tokens relayed for others (relayed), refused, received",
     ),
 ];
+
+const PORT_MAPPING_PROTOCOLS: [Protocol; 3] = [Protocol::Pcp, Protocol::NatPmp, Protocol::Upnp];
+
+/// Counts what the port mapper said (see [`super::portmap`]).
+pub fn on_port_mapping(report: &Report) {
+    let active = match report {
+        Report::Mapped { protocol, .. } => Some(*protocol),
+        Report::Unavailable { .. } => None,
+    };
+    for p in PORT_MAPPING_PROTOCOLS {
+        gauge!("convoke_port_mapping_active", "protocol" => p.name()).set(if active == Some(p) { 1.0 } else { 0.0 });
+    }
+    let outcome = if active.is_some() { "mapped" } else { "unavailable" };
+    counter!("convoke_port_mapping_reports_total", "outcome" => outcome).increment(1);
+}
 
 /// Buckets of the time-to-connect histogram, seconds: from a LAN handshake
 /// to an RSVP pasted minutes later.
@@ -150,6 +176,12 @@ fn zero() {
         counter!("convoke_probing_attempts_total", "outcome" => o).absolute(0);
     }
     counter!("convoke_pool_sockets_opened_total").absolute(0);
+    for p in PORT_MAPPING_PROTOCOLS {
+        gauge!("convoke_port_mapping_active", "protocol" => p.name()).set(0.0);
+    }
+    for o in ["mapped", "unavailable"] {
+        counter!("convoke_port_mapping_reports_total", "outcome" => o).absolute(0);
+    }
     let closes = [
         CloseReason::Local,
         CloseReason::Peer { code: 0, reason: String::new() },

@@ -359,6 +359,11 @@ pub struct NatInfo {
 }
 
 impl NatInfo {
+    /// What a node whose router forwards a port to it (PCP, NAT-PMP, UPnP
+    /// IGD) says of its NAT: nothing stands in a peer's way at the mapped
+    /// address, so the peer neither asks for an RSVP early nor probes.
+    pub const PORT_MAPPED: NatInfo = NatInfo { delta: None, mapping: NatMapping::None, ports: None };
+
     /// Whether a new peer cannot reach the reflexive address this node put
     /// in its token (its NAT maps per destination).
     pub fn is_hard(&self) -> bool {

@@ -166,8 +166,8 @@ fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bo
     if !quiet {
         let j = &report.joins;
         eprintln!(
-            "{name} (seed {seed}): {} joins — {} single token, {} RSVP, {} failed",
-            j.joins, j.single_token, j.rsvp, j.failed
+            "{name} (seed {seed}): {} joins — {} single token, {} RSVP, {} port mapped, {} predicted, {} birthday, {} failed",
+            j.joins, j.single_token, j.rsvp, j.port_mapped, j.predicted, j.birthday, j.failed
         );
         eprintln!(
             "{} events in {:.2} s wall ({:.2}M events/s), peak memory {:.1} MiB; report in {}",
@@ -246,8 +246,10 @@ fn bench(nodes: &[u32], scenario: Option<PathBuf>) -> Result<(), String> {
         let perf: Perf = serde_json::from_str(&read("perf.json")?).map_err(|e| e.to_string())?;
         let report: serde_json::Value = serde_json::from_str(&read("report.json")?).map_err(|e| e.to_string())?;
         let j = &report["joins"];
-        let joined: u64 =
-            ["single_token", "rsvp", "predicted", "birthday"].iter().map(|k| j[*k].as_u64().unwrap_or(0)).sum();
+        let joined: u64 = ["single_token", "rsvp", "port_mapped", "predicted", "birthday"]
+            .iter()
+            .map(|k| j[*k].as_u64().unwrap_or(0))
+            .sum();
         println!(
             "| {n} | {joined} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}M | {:.0} | {} | {:.0} |",
             j["single_token"],

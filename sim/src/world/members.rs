@@ -149,6 +149,7 @@ impl World {
         let mut member = Member::new(node.identity.clone(), Self::network_config(), seed, now);
         // Reflexive addresses come later, from its STUN answers.
         member.minter().candidates_mut().add_host(std::net::SocketAddr::V4(node.addr));
+        member.minter().candidates_mut().set_port_mapped(node.mapped.map(std::net::SocketAddr::V4));
         let peer = member.peer_id();
         node.member = Some(Box::new(Slot {
             member,

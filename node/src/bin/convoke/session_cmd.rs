@@ -50,6 +50,13 @@ pub(crate) struct NodeArgs {
     /// sockets on the side behind a symmetric NAT.
     #[arg(long)]
     no_probing: bool,
+    /// Never ask the router to forward a port to us. By default the node
+    /// asks the default gateway (PCP, then NAT-PMP, then UPnP IGD) for a
+    /// mapping of its IPv4 port, renews it, deletes it on exit, and offers
+    /// the mapped address in its tokens so that people connect with a
+    /// single token.
+    #[arg(long)]
+    no_port_mapping: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless asked;
     /// `--metrics` alone means 127.0.0.1:9464). Keep it on loopback or a
     /// private network: it has no authentication.
@@ -135,7 +142,24 @@ pub(crate) fn node_config(ctx: &Ctx, a: &NodeArgs) -> Result<NodeConfig, Failure
     c.stun = resolve_stun(&stun)?;
     c.control = a.control.clone().or(file.control);
     c.host.endpoint.probing = !(a.no_probing || file.no_probing);
+    c.port_mapping = !(a.no_port_mapping || file.no_port_mapping);
     Ok(c)
+}
+
+/// The port mapping line of `convoke status`.
+fn port_mapping_words(m: &Value) -> String {
+    match m["state"].as_str() {
+        Some("mapped") => format!(
+            "{} forwards {} to us (renewed before {} s)",
+            m["protocol"].as_str().unwrap_or("?").to_uppercase(),
+            printable(m["external"].as_str().unwrap_or("?")),
+            m["expires_in_seconds"]
+        ),
+        Some("asking") => "asking the router".to_owned(),
+        Some("unavailable") => format!("none ({})", printable(m["reason"].as_str().unwrap_or("?"))),
+        Some("off") => "off".to_owned(),
+        _ => "unknown".to_owned(),
+    }
 }
 
 /// A fresh seed for a node's engine, from the OS.
@@ -768,6 +792,7 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
                 p["pool_sockets_opened"]
             );
         }
+        println!("  port map    {}", port_mapping_words(&n["port_mapping"]));
         let sessions = n["sessions"].as_array().cloned().unwrap_or_default();
         if sessions.is_empty() {
             println!("  no sessions ({} attempts pending)", n["attempts"]);

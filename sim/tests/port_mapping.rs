@@ -1,0 +1,46 @@
+//! A router that grants a port mapping (PCP, NAT-PMP, UPnP IGD) turns the
+//! pairs that needed an RSVP or probing into direct ones: the node offers
+//! the mapped address, and the peer reaches it.
+
+use convoke_sim::scenario::Scenario;
+
+fn run(port_mapping: f64) -> serde_json::Value {
+    let text = format!(
+        "name = \"port-mapping\"\nseed = 7\nduration_s = 300\n\
+         [oob]\ninvite_delay_s = [5, 10]\nrsvp_delay_s = [10, 20]\n\
+         [profiles.home]\nmapping = \"eim\"\nfiltering = \"apdf\"\nport_mapping = {port_mapping}\n\
+         [joins]\npattern = \"matrix\"\nrepeat = 2\nprofiles = [\"home\", \"apdm-apdf\"]\n"
+    );
+    let scenario = Scenario::parse(&text).expect("scenario");
+    let (report, _) = convoke_sim::simulate(scenario, 7, &mut |_, _, _| {}).expect("runs");
+    serde_json::from_str(&report.to_json()).expect("json")
+}
+
+fn cell(r: &serde_json::Value, inviter: usize, invitee: usize) -> &serde_json::Value {
+    &r["matrix"]["cells"][inviter][invitee]
+}
+
+#[test]
+fn a_mapped_port_makes_hard_pairs_direct() {
+    let without = run(0.0);
+    let with = run(1.0);
+    // home × symmetric: without a mapping the home router filters the
+    // symmetric invitee's checks, so the ladder goes to birthday probing.
+    assert_eq!(cell(&without, 0, 1)["phase"], "birthday", "{}", cell(&without, 0, 1));
+    assert_eq!(cell(&with, 0, 1)["phase"], "port-mapped", "{}", cell(&with, 0, 1));
+    // ... with one, the invitation alone does it: no RSVP was sent.
+    assert_eq!(cell(&with, 0, 1)["outcomes"]["rsvp_sent"], 0, "{}", cell(&with, 0, 1));
+    // symmetric × home: the RSVP carries the invitee's mapped address,
+    // which the inviter's checks reach without probing.
+    assert_eq!(cell(&without, 1, 0)["phase"], "birthday", "{}", cell(&without, 1, 0));
+    assert_eq!(cell(&with, 1, 0)["phase"], "port-mapped", "{}", cell(&with, 1, 0));
+    assert_eq!(with["probing"]["started"].as_u64(), Some(0), "nothing probed: {}", with["probing"]);
+    // home × home went by RSVP without mappings; with them, directly.
+    assert_eq!(cell(&without, 0, 0)["phase"], "rsvp");
+    assert_eq!(cell(&with, 0, 0)["phase"], "port-mapped");
+    assert_eq!(cell(&with, 0, 0)["outcomes"]["rsvp_sent"], 0);
+    // Symmetric × symmetric has no router mapping either way.
+    assert_eq!(cell(&with, 1, 1)["phase"], "failed");
+    assert_eq!(with["joins"]["port_mapped"].as_u64(), Some(6), "{}", with["joins"]);
+    assert!(with["joins"]["median_s"].as_f64() < without["joins"]["median_s"].as_f64(), "sooner with mappings");
+}
