@@ -73,6 +73,11 @@ pub struct Behaviour {
     /// Whether packets from inside to the NAT's own external address are
     /// looped back in (RFC 4787 REQ-9).
     pub hairpin: bool,
+    /// Most mappings the table holds (a cheap router's conntrack table);
+    /// a packet that needs a new one while the table is full is dropped.
+    /// `None`: only the port range bounds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mappings: Option<u32>,
 }
 
 /// What a destination key of a mapping holds, per mapping behaviour.
@@ -146,6 +151,8 @@ pub struct Nat {
     next_port: u16,
     /// Mappings made since the last sweep of expired ones.
     since_sweep: u32,
+    /// Packets dropped because the table was full ([`Behaviour::max_mappings`]).
+    pub table_full: u64,
 }
 
 /// Expired mappings are swept after this many new ones (a pool of probing
@@ -173,6 +180,7 @@ impl Nat {
             forwards: HashMap::default(),
             next_port: FIRST_PORT,
             since_sweep: 0,
+            table_full: 0,
         }
     }
 
@@ -282,13 +290,14 @@ impl Nat {
             (_, Some(p)) if self.alive(p, internal, now) => p,
             _ => {
                 self.since_sweep += 1;
-                if self.since_sweep >= SWEEP_EVERY {
+                let full = self.behaviour.max_mappings.is_some_and(|m| self.ports.len() >= m as usize);
+                if self.since_sweep >= SWEEP_EVERY || full {
                     self.since_sweep = 0;
-                    let expired: Vec<u16> =
-                        self.ports.iter().filter(|(_, e)| e.expires <= now).map(|(p, _)| *p).collect();
-                    for p in expired {
-                        self.remove(p);
-                    }
+                    self.sweep(now);
+                }
+                if self.behaviour.max_mappings.is_some_and(|m| self.ports.len() >= m as usize) {
+                    self.table_full += 1;
+                    return None;
                 }
                 let p = self.allocate(internal, now, random)?;
                 self.ports.insert(p, Entry { internal, key, peers: VecDeque::new(), expires: 0 });
@@ -306,6 +315,14 @@ impl Nat {
             self.forget_reply(internal, old, port);
         }
         Some(port)
+    }
+
+    /// Forgets the expired mappings.
+    fn sweep(&mut self, now: u64) {
+        let expired: Vec<u16> = self.ports.iter().filter(|(_, e)| e.expires <= now).map(|(p, _)| *p).collect();
+        for p in expired {
+            self.remove(p);
+        }
     }
 
     fn forget_reply(&mut self, internal: SocketAddrV4, remote: SocketAddrV4, port: u16) {
@@ -351,7 +368,7 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn nat(mapping: Mapping, filtering: Filtering, ports: PortAssignment) -> Nat {
-        let b = Behaviour { mapping, filtering, ports, timeout_ns: 120 * SEC, hairpin: true };
+        let b = Behaviour { mapping, filtering, ports, timeout_ns: 120 * SEC, hairpin: true, max_mappings: None };
         Nat::new(b, Ipv4Addr::new(198, 18, 0, 1))
     }
 
@@ -447,6 +464,22 @@ mod tests {
         let q = n.outbound(other, ep("198.18.1.1:1"), 0, &mut r).expect("port");
         assert_eq!(n.inbound(ep("198.18.9.9:1"), q, 1), Err(Refused::Filtered));
         assert_ne!(n.outbound(other, ep("198.18.1.1:2"), 0, &mut r), Some(q));
+    }
+
+    #[test]
+    fn a_full_table_drops_what_needs_a_new_mapping_until_one_expires() {
+        let mut n = nat(Mapping::Apdm, Filtering::Apdf, PortAssignment::Random);
+        n.behaviour.max_mappings = Some(3);
+        let mut r = seq();
+        let inside = ep("10.0.0.2:5000");
+        let d = |p: u16| SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), p);
+        let ports: Vec<Option<u16>> = (1..=4).map(|p| n.outbound(inside, d(p), 0, &mut r)).collect();
+        assert!(ports[..3].iter().all(Option::is_some) && ports[3].is_none(), "{ports:?}");
+        assert_eq!(n.table_full, 1);
+        assert_eq!(n.outbound(inside, d(1), SEC, &mut r), ports[0], "an existing mapping still carries");
+        // Two expire (the first was refreshed at 1 s), making room.
+        assert!(n.outbound(inside, d(4), 120 * SEC, &mut r).is_some());
+        assert_eq!(n.mappings(), 2);
     }
 
     #[test]

@@ -609,7 +609,7 @@ impl Report {
         let n = &self.network;
         let _ = writeln!(
             m,
-            "## Network\n\n| sent | delivered | lost | filtered | no mapping | no route | hairpin refused | to crashed | partitioned | mappings |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "## Network\n\n| sent | delivered | lost | filtered | no mapping | no route | hairpin refused | table full | to crashed | partitioned | mappings |\n|---|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             n.sent,
             n.delivered,
             n.lost,
@@ -617,6 +617,7 @@ impl Report {
             n.no_mapping,
             n.no_route,
             n.hairpin_refused,
+            n.table_full,
             n.to_dead,
             n.partitioned,
             n.mappings

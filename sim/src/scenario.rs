@@ -209,6 +209,10 @@ pub struct Profile {
     /// private one) or without a NAT.
     #[serde(default)]
     pub port_mapping: f64,
+    /// Most mappings the NAT's table holds (a cheap home router's
+    /// conntrack table: a few thousand); none by default.
+    #[serde(default)]
+    pub max_mappings: Option<u32>,
 }
 
 fn preserving() -> PortAssignment {
@@ -233,6 +237,7 @@ impl Profile {
             hairpin: true,
             cgnat,
             port_mapping: 0.0,
+            max_mappings: None,
         }
     }
 
@@ -246,6 +251,7 @@ impl Profile {
             hairpin: true,
             cgnat,
             port_mapping: 0.0,
+            max_mappings: None,
         }
     }
 
@@ -271,6 +277,7 @@ impl Profile {
             ports: self.ports,
             timeout_ns: (self.timeout_s * 1e9) as u64,
             hairpin: self.hairpin,
+            max_mappings: self.max_mappings,
         })
     }
 }
@@ -314,6 +321,7 @@ impl Cgnat {
             ports: self.ports,
             timeout_ns: (self.timeout_s * 1e9) as u64,
             hairpin: true,
+            max_mappings: None,
         }
     }
 }
@@ -510,6 +518,9 @@ impl Scenario {
             }
             if !(p.timeout_s.is_finite() && p.timeout_s >= 1.0) {
                 return Err(invalid(format!("profiles.{name}.timeout_s"), "must be at least 1 second"));
+            }
+            if p.max_mappings == Some(0) {
+                return Err(invalid(format!("profiles.{name}.max_mappings"), "must be at least 1"));
             }
             if !(0.0..=1.0).contains(&p.port_mapping) {
                 return Err(invalid(format!("profiles.{name}.port_mapping"), "must be a chance in [0, 1]"));

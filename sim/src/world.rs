@@ -180,6 +180,8 @@ pub struct NetStats {
     pub no_route: u64,
     /// Hairpinning refused by a NAT.
     pub hairpin_refused: u64,
+    /// Dropped by a NAT whose mapping table was full.
+    pub table_full: u64,
     /// Addressed to a crashed node.
     pub to_dead: u64,
     /// Lost to a partition.
@@ -683,8 +685,13 @@ impl World {
                 let b = &mut self.nats[realm as usize];
                 let mut random = || rng.u32();
                 let before = b.nat.mappings();
+                let full_before = b.nat.table_full;
                 let Some(port) = b.nat.outbound(p.src, p.dst, now, &mut random) else {
-                    self.net.no_route += 1;
+                    if b.nat.table_full > full_before {
+                        self.net.table_full += 1;
+                    } else {
+                        self.net.no_route += 1;
+                    }
                     return;
                 };
                 if b.nat.mappings() > before {

@@ -44,3 +44,33 @@ fn a_mapped_port_makes_hard_pairs_direct() {
     assert_eq!(with["joins"]["port_mapped"].as_u64(), Some(6), "{}", with["joins"]);
     assert!(with["joins"]["median_s"].as_f64() < without["joins"]["median_s"].as_f64(), "sooner with mappings");
 }
+
+/// home × hard and hard × home, ten runs each, with the hard router's
+/// mapping table bounded (or not).
+fn run_table(max_mappings: Option<u32>) -> serde_json::Value {
+    let limit = max_mappings.map_or(String::new(), |m| format!("max_mappings = {m}\n"));
+    let text = format!(
+        "name = \"table\"\nseed = 3\nduration_s = 400\n\
+         [oob]\ninvite_delay_s = [5, 10]\nrsvp_delay_s = [10, 20]\n\
+         [profiles.home]\nmapping = \"eim\"\nfiltering = \"apdf\"\n\
+         [profiles.hard]\nmapping = \"apdm\"\nfiltering = \"apdf\"\nports = \"random\"\n{limit}\
+         [joins]\npattern = \"matrix\"\nrepeat = 10\nprofiles = [\"home\", \"hard\"]\n"
+    );
+    let scenario = Scenario::parse(&text).expect("scenario");
+    let (report, _) = convoke_sim::simulate(scenario, 3, &mut |_, _, _| {}).expect("runs");
+    serde_json::from_str(&report.to_json()).expect("json")
+}
+
+#[test]
+fn a_small_mapping_table_starves_the_birthday_pool() {
+    let free = run_table(None);
+    let small = run_table(Some(64));
+    assert_eq!(free["network"]["table_full"], 0);
+    assert!(small["network"]["table_full"].as_u64() > Some(1000), "{}", small["network"]);
+    // Fewer pool mappings fit, so the easy side needs more probes to land.
+    let probes = |r: &serde_json::Value| r["probing"]["probes_sent"].as_u64().unwrap_or(0);
+    assert!(probes(&small) > probes(&free), "{} vs {}", probes(&small), probes(&free));
+    for (i, j) in [(0, 1), (1, 0)] {
+        assert_eq!(cell(&free, i, j)["outcomes"]["birthday"], 10, "{}", cell(&free, i, j));
+    }
+}
