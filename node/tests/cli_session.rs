@@ -238,6 +238,7 @@ fn every_node_answers_stun_with_the_right_address_and_does_not_amplify() {
             let mut buf = [0u8; 1500];
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
                 assert_eq!(from, server);
+                assert!(n <= 3 * req.len(), "a {n}-byte answer to a {}-byte request", req.len());
                 let m = Message::parse(&buf[..n]).expect("STUN answer");
                 assert_eq!((m.class, m.transaction_id), (Class::Success, tid));
                 return m.mapped_address;
@@ -246,7 +247,8 @@ fn every_node_answers_stun_with_the_right_address_and_does_not_amplify() {
         None
     };
     assert_eq!(ask(true), Some(sock.local_addr().expect("local")), "XOR-MAPPED-ADDRESS is where we sent from");
-    assert_eq!(ask(false), None, "a request smaller than its answer gets none");
+    // A bare 20-byte request, as every STUN client sends: answered, within 3× its size.
+    assert_eq!(ask(false), Some(sock.local_addr().expect("local")), "a plain STUN client is served");
 }
 
 #[test]

@@ -31,8 +31,10 @@ impl Host {
         let mut tid = [0u8; 12];
         self.rng.fill_bytes(&mut tid);
         let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId(tid));
-        // Padded so the answer (XOR-MAPPED-ADDRESS for IPv6 + FINGERPRINT,
-        // 52 bytes) is no larger: Convoke nodes do not amplify.
+        // Padded to the size of the answer (XOR-MAPPED-ADDRESS for IPv6 +
+        // FINGERPRINT, 52 bytes): nodes now answer within 3× the request,
+        // but earlier Convoke versions answered only requests at least as
+        // large as the answer.
         b.software("convoke stun client; padded to the size of the answer");
         let request = b.finish(None, true);
         self.transmits.push_back(Transmit::main(server, request.clone()));

@@ -86,6 +86,32 @@ pub(crate) struct Pair {
     pub pool: bool,
     /// Found by probing (a pool socket, or a probe's answer).
     pub probed: bool,
+    /// For a remote we learnt from a check it sent (not from a token) and
+    /// that has not answered one of ours yet: the bytes it sent us and we
+    /// sent it. Anyone holding a reusable invitation can make valid checks
+    /// from someone else's address; what goes there stays within
+    /// [`AMPLIFICATION_FACTOR`] × what came from it (RFC 9000 §8.1's rule).
+    pub unvalidated: Option<Unvalidated>,
+}
+
+/// How many times the bytes an address sent us we send to it before it
+/// proves it receives (by answering a check, or being in a token).
+pub(crate) const AMPLIFICATION_FACTOR: u64 = 3;
+
+/// Bytes exchanged with an address that has not proved it receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unvalidated {
+    /// Bytes it sent us.
+    pub received: u64,
+    /// Bytes we sent it.
+    pub sent: u64,
+}
+
+impl Unvalidated {
+    /// Whether `len` more bytes stay within the bound.
+    pub fn allows(&self, len: usize) -> bool {
+        self.sent + len as u64 <= AMPLIFICATION_FACTOR * self.received
+    }
 }
 
 impl Pair {
@@ -102,6 +128,7 @@ impl Pair {
             nominate: false,
             pool: false,
             probed: false,
+            unvalidated: None,
         }
     }
 }

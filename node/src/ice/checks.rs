@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand_core::Rng;
 
-use super::attempt::{PairState, Side};
+use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, Unvalidated};
 use super::probe::SPRAY;
 use super::*;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
@@ -112,6 +112,16 @@ impl Endpoint {
         let nominate = a.role == IceRole::Controlling && p.nominate && a.state != State::Connected;
         let (destination, socket) = (p.remote, p.socket);
         let contents = check_message(a, self.local_peer.as_ref(), tid, nominate);
+        // An address that has not proved it receives gets at most 3× what
+        // it sent; the check waits (its retransmission timer runs on) until
+        // the peer's own checks raise the allowance.
+        if let Some(u) = a.pairs[i].unvalidated.as_mut() {
+            if !u.allows(contents.len()) {
+                self.stats.amplification_refused += 1;
+                return;
+            }
+            u.sent += contents.len() as u64;
+        }
         self.transmits.push_back(Transmit { destination, contents, socket });
     }
 
@@ -142,10 +152,12 @@ impl Endpoint {
         self.reindex();
     }
 
-    /// Queues `reply` (on `socket`) unless it is larger than the request (no
-    /// amplification). Returns whether it was queued.
+    /// Queues `reply` (on `socket`) unless it is more than
+    /// [`AMPLIFICATION_FACTOR`] times the request's size: the sender's
+    /// address is not validated, and may be someone else's. Returns whether
+    /// it was queued.
     pub(super) fn reply(&mut self, socket: SocketId, to: SocketAddr, request_len: usize, reply: Vec<u8>) -> bool {
-        if reply.len() > request_len {
+        if reply.len() as u64 > AMPLIFICATION_FACTOR * request_len as u64 {
             self.stats.amplification_refused += 1;
             return false;
         }
@@ -155,9 +167,9 @@ impl Endpoint {
 
     pub(super) fn on_request(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &Message<'_>) {
         let Some(username) = msg.username else {
-            // A plain STUN Binding request: say where we see it from. Only
-            // answered when the answer is no larger than the request, so
-            // clients pad their requests (ours do).
+            // A plain STUN Binding request: say where we see it from. A
+            // bare 20-byte request gets its 40- or 52-byte answer (within
+            // 3× its size), as any STUN client expects.
             let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
             b.xor_mapped_address(from);
             let out = b.finish(None, true);
@@ -258,14 +270,27 @@ impl Endpoint {
         let mut b = MessageBuilder::new(Class::Success, BINDING, msg.transaction_id);
         b.xor_mapped_address(from);
         let out = b.finish(Some(key.as_bytes()), true);
-        self.reply(socket, from, msg.raw().len(), out);
+        let (request_len, reply_len) = (msg.raw().len() as u64, out.len() as u64);
+        let replied = self.reply(socket, from, msg.raw().len(), out);
 
         let a = self.attempts.get_mut(&id).expect("present");
+        if let Some(p) = a.pair_by(socket, from).map(|i| &mut a.pairs[i])
+            && let Some(u) = p.unvalidated.as_mut()
+        {
+            u.received += request_len;
+            u.sent += if replied { reply_len } else { 0 };
+        }
         if a.state == State::Connected || a.state == State::Failed {
             return;
         }
+        let known = a.pair_by(socket, from).is_some();
         let i = a.add_remote(socket, from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
         let p = &mut a.pairs[i];
+        if !known {
+            // Learnt from this check alone: nothing says the address is
+            // the sender's (a token's candidates were chosen by its author).
+            p.unvalidated = Some(Unvalidated { received: request_len, sent: if replied { reply_len } else { 0 } });
+        }
         if msg.use_candidate && a.role == IceRole::Controlled {
             p.nominate = true;
             if p.state == PairState::Succeeded {
@@ -326,6 +351,11 @@ impl Endpoint {
         let p = &mut a.pairs[i];
         p.tid = None;
         p.next_send = None;
+        if from == p.remote && socket == p.socket {
+            // It answered our check (echoing its transaction id, with
+            // integrity): it receives at this address.
+            p.unvalidated = None;
+        }
         if msg.class == Class::Error {
             if msg.error_code == Some(487) {
                 // Switch role and check again (RFC 8445 §7.2.5.1).

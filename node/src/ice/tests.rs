@@ -410,39 +410,83 @@ fn pending_invitees_per_source_are_bounded() {
 }
 
 #[test]
-fn plain_stun_binding_is_answered_without_amplification() {
+fn plain_stun_binding_is_answered_within_three_times_its_size() {
     let mut net = Net::new(1);
-    let from: SocketAddr = "198.18.5.5:3478".parse().expect("addr");
     let now = net.now;
     let ep = &mut net.nodes[0].ep;
-    // A bare 20-byte request would need a 40-byte answer: refused.
-    let bare = MessageBuilder::new(Class::Request, BINDING, TransactionId([1; 12])).finish(None, false);
-    ep.handle_datagram(now, from, &bare);
-    assert!(ep.poll_transmit().is_none());
-    assert_eq!(ep.stats().amplification_refused, 1);
-    // A padded request gets its mapped address back.
-    let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([2; 12]));
+    // A bare 20-byte request, as every STUN client sends, from either family.
+    for (k, from) in ["198.18.5.5:3478", "[2001:db8::5]:3478"].into_iter().enumerate() {
+        let from: SocketAddr = from.parse().expect("addr");
+        let bare = MessageBuilder::new(Class::Request, BINDING, TransactionId([k as u8; 12])).finish(None, false);
+        assert_eq!(bare.len(), stun::HEADER_LEN);
+        ep.handle_datagram(now, from, &bare);
+        let t = ep.poll_transmit().expect("answered");
+        assert!(t.contents.len() <= 3 * bare.len(), "{} bytes for a {}-byte request", t.contents.len(), bare.len());
+        let m = Message::parse(&t.contents).expect("parses");
+        assert_eq!(
+            (m.class, m.mapped_address, m.transaction_id),
+            (Class::Success, Some(from), TransactionId([k as u8; 12]))
+        );
+    }
+    assert_eq!(ep.stats().stun_served, 2);
+    assert_eq!(ep.stats().amplification_refused, 0);
+    // USERNAME without a colon is not ICE: treated as malformed, not as plain STUN.
+    let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([9; 12]));
     b.username("padding-padding-padding");
-    let padded = b.finish(None, true);
-    // USERNAME without a colon is not ICE: treat as malformed, not as plain STUN.
-    ep.handle_datagram(now, from, &padded);
+    ep.handle_datagram(now, "198.18.5.5:3478".parse().expect("addr"), &b.finish(None, true));
     assert!(ep.poll_transmit().is_none());
-    let mut req = MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12])).finish(None, true);
-    // Pad with a SOFTWARE attribute, as our client does.
-    req.truncate(stun::HEADER_LEN);
-    let mut sw = MessageBuilder::new(Class::Request, BINDING, TransactionId([3; 12]));
-    let _ = &mut sw;
-    let software = b"convoke-stun-client-padding-0000";
-    let mut body = vec![0x80, 0x22, 0, software.len() as u8];
-    body.extend_from_slice(software);
-    req.extend_from_slice(&body);
-    req[2..4].copy_from_slice(&(body.len() as u16).to_be_bytes());
-    ep.handle_datagram(now, from, &req);
-    let t = ep.poll_transmit().expect("answered");
-    assert!(t.contents.len() <= req.len());
-    let m = Message::parse(&t.contents).expect("parses");
-    assert_eq!((m.class, m.mapped_address), (Class::Success, Some(from)));
-    assert_eq!(ep.stats().stun_served, 1);
+}
+
+#[test]
+fn checks_from_an_address_that_never_answers_draw_at_most_three_times_their_bytes() {
+    // Someone holding a reusable invitation makes valid checks with a
+    // victim's source address; the victim never answers.
+    let mut net = Net::new(1);
+    let (inv, _) = invitation(&net, 0, ConnectionMode { reusable: true, ..ConnectionMode::default() });
+    let pwd = inv.token().body.connection_info.pwd.clone();
+    let ufrag = inv.token().body.connection_info.ufrag.clone();
+    net.nodes[0].ep.listen(inv);
+    let victim: SocketAddr = "198.18.66.6:4000".parse().expect("addr");
+    let mut now = net.now;
+    let ep = &mut net.nodes[0].ep;
+    let mut received = 0usize;
+    for i in 0..8u32 {
+        let mut b = MessageBuilder::new(Class::Request, BINDING, TransactionId([i as u8 + 1; 12]));
+        b.username(&format!("{ufrag}:inv{i:05}")).priority(1).ice_controlled(5);
+        let check = b.finish(Some(pwd.as_bytes()), true);
+        received += check.len();
+        ep.handle_datagram(now, victim, &check);
+    }
+    let (mut sent, mut datagrams) = (0usize, 0usize);
+    let end = now + Duration::from_secs(60);
+    for _ in 0..100_000 {
+        while let Some(t) = ep.poll_transmit() {
+            assert_eq!(t.destination, victim);
+            sent += t.contents.len();
+            datagrams += 1;
+        }
+        match ep.poll_timeout() {
+            Some(t) if t <= end => {
+                now = now.max(t);
+                ep.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    eprintln!("{received} bytes received; {sent} bytes in {datagrams} datagrams sent back");
+    assert!(datagrams > 8, "the checks were taken as real and answered: {datagrams}");
+    assert!(sent <= 3 * received, "{sent} bytes in {datagrams} datagrams for {received} bytes received");
+    assert!(ep.stats().amplification_refused > 0, "the bound was what stopped it");
+}
+
+#[test]
+fn a_real_invitee_whose_address_the_token_did_not_name_still_connects() {
+    // The invitee's checks come from an address in no token (its NAT's
+    // mapping): the inviter's checks to it are bounded until it answers,
+    // which a real peer does at once.
+    let (mut net, inv, _) = pair(ConnectionMode::default(), false);
+    assert!(net.drive(Duration::from_secs(5), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1));
+    assert_eq!(net.nodes[0].ep.stats().amplification_refused, 0, "{:?}", inv.token().body.token_id);
 }
 
 #[test]

@@ -232,7 +232,8 @@ pub struct Stats {
     pub refused_by_limit: u64,
     /// Plain STUN Binding requests answered.
     pub stun_served: u64,
-    /// Answers not sent because they would be larger than the request.
+    /// Datagrams not sent because they would take what an unvalidated
+    /// address gets past 3× what it sent (answers, checks to it).
     pub amplification_refused: u64,
     /// Attempts begun as the invitee (invitations imported).
     pub attempts_invitee: u64,
