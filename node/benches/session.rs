@@ -17,95 +17,23 @@
 // The counting allocator (in `common`) needs `unsafe impl GlobalAlloc`.
 #![allow(unsafe_code)]
 
+#[path = "common/apps.rs"]
+mod apps;
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use apps::{FirstByte, Greeter, invitation, loopback_config, pct, rt};
 use common::{held_per_peer, median, unix_now};
 use convoke_node::host::{Host, HostConfig, HostEvent};
 use convoke_node::ice::{Endpoint, EndpointConfig};
 use convoke_node::identity::Identity;
-use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
-use convoke_node::token::{Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token};
-use rand_core::SeedableRng;
-
-fn invitation(identity: &Identity, candidates: &[Candidate], reusable: bool, seed: u64) -> Invitation {
-    let params = InvitationParams {
-        candidates: candidates.to_vec(),
-        mode: ConnectionMode { reusable, ..ConnectionMode::default() },
-        ..InvitationParams::default()
-    };
-    let t = Token::new_invitation(identity, params, unix_now(), &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed));
-    Invitation::from_token(t, unix_now()).expect("valid")
-}
-
-fn loopback_config() -> NodeConfig {
-    NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p) as usize]
-}
+use convoke_node::runtime::node::{App, Node, NodeCtx};
+use convoke_node::token::{Candidate, CandidateKind, Invitation};
 
 // ---------- 1. join to first byte ----------
-
-/// Inviter: greets every session with one byte, until told to stop.
-struct Greeter {
-    invitation: Invitation,
-    stop: Arc<AtomicBool>,
-}
-
-impl App for Greeter {
-    type Output = ();
-    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        ctx.host.listen(self.invitation.clone());
-    }
-    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
-        if let HostEvent::Established { session, .. } = event {
-            ctx.host.write(session, b"x");
-        }
-    }
-    fn step(&mut self, _: &mut NodeCtx<'_>) -> Option<()> {
-        self.stop.load(Ordering::Relaxed).then_some(())
-    }
-    async fn wake(&mut self) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Joiner: joins at `on_ready` and stops at the first byte.
-struct FirstByte {
-    invitation: Invitation,
-    started: Instant,
-    id: Option<convoke_node::ice::AttemptId>,
-}
-
-impl App for FirstByte {
-    type Output = Duration;
-    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        self.id = Some(ctx.host.join(&self.invitation, ctx.now));
-    }
-    fn on_event(&mut self, _: &mut NodeCtx<'_>, _: HostEvent) {}
-    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Duration> {
-        let id = self.id?;
-        let mut b = [0u8; 8];
-        (ctx.host.read(id, &mut b) > 0).then(|| {
-            let took = self.started.elapsed();
-            ctx.host.close(id, ctx.now);
-            took
-        })
-    }
-    async fn wake(&mut self) {
-        std::future::pending::<()>().await;
-    }
-}
 
 fn join_to_first_byte(rounds: usize) -> Vec<Duration> {
     let inviter_id = Identity::from_secret_bytes([1; 32]);
