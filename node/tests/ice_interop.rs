@@ -172,12 +172,13 @@ async fn our_engine_controlling_foreign_agent_controlled() {
     let inv =
         Invitation::from_token(Token::new_invitation(&me, params, unix_now(), &mut rng), unix_now()).expect("valid");
     let ci = inv.token().body.connection_info.clone();
+    let version = inv.token().body.version.clone();
     let mut ep = Endpoint::new(EndpointConfig::default(), [6; 32], Instant::now(), unix_now());
     ep.listen(inv);
 
     // The foreign invitee uses the credentials an invitee derives.
     let invitee_ufrag = "wrtcIce1".to_owned();
-    let invitee_pwd = derive_invitee_pwd(&ci.pwd, &invitee_ufrag);
+    let invitee_pwd = derive_invitee_pwd(&version, &ci.pwd, &invitee_ufrag);
     let (agent, their_addr) = foreign_agent(Some(invitee_ufrag), Some(invitee_pwd)).await;
     add_remote(&agent, our_addr);
     let (_cancel_tx, cancel_rx) = tokio::sync::mpsc::channel(1);

@@ -41,7 +41,7 @@ impl Endpoint {
         let b = &invitation.token().body;
         let ci = &b.connection_info;
         let rsvp_id = TokenId::random(&mut self.rng);
-        let local_ufrag = derived_ufrag(&rsvp_id);
+        let local_ufrag = derived_ufrag(&b.version, &rsvp_id);
         let id = self.new_id();
         let window = Duration::from_secs(u64::from(b.connection_mode.rsvp_timeout_seconds).max(1));
         // Ask for the RSVP as soon as silence says the inviter's NAT keeps
@@ -58,7 +58,7 @@ impl Endpoint {
                 side: Side::Invitee { rsvp_id, rsvp_supported: b.connection_mode.rsvp_supported },
                 role: IceRole::Controlled,
                 tie_breaker: derived_tie_breaker(&rsvp_id),
-                local: (local_ufrag.clone(), derive_invitee_pwd(&ci.pwd, &local_ufrag)),
+                local: (local_ufrag.clone(), derive_invitee_pwd(&b.version, &ci.pwd, &local_ufrag)),
                 remote: (ci.ufrag.clone(), ci.pwd.clone()),
                 invitation: b.token_id,
                 invitation_tie: ci.ice_tie_breaker,
@@ -238,7 +238,7 @@ impl Endpoint {
                 role: IceRole::Controlling,
                 tie_breaker: ci.ice_tie_breaker,
                 local: (ci.ufrag.clone(), ci.pwd.clone()),
-                remote: (remote_ufrag.clone(), derive_invitee_pwd(&ci.pwd, &remote_ufrag)),
+                remote: (remote_ufrag.clone(), derive_invitee_pwd(&b.version, &ci.pwd, &remote_ufrag)),
                 invitation: b.token_id,
                 invitation_tie: ci.ice_tie_breaker,
                 remote_peer: None,

@@ -672,3 +672,36 @@ fn the_hard_side_opens_a_bounded_pool_and_closes_it() {
     assert!(sockets.iter().all(|s| !net.nodes[1].ep.is_socket_open(*s)));
     assert_eq!(net.nodes[1].ep.stats().pool_sockets_opened, u64::from(config.pool_size));
 }
+
+#[test]
+fn format_1_1_invitations_still_connect_single_token_and_by_rsvp() {
+    // A 1.1 invitation (base64url credentials, minted before 1.2): both
+    // sides derive the invitee's credentials in its alphabet.
+    for filters in [false, true] {
+        let mut net = Net::new(2);
+        net.nodes[0].filter = filters;
+        let (inv, id) = invitation(&net, 0, ConnectionMode::default());
+        let mut b = inv.token().body.clone();
+        b.version = crate::token::VERSION_1_1.into();
+        b.connection_info.ufrag = crate::token::derived_ufrag(crate::token::VERSION_1_1, &b.token_id);
+        let raw = crate::token::credential_decode(crate::token::VERSION, &b.connection_info.pwd).expect("minted");
+        b.connection_info.pwd = crate::token::credential_encode(crate::token::VERSION_1_1, &raw);
+        let inv = Invitation::from_token(Token::sign(b, &id), UNIX).expect("a 1.1 invitation is valid");
+        net.nodes[0].ep.listen(inv.clone());
+        let now = net.now;
+        let attempt = net.nodes[1].ep.join(&inv, now);
+        if filters {
+            net.drive(Duration::from_secs(5), |n| n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
+            let text =
+                rsvp_from(&net, &inv, attempt, Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]), CONE);
+            let rsvp = crate::token::decode(&text).expect("decodes");
+            assert_eq!(rsvp.body.version, crate::token::VERSION_1_1, "written in its invitation's format");
+            let now = net.now;
+            net.nodes[0].ep.accept_rsvp(&text, now).expect("the RSVP is taken");
+        }
+        assert!(
+            net.drive(Duration::from_secs(40), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1),
+            "filters={filters}"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | format tag `0x11` (v1.1) |
+//! | 1 | format tag `0x12` (v1.2; `0x11` for v1.1, whose derived and packed credentials are base64url) |
 //! | 2 | flags, big-endian (see `F_*`) |
 //! | 16 | token id |
 //! | 16 | `in_reply_to` if `F_REPLY_TO` |
@@ -33,15 +33,17 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
-use base64::Engine;
-
 use super::{
-    B64, Candidate, CandidateKind, ConnectionInfo, ConnectionMode, Crypto, DEFAULT_SUITE, IceRole, InitialMode,
+    Candidate, CandidateKind, ConnectionInfo, ConnectionMode, Crypto, DEFAULT_SUITE, IceRole, InitialMode,
     KNOWN_CAPABILITIES, NatInfo, NatMapping, Party, PortAllocation, Token, TokenBody, TokenError, TokenId, TokenType,
-    VERSION, derived_local_pref, derived_tie_breaker, derived_ufrag, limits,
+    VERSION, VERSION_1_1, credential_decode, credential_encode, derived_local_pref, derived_tie_breaker, derived_ufrag,
+    limits,
 };
 use crate::identity::PublicKey;
 
+/// Format 1.2 (ICE credentials in standard base64).
+const TAG_V1_2: u8 = 0x12;
+/// Format 1.1 (ICE credentials in base64url), still read and written.
 const TAG_V1_1: u8 = 0x11;
 /// Tag for a body whose version string is not 1.1 (only so that encoding is
 /// total; decoding refuses it as an unknown version).
@@ -75,7 +77,7 @@ const C_SCOPE: u8 = 1 << 4;
 pub(super) fn encode(token: &Token) -> Vec<u8> {
     let b = &token.body;
     let ci = &b.connection_info;
-    let raw_pwd = raw_pwd(&ci.pwd);
+    let raw_pwd = raw_pwd(&b.version, &ci.pwd);
     let mut flags = 0u16;
     let mut set = |cond: bool, f: u16| {
         if cond {
@@ -91,7 +93,7 @@ pub(super) fn encode(token: &Token) -> Vec<u8> {
     set(ci.ice_role == IceRole::Controlled, F_CONTROLLED);
     set(b.initiator.is_some(), F_INITIATOR);
     set(b.responder.is_some(), F_RESPONDER);
-    set(ci.ufrag != derived_ufrag(&b.token_id), F_UFRAG);
+    set(ci.ufrag != derived_ufrag(&b.version, &b.token_id), F_UFRAG);
     set(raw_pwd.is_none(), F_PWD);
     set(ci.ice_tie_breaker != derived_tie_breaker(&b.token_id), F_TIE);
     set(b.crypto.suite != DEFAULT_SUITE, F_SUITE);
@@ -101,6 +103,8 @@ pub(super) fn encode(token: &Token) -> Vec<u8> {
 
     let mut out = Vec::with_capacity(192);
     if b.version == VERSION {
+        out.push(TAG_V1_2);
+    } else if b.version == VERSION_1_1 {
         out.push(TAG_V1_1);
     } else {
         out.push(TAG_OTHER_VERSION);
@@ -208,10 +212,9 @@ fn read_nat(r: &mut Reader<'_>) -> Result<NatInfo, TokenError> {
 }
 
 /// The 16 raw bytes behind a password, if it is exactly their canonical
-/// base64url form (as minted passwords are).
-fn raw_pwd(pwd: &str) -> Option<[u8; 16]> {
-    let raw: [u8; 16] = B64.decode(pwd).ok()?.try_into().ok()?;
-    (B64.encode(raw) == pwd).then_some(raw)
+/// form in the token format's credential alphabet (as minted passwords are).
+fn raw_pwd(version: &str, pwd: &str) -> Option<[u8; 16]> {
+    credential_decode(version, pwd)?.try_into().ok()
 }
 
 fn kind_code(k: CandidateKind) -> u8 {
@@ -376,7 +379,8 @@ impl<'a> Reader<'a> {
 pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
     let mut r = Reader { buf: bytes };
     let version = match r.u8("format tag")? {
-        TAG_V1_1 => VERSION.to_owned(),
+        TAG_V1_2 => VERSION.to_owned(),
+        TAG_V1_1 => VERSION_1_1.to_owned(),
         TAG_OTHER_VERSION => return Err(TokenError::UnknownVersion(r.string("version", 16)?)),
         other => {
             return Err(TokenError::UnknownVersion(format!("compact tag {other:#04x}")));
@@ -394,8 +398,13 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Token, TokenError> {
     let network_id = if has(F_NETWORK) { Some(r.string("network_id", limits::MAX_NETWORK_ID)?) } else { None };
     let initiator = if has(F_INITIATOR) { Some(read_party(&mut r, "initiator")?) } else { None };
     let responder = if has(F_RESPONDER) { Some(read_party(&mut r, "responder")?) } else { None };
-    let ufrag = if has(F_UFRAG) { r.string("ufrag", *limits::UFRAG_LEN.end())? } else { derived_ufrag(&token_id) };
-    let pwd = if has(F_PWD) { r.string("pwd", *limits::PWD_LEN.end())? } else { B64.encode(r.array::<16>("pwd")?) };
+    let ufrag =
+        if has(F_UFRAG) { r.string("ufrag", *limits::UFRAG_LEN.end())? } else { derived_ufrag(&version, &token_id) };
+    let pwd = if has(F_PWD) {
+        r.string("pwd", *limits::PWD_LEN.end())?
+    } else {
+        credential_encode(&version, &r.array::<16>("pwd")?)
+    };
     let ice_tie_breaker =
         if has(F_TIE) { u64::from_be_bytes(r.array("ice_tie_breaker")?) } else { derived_tie_breaker(&token_id) };
     let n = usize::from(r.u8("ice_candidates")?);

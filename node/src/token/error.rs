@@ -42,7 +42,7 @@ pub enum TokenError {
     #[error("token is malformed: {0}")]
     Malformed(String),
     /// The token was made by a newer (or unknown) version of the format.
-    #[error("token format version {0} is not supported (this build reads version 1.1)")]
+    #[error("token format version {0} is not supported (this build reads versions 1.1 and 1.2)")]
     UnknownVersion(String),
     /// A field is larger than the format allows.
     #[error("token field {field} is too large: {len} where at most {max} is allowed")]

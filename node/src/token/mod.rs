@@ -39,7 +39,42 @@ pub use error::TokenError;
 pub use validate::{Invitation, ReplayGuard, Rsvp, validate_standalone};
 
 /// The format version this build writes and reads.
-pub const VERSION: &str = "1.1";
+pub const VERSION: &str = "1.2";
+
+/// The format before [`VERSION`], still read: the same fields, but the ICE
+/// credentials it mints and derives are base64url, whose `-` and `_` are
+/// outside ICE's character set (RFC 8839 `ice-char`), so some ICE agents
+/// refuse them. 1.2 writes them in standard base64 (`+` and `/`).
+pub const VERSION_1_1: &str = "1.1";
+
+/// Whether this build reads tokens of `version`.
+pub fn is_known_version(version: &str) -> bool {
+    version == VERSION || version == VERSION_1_1
+}
+
+/// The alphabet of the ICE credentials a token of `version` mints and
+/// derives (ufrag, password, the invitee's derived password): standard
+/// base64 without padding from 1.2, inside `ice-char`; base64url in 1.1.
+fn credential_alphabet(version: &str) -> &'static base64::engine::GeneralPurpose {
+    if version == VERSION_1_1 {
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        &base64::engine::general_purpose::STANDARD_NO_PAD
+    }
+}
+
+/// 16 credential bytes as a token of `version` writes them, and back: the
+/// compact form packs a password in that canonical form as raw bytes.
+pub(crate) fn credential_encode(version: &str, raw: &[u8]) -> String {
+    base64::Engine::encode(credential_alphabet(version), raw)
+}
+
+/// The bytes behind a credential string in `version`'s alphabet, if it is
+/// their canonical form.
+pub(crate) fn credential_decode(version: &str, s: &str) -> Option<Vec<u8>> {
+    let raw = base64::Engine::decode(credential_alphabet(version), s).ok()?;
+    (credential_encode(version, &raw) == s).then_some(raw)
+}
 /// Prefix of the text encoding.
 pub const TEXT_PREFIX: &str = "scpi://";
 /// Prefix of the compact encoding.
@@ -607,26 +642,27 @@ pub fn default_capabilities() -> Vec<String> {
     ["ice", "rsvp", "noise-ik", "datagram", "stream"].iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// The ICE ufrag derived from a token id: the first 6 id bytes in base64url
-/// (8 characters, 48 bits; RFC 8445 §5.3 asks for at least 24, and 48 keep
+/// The ICE ufrag derived from a token id: the first 6 id bytes in the
+/// token format's credential alphabet (8 characters, 48 bits; RFC 8445 §5.3 asks for at least 24, and 48 keep
 /// a thousand invitees on one invitation clear of collisions). The ufrag is
 /// sent in clear in every check, so deriving it from the (non-secret) id
 /// costs nothing, and the compact form leaves it out.
-pub fn derived_ufrag(id: &TokenId) -> String {
-    base64::Engine::encode(&B64, &id.0[..6])
+pub fn derived_ufrag(version: &str, id: &TokenId) -> String {
+    credential_encode(version, &id.0[..6])
 }
 
-/// The invitee's ICE password: base64url of the first 16 bytes of
-/// HMAC-SHA256(key = inviter's pwd, invitee's ufrag) (docs/DESIGN.md §2). The inviter
+/// The invitee's ICE password: the first 16 bytes of
+/// HMAC-SHA256(key = inviter's pwd, invitee's ufrag) (docs/DESIGN.md §2), in
+/// the invitation's credential alphabet (its `version`). The inviter
 /// learns the invitee's ufrag from the USERNAME of its first check and
 /// derives the same password, so it can check back towards an invitee it has
 /// never heard of.
-pub fn derive_invitee_pwd(inviter_pwd: &str, invitee_ufrag: &str) -> String {
+pub fn derive_invitee_pwd(version: &str, inviter_pwd: &str, invitee_ufrag: &str) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac =
         <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(inviter_pwd.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(invitee_ufrag.as_bytes());
-    base64::Engine::encode(&B64, &mac.finalize().into_bytes()[..16])
+    credential_encode(version, &mac.finalize().into_bytes()[..16])
 }
 
 /// The tie-breaker derived from a token id (first 8 bytes of
@@ -640,7 +676,7 @@ pub fn derived_tie_breaker(id: &TokenId) -> u64 {
 fn random_pwd<R: CryptoRng + ?Sized>(rng: &mut R) -> String {
     let mut b = [0u8; 16];
     rng.fill_bytes(&mut b);
-    base64::Engine::encode(&B64, b)
+    credential_encode(VERSION, &b)
 }
 
 fn party(identity: &Identity, capabilities: Vec<String>) -> Party {
@@ -669,7 +705,7 @@ impl Token {
             responder: None,
             connection_info: ConnectionInfo {
                 ice_candidates: params.candidates,
-                ufrag: derived_ufrag(&token_id),
+                ufrag: derived_ufrag(VERSION, &token_id),
                 pwd: random_pwd(rng),
                 ice_role: IceRole::Controlling,
                 ice_tie_breaker: derived_tie_breaker(&token_id),
@@ -701,12 +737,15 @@ impl Token {
         now: u64,
     ) -> Token {
         let inv = &invitation.token().body;
-        let ufrag = derived_ufrag(&token_id);
+        // The invitation's format: its author derives our password the
+        // same way, and reads the RSVP.
+        let version = inv.version.clone();
+        let ufrag = derived_ufrag(&version, &token_id);
         // An RSVP is never dated before its invitation, even if our clock
         // is a little behind the inviter's.
         let created_at = now.max(inv.created_at);
         let body = TokenBody {
-            version: VERSION.to_owned(),
+            version: version.clone(),
             token_type: TokenType::Rsvp,
             token_id,
             in_reply_to: Some(inv.token_id),
@@ -718,7 +757,7 @@ impl Token {
             responder: Some(party(identity, default_capabilities())),
             connection_info: ConnectionInfo {
                 ice_candidates: candidates,
-                pwd: derive_invitee_pwd(&inv.connection_info.pwd, &ufrag),
+                pwd: derive_invitee_pwd(&version, &inv.connection_info.pwd, &ufrag),
                 ufrag,
                 ice_role: IceRole::Controlled,
                 ice_tie_breaker: derived_tie_breaker(&token_id),

@@ -214,7 +214,7 @@ fn non_derived_values_survive_the_compact_form() {
     let mut t = typical(&id);
     let b = &mut t.body;
     b.connection_info.ufrag = "Uf+8".into();
-    b.connection_info.pwd = "a-password-that-is-not-base64-of-16".into();
+    b.connection_info.pwd = "a+password/that/is/not/base64/of/16".into();
     b.connection_info.ice_tie_breaker = 42;
     b.connection_info.ice_candidates[1].priority = 7;
     b.connection_info.ice_candidates.push(Candidate {
@@ -300,7 +300,9 @@ prop_compose! {
         caps in arb_caps(),
         candidates in arb_candidates(),
         ufrag in prop::option::of("[a-zA-Z0-9+/]{4,64}"),
-        pwd in prop_oneof![any::<[u8; 16]>().prop_map(|b| base64::Engine::encode(&B64, b)), "[a-zA-Z0-9+/_-]{22,128}"],
+        legacy in any::<bool>(),
+        pwd_raw in any::<[u8; 16]>(),
+        pwd_str in prop::option::of("[a-zA-Z0-9+/]{22,128}"),
         controlled in any::<bool>(),
         tie in prop::option::of(any::<u64>()),
         suite in prop::option::of("[A-Za-z0-9_]{1,64}"),
@@ -311,8 +313,11 @@ prop_compose! {
         let key = key_for(id).public_key();
         let party = Party { peer_id: key.peer_id().to_string(), public_key: key, capabilities: caps };
         let token_id = TokenId(id);
+        // Both formats this build reads: 1.1's credentials are base64url.
+        let version = if legacy { VERSION_1_1 } else { VERSION };
+        let pwd = pwd_str.unwrap_or_else(|| credential_encode(version, &pwd_raw));
         TokenBody {
-            version: VERSION.into(),
+            version: version.into(),
             token_type: if rsvp { TokenType::Rsvp } else { TokenType::Invitation },
             token_id,
             in_reply_to: reply.map(TokenId),
@@ -329,7 +334,7 @@ prop_compose! {
             responder: rsvp.then_some(party),
             connection_info: ConnectionInfo {
                 ice_candidates: candidates,
-                ufrag: ufrag.unwrap_or_else(|| derived_ufrag(&token_id)),
+                ufrag: ufrag.unwrap_or_else(|| derived_ufrag(version, &token_id)),
                 pwd,
                 ice_role: if controlled { IceRole::Controlled } else { IceRole::Controlling },
                 ice_tie_breaker: tie.unwrap_or_else(|| derived_tie_breaker(&token_id)),
@@ -421,4 +426,35 @@ fn nat_steps_out_of_range_are_refused_in_both_encodings() {
             assert_eq!(decode(&text).is_ok(), ok, "delta {delta}");
         }
     }
+}
+
+#[test]
+fn minted_and_derived_credentials_stay_inside_ice_char() {
+    // RFC 8839 `ice-char`: ALPHA / DIGIT / "+" / "/". Some ICE agents refuse
+    // anything else; base64url's `-` and `_` appear in half of all 22-char
+    // passwords, so 200 of each would show them.
+    let ice_char = |s: &str| s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/');
+    let inviter = Identity::from_secret_bytes([1; 32]);
+    let invitee = Identity::from_secret_bytes([2; 32]);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+    for _ in 0..200 {
+        let t = Token::new_invitation(&inviter, InvitationParams::default(), NOW, &mut rng);
+        let inv = Invitation::from_token(t, NOW).expect("valid");
+        let ci = &inv.token().body.connection_info;
+        assert!(ice_char(&ci.ufrag) && ice_char(&ci.pwd), "{} / {}", ci.ufrag, ci.pwd);
+        let r = Token::new_rsvp(&inv, &invitee, TokenId::random(&mut rng), Vec::new(), None, NOW);
+        let rc = &r.body.connection_info;
+        assert!(ice_char(&rc.ufrag) && ice_char(&rc.pwd), "{} / {}", rc.ufrag, rc.pwd);
+        assert_eq!(rc.pwd, derive_invitee_pwd(VERSION, &ci.pwd, &rc.ufrag));
+    }
+    // A 1.2 token holding base64url's extra characters is refused; 1.1
+    // tokens (minted before) may hold them.
+    let mut t = typical(&inviter);
+    t.body.connection_info.pwd = "with-a-dash-and_an_underscore".into();
+    let t = Token::sign(t.body, &inviter);
+    assert!(matches!(decode(&t.encode_text()), Err(TokenError::Malformed(m)) if m.contains("ICE")));
+    let mut old = t.body.clone();
+    old.version = VERSION_1_1.into();
+    let old = Token::sign(old, &inviter);
+    assert_eq!(decode(&old.encode_text()).expect("1.1 reads"), old);
 }

@@ -60,7 +60,7 @@ pub(super) fn from_json(json: &[u8]) -> Result<Token, TokenError> {
     // Version first, so a future format gets "unsupported version" rather
     // than a confusing complaint about a field it added.
     match map.get("version") {
-        Some(serde_json::Value::String(v)) if v == super::VERSION => {}
+        Some(serde_json::Value::String(v)) if super::is_known_version(v) => {}
         Some(serde_json::Value::String(v)) => {
             return Err(TokenError::UnknownVersion(v.chars().take(16).collect()));
         }

@@ -2,13 +2,13 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::{IceRole, Token, TokenBody, TokenError, TokenId, TokenType, VERSION, decode, limits};
+use super::{IceRole, Token, TokenBody, TokenError, TokenId, TokenType, VERSION_1_1, decode, is_known_version, limits};
 use crate::identity::PeerId;
 
 /// Checks version and every size limit. Runs inside [`decode`](super::decode)
 /// for both encodings, before any signature work.
 pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
-    if b.version != VERSION {
+    if !is_known_version(&b.version) {
         return Err(TokenError::UnknownVersion(b.version.chars().take(16).collect()));
     }
     let limit = |field: &'static str, len: usize, max: usize| {
@@ -16,8 +16,9 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
     };
     let ci = &b.connection_info;
     limit("ice_candidates", ci.ice_candidates.len(), limits::MAX_CANDIDATES)?;
-    check_ice_chars("ufrag", &ci.ufrag, &limits::UFRAG_LEN)?;
-    check_ice_chars("pwd", &ci.pwd, &limits::PWD_LEN)?;
+    let legacy = b.version == VERSION_1_1;
+    check_ice_chars("ufrag", &ci.ufrag, &limits::UFRAG_LEN, legacy)?;
+    check_ice_chars("pwd", &ci.pwd, &limits::PWD_LEN, legacy)?;
     if let Some(n) = &b.network_id {
         limit("network_id", n.len(), limits::MAX_NETWORK_ID)?;
     }
@@ -62,16 +63,22 @@ pub(crate) fn check_structure(b: &TokenBody) -> Result<(), TokenError> {
 }
 
 /// ICE credentials use `ice-char` (ALPHA / DIGIT / "+" / "/", RFC 8839
-/// §5.4); base64url's `-` and `_` are accepted too, as minted credentials use
-/// them and they are safe inside STUN USERNAME and SDP.
-fn check_ice_chars(field: &'static str, s: &str, len: &std::ops::RangeInclusive<usize>) -> Result<(), TokenError> {
+/// §5.4). Format 1.1 minted base64url credentials, so its tokens may also
+/// hold `-` and `_` (`legacy`).
+fn check_ice_chars(
+    field: &'static str,
+    s: &str,
+    len: &std::ops::RangeInclusive<usize>,
+    legacy: bool,
+) -> Result<(), TokenError> {
     if s.len() > *len.end() {
         return Err(TokenError::LimitExceeded { field, len: s.len(), max: *len.end() });
     }
     if s.len() < *len.start() {
         return Err(TokenError::Malformed(format!("{field} is shorter than {} characters", len.start())));
     }
-    if !s.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/-_".contains(&c)) {
+    let extra: &[u8] = if legacy { b"+/-_" } else { b"+/" };
+    if !s.bytes().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c)) {
         return Err(TokenError::Malformed(format!("{field} has characters ICE does not allow")));
     }
     Ok(())
