@@ -432,7 +432,12 @@ impl Host {
                     } else {
                         i.tries += 1;
                         i.next_retry = now + self.config.handshake_rto * (1 << i.tries.min(10));
-                        self.transmits.push_back(Transmit { destination: i.remote, contents: i.msg.clone(), socket });
+                        self.transmits.push_back(Transmit {
+                            destination: i.remote,
+                            contents: i.msg.clone(),
+                            socket,
+                            ttl: None,
+                        });
                     }
                 }
                 _ => {}
@@ -479,6 +484,7 @@ impl Host {
                     destination: o.conn.remote,
                     contents: c,
                     socket,
+                    ttl: None,
                 });
                 // A closed session whose stream bytes the app has not read
                 // yet stays until it has (reading re-activates it): the

@@ -78,6 +78,14 @@ pub struct Behaviour {
     /// `None`: only the port range bounds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mappings: Option<u32>,
+    /// A router with no firewall drop for packets to itself: an inbound
+    /// packet its filter refuses (or that finds no mapping) becomes a flow
+    /// of the router's own, whose 5-tuple (external port, sender) a later
+    /// outbound flow to that sender can no longer use, so that flow leaves
+    /// from another port (Linux conntrack does this; the testbeds' routers
+    /// drop such packets, as most home routers do).
+    #[serde(default)]
+    pub local_conntrack: bool,
 }
 
 /// What a destination key of a mapping holds, per mapping behaviour.
@@ -153,6 +161,11 @@ pub struct Nat {
     since_sweep: u32,
     /// Packets dropped because the table was full ([`Behaviour::max_mappings`]).
     pub table_full: u64,
+    /// (external port, sender) pairs the router holds as its own flows,
+    /// until when (ns): see [`Behaviour::local_conntrack`].
+    claimed: HashMap<(u16, SocketAddrV4), u64, FastHash>,
+    /// Outbound flows moved to another port by such a claim.
+    pub remapped: u64,
 }
 
 /// Expired mappings are swept after this many new ones (a pool of probing
@@ -181,6 +194,8 @@ impl Nat {
             next_port: FIRST_PORT,
             since_sweep: 0,
             table_full: 0,
+            claimed: HashMap::default(),
+            remapped: 0,
         }
     }
 
@@ -282,7 +297,20 @@ impl Nat {
             Mapping::Apdm => DestKey::Endpoint(remote),
         };
         let reply = self.replies.get(&(internal, remote)).copied();
-        let existing = self.by_key.get(&(internal, key)).copied();
+        let mut existing = self.by_key.get(&(internal, key)).copied();
+        // The router holds (that port, this remote) as a flow of its own:
+        // this flow needs another port, a mapping for this remote alone.
+        let mut key = key;
+        if reply.is_none()
+            && let Some(p) = existing
+            && self.claimed.get(&(p, remote)).is_some_and(|until| *until > now)
+        {
+            key = DestKey::Endpoint(remote);
+            existing = self.by_key.get(&(internal, key)).copied();
+            if existing.is_none() {
+                self.remapped += 1;
+            }
+        }
         let forward = self.forwards.get(&internal).copied();
         let port = match (reply, existing) {
             _ if let Some(p) = forward => p,
@@ -334,6 +362,21 @@ impl Nat {
     /// Translates an inbound packet from `remote` to our external `port`:
     /// the internal endpoint it goes to, or why it is refused.
     pub fn inbound(&mut self, remote: SocketAddrV4, port: u16, now: u64) -> Result<SocketAddrV4, Refused> {
+        let r = self.pass_inbound(remote, port, now);
+        if r.is_err() && self.behaviour.local_conntrack {
+            // Bounded: one entry per (port, sender), forgotten after the
+            // mapping timeout (swept when the table grows).
+            if self.claimed.len() >= 4 * MAX_PEERS {
+                self.claimed.retain(|_, until| *until > now);
+            }
+            if self.claimed.len() < 4 * MAX_PEERS {
+                self.claimed.insert((port, remote), now.saturating_add(self.behaviour.timeout_ns));
+            }
+        }
+        r
+    }
+
+    fn pass_inbound(&mut self, remote: SocketAddrV4, port: u16, now: u64) -> Result<SocketAddrV4, Refused> {
         let Some(e) = self.ports.get_mut(&port) else { return Err(Refused::NoMapping) };
         if e.expires <= now {
             self.remove(port);
@@ -368,7 +411,15 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn nat(mapping: Mapping, filtering: Filtering, ports: PortAssignment) -> Nat {
-        let b = Behaviour { mapping, filtering, ports, timeout_ns: 120 * SEC, hairpin: true, max_mappings: None };
+        let b = Behaviour {
+            mapping,
+            filtering,
+            ports,
+            timeout_ns: 120 * SEC,
+            hairpin: true,
+            max_mappings: None,
+            local_conntrack: false,
+        };
         Nat::new(b, Ipv4Addr::new(198, 18, 0, 1))
     }
 
@@ -480,6 +531,24 @@ mod tests {
         // Two expire (the first was refreshed at 1 s), making room.
         assert!(n.outbound(inside, d(4), 120 * SEC, &mut r).is_some());
         assert_eq!(n.mappings(), 2);
+    }
+
+    #[test]
+    fn a_router_that_takes_refused_packets_moves_a_later_flow_to_that_sender() {
+        let inside = ep("10.0.0.2:5000");
+        let (stun, stranger) = (ep("198.18.1.1:3478"), ep("198.18.7.7:4000"));
+        for local in [false, true] {
+            let mut n = nat(Mapping::Eim, Filtering::Apdf, PortAssignment::Preserving);
+            n.behaviour.local_conntrack = local;
+            let mut r = seq();
+            let p = n.outbound(inside, stun, 0, &mut r).expect("port");
+            assert_eq!(n.inbound(stranger, p, 1), Err(Refused::Filtered), "unsolicited");
+            let q = n.outbound(inside, stranger, 2, &mut r).expect("port");
+            assert_eq!(q == p, !local, "local_conntrack={local}: the flow to the stranger keeps the port");
+            assert_eq!(n.remapped, u64::from(local));
+            // Only that sender: another still sees the one port.
+            assert_eq!(n.outbound(inside, ep("198.18.8.8:1"), 3, &mut r), Some(p));
+        }
     }
 
     #[test]

@@ -145,6 +145,12 @@ pub struct Network {
     /// Public STUN servers every node queries at start: 2 (two addresses
     /// let a node classify its NAT; one cannot).
     pub stun_servers: u32,
+    /// Router hops between two sites' edges, each taking one from a
+    /// packet's TTL (a NAT is one more): 8.
+    pub internet_hops: u32,
+    /// The IP TTL of a birthday pool's opening packets (the engine's
+    /// `pool_ttl`; 0: the default TTL): 5.
+    pub pool_ttl: u8,
 }
 
 impl Default for Network {
@@ -156,6 +162,8 @@ impl Default for Network {
             jitter_ms: 1.0,
             loss: 0.0,
             stun_servers: 2,
+            internet_hops: 8,
+            pool_ttl: 5,
         }
     }
 }
@@ -213,6 +221,10 @@ pub struct Profile {
     /// conntrack table: a few thousand); none by default.
     #[serde(default)]
     pub max_mappings: Option<u32>,
+    /// The router takes packets its filter refuses to itself, with no
+    /// firewall drop (see [`Behaviour::local_conntrack`]): false.
+    #[serde(default)]
+    pub local_conntrack: bool,
 }
 
 fn preserving() -> PortAssignment {
@@ -238,6 +250,7 @@ impl Profile {
             cgnat,
             port_mapping: 0.0,
             max_mappings: None,
+            local_conntrack: false,
         }
     }
 
@@ -252,6 +265,7 @@ impl Profile {
             cgnat,
             port_mapping: 0.0,
             max_mappings: None,
+            local_conntrack: false,
         }
     }
 
@@ -278,6 +292,7 @@ impl Profile {
             timeout_ns: (self.timeout_s * 1e9) as u64,
             hairpin: self.hairpin,
             max_mappings: self.max_mappings,
+            local_conntrack: self.local_conntrack,
         })
     }
 }
@@ -322,6 +337,7 @@ impl Cgnat {
             timeout_ns: (self.timeout_s * 1e9) as u64,
             hairpin: true,
             max_mappings: None,
+            local_conntrack: false,
         }
     }
 }

@@ -71,8 +71,13 @@ struct Packet {
     origin: u32,
     src: SocketAddrV4,
     dst: SocketAddrV4,
+    /// IP time to live: each NAT takes one, the internet `internet_hops`.
+    ttl: u8,
     data: Vec<u8>,
 }
+
+/// A host's default IP TTL (Linux's).
+const DEFAULT_TTL: u8 = 64;
 
 #[derive(Debug)]
 enum Ev {
@@ -182,6 +187,9 @@ pub struct NetStats {
     pub hairpin_refused: u64,
     /// Dropped by a NAT whose mapping table was full.
     pub table_full: u64,
+    /// Dropped when their TTL ran out (a birthday pool's opening packets
+    /// are meant to).
+    pub ttl_expired: u64,
     /// Addressed to a crashed node.
     pub to_dead: u64,
     /// Lost to a partition.
@@ -303,7 +311,11 @@ impl World {
             partitions: Vec::new(),
             churned: 0,
             partitioned: false,
-            host_config: HostConfig::default(),
+            host_config: {
+                let mut c = HostConfig::default();
+                c.endpoint.pool_ttl = scenario.network.pool_ttl;
+                c
+            },
             next_public: u32::from(Ipv4Addr::new(198, 18, 0, 1)),
             next_private: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
             next_carrier: u32::from(Ipv4Addr::new(100, 64, 0, 1)),
@@ -629,6 +641,13 @@ impl World {
     fn forward(&mut self, latency: u64, mut p: Box<Packet>) {
         let Some(mut at) = self.traverse(latency) else { return };
         if let Hop::Router(INTERNET) = p.hop {
+            // Across the internet to the other site's edge.
+            let hops = u8::try_from(self.scenario.network.internet_hops).unwrap_or(u8::MAX);
+            if p.ttl <= hops {
+                self.net.ttl_expired += 1;
+                return;
+            }
+            p.ttl -= hops;
             // The internet's router keeps no state: route at once, over
             // both links, one event instead of two.
             let Some((hop, latency)) = self.owner_in(INTERNET, p.dst) else {
@@ -644,7 +663,7 @@ impl World {
 
     /// Sends from node `n`'s `socket`: its main port, or the port after it
     /// numbered by the socket (a probing pool).
-    fn send(&mut self, n: u32, socket: SocketId, destination: SocketAddr, data: Vec<u8>) {
+    fn send(&mut self, n: u32, socket: SocketId, destination: SocketAddr, ttl: Option<u8>, data: Vec<u8>) {
         self.net.sent += 1;
         let SocketAddr::V4(dst) = destination else {
             self.net.no_route += 1;
@@ -652,7 +671,8 @@ impl World {
         };
         let node = &self.nodes[n as usize];
         let src = SocketAddrV4::new(*node.addr.ip(), node.addr.port().wrapping_add(socket.0));
-        let p = Box::new(Packet { hop: Hop::Router(node.realm), origin: n, src, dst, data });
+        let ttl = ttl.unwrap_or(DEFAULT_TTL);
+        let p = Box::new(Packet { hop: Hop::Router(node.realm), origin: n, src, dst, ttl, data });
         self.forward(node.latency, p);
     }
 
@@ -679,7 +699,13 @@ impl World {
                 self.forward(latency, p);
             }
             None => {
-                // Out through this LAN's NAT.
+                // Out through this LAN's NAT, a router hop: a packet whose
+                // TTL runs out here makes no mapping.
+                if p.ttl <= 1 {
+                    self.net.ttl_expired += 1;
+                    return;
+                }
+                p.ttl -= 1;
                 let now = self.now;
                 let rng = &mut self.rng;
                 let b = &mut self.nats[realm as usize];
@@ -714,7 +740,15 @@ impl World {
     }
 
     fn at_nat(&mut self, g: u32, mut p: Box<Packet>) {
-        match self.nats[g as usize].nat.inbound(p.src, p.dst.port(), self.now) {
+        // The NAT's router looks at the packet first (a refused one may
+        // still become its own flow), then forwards it a hop on.
+        let verdict = self.nats[g as usize].nat.inbound(p.src, p.dst.port(), self.now);
+        if verdict.is_ok() && p.ttl <= 1 {
+            self.net.ttl_expired += 1;
+            return;
+        }
+        p.ttl = p.ttl.saturating_sub(1);
+        match verdict {
             Ok(internal) => {
                 p.dst = internal;
                 self.at_router(g, p);
@@ -756,7 +790,7 @@ impl World {
         let now = self.inst(self.now);
         loop {
             while let Some(t) = self.nodes[n as usize].host.poll_transmit(now) {
-                self.send(n, t.socket, t.destination, t.contents);
+                self.send(n, t.socket, t.destination, t.ttl, t.contents);
             }
             // A closed pool socket needs nothing here: its port stops
             // delivering (`at_node` asks the host).

@@ -74,3 +74,40 @@ fn a_small_mapping_table_starves_the_birthday_pool() {
         assert_eq!(cell(&free, i, j)["outcomes"]["birthday"], 10, "{}", cell(&free, i, j));
     }
 }
+
+/// home × hard and hard × home, ten runs each, where the home router
+/// takes unsolicited packets to itself, with the pool's opening packets at
+/// TTL `pool_ttl` (0: the default TTL).
+fn run_local_conntrack(pool_ttl: u8) -> serde_json::Value {
+    let text = format!(
+        "name = \"ttl\"\nseed = 5\nduration_s = 400\n\
+         [network]\npool_ttl = {pool_ttl}\n\
+         [oob]\ninvite_delay_s = [5, 10]\nrsvp_delay_s = [10, 20]\n\
+         [profiles.home]\nmapping = \"eim\"\nfiltering = \"apdf\"\nlocal_conntrack = true\n\
+         [profiles.hard]\nmapping = \"apdm\"\nfiltering = \"apdf\"\nports = \"random\"\n\
+         [joins]\npattern = \"matrix\"\nrepeat = 10\nprofiles = [\"home\", \"hard\"]\n"
+    );
+    let scenario = Scenario::parse(&text).expect("scenario");
+    let (report, _) = convoke_sim::simulate(scenario, 5, &mut |_, _, _| {}).expect("runs");
+    serde_json::from_str(&report.to_json()).expect("json")
+}
+
+#[test]
+fn a_low_ttl_on_the_pools_opening_packets_keeps_a_claiming_router_from_spoiling_the_hits() {
+    let low = run_local_conntrack(5);
+    let full = run_local_conntrack(0);
+    let connected = |r: &serde_json::Value| {
+        [(0, 1), (1, 0)].iter().map(|&(i, j)| cell(r, i, j)["outcomes"]["birthday"].as_u64().unwrap_or(0)).sum::<u64>()
+    };
+    eprintln!(
+        "birthday joins of 20: TTL 5 {}, default TTL {}; ttl_expired {}, {}",
+        connected(&low),
+        connected(&full),
+        low["network"]["ttl_expired"],
+        full["network"]["ttl_expired"]
+    );
+    assert!(low["network"]["ttl_expired"].as_u64() > Some(0), "the opening packets expired on the way");
+    assert_eq!(full["network"]["ttl_expired"], 0);
+    assert!(connected(&low) > connected(&full), "{} vs {}", connected(&low), connected(&full));
+    assert!(connected(&low) >= 16, "{}", connected(&low));
+}

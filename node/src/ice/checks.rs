@@ -122,7 +122,7 @@ impl Endpoint {
             }
             u.sent += contents.len() as u64;
         }
-        self.transmits.push_back(Transmit { destination, contents, socket });
+        self.transmits.push_back(Transmit { destination, contents, socket, ttl: None });
     }
 
     /// Handles one datagram that arrived on the main socket from `from`.
@@ -161,7 +161,7 @@ impl Endpoint {
             self.stats.amplification_refused += 1;
             return false;
         }
-        self.transmits.push_back(Transmit { destination: to, contents: reply, socket });
+        self.transmits.push_back(Transmit { destination: to, contents: reply, socket, ttl: None });
         true
     }
 

@@ -263,7 +263,13 @@ impl Endpoint {
                     let (socket, mut t) = (a.pairs[pair].socket, [0u8; 12]);
                     self.rng.fill_bytes(&mut t);
                     let contents = MessageBuilder::new(Class::Indication, BINDING, TransactionId(t)).finish(None, true);
-                    self.transmits.push_back(Transmit { destination: target, contents, socket });
+                    // It opens and refreshes our NAT's mapping and need not
+                    // arrive: the inviter probes only once it has our RSVP,
+                    // and until then it would be unsolicited at its router,
+                    // which some routers make a flow of their own of (see
+                    // `EndpointConfig::pool_ttl`).
+                    let ttl = (self.config.pool_ttl > 0).then_some(self.config.pool_ttl);
+                    self.transmits.push_back(Transmit { destination: target, contents, socket, ttl });
                 } else if a.pairs[pair].state != PairState::Failed {
                     // The invitee may have probed before we opened the pool:
                     // a check its NAT lets in is answered. Refreshes go as
@@ -312,7 +318,7 @@ impl Endpoint {
                 let contents = check_message(a, self.local_peer.as_ref(), tid, false);
                 self.transactions.insert(tid, (id, SPRAY));
                 self.stats.probes_sent += 1;
-                self.transmits.push_back(Transmit { destination, contents, socket: SocketId::MAIN });
+                self.transmits.push_back(Transmit { destination, contents, socket: SocketId::MAIN, ttl: None });
             }
         }
     }

@@ -57,6 +57,8 @@ struct Net {
     /// Every datagram sent: when (since start), by which node, from which
     /// socket, to where.
     sent: Vec<(Duration, usize, SocketId, SocketAddr)>,
+    /// The TTL each of those asked for, in the same order.
+    ttls: Vec<Option<u8>>,
 }
 
 impl Net {
@@ -84,6 +86,7 @@ impl Net {
             dropped_by_filter: 0,
             dropped_at: Vec::new(),
             sent: Vec::new(),
+            ttls: Vec::new(),
         }
     }
 
@@ -96,6 +99,7 @@ impl Net {
         for i in 0..self.nodes.len() {
             while let Some(t) = self.nodes[i].ep.poll_transmit() {
                 self.sent.push((self.now - self.start, i, t.socket, t.destination));
+                self.ttls.push(t.ttl);
                 self.nodes[i].contacted.insert(t.destination);
                 let from = self.nodes[i].addr;
                 if let Some(to) = self.nodes.iter().position(|n| n.addr == t.destination)
@@ -655,6 +659,14 @@ fn the_hard_side_opens_a_bounded_pool_and_closes_it() {
     let config = EndpointConfig::default();
     assert_eq!(sockets.len(), usize::from(config.pool_size));
     assert!(pool.iter().all(|p| p.3 == easy), "pool checks go to the easy side's reflexive address only");
+    // They only open and refresh our NAT's mappings: a low TTL; nothing
+    // from the main socket asks for one.
+    for ((_, n, s, _), ttl) in net.sent.iter().zip(&net.ttls) {
+        if *n == 1 {
+            let expected = (*s != SocketId::MAIN).then_some(config.pool_ttl);
+            assert_eq!(*ttl, expected, "socket {s:?}");
+        }
+    }
     for (i, (t, ..)) in pool.iter().enumerate() {
         let within = pool[i..].iter().take_while(|(u, ..)| *u < *t + Duration::from_secs(1)).count();
         assert!(within <= config.probe_rate as usize, "{within} pool packets in the second from {t:?}");

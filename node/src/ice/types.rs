@@ -48,6 +48,17 @@ pub struct EndpointConfig {
     /// Sockets the hard side opens for birthday probing: 256 (16 when its
     /// ports are predictable).
     pub pool_size: u16,
+    /// The IP TTL of the packets a hard invitee's pool sends to open and
+    /// refresh its NAT's mappings, 0 for the default: 5, as hyperdht's hole
+    /// puncher uses. They need only reach our own NAT (a hop or two away):
+    /// the inviter starts probing once it has our RSVP, and until then they
+    /// would arrive unsolicited at its router, and a router that takes such
+    /// packets to itself makes a flow of them, after which its host's probe
+    /// to that pool port must leave from another port, which the pool's
+    /// filter refuses. A hard inviter's pool sends checks with the default
+    /// TTL: the invitee has probed before the pool opened, and those checks
+    /// must reach the ports it opened.
+    pub pool_ttl: u8,
     /// How long the hard side keeps its pool open waiting for the easy side's
     /// probes: 240 s (the RSVP may take a person minutes to carry, and the
     /// easy side may have to wait for its turn to probe).
@@ -73,6 +84,7 @@ impl Default for EndpointConfig {
             probe_rate: 50,
             probe_budget: 2_000,
             pool_size: 256,
+            pool_ttl: 5,
             pool_lifetime: Duration::from_secs(240),
         }
     }
@@ -101,12 +113,17 @@ pub struct Transmit {
     pub contents: Vec<u8>,
     /// From which of our sockets.
     pub socket: SocketId,
+    /// An IP TTL (hop limit) for this datagram instead of the socket's
+    /// default, or `None`. A birthday pool's opening packets carry a low
+    /// one (see [`EndpointConfig::pool_ttl`]); drivers that cannot set it
+    /// send with the default.
+    pub ttl: Option<u8>,
 }
 
 impl Transmit {
     /// A datagram from the main socket.
     pub fn main(destination: SocketAddr, contents: Vec<u8>) -> Self {
-        Self { destination, contents, socket: SocketId::MAIN }
+        Self { destination, contents, socket: SocketId::MAIN, ttl: None }
     }
 }
 

@@ -216,10 +216,16 @@ impl Pool {
             });
             self.sockets.insert(id, (sock, task));
         }
-        if let Some((sock, _)) = self.sockets.get(&id)
-            && let Err(e) = sock.try_send_to(&t.contents, t.destination)
-        {
-            tracing::debug!("probing socket send to {} failed: {e}", t.destination);
+        if let Some((sock, _)) = self.sockets.get(&id) {
+            // A low TTL for this datagram only (a pool's opening packet),
+            // where the kernel lets us set it.
+            let restore = t.ttl.and_then(|ttl| set_ttl(sock, t.destination, u32::from(ttl)));
+            if let Err(e) = sock.try_send_to(&t.contents, t.destination) {
+                tracing::debug!("probing socket send to {} failed: {e}", t.destination);
+            }
+            if let Some(previous) = restore {
+                let _ = set_ttl(sock, t.destination, previous);
+            }
         }
     }
 
@@ -227,6 +233,22 @@ impl Pool {
         if let Some((_, task)) = self.sockets.remove(&id) {
             task.abort();
         }
+    }
+}
+
+/// Sets the TTL (IPv4) or hop limit (IPv6) of `sock` for packets to
+/// `dest`'s family; returns the previous value, or `None` if the kernel
+/// refused (the datagram then goes with the default).
+fn set_ttl(sock: &UdpSocket, dest: SocketAddr, ttl: u32) -> Option<u32> {
+    let s = socket2::SockRef::from(sock);
+    if dest.is_ipv4() {
+        let previous = s.ttl_v4().ok()?;
+        s.set_ttl_v4(ttl).ok()?;
+        Some(previous)
+    } else {
+        let previous = s.unicast_hops_v6().ok()?;
+        s.set_unicast_hops_v6(ttl).ok()?;
+        Some(previous)
     }
 }
 
@@ -762,6 +784,17 @@ impl Node {
 mod tests {
     use super::*;
     use crate::token::{CandidateKind, InvitationParams, NatInfo};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_datagram_s_ttl_is_set_for_it_and_restored_after() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let dest: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let default = socket2::SockRef::from(&sock).ttl_v4().expect("ttl");
+        assert_eq!(set_ttl(&sock, dest, 5), Some(default));
+        assert_eq!(socket2::SockRef::from(&sock).ttl_v4().expect("ttl"), 5);
+        assert_eq!(set_ttl(&sock, dest, default), Some(5));
+        assert_eq!(socket2::SockRef::from(&sock).ttl_v4().expect("ttl"), default);
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_port_mapping_becomes_a_candidate_in_the_next_token_and_leaves_with_the_mapping() {
