@@ -185,11 +185,12 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Peer 0 listens on a new invitation and peer 1 imports it.
-fn start_join(net: &mut Net, mode: ConnectionMode) {
+fn start_join(net: &mut Net, mode: ConnectionMode) -> Invitation {
     let inv = net.invitation(mode);
     net.peers[0].host.listen(inv.clone());
     let now = net.now;
     net.peers[1].host.join(&inv, now);
+    inv
 }
 
 /// Joins peer 1 to peer 0 and returns both session ids.
@@ -476,7 +477,8 @@ fn an_initiation_without_an_authenticated_packet_is_no_session() {
 fn checks_without_a_handshake_free_the_attempt() {
     let mut net = Net::new(HostConfig::default());
     net.drop = Some(Box::new(|i, bytes| i == 1 && bytes.first() == Some(&HANDSHAKE_INIT)));
-    start_join(&mut net, ConnectionMode::default());
+    let inv = start_join(&mut net, ConnectionMode::default());
+    assert!(!inv.token().body.connection_mode.reusable);
     let freed = |n: &Net| {
         n.peers[0].events.iter().find_map(|e| match e {
             HostEvent::HandshakeFailed { session, reason } if reason.contains("never started") => Some(*session),
@@ -494,6 +496,12 @@ fn checks_without_a_handshake_free_the_attempt() {
     assert_eq!(net.peers[0].host.stats().no_handshake, 1);
     assert_ne!(net.peers[0].host.endpoint().state(id), Some(crate::ice::State::Connected));
     assert!(net.established(0).is_none());
+    // The single-use invitation was not used up by it: a real invitee
+    // still gets in with it.
+    net.drop = None;
+    let now = net.now;
+    net.peers[1].host.join(&inv, now);
+    assert!(net.drive(Duration::from_secs(30), |n| n.established(0).is_some()), "the invitation still admits");
 }
 
 /// Forward secrecy against a later memory read: the host's generator after
