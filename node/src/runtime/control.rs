@@ -167,6 +167,8 @@ async fn serve(stream: UnixStream, tx: mpsc::Sender<(Request, oneshot::Sender<Va
     let mut line = String::new();
     loop {
         line.clear();
+        // The limit is per request: a connection may carry many.
+        reader.get_mut().set_limit(MAX_REQUEST);
         if reader.read_line(&mut line).await? == 0 {
             break;
         }
@@ -301,6 +303,41 @@ mod tests {
         });
         assert_eq!(answer["code"], "too_large", "{answer}");
         assert!(answer["error"].as_str().is_some_and(|e| e.contains("at most")), "{answer}");
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn the_size_limit_is_per_request_not_per_connection() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let dir = scratch("many");
+        let path = dir.join("c.sock");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let answers = rt.block_on(async {
+            let mut server = Server::bind(Some(path.clone())).expect("binds");
+            let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Value>)>(4);
+            server.start(tx);
+            tokio::spawn(async move {
+                while let Some((_, reply)) = rx.recv().await {
+                    let _ = reply.send(serde_json::json!({ "ok": true }));
+                }
+            });
+            // Three requests of two thirds of the limit each, on one
+            // connection: together twice the limit.
+            let one = Request::Broadcast { data: "x".repeat(MAX_REQUEST as usize * 2 / 3) };
+            let line = serde_json::to_string(&one).expect("json") + "\n";
+            let stream = UnixStream::connect(&path).await.expect("connects");
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                w.write_all(line.as_bytes()).await.expect("write");
+                let a = lines.next_line().await.expect("read").expect("an answer");
+                answers.push(serde_json::from_str::<Value>(&a).expect("json"));
+            }
+            drop(server);
+            answers
+        });
+        assert!(answers.iter().all(|a| a["ok"] == true), "{answers:?}");
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }
