@@ -227,6 +227,18 @@ impl Nat {
     }
 
     fn free(&mut self, port: u16, now: u64) -> bool {
+        self.free_for(port, None, now)
+    }
+
+    /// Whether `port` can carry a new flow to `remote`: no live mapping
+    /// holds it, and the router holds no flow of its own with `remote` on
+    /// it ([`Behaviour::local_conntrack`]).
+    fn free_for(&mut self, port: u16, remote: Option<SocketAddrV4>, now: u64) -> bool {
+        if let Some(r) = remote
+            && self.claimed.get(&(port, r)).is_some_and(|until| *until > now)
+        {
+            return false;
+        }
         match self.ports.get(&port) {
             None => true,
             Some(e) if e.expires <= now => {
@@ -237,11 +249,17 @@ impl Nat {
         }
     }
 
-    fn allocate(&mut self, internal: SocketAddrV4, now: u64, random: &mut dyn FnMut() -> u32) -> Option<u16> {
+    fn allocate(
+        &mut self,
+        internal: SocketAddrV4,
+        remote: Option<SocketAddrV4>,
+        now: u64,
+        random: &mut dyn FnMut() -> u32,
+    ) -> Option<u16> {
         let span = u32::from(u16::MAX - FIRST_PORT) + 1;
         if self.behaviour.ports == PortAssignment::Preserving
             && internal.port() >= FIRST_PORT
-            && self.free(internal.port(), now)
+            && self.free_for(internal.port(), remote, now)
         {
             return Some(internal.port());
         }
@@ -255,7 +273,7 @@ impl Nat {
                     p
                 }
             };
-            if self.free(p, now) {
+            if self.free_for(p, remote, now) {
                 return Some(p);
             }
         }
@@ -274,7 +292,7 @@ impl Nat {
         let p = if internal.port() >= FIRST_PORT && self.free(internal.port(), now) {
             internal.port()
         } else {
-            self.allocate(internal, now, random)?
+            self.allocate(internal, None, now, random)?
         };
         self.ports.insert(p, Entry { internal, key: DestKey::Any, peers: VecDeque::new(), expires: u64::MAX });
         self.forwards.insert(internal, p);
@@ -327,7 +345,7 @@ impl Nat {
                     self.table_full += 1;
                     return None;
                 }
-                let p = self.allocate(internal, now, random)?;
+                let p = self.allocate(internal, Some(remote), now, random)?;
                 self.ports.insert(p, Entry { internal, key, peers: VecDeque::new(), expires: 0 });
                 self.by_key.insert((internal, key), p);
                 p

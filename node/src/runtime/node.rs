@@ -552,13 +552,21 @@ impl Node {
         telemetry::on_port_mapping(&report);
         let mapped = match &report {
             Report::Mapped { protocol, external, lifetime } => {
-                tracing::info!("port mapping: the router forwards {external} to us ({})", protocol.name());
+                let renewed = matches!(&self.mapping,
+                    MappingState::Mapped { protocol: p, external: e, .. } if p == protocol && e == external);
+                if renewed {
+                    tracing::debug!("port mapping: {external} renewed for {lifetime:?}");
+                } else {
+                    tracing::info!("port mapping: the router forwards {external} to us ({})", protocol.name());
+                }
                 self.mapping =
                     MappingState::Mapped { protocol: *protocol, external: *external, lifetime: *lifetime, since: now };
                 Some(*external)
             }
             Report::Unavailable { reason } => {
-                tracing::info!("port mapping: none ({reason})");
+                if self.mapping != MappingState::Unavailable(reason.clone()) {
+                    tracing::info!("port mapping: none ({reason})");
+                }
                 self.mapping = MappingState::Unavailable(reason.clone());
                 None
             }

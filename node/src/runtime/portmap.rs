@@ -81,9 +81,10 @@ pub enum Report {
     },
 }
 
-/// The mapper task's handle: reports come on [`PortMapper::next`]; dropping
-/// it stops the task without deleting the mapping (use
-/// [`PortMapper::release`] for that).
+/// The mapper task's handle: reports come on [`PortMapper::next`] (every
+/// round's, renewals included). Dropping it stops the task, which deletes
+/// the mapping in the background; [`PortMapper::release`] waits for that
+/// (a while).
 #[derive(Debug)]
 pub struct PortMapper {
     rx: mpsc::Receiver<Report>,
@@ -169,47 +170,69 @@ enum Held {
         gateway: Box<igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>>,
         internal: SocketAddrV4,
         external_port: u16,
+        /// The lease asked for, seconds (0: permanent, for gateways that
+        /// take nothing else).
+        lease: u32,
     },
 }
 
 async fn run(local: SocketAddrV4, tx: mpsc::Sender<Report>, mut stop: oneshot::Receiver<oneshot::Sender<()>>) {
     let mut held: Option<Held> = None;
-    let mut last: Option<Report> = None;
     loop {
-        let (report, wait) = match held.take() {
-            None => match map(local).await {
-                Ok((h, report, lifetime)) => {
-                    held = Some(h);
-                    (report, lifetime / 2)
-                }
-                Err(reason) => (Report::Unavailable { reason }, RETRY),
-            },
-            Some(h) => match renew(h).await {
-                Ok((h, report, lifetime)) => {
-                    held = Some(h);
-                    (report, lifetime / 2)
-                }
-                Err(reason) => (Report::Unavailable { reason: format!("renewal failed: {reason}") }, Duration::ZERO),
-            },
-        };
-        if last.as_ref() != Some(&report) {
-            if tx.send(report.clone()).await.is_err() {
-                return;
+        // A request under way is finished even when the node stops
+        // meanwhile, so that a mapping it got is deleted, not left behind.
+        let request = step(held.take(), local);
+        tokio::pin!(request);
+        let mut stopping = None;
+        let (now_held, report, wait) = tokio::select! {
+            r = &mut request => r,
+            done = &mut stop => {
+                stopping = Some(done);
+                request.await
             }
-            last = Some(report);
+        };
+        held = now_held;
+        if let Some(done) = stopping {
+            return finish(held, done).await;
+        }
+        // Every report, renewals too: the node shows when the mapping
+        // would expire.
+        if tx.send(report).await.is_err() {
+            if let Some(h) = held {
+                delete(h).await;
+            }
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
-            done = &mut stop => {
-                if let Some(h) = held {
-                    delete(h).await;
-                }
-                if let Ok(done) = done {
-                    let _ = done.send(());
-                }
-                return;
-            }
+            done = &mut stop => return finish(held, done).await,
         }
+    }
+}
+
+/// One round: a new mapping, or the renewal of the one held; what to
+/// report, and how long until the next round.
+async fn step(held: Option<Held>, local: SocketAddrV4) -> (Option<Held>, Report, Duration) {
+    match held {
+        None => match map(local).await {
+            Ok((h, report, lifetime)) => (Some(h), report, lifetime / 2),
+            Err(reason) => (None, Report::Unavailable { reason }, RETRY),
+        },
+        Some(h) => match renew(h).await {
+            Ok((h, report, lifetime)) => (Some(h), report, lifetime / 2),
+            // Asked for again at once (the next round maps anew).
+            Err(reason) => (None, Report::Unavailable { reason: format!("renewal failed: {reason}") }, Duration::ZERO),
+        },
+    }
+}
+
+/// The node stops: delete what we hold, then say so.
+async fn finish(held: Option<Held>, done: Result<oneshot::Sender<()>, oneshot::error::RecvError>) {
+    if let Some(h) = held {
+        delete(h).await;
+    }
+    if let Ok(done) = done {
+        let _ = done.send(());
     }
 }
 
@@ -259,9 +282,10 @@ async fn map(local: SocketAddrV4) -> Result<(Held, Report, Duration), String> {
         Ok(gateway) => {
             let internal = SocketAddrV4::new(client.unwrap_or(*local.ip()), local.port());
             match upnp_map(&gateway, internal).await {
-                Ok((external, lifetime)) => {
+                Ok((external, lease, lifetime)) => {
                     let report = Report::Mapped { protocol: Protocol::Upnp, external: external.into(), lifetime };
-                    let held = Held::Upnp { gateway: Box::new(gateway), internal, external_port: external.port() };
+                    let held =
+                        Held::Upnp { gateway: Box::new(gateway), internal, external_port: external.port(), lease };
                     return Ok((held, report, lifetime));
                 }
                 Err(e) => e,
@@ -320,12 +344,13 @@ fn usable_external(ip: IpAddr) -> Result<(), String> {
 }
 
 /// Maps our port through UPnP: the same external port if free, any other
-/// otherwise.
+/// otherwise; with a permanent lease if the gateway takes no other (IGDv1
+/// error 725: we renew and delete it all the same). Returns the address,
+/// the lease asked for (seconds, 0 for permanent) and how long it lasts.
 async fn upnp_map(
     gateway: &igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
     internal: SocketAddrV4,
-) -> Result<(SocketAddrV4, Duration), String> {
-    let lease = LIFETIME.as_secs() as u32;
+) -> Result<(SocketAddrV4, u32, Duration), String> {
     let udp = igd_next::PortMappingProtocol::UDP;
     let timed = |what: &'static str| move |_| format!("{what}: no answer within {UPNP_REQUEST:?}");
     let ip = tokio::time::timeout(UPNP_REQUEST, gateway.get_external_ip())
@@ -334,18 +359,29 @@ async fn upnp_map(
         .map_err(|e| format!("external address: {}", brief(e)))?;
     usable_external(ip)?;
     let IpAddr::V4(ip) = ip else { return Err(format!("an IPv6 external address {ip}")) };
-    let same =
-        tokio::time::timeout(UPNP_REQUEST, gateway.add_port(udp, internal.port(), internal.into(), lease, DESCRIPTION))
-            .await
-            .map_err(timed("add port"))?;
-    let port = match same {
-        Ok(()) => internal.port(),
-        Err(_) => tokio::time::timeout(UPNP_REQUEST, gateway.add_any_port(udp, internal.into(), lease, DESCRIPTION))
-            .await
-            .map_err(timed("add any port"))?
-            .map_err(|e| format!("add port: {}", brief(e)))?,
-    };
-    Ok((SocketAddrV4::new(ip, port), LIFETIME))
+    for lease in [LIFETIME.as_secs() as u32, 0] {
+        let same = tokio::time::timeout(
+            UPNP_REQUEST,
+            gateway.add_port(udp, internal.port(), internal.into(), lease, DESCRIPTION),
+        )
+        .await
+        .map_err(timed("add port"))?;
+        let port = match same {
+            Ok(()) => Ok(internal.port()),
+            Err(igd_next::AddPortError::OnlyPermanentLeasesSupported) => continue,
+            Err(_) => {
+                tokio::time::timeout(UPNP_REQUEST, gateway.add_any_port(udp, internal.into(), lease, DESCRIPTION))
+                    .await
+                    .map_err(timed("add any port"))?
+            }
+        };
+        match port {
+            Ok(port) => return Ok((SocketAddrV4::new(ip, port), lease, LIFETIME)),
+            Err(igd_next::AddAnyPortError::OnlyPermanentLeasesSupported) => continue,
+            Err(e) => return Err(format!("add port: {}", brief(e))),
+        }
+    }
+    Err("add port: the gateway refused a permanent lease too".to_owned())
 }
 
 async fn renew(h: Held) -> Result<(Held, Report, Duration), String> {
@@ -355,8 +391,7 @@ async fn renew(h: Held) -> Result<(Held, Report, Duration), String> {
             let (report, lifetime) = pcp_report(&m).await?;
             Ok((Held::PcpOrPmp(m), report, lifetime))
         }
-        Held::Upnp { gateway, internal, external_port } => {
-            let lease = LIFETIME.as_secs() as u32;
+        Held::Upnp { gateway, internal, external_port, lease } => {
             let udp = igd_next::PortMappingProtocol::UDP;
             tokio::time::timeout(
                 UPNP_REQUEST,
@@ -375,7 +410,7 @@ async fn renew(h: Held) -> Result<(Held, Report, Duration), String> {
                 external: SocketAddr::new(ip, external_port),
                 lifetime: LIFETIME,
             };
-            Ok((Held::Upnp { gateway, internal, external_port }, report, LIFETIME))
+            Ok((Held::Upnp { gateway, internal, external_port, lease }, report, LIFETIME))
         }
     }
 }

@@ -74,7 +74,7 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     (
         "convoke_port_mapping_reports_total",
         "counter",
-        "Port mapping news, by outcome (mapped: a mapping made or renewed at a new address; unavailable: none, or lost)",
+        "Port mapping rounds, by outcome (mapped: a mapping made or renewed; unavailable: none, or lost)",
     ),
     ("convoke_overlay_view_peers", "gauge", "Overlay members in our views, by view (active, passive, suspected)"),
     (
