@@ -187,6 +187,30 @@ fn flood(to: SocketAddr, ports: usize, count: usize, make: impl Fn(usize, &mut V
     started.elapsed()
 }
 
+/// Floods `target` with `count` datagrams from a thread (see [`flood`])
+/// while fresh joiners keep joining; returns how long the flood took and
+/// the joins' times. Waits a moment after, for the inviter to count.
+fn flood_while_joining(
+    inv: &Invitation,
+    target: SocketAddr,
+    count: usize,
+    make: impl Fn(usize, &mut Vec<u8>) + Send + 'static,
+) -> (Duration, Vec<Option<Duration>>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t = flood(target, 1000, count, make);
+            done.store(true, Ordering::Relaxed);
+            t
+        })
+    };
+    let during = joins(inv, 5, &|| done.load(Ordering::Relaxed));
+    let took = flooder.join().expect("flooder");
+    std::thread::sleep(Duration::from_millis(300));
+    (took, during)
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
@@ -214,27 +238,16 @@ fn main() {
     println!("floods against one inviter on loopback ({target}), a reusable invitation");
     let _ = joins(&inv, 5, &|| true); // warm up
     let heap0 = heap_mib();
-    let before = counters().refused();
     report("no flood", &joins(&inv, 20, &|| true));
 
     // 2. Garbage.
     let n = 100_000 / scale;
-    let done = Arc::new(AtomicBool::new(false));
-    let flooder = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let t = flood(target, 1000, n, |i, b| {
-                let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(i as u64);
-                b.resize((rng.next_u32() % 1201) as usize, 0);
-                rng.fill_bytes(b);
-            });
-            done.store(true, Ordering::Relaxed);
-            t
-        })
-    };
-    let during = joins(&inv, 5, &|| done.load(Ordering::Relaxed));
-    let took = flooder.join().expect("flooder");
-    std::thread::sleep(Duration::from_millis(300));
+    let before = counters().refused();
+    let (took, during) = flood_while_joining(&inv, target, n, |i, b| {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(i as u64);
+        b.resize((rng.next_u32() % 1201) as usize, 0);
+        rng.fill_bytes(b);
+    });
     let c = counters();
     println!(
         "\n{n} random datagrams from 1,000 ports in {:.2} s ({:.0}/s); the inviter refused {} of them, holds {} attempts",
@@ -250,23 +263,12 @@ fn main() {
     // 3. Checks with the right ufrag and a wrong password.
     let n = 10_000 / scale;
     let ufrag = inv.token().body.connection_info.ufrag.clone();
-    let done = Arc::new(AtomicBool::new(false));
     let before = counters().refused();
-    let flooder = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let t = flood(target, 1000, n, move |i, b| {
-                let mut m = MessageBuilder::new(Class::Request, BINDING, TransactionId([(i % 251) as u8; 12]));
-                m.username(&format!("{ufrag}:flood{i:06}")).priority(1).ice_controlled(i as u64);
-                b.extend_from_slice(&m.finish(Some(b"not-the-invitation-password"), true));
-            });
-            done.store(true, Ordering::Relaxed);
-            t
-        })
-    };
-    let during = joins(&inv, 5, &|| done.load(Ordering::Relaxed));
-    let took = flooder.join().expect("flooder");
-    std::thread::sleep(Duration::from_millis(300));
+    let (took, during) = flood_while_joining(&inv, target, n, move |i, b| {
+        let mut m = MessageBuilder::new(Class::Request, BINDING, TransactionId([(i % 251) as u8; 12]));
+        m.username(&format!("{ufrag}:flood{i:06}")).priority(1).ice_controlled(i as u64);
+        b.extend_from_slice(&m.finish(Some(b"not-the-invitation-password"), true));
+    });
     let c = counters();
     println!(
         "\n{n} checks with a wrong password from 1,000 ports in {:.2} s; the inviter refused {} of them, holds {} attempts",

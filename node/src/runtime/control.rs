@@ -278,20 +278,27 @@ mod tests {
         std::fs::remove_dir_all(dir).expect("cleanup");
     }
 
+    /// A control server at `path` that answers every request with `ok`
+    /// (call it inside a tokio runtime).
+    fn ok_server(path: &Path) -> Server {
+        let mut server = Server::bind(Some(path.to_path_buf())).expect("binds");
+        let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Value>)>(4);
+        server.start(tx);
+        tokio::spawn(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                let _ = reply.send(serde_json::json!({ "ok": true }));
+            }
+        });
+        server
+    }
+
     #[test]
     fn an_oversized_request_is_refused_in_plain_words() {
         let dir = scratch("large");
         let path = dir.join("c.sock");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let answer = rt.block_on(async {
-            let mut server = Server::bind(Some(path.clone())).expect("binds");
-            let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Value>)>(4);
-            server.start(tx);
-            tokio::spawn(async move {
-                while let Some((_, reply)) = rx.recv().await {
-                    let _ = reply.send(serde_json::json!({ "ok": true }));
-                }
-            });
+            let server = ok_server(&path);
             // The largest broadcast, all escapes, still fits.
             let max = crate::member::MAX_PAYLOAD;
             let fits = request(&path, &Request::Broadcast { data: "\u{1}".repeat(max) }).await.expect("answer");
@@ -313,14 +320,7 @@ mod tests {
         let path = dir.join("c.sock");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let answers = rt.block_on(async {
-            let mut server = Server::bind(Some(path.clone())).expect("binds");
-            let (tx, mut rx) = mpsc::channel::<(Request, oneshot::Sender<Value>)>(4);
-            server.start(tx);
-            tokio::spawn(async move {
-                while let Some((_, reply)) = rx.recv().await {
-                    let _ = reply.send(serde_json::json!({ "ok": true }));
-                }
-            });
+            let server = ok_server(&path);
             // Three requests of two thirds of the limit each, on one
             // connection: together twice the limit.
             let one = Request::Broadcast { data: "x".repeat(MAX_REQUEST as usize * 2 / 3) };
