@@ -286,6 +286,14 @@ fn compare(expected: &Path, measured: &Path) -> Result<bool, String> {
             m.measured
         );
     }
+    for m in convoke_sim::report::early_connections(&want, &got) {
+        println!(
+            "EARLY {} × {}: expected {}, connected in the RSVP round (a check landed on a port the probes had opened; counted as agreeing)",
+            m.inviter,
+            m.invitee,
+            m.expected.as_deref().unwrap_or("?")
+        );
+    }
     println!("{} of {} cells agree with {}", got.len() - bad.len(), got.len(), expected.display());
     Ok(bad.is_empty())
 }
