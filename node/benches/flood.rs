@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apps::{FirstByte, invitation, loopback_config, pct, rt};
+use apps::{FirstByte, Greeter, invitation, loopback_config, pct, rt};
 use common::{LIVE, median};
 use convoke_node::host::{HostEvent, HostStats};
 use convoke_node::ice::Stats;
@@ -45,11 +45,10 @@ use convoke_node::stun::{BINDING, Class, MessageBuilder, TransactionId};
 use convoke_node::token::Invitation;
 use rand_core::{Rng, SeedableRng};
 
-/// The inviter: greets every session with a byte, counts them, and
-/// publishes its engine's counters.
+/// The inviter: the session benchmark's greeter, which also counts the
+/// sessions and publishes its engine's counters.
 struct Inviter {
-    invitation: Invitation,
-    stop: Arc<AtomicBool>,
+    greeter: Greeter,
     sessions: Arc<AtomicU64>,
     stats: Arc<Mutex<Counters>>,
 }
@@ -73,13 +72,13 @@ impl Counters {
 impl App for Inviter {
     type Output = ();
     fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        ctx.host.listen(self.invitation.clone());
+        self.greeter.on_ready(ctx);
     }
     fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
-        if let HostEvent::Established { session, .. } = event {
-            ctx.host.write(session, b"x");
+        if matches!(event, HostEvent::Established { .. }) {
             self.sessions.fetch_add(1, Ordering::Relaxed);
         }
+        self.greeter.on_event(ctx, event);
     }
     fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<()> {
         if let Ok(mut s) = self.stats.lock() {
@@ -89,10 +88,10 @@ impl App for Inviter {
                 attempts: ctx.host.endpoint().attempt_count(),
             };
         }
-        self.stop.load(Ordering::Relaxed).then_some(())
+        self.greeter.step(ctx)
     }
     async fn wake(&mut self) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.greeter.wake().await;
     }
 }
 
@@ -226,7 +225,7 @@ fn main() {
                 let node = Node::bind(inviter.clone(), loopback_config(), [1; 32]).expect("bind");
                 let inv = invitation(&inviter, node.candidates(), true, 1);
                 tx.send(inv.clone()).expect("send");
-                let mut app = Inviter { invitation: inv, stop, sessions, stats };
+                let mut app = Inviter { greeter: Greeter { invitation: inv, stop }, sessions, stats };
                 let _ = node.run(&mut app).await;
             })
         })

@@ -432,12 +432,7 @@ impl Host {
                     } else {
                         i.tries += 1;
                         i.next_retry = now + self.config.handshake_rto * (1 << i.tries.min(10));
-                        self.transmits.push_back(Transmit {
-                            destination: i.remote,
-                            contents: i.msg.clone(),
-                            socket,
-                            ttl: None,
-                        });
+                        self.transmits.push_back(Transmit::new(i.remote, i.msg.clone(), socket));
                     }
                 }
                 _ => {}
@@ -480,12 +475,7 @@ impl Host {
             let mut closed = None;
             let socket = self.endpoint.socket_of(id).unwrap_or_default();
             if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
-                out = o.conn.poll_transmit(cfg, now).map(|c| Transmit {
-                    destination: o.conn.remote,
-                    contents: c,
-                    socket,
-                    ttl: None,
-                });
+                out = o.conn.poll_transmit(cfg, now).map(|c| Transmit::new(o.conn.remote, c, socket));
                 // A closed session whose stream bytes the app has not read
                 // yet stays until it has (reading re-activates it): the
                 // peer's close must not take its last data with it.

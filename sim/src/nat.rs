@@ -234,9 +234,7 @@ impl Nat {
     /// holds it, and the router holds no flow of its own with `remote` on
     /// it ([`Behaviour::local_conntrack`]).
     fn free_for(&mut self, port: u16, remote: Option<SocketAddrV4>, now: u64) -> bool {
-        if let Some(r) = remote
-            && self.claimed.get(&(port, r)).is_some_and(|until| *until > now)
-        {
+        if remote.is_some_and(|r| self.is_claimed(port, r, now)) {
             return false;
         }
         match self.ports.get(&port) {
@@ -321,7 +319,7 @@ impl Nat {
         let mut key = key;
         if reply.is_none()
             && let Some(p) = existing
-            && self.claimed.get(&(p, remote)).is_some_and(|until| *until > now)
+            && self.is_claimed(p, remote, now)
         {
             key = DestKey::Endpoint(remote);
             existing = self.by_key.get(&(internal, key)).copied();
@@ -336,12 +334,11 @@ impl Nat {
             (_, Some(p)) if self.alive(p, internal, now) => p,
             _ => {
                 self.since_sweep += 1;
-                let full = self.behaviour.max_mappings.is_some_and(|m| self.ports.len() >= m as usize);
-                if self.since_sweep >= SWEEP_EVERY || full {
+                if self.since_sweep >= SWEEP_EVERY || self.is_full() {
                     self.since_sweep = 0;
                     self.sweep(now);
                 }
-                if self.behaviour.max_mappings.is_some_and(|m| self.ports.len() >= m as usize) {
+                if self.is_full() {
                     self.table_full += 1;
                     return None;
                 }
@@ -361,6 +358,18 @@ impl Nat {
             self.forget_reply(internal, old, port);
         }
         Some(port)
+    }
+
+    /// Whether the router holds (`port`, `remote`) as a flow of its own
+    /// at `now` ([`Behaviour::local_conntrack`]).
+    fn is_claimed(&self, port: u16, remote: SocketAddrV4, now: u64) -> bool {
+        self.claimed.get(&(port, remote)).is_some_and(|until| *until > now)
+    }
+
+    /// Whether the table holds all the mappings it may
+    /// ([`Behaviour::max_mappings`]).
+    fn is_full(&self) -> bool {
+        self.behaviour.max_mappings.is_some_and(|m| self.ports.len() >= m as usize)
     }
 
     /// Forgets the expired mappings.

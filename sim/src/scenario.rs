@@ -148,7 +148,7 @@ pub struct Network {
     /// Router hops between two sites' edges, each taking one from a
     /// packet's TTL (a NAT is one more): 8.
     pub internet_hops: u32,
-    /// The IP TTL of a birthday pool's opening packets (the engine's
+    /// The IP TTL of a hard invitee's birthday pool packets (the engine's
     /// `pool_ttl`; 0: the default TTL): 5.
     pub pool_ttl: u8,
 }

@@ -187,8 +187,8 @@ pub struct NetStats {
     pub hairpin_refused: u64,
     /// Dropped by a NAT whose mapping table was full.
     pub table_full: u64,
-    /// Dropped when their TTL ran out (a birthday pool's opening packets
-    /// are meant to).
+    /// Dropped when their TTL ran out (a hard invitee's birthday pool
+    /// packets are meant to).
     pub ttl_expired: u64,
     /// Addressed to a crashed node.
     pub to_dead: u64,

@@ -59,12 +59,7 @@ impl Host {
                 && let Some(r) = &o.resend
                 && msg1[..32] == r.0
             {
-                self.transmits.push_back(Transmit {
-                    destination: o.conn.remote,
-                    contents: r.1.clone(),
-                    socket,
-                    ttl: None,
-                });
+                self.transmits.push_back(Transmit::new(o.conn.remote, r.1.clone(), socket));
                 if o.unconfirmed.is_some() {
                     o.unconfirmed = Some((now + patience).min(o.established + 2 * patience));
                 }
@@ -112,7 +107,7 @@ impl Host {
         out.extend_from_slice(&msg2);
         let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
         let socket = self.endpoint.socket_of(id).unwrap_or_default();
-        self.transmits.push_back(Transmit { destination: remote, contents: out.clone(), socket, ttl: None });
+        self.transmits.push_back(Transmit::new(remote, out.clone(), socket));
         let conn =
             Connection::new(&self.config.session, remote, remote_index, keys.send.key(), keys.recv.key(), None, now);
         self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
@@ -259,7 +254,7 @@ impl Host {
         msg.extend_from_slice(ufrags.as_bytes());
         msg.extend_from_slice(&msg1);
         let socket = self.endpoint.socket_of(id).unwrap_or_default();
-        self.transmits.push_back(Transmit { destination: remote, contents: msg.clone(), socket, ttl: None });
+        self.transmits.push_back(Transmit::new(remote, msg.clone(), socket));
         let next_retry = now + self.config.handshake_rto;
         self.by_index.insert(local_index, id);
         self.sessions.insert(

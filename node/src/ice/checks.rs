@@ -122,7 +122,7 @@ impl Endpoint {
             }
             u.sent += contents.len() as u64;
         }
-        self.transmits.push_back(Transmit { destination, contents, socket, ttl: None });
+        self.transmits.push_back(Transmit::new(destination, contents, socket));
     }
 
     /// Handles one datagram that arrived on the main socket from `from`.
@@ -161,7 +161,7 @@ impl Endpoint {
             self.stats.amplification_refused += 1;
             return false;
         }
-        self.transmits.push_back(Transmit { destination: to, contents: reply, socket, ttl: None });
+        self.transmits.push_back(Transmit::new(to, reply, socket));
         true
     }
 
@@ -274,23 +274,26 @@ impl Endpoint {
         let replied = self.reply(socket, from, msg.raw().len(), out);
 
         let a = self.attempts.get_mut(&id).expect("present");
-        if let Some(p) = a.pair_by(socket, from).map(|i| &mut a.pairs[i])
-            && let Some(u) = p.unvalidated.as_mut()
-        {
-            u.received += request_len;
-            u.sent += if replied { reply_len } else { 0 };
+        let exchanged = Unvalidated { received: request_len, sent: if replied { reply_len } else { 0 } };
+        let known = a.pair_by(socket, from);
+        if let Some(u) = known.and_then(|i| a.pairs[i].unvalidated.as_mut()) {
+            u.received += exchanged.received;
+            u.sent += exchanged.sent;
         }
         if a.state == State::Connected || a.state == State::Failed {
             return;
         }
-        let known = a.pair_by(socket, from).is_some();
-        let i = a.add_remote(socket, from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
+        let i = match known {
+            Some(i) => i,
+            None => {
+                let i = a.add_remote(socket, from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
+                // Learnt from this check alone: nothing says the address is
+                // the sender's (a token's candidates were chosen by its author).
+                a.pairs[i].unvalidated = Some(exchanged);
+                i
+            }
+        };
         let p = &mut a.pairs[i];
-        if !known {
-            // Learnt from this check alone: nothing says the address is
-            // the sender's (a token's candidates were chosen by its author).
-            p.unvalidated = Some(Unvalidated { received: request_len, sent: if replied { reply_len } else { 0 } });
-        }
         if msg.use_candidate && a.role == IceRole::Controlled {
             p.nominate = true;
             if p.state == PairState::Succeeded {

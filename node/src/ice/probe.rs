@@ -318,7 +318,7 @@ impl Endpoint {
                 let contents = check_message(a, self.local_peer.as_ref(), tid, false);
                 self.transactions.insert(tid, (id, SPRAY));
                 self.stats.probes_sent += 1;
-                self.transmits.push_back(Transmit { destination, contents, socket: SocketId::MAIN, ttl: None });
+                self.transmits.push_back(Transmit::main(destination, contents));
             }
         }
     }

@@ -114,16 +114,21 @@ pub struct Transmit {
     /// From which of our sockets.
     pub socket: SocketId,
     /// An IP TTL (hop limit) for this datagram instead of the socket's
-    /// default, or `None`. A birthday pool's opening packets carry a low
+    /// default, or `None`. A hard invitee's birthday pool packets carry a low
     /// one (see [`EndpointConfig::pool_ttl`]); drivers that cannot set it
     /// send with the default.
     pub ttl: Option<u8>,
 }
 
 impl Transmit {
+    /// A datagram from `socket`, with the default TTL.
+    pub fn new(destination: SocketAddr, contents: Vec<u8>, socket: SocketId) -> Self {
+        Self { destination, contents, socket, ttl: None }
+    }
+
     /// A datagram from the main socket.
     pub fn main(destination: SocketAddr, contents: Vec<u8>) -> Self {
-        Self { destination, contents, socket: SocketId::MAIN, ttl: None }
+        Self::new(destination, contents, SocketId::MAIN)
     }
 }
 

@@ -217,8 +217,8 @@ impl Pool {
             self.sockets.insert(id, (sock, task));
         }
         if let Some((sock, _)) = self.sockets.get(&id) {
-            // A low TTL for this datagram only (a pool's opening packet),
-            // where the kernel lets us set it.
+            // A low TTL for this datagram only (a hard invitee's pool
+            // packet), where the kernel lets us set it.
             let restore = t.ttl.and_then(|ttl| set_ttl(sock, t.destination, u32::from(ttl)));
             if let Err(e) = sock.try_send_to(&t.contents, t.destination) {
                 tracing::debug!("probing socket send to {} failed: {e}", t.destination);
@@ -282,7 +282,7 @@ pub struct Node {
     io: telemetry::Io,
     /// The router port mapping task, while it runs.
     portmap: Option<PortMapper>,
-    /// What it last said, for status (`None`: not asked yet or off).
+    /// What it last said, for status.
     mapping: MappingState,
 }
 

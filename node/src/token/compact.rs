@@ -45,8 +45,8 @@ use crate::identity::PublicKey;
 const TAG_V1_2: u8 = 0x12;
 /// Format 1.1 (ICE credentials in base64url), still read and written.
 const TAG_V1_1: u8 = 0x11;
-/// Tag for a body whose version string is not 1.1 (only so that encoding is
-/// total; decoding refuses it as an unknown version).
+/// Tag for a body whose version string is neither 1.1 nor 1.2 (only so that
+/// encoding is total; decoding refuses it as an unknown version).
 const TAG_OTHER_VERSION: u8 = 0xFF;
 
 const F_RSVP: u16 = 1 << 0;
