@@ -221,7 +221,7 @@ struct StunQuery {
 pub struct Host {
     config: HostConfig,
     endpoint: Endpoint,
-    static_secret: [u8; 32],
+    static_secret: zeroize::Zeroizing<[u8; 32]>,
     public: PublicKey,
     rng: ChaCha20Rng,
     sessions: BTreeMap<AttemptId, Session>,
@@ -271,7 +271,7 @@ impl Host {
         Self {
             config,
             endpoint,
-            static_secret: identity.x25519_secret_bytes(),
+            static_secret: zeroize::Zeroizing::new(identity.x25519_secret_bytes()),
             public: identity.public_key(),
             rng,
             sessions: BTreeMap::new(),

@@ -74,7 +74,7 @@ impl Host {
         }
         let local_index = self.new_index();
         let mut payload_ok = None;
-        let answer = noise::respond(self.static_secret, &prologue(&binding), msg1, &mut self.rng, |rs, payload| {
+        let answer = noise::respond(*self.static_secret, &prologue(&binding), msg1, &mut self.rng, |rs, payload| {
             if payload.len() == 36 {
                 let mut pk = [0u8; 32];
                 pk.copy_from_slice(&payload[..32]);
@@ -108,8 +108,7 @@ impl Host {
         let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
         let socket = self.endpoint.socket_of(id).unwrap_or_default();
         self.transmits.push_back(Transmit::new(remote, out.clone(), socket));
-        let conn =
-            Connection::new(&self.config.session, remote, remote_index, keys.send.key(), keys.recv.key(), None, now);
+        let conn = Connection::new(&self.config.session, remote, remote_index, *keys.send, *keys.recv, None, now);
         self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
     }
 
@@ -196,7 +195,7 @@ impl Host {
             self.stats.dropped += 1;
             return;
         };
-        let Some(Session { phase: Phase::Initiating(i), .. }) = self.sessions.get(&id) else {
+        let Some(Session { phase: Phase::Initiating(i), .. }) = self.sessions.get_mut(&id) else {
             self.stats.dropped += 1; // a repeated answer
             return;
         };
@@ -204,8 +203,8 @@ impl Host {
             self.stats.dropped += 1;
             return;
         }
-        // Keep the handshake state if this answer is forged.
-        let Ok((keys, payload)) = (*i.init).clone().finish(&data[5..]) else {
+        // A forged answer leaves the handshake state as it was.
+        let Ok((keys, payload)) = i.init.finish(&data[5..]) else {
             self.stats.dropped += 1;
             return;
         };
@@ -220,15 +219,8 @@ impl Host {
         let Some(peer) = binding.remote_peer else { return };
         self.by_index.remove(&index);
         self.sessions.remove(&id);
-        let conn = Connection::new(
-            &self.config.session,
-            remote,
-            u32::from_be_bytes(idx),
-            keys.send.key(),
-            keys.recv.key(),
-            rtt,
-            now,
-        );
+        let conn =
+            Connection::new(&self.config.session, remote, u32::from_be_bytes(idx), *keys.send, *keys.recv, rtt, now);
         self.establish(id, index, conn, peer, &binding, now, None);
     }
 
@@ -243,7 +235,7 @@ impl Host {
         let local_index = self.new_index();
         let mut payload = self.public.0.to_vec();
         payload.extend_from_slice(&local_index.to_be_bytes());
-        let started = Initiator::start(self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng);
+        let started = Initiator::start(*self.static_secret, rs, &prologue(&binding), &payload, &mut self.rng);
         self.erase_past();
         let Ok((init, msg1)) = started else {
             self.events.push_back(HostEvent::HandshakeFailed { session: id, reason: "the invitation's key is weak" });
