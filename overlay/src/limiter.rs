@@ -39,6 +39,11 @@ impl<P: PeerKey> Limiter<P> {
         Self { burst, per_ms: per_second / 1000.0, all: Bucket { tokens: burst * 10.0, at: 0 }, each: BTreeMap::new() }
     }
 
+    /// Origins with a bucket of their own.
+    pub(crate) fn len(&self) -> usize {
+        self.each.len()
+    }
+
     /// Whether `origin` may have one more token relayed now.
     pub(crate) fn allow(&mut self, origin: P, now: Millis) -> bool {
         let (burst, per_ms) = (self.burst, self.per_ms);

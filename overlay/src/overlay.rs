@@ -288,6 +288,9 @@ pub struct Overlay<P: PeerKey> {
     views: BTreeMap<P, (Millis, Vec<P>)>,
     /// Each active neighbour's active view, as it last told us.
     nbr_views: BTreeMap<P, Vec<P>>,
+    /// When we last took a shuffle's cards that came over each active
+    /// neighbour's link (one per round per link, see `on_shuffle`).
+    shuffled_from: BTreeMap<P, Millis>,
     /// Our active view changed since we last told our neighbours.
     nbr_dirty: bool,
     /// Links replaced out of the active view, open for tokens until then.
@@ -323,6 +326,7 @@ impl<P: PeerKey> Overlay<P> {
             next_view: (cfg.announce_views > 0).then_some(now),
             views: BTreeMap::new(),
             nbr_views: BTreeMap::new(),
+            shuffled_from: BTreeMap::new(),
             nbr_dirty: false,
             lingering: Vec::new(),
             fill_backoff: 0,
@@ -378,6 +382,24 @@ impl<P: PeerKey> Overlay<P> {
     /// The broadcast tree state.
     pub fn plumtree(&self) -> &Plumtree<P> {
         &self.plum
+    }
+
+    /// Entries held in this member's tables and queues, its broadcast
+    /// state's included ([`Plumtree::held`]): views, links asked for,
+    /// neighbours' and members' announced views, per-neighbour relay
+    /// limits, queued outputs. A measure of its memory that a peer could
+    /// try to grow; every part is bounded.
+    pub fn held(&self) -> usize {
+        self.active.len()
+            + self.passive.len()
+            + self.pending.len()
+            + self.views.values().map(|(_, v)| 1 + v.len()).sum::<usize>()
+            + self.nbr_views.values().map(|v| 1 + v.len()).sum::<usize>()
+            + self.shuffled_from.len()
+            + self.lingering.len()
+            + self.limiter.len()
+            + self.out.len()
+            + self.plum.held()
     }
 
     /// Membership counters.
@@ -621,7 +643,7 @@ impl<P: PeerKey> Overlay<P> {
                 }
             }
             Message::Shuffle { origin, ttl, path, cards } if self.is_active(from) => {
-                self.on_shuffle(from, origin, ttl, path, cards)
+                self.on_shuffle(from, origin, ttl, path, cards, now)
             }
             Message::Join { .. } | Message::ForwardJoin { .. } | Message::Shuffle { .. } => self.stats.ignored += 1,
             Message::Neighbors { peers } => {
@@ -699,7 +721,7 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
-    fn on_shuffle(&mut self, from: P, origin: P, ttl: u8, mut path: Vec<P>, cards: Vec<Card<P>>) {
+    fn on_shuffle(&mut self, from: P, origin: P, ttl: u8, mut path: Vec<P>, cards: Vec<Card<P>>, now: Millis) {
         if origin == self.me.peer || path.is_empty() || path.len() >= MAX_LIST || cards.len() > MAX_LIST {
             self.stats.ignored += 1;
             return;
@@ -713,6 +735,16 @@ impl<P: PeerKey> Overlay<P> {
             self.send(candidates[i], Message::Shuffle { origin, ttl, path, cards });
             return;
         }
+        // The walk ends here. One link carries few walks that end at us
+        // (each member starts one a round and they spread over the
+        // network), so taking one a round per link costs honest members
+        // little, and a neighbour flooding shuffles of cards of nobody
+        // cannot fill our passive view with them.
+        if self.shuffled_from.get(&from).is_some_and(|&at| now.saturating_sub(at) < self.cfg.round) {
+            self.stats.ignored += 1;
+            return;
+        }
+        self.shuffled_from.insert(from, now);
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
         let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
@@ -857,6 +889,7 @@ impl<P: PeerKey> Overlay<P> {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
         self.nbr_views.remove(&peer);
+        self.shuffled_from.remove(&peer);
         self.plum.neighbor_down(peer);
         self.drain_plum(now);
         self.stats.neighbor_downs += 1;

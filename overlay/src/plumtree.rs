@@ -67,7 +67,15 @@ pub struct PlumStats {
     pub grafts_sent: u64,
     /// PRUNEs sent.
     pub prunes_sent: u64,
+    /// Announced ids not tracked because [`MAX_MISSING`] were already.
+    pub missing_refused: u64,
 }
+
+/// Most announced-but-not-received messages tracked at once. Honest
+/// announcements of a message that really travels are few (its copies end
+/// them within a round); thousands outstanding means someone announces
+/// what it never sends.
+pub const MAX_MISSING: usize = 4096;
 
 #[derive(Debug)]
 struct Seen {
@@ -243,6 +251,14 @@ impl<P: PeerKey> Plumtree<P> {
                     if self.seen.contains_key(&id) {
                         continue;
                     }
+                    // A neighbour announcing ids it never sends (garbage,
+                    // or a hostile member) must not grow this table without
+                    // bound: past the cap, new announcements wait for the
+                    // eager push or a later IHAVE.
+                    if self.missing.len() >= MAX_MISSING && !self.missing.contains_key(&id) {
+                        self.stats.missing_refused += 1;
+                        continue;
+                    }
                     let deadline = now + self.cfg.graft_timeout;
                     let m = self.missing.entry(id).or_insert(Missing { announcers: VecDeque::new(), deadline });
                     if !m.announcers.contains(&from) && m.announcers.len() < 16 {
@@ -305,6 +321,19 @@ impl<P: PeerKey> Plumtree<P> {
         let graft = self.missing.values().map(|m| m.deadline).min();
         let expire = self.seen_order.front().map(|(at, _)| at + self.cfg.cache);
         graft.into_iter().chain(expire).min()
+    }
+
+    /// Entries held in this node's tables and queues (messages remembered,
+    /// messages missing and their announcers, neighbours, queued sends and
+    /// deliveries): a measure of its memory that a peer could try to grow.
+    pub fn held(&self) -> usize {
+        self.eager.len()
+            + self.lazy.len()
+            + self.seen.len()
+            + self.seen_order.len()
+            + self.missing.values().map(|m| 1 + m.announcers.len()).sum::<usize>()
+            + self.sends.len()
+            + self.deliveries.len()
     }
 
     /// The next message to send.
@@ -414,5 +443,28 @@ mod tests {
         p.tick(PlumConfig::default().cache + 10);
         p.handle(2, Message::Graft { id }, 1);
         assert!(p.poll_send().is_none(), "the message expired from the cache");
+    }
+
+    /// A neighbour announcing ids it never sends cannot grow the table of
+    /// missing messages past its cap; the held entries stay bounded, and a
+    /// real announcement is still tracked once the false ones expire.
+    #[test]
+    fn false_announcements_are_capped() {
+        let mut n = Plumtree::new(0u32, PlumConfig::default());
+        n.neighbor_up(1, 0);
+        for k in 0..(MAX_MISSING as u64 / 16 + 100) {
+            let ids = (0..16).map(|j| (MsgId { origin: 9, seq: k * 16 + j }, 0)).collect();
+            n.handle(1, Message::IHave { ids }, 0);
+        }
+        assert_eq!(n.missing(), MAX_MISSING);
+        assert!(n.stats().missing_refused >= 1600);
+        assert!(n.held() < 2 * MAX_MISSING + 16, "{}", n.held());
+        // The false ones are grafted from the announcer, then given up.
+        let cfg = PlumConfig::default();
+        n.tick(cfg.graft_timeout);
+        n.tick(cfg.graft_timeout + cfg.graft_retry);
+        assert_eq!(n.missing(), 0);
+        n.handle(1, Message::IHave { ids: vec![(MsgId { origin: 5, seq: 1 }, 0)] }, 1000);
+        assert_eq!(n.missing(), 1);
     }
 }

@@ -349,3 +349,24 @@ fn evictions_spare_the_last_links_beyond_the_neighbourhood() {
         assert_eq!(o.active().count(), cfg.active);
     }
 }
+
+#[test]
+fn shuffles_ending_here_are_taken_once_a_round_per_link() {
+    let cfg = Config::default();
+    let mut o = Overlay::new(card(0), cfg, seed(4), 0);
+    o.handle(1, Message::Neighbor { high: false, card: card(1) }, 1);
+    let shuffle = |first: u32| Message::Shuffle {
+        origin: 1,
+        ttl: 1,
+        path: vec![1],
+        cards: (first..first + 8).map(card).collect(),
+    };
+    o.handle(1, shuffle(1000), 10);
+    for k in 1..20u32 {
+        o.handle(1, shuffle(1000 + 8 * k), 10 + u64::from(k));
+    }
+    let passive: Vec<u32> = o.passive().collect();
+    assert!(!passive.is_empty() && passive.iter().all(|&p| p < 1008), "only the first shuffle's cards: {passive:?}");
+    o.handle(1, shuffle(5000), 10 + cfg.round);
+    assert!(o.passive().any(|p| p >= 5000), "a round later the link's next shuffle is taken");
+}
