@@ -24,7 +24,8 @@
 //!
 //! A scenario (TOML) grows the network by joins and settles it, then runs
 //! exactly one measurement: `[steady]`, `[failure]`, `[membership]`,
-//! `[churn]`, `[partition]`, `[introducer]`, or `[topology]` (which builds
+//! `[churn]`, `[partition]`, `[introducer]`, `[hostile]` (a share of
+//! members turn hostile, [`Behaviour`]), or `[topology]` (which builds
 //! each topology policy's graph instead of growing an overlay).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,6 +42,7 @@ use crate::reach::Reach as Ladder;
 use crate::scenario::{Cgnat, ScenarioError, builtin_profiles};
 use crate::{FastHash, SimRng};
 
+mod hostile;
 mod measure;
 mod model;
 mod nat_model;
@@ -48,6 +50,7 @@ mod render;
 mod run;
 mod schema;
 
+pub use hostile::HostileFigures;
 pub use measure::*;
 pub use model::*;
 use nat_model::*;

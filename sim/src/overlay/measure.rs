@@ -174,7 +174,11 @@ impl OverlaySim {
                 last_hop = last_hop.max(hop);
                 last = last.max(at - t.sent);
             }
-            if self.joined_at[i] + grace > t.sent || self.died_at[i] <= until || i as u32 == t.origin {
+            if self.joined_at[i] + grace > t.sent
+                || self.died_at[i] <= until
+                || i as u32 == t.origin
+                || self.is_hostile(i as u32)
+            {
                 continue;
             }
             eligible += 1;

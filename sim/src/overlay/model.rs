@@ -3,12 +3,31 @@
 use super::*;
 
 pub(super) enum Ev {
-    Deliver { to: u32, from: u32, msg: Message<u32> },
+    Deliver {
+        to: u32,
+        from: u32,
+        msg: Message<u32>,
+    },
     Tick(u32),
-    LinkUp { at: u32, peer: u32 },
-    LinkFailed { at: u32, peer: u32 },
-    LinkDown { at: u32, peer: u32 },
-    RsvpTimeout { asker: u32, peer: u32, attempt: u64 },
+    LinkUp {
+        at: u32,
+        peer: u32,
+    },
+    LinkFailed {
+        at: u32,
+        peer: u32,
+    },
+    LinkDown {
+        at: u32,
+        peer: u32,
+    },
+    RsvpTimeout {
+        asker: u32,
+        peer: u32,
+        attempt: u64,
+    },
+    /// A hostile member's flood round.
+    Hostile(u32),
 }
 
 /// One tracked broadcast.
@@ -63,6 +82,7 @@ pub struct OverlaySim {
     pub(super) connect_fail: u64,
     pub(super) cut: Option<Vec<bool>>,
     pub(super) nat: Option<NatModel>,
+    pub(super) hostile: Option<hostile::HostileModel>,
     pub(super) tracks: Vec<Track>,
     pub(super) track_of: HashMap<MsgId<u32>, usize, FastHash>,
     pub(super) joined_watch: Option<u32>,
@@ -105,6 +125,7 @@ impl OverlaySim {
             connect_fail: net.connect_fail_ms,
             cut: None,
             nat: None,
+            hostile: None,
             tracks: Vec::new(),
             track_of: HashMap::default(),
             joined_watch: None,
@@ -190,6 +211,14 @@ impl OverlaySim {
     pub(super) fn drain(&mut self, i: u32) {
         let now = self.now;
         while let Some(o) = self.nodes[i as usize].poll() {
+            let o = if self.is_hostile(i) {
+                match self.hostile_edit(i, o) {
+                    Some(o) => o,
+                    None => continue,
+                }
+            } else {
+                o
+            };
             match o {
                 Output::Send { to, msg } => {
                     if self.links.contains(&pair(i, to)) {
@@ -322,6 +351,16 @@ impl OverlaySim {
                     {
                         self.tracks[k].copies += 1;
                     }
+                    // A hostile member that forced a link answers its
+                    // pings, or the honest end would soon drop it.
+                    if let Message::Ping { nonce } = msg
+                        && self.hostile.as_ref().is_some_and(|h| h.does(Behaviour::Flood))
+                        && self.is_hostile(to)
+                        && !self.nodes[to as usize].is_active(from)
+                    {
+                        let back = at + self.lat(to, from);
+                        self.queue.push(back, Ev::Deliver { to: from, from: to, msg: Message::Pong { nonce } });
+                    }
                     self.nodes[to as usize].handle(from, msg, at);
                     if let (Some((attempt, linked, before)), Some(nat)) = (watch, &mut self.nat)
                         && self.nodes[to as usize].stats().relay_refused > before
@@ -363,6 +402,7 @@ impl OverlaySim {
                         self.drain(i);
                     }
                 }
+                Ev::Hostile(i) => self.hostile_round(i),
                 Ev::RsvpTimeout { asker, peer, attempt } => {
                     let Some(nat) = &mut self.nat else { continue };
                     if nat.pending.get(&(asker, peer)) == Some(&attempt) {

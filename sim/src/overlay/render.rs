@@ -89,6 +89,29 @@ impl OverlayReport {
             let _ = writeln!(m, "## Churn: {} left, {} joined\n", c.left, c.joined);
             m.push_str(&broadcasts_md(&c.broadcasts));
         }
+        if let Some(h) = &self.hostile {
+            let _ = writeln!(m, "## Hostile members: {} ({:?})\n", h.hostile, h.behaviours);
+            let _ = writeln!(
+                m,
+                "They swallowed {} broadcast and relay messages, sent {} garbage messages, forced {} links and told {} false views; {} announced ids were refused past the cap.\n",
+                h.dropped, h.garbage_sent, h.flood_links, h.views_faked, h.missing_refused
+            );
+            let _ = writeln!(
+                m,
+                "Hostile share of honest members' active views: {:.3} when they turned, {:.3} at the end.\n",
+                h.hostile_share_of_views[0], h.hostile_share_of_views[1]
+            );
+            let _ = writeln!(
+                m,
+                "Entries an honest member holds: max {} / mean {:.1} before, max {} during, max {} / mean {:.1} at the end.\n",
+                h.honest_held_before[0],
+                h.honest_held_before[1],
+                h.honest_held_max,
+                h.honest_held_end[0],
+                h.honest_held_end[1]
+            );
+            m.push_str(&broadcasts_md(&h.broadcasts));
+        }
         if let Some(p) = &self.partition {
             let _ = writeln!(m, "## Partition: {} nodes cut off from {} to {} ms\n", p.side, p.cut_ms[0], p.cut_ms[1]);
             let _ = writeln!(

@@ -220,6 +220,8 @@ pub struct OverlayReport {
     pub introducer: Option<IntroFigures>,
     /// Topology policies.
     pub topology: Option<TopologyFigures>,
+    /// Hostile members.
+    pub hostile: Option<HostileFigures>,
 }
 
 pub(super) fn base_config() -> Config {
@@ -248,6 +250,7 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
         partition: None,
         introducer: None,
         topology: None,
+        hostile: None,
     };
     if let Some(t) = &s.topology {
         report.topology = Some(run_topology(t, s.nodes, seed, &mut sim));
@@ -378,6 +381,11 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
             within_16: within as f64 / nodes.max(1) as f64,
             hops,
         });
+    }
+    if let Some(h) = &s.hostile {
+        let f = hostile::run_hostile(h, &mut sim, round);
+        report.aggregate = Some(aggregate(&f.broadcasts, n));
+        report.hostile = Some(f);
     }
     if let Some(ch) = &s.churn {
         let start = sim.now;

@@ -43,6 +43,8 @@ pub struct OverlayScenario {
     pub introducer: Option<Introducer>,
     /// The topology policies' graphs at N.
     pub topology: Option<Topology>,
+    /// A share of members turn hostile.
+    pub hostile: Option<Hostile>,
 }
 
 pub(super) fn one() -> u64 {
@@ -155,6 +157,60 @@ impl Default for Churn {
     }
 }
 
+/// What a hostile member does (each does every one listed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    /// Stays a good neighbour for membership (pings, shuffles, views) but
+    /// drops every broadcast message it should send (GOSSIP, IHAVE,
+    /// GRAFT) and every token it should relay.
+    Drop,
+    /// Sends its neighbours, `flood_per_s` times a second each, messages
+    /// that are well formed but false: IHAVEs of ids that do not exist,
+    /// GRAFTs and PRUNEs for nothing, unsolicited PONGs, NEIGHBOR_REPLYs
+    /// and SHUFFLE_REPLYs, shuffles full of cards of members that do not
+    /// exist, relays along routes that lead nowhere. (Malformed bytes are
+    /// the fuzz targets' part; the simulator's messages are typed.)
+    Garbage,
+    /// Links to a random member `flood_per_s` times a second and sends it
+    /// a JOIN and a high-priority NEIGHBOR (which a member must accept),
+    /// trying to take the places of honest neighbours.
+    Flood,
+    /// Tells its neighbours a false active view: members it is not linked
+    /// to, so it looks like a bridge worth keeping and a route for tokens.
+    FalseViews,
+}
+
+/// Hostile members: after the network settled, a share of members turn
+/// hostile; honest members broadcast meanwhile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hostile {
+    /// Share of members that turn hostile: 0.1.
+    pub fraction: f64,
+    /// What they do: all four.
+    pub behaviours: Vec<Behaviour>,
+    /// Garbage messages of each kind per neighbour, and flood links, per
+    /// hostile member per second: 10.
+    pub flood_per_s: u32,
+    /// Broadcasts from random honest members: 30.
+    pub broadcasts: u32,
+    /// Time between them, ms: 2000.
+    pub interval_ms: u64,
+}
+
+impl Default for Hostile {
+    fn default() -> Self {
+        Self {
+            fraction: 0.1,
+            behaviours: vec![Behaviour::Drop, Behaviour::Garbage, Behaviour::Flood, Behaviour::FalseViews],
+            flood_per_s: 10,
+            broadcasts: 30,
+            interval_ms: 2000,
+        }
+    }
+}
+
 /// A partition and its healing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,11 +319,12 @@ impl OverlayScenario {
             self.partition.is_some(),
             self.introducer.is_some(),
             self.topology.is_some(),
+            self.hostile.is_some(),
         ];
         if sections.iter().filter(|&&s| s).count() != 1 {
             return Err(invalid(
                 "measurement",
-                "exactly one of [steady], [failure], [membership], [churn], [partition], [introducer], [topology] must be present",
+                "exactly one of [steady], [failure], [membership], [churn], [partition], [introducer], [topology], [hostile] must be present",
             ));
         }
         if let Some(s) = &self.steady {
@@ -314,6 +371,26 @@ impl OverlayScenario {
             }
             if p.interval_ms == 0 {
                 return Err(invalid("partition.interval_ms", "must be > 0"));
+            }
+        }
+        if let Some(h) = &self.hostile {
+            if !(h.fraction > 0.0 && h.fraction <= 0.5) {
+                return Err(invalid("hostile.fraction", format!("must be in (0, 0.5], got {}", h.fraction)));
+            }
+            if h.behaviours.is_empty() {
+                return Err(invalid(
+                    "hostile.behaviours",
+                    "must name at least one of drop, garbage, flood, false-views",
+                ));
+            }
+            if !(1..=1_000).contains(&h.flood_per_s) {
+                return Err(invalid("hostile.flood_per_s", "must be between 1 and 1000"));
+            }
+            if !(1..=10_000).contains(&h.broadcasts) {
+                return Err(invalid("hostile.broadcasts", "must be between 1 and 10000"));
+            }
+            if h.interval_ms == 0 {
+                return Err(invalid("hostile.interval_ms", "must be > 0"));
             }
         }
         let matrix = expected_matrix();
