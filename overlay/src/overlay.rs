@@ -288,9 +288,13 @@ pub struct Overlay<P: PeerKey> {
     views: BTreeMap<P, (Millis, Vec<P>)>,
     /// Each active neighbour's active view, as it last told us.
     nbr_views: BTreeMap<P, Vec<P>>,
-    /// When we last took a shuffle's cards that came over each active
-    /// neighbour's link (one per round per link, see `on_shuffle`).
-    shuffled_from: BTreeMap<P, Millis>,
+    /// When we last took shuffles' cards that came over each active
+    /// neighbour's link: the one before the last, and the last (two per
+    /// round per link, see `on_shuffle`).
+    shuffled_from: BTreeMap<P, (Option<Millis>, Millis)>,
+    /// Our shuffle waiting for its answer: until when, and how many cards
+    /// the answer may carry (see `on_relay`).
+    shuffle_awaited: Option<(Millis, usize)>,
     /// Our active view changed since we last told our neighbours.
     nbr_dirty: bool,
     /// Links replaced out of the active view, open for tokens until then.
@@ -327,6 +331,7 @@ impl<P: PeerKey> Overlay<P> {
             views: BTreeMap::new(),
             nbr_views: BTreeMap::new(),
             shuffled_from: BTreeMap::new(),
+            shuffle_awaited: None,
             nbr_dirty: false,
             lingering: Vec::new(),
             fill_backoff: 0,
@@ -735,16 +740,17 @@ impl<P: PeerKey> Overlay<P> {
             self.send(candidates[i], Message::Shuffle { origin, ttl, path, cards });
             return;
         }
-        // The walk ends here. One link carries few walks that end at us
-        // (each member starts one a round and they spread over the
-        // network), so taking one a round per link costs honest members
-        // little, and a neighbour flooding shuffles of cards of nobody
-        // cannot fill our passive view with them.
-        if self.shuffled_from.get(&from).is_some_and(|&at| now.saturating_sub(at) < self.cfg.round) {
+        // The walk ends here. About one walk a round ends at each member
+        // (each member starts one), spread over its links; taking two a
+        // round per link leaves room for jitter and small networks, and a
+        // neighbour flooding shuffles of cards of nobody cannot fill our
+        // passive view with them.
+        let last = self.shuffled_from.get(&from).copied();
+        if last.is_some_and(|(before, _)| before.is_some_and(|b| now.saturating_sub(b) < self.cfg.round)) {
             self.stats.ignored += 1;
             return;
         }
-        self.shuffled_from.insert(from, now);
+        self.shuffled_from.insert(from, (last.map(|(_, l)| l), now));
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
         let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
@@ -807,9 +813,21 @@ impl<P: PeerKey> Overlay<P> {
                 self.event(Event::Introduced { from: origin, token });
             }
             Message::ShuffleReply { cards } => {
-                // The answerer's passive peers: linked to nobody we know of.
-                for c in cards.into_iter().take(MAX_LIST) {
-                    self.add_passive(c, Vec::new());
+                // Only the answer to our own shuffle, once, with no more
+                // cards than we sent: a neighbour sending answers nobody
+                // asked for cannot fill our passive view with cards of
+                // nobody.
+                match self.shuffle_awaited.take() {
+                    Some((until, n)) if now <= until => {
+                        // The answerer's passive peers: linked to nobody we know of.
+                        for c in cards.into_iter().take(n) {
+                            self.add_passive(c, Vec::new());
+                        }
+                    }
+                    awaited => {
+                        self.shuffle_awaited = awaited;
+                        self.stats.ignored += 1;
+                    }
                 }
             }
             _ => self.stats.ignored += 1,
@@ -1033,7 +1051,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         if now >= self.next_shuffle {
             self.next_shuffle = now + self.cfg.round;
-            self.start_shuffle();
+            self.start_shuffle(now);
         }
         let mut failed = Vec::new();
         let mut pings = Vec::new();
@@ -1097,7 +1115,7 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
-    fn start_shuffle(&mut self) {
+    fn start_shuffle(&mut self, now: Millis) {
         let Some(i) = Self::pick(&mut self.rng, &self.active) else { return };
         let target = self.active[i].card.peer;
         let mut cards = vec![self.me.clone()];
@@ -1110,6 +1128,8 @@ impl<P: PeerKey> Overlay<P> {
         }
         cards.extend(self.sample_passive(self.cfg.shuffle_passive));
         self.stats.shuffles += 1;
+        // The walk takes up to `arwl` hops out and as many back.
+        self.shuffle_awaited = Some((now + 2 * self.cfg.round, cards.len()));
         let msg = Message::Shuffle { origin: self.me.peer, ttl: self.cfg.arwl, path: vec![self.me.peer], cards };
         self.send(target, msg);
     }

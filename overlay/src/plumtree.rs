@@ -77,6 +77,10 @@ pub struct PlumStats {
 /// what it never sends.
 pub const MAX_MISSING: usize = 4096;
 
+/// Most of [`MAX_MISSING`] one neighbour's announcements may take, so one
+/// that announces what it never sends cannot fill the table for the others.
+pub const MAX_MISSING_BY: usize = MAX_MISSING / 8;
+
 #[derive(Debug)]
 struct Seen {
     round: u16,
@@ -88,6 +92,8 @@ struct Seen {
 struct Missing<P> {
     announcers: VecDeque<P>,
     deadline: Millis,
+    /// The neighbour whose announcement made us track it.
+    by: P,
 }
 
 /// One node's Plumtree state.
@@ -101,6 +107,8 @@ pub struct Plumtree<P: PeerKey> {
     seen: HashMap<MsgId<P>, Seen>,
     seen_order: VecDeque<(Millis, MsgId<P>)>,
     missing: BTreeMap<MsgId<P>, Missing<P>>,
+    /// Entries of `missing` each neighbour's announcements made.
+    missing_by: BTreeMap<P, usize>,
     sends: VecDeque<(P, Message<P>)>,
     deliveries: VecDeque<Delivery<P>>,
     stats: PlumStats,
@@ -118,6 +126,7 @@ impl<P: PeerKey> Plumtree<P> {
             seen: HashMap::new(),
             seen_order: VecDeque::new(),
             missing: BTreeMap::new(),
+            missing_by: BTreeMap::new(),
             sends: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: PlumStats::default(),
@@ -231,7 +240,7 @@ impl<P: PeerKey> Plumtree<P> {
                         self.stats.prunes_sent += 1;
                     }
                 } else {
-                    self.missing.remove(&id);
+                    self.forget_missing(&id);
                     self.stats.delivered += 1;
                     // A link that just carried a first copy is a tree edge.
                     if !self.eager.contains(&from) {
@@ -253,14 +262,20 @@ impl<P: PeerKey> Plumtree<P> {
                     }
                     // A neighbour announcing ids it never sends (garbage,
                     // or a hostile member) must not grow this table without
-                    // bound: past the cap, new announcements wait for the
-                    // eager push or a later IHAVE.
-                    if self.missing.len() >= MAX_MISSING && !self.missing.contains_key(&id) {
-                        self.stats.missing_refused += 1;
-                        continue;
+                    // bound, nor fill it for the others: past its share, or
+                    // past the cap, new announcements wait for the eager
+                    // push or another neighbour's IHAVE.
+                    if !self.missing.contains_key(&id) {
+                        let by = self.missing_by.get(&from).copied().unwrap_or(0);
+                        if self.missing.len() >= MAX_MISSING || by >= MAX_MISSING_BY {
+                            self.stats.missing_refused += 1;
+                            continue;
+                        }
+                        *self.missing_by.entry(from).or_insert(0) += 1;
                     }
                     let deadline = now + self.cfg.graft_timeout;
-                    let m = self.missing.entry(id).or_insert(Missing { announcers: VecDeque::new(), deadline });
+                    let m =
+                        self.missing.entry(id).or_insert(Missing { announcers: VecDeque::new(), deadline, by: from });
                     if !m.announcers.contains(&from) && m.announcers.len() < 16 {
                         m.announcers.push_back(from);
                     }
@@ -302,9 +317,7 @@ impl<P: PeerKey> Plumtree<P> {
                     self.sends.push_back((p, Message::Graft { id }));
                     self.stats.grafts_sent += 1;
                 }
-                None => {
-                    self.missing.remove(&id);
-                }
+                None => self.forget_missing(&id),
             }
         }
         while let Some(&(at, id)) = self.seen_order.front() {
@@ -313,6 +326,17 @@ impl<P: PeerKey> Plumtree<P> {
             }
             self.seen_order.pop_front();
             self.seen.remove(&id);
+        }
+    }
+
+    fn forget_missing(&mut self, id: &MsgId<P>) {
+        if let Some(m) = self.missing.remove(id)
+            && let Some(n) = self.missing_by.get_mut(&m.by)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.missing_by.remove(&m.by);
+            }
         }
     }
 
@@ -332,6 +356,7 @@ impl<P: PeerKey> Plumtree<P> {
             + self.seen.len()
             + self.seen_order.len()
             + self.missing.values().map(|m| 1 + m.announcers.len()).sum::<usize>()
+            + self.missing_by.len()
             + self.sends.len()
             + self.deliveries.len()
     }
@@ -446,25 +471,32 @@ mod tests {
     }
 
     /// A neighbour announcing ids it never sends cannot grow the table of
-    /// missing messages past its cap; the held entries stay bounded, and a
-    /// real announcement is still tracked once the false ones expire.
+    /// missing messages past its share, so the others' announcements are
+    /// still tracked; the held entries stay bounded, and the false ones
+    /// are given up once grafting them from their announcer fails.
     #[test]
     fn false_announcements_are_capped() {
         let mut n = Plumtree::new(0u32, PlumConfig::default());
         n.neighbor_up(1, 0);
+        n.neighbor_up(2, 0);
         for k in 0..(MAX_MISSING as u64 / 16 + 100) {
             let ids = (0..16).map(|j| (MsgId { origin: 9, seq: k * 16 + j }, 0)).collect();
             n.handle(1, Message::IHave { ids }, 0);
         }
-        assert_eq!(n.missing(), MAX_MISSING);
-        assert!(n.stats().missing_refused >= 1600);
-        assert!(n.held() < 2 * MAX_MISSING + 16, "{}", n.held());
-        // The false ones are grafted from the announcer, then given up.
+        assert_eq!(n.missing(), MAX_MISSING_BY);
+        assert!(n.stats().missing_refused >= 3500);
+        assert!(n.held() < 2 * MAX_MISSING_BY + 16, "{}", n.held());
+        let real = MsgId { origin: 5, seq: 1 };
+        n.handle(2, Message::IHave { ids: vec![(real, 0)] }, 0);
+        assert_eq!(n.missing(), MAX_MISSING_BY + 1, "another neighbour's announcement is tracked");
+        // The false ones are grafted from the announcer, then given up; the
+        // real one was grafted from neighbour 2.
         let cfg = PlumConfig::default();
         n.tick(cfg.graft_timeout);
         n.tick(cfg.graft_timeout + cfg.graft_retry);
         assert_eq!(n.missing(), 0);
-        n.handle(1, Message::IHave { ids: vec![(MsgId { origin: 5, seq: 1 }, 0)] }, 1000);
+        assert!(n.missing_by.is_empty());
+        n.handle(1, Message::IHave { ids: vec![(MsgId { origin: 5, seq: 2 }, 0)] }, 1000);
         assert_eq!(n.missing(), 1);
     }
 }

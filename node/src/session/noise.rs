@@ -22,10 +22,13 @@
 //! - **The caller's randomness**: the ephemeral key is the 32 bytes the
 //!   caller's RNG gives, so the simulator's runs stay reproducible; the
 //!   host erases its RNG's state after each handshake.
-//! - **Key material is wiped**: the DH private keys and cipher keys snow
-//!   holds are ours and zeroize when dropped, and snow's handshake state
-//!   itself (the chaining key and handshake hash, which snow 0.10 keeps in
-//!   plain arrays) is overwritten when dropped ([`WipedHandshake`]).
+//! - **Key material is wiped where we hold it**: the DH private keys and
+//!   cipher keys snow holds are ours and zeroize when dropped, and snow's
+//!   handshake state itself (the chaining key and handshake hash, which
+//!   snow 0.10 keeps in plain arrays) is overwritten when dropped
+//!   ([`WipedHandshake`]). What snow copies on its own stack (the
+//!   checkpoint of the chaining key and hash around each message, HKDF and
+//!   HMAC temporaries, DH outputs) is not: no crate wipes another's stack.
 //!
 //! ChaCha20-Poly1305 is ring's, the same code as the session's packets;
 //! SHA-256 is `sha2`'s.
@@ -101,7 +104,8 @@ impl Dh for X25519 {
         32
     }
     fn set(&mut self, privkey: &[u8]) {
-        // snow checks the length against `priv_len` before it calls this.
+        // Our callers always pass 32 bytes; anything else is padded or cut
+        // rather than a panic.
         let n = privkey.len().min(32);
         self.private = [0; 32];
         self.private[..n].copy_from_slice(&privkey[..n]);

@@ -351,7 +351,7 @@ fn evictions_spare_the_last_links_beyond_the_neighbourhood() {
 }
 
 #[test]
-fn shuffles_ending_here_are_taken_once_a_round_per_link() {
+fn shuffles_ending_here_are_taken_twice_a_round_per_link() {
     let cfg = Config::default();
     let mut o = Overlay::new(card(0), cfg, seed(4), 0);
     o.handle(1, Message::Neighbor { high: false, card: card(1) }, 1);
@@ -361,12 +361,41 @@ fn shuffles_ending_here_are_taken_once_a_round_per_link() {
         path: vec![1],
         cards: (first..first + 8).map(card).collect(),
     };
-    o.handle(1, shuffle(1000), 10);
-    for k in 1..20u32 {
+    for k in 0..20u32 {
         o.handle(1, shuffle(1000 + 8 * k), 10 + u64::from(k));
     }
     let passive: Vec<u32> = o.passive().collect();
-    assert!(!passive.is_empty() && passive.iter().all(|&p| p < 1008), "only the first shuffle's cards: {passive:?}");
+    assert!(
+        !passive.is_empty() && passive.iter().all(|&p| p < 1016),
+        "only the first two shuffles' cards: {passive:?}"
+    );
     o.handle(1, shuffle(5000), 10 + cfg.round);
     assert!(o.passive().any(|p| p >= 5000), "a round later the link's next shuffle is taken");
+}
+
+#[test]
+fn shuffle_answers_are_taken_only_when_asked_for() {
+    let cfg = Config::default();
+    let mut o = Overlay::new(card(0), cfg, seed(5), 0);
+    o.handle(1, Message::Neighbor { high: false, card: card(1) }, 1);
+    let answer = |first: u32| Message::Relay {
+        origin: 1,
+        route: vec![],
+        inner: Box::new(Message::ShuffleReply { cards: (first..first + 64).map(card).collect() }),
+    };
+    o.handle(1, answer(1000), 2);
+    assert_eq!(o.passive().count(), 0, "an answer nobody asked for");
+    // Our own shuffle goes out at the first round's tick; its answer is
+    // taken once, with no more cards than we sent.
+    let mut t = 2;
+    while o.stats().shuffles == 0 && t < 10 * cfg.round {
+        t += 100;
+        o.tick(t);
+    }
+    assert_eq!(o.stats().shuffles, 1);
+    o.handle(1, answer(2000), t + 1);
+    let taken = o.passive().count();
+    assert!(taken > 0 && taken <= 1 + cfg.shuffle_active + cfg.shuffle_passive, "{taken}");
+    o.handle(1, answer(3000), t + 2);
+    assert_eq!(o.passive().count(), taken, "a second answer is not taken");
 }

@@ -113,7 +113,13 @@ impl OverlaySim {
                     Message::Prune,
                     Message::Pong { nonce: u64::from(self.rng.u32()) },
                     Message::NeighborReply { accepted: true },
-                    Message::ShuffleReply { cards: reply_cards },
+                    // An answer to a shuffle nobody made, the way real
+                    // answers travel (relayed, addressed to the receiver).
+                    Message::Relay {
+                        origin: i,
+                        route: vec![],
+                        inner: Box::new(Message::ShuffleReply { cards: reply_cards }),
+                    },
                     Message::Shuffle { origin: i, ttl: 0, path: vec![i], cards: shuffle_cards },
                     Message::Relay { origin: i, route, inner: Box::new(Message::Introduce { token: vec![0; 64] }) },
                 ];
@@ -160,11 +166,11 @@ pub struct HostileFigures {
     /// Share of honest members' active-view entries that were hostile
     /// members: when they turned, and at the end.
     pub hostile_share_of_views: [f64; 2],
-    /// Entries held by an honest member ([`Overlay::held`]): largest and
-    /// mean when they turned, largest seen during the run (sampled each
-    /// second), largest and mean at the end.
+    /// Entries held by an honest member ([`Overlay::held`]) when they
+    /// turned: the largest and the mean.
     pub honest_held_before: [f64; 2],
-    /// Largest during the run.
+    /// The largest an honest member held during the run (sampled every
+    /// second).
     pub honest_held_max: u64,
     /// Largest and mean at the end.
     pub honest_held_end: [f64; 2],

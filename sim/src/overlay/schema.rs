@@ -168,8 +168,9 @@ pub enum Behaviour {
     /// Sends its neighbours, `flood_per_s` times a second each, messages
     /// that are well formed but false: IHAVEs of ids that do not exist,
     /// GRAFTs and PRUNEs for nothing, unsolicited PONGs, NEIGHBOR_REPLYs
-    /// and SHUFFLE_REPLYs, shuffles full of cards of members that do not
-    /// exist, relays along routes that lead nowhere. (Malformed bytes are
+    /// and shuffle answers (relayed, as real ones travel) full of cards of
+    /// members that do not exist, shuffles of the same, relays along
+    /// routes that lead nowhere. (Malformed bytes are
     /// the fuzz targets' part; the simulator's messages are typed.)
     Garbage,
     /// Links to a random member `flood_per_s` times a second and sends it
