@@ -105,8 +105,11 @@ impl Host {
     /// Retransmits STUN queries that are due; gives up on a server after
     /// `stun_tries` (RFC 8489 §6.2.1).
     pub(super) fn stun_timeouts(&mut self, now: Instant) {
-        let due: Vec<_> = self.stun.iter().filter(|(_, q)| q.next <= now).map(|(t, _)| *t).collect();
-        for t in due {
+        // In the order the queries were sent, not the map's: the simulator
+        // replays a run only if its datagrams leave in the same order.
+        let mut due: Vec<_> = self.stun.iter().filter(|(_, q)| q.next <= now).map(|(t, q)| (q.order, *t)).collect();
+        due.sort_unstable();
+        for (_, t) in due {
             let Some(q) = self.stun.get_mut(&t) else { continue };
             if q.tries >= self.config.stun_tries {
                 let server = q.server;

@@ -600,3 +600,37 @@ fn replaying_an_initiation_does_not_hold_the_attempt_for_ever() {
     assert!(net.now - net.start <= patience * 2 + Duration::from_secs(6), "{:?}", net.now - net.start);
     assert!(net.established(0).is_none());
 }
+
+/// Two hosts with the same seed send the same datagrams in the same order
+/// (the simulator's runs replay only so): STUN retransmissions due at once
+/// leave in the order their queries were made, not a hash map's (which
+/// differs between two maps even in one process).
+#[test]
+fn stun_retransmissions_leave_in_query_order() {
+    let start = Instant::now();
+    let identity = Identity::from_secret_bytes([40; 32]);
+    let run = || {
+        let mut h = Host::new(&identity, HostConfig::default(), [1; 32], start, UNIX);
+        for k in 0..16u8 {
+            h.query_stun(format!("198.18.9.{}:3478", k + 1).parse().expect("addr"), start);
+        }
+        let mut order = Vec::new();
+        let mut now = start;
+        for _ in 0..3 {
+            while let Some(t) = h.poll_transmit(now) {
+                order.push(t.destination);
+            }
+            now = h.poll_timeout().expect("a retransmission is due");
+            h.handle_timeout(now);
+        }
+        while let Some(t) = h.poll_transmit(now) {
+            order.push(t.destination);
+        }
+        order
+    };
+    let first = run();
+    assert!(first.len() >= 3 * 16, "first sends and retransmissions: {}", first.len());
+    for _ in 0..4 {
+        assert_eq!(run(), first);
+    }
+}

@@ -77,6 +77,12 @@ pub(crate) struct Pair {
     pub state: PairState,
     /// The transaction in flight, if any.
     pub tid: Option<TransactionId>,
+    /// Whether that transaction's requests carry USE-CANDIDATE. A response
+    /// nominates only if the request it answers did: retransmissions share
+    /// the transaction id, so a pair asked to nominate while a plain check
+    /// is in flight starts a new transaction (else the plain check's answer
+    /// would nominate a pair the peer never heard nominated).
+    pub tid_nominates: bool,
     pub rto: Duration,
     pub next_send: Option<Instant>,
     /// The request we send carries USE-CANDIDATE (controlling) / the peer
@@ -123,6 +129,7 @@ impl Pair {
             remote_priority,
             state: PairState::Waiting,
             tid: None,
+            tid_nominates: false,
             rto,
             next_send: None,
             nominate: false,
@@ -278,7 +285,9 @@ impl Attempt {
     /// Queues a triggered check on pair `i` to go out now rather than after
     /// the pace: it answers a peer that is checking at this very moment.
     pub fn trigger(&mut self, i: usize, now: Instant) {
-        self.triggered.push_back(i);
+        if !self.triggered.contains(&i) {
+            self.triggered.push_back(i);
+        }
         self.next_pace = self.next_pace.min(now);
     }
 

@@ -89,8 +89,9 @@ impl Endpoint {
         let pool_open =
             matches!(&a.probe, Some(p) if p.active && matches!(p.plan, super::attempt::ProbePlan::Pool { .. }));
         let waiting = a.state == State::WaitingForRsvp && now >= a.full_window_end && !pool_open;
+        let nominate = a.role == IceRole::Controlling && a.pairs[i].nominate && a.state != State::Connected;
         let p = &mut a.pairs[i];
-        let retransmit = p.state == PairState::InProgress && p.tid.is_some();
+        let retransmit = p.state == PairState::InProgress && p.tid.is_some() && p.tid_nominates == nominate;
         let tid = match (retransmit, p.tid) {
             (true, Some(t)) => t,
             _ => {
@@ -103,13 +104,13 @@ impl Endpoint {
             }
         };
         p.tid = Some(tid);
+        p.tid_nominates = nominate;
         if p.state != PairState::Succeeded {
             p.state = PairState::InProgress;
             p.next_send = Some(now + p.rto);
             p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap });
         }
         self.transactions.insert(tid, (id, i));
-        let nominate = a.role == IceRole::Controlling && p.nominate && a.state != State::Connected;
         let (destination, socket) = (p.remote, p.socket);
         let contents = check_message(a, self.local_peer.as_ref(), tid, nominate);
         // An address that has not proved it receives gets at most 3× what
@@ -335,6 +336,7 @@ impl Endpoint {
         }
         self.transactions.remove(&msg.transaction_id);
         a.heard = true;
+        let probe_answer = i == SPRAY;
         let i = if i == SPRAY {
             // A probe hit a mapping of the hard side's pool: the path from
             // our main socket to where the answer came from works.
@@ -352,7 +354,10 @@ impl Endpoint {
             i
         };
         let p = &mut a.pairs[i];
+        // A probe's answer answers no check of the pair's.
+        let answered_nomination = p.tid_nominates && !probe_answer;
         p.tid = None;
+        p.tid_nominates = false;
         p.next_send = None;
         if from == p.remote && socket == p.socket {
             // It answered our check (echoing its transaction id, with
@@ -398,7 +403,12 @@ impl Endpoint {
             return;
         }
         let p = &mut a.pairs[i];
-        let was_nomination = p.nominate;
+        // Controlling: the answer to a check that carried USE-CANDIDATE.
+        // Controlled: the peer's USE-CANDIDATE arrived for this pair.
+        let was_nomination = match a.role {
+            IceRole::Controlling => answered_nomination,
+            IceRole::Controlled => p.nominate,
+        };
         p.state = PairState::Succeeded;
         match a.role {
             IceRole::Controlling if was_nomination => self.nominate(id, i, now),
@@ -407,7 +417,9 @@ impl Endpoint {
                 // nominated with a second check carrying USE-CANDIDATE.
                 // A nomination whose pair failed (its answer came from
                 // elsewhere: a NAT's reply port moved) gives way to this one.
-                if !a.pairs.iter().any(|p| p.nominate && p.state != PairState::Failed) {
+                // A pair asked to nominate while this plain check was in
+                // flight nominates now, with retransmissions like any check.
+                if a.pairs[i].nominate || !a.pairs.iter().any(|p| p.nominate && p.state != PairState::Failed) {
                     let p = &mut a.pairs[i];
                     p.nominate = true;
                     p.state = PairState::Waiting;
