@@ -288,13 +288,10 @@ pub struct Overlay<P: PeerKey> {
     views: BTreeMap<P, (Millis, Vec<P>)>,
     /// Each active neighbour's active view, as it last told us.
     nbr_views: BTreeMap<P, Vec<P>>,
-    /// When we last took shuffles' cards that came over each active
-    /// neighbour's link: the one before the last, and the last (two per
-    /// round per link, see `on_shuffle`).
+    /// When we last took cards of a shuffle or a shuffle's answer that
+    /// came over each active neighbour's link: the time before the last,
+    /// and the last (two a round per link, see `take_cards_from`).
     shuffled_from: BTreeMap<P, (Option<Millis>, Millis)>,
-    /// Our shuffle waiting for its answer: until when, and how many cards
-    /// the answer may carry (see `on_relay`).
-    shuffle_awaited: Option<(Millis, usize)>,
     /// Our active view changed since we last told our neighbours.
     nbr_dirty: bool,
     /// Links replaced out of the active view, open for tokens until then.
@@ -331,7 +328,6 @@ impl<P: PeerKey> Overlay<P> {
             views: BTreeMap::new(),
             nbr_views: BTreeMap::new(),
             shuffled_from: BTreeMap::new(),
-            shuffle_awaited: None,
             nbr_dirty: false,
             lingering: Vec::new(),
             fill_backoff: 0,
@@ -740,17 +736,11 @@ impl<P: PeerKey> Overlay<P> {
             self.send(candidates[i], Message::Shuffle { origin, ttl, path, cards });
             return;
         }
-        // The walk ends here. About one walk a round ends at each member
-        // (each member starts one), spread over its links; taking two a
-        // round per link leaves room for jitter and small networks, and a
-        // neighbour flooding shuffles of cards of nobody cannot fill our
-        // passive view with them.
-        let last = self.shuffled_from.get(&from).copied();
-        if last.is_some_and(|(before, _)| before.is_some_and(|b| now.saturating_sub(b) < self.cfg.round)) {
+        // The walk ends here.
+        if !self.take_cards_from(from, now) {
             self.stats.ignored += 1;
             return;
         }
-        self.shuffled_from.insert(from, (last.map(|(_, l)| l), now));
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
         let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
@@ -767,6 +757,21 @@ impl<P: PeerKey> Overlay<P> {
             let route = if i <= self.cfg.shuffle_active { back.clone() } else { Vec::new() };
             self.add_passive(c, route);
         }
+    }
+
+    /// Whether to take the cards of a shuffle or of a shuffle's answer
+    /// that came over `from`'s link now. About one walk a round ends at
+    /// each member (each member starts one), spread over its links, and
+    /// each member gets one answer a round; two a round per link leaves
+    /// room for jitter and small networks, and a neighbour sending shuffles
+    /// or answers full of cards of nobody cannot fill our passive view.
+    fn take_cards_from(&mut self, from: P, now: Millis) -> bool {
+        let last = self.shuffled_from.get(&from).copied();
+        if last.is_some_and(|(before, _)| before.is_some_and(|b| now.saturating_sub(b) < self.cfg.round)) {
+            return false;
+        }
+        self.shuffled_from.insert(from, (last.map(|(_, l)| l), now));
+        true
     }
 
     fn on_relay(&mut self, from: P, origin: P, mut route: Vec<P>, inner: Message<P>, now: Millis) {
@@ -813,21 +818,19 @@ impl<P: PeerKey> Overlay<P> {
                 self.event(Event::Introduced { from: origin, token });
             }
             Message::ShuffleReply { cards } => {
-                // Only the answer to our own shuffle, once, with no more
-                // cards than we sent: a neighbour sending answers nobody
+                // At most a shuffle's worth of cards (members run the same
+                // parameters), within the link's allowance: answers nobody
                 // asked for cannot fill our passive view with cards of
-                // nobody.
-                match self.shuffle_awaited.take() {
-                    Some((until, n)) if now <= until => {
-                        // The answerer's passive peers: linked to nobody we know of.
-                        for c in cards.into_iter().take(n) {
-                            self.add_passive(c, Vec::new());
-                        }
-                    }
-                    awaited => {
-                        self.shuffle_awaited = awaited;
-                        self.stats.ignored += 1;
-                    }
+                // nobody. (Waiting for our own shuffle's answer instead
+                // lost late answers and split the simulated network.)
+                if !self.is_active(from) || !self.take_cards_from(from, now) {
+                    self.stats.ignored += 1;
+                    return;
+                }
+                let sample = 1 + self.cfg.shuffle_active + self.cfg.shuffle_passive;
+                // The answerer's passive peers: linked to nobody we know of.
+                for c in cards.into_iter().take(sample) {
+                    self.add_passive(c, Vec::new());
                 }
             }
             _ => self.stats.ignored += 1,
@@ -1051,7 +1054,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         if now >= self.next_shuffle {
             self.next_shuffle = now + self.cfg.round;
-            self.start_shuffle(now);
+            self.start_shuffle();
         }
         let mut failed = Vec::new();
         let mut pings = Vec::new();
@@ -1115,7 +1118,7 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
-    fn start_shuffle(&mut self, now: Millis) {
+    fn start_shuffle(&mut self) {
         let Some(i) = Self::pick(&mut self.rng, &self.active) else { return };
         let target = self.active[i].card.peer;
         let mut cards = vec![self.me.clone()];
@@ -1128,8 +1131,6 @@ impl<P: PeerKey> Overlay<P> {
         }
         cards.extend(self.sample_passive(self.cfg.shuffle_passive));
         self.stats.shuffles += 1;
-        // The walk takes up to `arwl` hops out and as many back.
-        self.shuffle_awaited = Some((now + 2 * self.cfg.round, cards.len()));
         let msg = Message::Shuffle { origin: self.me.peer, ttl: self.cfg.arwl, path: vec![self.me.peer], cards };
         self.send(target, msg);
     }

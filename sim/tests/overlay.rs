@@ -137,8 +137,9 @@ fn hostile_members_one_behaviour_at_a_time_do_not_cut_honest_ones_off() {
             Behaviour::Flood => h.flood_links,
         };
         assert!(acted > 0, "{b:?} did something: {h:?}");
-        // Forced links alone take half the honest views at N = 2,000 and
-        // the worst broadcast there reaches 98.9% (sim/README.md).
+        // Forced links alone take half the honest views at N = 2,000 (the
+        // worst broadcast there reached 99.67%, sim/README.md); hold
+        // flooding to a little less.
         let floor = if b == Behaviour::Flood { 0.98 } else { 0.99 };
         for f in &h.broadcasts {
             assert!(f.delivery_ratio >= floor, "{b:?}: {f:?}");

@@ -374,7 +374,7 @@ fn shuffles_ending_here_are_taken_twice_a_round_per_link() {
 }
 
 #[test]
-fn shuffle_answers_are_taken_only_when_asked_for() {
+fn shuffle_answers_are_a_shuffles_worth_twice_a_round_per_link() {
     let cfg = Config::default();
     let mut o = Overlay::new(card(0), cfg, seed(5), 0);
     o.handle(1, Message::Neighbor { high: false, card: card(1) }, 1);
@@ -383,19 +383,14 @@ fn shuffle_answers_are_taken_only_when_asked_for() {
         route: vec![],
         inner: Box::new(Message::ShuffleReply { cards: (first..first + 64).map(card).collect() }),
     };
+    let sample = 1 + cfg.shuffle_active + cfg.shuffle_passive;
     o.handle(1, answer(1000), 2);
-    assert_eq!(o.passive().count(), 0, "an answer nobody asked for");
-    // Our own shuffle goes out at the first round's tick; its answer is
-    // taken once, with no more cards than we sent.
-    let mut t = 2;
-    while o.stats().shuffles == 0 && t < 10 * cfg.round {
-        t += 100;
-        o.tick(t);
+    assert_eq!(o.passive().count(), sample, "a shuffle's worth of 64 cards");
+    for k in 1..20u32 {
+        o.handle(1, answer(1000 + 64 * k), 2 + u64::from(k));
     }
-    assert_eq!(o.stats().shuffles, 1);
-    o.handle(1, answer(2000), t + 1);
-    let taken = o.passive().count();
-    assert!(taken > 0 && taken <= 1 + cfg.shuffle_active + cfg.shuffle_passive, "{taken}");
-    o.handle(1, answer(3000), t + 2);
-    assert_eq!(o.passive().count(), taken, "a second answer is not taken");
+    assert_eq!(o.passive().count(), 2 * sample, "two answers a round over one link");
+    // A stranger's answer is not taken at all.
+    o.handle(9, answer(9000), 3 + cfg.round);
+    assert!(o.passive().all(|p| p < 9000));
 }

@@ -97,7 +97,21 @@ impl OverlaySim {
         if !self.alive[i as usize] {
             return;
         }
-        let (garbage, flood, period) = (h.does(Behaviour::Garbage), h.does(Behaviour::Flood), h.period);
+        let (garbage, flood, lie, period) =
+            (h.does(Behaviour::Garbage), h.does(Behaviour::Flood), h.does(Behaviour::FalseViews), h.period);
+        if lie {
+            // Not only when its view changes: a false view told again and
+            // again, so it is what its neighbours hold.
+            let n = self.nodes.len() as u32;
+            let neighbours: Vec<u32> = self.nodes[i as usize].active().collect();
+            for &p in &neighbours {
+                let fake: Vec<u32> = (0..5).map(|_| self.rng.u32() % n).filter(|&q| q != i && q != p).collect();
+                self.inject(i, p, Message::Neighbors { peers: fake });
+            }
+            if let Some(h) = &mut self.hostile {
+                h.views_faked += neighbours.len() as u64;
+            }
+        }
         if garbage {
             let neighbours: Vec<u32> = self.nodes[i as usize].active().collect();
             let mut sent = 0;

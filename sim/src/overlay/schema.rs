@@ -177,7 +177,8 @@ pub enum Behaviour {
     /// a JOIN and a high-priority NEIGHBOR (which a member must accept),
     /// trying to take the places of honest neighbours.
     Flood,
-    /// Tells its neighbours a false active view: members it is not linked
+    /// Tells its neighbours a false active view (whenever its view changes,
+    /// and `flood_per_s` times a second besides): members it is not linked
     /// to, so it looks like a bridge worth keeping and a route for tokens.
     FalseViews,
 }
