@@ -317,12 +317,10 @@ fn nomination_needs_an_answer_to_a_check_that_carried_it() {
         net.jitter = Duration::from_millis(30);
         net.rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
         net.collect();
-        let invitee = Identity::from_secret_bytes([77; 32]);
-        let rsvp_id = net.nodes[1].ep.rsvp_token_id(b).expect("invitee attempt");
         let cands = Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]);
-        let rsvp = Token::new_rsvp(&inv, &invitee, rsvp_id, cands, None, UNIX + net.elapsed().as_secs());
+        let rsvp = rsvp_from(&net, &inv, b, cands, None);
         let now = net.now;
-        net.nodes[0].ep.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
+        net.nodes[0].ep.accept_rsvp(&rsvp, now).expect("valid RSVP");
         net.drive(Duration::from_secs(20), |n| n.connected(0).len() == 1 && n.connected(1).len() == 1);
         if net.connected(0).len() != 1 || net.connected(1).len() != 1 {
             not_both.push((seed, net.connected(0).len(), net.connected(1).len()));
@@ -635,11 +633,12 @@ fn the_rsvp_is_asked_after_a_silence_the_inviters_token_sets() {
     assert_eq!(net.connected(1)[0].3, Via::SingleToken);
 }
 
-/// An RSVP to `inv` from node 1 offering `cands`, its NAT classified `nat`.
-fn rsvp_from(net: &Net, inv: &Invitation, attempt: AttemptId, cands: Vec<Candidate>, nat: NatInfo) -> String {
+/// An RSVP to `inv` from node 1 offering `cands`, its NAT classified `nat`
+/// (or not classified).
+fn rsvp_from(net: &Net, inv: &Invitation, attempt: AttemptId, cands: Vec<Candidate>, nat: Option<NatInfo>) -> String {
     let invitee = Identity::from_secret_bytes([77; 32]);
     let rsvp_id = net.nodes[1].ep.rsvp_token_id(attempt).expect("invitee attempt");
-    Token::new_rsvp(inv, &invitee, rsvp_id, cands, Some(nat), UNIX + net.elapsed().as_secs()).encode_compact()
+    Token::new_rsvp(inv, &invitee, rsvp_id, cands, nat, UNIX + net.elapsed().as_secs()).encode_compact()
 }
 
 #[test]
@@ -652,7 +651,7 @@ fn probing_never_leaves_faster_than_its_rate_nor_past_its_budget() {
     let cands = Candidate::list([(CandidateKind::Srflx, hard)]);
     net.cut = true;
     net.drive(Duration::from_secs(1), |_| false);
-    let text = rsvp_from(&net, &inv, b, cands, SYMMETRIC);
+    let text = rsvp_from(&net, &inv, b, cands, Some(SYMMETRIC));
     let now = net.now;
     net.nodes[0].ep.accept_rsvp(&text, now).expect("valid RSVP");
     net.drive(Duration::from_secs(90), |_| false);
@@ -749,7 +748,7 @@ fn format_1_1_invitations_still_connect_single_token_and_by_rsvp() {
         if filters {
             net.drive(Duration::from_secs(5), |n| n.has_event(1, |e| matches!(e, Event::RsvpNeeded { .. })));
             let text =
-                rsvp_from(&net, &inv, attempt, Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]), CONE);
+                rsvp_from(&net, &inv, attempt, Candidate::list([(CandidateKind::Host, net.nodes[1].addr)]), Some(CONE));
             let rsvp = crate::token::decode(&text).expect("decodes");
             assert_eq!(rsvp.body.version, crate::token::VERSION_1_1, "written in its invitation's format");
             let now = net.now;

@@ -245,13 +245,14 @@ pub(super) fn run_hostile(h: &Hostile, sim: &mut OverlaySim, round: u64) -> Host
     for &v in &order[..count] {
         is[v as usize] = true;
     }
+    let period = (1000 / u64::from(h.flood_per_s)).max(1);
     let mut does = h.behaviours.clone();
     does.sort();
     does.dedup();
     sim.hostile = Some(HostileModel {
         is,
         does: does.clone(),
-        period: (1000 / u64::from(h.flood_per_s)).max(1),
+        period,
         garbage_sent: 0,
         flood_links: 0,
         dropped: 0,
@@ -260,7 +261,6 @@ pub(super) fn run_hostile(h: &Hostile, sim: &mut OverlaySim, round: u64) -> Host
     let share_before = sim.hostile_share_of_views();
     let before = sim.honest_held();
     // Spread the hostile members' rounds over one period.
-    let period = (1000 / u64::from(h.flood_per_s)).max(1);
     for &v in &order[..count] {
         let at = sim.now + 1 + u64::from(sim.rng.u32()) % period;
         sim.queue.push(at, Ev::Hostile(v));
