@@ -307,7 +307,12 @@ impl OverlaySim {
                 let attempt = nat.attempt;
                 let token = [asker.to_be_bytes(), (attempt as u32).to_be_bytes()].concat();
                 if route.last() == Some(&peer) && self.nodes[asker as usize].introduce(&route, token) {
-                    nat.pending.insert((asker, peer), attempt);
+                    // The asker gave up on an earlier RSVP to this peer
+                    // and asks again: the earlier one is lost to it.
+                    if nat.pending.insert((asker, peer), attempt).is_some() && reachable {
+                        c.rsvp_relay_lost += 1;
+                        *nat.losses.entry("superseded").or_insert(0) += 1;
+                    }
                     let at = now + nat.rsvp_timeout;
                     self.queue.push(at, Ev::RsvpTimeout { asker, peer, attempt });
                 } else {

@@ -143,7 +143,9 @@ pub struct IntroFigures {
     /// Why RSVPs to live peers were lost in the relays: `rate_limited` (a
     /// relay's per-origin or total limit), `route_broken` (the next hop was
     /// no longer the relay's neighbour), `lost_in_transit` (a hop had died
-    /// or closed the link, so the message was dropped without a refusal).
+    /// or closed the link, so the message was dropped without a refusal),
+    /// `superseded` (the asker gave up on it and sent another to the same
+    /// peer before it could arrive).
     pub rsvp_losses: BTreeMap<String, u64>,
     /// Broadcasts after settling.
     pub broadcasts: Vec<BroadcastFigures>,
