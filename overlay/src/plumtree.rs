@@ -227,6 +227,11 @@ impl<P: PeerKey> Plumtree<P> {
         }
     }
 
+    /// Whether we hold (or held, within the memory window) broadcast `id`.
+    pub fn has_seen(&self, id: &MsgId<P>) -> bool {
+        self.seen.contains_key(id)
+    }
+
     /// Handles a Plumtree message from a neighbour; others are ignored
     /// (returns `false`).
     pub fn handle(&mut self, from: P, msg: Message<P>, now: Millis) -> bool {

@@ -114,37 +114,37 @@ fn every_topology_policy_passes_its_check_and_carries_plumtree() {
     }
 }
 
-/// 10% hostile members, each behaviour on its own, at N = 300 (a third
-/// of the committed scenario's broadcasts): honest members keep getting
-/// broadcasts, and what they hold stays within a few times its size
-/// before. (All four at once is measured in sim/README.md: it is not
-/// survived.)
+/// 10% hostile members, each behaviour on its own and all four at once,
+/// at N = 300 (a third of the committed scenario's broadcasts): honest
+/// members keep getting broadcasts (99%), and what they hold stays within
+/// a few times its size before.
 #[test]
-fn hostile_members_one_behaviour_at_a_time_do_not_cut_honest_ones_off() {
+fn hostile_members_do_not_cut_honest_ones_off() {
     use convoke_sim::overlay::Behaviour;
-    for b in [Behaviour::Drop, Behaviour::Garbage, Behaviour::FalseViews, Behaviour::Flood] {
+    let all = vec![Behaviour::Drop, Behaviour::Garbage, Behaviour::FalseViews, Behaviour::Flood];
+    let mut cases: Vec<Vec<Behaviour>> = all.iter().map(|&b| vec![b]).collect();
+    cases.push(all);
+    for bs in cases {
         let mut s = scenario("overlay-hostile.toml");
         let h = s.hostile.as_mut().expect("hostile");
         h.broadcasts = 10;
-        h.behaviours = vec![b];
+        h.behaviours = bs.clone();
         let r = run(&s, s.seed);
         let h = r.hostile.as_ref().expect("hostile");
         assert_eq!(h.hostile, u64::from(N) / 10);
-        let acted = match b {
-            Behaviour::Drop => h.dropped,
-            Behaviour::Garbage => h.garbage_sent,
-            Behaviour::FalseViews => h.views_faked,
-            Behaviour::Flood => h.flood_links,
-        };
-        assert!(acted > 0, "{b:?} did something: {h:?}");
-        // Forced links alone take half the honest views at N = 2,000 (the
-        // worst broadcast there reached 99.67%, sim/README.md); hold
-        // flooding to a little less.
-        let floor = if b == Behaviour::Flood { 0.98 } else { 0.99 };
-        for f in &h.broadcasts {
-            assert!(f.delivery_ratio >= floor, "{b:?}: {f:?}");
+        for b in &bs {
+            let acted = match b {
+                Behaviour::Drop => h.dropped,
+                Behaviour::Garbage => h.garbage_sent,
+                Behaviour::FalseViews => h.views_faked,
+                Behaviour::Flood => h.flood_links,
+            };
+            assert!(acted > 0, "{b:?} did something: {h:?}");
         }
-        assert!(h.honest_held_max as f64 <= 12.0 * h.honest_held_before[0], "{b:?}: {h:?}");
+        for f in &h.broadcasts {
+            assert!(f.delivery_ratio >= 0.99, "{bs:?}: {f:?}");
+        }
+        assert!(h.honest_held_max as f64 <= 12.0 * h.honest_held_before[0], "{bs:?}: {h:?}");
     }
 }
 

@@ -394,3 +394,67 @@ fn shuffle_answers_are_a_shuffles_worth_twice_a_round_per_link() {
     o.handle(9, answer(9000), 3 + cfg.round);
     assert!(o.passive().all(|p| p < 9000));
 }
+
+#[test]
+fn a_stream_of_forced_links_displaces_itself_not_the_neighbours_that_relay() {
+    // Member 0 has a full view of neighbours that relay it broadcasts
+    // others started. Then a member of a flood forces a link every 50 ms
+    // (JOINs through 0, and join walks ending at 0): the flood's links
+    // take each other's place, and every neighbour that relays stays.
+    // HyParView's random draw loses them within a few forced links.
+    let cfg = Config::default();
+    let gossip = |origin: u32, seq: u64| Message::Gossip {
+        id: MsgId { origin, seq },
+        round: 1,
+        kind: Kind::App,
+        payload: vec![1],
+    };
+    for s in 0..16 {
+        let mut relaying: Vec<u32> = (1..=cfg.active as u32).collect();
+        let mut o = Overlay::new(card(0), cfg, seed(s), 0);
+        for &p in &relaying {
+            o.handle(p, Message::Neighbor { high: false, card: card(p) }, 1);
+        }
+        let mut now = 10 * cfg.round;
+        for k in 0..200u32 {
+            // Every second, each neighbour relays something.
+            if k % 20 == 0 {
+                for &p in &relaying {
+                    o.handle(p, gossip(100 + p, u64::from(k)), now);
+                }
+            }
+            let flooder = 1000 + k;
+            if k % 2 == 0 {
+                o.handle(flooder, Message::Join { card: card(flooder) }, now);
+            } else {
+                // Its join walk ends here: we link to it.
+                let via = *relaying.first().expect("a neighbour");
+                o.handle(via, Message::ForwardJoin { card: card(flooder), ttl: 0, path: vec![via] }, now);
+                o.link_up(flooder, now);
+                o.handle(flooder, Message::NeighborReply { accepted: true }, now);
+                assert!(o.is_active(flooder), "the walk's end linked to it");
+            }
+            o.tick(now);
+            // The first forced link is drawn at random: it is not a stream
+            // yet. After it, nobody that relays goes.
+            let kept: Vec<u32> = relaying.iter().copied().filter(|&p| o.is_active(p)).collect();
+            if k == 0 {
+                assert!(kept.len() + 1 >= relaying.len(), "seed {s}: {kept:?}");
+                relaying = kept;
+            } else {
+                assert_eq!(kept, relaying, "seed {s}, forced link {k}: a neighbour that relays was displaced");
+            }
+            assert!(o.active().count() <= 2 * cfg.active);
+            now += 50;
+        }
+        // Once the stream stops, a forced link takes a random place again.
+        let mut lost = false;
+        for k in 0..40u32 {
+            now += RELAYED_FOR * cfg.round;
+            o.handle(5000 + k, Message::Neighbor { high: true, card: card(5000 + k) }, now);
+            lost |= relaying.iter().any(|&p| !o.is_active(p));
+        }
+        assert!(lost, "seed {s}: outside a stream the draw is HyParView's random one");
+        assert!(!relaying.is_empty());
+    }
+}
