@@ -83,6 +83,10 @@ pub(crate) struct Pair {
     /// is in flight starts a new transaction (else the plain check's answer
     /// would nominate a pair the peer never heard nominated).
     pub tid_nominates: bool,
+    /// The role that transaction's requests claimed: a 487 answer to it
+    /// says to take the other one (RFC 8445 §7.2.5.1), whatever our role
+    /// is now (two 487s to checks sent in one role switch once).
+    pub tid_role: IceRole,
     pub rto: Duration,
     pub next_send: Option<Instant>,
     /// The request we send carries USE-CANDIDATE (controlling) / the peer
@@ -130,6 +134,7 @@ impl Pair {
             state: PairState::Waiting,
             tid: None,
             tid_nominates: false,
+            tid_role: IceRole::Controlled,
             rto,
             next_send: None,
             nominate: false,
@@ -244,6 +249,18 @@ pub(crate) struct NewAttempt {
 }
 
 impl Attempt {
+    /// Takes `role`. A switch forgets every nomination: the controlled
+    /// side's flags mean "the peer asked for this pair", the controlling
+    /// side's "we ask for it", and neither holds in the other role.
+    pub fn set_role(&mut self, role: IceRole) {
+        if self.role != role {
+            self.role = role;
+            for p in &mut self.pairs {
+                p.nominate = false;
+            }
+        }
+    }
+
     /// A new attempt in state Checking, first check due at once.
     pub fn new(n: NewAttempt, now: Instant) -> Self {
         Attempt {

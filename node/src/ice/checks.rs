@@ -90,8 +90,10 @@ impl Endpoint {
             matches!(&a.probe, Some(p) if p.active && matches!(p.plan, super::attempt::ProbePlan::Pool { .. }));
         let waiting = a.state == State::WaitingForRsvp && now >= a.full_window_end && !pool_open;
         let nominate = a.role == IceRole::Controlling && a.pairs[i].nominate && a.state != State::Connected;
+        let role = a.role;
         let p = &mut a.pairs[i];
-        let retransmit = p.state == PairState::InProgress && p.tid.is_some() && p.tid_nominates == nominate;
+        let retransmit =
+            p.state == PairState::InProgress && p.tid.is_some() && p.tid_nominates == nominate && p.tid_role == role;
         let tid = match (retransmit, p.tid) {
             (true, Some(t)) => t,
             _ => {
@@ -105,6 +107,7 @@ impl Endpoint {
         };
         p.tid = Some(tid);
         p.tid_nominates = nominate;
+        p.tid_role = role;
         if p.state != PairState::Succeeded {
             p.state = PairState::InProgress;
             p.next_send = Some(now + p.rto);
@@ -246,13 +249,13 @@ impl Endpoint {
                 if a.tie_breaker >= theirs {
                     true
                 } else {
-                    a.role = IceRole::Controlled;
+                    a.set_role(IceRole::Controlled);
                     false
                 }
             }
             (IceRole::Controlled, _, Some(theirs)) => {
                 if a.tie_breaker >= theirs {
-                    a.role = IceRole::Controlling;
+                    a.set_role(IceRole::Controlling);
                     false
                 } else {
                     true
@@ -353,6 +356,7 @@ impl Endpoint {
         } else {
             i
         };
+        let current = a.role;
         let p = &mut a.pairs[i];
         // A probe's answer answers no check of the pair's.
         let answered_nomination = p.tid_nominates && !probe_answer;
@@ -366,12 +370,17 @@ impl Endpoint {
         }
         if msg.class == Class::Error {
             if msg.error_code == Some(487) {
-                // Switch role and check again (RFC 8445 §7.2.5.1).
-                a.role = match a.role {
+                // Take the role the request did not claim, and check again
+                // (RFC 8445 §7.2.5.1).
+                // (Probes carry no transaction of the pair's: they claimed
+                // the role we have.)
+                let claimed = if probe_answer { current } else { p.tid_role };
+                let role = match claimed {
                     IceRole::Controlling => IceRole::Controlled,
                     IceRole::Controlled => IceRole::Controlling,
                 };
                 p.state = PairState::Waiting;
+                a.set_role(role);
                 a.trigger(i, now);
                 self.run_attempt(id, now);
             } else {

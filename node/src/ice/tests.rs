@@ -760,3 +760,45 @@ fn format_1_1_invitations_still_connect_single_token_and_by_rsvp() {
         );
     }
 }
+
+#[test]
+fn role_conflict_answers_switch_the_role_once_and_forget_nominations() {
+    // Two checks claiming one role are in flight when the peer answers
+    // both with 487: the role switches once (flipping per answer would
+    // switch it back), and nominations made in the old role are dropped.
+    let (mut net, _, b) = pair(ConnectionMode::default(), false);
+    net.cut = true;
+    let extra: SocketAddr = "198.18.9.9:4433".parse().expect("addr");
+    {
+        let a = net.nodes[1].ep.attempts.get_mut(&b).expect("attempt");
+        let rto = a.pairs[0].rto;
+        a.add_remote(SocketId::MAIN, extra, CandidateKind::Host, 1, rto);
+    }
+    net.drive(Duration::from_millis(200), |_| false);
+    let (before, answers) = {
+        let a = net.nodes[1].ep.attempts.get_mut(&b).expect("attempt");
+        assert_eq!(a.role, IceRole::Controlled);
+        a.pairs[0].nominate = true; // as if the peer had asked for it
+        let answers: Vec<(SocketAddr, Vec<u8>)> = a
+            .pairs
+            .iter()
+            .filter_map(|p| {
+                let tid = p.tid?;
+                assert_eq!(p.tid_role, IceRole::Controlled);
+                let mut m = MessageBuilder::new(Class::Error, BINDING, tid);
+                m.error_code(487, "Role Conflict");
+                Some((p.remote, m.finish(Some(a.remote_pwd.as_bytes()), true)))
+            })
+            .collect();
+        (a.role, answers)
+    };
+    assert!(answers.len() >= 2, "two checks in flight: {}", answers.len());
+    let now = net.now;
+    for (from, bytes) in &answers {
+        net.nodes[1].ep.handle_datagram(now, *from, bytes);
+    }
+    let a = net.nodes[1].ep.attempts.get(&b).expect("attempt");
+    assert_ne!(a.role, before, "switched");
+    assert_eq!(a.role, IceRole::Controlling, "and only once");
+    assert!(a.pairs.iter().all(|p| !p.nominate || p.tid_role == IceRole::Controlling), "old nominations dropped");
+}
