@@ -754,7 +754,7 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
-    fn on_shuffle(&mut self, from: P, origin: P, ttl: u8, mut path: Vec<P>, cards: Vec<Card<P>>, now: Millis) {
+    fn on_shuffle(&mut self, from: P, origin: P, ttl: u8, mut path: Vec<P>, mut cards: Vec<Card<P>>, now: Millis) {
         if origin == self.me.peer || path.is_empty() || path.len() >= MAX_LIST || cards.len() > MAX_LIST {
             self.stats.ignored += 1;
             return;
@@ -773,6 +773,11 @@ impl<P: PeerKey> Overlay<P> {
             self.stats.ignored += 1;
             return;
         }
+        // At most a shuffle's worth (members run the same parameters): a
+        // shuffle of 64 cards would otherwise fill our passive view with
+        // whatever its origin chose, and draw as many of ours.
+        let sample = 1 + self.cfg.shuffle_active + self.cfg.shuffle_passive;
+        cards.truncate(sample);
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
         let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));

@@ -458,3 +458,44 @@ fn a_stream_of_forced_links_displaces_itself_not_the_neighbours_that_relay() {
         assert!(!relaying.is_empty());
     }
 }
+
+#[test]
+fn a_shuffle_is_taken_and_answered_a_shuffles_worth_at_most() {
+    let cfg = Config::default();
+    let sample = 1 + cfg.shuffle_active + cfg.shuffle_passive;
+    let mut o = Overlay::new(card(0), cfg, seed(6), 0);
+    // More links than the view holds: the evicted ones are passive peers.
+    for p in 100..140 {
+        o.handle(p, Message::Neighbor { high: true, card: card(p) }, 1);
+    }
+    let known = o.passive().count();
+    assert!(known > sample, "{known}");
+    let _ = drain(&mut o);
+    let from = o.active().next().expect("a neighbour");
+    let shuffle = Message::Shuffle { origin: from, ttl: 1, path: vec![from], cards: (1000..1064).map(card).collect() };
+    o.handle(from, shuffle, 10);
+    let taken = o.passive().filter(|&p| p >= 1000).count();
+    assert!(taken > 0 && taken <= sample, "took {taken} of 64 cards");
+    let answers: Vec<usize> = drain(&mut o)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Relay { inner, .. } => match *inner {
+                Message::ShuffleReply { cards } => Some(cards.len()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers.len(), 1);
+    assert!(answers[0] <= sample && answers[0] > 0, "answered with {} cards ({known} known)", answers[0]);
+}
+
+fn drain(o: &mut Overlay<u32>) -> Vec<Message<u32>> {
+    let mut out = Vec::new();
+    while let Some(x) = o.poll() {
+        if let Output::Send { msg, .. } = x {
+            out.push(msg);
+        }
+    }
+    out
+}
