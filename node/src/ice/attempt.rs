@@ -83,10 +83,6 @@ pub(crate) struct Pair {
     /// is in flight starts a new transaction (else the plain check's answer
     /// would nominate a pair the peer never heard nominated).
     pub tid_nominates: bool,
-    /// The role that transaction's requests claimed: a 487 answer to it
-    /// says to take the other one (RFC 8445 §7.2.5.1), whatever our role
-    /// is now (two 487s to checks sent in one role switch once).
-    pub tid_role: IceRole,
     pub rto: Duration,
     pub next_send: Option<Instant>,
     /// The request we send carries USE-CANDIDATE (controlling) / the peer
@@ -134,7 +130,6 @@ impl Pair {
             state: PairState::Waiting,
             tid: None,
             tid_nominates: false,
-            tid_role: IceRole::Controlled,
             rto,
             next_send: None,
             nominate: false,

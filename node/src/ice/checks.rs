@@ -92,8 +92,10 @@ impl Endpoint {
         let nominate = a.role == IceRole::Controlling && a.pairs[i].nominate && a.state != State::Connected;
         let role = a.role;
         let p = &mut a.pairs[i];
+        // A retransmission repeats the request: same USE-CANDIDATE, same role.
+        let same_role = p.tid.and_then(|t| self.transactions.get(&t)).is_some_and(|&(_, _, r)| r == role);
         let retransmit =
-            p.state == PairState::InProgress && p.tid.is_some() && p.tid_nominates == nominate && p.tid_role == role;
+            p.state == PairState::InProgress && p.tid.is_some() && p.tid_nominates == nominate && same_role;
         let tid = match (retransmit, p.tid) {
             (true, Some(t)) => t,
             _ => {
@@ -107,13 +109,12 @@ impl Endpoint {
         };
         p.tid = Some(tid);
         p.tid_nominates = nominate;
-        p.tid_role = role;
         if p.state != PairState::Succeeded {
             p.state = PairState::InProgress;
             p.next_send = Some(now + p.rto);
             p.rto = (p.rto * 2).min(if waiting { keepalive } else { cap });
         }
-        self.transactions.insert(tid, (id, i));
+        self.transactions.insert(tid, (id, i, role));
         let (destination, socket) = (p.remote, p.socket);
         let contents = check_message(a, self.local_peer.as_ref(), tid, nominate);
         // An address that has not proved it receives gets at most 3× what
@@ -324,7 +325,7 @@ impl Endpoint {
     }
 
     pub(super) fn on_response(&mut self, now: Instant, socket: SocketId, from: SocketAddr, msg: &Message<'_>) {
-        let Some(&(id, i)) = self.transactions.get(&msg.transaction_id) else {
+        let Some(&(id, i, claimed)) = self.transactions.get(&msg.transaction_id) else {
             self.stats.dropped_malformed += 1;
             return;
         };
@@ -356,7 +357,6 @@ impl Endpoint {
         } else {
             i
         };
-        let current = a.role;
         let p = &mut a.pairs[i];
         // A probe's answer answers no check of the pair's.
         let answered_nomination = p.tid_nominates && !probe_answer;
@@ -370,11 +370,9 @@ impl Endpoint {
         }
         if msg.class == Class::Error {
             if msg.error_code == Some(487) {
-                // Take the role the request did not claim, and check again
-                // (RFC 8445 §7.2.5.1).
-                // (Probes carry no transaction of the pair's: they claimed
-                // the role we have.)
-                let claimed = if probe_answer { current } else { p.tid_role };
+                // Take the role the request did not claim, whatever ours is
+                // now, and check again (RFC 8445 §7.2.5.1): two 487s to
+                // checks sent in one role switch it once.
                 let role = match claimed {
                     IceRole::Controlling => IceRole::Controlled,
                     IceRole::Controlled => IceRole::Controlling,

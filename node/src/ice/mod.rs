@@ -87,7 +87,9 @@ pub struct Endpoint {
     /// Attempts by "local_ufrag:remote_ufrag" (a check's USERNAME as it
     /// arrives, so a lookup allocates nothing).
     by_ufrags: HashMap<String, AttemptId>,
-    transactions: HashMap<TransactionId, (AttemptId, usize)>,
+    /// Checks in flight: their attempt, pair (or `SPRAY`), and the role
+    /// they claimed (a 487 answer says to take the other one).
+    transactions: HashMap<TransactionId, (AttemptId, usize, IceRole)>,
     pending_by_source: HashMap<IpAddr, usize>,
     next_id: u64,
     transmits: VecDeque<Transmit>,

@@ -316,7 +316,7 @@ impl Endpoint {
                 let tid = TransactionId(t);
                 tids.push(tid);
                 let contents = check_message(a, self.local_peer.as_ref(), tid, false);
-                self.transactions.insert(tid, (id, SPRAY));
+                self.transactions.insert(tid, (id, SPRAY, a.role));
                 self.stats.probes_sent += 1;
                 self.transmits.push_back(Transmit::main(destination, contents));
             }
@@ -378,7 +378,8 @@ impl Endpoint {
         a.selected = selected.and_then(|(s, r)| a.pair_by(s, r));
         for (i, p) in a.pairs.iter().enumerate() {
             if let Some(t) = p.tid {
-                self.transactions.insert(t, (id, i));
+                let role = self.transactions.get(&t).map_or(a.role, |&(_, _, r)| r);
+                self.transactions.insert(t, (id, i, role));
             }
         }
     }

@@ -776,7 +776,8 @@ fn role_conflict_answers_switch_the_role_once_and_forget_nominations() {
     }
     net.drive(Duration::from_millis(200), |_| false);
     let (before, answers) = {
-        let a = net.nodes[1].ep.attempts.get_mut(&b).expect("attempt");
+        let ep = &mut net.nodes[1].ep;
+        let a = ep.attempts.get_mut(&b).expect("attempt");
         assert_eq!(a.role, IceRole::Controlled);
         a.pairs[0].nominate = true; // as if the peer had asked for it
         let answers: Vec<(SocketAddr, Vec<u8>)> = a
@@ -784,7 +785,7 @@ fn role_conflict_answers_switch_the_role_once_and_forget_nominations() {
             .iter()
             .filter_map(|p| {
                 let tid = p.tid?;
-                assert_eq!(p.tid_role, IceRole::Controlled);
+                assert_eq!(ep.transactions.get(&tid).map(|t| t.2), Some(IceRole::Controlled));
                 let mut m = MessageBuilder::new(Class::Error, BINDING, tid);
                 m.error_code(487, "Role Conflict");
                 Some((p.remote, m.finish(Some(a.remote_pwd.as_bytes()), true)))
@@ -800,5 +801,5 @@ fn role_conflict_answers_switch_the_role_once_and_forget_nominations() {
     let a = net.nodes[1].ep.attempts.get(&b).expect("attempt");
     assert_ne!(a.role, before, "switched");
     assert_eq!(a.role, IceRole::Controlling, "and only once");
-    assert!(a.pairs.iter().all(|p| !p.nominate || p.tid_role == IceRole::Controlling), "old nominations dropped");
+    assert!(a.pairs.iter().all(|p| !p.nominate && !p.tid_nominates), "old nominations dropped, none sent");
 }
