@@ -272,7 +272,8 @@ impl OverlaySim {
 
     pub(super) fn connect(&mut self, asker: u32, peer: u32, route: Vec<u32>) {
         let now = self.now;
-        let reachable = self.alive.get(peer as usize).copied().unwrap_or(false) && !self.cut_between(asker, peer);
+        let alive = self.alive.get(peer as usize).copied().unwrap_or(false);
+        let reachable = alive && !self.cut_between(asker, peer);
         let rtt = 2 * self.lat(asker, peer);
         let fail = now + self.connect_fail;
         let Some(nat) = &mut self.nat else {
@@ -308,10 +309,15 @@ impl OverlaySim {
                 let token = [asker.to_be_bytes(), (attempt as u32).to_be_bytes()].concat();
                 if route.last() == Some(&peer) && self.nodes[asker as usize].introduce(&route, token) {
                     // The asker gave up on an earlier RSVP to this peer
-                    // and asks again: the earlier one is lost to it.
-                    if nat.pending.insert((asker, peer), attempt).is_some() && reachable {
-                        c.rsvp_relay_lost += 1;
-                        *nat.losses.entry("superseded").or_insert(0) += 1;
+                    // and asks again: the earlier one is lost to it (as at
+                    // its timeout: counted if the peer lives, with the
+                    // reason a relay gave if one refused it).
+                    if let Some(old) = nat.pending.insert((asker, peer), attempt) {
+                        let why = nat.refused.remove(&(old as u32)).unwrap_or("superseded");
+                        if alive {
+                            c.rsvp_relay_lost += 1;
+                            *nat.losses.entry(why).or_insert(0) += 1;
+                        }
                     }
                     let at = now + nat.rsvp_timeout;
                     self.queue.push(at, Ev::RsvpTimeout { asker, peer, attempt });
