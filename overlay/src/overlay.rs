@@ -34,11 +34,13 @@ use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId};
 use crate::{Millis, PeerKey};
 
 /// Neighbours linked beyond our neighbourhood that an eviction spares (see
-/// `Overlay::evict`).
+/// `Overlay::evict`); also the most links a neighbour may say it has to be
+/// spared as needy under a stream of forced links.
 const MIN_BRIDGES: usize = 2;
 
 /// Rounds after its last relayed broadcast that a neighbour still counts
-/// as relaying (see `Overlay::evict`).
+/// as relaying; also how long a link counts as young, and the window in
+/// which `STREAM` forced links make a stream (see `Overlay::evict`).
 const RELAYED_FOR: Millis = 8;
 
 /// Links forced on a member within `RELAYED_FOR` rounds that make a stream
