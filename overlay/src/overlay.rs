@@ -95,6 +95,15 @@ pub struct Config {
     pub plumtree: PlumConfig,
 }
 
+impl Config {
+    /// Cards a shuffle carries: the origin's own, `shuffle_active` of its
+    /// active peers and `shuffle_passive` of its passive ones. Members run
+    /// the same parameters, so no shuffle or answer is taken beyond this.
+    pub fn shuffle_cards(&self) -> usize {
+        1 + self.shuffle_active + self.shuffle_passive
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -775,11 +784,10 @@ impl<P: PeerKey> Overlay<P> {
             self.stats.ignored += 1;
             return;
         }
-        // At most a shuffle's worth (members run the same parameters): a
-        // shuffle of 64 cards would otherwise fill our passive view with
-        // whatever its origin chose, and draw as many of ours.
-        let sample = 1 + self.cfg.shuffle_active + self.cfg.shuffle_passive;
-        cards.truncate(sample);
+        // At most a shuffle's worth: a shuffle of 64 cards would otherwise
+        // fill our passive view with whatever its origin chose, and draw as
+        // many of ours.
+        cards.truncate(self.cfg.shuffle_cards());
         // Answer with a sample of our passive view, back along the walk.
         let reply = self.sample_passive(cards.len());
         let back = loop_free(self.me.peer, path.iter().rev().copied().chain([origin]));
@@ -866,9 +874,8 @@ impl<P: PeerKey> Overlay<P> {
                     self.stats.ignored += 1;
                     return;
                 }
-                let sample = 1 + self.cfg.shuffle_active + self.cfg.shuffle_passive;
                 // The answerer's passive peers: linked to nobody we know of.
-                for c in cards.into_iter().take(sample) {
+                for c in cards.into_iter().take(self.cfg.shuffle_cards()) {
                     self.add_passive(c, Vec::new());
                 }
             }

@@ -383,7 +383,7 @@ fn shuffle_answers_are_a_shuffles_worth_twice_a_round_per_link() {
         route: vec![],
         inner: Box::new(Message::ShuffleReply { cards: (first..first + 64).map(card).collect() }),
     };
-    let sample = 1 + cfg.shuffle_active + cfg.shuffle_passive;
+    let sample = cfg.shuffle_cards();
     o.handle(1, answer(1000), 2);
     assert_eq!(o.passive().count(), sample, "a shuffle's worth of 64 cards");
     for k in 1..20u32 {
@@ -462,7 +462,7 @@ fn a_stream_of_forced_links_displaces_itself_not_the_neighbours_that_relay() {
 #[test]
 fn a_shuffle_is_taken_and_answered_a_shuffles_worth_at_most() {
     let cfg = Config::default();
-    let sample = 1 + cfg.shuffle_active + cfg.shuffle_passive;
+    let sample = cfg.shuffle_cards();
     let mut o = Overlay::new(card(0), cfg, seed(6), 0);
     // More links than the view holds: the evicted ones are passive peers.
     for p in 100..140 {

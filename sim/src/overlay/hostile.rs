@@ -46,6 +46,13 @@ fn fake_cards(sim: &mut OverlaySim, n: usize) -> Vec<Card<u32>> {
     (0..n).map(|_| card(nobody(sim))).collect()
 }
 
+/// A false active view that hostile member `i` tells neighbour `to`: `n`
+/// random members (less any that are `i` or `to`).
+fn fake_view(sim: &mut OverlaySim, i: u32, to: u32, n: usize) -> Vec<u32> {
+    let members = sim.nodes.len() as u32;
+    (0..n).map(|_| sim.rng.u32() % members).filter(|&p| p != i && p != to).collect()
+}
+
 impl OverlaySim {
     pub(super) fn is_hostile(&self, i: u32) -> bool {
         self.hostile.as_ref().is_some_and(|h| h.is.get(i as usize).copied().unwrap_or(false))
@@ -70,9 +77,7 @@ impl OverlaySim {
             // It never lets go of a link it forced its way into.
             Output::Send { msg: Message::Disconnect { .. }, .. } if flood => None,
             Output::Send { to, msg: Message::Neighbors { peers } } if fake_views => {
-                let n = self.nodes.len() as u32;
-                let fake: Vec<u32> =
-                    (0..peers.len().max(4)).map(|_| self.rng.u32() % n).filter(|&p| p != i && p != to).collect();
+                let fake = fake_view(self, i, to, peers.len().max(4));
                 if let Some(h) = &mut self.hostile {
                     h.views_faked += 1;
                 }
@@ -102,10 +107,9 @@ impl OverlaySim {
         if lie {
             // Not only when its view changes: a false view told again and
             // again, so it is what its neighbours hold.
-            let n = self.nodes.len() as u32;
             let neighbours: Vec<u32> = self.nodes[i as usize].active().collect();
             for &p in &neighbours {
-                let fake: Vec<u32> = (0..5).map(|_| self.rng.u32() % n).filter(|&q| q != i && q != p).collect();
+                let fake = fake_view(self, i, p, 5);
                 self.inject(i, p, Message::Neighbors { peers: fake });
             }
             if let Some(h) = &mut self.hostile {
