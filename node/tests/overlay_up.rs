@@ -179,3 +179,43 @@ fn five_members_broadcast_and_repair_after_a_kill() {
     let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     assert!(last.proc.wait_for(Duration::from_secs(10)).success());
 }
+
+/// Without `--json`, a member shows its invitation on a line of its own
+/// (ready to copy, no escaped line breaks around it); `convoke status
+/// --control` answers for it, and fails with exit status 1 for a socket
+/// nobody answers on (what a health check needs).
+#[test]
+fn a_member_shows_its_invitation_on_a_line_and_status_checks_its_health() {
+    let dir = Scratch::new("overlay-up-human");
+    let card = dir.path("card");
+    let control = dir.path("m.sock");
+    let err = std::fs::File::create(dir.path("err")).expect("err file");
+    let mut c = convoke(&dir, "key");
+    c.args(["up", "--listen", "127.0.0.1:0", "--no-port-mapping", "--invite-out"])
+        .arg(&card)
+        .arg("--control")
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    let _member = Proc(c.spawn().expect("spawn convoke up"));
+    let token = wait_file(&card, Duration::from_secs(20));
+    let end = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let text = std::fs::read_to_string(dir.path("err")).expect("err");
+        if text.lines().any(|l| l == token) || Instant::now() >= end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(shown.lines().any(|l| l == token), "the invitation is not on a line of its own:\n{shown}");
+    assert!(!shown.contains("\\n"), "escaped line breaks in the output:\n{shown}");
+
+    let ok = convoke(&dir, "client").args(["status", "--control"]).arg(&control).output().expect("status");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dead =
+        convoke(&dir, "client").args(["status", "--control"]).arg(dir.path("none.sock")).output().expect("status");
+    assert_eq!(dead.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&dead.stderr);
+    assert!(why.contains("no convoke node answered on"), "{why}");
+}

@@ -140,8 +140,11 @@ fn main() -> ExitCode {
 }
 
 /// Logs to standard error: RUST_LOG if set, else warnings (-q: errors,
-/// -v: debug, -vv: trace) for convoke's own code.
+/// -v: debug, -vv: trace) for convoke's own code. Colour only on a
+/// terminal and without NO_COLOR; no timestamps when standard error is
+/// the systemd journal (it stamps every line itself).
 fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let level = match (quiet, verbose) {
         (true, _) => "error",
@@ -150,7 +153,18 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "convoke_node=trace,convoke=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = if stderr_is_journal() { fmt.without_time().try_init() } else { fmt.try_init() };
+}
+
+/// Whether standard error is a stream to the systemd journal: systemd sets
+/// JOURNAL_STREAM to that stream's `device:inode`.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    stream.to_str() == Some(&format!("{}:{}", meta.dev(), meta.ino()))
 }
 
 fn cmd_id(ctx: &Ctx) -> Result<(), Failure> {

@@ -115,7 +115,9 @@ pub struct RsvpArgs {
 /// `convoke status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The node's control socket (default: every running node).
+    /// The node's control socket (default: every running node). When the
+    /// node named here does not answer, the command fails with exit status
+    /// 1, which makes `convoke status --control PATH` a health check.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
     /// Also show overlay members' views: active, passive, the broadcast
@@ -762,6 +764,11 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
     let rt = runtime()?;
     let nodes: Vec<Value> =
         sockets.iter().filter_map(|s| rt.block_on(control::request(s, &Request::Status)).ok()).collect();
+    // A node named by its socket that does not answer is a failure (exit
+    // status 1), so that `convoke status --control PATH` is a health check.
+    if let (Some(path), true) = (&a.control, nodes.is_empty()) {
+        return Err(format!("no convoke node answered on {}", path.display()).into());
+    }
     if ctx.json {
         println!("{}", Value::Array(nodes));
         return Ok(());

@@ -22,8 +22,9 @@ use crate::{Ctx, Failure};
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// Join the network of this invitation (any member's; the text, or -
-    /// for standard input). Without it, start a new network.
-    #[arg(long, value_name = "TOKEN")]
+    /// for standard input). Without it, start a new network. A service
+    /// passes it in CONVOKE_JOIN (empty: none).
+    #[arg(long, value_name = "TOKEN", env = "CONVOKE_JOIN", hide_env_values = true)]
     join: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
@@ -60,7 +61,10 @@ fn short(p: &PeerId) -> String {
 }
 
 /// `convoke up`.
-pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
+pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
+    // An empty CONVOKE_JOIN (a service's environment file left blank) is no
+    // invitation.
+    a.join = a.join.filter(|t| !t.trim().is_empty());
     let join = match &a.join {
         Some(t) => {
             let text = read_token_arg(t)?;
@@ -95,12 +99,13 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
                     if let Some(p) = &invite_out {
                         std::fs::write(p, format!("{t}\n")).map_err(|e| format!("writing {}: {e}", p.display()))?;
                     }
-                    (
-                        Some(format!(
-                            "member {me} is up. Its invitation (reusable; anyone with it can join):\n\n{t}\n"
-                        )),
-                        json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }),
-                    )
+                    if !json_out && !quiet {
+                        show_token(
+                            &format!("member {me} is up. Its invitation (reusable; anyone with it can join):"),
+                            t,
+                        );
+                    }
+                    (None, json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }))
                 }
                 MemberEvent::Joined(p) => (
                     Some(format!("connected to {p} with its invitation; joining its network")),
@@ -114,12 +119,15 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
                     Some(format!("{} wants an RSVP: sent through {} introducer(s)", short(peer), route.len() - 1)),
                     json!({ "event": "rsvp_relayed", "peer": peer.to_string(), "hops": route.len() }),
                 ),
-                MemberEvent::RsvpForContact(t) => (
-                    Some(format!(
-                        "the member you joined wants a reply first; send it this RSVP (they run `convoke rsvp TOKEN`):\n\n{t}\n"
-                    )),
-                    json!({ "event": "rsvp", "token": t }),
-                ),
+                MemberEvent::RsvpForContact(t) => {
+                    if !json_out && !quiet {
+                        show_token(
+                            "the member you joined wants a reply first; send it this RSVP (they run `convoke rsvp TOKEN`):",
+                            t,
+                        );
+                    }
+                    (None, json!({ "event": "rsvp", "token": t }))
+                }
                 MemberEvent::Introduced { from, result } => (
                     Some(match result {
                         Ok(()) => {
@@ -208,6 +216,12 @@ pub fn up(ctx: &Ctx, a: UpArgs) -> Result<(), Failure> {
     let printed = printer.join().map_err(|_| "the event printer panicked")?;
     result?;
     printed.map_err(Failure::from)
+}
+
+/// A sentence and a token on standard error, the token on a line of its
+/// own between blank lines so that it can be copied.
+fn show_token(sentence: &str, token: &str) {
+    eprintln!("convoke: {}\n\n{}\n", printable(sentence), printable(token));
 }
 
 /// `convoke broadcast`.
