@@ -397,6 +397,12 @@ impl<P: PeerKey> Overlay<P> {
         self.passive.iter().map(|a| a.card.peer)
     }
 
+    /// The cards we hold: the active view's peers', then the passive
+    /// view's (what a member saves to rejoin after a restart).
+    pub fn cards(&self) -> impl Iterator<Item = &Card<P>> + '_ {
+        self.active.iter().map(|a| &a.card).chain(self.passive.iter().map(|a| &a.card))
+    }
+
     /// Whether `p` is in the active view.
     pub fn is_active(&self, p: P) -> bool {
         self.active.iter().any(|a| a.card.peer == p)

@@ -74,6 +74,12 @@ pub struct MemberConfig {
     /// The invitation to join with at start; `None` starts a new network
     /// (or waits for [`MemberCommand::Join`]).
     pub join: Option<Invitation>,
+    /// Cards of members of a network we were in (saved before a restart,
+    /// see [`Member::cards`]): when there is no `join`, or its member does
+    /// not answer, we join through these in turn. One that wants an RSVP
+    /// counts as not answering (nobody carries it). Expired and our own
+    /// are skipped.
+    pub rejoin: Vec<Invitation>,
     /// Overlay parameters.
     pub overlay: Config,
     /// Lifetime of our invitation (our contact card), seconds: 7 days.
@@ -98,6 +104,7 @@ impl Default for MemberConfig {
     fn default() -> Self {
         Self {
             join: None,
+            rejoin: Vec::new(),
             overlay: Config { announce_views: 5_000, ..Config::default() },
             card_lifetime: 7 * 86_400,
             rsvp_required: false,
@@ -276,6 +283,10 @@ pub struct Member {
     overlay: Option<Overlay<PeerId>>,
     invitation: Option<Invitation>,
     contact: Option<Invitation>,
+    /// Whether `contact` is a saved card (not a person's invitation).
+    contact_saved: bool,
+    /// Saved cards to try when the contact does not answer.
+    fallbacks: VecDeque<Invitation>,
     links: BTreeMap<AttemptId, Link>,
     by_peer: BTreeMap<PeerId, AttemptId>,
     dialing: BTreeMap<AttemptId, Dial>,
@@ -315,6 +326,8 @@ impl Member {
             overlay: None,
             invitation: None,
             contact: None,
+            contact_saved: false,
+            fallbacks: VecDeque::new(),
             links: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             dialing: BTreeMap::new(),
@@ -400,16 +413,55 @@ impl Member {
         self.emit(MemberEvent::Invitation(inv.token().encode_compact()));
         self.overlay = Some(Overlay::new(card_of(&inv), self.cfg.overlay, self.seed, self.ms(now)));
         self.invitation = Some(inv);
+        let me = self.peer_id();
+        self.fallbacks = std::mem::take(&mut self.cfg.rejoin)
+            .into_iter()
+            .filter(|c| c.inviter() != me && c.token().body.expires_at > unix_now)
+            .collect();
         if let Some(contact) = self.cfg.join.clone() {
             self.join(host, contact, now);
+        } else if let Some(card) = self.fallbacks.pop_front() {
+            self.join(host, card, now);
+            self.contact_saved = true;
         }
         self.after(host, now, unix_now);
         Ok(())
     }
 
+    /// The cards we hold and could rejoin through: our neighbours', then
+    /// the passive view's, then the member we joined with; valid at
+    /// `unix_now`, ours left out. What a member saves to come back to its
+    /// network after a restart ([`MemberConfig::rejoin`]).
+    pub fn cards(&self, unix_now: u64) -> Vec<Invitation> {
+        let me = self.peer_id();
+        let mut seen = std::collections::BTreeSet::new();
+        let overlay = self.overlay.iter().flat_map(|o| o.cards()).filter_map(|c| check_card(c, unix_now).ok());
+        overlay
+            .chain(self.contact.iter().filter(|c| c.token().body.expires_at > unix_now).cloned())
+            .filter(|c| c.inviter() != me && seen.insert(c.inviter()))
+            .collect()
+    }
+
     fn join(&mut self, host: &mut Host, contact: Invitation, now: Instant) {
         self.contact = Some(contact.clone());
+        self.contact_saved = false;
         let _ = self.dial(host, contact, Vec::new(), true, now);
+    }
+
+    /// The contact did not answer: try the next saved card still valid
+    /// (the failed one goes to the back of the line).
+    fn next_contact(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        if self.leaving.is_some() {
+            return;
+        }
+        self.fallbacks.retain(|c| c.token().body.expires_at > unix_now);
+        // No other card: the contact stays (rejoining when alone retries it).
+        let Some(card) = self.fallbacks.pop_front() else { return };
+        if let Some(failed) = self.contact.take() {
+            self.fallbacks.push_back(failed);
+        }
+        self.join(host, card, now);
+        self.contact_saved = true;
     }
 
     fn dial(
@@ -545,10 +597,10 @@ impl Member {
                 }
             }
             HostEvent::HandshakeFailed { session, reason } => {
-                self.dial_failed(session, ConnectFailure::Handshake(reason), now)
+                self.dial_failed(host, session, ConnectFailure::Handshake(reason), now, unix_now)
             }
             HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) => {
-                self.dial_failed(attempt, ConnectFailure::Ice(reason), now)
+                self.dial_failed(host, attempt, ConnectFailure::Ice(reason), now, unix_now)
             }
             HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) => self.rsvp_needed(host, attempt, now, unix_now),
             _ => {}
@@ -561,6 +613,13 @@ impl Member {
     /// it went with the dial already).
     fn rsvp_needed(&mut self, host: &mut Host, attempt: AttemptId, now: Instant, unix_now: u64) {
         let Some(d) = self.dialing.get(&attempt) else { return };
+        if d.contact && self.contact_saved {
+            // A saved card's member wants to hear from us first, and no
+            // person carries our RSVP: try the next card.
+            self.dial_failed(host, attempt, ConnectFailure::NoRoute, now, unix_now);
+            host.close(attempt, now);
+            return;
+        }
         if d.contact {
             let Some(id) = host.endpoint().rsvp_token_id(attempt) else { return };
             let t = self.minter.rsvp(&d.invitation, id, unix_now);
@@ -574,7 +633,7 @@ impl Member {
         let sent = self.relay_rsvp(host, &mut overlay, attempt, unix_now);
         self.overlay = Some(overlay);
         if !sent {
-            self.dial_failed(attempt, ConnectFailure::NoRoute, now);
+            self.dial_failed(host, attempt, ConnectFailure::NoRoute, now, unix_now);
             host.close(attempt, now);
         }
     }
@@ -809,13 +868,16 @@ impl Member {
         }
     }
 
-    fn dial_failed(&mut self, attempt: AttemptId, why: ConnectFailure, now: Instant) {
+    fn dial_failed(&mut self, host: &mut Host, attempt: AttemptId, why: ConnectFailure, now: Instant, unix_now: u64) {
         if let Some(d) = self.dialing.remove(&attempt) {
             let ms = self.ms(now);
             if let Some(o) = self.overlay.as_mut() {
                 o.link_failed(d.peer, ms);
             }
             self.emit(MemberEvent::ConnectFailed(d.peer, why));
+            if d.contact {
+                self.next_contact(host, now, unix_now);
+            }
         }
     }
 }

@@ -270,3 +270,49 @@ fn forty_interface_addresses_still_make_a_valid_card_and_rsvp() {
         .command(MemberCommand::AcceptRsvp(rsvp.encode_compact()), now)
         .expect("the inviter takes an RSVP minted on a machine with 40 addresses");
 }
+
+/// A member that restarts with saved cards and no invitation: the first
+/// card's member is gone (its address answers nothing), so after the
+/// card's RSVP window it moves on to the next card (no person could carry
+/// an RSVP) and joins through it. `cards` is what a member saves: its
+/// neighbours' and passive cards, valid, never its own.
+#[test]
+fn a_restarted_member_joins_through_the_next_saved_card_when_one_is_dead() {
+    let mut net = Net::new();
+    let a = net.add(false, None);
+    let card = net.card(a);
+    let b = net.add(false, Some(card));
+    net.run_for(Duration::from_secs(5));
+    let saved = net.peers[b].m.member.cards(net.unix());
+    assert!(saved.iter().any(|c| c.inviter() == net.id(a)), "b saves a's card");
+    assert!(saved.iter().all(|c| c.inviter() != net.id(b)), "never its own card");
+    assert!(net.peers[b].m.member.cards(net.unix() + 8 * 86_400).is_empty(), "expired cards are not saved");
+
+    // A card of a member that is gone: nobody listens at its address.
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let gone = Identity::generate(&mut rng);
+    let params = crate::token::InvitationParams {
+        candidates: crate::token::Candidate::list([(
+            crate::token::CandidateKind::Host,
+            SocketAddr::from(([198, 18, 0, 200], 4433)),
+        )]),
+        mode: crate::token::ConnectionMode {
+            rsvp_supported: true,
+            rsvp_timeout_seconds: 5,
+            reusable: true,
+            ..crate::token::ConnectionMode::default()
+        },
+        ..crate::token::InvitationParams::default()
+    };
+    let dead = Invitation::from_token(Token::new_invitation(&gone, params, net.unix(), &mut rng), net.unix())
+        .expect("valid card");
+    let cfg = MemberConfig { rejoin: vec![dead, saved[0].clone()], ..MemberConfig::default() };
+    let n = net.add_member(false, cfg);
+    net.run_for(Duration::from_secs(20));
+    let events = &net.peers[n].events;
+    let failed = events.iter().position(|e| matches!(e, MemberEvent::ConnectFailed(p, _) if *p == gone.peer_id()));
+    let joined = events.iter().position(|e| matches!(e, MemberEvent::Joined(_)));
+    assert!(failed.is_some_and(|f| joined.is_some_and(|j| f < j)), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, MemberEvent::RsvpForContact(_))), "no RSVP for a person to carry");
+    assert!(!net.active(n).is_empty(), "the restarted member has no neighbour");
+}
