@@ -219,3 +219,58 @@ fn a_member_shows_its_invitation_on_a_line_and_status_checks_its_health() {
     let why = String::from_utf8_lossy(&dead.stderr);
     assert!(why.contains("no convoke node answered on"), "{why}");
 }
+
+/// Three members save the cards they know (`--state`, here the default
+/// under XDG_DATA_HOME). One is killed with SIGKILL and started again on a
+/// new port without `--join`: it rejoins through its saved cards, has an
+/// active link within 30 s, and a broadcast reaches it.
+#[test]
+fn a_killed_member_restarts_on_a_new_port_and_rejoins_through_its_saved_cards() {
+    let dir = Scratch::new("overlay-rejoin");
+    let token = |i: usize| std::fs::read_to_string(dir.path(&format!("card{i}"))).expect("card").trim().to_owned();
+    let a = start(&dir, 0, None);
+    let b = start(&dir, 1, Some(&token(0)));
+    wait_for(&b.err, Duration::from_secs(20), |v| v["event"] == "joined");
+    let c = start(&dir, 2, Some(&token(0)));
+    wait_for(&c.err, Duration::from_secs(20), |v| v["event"] == "joined");
+    let old_card = token(2);
+    // The state file: one per identity, owner-only, with cards in it.
+    let state = dir.path("data").join("convoke").join("state").join(format!("{}.json", c.peer_id));
+    let end = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("scpc:")) {
+        assert!(Instant::now() < end, "no cards saved in {}", state.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&state).expect("state").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the state file is readable by others");
+    }
+    let c_id = c.peer_id.clone();
+    drop(c); // SIGKILL: no goodbye, no last save
+
+    let c = start(&dir, 2, None);
+    assert_eq!(c.peer_id, c_id, "same key, same member");
+    assert_ne!(token(2), old_card, "a new card (new port)");
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active = topology(&dir, &c)["active"].as_array().map_or(0, Vec::len);
+        if active > 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "the restarted member has no active link after 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The tree may still be settling: a few broadcasts, each given 5 s.
+    let mut got = false;
+    for i in 0..4 {
+        let text = format!("welcome back {i}");
+        broadcast(&dir, &a, &text);
+        if all_get(&[&c], &text, Duration::from_secs(5)).is_empty() {
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "no broadcast from the first member reached the restarted one");
+    drop(b);
+}

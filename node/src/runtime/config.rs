@@ -9,6 +9,7 @@
 //! metrics = "127.0.0.1:9464"
 //! no_probing = false
 //! no_port_mapping = false
+//! state = "/var/lib/convoke/state"
 //!
 //! [invite]
 //! expires = "1d"
@@ -38,6 +39,8 @@ pub struct FileConfig {
     pub no_probing: bool,
     /// Never ask the router for a port mapping (`--no-port-mapping`).
     pub no_port_mapping: bool,
+    /// Where `convoke up` saves the cards it rejoins through (`--state`).
+    pub state: Option<PathBuf>,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }
@@ -114,6 +117,7 @@ mod tests {
             r#"
             listen = ["0.0.0.0:4433", "[::]:4433"]
             stun = ["198.18.0.1:3478"]
+            state = "/var/lib/convoke/state"
             [invite]
             expires = "1d"
             "#,
@@ -121,6 +125,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.invite.expires.as_deref(), Some("1d"));
+        assert_eq!(c.state.as_deref(), Some(Path::new("/var/lib/convoke/state")));
         assert_eq!(resolve_stun(&c.stun).expect("ip")[0], "198.18.0.1:3478".parse().expect("addr"));
     }
 

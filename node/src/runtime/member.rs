@@ -16,7 +16,11 @@ use crate::member::{self, CommandError};
 pub use crate::member::{ConnectFailure, Dialed, MAX_PAYLOAD, MemberCommand, MemberConfig, MemberEvent, check_card};
 
 use super::node::{App, NodeCtx};
+use super::state::StateFile;
 use super::unix_now;
+
+/// How often at most the saved membership is rewritten (when it changed).
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A member's state as others may read it (for demos and status).
 #[derive(Debug, Clone, Default)]
@@ -40,6 +44,18 @@ pub struct Member {
     sampled: Option<Instant>,
     failed: bool,
     snapshot: Arc<Mutex<Snapshot>>,
+    state: Option<Saving>,
+}
+
+/// Where and what we last saved.
+struct Saving {
+    file: StateFile,
+    /// The cards written last (compact text), and when.
+    cards: Vec<String>,
+    at: Option<Instant>,
+    saved_at_unix: Option<u64>,
+    /// Whether the last write failed (warned once per failure streak).
+    failing: bool,
 }
 
 impl Member {
@@ -61,6 +77,43 @@ impl Member {
             sampled: None,
             failed: false,
             snapshot: Arc::default(),
+            state: None,
+        }
+    }
+
+    /// Saves the cards we could rejoin through to `file` (at most every
+    /// 5 s, when they changed, and when we stop), so that a restart finds
+    /// the network again ([`MemberConfig::rejoin`]).
+    pub fn with_state(mut self, file: StateFile) -> Self {
+        self.state = Some(Saving { file, cards: Vec::new(), at: None, saved_at_unix: None, failing: false });
+        self
+    }
+
+    /// Writes the state file if the cards changed and the last write is
+    /// old enough (or `now_or_never`).
+    fn save_state(&mut self, now: Instant, unix: u64, now_or_never: bool) {
+        let (Some(s), Some(e)) = (self.state.as_mut(), self.engine.as_ref()) else { return };
+        if !now_or_never && s.at.is_some_and(|t| now.saturating_duration_since(t) < SAVE_EVERY) {
+            return;
+        }
+        let cards = e.cards(unix);
+        let text: Vec<String> = cards.iter().map(|c| c.token().encode_compact()).collect();
+        // Nothing learned yet (or everything forgotten): keep what we had.
+        if text == s.cards || text.is_empty() {
+            return;
+        }
+        s.at = Some(now);
+        match s.file.save(&cards, unix) {
+            Ok(()) => {
+                s.cards = text;
+                s.saved_at_unix = Some(unix);
+                s.failing = false;
+            }
+            Err(why) if !s.failing => {
+                tracing::warn!("cannot save the membership (a restart will need an invitation): {why}");
+                s.failing = true;
+            }
+            Err(_) => {}
         }
     }
 
@@ -98,8 +151,13 @@ impl Member {
         let ids = |v: Vec<crate::identity::PeerId>| v.into_iter().map(|p| p.to_string()).collect::<Vec<_>>();
         let s = o.stats();
         let p = o.plum_stats();
+        let state = self.state.as_ref().map(|s| {
+            json!({ "path": s.file.path(), "cards_saved": s.cards.len(), "saved_at": s.saved_at_unix, "failing": s.failing })
+        });
         json!({
             "ready": true,
+            "state": state,
+            "cards": e.cards(unix_now()).len(),
             "invitation": e.invitation().map(|i| i.token().encode_compact()),
             "active": ids(o.active().collect()),
             "passive": ids(o.passive().collect()),
@@ -181,6 +239,7 @@ impl App for Member {
         }
         e.handle_timeout(ctx.host, ctx.now, unix);
         let done = e.is_done(ctx.now);
+        self.save_state(ctx.now, unix, done);
         self.publish(ctx.now);
         self.drain();
         done.then_some(())

@@ -9,6 +9,7 @@ pub mod member;
 pub mod node;
 pub mod portmap;
 pub mod qr;
+pub mod state;
 pub mod telemetry;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -56,7 +56,12 @@ impl Proc {
 
 pub fn convoke(dir: &Scratch, key: &str) -> Command {
     let mut c = Command::new(BIN);
-    c.arg("--key").arg(dir.path(key)).env_remove("RUST_LOG").env("XDG_RUNTIME_DIR", dir.path("run"));
+    c.arg("--key")
+        .arg(dir.path(key))
+        .env_remove("RUST_LOG")
+        .env_remove("CONVOKE_JOIN")
+        .env("XDG_RUNTIME_DIR", dir.path("run"))
+        .env("XDG_DATA_HOME", dir.path("data"));
     c
 }
 

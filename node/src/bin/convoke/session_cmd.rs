@@ -800,6 +800,9 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
             );
         }
         println!("  port map    {}", port_mapping_words(&n["port_mapping"]));
+        if let Some(line) = membership_words(&n["overlay"]) {
+            println!("  network     {line}");
+        }
         let sessions = n["sessions"].as_array().cloned().unwrap_or_default();
         if sessions.is_empty() {
             println!("  no sessions ({} attempts pending)", n["attempts"]);
@@ -822,6 +825,38 @@ pub fn status(ctx: &Ctx, a: StatusArgs) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// `convoke status`'s line on an overlay member's place in its network:
+/// neighbours, members known, cards held and where they are saved.
+fn membership_words(o: &Value) -> Option<String> {
+    if o.is_null() {
+        return None;
+    }
+    if o["ready"] != true {
+        return Some("starting".into());
+    }
+    let count = |k: &str| o[k].as_array().map_or(0, Vec::len);
+    let mut line = format!(
+        "{} neighbours, {} members known, {} cards held",
+        count("active"),
+        count("members"),
+        o["cards"].as_u64().unwrap_or(0)
+    );
+    let st = &o["state"];
+    if st.is_null() {
+        line.push_str("; membership not saved (--no-state)");
+    } else {
+        let path = printable(st["path"].as_str().unwrap_or("?")).into_owned();
+        match st["saved_at"].as_u64() {
+            Some(_) => line.push_str(&format!("; {} saved in {path}", st["cards_saved"])),
+            None => line.push_str(&format!("; nothing saved yet in {path}")),
+        }
+        if st["failing"] == true {
+            line.push_str(" (the last write failed)");
+        }
+    }
+    Some(line)
 }
 
 fn join_strs(v: &Value) -> String {

@@ -9,6 +9,7 @@ use convoke_node::identity::PeerId;
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent};
 use convoke_node::runtime::node::Node;
+use convoke_node::runtime::state::StateFile;
 use convoke_node::runtime::{telemetry, unix_now};
 use convoke_node::token::Invitation;
 use serde_json::{Value, json};
@@ -43,6 +44,15 @@ pub struct UpArgs {
     /// suspicion after 2.5 rounds, failure after 4).
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     round_ms: u64,
+    /// Save the cards of the members this one knows in DIR (one file per
+    /// identity, mode 0600), and on start rejoin the network through them:
+    /// a restarted member needs no new invitation. Default:
+    /// $XDG_DATA_HOME/convoke/state.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// Neither read nor save the membership.
+    #[arg(long, conflicts_with = "state")]
+    no_state: bool,
 }
 
 /// `convoke broadcast`.
@@ -73,12 +83,29 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
         None => None,
     };
     let (identity, _) = ctx.identity()?;
+    let state = if a.no_state {
+        None
+    } else {
+        let dir = a.state.clone().or_else(|| ctx.file.as_ref().and_then(|f| f.state.clone()));
+        let dir =
+            dir.or_else(StateFile::default_dir).ok_or("no data directory on this system; give one with --state")?;
+        Some(StateFile::new(&dir, identity.peer_id()))
+    };
+    let rejoin = match &state {
+        Some(s) => saved_cards(s, join.is_some(), ctx.quiet || ctx.json),
+        None => Vec::new(),
+    };
     let mut config = node_config(ctx, &a.node)?;
     let metrics = a.node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
     config.metrics = metrics.is_some();
     let round = a.round_ms;
-    let mut mc =
-        MemberConfig { join, card_lifetime: a.card_lifetime, rsvp_required: a.rsvp_required, ..Default::default() };
+    let mut mc = MemberConfig {
+        join,
+        rejoin,
+        card_lifetime: a.card_lifetime,
+        rsvp_required: a.rsvp_required,
+        ..Default::default()
+    };
     mc.overlay.round = round;
     mc.overlay.suspect_after = round * 5 / 2;
     mc.overlay.fail_after = round * 4;
@@ -201,6 +228,9 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
             eprintln!("convoke: control socket {} (`convoke broadcast`, `convoke status --topology`)", p.display());
         }
         let mut member = Member::new(mc, seed(), ev_tx, cmd_rx);
+        if let Some(s) = state {
+            member = member.with_state(s);
+        }
         let leave = cmd_tx.clone();
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -216,6 +246,46 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     let printed = printer.join().map_err(|_| "the event printer panicked")?;
     result?;
     printed.map_err(Failure::from)
+}
+
+/// The still-valid cards a previous run saved, saying on standard error
+/// what was found (unless `quiet`): a member that had a network and has no
+/// valid card left is told to ask for an invitation.
+fn saved_cards(state: &StateFile, joining: bool, quiet: bool) -> Vec<Invitation> {
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("convoke: {s}");
+        }
+    };
+    match state.load(unix_now()) {
+        Ok(None) => Vec::new(),
+        Ok(Some(l)) if l.cards.is_empty() => {
+            if !joining {
+                say(format!(
+                    "none of the {} cards saved in {} is valid any more (expired, or not signed right): \
+                     this member starts a network of its own. To rejoin yours, ask a member for an \
+                     invitation and run `convoke up --join TOKEN`.",
+                    l.dropped,
+                    state.path().display()
+                ));
+            }
+            Vec::new()
+        }
+        Ok(Some(l)) => {
+            let also = if joining { " if the invitation's member does not answer" } else { "" };
+            say(format!(
+                "rejoining through {} saved card(s){also} ({}; {} dropped as expired)",
+                l.cards.len(),
+                state.path().display(),
+                l.dropped
+            ));
+            l.cards
+        }
+        Err(e) => {
+            say(format!("ignoring the saved membership: {e}"));
+            Vec::new()
+        }
+    }
 }
 
 /// A sentence and a token on standard error, the token on a line of its
