@@ -37,10 +37,14 @@ fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Value>>> {
 }
 
 fn start(dir: &Scratch, i: usize, join: Option<&str>) -> Member {
+    start_on(dir, i, join, "127.0.0.1:0")
+}
+
+fn start_on(dir: &Scratch, i: usize, join: Option<&str>, listen: &str) -> Member {
     let card = dir.path(&format!("card{i}"));
     let control = dir.path(&format!("m{i}.sock"));
     let mut c = convoke(dir, &format!("key{i}"));
-    c.args(["--json", "up", "--listen", "127.0.0.1:0", "--round-ms", "300"])
+    c.args(["--json", "up", "--listen", listen, "--round-ms", "300"])
         .arg("--invite-out")
         .arg(&card)
         .arg("--control")
@@ -273,4 +277,37 @@ fn a_killed_member_restarts_on_a_new_port_and_rejoins_through_its_saved_cards() 
     }
     assert!(got, "no broadcast from the first member reached the restarted one");
     drop(b);
+}
+
+/// No STUN server anywhere: a member on 127.0.0.3 linked to members on
+/// 127.0.0.1 and 127.0.0.2 asks both where they see it, learns that its
+/// address is its own (no NAT), and puts that in a new card.
+#[test]
+fn a_member_learns_its_nat_from_two_neighbours_without_a_stun_server() {
+    let dir = Scratch::new("overlay-observed");
+    let token = |i: usize| std::fs::read_to_string(dir.path(&format!("card{i}"))).expect("card").trim().to_owned();
+    let _a = start_on(&dir, 0, None, "127.0.0.1:0");
+    let b = start_on(&dir, 1, Some(&token(0)), "127.0.0.2:0");
+    wait_for(&b.err, Duration::from_secs(20), |v| v["event"] == "joined");
+    let c = start_on(&dir, 2, Some(&token(0)), "127.0.0.3:0");
+    let first = token(2);
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = |m: &Member| -> Value {
+        let out =
+            convoke(&dir, "client").args(["--json", "status", "--control"]).arg(&m.control).output().expect("status");
+        serde_json::from_slice::<Value>(&out.stdout).expect("status JSON")[0].clone()
+    };
+    loop {
+        let s = status(&c);
+        if s["nat"]["mapping"] == "none" && s["overlay"]["invitation"].as_str().is_some_and(|t| t != first) {
+            break;
+        }
+        assert!(Instant::now() < end, "c never classified its NAT from its neighbours: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The new card was announced (and written to --invite-out) too.
+    let cards: Vec<Value> =
+        c.err.lock().expect("lock").iter().filter(|v| v["event"] == "invitation").cloned().collect();
+    assert!(cards.len() >= 2, "{cards:?}");
+    assert_ne!(token(2), first, "--invite-out holds the new card");
 }

@@ -271,6 +271,12 @@ struct Dial {
 
 /// How long a closing link may take to deliver its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Cards of ours still answered after newer ones were minted: members
+/// hold our older cards in their views for a while.
+const CARDS_ANSWERED: usize = 4;
+/// How soon after learning an address we mint a new card (answers come in
+/// bunches: one card for the bunch).
+const CARD_REFRESH_GAP: Duration = Duration::from_secs(10);
 /// How long leaving may take.
 const LEAVE_GRACE: Duration = Duration::from_millis(500);
 
@@ -287,6 +293,15 @@ pub struct Member {
     contact_saved: bool,
     /// Saved cards to try when the contact does not answer.
     fallbacks: VecDeque<Invitation>,
+    /// When our card was minted (unix seconds, and in the engine's clock).
+    card_minted: (u64, Instant),
+    /// Whether we learned an address or our NAT since: mint a new card.
+    card_stale: bool,
+    /// The token ids of the cards we still answer on, oldest first.
+    listening: VecDeque<crate::token::TokenId>,
+    /// How far asking our neighbours where they see us has got: 0 not
+    /// yet, 1 the first neighbour asked, 2 two neighbours asked at once.
+    observed: u8,
     links: BTreeMap<AttemptId, Link>,
     by_peer: BTreeMap<PeerId, AttemptId>,
     dialing: BTreeMap<AttemptId, Dial>,
@@ -328,6 +343,10 @@ impl Member {
             contact: None,
             contact_saved: false,
             fallbacks: VecDeque::new(),
+            card_minted: (0, now),
+            card_stale: false,
+            listening: VecDeque::new(),
+            observed: 0,
             links: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             dialing: BTreeMap::new(),
@@ -398,19 +417,7 @@ impl Member {
     /// Starts: mints our card (with the candidates known now), listens on
     /// it and, if the config names one, joins through a contact.
     pub fn start(&mut self, host: &mut Host, now: Instant, unix_now: u64) -> Result<(), TokenError> {
-        let params = InvitationParams {
-            lifetime_secs: self.cfg.card_lifetime,
-            mode: ConnectionMode {
-                initial: if self.cfg.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
-                rsvp_supported: true,
-                rsvp_timeout_seconds: self.cfg.card_rsvp_window.max(1),
-                reusable: true,
-            },
-            ..InvitationParams::default()
-        };
-        let inv = self.minter.invitation(params, unix_now)?;
-        host.listen(inv.clone());
-        self.emit(MemberEvent::Invitation(inv.token().encode_compact()));
+        let inv = self.mint_card(host, now, unix_now)?;
         self.overlay = Some(Overlay::new(card_of(&inv), self.cfg.overlay, self.seed, self.ms(now)));
         self.invitation = Some(inv);
         let me = self.peer_id();
@@ -426,6 +433,97 @@ impl Member {
         }
         self.after(host, now, unix_now);
         Ok(())
+    }
+
+    /// Mints our card with the candidates and NAT we know now, listens on
+    /// it (and on the last few before it, which others still hold) and
+    /// tells the application.
+    fn mint_card(&mut self, host: &mut Host, now: Instant, unix_now: u64) -> Result<Invitation, TokenError> {
+        if let Some(nat) = host.nat() {
+            self.minter.set_nat(Some(nat));
+        }
+        let params = InvitationParams {
+            lifetime_secs: self.cfg.card_lifetime,
+            mode: ConnectionMode {
+                initial: if self.cfg.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
+                rsvp_supported: true,
+                rsvp_timeout_seconds: self.cfg.card_rsvp_window.max(1),
+                reusable: true,
+            },
+            ..InvitationParams::default()
+        };
+        let inv = self.minter.invitation(params, unix_now)?;
+        host.listen(inv.clone());
+        self.listening.push_back(inv.token().body.token_id);
+        while self.listening.len() > CARDS_ANSWERED {
+            if let Some(old) = self.listening.pop_front() {
+                host.unlisten(old);
+            }
+        }
+        self.card_minted = (unix_now, now);
+        self.card_stale = false;
+        self.emit(MemberEvent::Invitation(inv.token().encode_compact()));
+        Ok(inv)
+    }
+
+    /// When our card should be replaced: half its lifetime after it was
+    /// minted, or soon after we learned where we are seen from.
+    fn card_due(&self) -> Option<Instant> {
+        self.overlay.as_ref()?;
+        let (_, at) = self.card_minted;
+        let half = at.checked_add(Duration::from_secs(self.cfg.card_lifetime / 2))?;
+        Some(if self.card_stale { half.min(at + CARD_REFRESH_GAP) } else { half })
+    }
+
+    /// Replaces our card when it is due ([`Member::card_due`]): new members
+    /// get the fresh one in joins and shuffles, and the old one stays
+    /// answered until it expires or [`CARDS_ANSWERED`] newer ones exist.
+    fn refresh_card(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        if self.leaving.is_some() || self.card_due().is_none_or(|t| now < t) {
+            return;
+        }
+        match self.mint_card(host, now, unix_now) {
+            Ok(inv) => {
+                if let Some(o) = self.overlay.as_mut() {
+                    o.set_card(card_of(&inv).token);
+                }
+                self.invitation = Some(inv);
+            }
+            // Our own token failing its own checks is a bug; try again at
+            // the next due time rather than every input.
+            Err(_) => self.card_minted.1 = now,
+        }
+    }
+
+    /// Asks linked members where they see us (STUN Binding to the
+    /// session's address; every node answers), when no STUN server told us
+    /// yet: the first neighbour's answer gives our public address; two
+    /// neighbours at distinct addresses asked at once also classify our
+    /// NAT's mapping, as two STUN servers would.
+    fn observe(&mut self, host: &mut Host, now: Instant) {
+        if self.observed >= 2 || host.nat().is_some() {
+            return;
+        }
+        let mut remotes: Vec<std::net::SocketAddr> = Vec::new();
+        for &id in self.by_peer.values() {
+            if let Some(r) = host.session(id).map(|s| s.remote)
+                && !remotes.iter().any(|x| x.ip() == r.ip())
+            {
+                remotes.push(r);
+            }
+        }
+        match (self.observed, remotes.as_slice()) {
+            (0, [first]) => {
+                host.query_stun(*first, now);
+                self.observed = 1;
+            }
+            (_, [first, second, ..]) => {
+                host.query_stun(*first, now);
+                host.query_stun(*second, now);
+                self.observed = 2;
+            }
+            _ => {}
+        }
     }
 
     /// The cards we hold and could rejoin through: our neighbours', then
@@ -549,7 +647,16 @@ impl Member {
 
     /// Takes a host event (every one, in order).
     pub fn handle_host_event(&mut self, host: &mut Host, event: HostEvent, now: Instant, unix_now: u64) {
-        self.minter.learn(&event);
+        // A new public address, or a NAT classification our card does not
+        // carry, belongs in our card (peer-reflexive addresses only go in
+        // the tokens minted per attempt).
+        let learned = self.minter.learn(&event);
+        let carried = self.invitation.as_ref().map(|i| i.token().body.connection_info.nat);
+        self.card_stale |= match &event {
+            HostEvent::StunMapped { .. } => learned,
+            HostEvent::NatClassified(nat) => carried.is_some_and(|c| c != Some(*nat)),
+            _ => false,
+        };
         let ms = self.ms(now);
         match event {
             HostEvent::Established { session, peer, via, .. } => {
@@ -584,6 +691,7 @@ impl Member {
                         o.link_up(peer, ms);
                     }
                 }
+                self.observe(host, now);
             }
             HostEvent::Readable { session } => self.read(host, session, now),
             HostEvent::Closed { session, .. } => {
@@ -695,6 +803,7 @@ impl Member {
             o.tick(ms);
         }
         self.rejoin_if_alone(host, now);
+        self.refresh_card(host, now, unix_now);
         self.after(host, now, unix_now);
     }
 
@@ -709,7 +818,8 @@ impl Member {
             .alone_since
             .filter(|_| !dialing_contact && self.joined_once)
             .and_then(|t| Some(t + self.rejoin_wait()?));
-        [overlay, closing, leaving, rejoin].into_iter().flatten().min()
+        let card = self.card_due().filter(|_| self.leaving.is_none());
+        [overlay, closing, leaving, rejoin, card].into_iter().flatten().min()
     }
 
     fn rejoin_wait(&self) -> Option<Duration> {

@@ -316,3 +316,34 @@ fn a_restarted_member_joins_through_the_next_saved_card_when_one_is_dead() {
     assert!(!events.iter().any(|e| matches!(e, MemberEvent::RsvpForContact(_))), "no RSVP for a person to carry");
     assert!(!net.active(n).is_empty(), "the restarted member has no neighbour");
 }
+
+/// With no STUN server, a member asks its neighbours where they see it
+/// (two of them at once classify the NAT's mapping), then mints a card
+/// that carries what it learned. Its older card is still answered: a
+/// newcomer holding it gets in.
+#[test]
+fn members_learn_their_nat_from_neighbours_and_refresh_their_card() {
+    let mut net = Net::new();
+    let a = net.add(false, None);
+    let card = net.card(a);
+    let b = net.add(false, Some(card));
+    net.run_for(Duration::from_secs(3));
+    let card = net.card(a);
+    let c = net.add(false, Some(card));
+    let old_card = net.card(c);
+    assert!(old_card.token().body.connection_info.nat.is_none(), "nothing known at start");
+    net.run_for(Duration::from_secs(30));
+    assert!(net.active(c).len() >= 2, "c has two neighbours to ask: {:?}", net.active(c));
+    let nat = net.peers[c].m.host.nat();
+    assert!(nat.is_some(), "c's NAT was classified from its neighbours' answers");
+    let fresh = net.card(c);
+    assert_ne!(fresh.token().body.token_id, old_card.token().body.token_id, "a new card");
+    assert_eq!(fresh.token().body.connection_info.nat, nat, "the new card carries the classification");
+    let cards = net.peers[c].events.iter().filter(|e| matches!(e, MemberEvent::Invitation(_))).count();
+    assert_eq!(cards, 2, "one new card for the bunch of answers, not one per answer");
+    // Someone who got c's first card joins with it.
+    let d = net.add(false, Some(old_card));
+    net.run_for(Duration::from_secs(10));
+    assert!(net.peers[d].events.iter().any(|e| matches!(e, MemberEvent::Joined(p) if *p == net.id(c))));
+    let _ = b;
+}

@@ -120,17 +120,23 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     // Events: broadcasts on standard output, the rest on standard error.
     let printer = std::thread::spawn(move || -> Result<(), String> {
         let mut contact_failed = None;
+        let mut cards = 0u32;
         while let Some(e) = ev_rx.blocking_recv() {
             let (text, v): (Option<String>, Value) = match &e {
                 MemberEvent::Invitation(t) => {
                     if let Some(p) = &invite_out {
                         std::fs::write(p, format!("{t}\n")).map_err(|e| format!("writing {}: {e}", p.display()))?;
                     }
+                    cards += 1;
                     if !json_out && !quiet {
-                        show_token(
-                            &format!("member {me} is up. Its invitation (reusable; anyone with it can join):"),
-                            t,
-                        );
+                        let sentence = if cards == 1 {
+                            format!("member {me} is up. Its invitation (reusable; anyone with it can join):")
+                        } else {
+                            "a new invitation for this member, with what it learned about its addresses \
+                             (the earlier ones work until they expire):"
+                                .to_owned()
+                        };
+                        show_token(&sentence, t);
                     }
                     (None, json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }))
                 }
