@@ -38,6 +38,7 @@ mod candidates;
 pub mod framing;
 mod member_host;
 mod mint;
+pub mod saved;
 #[cfg(test)]
 mod tests;
 

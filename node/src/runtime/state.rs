@@ -3,7 +3,7 @@
 //!
 //! One JSON file per identity, `<dir>/<peer id>.json`, mode 0600, replaced
 //! atomically (written beside, synced, renamed), at most [`MAX_CARDS`]
-//! cards and [`MAX_BYTES`] bytes. The default directory is
+//! cards and [`MAX_BYTES`] bytes (the format: [`crate::member::saved`]). The default directory is
 //! `$XDG_DATA_HOME/convoke/state` (`~/.local/share/convoke/state`). A card
 //! is a member's signed invitation: it names candidates, so a card is only
 //! as good as its member's address, and it expires (7 days by default).
@@ -13,17 +13,9 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::identity::PeerId;
+pub use crate::member::saved::{Loaded, MAX_BYTES, MAX_CARDS};
 use crate::token::Invitation;
-
-/// Most cards kept: a member holds 5 neighbours and 30 passive cards.
-pub const MAX_CARDS: usize = 64;
-/// Largest state file read: [`MAX_CARDS`] tokens of the largest size a
-/// token may have, and room for the rest.
-pub const MAX_BYTES: u64 = (MAX_CARDS * crate::token::limits::MAX_INPUT + 4096) as u64;
-const VERSION: u32 = 1;
 
 /// Why a state file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -45,26 +37,6 @@ pub enum StateError {
         /// What is wrong.
         why: String,
     },
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Saved {
-    version: u32,
-    peer_id: String,
-    saved_at: u64,
-    cards: Vec<String>,
-}
-
-/// What a state file held.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// The cards still valid now, in the order saved (neighbours first).
-    pub cards: Vec<Invitation>,
-    /// Cards that have expired or no longer verify (dropped).
-    pub dropped: usize,
-    /// When the file was written (unix seconds).
-    pub saved_at: u64,
 }
 
 /// The state file of one identity.
@@ -93,40 +65,20 @@ impl StateFile {
     /// Reads the saved cards, keeping those valid at `unix_now`. `Ok(None)`
     /// when nothing was saved yet.
     pub fn load(&self, unix_now: u64) -> Result<Option<Loaded>, StateError> {
-        let text = match super::read_capped(&self.path, MAX_BYTES) {
+        let text = match super::read_capped(&self.path, MAX_BYTES as u64) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Io { path: self.path.clone(), source }),
         };
-        let corrupt = |why: String| StateError::Corrupt { path: self.path.clone(), why };
-        let saved: Saved = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-        if saved.version != VERSION {
-            return Err(corrupt(format!("version {} (this convoke reads {VERSION})", saved.version)));
-        }
-        if saved.peer_id != self.peer.to_string() {
-            return Err(corrupt(format!("it belongs to {}, not to {}", saved.peer_id, self.peer)));
-        }
-        let total = saved.cards.len();
-        let cards: Vec<Invitation> = saved
-            .cards
-            .iter()
-            .take(MAX_CARDS)
-            .filter_map(|t| Invitation::parse(t, unix_now).ok())
-            .filter(|c| c.inviter() != self.peer)
-            .collect();
-        Ok(Some(Loaded { dropped: total - cards.len(), cards, saved_at: saved.saved_at }))
+        crate::member::saved::decode(&text, self.peer, unix_now)
+            .map(Some)
+            .map_err(|why| StateError::Corrupt { path: self.path.clone(), why })
     }
 
     /// Replaces the file with `cards` (the first [`MAX_CARDS`]), creating
     /// the directory (mode 0700) if needed.
     pub fn save(&self, cards: &[Invitation], unix_now: u64) -> Result<(), StateError> {
-        let saved = Saved {
-            version: VERSION,
-            peer_id: self.peer.to_string(),
-            saved_at: unix_now,
-            cards: cards.iter().take(MAX_CARDS).map(|c| c.token().encode_compact()).collect(),
-        };
-        let text = serde_json::to_string_pretty(&saved).expect("plain data serializes");
+        let text = crate::member::saved::encode(self.peer, cards, unix_now);
         self.replace(text.as_bytes()).map_err(|source| StateError::Io { path: self.path.clone(), source })
     }
 
@@ -222,7 +174,7 @@ mod tests {
         let e = file.load(1_000).expect_err("foreign").to_string();
         assert!(e.contains("belongs to"), "{e}");
         // A huge file is refused after MAX_BYTES, not read into memory.
-        fs::write(file.path(), vec![b' '; MAX_BYTES as usize + 10]).expect("write");
+        fs::write(file.path(), vec![b' '; MAX_BYTES + 10]).expect("write");
         let e = file.load(1_000).expect_err("too large").to_string();
         assert!(e.contains("larger than"), "{e}");
         fs::remove_dir_all(dir).expect("cleanup");
