@@ -24,9 +24,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(loaded) = saved::decode(text, me(), UNIX) else { return };
     assert!(loaded.cards.len() <= MAX_CARDS);
     assert!(loaded.cards.iter().all(|c| c.inviter() != me()), "our own card came back");
-    let again = saved::encode(me(), &loaded.cards, loaded.saved_at);
+    assert!(loaded.own.iter().all(|c| c.inviter() == me()), "someone else's card passed as ours");
+    let again = saved::encode(me(), &loaded.cards, &loaded.own, loaded.saved_at);
     let back = saved::decode(&again, me(), UNIX).expect("what we write reads back");
     assert_eq!(back.dropped, 0);
+    assert_eq!(back.own.len(), loaded.own.len());
     assert_eq!(
         back.cards.iter().map(|c| c.token().body.token_id).collect::<Vec<_>>(),
         loaded.cards.iter().map(|c| c.token().body.token_id).collect::<Vec<_>>()

@@ -85,6 +85,28 @@ impl LocalCandidates {
         push_new(&mut self.host, addr, usize::MAX)
     }
 
+    /// Replaces the interface addresses (the machine moved: Wi-Fi changed,
+    /// a lease ended, the laptop woke up elsewhere). When the set changed,
+    /// the reflexive addresses learned behind the old ones are forgotten
+    /// too: they belonged to the old network. Returns whether it changed.
+    pub fn set_hosts(&mut self, hosts: Vec<SocketAddr>) -> bool {
+        let mut old = self.host.clone();
+        let mut new = hosts.clone();
+        old.sort_unstable();
+        new.sort_unstable();
+        new.dedup();
+        if old == new {
+            return false;
+        }
+        self.host.clear();
+        for h in hosts {
+            push_new(&mut self.host, h, usize::MAX);
+        }
+        self.srflx.clear();
+        self.prflx.clear();
+        true
+    }
+
     /// Where a STUN server sees us. Returns whether it was new (and kept).
     pub fn add_server_reflexive(&mut self, addr: SocketAddr) -> bool {
         !self.host.contains(&addr) && push_new(&mut self.srflx, addr, MAX_SRFLX)

@@ -81,6 +81,10 @@ pub struct MemberConfig {
     /// counts as not answering (nobody carries it). Expired and our own
     /// are skipped.
     pub rejoin: Vec<Invitation>,
+    /// Our own cards from before a restart ([`Member::own_cards`]): still
+    /// answered, since other members saved them. Expired ones and any not
+    /// signed by us are skipped.
+    pub own_cards: Vec<Invitation>,
     /// Overlay parameters.
     pub overlay: Config,
     /// Lifetime of our invitation (our contact card), seconds: 7 days.
@@ -106,6 +110,7 @@ impl Default for MemberConfig {
         Self {
             join: None,
             rejoin: Vec::new(),
+            own_cards: Vec::new(),
             overlay: Config { announce_views: 5_000, ..Config::default() },
             card_lifetime: 7 * 86_400,
             rsvp_required: false,
@@ -266,8 +271,29 @@ struct Dial {
     peer: PeerId,
     route: Vec<PeerId>,
     contact: bool,
+    /// A saved card (no person to carry our RSVP to its member).
+    saved: bool,
     relayed: bool,
     invitation: Invitation,
+}
+
+/// Whether an address is reached across the internet (not loopback, a
+/// private, shared, link-local or unique-local range).
+fn is_global(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || v4.is_unspecified())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            !(v6.is_loopback() || v6.is_unspecified() || s[0] & 0xffc0 == 0xfe80 || s[0] & 0xfe00 == 0xfc00)
+        }
+    }
 }
 
 /// How long a closing link may take to deliver its last frames.
@@ -294,15 +320,22 @@ pub struct Member {
     contact_saved: bool,
     /// Saved cards to try when the contact does not answer.
     fallbacks: VecDeque<Invitation>,
+    /// Saved cards still to try in this pass through them; and the passes
+    /// that found nobody in a row (each waits twice as long, up to 16×).
+    pass_left: usize,
+    passes: u32,
     /// When our card was minted (unix seconds, and in the engine's clock).
     card_minted: (u64, Instant),
     /// Whether we learned an address or our NAT since: mint a new card.
     card_stale: bool,
-    /// The token ids of the cards we still answer on, oldest first.
-    listening: VecDeque<crate::token::TokenId>,
+    /// The cards of ours we still answer on, oldest first.
+    listening: VecDeque<Invitation>,
     /// How far asking our neighbours where they see us has got: 0 not
     /// yet, 1 the first neighbour asked, 2 two neighbours asked at once.
     observed: u8,
+    /// Whether what we know of our addresses came from neighbours (then a
+    /// move asks them again, whatever the host classified before).
+    asked_neighbours: bool,
     links: BTreeMap<AttemptId, Link>,
     by_peer: BTreeMap<PeerId, AttemptId>,
     dialing: BTreeMap<AttemptId, Dial>,
@@ -344,10 +377,13 @@ impl Member {
             contact: None,
             contact_saved: false,
             fallbacks: VecDeque::new(),
+            pass_left: 0,
+            passes: 0,
             card_minted: (0, now),
             card_stale: false,
             listening: VecDeque::new(),
             observed: 0,
+            asked_neighbours: false,
             links: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             dialing: BTreeMap::new(),
@@ -418,19 +454,29 @@ impl Member {
     /// Starts: mints our card (with the candidates known now), listens on
     /// it and, if the config names one, joins through a contact.
     pub fn start(&mut self, host: &mut Host, now: Instant, unix_now: u64) -> Result<(), TokenError> {
+        let me = self.peer_id();
+        for old in std::mem::take(&mut self.cfg.own_cards) {
+            if old.inviter() == me && old.token().body.expires_at > unix_now && self.listening.len() < CARDS_ANSWERED {
+                host.listen(old.clone());
+                self.listening.push_back(old);
+            }
+        }
         let inv = self.mint_card(host, now, unix_now)?;
         self.overlay = Some(Overlay::new(card_of(&inv), self.cfg.overlay, self.seed, self.ms(now)));
         self.invitation = Some(inv);
-        let me = self.peer_id();
+        // Cards of networks that let no first contact in want an RSVP at
+        // once, which nobody carries for a saved card: they cannot serve.
         self.fallbacks = std::mem::take(&mut self.cfg.rejoin)
             .into_iter()
             .filter(|c| c.inviter() != me && c.token().body.expires_at > unix_now)
+            .filter(|c| c.token().body.connection_mode.initial != InitialMode::Bidirectional)
             .collect();
+        self.pass_left = self.fallbacks.len();
         if let Some(contact) = self.cfg.join.clone() {
-            self.join(host, contact, now);
+            self.join(host, contact, now, false);
         } else if let Some(card) = self.fallbacks.pop_front() {
-            self.join(host, card, now);
-            self.contact_saved = true;
+            self.pass_left -= 1;
+            self.join(host, card, now, true);
         }
         self.after(host, now, unix_now);
         Ok(())
@@ -455,10 +501,10 @@ impl Member {
         };
         let inv = self.minter.invitation(params, unix_now)?;
         host.listen(inv.clone());
-        self.listening.push_back(inv.token().body.token_id);
+        self.listening.push_back(inv.clone());
         while self.listening.len() > CARDS_ANSWERED {
             if let Some(old) = self.listening.pop_front() {
-                host.unlisten(old);
+                host.unlisten(old.token().body.token_id);
             }
         }
         self.card_minted = (unix_now, now);
@@ -472,15 +518,24 @@ impl Member {
     fn card_due(&self) -> Option<Instant> {
         self.overlay.as_ref()?;
         let (_, at) = self.card_minted;
-        let half = at.checked_add(Duration::from_secs(self.cfg.card_lifetime / 2))?;
+        let half = at.checked_add(self.card_half_life())?;
         Some(if self.card_stale { half.min(at + CARD_REFRESH_GAP) } else { half })
+    }
+
+    /// Half the card's lifetime, and at least [`CARD_REFRESH_GAP`] (a
+    /// one-second card must not be minted again on every input).
+    fn card_half_life(&self) -> Duration {
+        Duration::from_secs(self.cfg.card_lifetime / 2).max(CARD_REFRESH_GAP)
     }
 
     /// Replaces our card when it is due ([`Member::card_due`]): new members
     /// get the fresh one in joins and shuffles, and the old one stays
     /// answered until it expires or [`CARDS_ANSWERED`] newer ones exist.
     fn refresh_card(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
-        if self.leaving.is_some() || self.card_due().is_none_or(|t| now < t) {
+        // The engine's clock stops while a laptop sleeps; the unix clock,
+        // which cards expire by, does not.
+        let slept_past = unix_now >= self.card_minted.0.saturating_add(self.card_half_life().as_secs());
+        if self.leaving.is_some() || (self.card_due().is_none_or(|t| now < t) && !slept_past) {
             return;
         }
         match self.mint_card(host, now, unix_now) {
@@ -502,13 +557,17 @@ impl Member {
     /// neighbours at distinct addresses asked at once also classify our
     /// NAT's mapping, as two STUN servers would.
     fn observe(&mut self, host: &mut Host, now: Instant) {
-        if self.observed >= 2 || host.nat().is_some() {
+        if self.observed >= 2 || (host.nat().is_some() && !self.asked_neighbours) {
             return;
         }
+        // Two answers classify our mapping only if they come from the same
+        // side of our NAT: a neighbour on our LAN sees our host address, a
+        // public one our mapping, and the two would look symmetric.
         let mut remotes: Vec<std::net::SocketAddr> = Vec::new();
         for &id in self.by_peer.values() {
             if let Some(r) = host.session(id).map(|s| s.remote)
                 && !remotes.iter().any(|x| x.ip() == r.ip())
+                && remotes.first().is_none_or(|f| f.is_ipv4() == r.is_ipv4() && is_global(f.ip()) == is_global(r.ip()))
             {
                 remotes.push(r);
             }
@@ -517,14 +576,41 @@ impl Member {
             (0, [first]) => {
                 host.query_stun(*first, now);
                 self.observed = 1;
+                self.asked_neighbours = true;
             }
             (_, [first, second, ..]) => {
                 host.query_stun(*first, now);
                 host.query_stun(*second, now);
                 self.observed = 2;
+                self.asked_neighbours = true;
             }
             _ => {}
         }
+    }
+
+    /// Our interface addresses changed (the driver watches them): the
+    /// public address and NAT we knew belong to the old network, so we ask
+    /// our neighbours again (or the driver its STUN servers) and mint a
+    /// card with the new addresses. Sessions on a vanished address fail
+    /// their consent checks; the overlay replaces those links, and a member
+    /// left alone rejoins through its contact or saved cards. Returns
+    /// whether anything changed.
+    pub fn set_host_addresses(&mut self, host: &mut Host, hosts: Vec<std::net::SocketAddr>, now: Instant) -> bool {
+        if !self.minter.candidates_mut().set_hosts(hosts) {
+            return false;
+        }
+        self.card_stale = true;
+        self.observed = 0;
+        self.observe(host, now);
+        true
+    }
+
+    /// Our cards still answered and valid at `unix_now`, the newest last:
+    /// what a member saves so that, restarted on the same address and
+    /// port, the cards others saved of it work again
+    /// ([`MemberConfig::own_cards`]).
+    pub fn own_cards(&self, unix_now: u64) -> Vec<Invitation> {
+        self.listening.iter().filter(|c| c.token().body.expires_at > unix_now).cloned().collect()
     }
 
     /// The cards we hold and could rejoin through: our neighbours', then
@@ -535,32 +621,36 @@ impl Member {
         let me = self.peer_id();
         let mut seen = std::collections::BTreeSet::new();
         let overlay = self.overlay.iter().flat_map(|o| o.cards()).filter_map(|c| check_card(c, unix_now).ok());
+        // Before we are in, the saved cards not yet tried are still ours to
+        // keep (a restart while offline must not forget them).
+        let saved = self.contact.iter().chain(&self.fallbacks);
         overlay
-            .chain(self.contact.iter().filter(|c| c.token().body.expires_at > unix_now).cloned())
+            .chain(saved.filter(|c| c.token().body.expires_at > unix_now).cloned())
             .filter(|c| c.inviter() != me && seen.insert(c.inviter()))
             .collect()
     }
 
-    fn join(&mut self, host: &mut Host, contact: Invitation, now: Instant) {
+    fn join(&mut self, host: &mut Host, contact: Invitation, now: Instant, saved: bool) {
         self.contact = Some(contact.clone());
-        self.contact_saved = false;
+        self.contact_saved = saved;
         let _ = self.dial(host, contact, Vec::new(), true, now);
     }
 
     /// The contact did not answer: try the next saved card still valid
-    /// (the failed one goes to the back of the line).
+    /// (the failed one goes to the back of the line), once each per pass.
+    /// After a pass (or with no other card) the contact stays, and
+    /// [`Member::rejoin_if_alone`] starts the next pass after a wait.
     fn next_contact(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
-        if self.leaving.is_some() {
+        if self.leaving.is_some() || self.pass_left == 0 {
             return;
         }
         self.fallbacks.retain(|c| c.token().body.expires_at > unix_now);
-        // No other card: the contact stays (rejoining when alone retries it).
         let Some(card) = self.fallbacks.pop_front() else { return };
+        self.pass_left = self.pass_left.saturating_sub(1).min(self.fallbacks.len());
         if let Some(failed) = self.contact.take() {
             self.fallbacks.push_back(failed);
         }
-        self.join(host, card, now);
-        self.contact_saved = true;
+        self.join(host, card, now, true);
     }
 
     fn dial(
@@ -576,7 +666,8 @@ impl Member {
         // would spend up to 2,000 probes inside the overlay's connect
         // timeout, and the overlay can pick another peer instead.
         let attempt = host.join_probing(&invitation, now, contact && host.endpoint().config().probing);
-        self.dialing.insert(attempt, Dial { peer, route, contact, relayed: false, invitation });
+        let saved = contact && self.contact_saved;
+        self.dialing.insert(attempt, Dial { peer, route, contact, saved, relayed: false, invitation });
         attempt
     }
 
@@ -610,7 +701,7 @@ impl Member {
                 if self.overlay.is_none() {
                     self.cfg.join = Some(*inv);
                 } else {
-                    self.join(host, *inv, now);
+                    self.join(host, *inv, now, false);
                 }
                 Ok(())
             }
@@ -722,7 +813,7 @@ impl Member {
     /// it went with the dial already).
     fn rsvp_needed(&mut self, host: &mut Host, attempt: AttemptId, now: Instant, unix_now: u64) {
         let Some(d) = self.dialing.get(&attempt) else { return };
-        if d.contact && self.contact_saved {
+        if d.saved {
             // A saved card's member wants to hear from us first, and no
             // person carries our RSVP: try the next card.
             self.dial_failed(host, attempt, ConnectFailure::NoRoute, now, unix_now);
@@ -817,14 +908,17 @@ impl Member {
         let dialing_contact = self.dialing.values().any(|d| d.contact);
         let rejoin = self
             .alone_since
-            .filter(|_| !dialing_contact && self.joined_once)
+            .filter(|_| !dialing_contact && (self.joined_once || self.contact_saved))
             .and_then(|t| Some(t + self.rejoin_wait()?));
         let card = self.card_due().filter(|_| self.leaving.is_none());
         [overlay, closing, leaving, rejoin, card].into_iter().flatten().min()
     }
 
+    /// Four rounds; for a member going through saved cards, twice as long
+    /// after each pass that found nobody, up to 64 rounds.
     fn rejoin_wait(&self) -> Option<Duration> {
-        self.overlay.as_ref().map(|o| Duration::from_millis(4 * o.config().round))
+        let backoff = if self.contact_saved { 1 << self.passes.min(4) } else { 1 };
+        self.overlay.as_ref().map(|o| Duration::from_millis(4 * backoff * o.config().round))
     }
 
     /// Does what the overlay asked, moves queued frames and closes links
@@ -966,7 +1060,11 @@ impl Member {
     /// joined, after four rounds alone, and then every four rounds.
     fn rejoin_if_alone(&mut self, host: &mut Host, now: Instant) {
         let (Some(o), Some(contact), Some(wait)) = (&self.overlay, &self.contact, self.rejoin_wait()) else { return };
-        if !self.joined_once || self.leaving.is_some() || o.active().next().is_some() || o.pending() > 0 {
+        let in_network = o.active().next().is_some();
+        if in_network {
+            self.passes = 0;
+        }
+        if !(self.joined_once || self.contact_saved) || self.leaving.is_some() || in_network || o.pending() > 0 {
             self.alone_since = None;
             return;
         }
@@ -975,6 +1073,11 @@ impl Member {
         if now.saturating_duration_since(since) >= wait && !dialing_contact {
             self.alone_since = Some(now);
             let contact = contact.clone();
+            if self.contact_saved {
+                // A new pass through the saved cards, starting with this one.
+                self.passes += 1;
+                self.pass_left = self.fallbacks.len();
+            }
             let _ = self.dial(host, contact, Vec::new(), true, now);
         }
     }

@@ -32,6 +32,9 @@ struct Saved {
     peer_id: String,
     saved_at: u64,
     cards: Vec<String>,
+    /// Our own cards still answered (absent in files from before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    own: Vec<String>,
 }
 
 /// What a saved membership held.
@@ -44,15 +47,23 @@ pub struct Loaded {
     pub dropped: usize,
     /// When it was written (unix seconds).
     pub saved_at: u64,
+    /// Our own cards, valid and signed by us.
+    pub own: Vec<Invitation>,
 }
 
-/// `peer`'s membership: the first [`MAX_CARDS`] of `cards`, as pretty JSON.
-pub fn encode(peer: PeerId, cards: &[Invitation], unix_now: u64) -> String {
+/// Most of our own cards kept.
+pub const MAX_OWN: usize = 8;
+
+/// `peer`'s membership: the first [`MAX_CARDS`] of `cards` and the last
+/// [`MAX_OWN`] of `own`, as pretty JSON.
+pub fn encode(peer: PeerId, cards: &[Invitation], own: &[Invitation], unix_now: u64) -> String {
+    let text = |c: &Invitation| c.token().encode_compact();
     let saved = Saved {
         version: VERSION,
         peer_id: peer.to_string(),
         saved_at: unix_now,
-        cards: cards.iter().take(MAX_CARDS).map(|c| c.token().encode_compact()).collect(),
+        cards: cards.iter().take(MAX_CARDS).map(text).collect(),
+        own: own[own.len().saturating_sub(MAX_OWN)..].iter().map(text).collect(),
     };
     serde_json::to_string_pretty(&saved).expect("plain data serializes")
 }
@@ -78,7 +89,14 @@ pub fn decode(text: &str, peer: PeerId, unix_now: u64) -> Result<Loaded, String>
         .filter_map(|t| Invitation::parse(t, unix_now).ok())
         .filter(|c| c.inviter() != peer)
         .collect();
-    Ok(Loaded { dropped: total - cards.len(), cards, saved_at: saved.saved_at })
+    let own = saved
+        .own
+        .iter()
+        .take(MAX_OWN)
+        .filter_map(|t| Invitation::parse(t, unix_now).ok())
+        .filter(|c| c.inviter() == peer)
+        .collect();
+    Ok(Loaded { dropped: total - cards.len(), cards, saved_at: saved.saved_at, own })
 }
 
 /// A peer id from a file, cut short and stripped of anything but the
@@ -94,7 +112,7 @@ mod tests {
 
     /// The fuzz target's seed: two valid cards and an expired one, for the
     /// identity of seed [7; 32], at the token vectors' `now`.
-    const SEED: &str = include_str!("../../fuzz/corpus/saved_membership/seed-three-cards.json");
+    const SEED: &str = include_str!("../../tests/vectors/saved-membership.json");
 
     #[test]
     fn the_seed_reads_two_cards_and_drops_the_expired_one() {

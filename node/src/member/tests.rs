@@ -347,3 +347,81 @@ fn members_learn_their_nat_from_neighbours_and_refresh_their_card() {
     assert!(net.peers[d].events.iter().any(|e| matches!(e, MemberEvent::Joined(p) if *p == net.id(c))));
     let _ = b;
 }
+
+/// A member whose machine moves to another address (the driver notices
+/// its interface addresses changed): its old session dies, it rejoins
+/// through its contact from the new address, and mints a card that
+/// carries the new address instead of the old.
+#[test]
+fn a_member_that_moves_to_another_address_comes_back_with_a_new_card() {
+    let mut net = Net::new();
+    let a = net.add(false, None);
+    let card = net.card(a);
+    let b = net.add(false, Some(card));
+    net.run_for(Duration::from_secs(5));
+    assert!(net.active(a).contains(&net.id(b)));
+    let old = net.peers[b].addr;
+    let moved = SocketAddr::from(([198, 18, 7, 1], 4433));
+    net.peers[b].addr = moved;
+    let now = net.now;
+    let p = &mut net.peers[b].m;
+    assert!(p.member.set_host_addresses(&mut p.host, vec![moved], now), "the addresses changed");
+    assert!(!p.member.set_host_addresses(&mut p.host, vec![moved], now), "and not twice");
+    net.flush(b);
+    net.run_for(Duration::from_secs(40));
+    assert!(net.active(a).contains(&net.id(b)), "a links to b again: {:?}", net.active(a));
+    assert!(net.active(b).contains(&net.id(a)));
+    let addrs: Vec<SocketAddr> =
+        net.card(b).token().body.connection_info.ice_candidates.iter().map(|c| c.address).collect();
+    assert!(addrs.contains(&moved) && !addrs.contains(&old), "b's card: {addrs:?}");
+    // a talks to b at its new address.
+    let a_host = &net.peers[a].m.host;
+    let remotes: Vec<SocketAddr> = a_host.sessions().filter_map(|s| a_host.session(s)).map(|s| s.remote).collect();
+    assert!(remotes.contains(&moved), "{remotes:?}");
+}
+
+/// A card of a member nobody answers for, valid for a day.
+fn dead_card(net: &Net, seed: u64, last: u8, initial: crate::token::InitialMode) -> (PeerId, Invitation) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let gone = Identity::generate(&mut rng);
+    let params = crate::token::InvitationParams {
+        candidates: crate::token::Candidate::list([(
+            crate::token::CandidateKind::Host,
+            SocketAddr::from(([198, 18, 9, last], 4433)),
+        )]),
+        mode: crate::token::ConnectionMode { initial, rsvp_supported: true, rsvp_timeout_seconds: 5, reusable: true },
+        ..crate::token::InvitationParams::default()
+    };
+    let t = Token::new_invitation(&gone, params, net.unix(), &mut rng);
+    (gone.peer_id(), Invitation::from_token(t, net.unix()).expect("valid card"))
+}
+
+/// Saved cards nobody answers: the member goes through them once per
+/// pass, waits longer after each pass, and keeps trying (also with a
+/// single card). Cards that want an RSVP at once are never dialed.
+#[test]
+fn saved_cards_that_never_answer_are_retried_in_paced_passes() {
+    use crate::token::InitialMode::{Bidirectional, Unidirectional};
+    let mut net = Net::new();
+    let (p1, c1) = dead_card(&net, 21, 1, Unidirectional);
+    let (p2, c2) = dead_card(&net, 22, 2, Unidirectional);
+    let (p3, c3) = dead_card(&net, 23, 3, Bidirectional);
+    let n = net.add_member(false, MemberConfig { rejoin: vec![c1, c2, c3], ..MemberConfig::default() });
+    let (_, single) = dead_card(&net, 24, 4, Unidirectional);
+    let m = net.add_member(false, MemberConfig { rejoin: vec![single], ..MemberConfig::default() });
+    net.run_for(Duration::from_secs(120));
+    let failed = |i: usize, p: Option<PeerId>| {
+        net.peers[i]
+            .events
+            .iter()
+            .filter(|e| matches!(e, MemberEvent::ConnectFailed(q, _) if p.is_none_or(|p| p == *q)))
+            .count()
+    };
+    // Back to back, two cards failing every 5 s would make 48 failures in
+    // 120 s; passes of two, 8, 16, 32 s apart, make about 10.
+    let (f1, f2) = (failed(n, Some(p1)), failed(n, Some(p2)));
+    assert!(f1 >= 3 && f2 >= 3 && f1 + f2 <= 14, "{f1} + {f2} failures");
+    assert_eq!(failed(n, Some(p3)), 0, "a card wanting an RSVP at once was dialed");
+    assert!(failed(m, None) >= 3, "a single saved card is retried");
+    assert!(net.peers[n].m.member.cards(net.unix()).len() == 2, "untried cards are kept for saving");
+}

@@ -19,8 +19,11 @@ use super::node::{App, NodeCtx};
 use super::state::StateFile;
 use super::unix_now;
 
-/// How often at most the saved membership is rewritten (when it changed).
+/// How often at most the saved membership is rewritten when our
+/// neighbours or our own cards changed; when only the passive view did
+/// (it shuffles every round), [`SAVE_PASSIVE_EVERY`].
 const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const SAVE_PASSIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A member's state as others may read it (for demos and status).
 #[derive(Debug, Clone, Default)]
@@ -50,8 +53,10 @@ pub struct Member {
 /// Where and what we last saved.
 struct Saving {
     file: StateFile,
-    /// The cards written last (compact text), and when.
+    /// The cards written last (compact text, sorted), and when.
     cards: Vec<String>,
+    /// The neighbours and our own cards' token ids then.
+    key: Vec<String>,
     at: Option<Instant>,
     saved_at_unix: Option<u64>,
     /// Whether the last write failed (warned once per failure streak).
@@ -85,27 +90,39 @@ impl Member {
     /// 5 s, when they changed, and when we stop), so that a restart finds
     /// the network again ([`MemberConfig::rejoin`]).
     pub fn with_state(mut self, file: StateFile) -> Self {
-        self.state = Some(Saving { file, cards: Vec::new(), at: None, saved_at_unix: None, failing: false });
+        self.state =
+            Some(Saving { file, cards: Vec::new(), key: Vec::new(), at: None, saved_at_unix: None, failing: false });
         self
     }
 
     /// Writes the state file if the cards changed and the last write is
-    /// old enough (or `now_or_never`).
+    /// old enough (or `now_or_never`): 5 s when our neighbours or our own
+    /// cards changed, 60 s when only the passive view did.
     fn save_state(&mut self, now: Instant, unix: u64, now_or_never: bool) {
         let (Some(s), Some(e)) = (self.state.as_mut(), self.engine.as_ref()) else { return };
-        if !now_or_never && s.at.is_some_and(|t| now.saturating_duration_since(t) < SAVE_EVERY) {
+        let since = s.at.map(|t| now.saturating_duration_since(t));
+        if !now_or_never && since.is_some_and(|d| d < SAVE_EVERY) {
             return;
         }
         let cards = e.cards(unix);
-        let text: Vec<String> = cards.iter().map(|c| c.token().encode_compact()).collect();
+        let own = e.own_cards(unix);
+        let mut text: Vec<String> = cards.iter().map(|c| c.token().encode_compact()).collect();
+        text.sort_unstable();
         // Nothing learned yet (or everything forgotten): keep what we had.
         if text == s.cards || text.is_empty() {
             return;
         }
+        let mut key: Vec<String> = e.overlay().map(|o| o.active().map(|p| p.to_string()).collect()).unwrap_or_default();
+        key.sort_unstable();
+        key.extend(own.iter().map(|c| c.token().encode_compact()));
+        if !now_or_never && key == s.key && since.is_some_and(|d| d < SAVE_PASSIVE_EVERY) {
+            return;
+        }
         s.at = Some(now);
-        match s.file.save(&cards, unix) {
+        match s.file.save(&cards, &own, unix) {
             Ok(()) => {
                 s.cards = text;
+                s.key = key;
                 s.saved_at_unix = Some(unix);
                 s.failing = false;
             }
@@ -261,6 +278,13 @@ impl App for Member {
 
     fn status(&self) -> Option<Value> {
         Some(Member::status(self))
+    }
+
+    fn on_addresses(&mut self, ctx: &mut NodeCtx<'_>, hosts: &[std::net::SocketAddr]) {
+        if let Some(e) = self.engine.as_mut() {
+            e.set_host_addresses(ctx.host, hosts.to_vec(), ctx.now);
+        }
+        self.drain();
     }
 
     fn control(&mut self, req: &super::control::Request) -> Option<Value> {

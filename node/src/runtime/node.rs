@@ -136,6 +136,9 @@ pub trait App {
     fn control(&mut self, _req: &control::Request) -> Option<Value> {
         None
     }
+    /// The machine's interface addresses changed; `hosts` are our host
+    /// candidates now (the node's own minter has them already).
+    fn on_addresses(&mut self, _ctx: &mut NodeCtx<'_>, _hosts: &[SocketAddr]) {}
 }
 
 /// A UDP socket with its offload state (GSO/GRO where the kernel has them).
@@ -284,7 +287,15 @@ pub struct Node {
     portmap: Option<PortMapper>,
     /// What it last said, for status.
     mapping: MappingState,
+    /// Our host candidates as last gathered, and the STUN servers to ask
+    /// again when they change.
+    hosts: Vec<SocketAddr>,
+    stun: Vec<SocketAddr>,
 }
+
+/// How often the interface addresses are read again (a netlink dump;
+/// cheap), so that a laptop that changed networks notices within seconds.
+const ADDRESS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a node waits for its router's port mapping before it calls
 /// itself ready: the first token should carry the mapped address, but a
@@ -392,8 +403,8 @@ impl Node {
         let mut mint_seed = seed;
         mint_seed[0] ^= 0x3c;
         let mut minter = Minter::new(identity.clone(), mint_seed);
-        for a in addrs {
-            minter.candidates_mut().add_host(a);
+        for a in &addrs {
+            minter.candidates_mut().add_host(*a);
         }
         let candidates = minter.candidates().select();
         let usable: Vec<SocketAddr> =
@@ -431,7 +442,45 @@ impl Node {
             io: telemetry::Io::default(),
             portmap,
             mapping,
+            hosts: addrs,
+            stun: usable,
         })
+    }
+
+    /// Our host candidates now, from the bound sockets' addresses.
+    fn gather_hosts(&self) -> Vec<SocketAddr> {
+        [self.v4.as_ref(), self.v6.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.io.local_addr().ok())
+            .flat_map(host_addresses)
+            .collect()
+    }
+
+    /// Reads the interface addresses again; when they changed, tells the
+    /// host (NAT classification), the minter and the app, and asks the
+    /// STUN servers again.
+    fn check_addresses<A: App>(&mut self, app: &mut A, now: Instant, ready: bool) {
+        let hosts = self.gather_hosts();
+        let (mut old, mut new) = (self.hosts.clone(), hosts.clone());
+        old.sort_unstable();
+        new.sort_unstable();
+        if old == new {
+            return;
+        }
+        tracing::info!("interface addresses changed: {:?} -> {:?}", self.hosts, hosts);
+        let port = hosts.first().map(SocketAddr::port);
+        let ips: Vec<IpAddr> = hosts.iter().map(SocketAddr::ip).collect();
+        self.host.set_local_addresses(port, &ips);
+        self.minter.candidates_mut().set_hosts(hosts.clone());
+        self.candidates = self.minter.candidates().select();
+        for s in self.stun.clone() {
+            self.host.query_stun(s, now);
+        }
+        self.hosts = hosts.clone();
+        if ready {
+            app.on_addresses(&mut self.ctx(now), &hosts);
+        }
     }
 
     /// What an app sees of the node at `now`.
@@ -666,6 +715,9 @@ impl Node {
         let mut ready = false;
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut addresses = tokio::time::interval(ADDRESS_CHECK);
+        addresses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        addresses.reset();
         loop {
             let now = Instant::now();
             pending_tx = self.flush(now, pending_tx);
@@ -747,6 +799,7 @@ impl Node {
                     self.on_control(app, Instant::now(), req, reply);
                 }
                 _ = tick.tick(), if self.metrics => telemetry::sample(&self.host, &self.io),
+                _ = addresses.tick() => self.check_addresses(app, Instant::now(), ready),
                 _ = app.wake() => {}
             }
             if pending_tx.as_ref().is_some_and(|b| self.socket_for(b.dest).is_none()) {

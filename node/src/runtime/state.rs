@@ -77,8 +77,8 @@ impl StateFile {
 
     /// Replaces the file with `cards` (the first [`MAX_CARDS`]), creating
     /// the directory (mode 0700) if needed.
-    pub fn save(&self, cards: &[Invitation], unix_now: u64) -> Result<(), StateError> {
-        let text = crate::member::saved::encode(self.peer, cards, unix_now);
+    pub fn save(&self, cards: &[Invitation], own: &[Invitation], unix_now: u64) -> Result<(), StateError> {
+        let text = crate::member::saved::encode(self.peer, cards, own, unix_now);
         self.replace(text.as_bytes()).map_err(|source| StateError::Io { path: self.path.clone(), source })
     }
 
@@ -142,7 +142,7 @@ mod tests {
         let file = StateFile::new(&dir.join("sub"), me.peer_id());
         assert!(file.load(1_000).expect("no file is fine").is_none());
         let cards = [card(&a, 3_600, &mut rng), card(&b, 60, &mut rng), card(&me, 3_600, &mut rng)];
-        file.save(&cards, 1_010).expect("saves");
+        file.save(&cards, &cards[2..], 1_010).expect("saves");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -153,8 +153,10 @@ mod tests {
         let loaded = file.load(1_100).expect("loads").expect("saved");
         assert_eq!(loaded.cards.iter().map(Invitation::inviter).collect::<Vec<_>>(), vec![a.peer_id()]);
         assert_eq!((loaded.dropped, loaded.saved_at), (2, 1_010));
+        // Our own card comes back as ours, to be answered again.
+        assert_eq!(loaded.own.iter().map(Invitation::inviter).collect::<Vec<_>>(), vec![me.peer_id()]);
         // Saving again replaces the file and leaves no temporary behind.
-        file.save(&cards[..1], 1_020).expect("saves");
+        file.save(&cards[..1], &[], 1_020).expect("saves");
         assert_eq!(fs::read_dir(dir.join("sub")).expect("dir").count(), 1);
         fs::remove_dir_all(dir).expect("cleanup");
     }
@@ -169,7 +171,7 @@ mod tests {
         fs::write(file.path(), "{ not json").expect("write");
         assert!(matches!(file.load(1_000), Err(StateError::Corrupt { .. })));
         // Another identity's file copied over ours.
-        StateFile::new(&dir, other.peer_id()).save(&[], 1_000).expect("saves");
+        StateFile::new(&dir, other.peer_id()).save(&[], &[], 1_000).expect("saves");
         fs::rename(dir.join(format!("{}.json", other.peer_id())), file.path()).expect("rename");
         let e = file.load(1_000).expect_err("foreign").to_string();
         assert!(e.contains("belongs to"), "{e}");

@@ -9,7 +9,7 @@ use convoke_node::identity::PeerId;
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent};
 use convoke_node::runtime::node::Node;
-use convoke_node::runtime::state::StateFile;
+use convoke_node::runtime::state::{Loaded, StateFile};
 use convoke_node::runtime::{telemetry, unix_now};
 use convoke_node::token::Invitation;
 use serde_json::{Value, json};
@@ -78,22 +78,37 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     let join = match &a.join {
         Some(t) => {
             let text = read_token_arg(t)?;
-            Some(Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}"))?)
+            Some(Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}")))
         }
         None => None,
     };
     let (identity, _) = ctx.identity()?;
+    let quiet = ctx.quiet || ctx.json;
     let state = if a.no_state {
         None
     } else {
         let dir = a.state.clone().or_else(|| ctx.file.as_ref().and_then(|f| f.state.clone()));
-        let dir =
-            dir.or_else(StateFile::default_dir).ok_or("no data directory on this system; give one with --state")?;
-        Some(StateFile::new(&dir, identity.peer_id()))
+        match dir.or_else(StateFile::default_dir) {
+            Some(dir) => Some(StateFile::new(&dir, identity.peer_id())),
+            None => {
+                eprintln!("convoke: no data directory on this system: the membership is not saved (give --state DIR)");
+                None
+            }
+        }
     };
-    let rejoin = match &state {
-        Some(s) => saved_cards(s, join.is_some(), ctx.quiet || ctx.json),
-        None => Vec::new(),
+    let saved = match &state {
+        Some(s) => saved_cards(s, join.is_some(), quiet),
+        None => Loaded::default(),
+    };
+    // A service keeps its CONVOKE_JOIN for ever: once that invitation has
+    // expired, the saved cards carry on (without any, it is an error).
+    let join = match join {
+        Some(Err(e)) if !saved.cards.is_empty() => {
+            eprintln!("convoke: {e}; rejoining through the saved cards instead");
+            None
+        }
+        Some(r) => Some(r?),
+        None => None,
     };
     let mut config = node_config(ctx, &a.node)?;
     let metrics = a.node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
@@ -101,7 +116,8 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     let round = a.round_ms;
     let mut mc = MemberConfig {
         join,
-        rejoin,
+        rejoin: saved.cards,
+        own_cards: saved.own,
         card_lifetime: a.card_lifetime,
         rsvp_required: a.rsvp_required,
         ..Default::default()
@@ -257,14 +273,14 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
 /// The still-valid cards a previous run saved, saying on standard error
 /// what was found (unless `quiet`): a member that had a network and has no
 /// valid card left is told to ask for an invitation.
-fn saved_cards(state: &StateFile, joining: bool, quiet: bool) -> Vec<Invitation> {
+fn saved_cards(state: &StateFile, joining: bool, quiet: bool) -> Loaded {
     let say = |s: String| {
         if !quiet {
             eprintln!("convoke: {s}");
         }
     };
     match state.load(unix_now()) {
-        Ok(None) => Vec::new(),
+        Ok(None) => Loaded::default(),
         Ok(Some(l)) if l.cards.is_empty() => {
             if !joining {
                 say(format!(
@@ -275,21 +291,21 @@ fn saved_cards(state: &StateFile, joining: bool, quiet: bool) -> Vec<Invitation>
                     state.path().display()
                 ));
             }
-            Vec::new()
+            l
         }
         Ok(Some(l)) => {
             let also = if joining { " if the invitation's member does not answer" } else { "" };
             say(format!(
-                "rejoining through {} saved card(s){also} ({}; {} dropped as expired)",
+                "rejoining through {} saved card(s){also} ({}; {} dropped: expired, ours, or unusable)",
                 l.cards.len(),
                 state.path().display(),
                 l.dropped
             ));
-            l.cards
+            l
         }
         Err(e) => {
             say(format!("ignoring the saved membership: {e}"));
-            Vec::new()
+            Loaded::default()
         }
     }
 }
