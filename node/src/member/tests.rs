@@ -289,28 +289,12 @@ fn a_restarted_member_joins_through_the_next_saved_card_when_one_is_dead() {
     assert!(net.peers[b].m.member.cards(net.unix() + 8 * 86_400).is_empty(), "expired cards are not saved");
 
     // A card of a member that is gone: nobody listens at its address.
-    let mut rng = ChaCha20Rng::seed_from_u64(11);
-    let gone = Identity::generate(&mut rng);
-    let params = crate::token::InvitationParams {
-        candidates: crate::token::Candidate::list([(
-            crate::token::CandidateKind::Host,
-            SocketAddr::from(([198, 18, 0, 200], 4433)),
-        )]),
-        mode: crate::token::ConnectionMode {
-            rsvp_supported: true,
-            rsvp_timeout_seconds: 5,
-            reusable: true,
-            ..crate::token::ConnectionMode::default()
-        },
-        ..crate::token::InvitationParams::default()
-    };
-    let dead = Invitation::from_token(Token::new_invitation(&gone, params, net.unix(), &mut rng), net.unix())
-        .expect("valid card");
+    let (gone, dead) = dead_card(&net, 11, 200, crate::token::InitialMode::Unidirectional);
     let cfg = MemberConfig { rejoin: vec![dead, saved[0].clone()], ..MemberConfig::default() };
     let n = net.add_member(false, cfg);
     net.run_for(Duration::from_secs(20));
     let events = &net.peers[n].events;
-    let failed = events.iter().position(|e| matches!(e, MemberEvent::ConnectFailed(p, _) if *p == gone.peer_id()));
+    let failed = events.iter().position(|e| matches!(e, MemberEvent::ConnectFailed(p, _) if *p == gone));
     let joined = events.iter().position(|e| matches!(e, MemberEvent::Joined(_)));
     assert!(failed.is_some_and(|f| joined.is_some_and(|j| f < j)), "{events:?}");
     assert!(!events.iter().any(|e| matches!(e, MemberEvent::RsvpForContact(_))), "no RSVP for a person to carry");
