@@ -287,9 +287,7 @@ pub struct Node {
     portmap: Option<PortMapper>,
     /// What it last said, for status.
     mapping: MappingState,
-    /// Our host candidates as last gathered, and the STUN servers to ask
-    /// again when they change.
-    hosts: Vec<SocketAddr>,
+    /// The STUN servers to ask again when our host addresses change.
     stun: Vec<SocketAddr>,
 }
 
@@ -403,8 +401,8 @@ impl Node {
         let mut mint_seed = seed;
         mint_seed[0] ^= 0x3c;
         let mut minter = Minter::new(identity.clone(), mint_seed);
-        for a in &addrs {
-            minter.candidates_mut().add_host(*a);
+        for a in addrs {
+            minter.candidates_mut().add_host(a);
         }
         let candidates = minter.candidates().select();
         let usable: Vec<SocketAddr> =
@@ -442,7 +440,6 @@ impl Node {
             io: telemetry::Io::default(),
             portmap,
             mapping,
-            hosts: addrs,
             stun: usable,
         })
     }
@@ -461,23 +458,20 @@ impl Node {
     /// host (NAT classification), the minter and the app, and asks the
     /// STUN servers again.
     fn check_addresses<A: App>(&mut self, app: &mut A, now: Instant, ready: bool) {
+        // The minter holds the host addresses last gathered, and says
+        // whether the new set differs.
         let hosts = self.gather_hosts();
-        let (mut old, mut new) = (self.hosts.clone(), hosts.clone());
-        old.sort_unstable();
-        new.sort_unstable();
-        if old == new {
+        if !self.minter.candidates_mut().set_hosts(hosts.clone()) {
             return;
         }
-        tracing::info!("interface addresses changed: {:?} -> {:?}", self.hosts, hosts);
+        tracing::info!("interface addresses changed: now {hosts:?}");
         let port = hosts.first().map(SocketAddr::port);
         let ips: Vec<IpAddr> = hosts.iter().map(SocketAddr::ip).collect();
         self.host.set_local_addresses(port, &ips);
-        self.minter.candidates_mut().set_hosts(hosts.clone());
         self.candidates = self.minter.candidates().select();
         for s in self.stun.clone() {
             self.host.query_stun(s, now);
         }
-        self.hosts = hosts.clone();
         if ready {
             app.on_addresses(&mut self.ctx(now), &hosts);
         }
