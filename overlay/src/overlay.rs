@@ -333,6 +333,13 @@ pub struct Overlay<P: PeerKey> {
     /// When the last `STREAM` links were forced on us, latest first (see
     /// `evict`).
     forced_at: [Option<Millis>; STREAM],
+    /// Neighbours whose links we expect to lose through no fault of theirs
+    /// (our address changed): their cards go back to the passive view when
+    /// the links go.
+    keep_on_loss: Vec<P>,
+    /// Passive peers we could not reach for want of an introducer, and
+    /// until when `fill` leaves them be.
+    held: BTreeMap<P, Millis>,
     plum: Plumtree<P>,
     limiter: Limiter<P>,
     out: VecDeque<Output<P>>,
@@ -354,6 +361,8 @@ impl<P: PeerKey> Overlay<P> {
             active: Vec::new(),
             passive: Vec::new(),
             pending: Vec::new(),
+            keep_on_loss: Vec::new(),
+            held: BTreeMap::new(),
             next_shuffle: first_shuffle,
             next_view: (cfg.announce_views > 0).then_some(now),
             views: BTreeMap::new(),
@@ -614,14 +623,40 @@ impl<P: PeerKey> Overlay<P> {
         self.fill(now);
     }
 
+    /// A link we asked for could not be made because the peer wanted to
+    /// hear from us first and no neighbour could carry our RSVP to it
+    /// (we have none, or none linked to it). That says nothing about the
+    /// peer: its card stays in the passive view, left alone for four
+    /// rounds, and another peer is tried.
+    pub fn link_unroutable(&mut self, peer: P, now: Millis) {
+        if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
+            self.pending.swap_remove(i);
+            self.stats.connect_failures += 1;
+        }
+        if self.passive.iter().any(|p| p.card.peer == peer) {
+            // Bounded by the passive view: `fill` forgets expired holds.
+            self.held.insert(peer, now + 4 * self.cfg.round);
+        }
+        self.fill(now);
+    }
+
+    /// Our own address changed (the machine moved to another network):
+    /// the links we have now will fail, through no fault of the
+    /// neighbours, so their cards go back to the passive view when they
+    /// do, to be dialed again from where we are now.
+    pub fn addresses_changed(&mut self) {
+        self.keep_on_loss = self.active.iter().map(|a| a.card.peer).collect();
+    }
+
     /// The transport lost the link to `peer` (it went away or timed out).
     pub fn link_down(&mut self, peer: P, now: Millis) {
         self.lingering.retain(|(p, _)| *p != peer);
         if self.pending.iter().any(|p| p.card.peer == peer) {
             self.link_failed(peer, now);
         }
+        let ours = self.keep_on_loss.iter().position(|p| *p == peer).map(|i| self.keep_on_loss.swap_remove(i));
         if self.is_active(peer) {
-            self.remove_active(peer, DownReason::LinkLost, false, now);
+            self.remove_active(peer, DownReason::LinkLost, ours.is_some(), now);
         }
     }
 
@@ -1022,6 +1057,7 @@ impl<P: PeerKey> Overlay<P> {
     fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
+        self.keep_on_loss.retain(|p| *p != peer);
         self.nbr_views.remove(&peer);
         self.shuffled_from.remove(&peer);
         self.plum.neighbor_down(peer);
@@ -1090,9 +1126,11 @@ impl<P: PeerKey> Overlay<P> {
         if !self.active.is_empty() && now < self.fill_after {
             return;
         }
+        self.held.retain(|_, until| *until > now);
         while self.active.len() + self.pending.len() < self.cfg.active {
             let free: Vec<usize> = (0..self.passive.len())
                 .filter(|&i| !self.pending.iter().any(|p| p.card.peer == self.passive[i].card.peer))
+                .filter(|&i| !self.held.contains_key(&self.passive[i].card.peer))
                 .collect();
             // Prefer peers a token can reach now (through a neighbour
             // linked to them): if their network wants an RSVP, it gets there.

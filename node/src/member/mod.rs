@@ -601,6 +601,9 @@ impl Member {
         }
         self.card_stale = true;
         self.observed = 0;
+        if let Some(o) = self.overlay.as_mut() {
+            o.addresses_changed();
+        }
         self.observe(host, now);
         true
     }
@@ -1086,7 +1089,14 @@ impl Member {
         if let Some(d) = self.dialing.remove(&attempt) {
             let ms = self.ms(now);
             if let Some(o) = self.overlay.as_mut() {
-                o.link_failed(d.peer, ms);
+                // Alone, a peer that wants our RSVP first is out of reach
+                // for now, not gone: keep its card for when we have an
+                // introducer again (after a move, most cards are such).
+                if matches!(why, ConnectFailure::NoRoute) && o.active().next().is_none() {
+                    o.link_unroutable(d.peer, ms);
+                } else {
+                    o.link_failed(d.peer, ms);
+                }
             }
             self.emit(MemberEvent::ConnectFailed(d.peer, why));
             if d.contact {

@@ -499,3 +499,58 @@ fn drain(o: &mut Overlay<u32>) -> Vec<Message<u32>> {
     }
     out
 }
+
+#[test]
+fn after_we_move_lost_links_keep_their_cards_and_unroutable_peers_wait() {
+    let mut net = grown(24, Config { announce_joins: false, ..Config::default() });
+    let now = net.now;
+    // Two members alike: one loses its links as any member does (the
+    // neighbours are taken for gone), one because its own address changed.
+    let (a, b) = (5usize, 9usize);
+    let lost_a: Vec<u32> = net.nodes[a].active().collect();
+    let lost_b: Vec<u32> = net.nodes[b].active().collect();
+    assert!(lost_a.len() >= 2 && lost_b.len() >= 2, "{lost_a:?} {lost_b:?}");
+    for &p in &lost_a {
+        net.nodes[a].link_down(p, now);
+    }
+    net.nodes[b].addresses_changed();
+    for &p in &lost_b {
+        net.nodes[b].link_down(p, now);
+    }
+    let kept = |o: &Overlay<u32>, p: u32| o.passive().any(|q| q == p);
+    assert!(lost_a.iter().all(|&p| !kept(&net.nodes[a], p)), "a lost link forgets the neighbour's card");
+    assert!(lost_b.iter().all(|&p| kept(&net.nodes[b], p)), "after our move, every lost neighbour's card stays");
+
+    // Alone, b dials passive peers. One that needs an introducer we lack
+    // stays in the passive view and is not dialed again for four rounds;
+    // one that failed outright is forgotten.
+    let o = &mut net.nodes[b];
+    assert!(o.pending.len() >= 2, "b dials to refill its view: {:?}", o.pending.len());
+    let (x, y) = (o.pending[0].card.peer, o.pending[1].card.peer);
+    o.link_unroutable(x, now);
+    o.link_failed(y, now);
+    assert!(kept(o, x) && !o.pending.iter().any(|p| p.card.peer == x), "x kept, not pending");
+    assert!(!kept(o, y), "y forgotten");
+    let round = o.config().round;
+    for t in [now + 1, now + 2 * round, now + 4 * round - 1] {
+        while o.poll().is_some() {}
+        let pending: Vec<u32> = o.pending.iter().map(|p| p.card.peer).collect();
+        for p in pending {
+            if p != x {
+                o.link_failed(p, t);
+            }
+        }
+        assert!(!o.pending.iter().any(|p| p.card.peer == x), "x held until four rounds pass (t = {t})");
+    }
+    // Four rounds on, x is a candidate again: with every other passive
+    // peer gone, it is the one dialed.
+    let others: Vec<u32> = o.passive().filter(|&p| p != x).collect();
+    for p in others {
+        o.link_failed(p, now + 4 * round);
+    }
+    let pending: Vec<u32> = o.pending.iter().map(|p| p.card.peer).collect();
+    for p in pending.into_iter().filter(|&p| p != x) {
+        o.link_failed(p, now + 4 * round);
+    }
+    assert!(o.pending.iter().any(|p| p.card.peer == x), "x dialed again after its hold");
+}
