@@ -104,6 +104,36 @@ pub struct BroadcastReport {
     pub mean_delivery: f64,
 }
 
+/// One move of the scenario's `moves`: how the members that moved came
+/// back into the network.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MoveReport {
+    /// When, seconds.
+    pub at_s: f64,
+    /// Where they went: `new-network` or `renumber`.
+    pub to: String,
+    /// Members that moved.
+    pub moved: u64,
+    /// Of those, the ones with a live overlay neighbour when they moved.
+    pub linked_before: u64,
+    /// Of those linked before, the ones alive at the end.
+    pub alive_at_end: u64,
+    /// Of those linked before, the ones that linked again after the move.
+    pub relinked: u64,
+    /// Seconds from the move to the first overlay link after it.
+    pub relinked_s: Option<Summary>,
+    /// Of those linked before, the ones that made as many links after the
+    /// move as they had before it.
+    pub restored: u64,
+    /// Seconds from the move to that.
+    pub restored_s: Option<Summary>,
+    /// Broadcasts sent after the move.
+    pub broadcasts_after: u64,
+    /// The smallest share of the moved members (alive, linked before the
+    /// broadcast) that received one of those broadcasts.
+    pub min_delivery_to_moved: Option<f64>,
+}
+
 /// The four sections, gathered from a finished world.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkReport {
@@ -115,6 +145,8 @@ pub struct NetworkReport {
     pub links: LinksReport,
     /// `broadcast` (when the scenario sends any).
     pub broadcast: Option<BroadcastReport>,
+    /// `roaming`: one entry per move of the scenario.
+    pub roaming: Vec<MoveReport>,
     /// Seconds to membership, for the plot.
     pub samples: Vec<f64>,
 }
@@ -177,8 +209,42 @@ impl NetworkReport {
                 mean_delivery: round(shares.iter().sum::<f64>() / shares.len() as f64),
             }
         });
-        Some(NetworkReport { members, introducer, links, broadcast, samples: f.to_membership_s })
+        let roaming = roaming(w, whole);
+        Some(NetworkReport { members, introducer, links, broadcast, roaming, samples: f.to_membership_s })
     }
+}
+
+fn roaming(w: &World, whole: &crate::world::Whole) -> Vec<MoveReport> {
+    let moves = &w.scenario.moves;
+    (0..moves.len() as u32)
+        .map(|wave| {
+            let m = &moves[wave as usize];
+            let moved: Vec<_> = whole.moved.iter().filter(|x| x.wave == wave).collect();
+            let before: Vec<_> = moved.iter().filter(|x| x.links_before > 0).collect();
+            let mut relinked: Vec<f64> =
+                before.iter().filter_map(|x| Some(x.relinked?.saturating_sub(x.at) as f64 / 1e9)).collect();
+            let mut restored: Vec<f64> =
+                before.iter().filter_map(|x| Some(x.restored?.saturating_sub(x.at) as f64 / 1e9)).collect();
+            let deliveries = w.moved_deliveries(wave);
+
+            MoveReport {
+                at_s: round(m.at_s),
+                to: match m.to {
+                    crate::scenario::MoveTo::NewNetwork => "new-network".into(),
+                    crate::scenario::MoveTo::Renumber => "renumber".into(),
+                },
+                moved: moved.len() as u64,
+                linked_before: before.len() as u64,
+                alive_at_end: before.iter().filter(|x| w.crashed_at(x.node).is_none()).count() as u64,
+                relinked: relinked.len() as u64,
+                relinked_s: crate::report::summary(&mut relinked),
+                restored: restored.len() as u64,
+                restored_s: crate::report::summary(&mut restored),
+                broadcasts_after: deliveries.len() as u64,
+                min_delivery_to_moved: deliveries.iter().map(|&(live, got)| share(got, live)).reduce(f64::min),
+            }
+        })
+        .collect()
 }
 
 /// The report's Markdown section for the four parts.
@@ -187,6 +253,7 @@ pub fn markdown(
     i: &IntroducerReport,
     links: &LinksReport,
     broadcast: Option<&BroadcastReport>,
+    roaming: &[MoveReport],
 ) -> String {
     {
         let mut m = String::new();
@@ -246,6 +313,35 @@ pub fn markdown(
                 100.0 * b.min_delivery,
                 100.0 * b.mean_delivery
             );
+        }
+        if !roaming.is_empty() {
+            let _ = writeln!(
+                m,
+                "## Roaming\n\n| at | to | moved | linked before | relinked | first link again: median / p90 / max | view restored | restored: median / p90 / max | broadcasts after: min delivery to the moved |\n|---|---|---|---|---|---|---|---|---|"
+            );
+            let t = |x: &Option<Summary>| {
+                x.as_ref().map_or("–".to_owned(), |t| format!("{:.1} / {:.1} / {:.1} s", t.p50, t.p90, t.max))
+            };
+            for r in roaming {
+                let _ = writeln!(
+                    m,
+                    "| {:.0} s | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.at_s,
+                    r.to,
+                    r.moved,
+                    r.linked_before,
+                    r.relinked,
+                    t(&r.relinked_s),
+                    r.restored,
+                    t(&r.restored_s),
+                    r.min_delivery_to_moved.map_or("–".to_owned(), |d| format!(
+                        "{:.2}% ({} broadcasts)",
+                        100.0 * d,
+                        r.broadcasts_after
+                    ))
+                );
+            }
+            let _ = writeln!(m);
         }
         m
     }

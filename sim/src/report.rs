@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use convoke_node::ice::Via;
 use serde::Serialize;
 
-use crate::members_report::{BroadcastReport, IntroducerReport, LinksReport, MembersReport, NetworkReport};
+use crate::members_report::{BroadcastReport, IntroducerReport, LinksReport, MembersReport, MoveReport, NetworkReport};
 use crate::world::{NetStats, STUN_PROFILE, World};
 
 /// Joins and what became of them.
@@ -191,6 +191,9 @@ pub struct Report {
     /// Broadcast delivery (pattern `network` with broadcasts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcast: Option<BroadcastReport>,
+    /// How members that moved came back (pattern `network` with `moves`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roaming: Vec<MoveReport>,
     /// Times to connect, seconds, by path (for the plot; not serialised).
     #[serde(skip)]
     pub samples: BTreeMap<String, Vec<f64>>,
@@ -423,9 +426,9 @@ impl Report {
         {
             samples.insert("membership".to_owned(), n.samples.clone());
         }
-        let (members, introducer, links, broadcast) = match net {
-            Some(n) => (Some(n.members), Some(n.introducer), Some(n.links), n.broadcast),
-            None => (None, None, None, None),
+        let (members, introducer, links, broadcast, roaming) = match net {
+            Some(n) => (Some(n.members), Some(n.introducer), Some(n.links), n.broadcast, n.roaming),
+            None => (None, None, None, None, Vec::new()),
         };
         let joins = all.done();
         let probing = {
@@ -468,6 +471,7 @@ impl Report {
             introducer,
             links,
             broadcast,
+            roaming,
             samples,
         }
     }
@@ -542,7 +546,7 @@ impl Report {
             }
         }
         if let (Some(s), Some(i), Some(l)) = (&self.members, &self.introducer, &self.links) {
-            m.push_str(&crate::members_report::markdown(s, i, l, self.broadcast.as_ref()));
+            m.push_str(&crate::members_report::markdown(s, i, l, self.broadcast.as_ref(), &self.roaming));
         }
         if let Some(x) = &self.matrix {
             let _ = writeln!(m, "## NAT matrix (rows: inviter, columns: invitee)\n");

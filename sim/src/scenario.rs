@@ -102,6 +102,45 @@ pub struct Scenario {
     /// Broadcasts by random members (pattern `network`).
     #[serde(default)]
     pub broadcasts: Option<Broadcasts>,
+    /// Members moving to another network mid-run (pattern `network`).
+    #[serde(default)]
+    pub moves: Vec<Move>,
+}
+
+/// A share of the live members move at once, as a laptop does when it
+/// changes Wi-Fi: the node keeps its identity, its member state and its
+/// port, and gets another address. Its old sessions die (packets to the old
+/// address go nowhere); the member finds out through consent and its
+/// overlay, and links again from its new place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Move {
+    /// When, seconds.
+    pub at_s: f64,
+    /// Share of the live members that move, (0, 1].
+    pub fraction: f64,
+    /// Where they go: `new-network` (default), behind a new router of
+    /// `profile`, or `renumber`, a new address behind the same router.
+    #[serde(default)]
+    pub to: MoveTo,
+    /// `new-network`: the profile of the network moved to; drawn from the
+    /// population's mix when absent.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// Where a moving member goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveTo {
+    /// A new site: a new home router (or none, for `public`), with its own
+    /// external address, its own NAT type and its link latency.
+    #[default]
+    NewNetwork,
+    /// The same site, a new address on it (a DHCP lease renumbered; for a
+    /// public host, a new public address). A router's port mapping for the
+    /// old address does not follow.
+    Renumber,
 }
 
 /// Broadcasts during a whole-system run: `count` of them, `interval_s`
@@ -628,6 +667,23 @@ impl Scenario {
                 return Err(invalid(format!("partitions[{i}]"), "needs 0 <= at_s < heal_s"));
             }
         }
+        for (i, m) in self.moves.iter().enumerate() {
+            if j.pattern != Pattern::Network {
+                return Err(invalid("moves", "only the network pattern has members to move"));
+            }
+            check_fraction(&format!("moves[{i}].fraction"), m.fraction)?;
+            if !(m.at_s.is_finite() && m.at_s >= 0.0) {
+                return Err(invalid(format!("moves[{i}].at_s"), "must be >= 0"));
+            }
+            if let Some(p) = &m.profile {
+                if m.to == MoveTo::Renumber {
+                    return Err(invalid(format!("moves[{i}].profile"), "a renumbered member stays behind its router"));
+                }
+                if !known.contains_key(p) {
+                    return Err(invalid(format!("moves[{i}].profile"), format!("unknown profile \"{p}\"")));
+                }
+            }
+        }
         if let Some(c) = &self.churn
             && !(c.mean_lifetime_s.is_finite() && c.mean_lifetime_s > 0.0)
         {
@@ -675,5 +731,23 @@ mod tests {
         assert!(e.starts_with("partitions[0]"), "{e}");
         let e = error("name = \"t\"\n[joins]\npattern = \"matrix\"\n");
         assert!(e.contains("duration_s"), "{e}");
+        let e = error(&format!("{MINIMAL}[[moves]]\nat_s = 5\nfraction = 0.5\n"));
+        assert!(e.starts_with("moves") && e.contains("network pattern"), "{e}");
+    }
+
+    #[test]
+    fn moves_are_checked() {
+        let network = "name = \"t\"\nduration_s = 10\n[population]\nnodes = 5\nmix = { public = 1 }\n[joins]\npattern = \"network\"\n";
+        let s = Scenario::parse(&format!("{network}[[moves]]\nat_s = 5\nfraction = 0.5\n")).expect("valid");
+        assert_eq!(s.moves[0].to, MoveTo::NewNetwork);
+        let e = error(&format!("{network}[[moves]]\nat_s = 5\nfraction = 0\n"));
+        assert!(e.starts_with("moves[0].fraction"), "{e}");
+        let e = error(&format!("{network}[[moves]]\nat_s = 5\nfraction = 1\nprofile = \"nope\"\n"));
+        assert!(e.starts_with("moves[0].profile") && e.contains("nope"), "{e}");
+        let e =
+            error(&format!("{network}[[moves]]\nat_s = 5\nfraction = 1\nto = \"renumber\"\nprofile = \"public\"\n"));
+        assert!(e.starts_with("moves[0].profile"), "{e}");
+        let e = error(&format!("{network}[[moves]]\nat_s = 5\nfraction = 1\nto = \"mars\"\n"));
+        assert!(e.contains("mars"), "{e}");
     }
 }

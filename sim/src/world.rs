@@ -38,7 +38,7 @@ mod members;
 use crate::queue::Queue;
 use crate::scenario::{Pattern, Profile, Scenario};
 use crate::{FastHash, SimRng};
-pub use members::{MemberFigures, RsvpCount, Sent, Whole};
+pub use members::{MemberFigures, Moved, RsvpCount, Sent, Whole};
 
 /// The realm of the internet; other realms are NAT indices.
 const INTERNET: u32 = u32::MAX;
@@ -91,6 +91,7 @@ enum Ev {
     PartitionStart(u32),
     PartitionHeal,
     Crash(u32),
+    Move(u32),
 }
 
 enum Deferred {
@@ -387,6 +388,10 @@ impl World {
             let at = (self.scenario.failures[i].at_s * 1e9) as u64;
             self.queue.push(at, Ev::Fail(i as u32));
         }
+        for i in 0..self.scenario.moves.len() {
+            let at = (self.scenario.moves[i].at_s * 1e9) as u64;
+            self.queue.push(at, Ev::Move(i as u32));
+        }
         for i in 0..self.scenario.partitions.len() {
             let p = &self.scenario.partitions[i];
             let (at, heal) = ((p.at_s * 1e9) as u64, (p.heal_s * 1e9) as u64);
@@ -458,9 +463,10 @@ impl World {
         self.next_public - 1
     }
 
-    /// Makes a node with profile `profile` (and its NATs) and boots it: it
-    /// asks the STUN servers where it is seen from.
-    fn spawn(&mut self, profile: u16) -> u32 {
+    /// A place in the world for a node of `profile`: its address, realm
+    /// and link latency, with its NATs made; and the port its router maps
+    /// to it, drawn with the profile's chance when `mapping` allows.
+    fn place(&mut self, profile: u16, mapping: bool) -> (u32, u32, u64, Option<SocketAddrV4>) {
         let net = self.scenario.network.clone();
         let behaviour = self.profiles.get(usize::from(profile)).and_then(|(_, p)| p.behaviour());
         let behind_cgnat = self.profiles.get(usize::from(profile)).is_some_and(|(_, p)| p.cgnat);
@@ -491,7 +497,7 @@ impl World {
                 // chance (no draw at 0, so scenarios without mappings
                 // keep their random stream).
                 let chance = self.profiles[usize::from(profile)].1.port_mapping;
-                if parent == INTERNET && chance > 0.0 && self.rng.unit() < chance {
+                if mapping && parent == INTERNET && chance > 0.0 && self.rng.unit() < chance {
                     let inside = v4(self.next_private - 1, NODE_PORT);
                     let rng = &mut self.rng;
                     let port = self.nats[g as usize].nat.add_forward(inside, self.now, &mut || rng.u32());
@@ -500,6 +506,13 @@ impl World {
                 (self.next_private - 1, g, self.link(net.lan_latency_ms))
             }
         };
+        (addr, realm, latency, mapped)
+    }
+
+    /// Makes a node with profile `profile` (and its NATs) and boots it: it
+    /// asks the STUN servers where it is seen from.
+    fn spawn(&mut self, profile: u16) -> u32 {
+        let (addr, realm, latency, mapped) = self.place(profile, true);
         let n = self.nodes.len() as u32;
         self.owners.insert(addr, Owner::Node(n));
         let identity = Identity::from_secret_bytes(self.rng.seed());
@@ -617,6 +630,7 @@ impl World {
             Ev::Fail(i) => self.fail(i),
             Ev::PartitionStart(i) => self.partition(i),
             Ev::PartitionHeal => self.partitioned = false,
+            Ev::Move(i) => self.move_members(i),
             Ev::Crash(n) => {
                 if self.nodes[n as usize].alive {
                     self.churned += 1;

@@ -79,3 +79,31 @@ fn broadcasts_need_the_network_pattern() {
     let e = Scenario::parse(&text).expect_err("broadcasts without members");
     assert!(e.to_string().contains("broadcasts"), "{e}");
 }
+
+#[test]
+fn moved_members_link_again_from_their_new_address() {
+    // At 150 s a third of the members move to a new network, at 170 s a
+    // fifth are renumbered behind their router; broadcasts at 200 s on.
+    let text = format!(
+        "{BASE}\n[[moves]]\nat_s = 150\nfraction = 0.3\n[[moves]]\nat_s = 170\nfraction = 0.2\nto = \"renumber\"\n"
+    );
+    let r = run(&text, 3);
+    assert_eq!(r.roaming.len(), 2, "one entry per move");
+    for m in &r.roaming {
+        assert!(m.moved > 0 && m.linked_before > 0, "{m:?}");
+        // Every moved member that was in the network is in it again, and
+        // the broadcasts after the move reach them.
+        assert_eq!(m.relinked, m.linked_before, "{m:?}");
+        let t = m.relinked_s.as_ref().expect("times to link again");
+        assert!(t.max < 60.0, "{m:?}");
+        assert_eq!(m.min_delivery_to_moved, Some(1.0), "{m:?}");
+    }
+    assert_eq!(r.roaming[0].to, "new-network");
+    assert_eq!(r.roaming[1].to, "renumber");
+    let m = r.members.as_ref().expect("members");
+    assert_eq!(m.components, 1, "{m:?}");
+    assert!(r.to_json().contains("\"relinked_s\""));
+    assert!(r.to_markdown().contains("## Roaming"));
+    // Same seed, same run: a move draws from the world's one stream.
+    assert_eq!(r.to_json(), run(&text, 3).to_json());
+}

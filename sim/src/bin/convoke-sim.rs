@@ -35,8 +35,10 @@ enum Command {
         /// Where to write the report.
         #[arg(long, default_value = "sim-out")]
         out: PathBuf,
-        /// Override the population size (pattern random-earlier); the run's
-        /// duration follows, keeping the time after the last join.
+        /// Override the population size (patterns random-earlier and
+        /// network); the run's duration follows, keeping the time after the
+        /// last join, and what happens after the joins (broadcasts,
+        /// failures, partitions, moves) keeps its distance from their end.
         #[arg(long)]
         nodes: Option<u32>,
         /// No progress bar, no summary.
@@ -101,10 +103,31 @@ fn load(path: &Path, nodes: Option<u32>) -> Result<Scenario, String> {
             (Some(p), Pattern::RandomEarlier | Pattern::Network) => {
                 // Keep the time after the last join starts: the run is as
                 // long as the joins plus the same tail.
+                // What the scenario times after its last join (broadcasts,
+                // failures, moves) moves with the joins' end, so that it
+                // still happens at the same distance from it.
                 let j = &s.joins;
-                let tail = s.duration_s - (j.start_s + f64::from(p.nodes) * j.interval_s);
+                let joins_end = j.start_s + f64::from(p.nodes) * j.interval_s;
+                let tail = s.duration_s - joins_end;
                 p.nodes = n;
-                s.duration_s = (j.start_s + f64::from(n) * j.interval_s + tail.max(0.0)).max(1.0);
+                let shift = (j.start_s + f64::from(n) * j.interval_s) - joins_end;
+                s.duration_s = (joins_end + shift + tail.max(0.0)).max(1.0);
+                let later = |t: &mut f64| {
+                    if *t >= joins_end {
+                        *t = (*t + shift).max(0.0);
+                    }
+                };
+                if let Some(b) = s.broadcasts.as_mut() {
+                    later(&mut b.start_s);
+                }
+                s.failures.iter_mut().for_each(|f| later(&mut f.at_s));
+                s.moves.iter_mut().for_each(|m| later(&mut m.at_s));
+                for x in &mut s.partitions {
+                    if x.at_s >= joins_end {
+                        later(&mut x.at_s);
+                        later(&mut x.heal_s);
+                    }
+                }
             }
             _ => {
                 return Err(

@@ -16,9 +16,10 @@ use convoke_node::member::{ConnectFailure, Dialed, Member, MemberCommand, Member
 use convoke_node::token::{self, Invitation};
 use convoke_overlay::Config;
 
-use super::{Deferred, Ev, Join, World};
+use super::{Deferred, Ev, INTERNET, Join, NODE_PORT, Owner, World, v4};
 use crate::FastHash;
 use crate::reach::Reach;
+use crate::scenario::{Move, MoveTo};
 
 /// A node's member and what the run learns of it.
 pub(super) struct Slot {
@@ -32,6 +33,28 @@ pub(super) struct Slot {
     member_at: Option<u64>,
     /// Broadcasts it received (indices).
     got: Vec<u32>,
+    /// Its last move (an index into [`Whole::moved`]).
+    moved: Option<usize>,
+}
+
+/// A member that moved to another address, and how it came back.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    /// Which of the scenario's `moves`.
+    pub wave: u32,
+    /// The node.
+    pub node: u32,
+    /// When, ns.
+    pub at: u64,
+    /// Live overlay neighbours it had when it moved.
+    pub links_before: u32,
+    /// Links it made after the move.
+    pub new_links: u32,
+    /// When it first had an overlay link again, ns.
+    pub relinked: Option<u64>,
+    /// When it had made as many links as it had before the move (at
+    /// least one), ns.
+    pub restored: Option<u64>,
 }
 
 /// RSVPs relayed through introducers, as their senders and receivers saw
@@ -75,6 +98,8 @@ pub struct Whole {
     pub broadcasts: Vec<Sent>,
     /// Links the overlay asked for that failed, by reason.
     pub connect_failures: BTreeMap<String, u64>,
+    /// Members that moved, in the order they did.
+    pub moved: Vec<Moved>,
     /// What the NAT model says of each pair of profiles, `[inviter][invitee]`
     /// (worked out once: links and members ask it thousands of times).
     reach: Vec<Vec<Reach>>,
@@ -158,6 +183,7 @@ impl World {
             imported: None,
             member_at: None,
             got: Vec::new(),
+            moved: None,
         }));
         if self.whole.is_none() {
             let reach = self.reach_matrix();
@@ -343,8 +369,16 @@ impl World {
         let join = self.nodes[n as usize].member.as_ref().and_then(|s| s.join);
         match e {
             MemberEvent::NeighborUp(_) => {
-                if let Some(s) = self.nodes[n as usize].member.as_mut() {
-                    s.member_at.get_or_insert(now);
+                let Some(s) = self.nodes[n as usize].member.as_mut() else { return };
+                s.member_at.get_or_insert(now);
+                if let (Some(i), Some(w)) = (s.moved, self.whole.as_mut())
+                    && let Some(m) = w.moved.get_mut(i)
+                {
+                    m.new_links += 1;
+                    m.relinked.get_or_insert(now);
+                    if m.new_links >= m.links_before.max(1) {
+                        m.restored.get_or_insert(now);
+                    }
                 }
             }
             MemberEvent::Linked { peer, via, dialed } => {
@@ -458,6 +492,120 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// Move `i` of the scenario: each live member moves with its chance.
+    pub(super) fn move_members(&mut self, i: u32) {
+        let m = self.scenario.moves[i as usize].clone();
+        let members = self.whole.as_ref().map(|w| w.members.clone()).unwrap_or_default();
+        for n in members {
+            let node = &self.nodes[n as usize];
+            if !node.alive || !node.member.as_ref().is_some_and(|s| s.started) {
+                continue;
+            }
+            if self.rng.unit() < m.fraction {
+                self.move_member(n, i, &m);
+            }
+        }
+    }
+
+    /// Node `n` gets another address, as the runtime sees it when the
+    /// interface addresses change: the host is told its new address and
+    /// asks the STUN servers again, the member is told its host addresses
+    /// (what `convoke up` does on its address check). Its identity, member
+    /// state and port stay; packets to the old address go nowhere. A
+    /// router's port mapping does not follow (the runtime's port mapper
+    /// keeps renewing with the router it found at start).
+    fn move_member(&mut self, n: u32, wave: u32, m: &Move) {
+        let (old_profile, old_realm, old_latency) = {
+            let node = &self.nodes[n as usize];
+            (node.profile, node.realm, node.latency)
+        };
+        let (profile, addr, realm, latency) = match m.to {
+            MoveTo::NewNetwork => {
+                let profile = match &m.profile {
+                    Some(p) => super::profile_index(&self.profiles, p),
+                    None => self.draw_profile(),
+                };
+                let (addr, realm, latency, _) = self.place(profile, false);
+                (profile, addr, realm, latency)
+            }
+            MoveTo::Renumber => {
+                let behind_router =
+                    self.profiles.get(usize::from(old_profile)).is_some_and(|(_, p)| p.behaviour().is_some());
+                let addr = if old_realm == INTERNET {
+                    self.public_ip()
+                } else if behind_router {
+                    self.next_private += 1;
+                    self.next_private - 1
+                } else {
+                    self.next_carrier += 1;
+                    self.next_carrier - 1
+                };
+                (old_profile, addr, old_realm, old_latency)
+            }
+        };
+        let links_before = self.live_links(n);
+        let old = u32::from(*self.nodes[n as usize].addr.ip());
+        self.owners.remove(&old);
+        self.owners.insert(addr, Owner::Node(n));
+        let now = self.inst(self.now);
+        let stun = self.stun.clone();
+        let index = self.whole.as_ref().map_or(0, |w| w.moved.len());
+        let node = &mut self.nodes[n as usize];
+        node.addr = v4(addr, NODE_PORT);
+        node.realm = realm;
+        node.latency = latency;
+        node.profile = profile;
+        node.mapped = None;
+        node.reflexive.clear();
+        node.host.set_local_addresses(Some(NODE_PORT), &[std::net::IpAddr::V4(*node.addr.ip())]);
+        node.host.set_port_mapped(false);
+        for s in &stun {
+            node.host.query_stun(*s, now);
+        }
+        if let Some(s) = node.member.as_mut() {
+            s.member.minter().candidates_mut().set_port_mapped(None);
+            s.member.set_host_addresses(&mut node.host, vec![std::net::SocketAddr::V4(node.addr)], now);
+            s.moved = Some(index);
+        }
+        if let Some(w) = self.whole.as_mut() {
+            let at = self.now;
+            w.moved.push(Moved { wave, node: n, at, links_before, new_links: 0, relinked: None, restored: None });
+        }
+        self.drain_member(n);
+        self.after(n);
+    }
+
+    /// Node `n`'s overlay neighbours that are alive.
+    fn live_links(&self, n: u32) -> u32 {
+        let Some(o) = self.nodes[n as usize].member.as_ref().and_then(|s| s.member.overlay()) else { return 0 };
+        o.active().filter_map(|p| self.node_of(&p)).filter(|&m| self.nodes[m as usize].alive).count() as u32
+    }
+
+    /// For each broadcast sent after move `wave`: the members it moved that
+    /// were alive and had been linked before it was sent (before the move,
+    /// or again after it), and how many of them received it.
+    pub fn moved_deliveries(&self, wave: u32) -> Vec<(u64, u64)> {
+        let Some(w) = self.whole.as_ref() else { return Vec::new() };
+        let moved: Vec<&Moved> = w.moved.iter().filter(|m| m.wave == wave).collect();
+        let Some(at) = moved.first().map(|m| m.at) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (i, b) in w.broadcasts.iter().enumerate().filter(|(_, b)| b.at > at) {
+            let (mut live, mut got) = (0, 0);
+            for m in &moved {
+                let node = &self.nodes[m.node as usize];
+                let Some(s) = node.member.as_ref() else { continue };
+                let linked = m.links_before > 0 || m.relinked.is_some_and(|t| t < b.at);
+                if !node.alive || m.node == b.origin || !linked {
+                    continue;
+                }
+                live += 1;
+                got += u64::from(s.got.contains(&(i as u32)));
+            }
+            out.push((live, got));
+        }
+        out
     }
 
     /// Broadcast `i`: from a random live member with a neighbour.
