@@ -75,7 +75,7 @@ impl Endpoint {
         let mut a = a;
         a.probing_allowed = probing;
         self.by_ufrags.insert(format!("{}:{}", a.local_ufrag, a.remote_ufrag), id);
-        self.attempts.insert(id, a);
+        self.attempts.insert(id, Box::new(a));
         if bidirectional {
             self.enter_waiting(id, now);
         }
@@ -166,7 +166,7 @@ impl Endpoint {
                 let id = self.new_id();
                 let a = self.inviter_attempt(&ufrag, ci.ufrag.clone(), now, None);
                 self.by_ufrags.insert(key, id);
-                self.attempts.insert(id, a);
+                self.attempts.insert(id, Box::new(a));
                 id
             }
         };

@@ -222,7 +222,7 @@ impl Endpoint {
                 a.remote_peer = msg.peer.map(PublicKey);
                 let invitation = a.invitation;
                 self.by_ufrags.insert(username.to_owned(), id);
-                self.attempts.insert(id, a);
+                self.attempts.insert(id, Box::new(a));
                 self.events.push_back(Event::InviteeArrived { attempt: id, invitation, from });
                 if self.resolve_crossing(id) == Some(id) {
                     return;
@@ -509,8 +509,13 @@ pub(super) fn check_message(
     nominate: bool,
 ) -> Vec<u8> {
     let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
-    m.username(&format!("{}:{}", a.remote_ufrag, a.local_ufrag))
-        .priority(Candidate::standard_priority(CandidateKind::Prflx, 65535));
+    // Every check and probe builds one: joined by hand, not through the
+    // formatting machinery (3% of a large simulation's time went there).
+    let mut username = String::with_capacity(a.remote_ufrag.len() + 1 + a.local_ufrag.len());
+    username.push_str(&a.remote_ufrag);
+    username.push(':');
+    username.push_str(&a.local_ufrag);
+    m.username(&username).priority(Candidate::standard_priority(CandidateKind::Prflx, 65535));
     match a.role {
         IceRole::Controlling => m.ice_controlling(a.tie_breaker),
         IceRole::Controlled => m.ice_controlled(a.tie_breaker),
