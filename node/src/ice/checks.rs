@@ -510,7 +510,7 @@ pub(super) fn check_message(
 ) -> Vec<u8> {
     let mut m = MessageBuilder::new(Class::Request, BINDING, tid);
     // Every check and probe builds one: joined by hand, not through the
-    // formatting machinery (3% of a large simulation's time went there).
+    // formatting machinery.
     let mut username = String::with_capacity(a.remote_ufrag.len() + 1 + a.local_ufrag.len());
     username.push_str(&a.remote_ufrag);
     username.push(':');

@@ -1,3 +1,4 @@
+//! The connectivity engine: ICE (RFC 8445) driven by tokens, sans-IO.
 //!
 //! An [`Endpoint`] is the state of one UDP port. It takes datagrams,
 //! timeouts and commands, each with an explicit `now`, and returns datagrams
