@@ -615,10 +615,7 @@ impl<P: PeerKey> Overlay<P> {
     /// A link we asked for could not be made: forget that peer's card and
     /// try another.
     pub fn link_failed(&mut self, peer: P, now: Millis) {
-        if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
-            self.pending.swap_remove(i);
-            self.stats.connect_failures += 1;
-        }
+        self.drop_pending(peer);
         self.passive.retain(|p| p.card.peer != peer);
         self.fill(now);
     }
@@ -629,10 +626,7 @@ impl<P: PeerKey> Overlay<P> {
     /// peer: its card stays in the passive view, left alone for four
     /// rounds, and another peer is tried.
     pub fn link_unroutable(&mut self, peer: P, now: Millis) {
-        if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
-            self.pending.swap_remove(i);
-            self.stats.connect_failures += 1;
-        }
+        self.drop_pending(peer);
         if self.passive.iter().any(|p| p.card.peer == peer) {
             // Bounded by the passive view: `fill` forgets expired holds.
             self.held.insert(peer, now + 4 * self.cfg.round);
@@ -648,15 +642,24 @@ impl<P: PeerKey> Overlay<P> {
         self.keep_on_loss = self.active.iter().map(|a| a.card.peer).collect();
     }
 
+    /// A dial we asked for ended without a link: no longer pending.
+    fn drop_pending(&mut self, peer: P) {
+        if let Some(i) = self.pending.iter().position(|p| p.card.peer == peer) {
+            self.pending.swap_remove(i);
+            self.stats.connect_failures += 1;
+        }
+    }
+
     /// The transport lost the link to `peer` (it went away or timed out).
     pub fn link_down(&mut self, peer: P, now: Millis) {
         self.lingering.retain(|(p, _)| *p != peer);
         if self.pending.iter().any(|p| p.card.peer == peer) {
             self.link_failed(peer, now);
         }
-        let ours = self.keep_on_loss.iter().position(|p| *p == peer).map(|i| self.keep_on_loss.swap_remove(i));
         if self.is_active(peer) {
-            self.remove_active(peer, DownReason::LinkLost, ours.is_some(), now);
+            // `remove_active` takes it off `keep_on_loss`.
+            let ours = self.keep_on_loss.contains(&peer);
+            self.remove_active(peer, DownReason::LinkLost, ours, now);
         }
     }
 
