@@ -463,6 +463,18 @@ impl World {
         self.next_public - 1
     }
 
+    /// A new address on a home LAN.
+    fn private_ip(&mut self) -> u32 {
+        self.next_private += 1;
+        self.next_private - 1
+    }
+
+    /// A new address inside a carrier-grade NAT.
+    fn carrier_ip(&mut self) -> u32 {
+        self.next_carrier += 1;
+        self.next_carrier - 1
+    }
+
     /// A place in the world for a node of `profile`: its address, realm
     /// and link latency, with its NATs made; and the port its router maps
     /// to it, drawn with the profile's chance when `mapping` allows.
@@ -475,35 +487,29 @@ impl World {
             // Right behind the carrier-grade NAT, with a carrier address.
             None if behind_cgnat => {
                 let g = self.cgnat_for_home();
-                self.next_carrier += 1;
-                (self.next_carrier - 1, g, self.link(net.access_latency_ms))
+                (self.carrier_ip(), g, self.link(net.access_latency_ms))
             }
             None => (self.public_ip(), INTERNET, self.link(net.access_latency_ms)),
             Some(b) => {
                 let behind_cgnat = self.profiles[usize::from(profile)].1.cgnat;
                 let parent = if behind_cgnat { self.cgnat_for_home() } else { INTERNET };
-                let external = if parent == INTERNET {
-                    self.public_ip()
-                } else {
-                    self.next_carrier += 1;
-                    self.next_carrier - 1
-                };
+                let external = if parent == INTERNET { self.public_ip() } else { self.carrier_ip() };
                 let g = self.nats.len() as u32;
                 let latency = self.link(net.access_latency_ms);
                 self.nats.push(NatBox { nat: Nat::new(b, Ipv4Addr::from(external)), parent, latency });
                 self.owners.insert(external, Owner::Nat(g));
-                self.next_private += 1;
+                let addr = self.private_ip();
                 // The router grants a port mapping with the profile's
                 // chance (no draw at 0, so scenarios without mappings
                 // keep their random stream).
                 let chance = self.profiles[usize::from(profile)].1.port_mapping;
                 if mapping && parent == INTERNET && chance > 0.0 && self.rng.unit() < chance {
-                    let inside = v4(self.next_private - 1, NODE_PORT);
+                    let inside = v4(addr, NODE_PORT);
                     let rng = &mut self.rng;
                     let port = self.nats[g as usize].nat.add_forward(inside, self.now, &mut || rng.u32());
                     mapped = port.map(|p| SocketAddrV4::new(Ipv4Addr::from(external), p));
                 }
-                (self.next_private - 1, g, self.link(net.lan_latency_ms))
+                (addr, g, self.link(net.lan_latency_ms))
             }
         };
         (addr, realm, latency, mapped)

@@ -536,16 +536,14 @@ impl World {
                 let addr = if old_realm == INTERNET {
                     self.public_ip()
                 } else if behind_router {
-                    self.next_private += 1;
-                    self.next_private - 1
+                    self.private_ip()
                 } else {
-                    self.next_carrier += 1;
-                    self.next_carrier - 1
+                    self.carrier_ip()
                 };
                 (old_profile, addr, old_realm, old_latency)
             }
         };
-        let links_before = self.live_links(n);
+        let links_before = self.live_neighbours(n).len() as u32;
         let old = u32::from(*self.nodes[n as usize].addr.ip());
         self.owners.remove(&old);
         self.owners.insert(addr, Owner::Node(n));
@@ -578,9 +576,11 @@ impl World {
     }
 
     /// Node `n`'s overlay neighbours that are alive.
-    fn live_links(&self, n: u32) -> u32 {
-        let Some(o) = self.nodes[n as usize].member.as_ref().and_then(|s| s.member.overlay()) else { return 0 };
-        o.active().filter_map(|p| self.node_of(&p)).filter(|&m| self.nodes[m as usize].alive).count() as u32
+    fn live_neighbours(&self, n: u32) -> Vec<u32> {
+        let Some(o) = self.nodes[n as usize].member.as_ref().and_then(|s| s.member.overlay()) else {
+            return Vec::new();
+        };
+        o.active().filter_map(|p| self.node_of(&p)).filter(|&m| self.nodes[m as usize].alive).collect()
     }
 
     /// For each broadcast sent after move `wave`: the members it moved that
@@ -680,13 +680,7 @@ impl World {
                 continue;
             }
             f.alive += 1;
-            let live: Vec<u32> = s
-                .member
-                .overlay()
-                .map(|o| {
-                    o.active().filter_map(|p| self.node_of(&p)).filter(|&m| self.nodes[m as usize].alive).collect()
-                })
-                .unwrap_or_default();
+            let live = self.live_neighbours(n);
             if live.is_empty() {
                 continue;
             }
