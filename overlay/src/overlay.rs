@@ -22,6 +22,10 @@
 //! silent for a round is pinged; silent for `suspect_after` it is suspected
 //! ([`Event::Suspected`]); for `fail_after` it is dropped and replaced. The
 //! driver also reports links its transport lost ([`Overlay::link_down`]).
+//! Faster than that, a heartbeat on the broadcast tree's links
+//! ([`Config::heartbeat`]) finds a dead neighbour in about a second: its
+//! link is *quiet*, the tree is grafted around it and the view is filled
+//! past it.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -47,6 +51,20 @@ const RELAYED_FOR: Millis = 8;
 /// (see `Overlay::evict`).
 const STREAM: usize = 2;
 
+/// Heartbeats (`Config::heartbeat`) a ping may stay unanswered before its
+/// link is *quiet*. A link with an unanswered ping is pinged every beat,
+/// so three leave room for one lost ping and a round trip of two beats
+/// (500 ms at the default), or two lost pings and a round trip of one.
+const QUIET_BEATS: Millis = 3;
+
+/// A member with fewer live links than this asks for links with high
+/// priority, which the asked must accept (HyParView asks so only with no
+/// link at all). Two survivors of a mass failure linked only to each
+/// other otherwise stay an island: every member they ask has a full view
+/// and refuses. After an 80% crash (N = 2,000) that left two components
+/// for good; asking with high priority below two links, one.
+const LONELY: usize = 2;
+
 /// Membership and broadcast parameters (HyParView's are the paper's).
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
@@ -69,6 +87,23 @@ pub struct Config {
     pub suspect_after: Millis,
     /// Silence after which an active peer is dropped.
     pub fail_after: Millis,
+    /// The heartbeat (0: none, only the round's pings and `fail_after`).
+    /// Broadcast tree links (Plumtree's eager ones) are pinged this often
+    /// while nothing else crosses them: the end with the lower key pings,
+    /// the other only after two beats without hearing it. A link whose
+    /// ping goes unanswered is pinged every beat, and after three beats it
+    /// is *quiet*: probably dead. Then
+    ///
+    /// - if it was a tree link, the tree above us may be broken: Plumtree
+    ///   grafts what lazy neighbours announce at once (see
+    ///   [`Plumtree::set_quiet`]), and every other link is pinged every
+    ///   beat until no tree link is quiet;
+    /// - it no longer counts as a neighbour: the active view is filled
+    ///   past it, and its replacement evicts it.
+    ///
+    /// A quiet link heard again is a neighbour again. Failures are then
+    /// repaired in about a second, not `fail_after`.
+    pub heartbeat: Millis,
     /// How long a link we asked for may take.
     pub connect_timeout: Millis,
     /// How long a link replaced out of the active view stays open for
@@ -116,6 +151,7 @@ impl Default for Config {
             round: 1000,
             suspect_after: 2500,
             fail_after: 4000,
+            heartbeat: 250,
             connect_timeout: 15_000,
             linger: 10_000,
             prefer_reachable: true,
@@ -231,6 +267,9 @@ pub struct Stats {
     pub neighbor_downs: u64,
     /// Suspicions raised.
     pub suspicions: u64,
+    /// Links that went quiet: a ping unanswered for three heartbeats (see
+    /// [`Config::heartbeat`]).
+    pub quiet: u64,
     /// Links asked for.
     pub connects: u64,
     /// Links that failed or timed out.
@@ -267,6 +306,10 @@ struct ActivePeer<P> {
     heard: Millis,
     pinged: Millis,
     suspected: bool,
+    /// When the first ping it has not answered was sent.
+    asked: Option<Millis>,
+    /// Its ping unanswered for `QUIET_BEATS` heartbeats (told to Plumtree).
+    quiet: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -676,6 +719,10 @@ impl<P: PeerKey> Overlay<P> {
             if relays {
                 a.relayed = Some(now);
             }
+            a.asked = None;
+            if std::mem::take(&mut a.quiet) {
+                self.plum.set_quiet(from, false, now);
+            }
         }
         match msg {
             // A second JOIN from a neighbour would start walks and a
@@ -687,7 +734,10 @@ impl<P: PeerKey> Overlay<P> {
             Message::Neighbor { high, card } => {
                 if card.peer != from {
                     self.stats.ignored += 1;
-                } else if self.is_active(from) || high || self.active.len() < self.cfg.active {
+                } else if self.is_active(from) || high || self.live_active() < self.cfg.active {
+                    // A quiet neighbour (probably dead) leaves room: it is
+                    // the one `add_active` evicts.
+                    //
                     // Not counted as forced: an isolated member asks with
                     // high priority too, and after a mass failure those
                     // must not be the first to go.
@@ -970,6 +1020,8 @@ impl<P: PeerKey> Overlay<P> {
             heard: now,
             pinged: now,
             suspected: false,
+            asked: None,
+            quiet: false,
         });
         self.plum.neighbor_up(peer, now);
         self.stats.neighbor_ups += 1;
@@ -1005,6 +1057,21 @@ impl<P: PeerKey> Overlay<P> {
     /// others' walks force on them, and dropping those first left two of
     /// them on an island in the whole-system simulation.
     fn evict(&mut self, now: Millis) -> bool {
+        // A quiet link goes first: it is probably dead, and its
+        // replacement is what made the view too big (see `live_active`).
+        // It is dropped card and all, as if it had timed out, unless we
+        // are the one who moved (see `addresses_changed`). A DISCONNECT
+        // tells it if it was only slow. The session is left to the
+        // transport, whose consent checks end it if the peer is gone: a
+        // close here would also end a link the peer is making to us again
+        // (after a move, say).
+        if let Some(a) = self.active.iter().find(|a| a.quiet) {
+            let victim = a.card.peer;
+            let ours = self.keep_on_loss.contains(&victim);
+            self.send(victim, Message::Disconnect { alive: true });
+            self.remove_active(victim, DownReason::Replaced, ours, now);
+            return true;
+        }
         // A flood of joins must not grow the view without bound: at twice
         // its size, nobody is spared.
         let spare = self.active.len() < 2 * self.cfg.active;
@@ -1113,24 +1180,45 @@ impl<P: PeerKey> Overlay<P> {
         out
     }
 
+    /// Active peers not quiet. A quiet link is probably dead, so `fill`
+    /// replaces it at once (and `evict` drops it first when the
+    /// replacement comes) rather than after `fail_after`: after a mass
+    /// failure a member whose every neighbour died finds new ones while
+    /// the first broadcasts are still in flight.
+    ///
+    /// Not after our own move (`addresses_changed`): then our links go
+    /// quiet because we left, and dialing at once, before the host has
+    /// learned its new addresses, burns the cards we want to dial later
+    /// (in the simulator 10 of 13 moved members linked again that way,
+    /// against 13 of 13 waiting for the transport to report the loss).
+    fn live_active(&self) -> usize {
+        self.active.iter().filter(|a| !a.quiet || self.keep_on_loss.contains(&a.card.peer)).count()
+    }
+
+    /// Whether a tree link is quiet (see [`Config::heartbeat`]).
+    fn tree_in_doubt(&self) -> bool {
+        self.active.iter().any(|a| a.quiet && self.plum.eager().contains(&a.card.peer))
+    }
+
+    /// A peer we asked to fill the view refused: see `fill`.
+    fn fill_failed(&mut self, now: Millis) {
+        self.fill_backoff = (self.fill_backoff + 1).min(3);
+        self.fill_after = now + (self.cfg.round << self.fill_backoff);
+    }
+
     /// Asks for links to passive peers until the active view could be full.
     /// A peer we asked to fill the view refused (its view is full): the
     /// next try waits a round, doubling up to 8 rounds while they keep
     /// being refused (every try costs both sides connectivity checks and a
     /// handshake). A link that failed (a dead or unreachable peer) is not
     /// held against the next try: after a crash, members must refill at
-    /// once. A member with no neighbour at all never waits.
-    fn fill_failed(&mut self, now: Millis) {
-        self.fill_backoff = (self.fill_backoff + 1).min(3);
-        self.fill_after = now + (self.cfg.round << self.fill_backoff);
-    }
-
+    /// once. A member with no live neighbour never waits.
     fn fill(&mut self, now: Millis) {
-        if !self.active.is_empty() && now < self.fill_after {
+        if self.live_active() > 0 && now < self.fill_after {
             return;
         }
         self.held.retain(|_, until| *until > now);
-        while self.active.len() + self.pending.len() < self.cfg.active {
+        while self.live_active() + self.pending.len() < self.cfg.active {
             let free: Vec<usize> = (0..self.passive.len())
                 .filter(|&i| !self.pending.iter().any(|p| p.card.peer == self.passive[i].card.peer))
                 .filter(|&i| !self.held.contains_key(&self.passive[i].card.peer))
@@ -1143,7 +1231,7 @@ impl<P: PeerKey> Overlay<P> {
             let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
             let p = self.passive[pool[i]].clone();
             let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
-            let high = self.active.is_empty();
+            let high = self.live_active() < LONELY;
             self.connect(p.card, route, high, false, now);
         }
     }
@@ -1213,6 +1301,9 @@ impl<P: PeerKey> Overlay<P> {
         let mut failed = Vec::new();
         let mut pings = Vec::new();
         let mut suspected = Vec::new();
+        let mut quiet = Vec::new();
+        let hb = self.cfg.heartbeat;
+        let doubt = self.tree_in_doubt();
         for a in &mut self.active {
             let silent = now.saturating_sub(a.heard);
             if silent >= self.cfg.fail_after {
@@ -1222,11 +1313,21 @@ impl<P: PeerKey> Overlay<P> {
                     a.suspected = true;
                     suspected.push(a.card.peer);
                 }
-                if silent >= self.cfg.round && now.saturating_sub(a.pinged) >= self.cfg.round {
+                let (beat, every) = Self::beat(&self.cfg, self.me.peer, a, self.plum.eager(), doubt);
+                if silent >= beat && now.saturating_sub(a.pinged) >= every {
                     a.pinged = now;
+                    a.asked.get_or_insert(now);
                     pings.push(a.card.peer);
                 }
+                if hb > 0 && !a.quiet && a.asked.is_some_and(|t| now.saturating_sub(t) >= QUIET_BEATS * hb) {
+                    a.quiet = true;
+                    quiet.push(a.card.peer);
+                }
             }
+        }
+        for p in quiet {
+            self.stats.quiet += 1;
+            self.plum.set_quiet(p, true, now);
         }
         for p in pings {
             self.nonce += 1;
@@ -1251,7 +1352,7 @@ impl<P: PeerKey> Overlay<P> {
             self.link_failed(p, now);
         }
         while self.active.len() > self.cfg.active && self.evict(now) {}
-        if self.active.len() < self.cfg.active {
+        if self.live_active() < self.cfg.active {
             self.fill(now);
         }
         self.plum.tick(now);
@@ -1269,6 +1370,24 @@ impl<P: PeerKey> Overlay<P> {
             // Forget members whose announcements stopped.
             let horizon = self.cfg.announce_views.saturating_mul(3);
             self.views.retain(|_, (at, _)| now.saturating_sub(*at) < horizon);
+        }
+    }
+
+    /// How long the link to `a` may be silent before we ping it, and how
+    /// often we ping it then (see [`Config::heartbeat`]): tree links, links
+    /// with a ping unanswered and, while a tree link is quiet (`doubt`),
+    /// every link on the heartbeat; the others every round.
+    fn beat(cfg: &Config, me: P, a: &ActivePeer<P>, eager: &[P], doubt: bool) -> (Millis, Millis) {
+        let hb = cfg.heartbeat;
+        if hb == 0 {
+            return (cfg.round, cfg.round);
+        }
+        if a.asked.is_some() || doubt {
+            (hb, hb)
+        } else if eager.contains(&a.card.peer) {
+            (if me < a.card.peer { hb } else { 2 * hb }, hb)
+        } else {
+            (cfg.round, cfg.round)
         }
     }
 
@@ -1292,9 +1411,10 @@ impl<P: PeerKey> Overlay<P> {
     /// When [`Overlay::tick`] next has work.
     pub fn poll_timeout(&self) -> Millis {
         let mut t = self.next_shuffle;
+        let doubt = self.tree_in_doubt();
         // A fill held back by failures is due once it may run again (not
         // again once a tick at or after that time has tried it).
-        if self.active.len() + self.pending.len() < self.cfg.active
+        if self.live_active() + self.pending.len() < self.cfg.active
             && !self.passive.is_empty()
             && self.fill_after > self.last_tick
         {
@@ -1307,6 +1427,14 @@ impl<P: PeerKey> Overlay<P> {
             t = t.min(a.heard.max(a.pinged) + self.cfg.round).min(a.heard + self.cfg.fail_after);
             if !a.suspected {
                 t = t.min(a.heard + self.cfg.suspect_after);
+            }
+            let (beat, every) = Self::beat(&self.cfg, self.me.peer, a, self.plum.eager(), doubt);
+            t = t.min((a.heard + beat).max(a.pinged + every));
+            if let Some(asked) = a.asked
+                && self.cfg.heartbeat > 0
+                && !a.quiet
+            {
+                t = t.min(asked + QUIET_BEATS * self.cfg.heartbeat);
             }
         }
         for p in &self.pending {

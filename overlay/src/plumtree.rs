@@ -109,6 +109,9 @@ pub struct Plumtree<P: PeerKey> {
     missing: BTreeMap<MsgId<P>, Missing<P>>,
     /// Entries of `missing` each neighbour's announcements made.
     missing_by: BTreeMap<P, usize>,
+    /// Neighbours the driver says have gone quiet (see
+    /// [`Plumtree::set_quiet`]).
+    quiet: Vec<P>,
     sends: VecDeque<(P, Message<P>)>,
     deliveries: VecDeque<Delivery<P>>,
     stats: PlumStats,
@@ -127,6 +130,7 @@ impl<P: PeerKey> Plumtree<P> {
             seen_order: VecDeque::new(),
             missing: BTreeMap::new(),
             missing_by: BTreeMap::new(),
+            quiet: Vec::new(),
             sends: VecDeque::new(),
             deliveries: VecDeque::new(),
             stats: PlumStats::default(),
@@ -178,9 +182,41 @@ impl<P: PeerKey> Plumtree<P> {
     pub fn neighbor_down(&mut self, p: P) {
         self.eager.retain(|&q| q != p);
         self.lazy.retain(|&q| q != p);
+        self.quiet.retain(|&q| q != p);
         for m in self.missing.values_mut() {
             m.announcers.retain(|&q| q != p);
         }
+    }
+
+    /// The driver's word that neighbour `p` has gone quiet (`true`: a
+    /// link that should carry traffic has carried none for a while) or is
+    /// heard again (`false`).
+    ///
+    /// While an eager neighbour is quiet, the tree may be broken above us:
+    /// whatever a lazy neighbour announces is grafted at once instead of
+    /// after `graft_timeout`, and announcements already waiting are
+    /// grafted now. Quiet announcers are grafted last. This is what makes
+    /// the first broadcasts after a mass failure cross a tree whose every
+    /// other edge is dead: each broken level costs a round trip, not
+    /// `graft_timeout` more. In the steady state no eager neighbour is
+    /// quiet and nothing changes.
+    pub fn set_quiet(&mut self, p: P, quiet: bool, now: Millis) {
+        let known = self.quiet.contains(&p);
+        if quiet && !known && (self.eager.contains(&p) || self.lazy.contains(&p)) {
+            self.quiet.push(p);
+            if self.eager.contains(&p) {
+                for m in self.missing.values_mut() {
+                    m.deadline = m.deadline.min(now);
+                }
+            }
+        } else if !quiet && known {
+            self.quiet.retain(|&q| q != p);
+        }
+    }
+
+    /// Whether an eager neighbour is quiet (see [`Plumtree::set_quiet`]).
+    fn tree_in_doubt(&self) -> bool {
+        self.quiet.iter().any(|q| self.eager.contains(q))
     }
 
     fn make_eager(&mut self, p: P) {
@@ -278,7 +314,7 @@ impl<P: PeerKey> Plumtree<P> {
                         }
                         *self.missing_by.entry(from).or_insert(0) += 1;
                     }
-                    let deadline = now + self.cfg.graft_timeout;
+                    let deadline = if self.tree_in_doubt() { now } else { now + self.cfg.graft_timeout };
                     let m =
                         self.missing.entry(id).or_insert(Missing { announcers: VecDeque::new(), deadline, by: from });
                     if !m.announcers.contains(&from) && m.announcers.len() < 16 {
@@ -315,7 +351,9 @@ impl<P: PeerKey> Plumtree<P> {
         let due: Vec<MsgId<P>> = self.missing.iter().filter(|(_, m)| m.deadline <= now).map(|(id, _)| *id).collect();
         for id in due {
             let Some(m) = self.missing.get_mut(&id) else { continue };
-            match m.announcers.pop_front() {
+            // A quiet announcer is likely gone: ask the others first.
+            let next = m.announcers.iter().position(|a| !self.quiet.contains(a)).unwrap_or(0);
+            match m.announcers.remove(next) {
                 Some(p) => {
                     m.deadline = now + self.cfg.graft_retry;
                     self.make_eager(p);
@@ -362,6 +400,7 @@ impl<P: PeerKey> Plumtree<P> {
             + self.seen_order.len()
             + self.missing.values().map(|m| 1 + m.announcers.len()).sum::<usize>()
             + self.missing_by.len()
+            + self.quiet.len()
             + self.sends.len()
             + self.deliveries.len()
     }
@@ -473,6 +512,63 @@ mod tests {
         p.tick(PlumConfig::default().cache + 10);
         p.handle(2, Message::Graft { id }, 1);
         assert!(p.poll_send().is_none(), "the message expired from the cache");
+    }
+
+    /// While an eager neighbour is quiet, an announcement is grafted at
+    /// once, from an announcer that is not quiet; otherwise after
+    /// `graft_timeout`.
+    #[test]
+    fn a_quiet_eager_neighbour_makes_announcements_graft_at_once() {
+        let cfg = PlumConfig::default();
+        let mut n = Plumtree::new(0u32, cfg);
+        for p in 1..=3 {
+            n.neighbor_up(p, 0);
+        }
+        // 2 and 3 become lazy (they sent duplicates); 1 stays eager.
+        let seen = MsgId { origin: 9, seq: 1 };
+        n.handle(1, Message::Gossip { id: seen, round: 1, kind: Kind::App, payload: vec![] }, 0);
+        for p in [2, 3] {
+            n.handle(p, Message::Gossip { id: seen, round: 1, kind: Kind::App, payload: vec![] }, 0);
+        }
+        assert_eq!((n.eager(), n.lazy().len()), (&[1][..], 2));
+        while n.poll_send().is_some() {}
+        let grafts = |n: &mut Plumtree<u32>| {
+            let mut g = Vec::new();
+            while let Some((to, m)) = n.poll_send() {
+                if matches!(m, Message::Graft { .. }) {
+                    g.push(to);
+                }
+            }
+            g
+        };
+
+        // The tree is whole: an announcement waits for the eager copy.
+        let a = MsgId { origin: 9, seq: 2 };
+        n.handle(2, Message::IHave { ids: vec![(a, 1)] }, 10);
+        n.tick(10);
+        assert!(grafts(&mut n).is_empty());
+        assert_eq!(n.poll_timeout(), Some(10 + cfg.graft_timeout));
+
+        // Eager 1 goes quiet: the waiting announcement is grafted now.
+        n.set_quiet(1, true, 20);
+        n.tick(20);
+        assert_eq!(grafts(&mut n), vec![2]);
+
+        // A new one too, and from 3, not from quiet 2.
+        n.set_quiet(2, true, 20);
+        let b = MsgId { origin: 9, seq: 3 };
+        n.handle(2, Message::IHave { ids: vec![(b, 1)] }, 30);
+        n.handle(3, Message::IHave { ids: vec![(b, 1)] }, 30);
+        n.tick(30);
+        assert_eq!(grafts(&mut n), vec![3]);
+
+        // Heard again, the tree is trusted again.
+        n.set_quiet(1, false, 40);
+        n.set_quiet(2, false, 40);
+        let c = MsgId { origin: 9, seq: 4 };
+        n.handle(3, Message::IHave { ids: vec![(c, 1)] }, 40);
+        n.tick(40);
+        assert!(grafts(&mut n).is_empty());
     }
 
     /// A neighbour announcing ids it never sends cannot grow the table of

@@ -51,8 +51,28 @@ fn half_the_network_crashing_is_survived() {
     // at least 99% of the survivors.
     let last = f.broadcasts.last().expect("broadcasts");
     assert!(last.delivery_ratio >= 0.99, "{last:?}");
+    // Heartbeats find dead tree links in about a second: every broadcast,
+    // the one sent as the members died included, reaches 99% of the
+    // survivors within 3 rounds.
+    for b in &f.broadcasts {
+        assert!(b.within_rounds[2] >= 0.99, "{b:?}");
+    }
     let end = r.end.as_ref().expect("end");
     assert!(end.active_connected && end.dead_entries == 0 && end.asymmetric_entries == 0, "{end:?}");
+}
+
+#[test]
+fn four_in_five_crashing_leaves_one_component() {
+    let r = small("overlay-failure-80.toml");
+    let f = r.failure.as_ref().expect("failure");
+    assert_eq!(f.killed, u64::from(N) * 4 / 5);
+    // Survivors linked only to each other ask for links with high priority
+    // and are not left on an island.
+    let end = r.end.as_ref().expect("end");
+    assert_eq!((end.active_components, end.isolated), (1, 0), "{end:?}");
+    for b in &f.broadcasts {
+        assert!(b.delivery_ratio >= 0.99, "{b:?}");
+    }
 }
 
 #[test]

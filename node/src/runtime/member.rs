@@ -185,7 +185,7 @@ impl Member {
             "links": o.known_links().into_iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>(),
             "stats": {
                 "joins": s.joins, "shuffles": s.shuffles, "neighbor_ups": s.neighbor_ups,
-                "neighbor_downs": s.neighbor_downs, "suspicions": s.suspicions, "connects": s.connects,
+                "neighbor_downs": s.neighbor_downs, "suspicions": s.suspicions, "quiet": s.quiet, "connects": s.connects,
                 "connect_failures": s.connect_failures, "relayed": s.relayed, "relay_refused": s.relay_refused,
                 "introduced": s.introduced, "delivered": p.delivered, "duplicates": p.duplicates,
                 "grafts": p.grafts_sent, "prunes": p.prunes_sent,

@@ -86,6 +86,11 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ("convoke_overlay_neighbor_changes_total", "counter", "Peers entering (up) or leaving (down) our active view"),
     ("convoke_overlay_suspicions_total", "counter", "Active peers suspected after going silent"),
     (
+        "convoke_overlay_quiet_total",
+        "counter",
+        "Links taken for dead after a ping went unanswered for three heartbeats",
+    ),
+    (
         "convoke_overlay_broadcasts_total",
         "counter",
         "Broadcast messages, by outcome (delivered: first copies; duplicate: extra copies)",
@@ -243,6 +248,7 @@ pub fn sample_overlay(o: &OverlaySample) {
     counter!("convoke_overlay_neighbor_changes_total", "change" => "up").absolute(s.neighbor_ups);
     counter!("convoke_overlay_neighbor_changes_total", "change" => "down").absolute(s.neighbor_downs);
     counter!("convoke_overlay_suspicions_total").absolute(s.suspicions);
+    counter!("convoke_overlay_quiet_total").absolute(s.quiet);
     counter!("convoke_overlay_broadcasts_total", "outcome" => "delivered").absolute(o.plum.delivered);
     counter!("convoke_overlay_broadcasts_total", "outcome" => "duplicate").absolute(o.plum.duplicates);
     for (step, n) in [

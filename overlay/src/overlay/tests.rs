@@ -198,7 +198,8 @@ fn broadcast_reaches_everyone_and_settles_into_a_tree() {
 
 #[test]
 fn a_failed_member_is_suspected_replaced_and_the_tree_repaired() {
-    let mut net = grown(40, Config { announce_joins: false, ..Config::default() });
+    // Without heartbeats: the round's pings, suspicion, `fail_after`.
+    let mut net = grown(40, Config { announce_joins: false, heartbeat: 0, ..Config::default() });
     net.broadcast(0, b"warm");
     net.run(2_000);
     // Kill the member with the most eager links: it is a tree hub.
@@ -488,6 +489,124 @@ fn a_shuffle_is_taken_and_answered_a_shuffles_worth_at_most() {
         .collect();
     assert_eq!(answers.len(), 1);
     assert!(answers[0] <= sample && answers[0] > 0, "answered with {} cards ({known} known)", answers[0]);
+}
+
+/// Kills the member with the most tree links and broadcasts at once from
+/// a member that was not its neighbour; returns the victim's neighbours,
+/// the broadcast and who lacked it after `ms`.
+fn kill_a_hub_and_broadcast(net: &mut Net, ms: Millis) -> (Vec<u32>, MsgId<u32>, Vec<u32>) {
+    net.broadcast(0, b"warm");
+    net.run(2_000);
+    let victim =
+        (1..net.nodes.len() as u32).max_by_key(|&i| net.nodes[i as usize].plumtree().eager().len()).expect("members");
+    net.alive[victim as usize] = false;
+    let neighbours: Vec<u32> = net.nodes[victim as usize].active().collect();
+    let origin = net.live().into_iter().find(|i| !neighbours.contains(i)).expect("a member not linked to it");
+    let id = net.broadcast(origin, b"right after");
+    net.run(ms);
+    let missing = net.live().into_iter().filter(|&i| !net.got(i, id)).collect();
+    (neighbours, id, missing)
+}
+
+/// With heartbeats a dead tree neighbour is quiet after about a second:
+/// the tree is grafted around it, so a broadcast sent as it died reaches
+/// everyone within 1.5 s, and no neighbour counts it as one by 2.2 s —
+/// not `fail_after` (4 s). Without heartbeats it is held until then.
+#[test]
+fn a_dead_tree_neighbour_goes_quiet_and_is_replaced_before_fail_after() {
+    let cfg = Config { announce_joins: false, ..Config::default() };
+    assert_eq!(cfg.heartbeat, 250);
+    let mut net = grown(40, cfg);
+    let (neighbours, _, missing) = kill_a_hub_and_broadcast(&mut net, 1_500);
+    assert!(missing.is_empty(), "not delivered within 1.5 s to {missing:?}");
+    // A link that was not a tree link is pinged once a round: quiet by
+    // 1.75 s. (It leaves the view once another member takes a link in its
+    // place: in this small network views are full, and that waits.)
+    net.run(700);
+    let victim = (0..40u32).find(|&i| !net.alive[i as usize]).expect("the hub died");
+    let quiet = |o: &Overlay<u32>| o.active.iter().find(|a| a.card.peer == victim).is_none_or(|a| a.quiet);
+    for &n in &neighbours {
+        let o = &net.nodes[n as usize];
+        assert!(quiet(o), "{n} still takes the dead {victim} for a neighbour");
+    }
+
+    // The same crash without heartbeats: the dead hub is a neighbour
+    // until it has been silent for `fail_after`.
+    let mut net = grown(40, Config { heartbeat: 0, ..cfg });
+    let (neighbours, _, _) = kill_a_hub_and_broadcast(&mut net, 1_500);
+    net.run(700);
+    let victim = (0..40u32).find(|&i| !net.alive[i as usize]).expect("the hub died");
+    assert!(neighbours.iter().all(|&n| net.nodes[n as usize].is_active(victim)), "held until failed");
+}
+
+/// A live neighbour is never quiet in the steady state: tree links
+/// answer their heartbeats, the others the round's pings.
+#[test]
+fn live_links_stay_heard_under_heartbeats() {
+    let mut net = grown(30, Config { announce_joins: false, ..Config::default() });
+    for k in 0..5u8 {
+        net.broadcast(u32::from(k), &[k]);
+        net.run(3_000);
+    }
+    for i in net.live() {
+        let s = net.nodes[i as usize].stats();
+        assert_eq!((s.quiet, s.suspicions), (0, 0), "member {i}");
+    }
+}
+
+/// A link whose ping goes unanswered is pinged every beat and is quiet
+/// three beats after the first unanswered ping, not before; one lost ping
+/// on a link with a round trip under two beats never makes it quiet.
+#[test]
+fn a_link_is_quiet_three_beats_after_an_unanswered_ping() {
+    let cfg = Config::default();
+    let hb = cfg.heartbeat;
+    let mut o = Overlay::new(card(1), cfg, seed(1), 0);
+    o.handle(2, Message::Neighbor { high: true, card: card(2) }, 0);
+    // Runs to `until`, answering pings `rtt` later unless `lose` says so;
+    // returns when pings were sent and when the link went quiet.
+    let mut answers: Vec<(Millis, u64)> = Vec::new();
+    let mut run = |o: &mut Overlay<u32>, from: Millis, until: Millis, rtt: Millis, lose: &dyn Fn(Millis) -> bool| {
+        let (mut sent, mut quiet_at) = (Vec::new(), None);
+        let mut now = from;
+        while now < until {
+            now += 10;
+            answers.retain(|&(at, nonce)| {
+                let due = at <= now;
+                if due {
+                    o.handle(2, Message::Pong { nonce }, now);
+                }
+                !due
+            });
+            o.tick(now);
+            if o.stats().quiet > 0 && quiet_at.is_none() {
+                quiet_at = Some(now);
+            }
+            for m in drain(o) {
+                if let Message::Ping { nonce } = m {
+                    sent.push(now);
+                    if !lose(now) {
+                        answers.push((now + rtt, nonce));
+                    }
+                }
+            }
+        }
+        (sent, quiet_at)
+    };
+    // The first ping is lost, the next answered 400 ms (1.6 beats) later.
+    let first = std::cell::Cell::new(None);
+    let (sent, quiet_at) = run(&mut o, 0, 5_000, 400, &|t| first.replace(Some(first.get().unwrap_or(t))).is_none());
+    assert!(sent.len() >= 5, "{sent:?}");
+    assert_eq!(sent[1] - sent[0], hb, "pinged again a beat after the lost one: {sent:?}");
+    assert_eq!(quiet_at, None, "one lost ping and a slow answer");
+
+    // Answers within a beat, then every ping lost: quiet three beats
+    // after the first lost one.
+    run(&mut o, 5_000, 6_000, 100, &|_| false);
+    let (sent, quiet_at) = run(&mut o, 6_000, 10_000, 100, &|_| true);
+    assert!(sent.windows(2).take(3).all(|w| w[1] - w[0] == hb), "{sent:?}");
+    assert_eq!(quiet_at, Some(sent[0] + 3 * hb), "{sent:?}");
+    assert!(o.active.iter().any(|a| a.card.peer == 2 && a.quiet), "still a neighbour, but quiet");
 }
 
 fn drain(o: &mut Overlay<u32>) -> Vec<Message<u32>> {

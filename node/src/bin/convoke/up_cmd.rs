@@ -44,6 +44,12 @@ pub struct UpArgs {
     /// suspicion after 2.5 rounds, failure after 4).
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
     round_ms: u64,
+    /// Heartbeat in milliseconds on the broadcast tree's links (0: none).
+    /// A neighbour whose ping goes unanswered for three beats is taken for
+    /// dead and replaced at once, and the tree is repaired around it,
+    /// instead of after 4 rounds of silence.
+    #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    heartbeat_ms: u64,
     /// Save the cards of the members this one knows in DIR (one file per
     /// identity, mode 0600), and on start rejoin the network through them:
     /// a restarted member needs no new invitation. Default:
@@ -125,6 +131,7 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     mc.overlay.round = round;
     mc.overlay.suspect_after = round * 5 / 2;
     mc.overlay.fail_after = round * 4;
+    mc.overlay.heartbeat = a.heartbeat_ms;
     mc.overlay.announce_views = round * 5;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
