@@ -67,6 +67,12 @@ impl OverlayReport {
                 "Dead entries in survivors' active views, per second after the crash: {:?}\n",
                 f.dead_entries_per_s
             );
+            let _ = writeln!(
+                m,
+                "Components of the survivors' active graph, per second after the crash: {:?}; one component after: {}.\n",
+                f.components_per_s,
+                f.one_component_after_ms.map_or("not within the run".to_owned(), |t| format!("{t} ms"))
+            );
             m.push_str(&broadcasts_md(&f.broadcasts));
         }
         if let Some(mm) = &self.membership {

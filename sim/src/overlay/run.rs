@@ -52,6 +52,12 @@ pub struct FailureFigures {
     /// Survivors' active-view entries naming dead nodes, per second after
     /// the crash.
     pub dead_entries_per_s: Vec<u64>,
+    /// Components of the survivors' active graph, per second after the
+    /// crash (isolated survivors count one each).
+    pub components_per_s: Vec<u64>,
+    /// Time from the crash until the survivors' active graph is one
+    /// component, ms (sampled every second; `None`: not within the run).
+    pub one_component_after_ms: Option<u64>,
     /// The broadcasts after the crash.
     pub broadcasts: Vec<BroadcastFigures>,
 }
@@ -323,6 +329,7 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
         let end = at + u64::from(fl.broadcasts - 1) * fl.interval_ms + 30 * round;
         let mut clean = None;
         let mut per_s = Vec::new();
+        let (mut comps, mut one) = (Vec::new(), None);
         let mut t = at;
         while t <= end {
             if ks.len() < fl.broadcasts as usize && t >= next_bc {
@@ -333,6 +340,11 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
             let dead = sim.invariants_dead_entries();
             if (t - at).is_multiple_of(1000) {
                 per_s.push(dead);
+                let c = sim.live_components();
+                if c == 1 && one.is_none() {
+                    one = Some(t - at);
+                }
+                comps.push(c);
             }
             if dead == 0 && clean.is_none() {
                 clean = Some(t - at);
@@ -347,6 +359,8 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
             at_ms: at,
             views_clean_after_ms: clean,
             dead_entries_per_s: per_s,
+            components_per_s: comps,
+            one_component_after_ms: one,
             broadcasts: f,
         });
     }
@@ -511,6 +525,24 @@ impl OverlaySim {
             }
         }
         dead
+    }
+
+    /// Components of the live members' active graph.
+    pub(super) fn live_components(&self) -> u64 {
+        let live = self.live();
+        let mut index = vec![u32::MAX; self.nodes.len()];
+        for (k, &i) in live.iter().enumerate() {
+            index[i as usize] = k as u32;
+        }
+        let mut edges = Vec::new();
+        for &i in &live {
+            for p in self.nodes[i as usize].active() {
+                if self.alive[p as usize] && i < p {
+                    edges.push((index[i as usize], index[p as usize]));
+                }
+            }
+        }
+        measure::components(live.len(), &edges) as u64
     }
 
     pub(super) fn random_live_except(&mut self, x: u32) -> u32 {
