@@ -32,8 +32,8 @@ pub mod plumtree;
 pub mod topology;
 pub mod wire;
 
-pub use overlay::{Config, DownReason, Event, Output, Overlay, Stats};
-pub use wire::{Card, DecodeError, Kind, Message, MsgId};
+pub use overlay::{Config, DownReason, Event, Output, Overlay, ShapeViolation, Stats, Topology};
+pub use wire::{Card, DecodeError, Kind, Message, MsgId, PolicyKind, Role, Shape};
 
 /// The overlay protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -34,8 +34,12 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::limiter::Limiter;
 use crate::plumtree::{PlumConfig, PlumStats, Plumtree};
-use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId};
+use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId, PolicyKind, Role};
+
+mod shape;
 use crate::{Millis, PeerKey};
+use shape::AnnouncedView;
+pub use shape::{ShapeViolation, Topology};
 
 /// Neighbours linked beyond our neighbourhood that an eviction spares (see
 /// `Overlay::evict`); also the most links a neighbour may say it has to be
@@ -128,6 +132,13 @@ pub struct Config {
     pub relay_per_second: f64,
     /// Plumtree's timers.
     pub plumtree: PlumConfig,
+    /// The topology policy: which links members keep, and so how
+    /// broadcasts route (see [`Topology`]). Members of one network run one.
+    pub topology: Topology,
+    /// Whether this member can serve as a super-peer (hierarchical: the
+    /// driver says so for a public address, an endpoint-independent NAT or
+    /// a mapped port, with capacity) or is a hub (star).
+    pub super_capable: bool,
 }
 
 impl Config {
@@ -160,6 +171,8 @@ impl Default for Config {
             relay_burst: 8,
             relay_per_second: 1.0,
             plumtree: PlumConfig::default(),
+            topology: Topology::Mesh,
+            super_capable: false,
         }
     }
 }
@@ -226,6 +239,17 @@ pub enum Event<P> {
         /// The token, to verify and use.
         token: Vec<u8>,
     },
+    /// A peer runs another topology policy: we do not link to it.
+    PolicyMismatch {
+        /// The peer.
+        peer: P,
+        /// Its policy.
+        policy: PolicyKind,
+    },
+    /// Our role changed (a leaf without super-peers became one).
+    RoleChanged(Role),
+    /// A policy invariant broke (see [`ShapeViolation`]).
+    Violation(String),
 }
 
 /// What the driver must do.
@@ -289,6 +313,15 @@ pub struct Stats {
     pub introduced: u64,
     /// Messages that made no sense where they arrived.
     pub ignored: u64,
+    /// Peers refused or dropped for running another topology policy.
+    pub mismatches: u64,
+    /// Times we became a super-peer for want of one.
+    pub promotions: u64,
+    /// Policy invariants found broken (each time one starts).
+    pub violations: u64,
+    /// Core links a super-peer asked for to mix the core (see
+    /// [`Topology::Hierarchical`]).
+    pub rewirings: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -356,7 +389,7 @@ pub struct Overlay<P: PeerKey> {
     pending: Vec<Pending<P>>,
     next_shuffle: Millis,
     next_view: Option<Millis>,
-    views: BTreeMap<P, (Millis, Vec<P>)>,
+    views: BTreeMap<P, AnnouncedView<P>>,
     /// Each active neighbour's active view, as it last told us.
     nbr_views: BTreeMap<P, Vec<P>>,
     /// When we last took cards of a shuffle or a shuffle's answer that
@@ -388,12 +421,29 @@ pub struct Overlay<P: PeerKey> {
     out: VecDeque<Output<P>>,
     stats: Stats,
     nonce: u64,
+    /// When we started (see `shape::check_invariants`).
+    born: Millis,
+    /// Invariants broken at the last check.
+    violations: Vec<ShapeViolation>,
+    /// Since when a hierarchical leaf has had no super-peer (promotion).
+    orphan_since: Option<Millis>,
+    /// Since when a leaf has had no super-peer (the invariant).
+    no_uplink_since: Option<Millis>,
+    /// When the announced graph is checked next, and what that found.
+    next_graph_check: Millis,
+    graph_violation: Option<ShapeViolation>,
+    /// Whether the last check of the announced graph failed.
+    graph_failing: bool,
+    /// When a super-peer next mixes its core (`shape::rewire`).
+    next_rewire: Millis,
 }
 
 impl<P: PeerKey> Overlay<P> {
     /// A member with empty views. `me` is our own card (our reusable
     /// invitation), handed to peers so they can link to us.
-    pub fn new(me: Card<P>, cfg: Config, seed: [u8; 32], now: Millis) -> Self {
+    pub fn new(mut me: Card<P>, cfg: Config, seed: [u8; 32], now: Millis) -> Self {
+        me.shape =
+            crate::wire::Shape { policy: cfg.topology.kind(), role: cfg.topology.initial_role(cfg.super_capable) };
         let mut rng = ChaCha8Rng::from_seed(seed);
         let first_shuffle = now + cfg.round + rng.next_u64() % cfg.round.max(1);
         Self {
@@ -420,6 +470,14 @@ impl<P: PeerKey> Overlay<P> {
             out: VecDeque::new(),
             stats: Stats::default(),
             nonce: 0,
+            born: now,
+            violations: Vec::new(),
+            orphan_since: None,
+            no_uplink_since: None,
+            next_graph_check: now,
+            graph_violation: None,
+            graph_failing: false,
+            next_rewire: now + shape::REWIRE_ROUNDS * cfg.round,
             cfg,
         }
     }
@@ -484,7 +542,7 @@ impl<P: PeerKey> Overlay<P> {
         self.active.len()
             + self.passive.len()
             + self.pending.len()
-            + self.views.values().map(|(_, v)| 1 + v.len()).sum::<usize>()
+            + self.views.values().map(|v| 1 + v.peers.len()).sum::<usize>()
             + self.nbr_views.values().map(|v| 1 + v.len()).sum::<usize>()
             + self.shuffled_from.len()
             + self.lingering.len()
@@ -508,7 +566,7 @@ impl<P: PeerKey> Overlay<P> {
     pub fn known_links(&self) -> Vec<(P, P)> {
         let mut links = std::collections::BTreeSet::new();
         let mine = (self.me.peer, self.active().collect::<Vec<_>>());
-        for (a, peers) in self.views.iter().map(|(p, (_, v))| (*p, v)).chain([(mine.0, &mine.1)]) {
+        for (a, peers) in self.views.iter().map(|(p, v)| (*p, &v.peers)).chain([(mine.0, &mine.1)]) {
             for &b in peers {
                 if a != b {
                     links.insert((a.min(b), a.max(b)));
@@ -541,9 +599,16 @@ impl<P: PeerKey> Overlay<P> {
 
     /// Joins through `contact`, to which the driver already has a link
     /// (made with the contact's invitation).
-    pub fn join(&mut self, contact: Card<P>, now: Millis) {
+    ///
+    /// A card made from an invitation does not say the contact's shape:
+    /// until the contact tells it (its [`Message::Neighbors`], sent as
+    /// soon as it takes us), it counts as a member of our policy in the
+    /// role `Member`, which a hierarchy or star neither fills nor drops
+    /// while it is our only link.
+    pub fn join(&mut self, mut contact: Card<P>, now: Millis) {
         let card = self.me.clone();
         self.send(contact.peer, Message::Join { card });
+        contact.shape = crate::wire::Shape { policy: self.me.shape.policy, role: Role::Member };
         self.add_active(contact, false, now);
     }
 
@@ -732,9 +797,16 @@ impl<P: PeerKey> Overlay<P> {
                 self.on_forward_join(from, card, ttl, path, now)
             }
             Message::Neighbor { high, card } => {
+                let class = card.shape.role;
                 if card.peer != from {
                     self.stats.ignored += 1;
-                } else if self.is_active(from) || high || self.live_active() < self.cfg.active {
+                } else if !self.compatible(card.shape) {
+                    self.send(from, Message::NeighborReply { accepted: false });
+                    self.mismatch(from, card.shape, now);
+                    self.out.push_back(Output::Close(from));
+                } else if self.is_active(from)
+                    || (self.want(class) > 0 && (self.room(class) || (high && !self.hard(class))))
+                {
                     // A quiet neighbour (probably dead) leaves room: it is
                     // the one `add_active` evicts.
                     //
@@ -744,6 +816,13 @@ impl<P: PeerKey> Overlay<P> {
                     self.add_active(card, false, now);
                     self.send(from, Message::NeighborReply { accepted: true });
                 } else {
+                    if self.want(class) == 0 {
+                        // Refused for its role, not for want of room: say
+                        // our role, so the asker stops taking us for one
+                        // it links to (a card passed on may say otherwise).
+                        let shape = self.me.shape;
+                        self.send(from, Message::Neighbors { peers: Vec::new(), shape });
+                    }
                     self.send(from, Message::NeighborReply { accepted: false });
                     self.add_passive(card, vec![from]);
                 }
@@ -784,9 +863,13 @@ impl<P: PeerKey> Overlay<P> {
                 self.on_shuffle(from, origin, ttl, path, cards, now)
             }
             Message::Join { .. } | Message::ForwardJoin { .. } | Message::Shuffle { .. } => self.stats.ignored += 1,
-            Message::Neighbors { peers } => {
+            Message::Neighbors { peers, shape } => {
                 if self.is_active(from) && peers.len() <= MAX_LIST {
                     self.nbr_views.insert(from, peers);
+                    self.neighbour_shape(from, shape, now);
+                } else if self.pending.iter().any(|p| p.card.peer == from) {
+                    // A peer we asked for a link saying its shape.
+                    self.neighbour_shape(from, shape, now);
                 } else {
                     self.stats.ignored += 1;
                 }
@@ -816,8 +899,16 @@ impl<P: PeerKey> Overlay<P> {
             self.stats.ignored += 1;
             return;
         }
+        if !self.compatible(card.shape) {
+            // Tell the newcomer why before the link goes: our shape.
+            self.send(from, Message::Neighbors { peers: Vec::new(), shape: self.me.shape });
+            self.mismatch(from, card.shape, now);
+            self.out.push_back(Output::Close(from));
+            return;
+        }
         self.stats.joins += 1;
         self.add_active(card.clone(), true, now);
+        self.hand_super_cards(from);
         let others: Vec<P> = self.active().filter(|&p| p != from).collect();
         if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == from) {
             a.newcomer = true;
@@ -836,12 +927,36 @@ impl<P: PeerKey> Overlay<P> {
 
     fn on_forward_join(&mut self, from: P, card: Card<P>, ttl: u8, mut path: Vec<P>, now: Millis) {
         let joiner = card.peer;
-        if joiner == self.me.peer || path.is_empty() || path.len() >= MAX_LIST {
+        if joiner == self.me.peer || path.is_empty() || path.len() >= MAX_LIST || !self.compatible(card.shape) {
             self.stats.ignored += 1;
             return;
         }
         // The way back to the newcomer: the walk reversed, then the newcomer.
         let route = loop_free(self.me.peer, path.iter().rev().copied().chain([joiner]));
+        let class = card.shape.role;
+        let can_hold = self.want(class) > 0 && (!self.hard(class) || self.room(class));
+        if (ttl == 0 || self.active.len() <= 1) && !can_hold {
+            // The walk ends at a member whose role cannot hold the
+            // newcomer (a leaf, a full super-peer): pass it on, still at
+            // its end, to a neighbour that might (a super-peer), for as
+            // long as the path has room; else keep the card.
+            let holders: Vec<P> = self
+                .active
+                .iter()
+                .filter(|a| a.card.peer != from && a.card.peer != joiner)
+                .filter(|a| a.card.shape.role == Role::Super || self.me.shape.role == Role::Member)
+                .map(|a| a.card.peer)
+                .collect();
+            if path.len() < 2 * usize::from(self.cfg.arwl) + 4
+                && let Some(i) = Self::pick(&mut self.rng, &holders)
+            {
+                path.push(self.me.peer);
+                self.send(holders[i], Message::ForwardJoin { card, ttl: 0, path });
+            } else {
+                self.add_passive(card, route);
+            }
+            return;
+        }
         if ttl == 0 || self.active.len() <= 1 {
             self.connect(card, route, true, true, now);
             return;
@@ -855,7 +970,8 @@ impl<P: PeerKey> Overlay<P> {
                 path.push(self.me.peer);
                 self.send(candidates[i], Message::ForwardJoin { card, ttl: ttl - 1, path });
             }
-            None => self.connect(card, route, true, true, now),
+            None if can_hold => self.connect(card, route, true, true, now),
+            None => self.add_passive(card, route),
         }
     }
 
@@ -1006,8 +1122,11 @@ impl<P: PeerKey> Overlay<P> {
             self.forced_at.rotate_right(1);
             self.forced_at[0] = Some(now);
         }
-        if self.active.len() >= self.cfg.active {
-            self.evict(now);
+        // Room in the newcomer's class (a class our role does not keep
+        // holds it only until `shape_links` finds it another way in).
+        let class = card.shape.role;
+        if self.want(class) > 0 && self.count_in(class) >= self.want(class) {
+            self.evict(now, Some(class));
         }
         self.passive.retain(|p| p.card.peer != peer);
         self.lingering.retain(|(p, _)| *p != peer);
@@ -1056,7 +1175,10 @@ impl<P: PeerKey> Overlay<P> {
     /// members hardest to reach (behind symmetric NATs) live on links
     /// others' walks force on them, and dropping those first left two of
     /// them on an island in the whole-system simulation.
-    fn evict(&mut self, now: Millis) -> bool {
+    ///
+    /// With a `class`, only links to peers of that role are candidates.
+    fn evict(&mut self, now: Millis, class: Option<Role>) -> bool {
+        let in_class = |a: &ActivePeer<P>| class.is_none_or(|c| a.card.shape.role == c);
         // A quiet link goes first: it is probably dead, and its
         // replacement is what made the view too big (see `live_active`).
         // It is dropped card and all, as if it had timed out, unless we
@@ -1065,7 +1187,7 @@ impl<P: PeerKey> Overlay<P> {
         // transport, whose consent checks end it if the peer is gone: a
         // close here would also end a link the peer is making to us again
         // (after a move, say).
-        if let Some(a) = self.active.iter().find(|a| a.quiet) {
+        if let Some(a) = self.active.iter().find(|a| a.quiet && in_class(a)) {
             let victim = a.card.peer;
             let ours = self.keep_on_loss.contains(&victim);
             self.send(victim, Message::Disconnect { alive: true });
@@ -1074,7 +1196,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         // A flood of joins must not grow the view without bound: at twice
         // its size, nobody is spared.
-        let spare = self.active.len() < 2 * self.cfg.active;
+        let spare = self.active.len() < 2 * self.cfg.active.max(self.fill_target());
         let window = RELAYED_FOR * self.cfg.round;
         let spared = |a: &ActivePeer<P>| spare && a.newcomer && now.saturating_sub(a.since) < 2 * self.cfg.round;
         let idle = |a: &ActivePeer<P>| a.relayed.is_none_or(|t| now.saturating_sub(t) >= window);
@@ -1090,7 +1212,7 @@ impl<P: PeerKey> Overlay<P> {
         let keep_bridges = bridges.len() <= MIN_BRIDGES;
         let tier = |f: &dyn Fn(&ActivePeer<P>) -> bool| -> Vec<usize> {
             (0..self.active.len())
-                .filter(|&i| !spared(&self.active[i]) && f(&self.active[i]))
+                .filter(|&i| in_class(&self.active[i]) && !spared(&self.active[i]) && f(&self.active[i]))
                 .filter(|i| !keep_bridges || !bridges.contains(i))
                 .collect()
         };
@@ -1114,7 +1236,7 @@ impl<P: PeerKey> Overlay<P> {
             pool = tier(&|_| true);
         }
         if pool.is_empty() {
-            pool = (0..self.active.len()).filter(|&i| !spared(&self.active[i])).collect();
+            pool = (0..self.active.len()).filter(|&i| in_class(&self.active[i]) && !spared(&self.active[i])).collect();
         }
         let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
         let victim = self.active[pool[k]].card.peer;
@@ -1145,7 +1267,7 @@ impl<P: PeerKey> Overlay<P> {
 
     fn add_passive(&mut self, card: Card<P>, route: Vec<P>) {
         let peer = card.peer;
-        if peer == self.me.peer || self.is_active(peer) {
+        if peer == self.me.peer || self.is_active(peer) || !self.compatible(card.shape) {
             return;
         }
         // A route always ends at the peer it leads to.
@@ -1161,10 +1283,18 @@ impl<P: PeerKey> Overlay<P> {
             }
             return;
         }
-        if self.passive.len() >= self.cfg.passive
-            && let Some(i) = Self::pick(&mut self.rng, &self.passive)
-        {
-            self.passive.swap_remove(i);
+        if self.passive.len() >= self.cfg.passive {
+            // Under a hierarchy or star a card of a leaf goes first: the
+            // passive view is for super-peers (see `worth_keeping`).
+            let useless: Vec<usize> =
+                (0..self.passive.len()).filter(|&i| !self.worth_keeping(&self.passive[i].card)).collect();
+            let i = match Self::pick(&mut self.rng, &useless) {
+                Some(k) => Some(useless[k]),
+                None => Self::pick(&mut self.rng, &self.passive),
+            };
+            if let Some(i) = i {
+                self.passive.swap_remove(i);
+            }
         }
         self.passive.push(PassivePeer { card, route });
     }
@@ -1192,7 +1322,12 @@ impl<P: PeerKey> Overlay<P> {
     /// (in the simulator 10 of 13 moved members linked again that way,
     /// against 13 of 13 waiting for the transport to report the loss).
     fn live_active(&self) -> usize {
-        self.active.iter().filter(|a| !a.quiet || self.keep_on_loss.contains(&a.card.peer)).count()
+        self.active.iter().filter(|a| self.is_live(a)).count()
+    }
+
+    /// Whether an active peer counts (see `live_active`).
+    fn is_live(&self, a: &ActivePeer<P>) -> bool {
+        !a.quiet || self.keep_on_loss.contains(&a.card.peer)
     }
 
     /// Whether a tree link is quiet (see [`Config::heartbeat`]).
@@ -1218,8 +1353,13 @@ impl<P: PeerKey> Overlay<P> {
             return;
         }
         self.held.retain(|_, until| *until > now);
-        while self.live_active() + self.pending.len() < self.cfg.active {
+        loop {
+            let classes = self.classes_to_fill();
+            if classes.is_empty() {
+                break;
+            }
             let free: Vec<usize> = (0..self.passive.len())
+                .filter(|&i| classes.contains(&self.passive[i].card.shape.role))
                 .filter(|&i| !self.pending.iter().any(|p| p.card.peer == self.passive[i].card.peer))
                 .filter(|&i| !self.held.contains_key(&self.passive[i].card.peer))
                 .collect();
@@ -1231,8 +1371,12 @@ impl<P: PeerKey> Overlay<P> {
             let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
             let p = self.passive[pool[i]].clone();
             let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
-            let high = self.live_active() < LONELY;
+            let high = self.live_kept() < LONELY.min(self.fill_target());
+            let asked = self.pending.len();
             self.connect(p.card, route, high, false, now);
+            if self.pending.len() == asked {
+                break;
+            }
         }
     }
 
@@ -1262,14 +1406,12 @@ impl<P: PeerKey> Overlay<P> {
                 }
                 // Only members that announce views keep others' (bounded).
                 Kind::View if self.cfg.announce_views > 0 && self.views.len() < 4096 => {
-                    let mut r = d.payload.as_slice();
-                    let mut peers = Vec::new();
-                    while peers.len() < MAX_LIST
-                        && let Some(p) = P::take(&mut r)
-                    {
-                        peers.push(p);
+                    match shape::read_view(&d.payload, now) {
+                        Some(v) => {
+                            self.views.insert(d.id.origin, v);
+                        }
+                        None => self.stats.ignored += 1,
                     }
-                    self.views.insert(d.id.origin, (now, peers));
                 }
                 Kind::View => {}
             }
@@ -1351,25 +1493,22 @@ impl<P: PeerKey> Overlay<P> {
             self.out.push_back(Output::Close(p));
             self.link_failed(p, now);
         }
-        while self.active.len() > self.cfg.active && self.evict(now) {}
-        if self.live_active() < self.cfg.active {
+        self.shape_links(now);
+        if !self.classes_to_fill().is_empty() {
             self.fill(now);
         }
         self.plum.tick(now);
         self.drain_plum(now);
         if self.cfg.announce_views > 0 {
             if self.next_view.is_some_and(|t| now >= t) {
-                let mut payload = Vec::new();
-                for a in &self.active {
-                    a.card.peer.put(&mut payload);
-                }
+                let payload = shape::view_payload(self.me.shape, self.active());
                 self.next_view = Some(now + self.cfg.announce_views);
                 self.plum.broadcast(Kind::View, payload, now);
                 self.drain_plum(now);
             }
             // Forget members whose announcements stopped.
             let horizon = self.cfg.announce_views.saturating_mul(3);
-            self.views.retain(|_, (at, _)| now.saturating_sub(*at) < horizon);
+            self.views.retain(|_, v| now.saturating_sub(v.at) < horizon);
         }
     }
 
@@ -1414,10 +1553,7 @@ impl<P: PeerKey> Overlay<P> {
         let doubt = self.tree_in_doubt();
         // A fill held back by failures is due once it may run again (not
         // again once a tick at or after that time has tried it).
-        if self.live_active() + self.pending.len() < self.cfg.active
-            && !self.passive.is_empty()
-            && self.fill_after > self.last_tick
-        {
+        if !self.classes_to_fill().is_empty() && !self.passive.is_empty() && self.fill_after > self.last_tick {
             t = t.min(self.fill_after);
         }
         for &(_, until) in &self.lingering {
@@ -1454,7 +1590,8 @@ impl<P: PeerKey> Overlay<P> {
         if std::mem::take(&mut self.nbr_dirty) {
             let peers: Vec<P> = self.active().collect();
             for &p in &peers {
-                self.send(p, Message::Neighbors { peers: peers.iter().copied().filter(|&q| q != p).collect() });
+                let shape = self.me.shape;
+                self.send(p, Message::Neighbors { peers: peers.iter().copied().filter(|&q| q != p).collect(), shape });
             }
         }
         self.out.pop_front()

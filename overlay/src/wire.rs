@@ -18,12 +18,126 @@ pub const MAX_CARD: usize = 8 * 1024;
 /// A peer's contact card: its identity and the signed, reusable invitation
 /// token others connect with. The overlay treats the token as opaque bytes;
 /// the driver verifies its signature names `peer`.
+///
+/// The card also says where its member stands in the network's shape
+/// ([`Shape`]). That byte is not covered by the token's signature: a member
+/// passing a card on could change it, but the worst it does is send
+/// someone to ask a leaf for a link, which the leaf refuses; every member
+/// tells its neighbours its own shape ([`Message::Neighbors`],
+/// [`Message::Neighbor`]), and that is what views keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card<P> {
     /// Whose card it is.
     pub peer: P,
     /// The invitation token (opaque to the overlay).
     pub token: Vec<u8>,
+    /// The topology policy its member runs and its role there.
+    pub shape: Shape,
+}
+
+impl<P> Card<P> {
+    /// A card of a mesh member (the shape the overlay corrects once it
+    /// hears from the member).
+    pub fn new(peer: P, token: Vec<u8>) -> Self {
+        Self { peer, token, shape: Shape::default() }
+    }
+}
+
+/// Which topology policy a member runs (the kind, without its bounds,
+/// which each member applies to its own links).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum PolicyKind {
+    /// HyParView's random mesh, Plumtree's tree on top.
+    #[default]
+    Mesh,
+    /// A mesh with a degree bound, so Plumtree's tree is degree-bounded.
+    SpanningTree,
+    /// Super-peers meshed together, leaves linked only to super-peers.
+    Hierarchical,
+    /// Hubs meshed together, each leaf linked to one hub.
+    Star,
+}
+
+impl PolicyKind {
+    /// Its name on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Mesh => "mesh",
+            PolicyKind::SpanningTree => "spanning-tree",
+            PolicyKind::Hierarchical => "hierarchical",
+            PolicyKind::Star => "star",
+        }
+    }
+}
+
+/// A member's role under its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Role {
+    /// Any member of a mesh or spanning tree.
+    #[default]
+    Member,
+    /// A super-peer (hierarchical) or hub (star): links to other
+    /// super-peers and carries leaves.
+    Super,
+    /// A leaf: links only to super-peers.
+    Leaf,
+}
+
+impl Role {
+    /// Its name in status and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Super => "super-peer",
+            Role::Leaf => "leaf",
+        }
+    }
+}
+
+/// A member's policy and role, one byte on the wire: the policy in the
+/// high four bits, the role in the low four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Shape {
+    /// The policy.
+    pub policy: PolicyKind,
+    /// The role.
+    pub role: Role,
+}
+
+impl Shape {
+    /// The byte.
+    pub fn to_byte(self) -> u8 {
+        let p = match self.policy {
+            PolicyKind::Mesh => 0,
+            PolicyKind::SpanningTree => 1,
+            PolicyKind::Hierarchical => 2,
+            PolicyKind::Star => 3,
+        };
+        let r = match self.role {
+            Role::Member => 0,
+            Role::Super => 1,
+            Role::Leaf => 2,
+        };
+        (p << 4) | r
+    }
+
+    /// From the byte; `None` for values no policy or role has.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        let policy = match b >> 4 {
+            0 => PolicyKind::Mesh,
+            1 => PolicyKind::SpanningTree,
+            2 => PolicyKind::Hierarchical,
+            3 => PolicyKind::Star,
+            _ => return None,
+        };
+        let role = match b & 0x0f {
+            0 => Role::Member,
+            1 => Role::Super,
+            2 => Role::Leaf,
+            _ => return None,
+        };
+        Some(Self { policy, role })
+    }
 }
 
 /// A broadcast message's identity: who first sent it and their sequence.
@@ -103,6 +217,8 @@ pub enum Message<P> {
     Neighbors {
         /// Our active peers.
         peers: Vec<P>,
+        /// Our policy and role now.
+        shape: Shape,
     },
     /// Liveness probe of an active neighbour.
     Ping {
@@ -244,9 +360,10 @@ impl<P: PeerKey> Message<P> {
                 out.push(T_SHUFFLE_REPLY);
                 put_cards(out, cards);
             }
-            Message::Neighbors { peers } => {
+            Message::Neighbors { peers, shape } => {
                 out.push(T_NEIGHBORS);
                 put_peers(out, peers);
+                out.push(shape.to_byte());
             }
             Message::Ping { nonce } => {
                 out.push(T_PING);
@@ -318,7 +435,7 @@ impl<P: PeerKey> Message<P> {
                 cards: take_cards(r)?,
             },
             T_SHUFFLE_REPLY => Message::ShuffleReply { cards: take_cards(r)? },
-            T_NEIGHBORS => Message::Neighbors { peers: take_peers(r)? },
+            T_NEIGHBORS => Message::Neighbors { peers: take_peers(r)?, shape: take_shape(r)? },
             T_PING => Message::Ping { nonce: take_u64(r)? },
             T_PONG => Message::Pong { nonce: take_u64(r)? },
             T_RELAY => {
@@ -369,6 +486,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 fn put_card<P: PeerKey>(out: &mut Vec<u8>, c: &Card<P>) {
     c.peer.put(out);
     put_bytes(out, &c.token);
+    out.push(c.shape.to_byte());
 }
 
 fn put_cards<P: PeerKey>(out: &mut Vec<u8>, cs: &[Card<P>]) {
@@ -432,8 +550,12 @@ fn take_bytes(r: &mut &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
     Ok(take(r, n)?.to_vec())
 }
 
+fn take_shape(r: &mut &[u8]) -> Result<Shape, DecodeError> {
+    Shape::from_byte(take_u8(r)?).ok_or(DecodeError::Invalid)
+}
+
 fn take_card<P: PeerKey>(r: &mut &[u8]) -> Result<Card<P>, DecodeError> {
-    Ok(Card { peer: P::take(r).ok_or(DecodeError::BadPeer)?, token: take_bytes(r, MAX_CARD)? })
+    Ok(Card { peer: P::take(r).ok_or(DecodeError::BadPeer)?, token: take_bytes(r, MAX_CARD)?, shape: take_shape(r)? })
 }
 
 fn take_cards<P: PeerKey>(r: &mut &[u8]) -> Result<Vec<Card<P>>, DecodeError> {
@@ -461,7 +583,11 @@ mod tests {
     use super::*;
 
     fn card(p: u32) -> Card<u32> {
-        Card { peer: p, token: vec![p as u8; 3] }
+        let shape = Shape {
+            policy: PolicyKind::Hierarchical,
+            role: if p.is_multiple_of(2) { Role::Leaf } else { Role::Super },
+        };
+        Card { peer: p, token: vec![p as u8; 3], shape }
     }
 
     fn samples() -> Vec<Message<u32>> {
@@ -474,7 +600,7 @@ mod tests {
             Message::Disconnect { alive: true },
             Message::Shuffle { origin: 5, ttl: 3, path: vec![5], cards: vec![card(5), card(6)] },
             Message::ShuffleReply { cards: vec![card(8)] },
-            Message::Neighbors { peers: vec![1, 2, 3] },
+            Message::Neighbors { peers: vec![1, 2, 3], shape: Shape { policy: PolicyKind::Star, role: Role::Super } },
             Message::Ping { nonce: u64::MAX },
             Message::Pong { nonce: 1 },
             Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },
@@ -511,5 +637,23 @@ mod tests {
         assert_eq!(Message::<u32>::decode(&b), Err(DecodeError::TooLong));
         assert_eq!(Message::<u32>::decode(&vec![T_PRUNE; MAX_MESSAGE + 1]), Err(DecodeError::TooLarge));
         assert_eq!(Message::<u32>::decode(&[T_NEIGHBOR_REPLY, 2]), Err(DecodeError::Invalid));
+        // A shape byte no policy or role has.
+        assert_eq!(Message::<u32>::decode(&[T_NEIGHBORS, 0, 0x40]), Err(DecodeError::Invalid));
+        assert_eq!(Message::<u32>::decode(&[T_NEIGHBORS, 0, 0x03]), Err(DecodeError::Invalid));
+    }
+
+    #[test]
+    fn every_shape_round_trips_through_its_byte() {
+        let policies = [PolicyKind::Mesh, PolicyKind::SpanningTree, PolicyKind::Hierarchical, PolicyKind::Star];
+        let mut seen = std::collections::BTreeSet::new();
+        for policy in policies {
+            for role in [Role::Member, Role::Super, Role::Leaf] {
+                let s = Shape { policy, role };
+                assert_eq!(Shape::from_byte(s.to_byte()), Some(s));
+                assert!(seen.insert(s.to_byte()));
+            }
+        }
+        let valid = (0..=255u8).filter(|&b| Shape::from_byte(b).is_some()).count();
+        assert_eq!(valid, 12);
     }
 }

@@ -198,3 +198,49 @@ fn bad_scenarios_are_refused_naming_the_field() {
     let e = OverlayScenario::parse("name = \"x\"\nnodez = 3\n[steady]\n").expect_err("unknown field");
     assert!(e.to_string().contains("nodez"), "{e}");
 }
+
+/// `overlay-steady.toml` at N under `topology` (with its defaults).
+fn steady_under(topology: &str) -> OverlayReport {
+    let mut s = scenario("overlay-steady.toml");
+    s.policy = Some(convoke_sim::overlay::PolicySection { topology: topology.into(), ..Default::default() });
+    s.validate().expect("valid");
+    run(&s, s.seed)
+}
+
+#[test]
+fn every_live_policy_keeps_its_shape_and_delivers_everything() {
+    for (topology, bound) in [("hierarchical", 16), ("star", 256), ("spanning-tree", 4)] {
+        let r = steady_under(topology);
+        let a = r.aggregate.as_ref().expect("aggregate");
+        assert_eq!(a.missed, 0, "{topology}: full delivery: {a:?}");
+        assert!(a.rmr_later_max < 0.3, "{topology}: later broadcasts follow the tree: {a:?}");
+        let f = r.policy_end.as_ref().expect("the policy's figures");
+        assert_eq!(f.topology, topology);
+        assert_eq!(f.check, "ok", "{topology}: the policy's invariants hold over the live links: {f:?}");
+        assert_eq!(f.bound, bound);
+        assert_eq!((f.leaf_links, f.leaves_without_uplink, f.members_violating), (0, 0, 0), "{topology}: {f:?}");
+        match topology {
+            "spanning-tree" => {
+                assert_eq!(f.members, u64::from(N));
+                assert!(f.max_degree <= bound, "{f:?}");
+            }
+            _ => {
+                assert_eq!(f.supers + f.leaves, u64::from(N));
+                assert!(f.supers > 0 && f.leaves > f.supers, "{topology}: {f:?}");
+                assert!(f.max_super_leaves <= bound, "{topology}: {f:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_hierarchy_survives_half_its_members_crashing() {
+    let mut s = scenario("overlay-failure-50.toml");
+    s.policy = Some(convoke_sim::overlay::PolicySection { topology: "hierarchical".into(), ..Default::default() });
+    let r = run(&s, s.seed);
+    let f = r.policy_end.as_ref().expect("the policy's figures");
+    assert_eq!(f.check, "ok", "{f:?}");
+    assert_eq!(f.leaves_without_uplink, 0, "{f:?}");
+    let last = r.failure.as_ref().and_then(|f| f.broadcasts.last()).expect("broadcasts");
+    assert!(last.delivery_ratio >= 0.99, "{last:?}");
+}

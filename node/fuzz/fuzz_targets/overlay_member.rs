@@ -3,14 +3,21 @@
 //! must never panic, and its views must stay within their bounds.
 #![no_main]
 
-use convoke_overlay::{Card, Config, Message, Output, Overlay};
+use convoke_overlay::{Card, Config, Message, Output, Overlay, Topology};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let cfg = Config { announce_views: 700, ..Config::default() };
-    let me = Card { peer: 0u32, token: b"me".to_vec() };
+    // The first byte picks the topology policy and whether we may serve.
+    let Some((&pick, data)) = data.split_first() else { return };
+    let topology = [Topology::Mesh, Topology::SPANNING_TREE, Topology::HIERARCHICAL, Topology::STAR][usize::from(pick % 4)];
+    let leaves = match topology {
+        Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => leaves,
+        _ => 0,
+    };
+    let cfg = Config { announce_views: 700, topology, super_capable: pick & 4 != 0, ..Config::default() };
+    let me = Card::new(0u32, b"me".to_vec());
     let mut o = Overlay::new(me, cfg, [3; 32], 0);
-    o.join(Card { peer: 1, token: b"one".to_vec() }, 0);
+    o.join(Card::new(1, b"one".to_vec()), 0);
     let mut now = 0u64;
     // Chunks: [op, peer, len, bytes...]
     let mut rest = data;
@@ -40,7 +47,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(Message::<u32>::decode(&msg.encode()).is_ok(), "we sent something undecodable");
             }
         }
-        assert!(o.active().count() <= 2 * cfg.active, "active view {}", o.active().count());
+        let bound = 2 * (cfg.active + leaves);
+        assert!(o.active().count() <= bound, "active view {}", o.active().count());
         assert!(o.passive().count() <= cfg.passive);
         assert!(!o.active().any(|p| p == 0), "we are in our own view");
     }

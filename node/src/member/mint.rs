@@ -109,7 +109,7 @@ impl Minter {
 
 /// The card of an invitation: its inviter and the token in compact text.
 pub fn card_of(invitation: &Invitation) -> Card<PeerId> {
-    Card { peer: invitation.inviter(), token: invitation.token().encode_compact().into_bytes() }
+    Card::new(invitation.inviter(), invitation.token().encode_compact().into_bytes())
 }
 
 /// A card is usable only as a valid invitation signed by the peer it

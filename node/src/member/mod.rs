@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use convoke_overlay::wire::MAX_MESSAGE;
-use convoke_overlay::{Card, Config, DownReason, Event, Message, Output, Overlay, PeerKey};
+use convoke_overlay::{Card, Config, DownReason, Event, Message, Output, Overlay, PeerKey, PolicyKind, Role};
 
 pub use candidates::LocalCandidates;
 pub use member_host::MemberHost;
@@ -223,6 +223,18 @@ pub enum MemberEvent {
     },
     /// A session was closed because the peer broke the framing.
     Misbehaved(PeerId, String),
+    /// A peer runs another topology policy: no link with it.
+    PolicyMismatch {
+        /// The peer.
+        peer: PeerId,
+        /// Its policy.
+        policy: PolicyKind,
+    },
+    /// Our role under the topology policy changed (a leaf became a
+    /// super-peer for want of one).
+    RoleChanged(Role),
+    /// A topology policy invariant broke (what, in words).
+    Violation(String),
 }
 
 /// What an application asks of a member.
@@ -960,6 +972,9 @@ impl Member {
                         self.emit(MemberEvent::Message { origin: id.origin, seq: id.seq, hops: round, data: payload })
                     }
                     Event::MemberJoined { peer, round } => self.emit(MemberEvent::MemberJoined { peer, hops: round }),
+                    Event::PolicyMismatch { peer, policy } => self.emit(MemberEvent::PolicyMismatch { peer, policy }),
+                    Event::RoleChanged(role) => self.emit(MemberEvent::RoleChanged(role)),
+                    Event::Violation(v) => self.emit(MemberEvent::Violation(v)),
                     Event::Introduced { from, token } => {
                         let result = match std::str::from_utf8(&token) {
                             Ok(text) => {

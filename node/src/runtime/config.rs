@@ -10,6 +10,8 @@
 //! no_probing = false
 //! no_port_mapping = false
 //! state = "/var/lib/convoke/state"
+//! topology = "hierarchical"
+//! super_peer = true
 //!
 //! [invite]
 //! expires = "1d"
@@ -41,6 +43,11 @@ pub struct FileConfig {
     pub no_port_mapping: bool,
     /// Where `convoke up` saves the cards it rejoins through (`--state`).
     pub state: Option<PathBuf>,
+    /// The network's topology policy for `convoke up` (`--topology`):
+    /// mesh, spanning-tree, hierarchical or star.
+    pub topology: Option<String>,
+    /// This member can serve as a super-peer, or is a hub (`--super-peer`).
+    pub super_peer: bool,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }
@@ -118,11 +125,15 @@ mod tests {
             listen = ["0.0.0.0:4433", "[::]:4433"]
             stun = ["198.18.0.1:3478"]
             state = "/var/lib/convoke/state"
+            topology = "hierarchical"
+            super_peer = true
             [invite]
             expires = "1d"
             "#,
         )
         .expect("valid");
+        assert_eq!(c.topology.as_deref(), Some("hierarchical"));
+        assert!(c.super_peer);
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.invite.expires.as_deref(), Some("1d"));
         assert_eq!(c.state.as_deref(), Some(Path::new("/var/lib/convoke/state")));

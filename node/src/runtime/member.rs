@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub active: Vec<crate::identity::PeerId>,
     /// Our eager (tree) links.
     pub eager: Vec<crate::identity::PeerId>,
+    /// Our role under the topology policy.
+    pub role: convoke_overlay::Role,
+    /// The policy invariants broken now, in words.
+    pub violations: Vec<String>,
 }
 
 /// The member app: drives the engine, forwards its events and takes
@@ -158,6 +162,8 @@ impl Member {
         if let (Some(o), Ok(mut s)) = (e.overlay(), self.snapshot.lock()) {
             s.active = o.active().collect();
             s.eager = o.plumtree().eager().to_vec();
+            s.role = o.shape().role;
+            s.violations = o.violations().iter().map(|v| v.to_string()).collect();
         }
     }
 
@@ -183,12 +189,20 @@ impl Member {
             "lazy": ids(o.plumtree().lazy().to_vec()),
             "members": ids(o.known_members()),
             "links": o.known_links().into_iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>(),
+            "topology": {
+                "policy": o.shape().policy.as_str(),
+                "role": o.shape().role.as_str(),
+                "violations": o.violations().iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                "roles": o.role_counts().into_iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "super_peers": ids(o.known_graph().node_weights().filter(|(_, s)| s.is_some_and(|s| s.role == convoke_overlay::Role::Super)).map(|(p, _)| *p).collect()),
+            },
             "stats": {
                 "joins": s.joins, "shuffles": s.shuffles, "neighbor_ups": s.neighbor_ups,
                 "neighbor_downs": s.neighbor_downs, "suspicions": s.suspicions, "quiet": s.quiet, "connects": s.connects,
                 "connect_failures": s.connect_failures, "relayed": s.relayed, "relay_refused": s.relay_refused,
                 "introduced": s.introduced, "delivered": p.delivered, "duplicates": p.duplicates,
-                "grafts": p.grafts_sent, "prunes": p.prunes_sent,
+                "grafts": p.grafts_sent, "prunes": p.prunes_sent, "policy_mismatches": s.mismatches,
+                "promotions": s.promotions, "violations": s.violations, "rewirings": s.rewirings,
             },
         })
     }
@@ -329,7 +343,7 @@ mod tests {
         let alice = Identity::generate(&mut rng);
         let mallory = Identity::generate(&mut rng);
         let good = invitation(&alice, &mut rng);
-        let card = |peer: PeerId, t: &str| Card { peer, token: t.as_bytes().to_vec() };
+        let card = |peer: PeerId, t: &str| Card::new(peer, t.as_bytes().to_vec());
         assert!(check_card(&card(alice.peer_id(), &good), 1_001).is_ok());
         // Mallory's own invitation passed off as Alice's card.
         let forged = invitation(&mallory, &mut rng);
@@ -343,7 +357,7 @@ mod tests {
         assert!(check_card(&card(alice.peer_id(), &tampered), 1_001).is_err());
         // Expired, and not text at all.
         assert!(check_card(&card(alice.peer_id(), &good), 1_000 + 400 * 86_400).is_err());
-        assert!(check_card(&Card { peer: alice.peer_id(), token: vec![0xff, 0xfe] }, 1_001).is_err());
+        assert!(check_card(&Card::new(alice.peer_id(), vec![0xff, 0xfe]), 1_001).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The overlay against itself: an in-memory network of members with a
 //! fixed latency, links made instantly where a member asks.
 
+use crate::wire::{PolicyKind, Role, Shape};
 use std::collections::BTreeSet;
 
 use super::*;
@@ -15,10 +16,12 @@ struct Net {
     delivered: Vec<Vec<(MsgId<u32>, u16)>>,
     introduced: Vec<(u32, u32, Vec<u8>)>,
     joined_seen: Vec<Vec<u32>>,
+    /// (member, peer, its policy) of every `PolicyMismatch`.
+    mismatches: Vec<(u32, u32, PolicyKind)>,
 }
 
 fn card(p: u32) -> Card<u32> {
-    Card { peer: p, token: format!("invitation of {p}").into_bytes() }
+    Card::new(p, format!("invitation of {p}").into_bytes())
 }
 
 fn seed(i: u32) -> [u8; 32] {
@@ -29,8 +32,13 @@ fn seed(i: u32) -> [u8; 32] {
 
 impl Net {
     fn new(n: u32, cfg: Config) -> Self {
+        Self::with(n, |_| cfg)
+    }
+
+    /// A network whose member `i` runs `cfg(i)`.
+    fn with(n: u32, cfg: impl Fn(u32) -> Config) -> Self {
         Net {
-            nodes: (0..n).map(|i| Overlay::new(card(i), cfg, seed(i), 0)).collect(),
+            nodes: (0..n).map(|i| Overlay::new(card(i), cfg(i), seed(i), 0)).collect(),
             alive: vec![true; n as usize],
             links: BTreeSet::new(),
             wire: Vec::new(),
@@ -38,6 +46,7 @@ impl Net {
             delivered: vec![Vec::new(); n as usize],
             introduced: Vec::new(),
             joined_seen: vec![Vec::new(); n as usize],
+            mismatches: Vec::new(),
         }
     }
 
@@ -70,6 +79,7 @@ impl Net {
                 Output::Event(Event::Delivered { id, round, .. }) => self.delivered[i as usize].push((id, round)),
                 Output::Event(Event::Introduced { from, token }) => self.introduced.push((i, from, token)),
                 Output::Event(Event::MemberJoined { peer, .. }) => self.joined_seen[i as usize].push(peer),
+                Output::Event(Event::PolicyMismatch { peer, policy }) => self.mismatches.push((i, peer, policy)),
                 Output::Event(_) => {}
             }
         }
@@ -337,10 +347,10 @@ fn evictions_spare_the_last_links_beyond_the_neighbourhood() {
         for p in 1..=cfg.active as u32 {
             o.handle(p, Message::Neighbor { high: true, card: card(p) }, 1);
         }
-        o.handle(1, Message::Neighbors { peers: vec![0, 100] }, 2);
-        o.handle(2, Message::Neighbors { peers: vec![0, 200, 201] }, 2);
+        o.handle(1, Message::Neighbors { peers: vec![0, 100], shape: Shape::default() }, 2);
+        o.handle(2, Message::Neighbors { peers: vec![0, 200, 201], shape: Shape::default() }, 2);
         for &p in &crowd {
-            o.handle(p, Message::Neighbors { peers: vec![0, 3] }, 2);
+            o.handle(p, Message::Neighbors { peers: vec![0, 3], shape: Shape::default() }, 2);
         }
         // Past the newcomers' grace.
         let later = 10 * cfg.round;
@@ -672,4 +682,159 @@ fn after_we_move_lost_links_keep_their_cards_and_unroutable_peers_wait() {
         o.link_failed(p, now + 4 * round);
     }
     assert!(o.pending.iter().any(|p| p.card.peer == x), "x dialed again after its hold");
+}
+
+// ------------------------------------------------------------ topology policies
+
+/// Members `0..n` under `topology`; those `serves` picks can serve.
+fn shaped(n: u32, topology: Topology, serves: impl Fn(u32) -> bool, contact: impl Fn(u32) -> u32) -> Net {
+    let cfg = |i| Config { topology, super_capable: serves(i), announce_joins: false, ..Config::default() };
+    let mut net = Net::with(n, cfg);
+    for i in 1..n {
+        net.join(i, contact(i));
+        net.run(50);
+    }
+    net.run(8_000);
+    net
+}
+
+fn role(net: &Net, i: u32) -> Role {
+    net.nodes[i as usize].shape().role
+}
+
+fn connected(net: &Net) -> bool {
+    let mut edges = BTreeSet::new();
+    for i in net.live() {
+        for p in net.nodes[i as usize].active() {
+            edges.insert((i.min(p), i.max(p)));
+        }
+    }
+    crate::topology::is_connected(&crate::topology::graph_of(net.live(), edges))
+}
+
+#[test]
+fn a_hierarchy_links_leaves_only_to_super_peers_within_their_bound() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let mut net = shaped(60, h, |i| i % 5 == 0, |i| i / 2);
+    let mut with_two = 0;
+    for i in net.live() {
+        let o = &net.nodes[i as usize];
+        let peers: Vec<u32> = o.active().collect();
+        match role(&net, i) {
+            Role::Leaf => {
+                assert!(peers.iter().all(|&p| role(&net, p) == Role::Super), "leaf {i} links to a leaf: {peers:?}");
+                assert!(!peers.is_empty() && peers.len() <= 2, "leaf {i}: {peers:?}");
+                with_two += usize::from(peers.len() == 2);
+            }
+            Role::Super => {
+                let leaves = peers.iter().filter(|&&p| role(&net, p) == Role::Leaf).count();
+                assert!(leaves <= 8, "super-peer {i} carries {leaves} leaves");
+                assert!(i % 5 == 0, "{i} is a super-peer without being able to serve");
+            }
+            Role::Member => panic!("{i} has no role"),
+        }
+        assert!(o.violations().is_empty(), "{i}: {:?}", o.violations());
+        assert_eq!(o.shape().policy, PolicyKind::Hierarchical);
+    }
+    assert!(with_two >= 40, "{with_two} of 48 leaves have both uplinks");
+    assert!(connected(&net));
+    let id = net.broadcast(7, b"to all");
+    net.run(2_000);
+    assert!(net.live().iter().all(|&i| net.got(i, id)), "a broadcast reaches every member");
+}
+
+#[test]
+fn leaves_with_no_super_peer_elect_one() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let mut net = shaped(16, h, |_| false, |i| i - 1);
+    // Nobody can serve: leaves hold the links they joined over until one
+    // of them has gone PROMOTE_AFTER rounds without a super-peer.
+    net.run(shape::PROMOTE_AFTER * 1000 + 5_000);
+    let promoted = net.live().iter().filter(|&&i| net.nodes[i as usize].stats().promotions > 0).count();
+    assert!(promoted >= 1, "a leaf became a super-peer");
+    assert!(promoted <= 8, "{promoted} of 16 promoted");
+    for i in net.live() {
+        if role(&net, i) == Role::Leaf {
+            assert!(net.nodes[i as usize].active().any(|p| role(&net, p) == Role::Super), "leaf {i} has an uplink");
+        }
+    }
+    assert!(connected(&net));
+    let id = net.broadcast(15, b"x");
+    net.run(2_000);
+    assert!(net.live().iter().all(|&i| net.got(i, id)));
+}
+
+#[test]
+fn a_full_super_peer_refuses_leaves_even_asked_with_high_priority() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 2 };
+    let cfg = Config { topology: h, super_capable: true, ..Config::default() };
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    let leaf = |p| Card { shape: Shape { policy: PolicyKind::Hierarchical, role: Role::Leaf }, ..card(p) };
+    let mut replies = Vec::new();
+    for p in 1..=3 {
+        o.handle(p, Message::Neighbor { high: true, card: leaf(p) }, 1);
+        replies.extend(drain(&mut o).into_iter().filter_map(|m| match m {
+            Message::NeighborReply { accepted } => Some(accepted),
+            _ => None,
+        }));
+    }
+    assert_eq!(replies, [true, true, false]);
+    assert_eq!(o.active().count(), 2);
+    // A leaf's NEIGHBOR to a leaf is refused, with the refuser's role.
+    let lcfg = Config { topology: h, ..Config::default() };
+    let mut l = Overlay::new(card(9), lcfg, seed(9), 0);
+    l.handle(1, Message::Neighbor { high: true, card: leaf(1) }, 1);
+    let sent = drain(&mut l);
+    assert!(sent.contains(&Message::NeighborReply { accepted: false }), "{sent:?}");
+    assert!(sent.iter().any(|m| matches!(m, Message::Neighbors { shape, .. } if shape.role == Role::Leaf)));
+}
+
+#[test]
+fn members_of_another_policy_are_refused_and_told() {
+    let mut net = Net::with(2, |i| Config {
+        topology: if i == 0 { Topology::Mesh } else { Topology::HIERARCHICAL },
+        super_capable: true,
+        ..Config::default()
+    });
+    net.join(1, 0);
+    net.run(1_000);
+    let events = net.mismatches.clone();
+    assert!(events.contains(&(0, 1, PolicyKind::Hierarchical)), "the contact refused: {events:?}");
+    assert!(events.contains(&(1, 0, PolicyKind::Mesh)), "the newcomer was told: {events:?}");
+    assert_eq!(net.nodes[0].active().count(), 0);
+    assert_eq!(net.nodes[1].active().count(), 0);
+    assert_eq!(net.nodes[0].stats().mismatches, 1);
+}
+
+#[test]
+fn a_spanning_tree_bounds_every_members_links() {
+    let mut net = shaped(40, Topology::SpanningTree { max_degree: 3 }, |_| false, |i| i / 2);
+    for i in net.live() {
+        let d = net.nodes[i as usize].active().count();
+        assert!((1..=3).contains(&d), "{i} has {d} links");
+    }
+    assert!(connected(&net));
+    let id = net.broadcast(3, b"y");
+    net.run(2_000);
+    assert!(net.live().iter().all(|&i| net.got(i, id)));
+    assert!(net.eager_edges().len() <= 3 * 40 / 2);
+}
+
+#[test]
+fn a_star_links_each_leaf_to_one_hub() {
+    // Hubs 0, 10, 20, 30; newcomers join with a hub's invitation.
+    let mut net = shaped(40, Topology::Star { leaves: 16 }, |i| i % 10 == 0, |i| (i - 1) / 10 * 10);
+    for i in net.live() {
+        let peers: Vec<u32> = net.nodes[i as usize].active().collect();
+        if role(&net, i) == Role::Leaf {
+            assert_eq!(peers.len(), 1, "leaf {i}: {peers:?}");
+            assert_eq!(role(&net, peers[0]), Role::Super);
+        } else {
+            assert!(peers.iter().filter(|&&p| role(&net, p) == Role::Leaf).count() <= 16);
+        }
+    }
+    assert!(connected(&net));
+    let id = net.broadcast(39, b"z");
+    net.run(2_000);
+    assert!(net.live().iter().all(|&i| net.got(i, id)));
 }

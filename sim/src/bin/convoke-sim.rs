@@ -71,6 +71,11 @@ enum Command {
         /// Seed (default: the scenario's).
         #[arg(long)]
         seed: Option<u64>,
+        /// The topology policy members run: mesh, spanning-tree,
+        /// hierarchical or star (default: the scenario's `[policy]`, else
+        /// mesh).
+        #[arg(long)]
+        topology: Option<String>,
         /// No summary.
         #[arg(long, short)]
         quiet: bool,
@@ -204,16 +209,26 @@ fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bo
     Ok(())
 }
 
-fn overlay(path: &Path, out: &Path, nodes: Option<u32>, seed: Option<u64>, quiet: bool) -> Result<(), String> {
-    use convoke_sim::overlay::OverlayScenario;
+fn overlay(
+    path: &Path,
+    out: &Path,
+    nodes: Option<u32>,
+    seed: Option<u64>,
+    topology: Option<String>,
+    quiet: bool,
+) -> Result<(), String> {
+    use convoke_sim::overlay::{OverlayScenario, PolicySection};
     let mut s = OverlayScenario::load(path).map_err(|e| match e {
         ScenarioError::Io { .. } => e.to_string(),
         _ => format!("{}: {e}", path.display()),
     })?;
     if let Some(n) = nodes {
         s.nodes = n;
-        s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    if let Some(t) = topology {
+        s.policy.get_or_insert_with(PolicySection::default).topology = t;
+    }
+    s.validate().map_err(|e| format!("{}: {e}", path.display()))?;
     let seed = seed.unwrap_or(s.seed);
     let started = Instant::now();
     let report = convoke_sim::overlay::run(&s, seed);
@@ -325,7 +340,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, seed, out, nodes, quiet } => run(&scenario, seed, &out, nodes, quiet),
-        Command::Overlay { scenario, out, nodes, seed, quiet } => overlay(&scenario, &out, nodes, seed, quiet),
+        Command::Overlay { scenario, out, nodes, seed, topology, quiet } => {
+            overlay(&scenario, &out, nodes, seed, topology, quiet)
+        }
         Command::Check { scenario } => {
             load(&scenario, None).map(|s| println!("{}: ok ({})", scenario.display(), s.name))
         }

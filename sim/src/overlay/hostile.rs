@@ -76,12 +76,12 @@ impl OverlaySim {
             }
             // It never lets go of a link it forced its way into.
             Output::Send { msg: Message::Disconnect { .. }, .. } if flood => None,
-            Output::Send { to, msg: Message::Neighbors { peers } } if fake_views => {
+            Output::Send { to, msg: Message::Neighbors { peers, shape } } if fake_views => {
                 let fake = fake_view(self, i, to, peers.len().max(4));
                 if let Some(h) = &mut self.hostile {
                     h.views_faked += 1;
                 }
-                Some(Output::Send { to, msg: Message::Neighbors { peers: fake } })
+                Some(Output::Send { to, msg: Message::Neighbors { peers: fake, shape } })
             }
             o => Some(o),
         }
@@ -110,7 +110,8 @@ impl OverlaySim {
             let neighbours: Vec<u32> = self.nodes[i as usize].active().collect();
             for &p in &neighbours {
                 let fake = fake_view(self, i, p, 5);
-                self.inject(i, p, Message::Neighbors { peers: fake });
+                let shape = self.nodes[i as usize].shape();
+                self.inject(i, p, Message::Neighbors { peers: fake, shape });
             }
             if let Some(h) = &mut self.hostile {
                 h.views_faked += neighbours.len() as u64;

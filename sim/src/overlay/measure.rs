@@ -32,6 +32,48 @@ pub struct BroadcastFigures {
     pub last_delivery_ms: u64,
 }
 
+/// The live network's shape under a topology policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeFigures {
+    /// The policy.
+    pub topology: String,
+    /// Live members by role.
+    pub supers: u64,
+    /// Leaves.
+    pub leaves: u64,
+    /// Members (mesh, spanning tree).
+    pub members: u64,
+    /// Leaves that became super-peers for want of one (all time).
+    pub promoted: u64,
+    /// The bound on a super-peer's (or hub's) leaves; on anyone's links
+    /// under a spanning tree.
+    pub bound: u64,
+    /// Most leaves linked to one super-peer.
+    pub max_super_leaves: u64,
+    /// Mean leaves per super-peer.
+    pub mean_super_leaves: f64,
+    /// Most links (active view) at one super-peer.
+    pub max_super_degree: u64,
+    /// Most links at one member of any role.
+    pub max_degree: u64,
+    /// Most broadcast-tree (eager) links at one member.
+    pub max_eager_degree: u64,
+    /// Mean links of a super-peer and of a leaf.
+    pub mean_super_degree: f64,
+    /// ...
+    pub mean_leaf_degree: f64,
+    /// Links between two leaves (the policy allows none).
+    pub leaf_links: u64,
+    /// Live leaves with no super-peer link.
+    pub leaves_without_uplink: u64,
+    /// Members whose own check finds a violation now.
+    pub members_violating: u64,
+    /// Violations members reported (all time, each when it started).
+    pub violation_events: u64,
+    /// The policy's invariant check over the live links: `ok` or what broke.
+    pub check: String,
+}
+
 /// Live overlay invariants.
 #[derive(Debug, Clone, Serialize)]
 pub struct Invariants {
@@ -156,6 +198,110 @@ impl OverlaySim {
             eager_depth: eager_depth as u64,
             depth_root: root,
         }
+    }
+
+    /// The live network's shape under `t` (see [`ShapeFigures`]).
+    pub(super) fn shape_figures(&self, t: convoke_overlay::Topology) -> ShapeFigures {
+        use convoke_overlay::{Role, Topology};
+        use topology::Policy as _;
+        let live = self.live();
+        let role = |i: u32| self.nodes[i as usize].shape().role;
+        let mut f = ShapeFigures {
+            topology: t.kind().as_str().to_owned(),
+            supers: 0,
+            leaves: 0,
+            members: 0,
+            promoted: 0,
+            bound: match t {
+                Topology::Mesh => 5,
+                Topology::SpanningTree { max_degree } => max_degree as u64,
+                Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => leaves as u64,
+            },
+            max_super_leaves: 0,
+            mean_super_leaves: 0.0,
+            max_super_degree: 0,
+            max_degree: 0,
+            max_eager_degree: 0,
+            mean_super_degree: 0.0,
+            mean_leaf_degree: 0.0,
+            leaf_links: 0,
+            leaves_without_uplink: 0,
+            members_violating: 0,
+            violation_events: 0,
+            check: String::new(),
+        };
+        let (mut super_links, mut leaf_links_total, mut super_leaves) = (0u64, 0u64, 0u64);
+        let mut links = Vec::new();
+        for o in &self.nodes {
+            f.promoted += o.stats().promotions;
+            f.violation_events += o.stats().violations;
+        }
+        for &i in &live {
+            let o = &self.nodes[i as usize];
+            let peers: Vec<u32> = o.active().filter(|&p| self.alive[p as usize]).collect();
+            let d = peers.len() as u64;
+            f.max_degree = f.max_degree.max(d);
+            f.max_eager_degree = f.max_eager_degree.max(o.plumtree().eager().len() as u64);
+            if !o.violations().is_empty() {
+                f.members_violating += 1;
+            }
+            let leaves = peers.iter().filter(|&&p| role(p) == Role::Leaf).count() as u64;
+            match role(i) {
+                Role::Super => {
+                    f.supers += 1;
+                    super_links += d;
+                    super_leaves += leaves;
+                    f.max_super_leaves = f.max_super_leaves.max(leaves);
+                    f.max_super_degree = f.max_super_degree.max(d);
+                }
+                Role::Leaf => {
+                    f.leaves += 1;
+                    leaf_links_total += d;
+                    if !peers.iter().any(|&p| role(p) == Role::Super) {
+                        f.leaves_without_uplink += 1;
+                    }
+                    f.leaf_links += leaves;
+                }
+                Role::Member => f.members += 1,
+            }
+            links.extend(peers.iter().filter(|&&p| i < p).map(|&p| (i, p)));
+        }
+        f.leaf_links /= 2;
+        f.mean_super_leaves = super_leaves as f64 / f.supers.max(1) as f64;
+        f.mean_super_degree = super_links as f64 / f.supers.max(1) as f64;
+        f.mean_leaf_degree = leaf_links_total as f64 / f.leaves.max(1) as f64;
+        let g = topology::graph_of(live.iter().copied(), links);
+        let cap = u16::try_from(f.bound).unwrap_or(u16::MAX);
+        let info = g.map(
+            |_, &i| match role(i) {
+                Role::Super => NodeInfo { reach: Reach::Public, capacity: cap },
+                Role::Leaf => NodeInfo { reach: Reach::HardNat, capacity: 0 },
+                Role::Member => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
+            },
+            |_, _| (),
+        );
+        let check = match t {
+            Topology::Mesh => topology::Mesh { degree: 5 }.check(&info),
+            Topology::SpanningTree { max_degree } => {
+                let d = topology::max_degree(&info);
+                if !topology::is_connected(&info) {
+                    topology::Mesh { degree: 5 }.check(&info)
+                } else if d > max_degree {
+                    Err(topology::Violation::Degree { node: 0, degree: d, max: max_degree })
+                } else {
+                    Ok(())
+                }
+            }
+            Topology::Hierarchical { core, uplinks, .. } => {
+                topology::Hierarchical { core_degree: core, uplinks }.check(&info)
+            }
+            Topology::Star { .. } => topology::Hierarchical { core_degree: 5, uplinks: 1 }.check(&info),
+        };
+        f.check = match check {
+            Ok(()) => "ok".to_owned(),
+            Err(v) => v.to_string(),
+        };
+        f
     }
 
     /// Figures of broadcast `k`: eligible are nodes joined `grace` ms before

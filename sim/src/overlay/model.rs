@@ -87,6 +87,9 @@ pub struct OverlaySim {
     pub(super) track_of: HashMap<MsgId<u32>, usize, FastHash>,
     pub(super) joined_watch: Option<u32>,
     pub(super) joined_seen: Vec<Option<u16>>,
+    /// With a topology policy: the share of members that can serve as
+    /// super-peers (or are hubs), when no NAT profile decides.
+    pub(super) super_share: Option<f64>,
     /// Messages sent and delivered.
     pub messages: u64,
     /// Events processed.
@@ -94,7 +97,7 @@ pub struct OverlaySim {
 }
 
 pub(super) fn card(p: u32) -> Card<u32> {
-    Card { peer: p, token: p.to_be_bytes().to_vec() }
+    Card::new(p, p.to_be_bytes().to_vec())
 }
 
 pub(super) fn pair(a: u32, b: u32) -> (u32, u32) {
@@ -130,6 +133,7 @@ impl OverlaySim {
             track_of: HashMap::default(),
             joined_watch: None,
             joined_seen: Vec::new(),
+            super_share: None,
             messages: 0,
             events: 0,
         }
@@ -149,9 +153,27 @@ impl OverlaySim {
         })
     }
 
-    pub(super) fn add_node(&mut self, cfg: Config) -> u32 {
+    pub(super) fn add_node(&mut self, mut cfg: Config) -> u32 {
         let id = self.nodes.len() as u32;
         let seed = self.rng.seed();
+        let mut profile = None;
+        if let Some(share) = self.super_share {
+            // A topology policy: who can serve. The NAT profile decides
+            // when there is one (drawn here, before the member, for that).
+            cfg.super_capable = match &mut self.nat {
+                // A star's hubs are the operator's machines, there from
+                // the start: the founder, then every (1 / share)th member.
+                _ if matches!(cfg.topology, convoke_overlay::Topology::Star { .. }) => {
+                    u64::from(id) % (1.0 / share).round().max(1.0) as u64 == 0
+                }
+                Some(nat) => {
+                    let p = draw_profile(&mut self.rng, &nat.mix);
+                    profile = Some(p);
+                    matches!(nat.matrix.profiles[p].as_str(), "public" | "eim-eif" | "eim-adf")
+                }
+                None => self.rng.unit() < share,
+            };
+        }
         self.nodes.push(Overlay::new(card(id), cfg, seed, self.now));
         self.alive.push(true);
         self.joined_at.push(self.now);
@@ -159,7 +181,7 @@ impl OverlaySim {
         self.sched.push(u64::MAX);
         self.joined_seen.push(None);
         if let Some(nat) = &mut self.nat {
-            let p = draw_profile(&mut self.rng, &nat.mix);
+            let p = profile.unwrap_or_else(|| draw_profile(&mut self.rng, &nat.mix));
             nat.profile.push(p);
         }
         for t in &mut self.tracks {
@@ -447,9 +469,16 @@ impl OverlaySim {
             let wait = self.rng.between(g.join_interval_ms[0], g.join_interval_ms[1]);
             self.run_until(self.now + wait);
             let i = self.add_node(cfg);
+            // A star's newcomers join with a hub's invitation (hubs are
+            // the operator's machines, and hand them out).
+            let star = matches!(cfg.topology, convoke_overlay::Topology::Star { .. });
+            let mut tries = 0u32;
             let contact = loop {
                 let c = self.rng.u32() % i;
-                if self.alive[c as usize] && Some(c) != avoid {
+                tries += 1;
+                let hub =
+                    !star || tries > 10_000 || self.nodes[c as usize].shape().role == convoke_overlay::Role::Super;
+                if self.alive[c as usize] && Some(c) != avoid && hub {
                     break c;
                 }
             };

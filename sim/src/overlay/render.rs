@@ -25,6 +25,37 @@ impl OverlayReport {
                 m.push_str(&invariants_md(i));
             }
         }
+        for (title, f) in [("After settling", &self.policy_settled), ("At the end", &self.policy_end)] {
+            if let Some(f) = f {
+                let _ = writeln!(m, "## {title}: the {} policy's shape\n", f.topology);
+                let _ = writeln!(
+                    m,
+                    "| super-peers / leaves / members | promoted | leaves per super-peer: max / mean (bound) | links: max super-peer / max any / max eager | mean links super-peer / leaf | leaf–leaf links | leaves without uplink | members violating / violation events | check |"
+                );
+                let _ = writeln!(m, "|---|---|---|---|---|---|---|---|---|");
+                let _ = writeln!(
+                    m,
+                    "| {} / {} / {} | {} | {} / {:.1} ({}) | {} / {} / {} | {:.1} / {:.1} | {} | {} | {} / {} | {} |\n",
+                    f.supers,
+                    f.leaves,
+                    f.members,
+                    f.promoted,
+                    f.max_super_leaves,
+                    f.mean_super_leaves,
+                    f.bound,
+                    f.max_super_degree,
+                    f.max_degree,
+                    f.max_eager_degree,
+                    f.mean_super_degree,
+                    f.mean_leaf_degree,
+                    f.leaf_links,
+                    f.leaves_without_uplink,
+                    f.members_violating,
+                    f.violation_events,
+                    f.check
+                );
+            }
+        }
         if let Some(a) = &self.aggregate {
             let _ = writeln!(m, "## Broadcasts: aggregate\n");
             let _ = writeln!(

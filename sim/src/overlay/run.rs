@@ -230,6 +230,12 @@ pub struct OverlayReport {
     pub topology: Option<TopologyFigures>,
     /// Hostile members.
     pub hostile: Option<HostileFigures>,
+    /// The topology policy's shape after settling (with `[policy]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_settled: Option<ShapeFigures>,
+    /// ... and at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_end: Option<ShapeFigures>,
 }
 
 pub(super) fn base_config() -> Config {
@@ -238,9 +244,16 @@ pub(super) fn base_config() -> Config {
 
 /// Runs `s` with `seed`.
 pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
-    let cfg = base_config();
-    let round = cfg.round;
+    let mut cfg = base_config();
     let mut sim = OverlaySim::new(seed, &s.network);
+    if let Some(p) = &s.policy {
+        // Validated when loaded.
+        cfg.topology = p.topology().unwrap_or_default();
+        if cfg.topology != convoke_overlay::Topology::Mesh {
+            sim.super_share = Some(p.share());
+        }
+    }
+    let round = cfg.round;
     let mut report = OverlayReport {
         scenario: s.name.clone(),
         seed,
@@ -259,6 +272,8 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
         introducer: None,
         topology: None,
         hostile: None,
+        policy_settled: None,
+        policy_end: None,
     };
     if let Some(t) = &s.topology {
         report.topology = Some(run_topology(t, s.nodes, seed, &mut sim));
@@ -295,6 +310,9 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
     sim.grow(s.nodes, &s.growth, cfg, contact);
     let first_root = sim.random_live();
     report.settled = Some(sim.invariants(first_root));
+    if sim.super_share.is_some() {
+        report.policy_settled = Some(sim.shape_figures(cfg.topology));
+    }
     let n = u64::from(s.nodes);
 
     if let Some(st) = &s.steady {
@@ -510,6 +528,9 @@ pub fn run(s: &OverlayScenario, seed: u64) -> OverlayReport {
     let root = sim.tracks.last().map_or(first_root, |t| t.origin);
     let root = if sim.alive[root as usize] { root } else { sim.random_live() };
     report.end = Some(sim.invariants(root));
+    if sim.super_share.is_some() {
+        report.policy_end = Some(sim.shape_figures(cfg.topology));
+    }
     report.sim_ms = sim.now;
     report.messages = sim.messages;
     report.events = sim.events;

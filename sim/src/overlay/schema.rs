@@ -45,6 +45,53 @@ pub struct OverlayScenario {
     pub topology: Option<Topology>,
     /// A share of members turn hostile.
     pub hostile: Option<Hostile>,
+    /// The topology policy the members run (the mesh without it).
+    pub policy: Option<PolicySection>,
+}
+
+/// The topology policy members run (`[policy]`; `--topology` on the
+/// command line sets `topology` and keeps the rest).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// `mesh`, `spanning-tree`, `hierarchical` or `star`.
+    pub topology: String,
+    /// Share of members that can serve as super-peers (hierarchical) or
+    /// are hubs (star): 0.25 and 0.01. With `[introducer]` the NAT profile
+    /// decides instead: public, eim-eif and eim-adf members can serve.
+    pub super_share: Option<f64>,
+    /// Spanning tree: most links per member (4).
+    pub max_degree: Option<usize>,
+    /// Hierarchical: links a super-peer keeps to super-peers (6).
+    pub core: Option<usize>,
+    /// Hierarchical: super-peers each leaf links to (2).
+    pub uplinks: Option<usize>,
+    /// Hierarchical and star: most leaves per super-peer or hub (16, 256).
+    pub leaves: Option<usize>,
+}
+
+impl PolicySection {
+    /// The policy with its bounds.
+    pub fn topology(&self) -> Result<convoke_overlay::Topology, String> {
+        use convoke_overlay::Topology;
+        Ok(match Topology::parse(&self.topology)? {
+            Topology::Mesh => Topology::Mesh,
+            Topology::SpanningTree { max_degree } => {
+                Topology::SpanningTree { max_degree: self.max_degree.unwrap_or(max_degree) }
+            }
+            Topology::Hierarchical { core, uplinks, leaves } => Topology::Hierarchical {
+                core: self.core.unwrap_or(core),
+                uplinks: self.uplinks.unwrap_or(uplinks),
+                leaves: self.leaves.unwrap_or(leaves),
+            },
+            Topology::Star { leaves } => Topology::Star { leaves: self.leaves.unwrap_or(leaves) },
+        })
+    }
+
+    /// The share of members that can serve.
+    pub fn share(&self) -> f64 {
+        self.super_share.unwrap_or(if self.topology == "star" { 0.01 } else { 0.25 })
+    }
 }
 
 pub(super) fn one() -> u64 {
@@ -323,6 +370,19 @@ impl OverlayScenario {
             self.topology.is_some(),
             self.hostile.is_some(),
         ];
+        if let Some(p) = &self.policy {
+            let t = p.topology().map_err(|e| invalid("policy.topology", e))?;
+            if !(p.share() > 0.0 && p.share() <= 1.0) {
+                return Err(invalid("policy.super_share", "must be in (0, 1]"));
+            }
+            let bounds = [p.max_degree, p.core, p.uplinks, p.leaves];
+            if bounds.iter().flatten().any(|&b| !(1..=4096).contains(&b)) {
+                return Err(invalid("policy", "bounds must be between 1 and 4096"));
+            }
+            if self.topology.is_some() && t != convoke_overlay::Topology::Mesh {
+                return Err(invalid("policy", "[topology] builds graphs, not a live overlay: no [policy]"));
+            }
+        }
         if sections.iter().filter(|&&s| s).count() != 1 {
             return Err(invalid(
                 "measurement",

@@ -17,6 +17,12 @@ pub struct DemoArgs {
     /// The two-node demo: one invitation, one greeting each way.
     #[arg(long)]
     pub pair: bool,
+    /// The topology policy the members run: mesh, spanning-tree,
+    /// hierarchical (every fourth node can serve as a super-peer) or star
+    /// (every sixth node is a hub, and newcomers join with a hub's
+    /// invitation).
+    #[arg(long, value_name = "POLICY", default_value = "mesh", value_parser = ["mesh", "spanning-tree", "hierarchical", "star"])]
+    pub topology: String,
 }
 
 pub(crate) fn loopback() -> NodeConfig {

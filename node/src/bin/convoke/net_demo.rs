@@ -18,7 +18,7 @@ use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberE
 use convoke_node::runtime::node::Node;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::Invitation;
-use convoke_overlay::topology;
+use convoke_overlay::{Role, Topology, topology};
 use rand_core::Rng;
 use tokio::sync::mpsc;
 
@@ -32,11 +32,21 @@ struct Running {
     thread: std::thread::JoinHandle<Result<(), String>>,
 }
 
+/// Whether node `i` can serve (super-peer or hub) under `policy`.
+fn serves(policy: Topology, i: usize) -> bool {
+    match policy {
+        Topology::Mesh | Topology::SpanningTree { .. } => false,
+        Topology::Hierarchical { .. } => i.is_multiple_of(4),
+        Topology::Star { .. } => i.is_multiple_of(6),
+    }
+}
+
 fn start(
     i: usize,
     identity: Identity,
     join: Option<Invitation>,
     rsvp: bool,
+    policy: Topology,
     events: mpsc::UnboundedSender<(usize, MemberEvent)>,
 ) -> Running {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -47,6 +57,8 @@ fn start(
     cfg.overlay.suspect_after = 1250;
     cfg.overlay.fail_after = 2000;
     cfg.overlay.announce_views = 2000;
+    cfg.overlay.topology = policy;
+    cfg.overlay.super_capable = serves(policy, i);
     let member = Member::new(cfg, seed(), ev_tx, cmd_rx);
     let snapshot = member.snapshot();
     let thread = std::thread::spawn(move || -> Result<(), String> {
@@ -147,6 +159,13 @@ impl Show {
             MemberEvent::ConnectFailed(p, why) => self.say(i, format!("could not link to {}: {why}", self.name(&p))),
             MemberEvent::Suspected(p) => self.say(i, format!("suspects {} (silent)", self.name(&p))),
             MemberEvent::Misbehaved(p, why) => self.say(i, format!("closed {}'s session: {why}", self.name(&p))),
+            MemberEvent::PolicyMismatch { peer, policy } => {
+                self.say(i, format!("refused {}: it runs the {} topology", self.name(&peer), policy.as_str()))
+            }
+            MemberEvent::RoleChanged(role) => {
+                self.say(i, format!("is now a {} (no super-peer had room)", role.as_str()))
+            }
+            MemberEvent::Violation(v) => self.say(i, format!("topology invariant broken: {v}")),
             MemberEvent::MemberJoined { .. } | MemberEvent::Linked { .. } => {}
             MemberEvent::Message { hops, data, .. } => {
                 // The demo's broadcasts say which they are: "hello #K ...".
@@ -161,7 +180,8 @@ impl Show {
 
 /// `convoke demo [--nodes N] [--rsvp]`.
 pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
-    let DemoArgs { nodes, rsvp, .. } = a;
+    let DemoArgs { nodes, rsvp, topology: policy_name, .. } = a;
+    let policy = Topology::parse(&policy_name).map_err(|e| Failure { message: e, status: 2 })?;
     let n = usize::from(nodes);
     let ids: Vec<Identity> = (0..n).map(|_| Identity::generate(&mut os_rng())).collect();
     let names: BTreeMap<PeerId, String> =
@@ -170,6 +190,21 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     println!("Convoke demo: {n} nodes on this machine (loopback) form a network; each gets one invitation.");
     if rsvp {
         println!("Every member wants an RSVP before it answers: members relay them for each other.");
+    }
+    match policy {
+        Topology::Mesh => {}
+        Topology::SpanningTree { max_degree } => {
+            println!("Topology: spanning tree, at most {max_degree} links a member.")
+        }
+        Topology::Hierarchical { core, uplinks, leaves } => println!(
+            "Topology: hierarchical. Every fourth node can serve as a super-peer; super-peers keep {core} links to each \
+             other and at most {leaves} leaves; each leaf links to {uplinks} super-peers."
+        ),
+        Topology::Star { .. } => {
+            println!(
+                "Topology: star. Every sixth node is a hub; each leaf links to one hub, and joins with a hub's invitation."
+            )
+        }
     }
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut show = Show {
@@ -186,8 +221,14 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     };
     let mut running: Vec<Running> = Vec::new();
     let rt = runtime()?;
-    let contacts: Vec<usize> =
-        (0..n).map(|i| if i == 0 { 0 } else { (os_rng().next_u64() % i as u64) as usize }).collect();
+    // A random earlier node's invitation (a hub's, in a star).
+    let contacts: Vec<usize> = (0..n)
+        .map(|i| {
+            let pool: Vec<usize> =
+                (0..i.max(1)).filter(|&c| !matches!(policy, Topology::Star { .. }) || serves(policy, c)).collect();
+            pool[(os_rng().next_u64() % pool.len() as u64) as usize]
+        })
+        .collect();
     let outcome = rt.block_on(async {
         // Carries a newcomer's first RSVP to its contact, as a person would.
         let commands: Arc<Mutex<Vec<mpsc::UnboundedSender<MemberCommand>>>> = Arc::default();
@@ -224,7 +265,7 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
                 );
                 Some(inv)
             };
-            let r = start(i, ids[i].clone(), join, rsvp, ev_tx.clone());
+            let r = start(i, ids[i].clone(), join, rsvp, policy, ev_tx.clone());
             if let Ok(mut c) = commands.lock() {
                 c.push(r.commands.clone());
             }
@@ -253,14 +294,28 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
             show.introductions,
             show.relayed
         );
+        let mut roles = Vec::new();
         for (i, r) in running.iter().enumerate() {
             let s = r.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
             let mut peers: Vec<String> = s.active.iter().map(|p| show.name(p)).collect();
             peers.sort();
-            println!("  node{i} ── {}", peers.join(", "));
+            let role = if s.role == Role::Member { String::new() } else { format!(" ({})", s.role.as_str()) };
+            println!("  node{i}{role} ── {}", peers.join(", "));
+            for v in &s.violations {
+                println!("    invariant broken at node{i}: {v}");
+            }
+            roles.push(s.role);
         }
         let g = topology::graph_of(0..n, show.links.iter().copied());
         println!("  connected: {}", if topology::is_connected(&g) { "yes" } else { "NO" });
+        let mut shape_ok = true;
+        if let Some(check) = shape_check(policy, &show.links, &roles) {
+            match &check {
+                Ok(()) => println!("  the {policy_name} policy's invariants: hold"),
+                Err(v) => println!("  the {policy_name} policy's invariants: BROKEN ({v})"),
+            }
+            shape_ok = check.is_ok();
+        }
         // Two broadcasts from the last node: the first floods and prunes
         // itself into a tree, the second travels the tree alone.
         let mut all = true;
@@ -304,7 +359,7 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         for r in &running {
             let _ = r.commands.send(MemberCommand::Leave);
         }
-        Ok::<bool, String>(all)
+        Ok::<bool, String>(all && shape_ok)
     });
     for (i, r) in running.into_iter().enumerate() {
         match r.thread.join() {
@@ -316,7 +371,11 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     let all = outcome?;
     println!(
         "\n{} in {:.1} s.",
-        if all { "Both broadcasts reached every node" } else { "A broadcast did not reach every node" },
+        if all {
+            "Both broadcasts reached every node"
+        } else {
+            "A broadcast did not reach every node, or the topology's invariants broke"
+        },
         show.started.elapsed().as_secs_f64()
     );
     if all {
@@ -325,4 +384,35 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     } else {
         Err(Failure { message: "the demo failed".into(), status: 1 })
     }
+}
+
+/// The policy's invariant check over the links the demo saw, with each
+/// node's role (`None` for the mesh, which has none beyond connectivity).
+fn shape_check(policy: Topology, links: &BTreeSet<(usize, usize)>, roles: &[Role]) -> Option<Result<(), String>> {
+    use topology::{NodeInfo, Policy as _, Reach};
+    let (leaves, tree) = match policy {
+        Topology::Mesh => return None,
+        Topology::SpanningTree { max_degree } => (0, max_degree),
+        Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => (leaves, 0),
+    };
+    let cap = u16::try_from(leaves).unwrap_or(u16::MAX);
+    let info = topology::graph_of(0..roles.len(), links.iter().copied()).map(
+        |_, &i| match roles.get(i).copied().unwrap_or_default() {
+            Role::Super => NodeInfo { reach: Reach::Public, capacity: cap },
+            Role::Leaf => NodeInfo { reach: Reach::HardNat, capacity: 0 },
+            Role::Member => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
+        },
+        |_, _| (),
+    );
+    let result = match policy {
+        Topology::SpanningTree { .. } if topology::max_degree(&info) > tree => {
+            Err(topology::Violation::Degree { node: 0, degree: topology::max_degree(&info), max: tree })
+        }
+        Topology::SpanningTree { .. } => topology::Mesh { degree: tree }.check(&info),
+        Topology::Hierarchical { core, uplinks, .. } => {
+            topology::Hierarchical { core_degree: core, uplinks }.check(&info)
+        }
+        _ => topology::Hierarchical { core_degree: 5, uplinks: 1 }.check(&info),
+    };
+    Some(result.map_err(|v| v.to_string()))
 }

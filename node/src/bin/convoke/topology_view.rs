@@ -16,12 +16,21 @@ pub fn print_topology(node: &Value, dot: bool) {
         .as_array()
         .map(|a| a.iter().filter_map(|l| Some((l[0].as_str()?.to_string(), l[1].as_str()?.to_string()))).collect())
         .unwrap_or_default();
+    let t = &o["topology"];
+    let supers: Vec<String> = t["super_peers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default();
     if dot {
         println!("graph convoke {{");
-        println!("  // members as {me} knows them; bold: its broadcast-tree links");
+        println!(
+            "  // members as {me} knows them ({} policy); bold: its broadcast-tree links; boxes: super-peers",
+            t["policy"].as_str().unwrap_or("mesh")
+        );
         for m in list("members") {
             let style = if m == me { ", style=filled" } else { "" };
-            println!("  \"{}\" [label=\"{}\"{style}];", tail(&m), tail(&m));
+            let shape = if supers.contains(&m) { ", shape=box" } else { "" };
+            println!("  \"{}\" [label=\"{}\"{style}{shape}];", tail(&m), tail(&m));
         }
         for (a, b) in &links {
             let tree = (a == me && eager.contains(b)) || (b == me && eager.contains(a));
@@ -35,6 +44,21 @@ pub fn print_topology(node: &Value, dot: bool) {
         return;
     }
     println!("  overlay: {} members known, {} links", list("members").len(), links.len());
+    let violations: Vec<String> = t["violations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    println!(
+        "    policy        {} (this member: {}); roles known: {}",
+        t["policy"].as_str().unwrap_or("mesh"),
+        t["role"].as_str().unwrap_or("member"),
+        t["roles"]
+    );
+    if violations.is_empty() {
+        println!("    invariants    hold");
+    } else {
+        println!("    invariants    BROKEN: {}", violations.join("; "));
+    }
     println!("    active view   {}", list("active").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
     println!("    tree (eager)  {}", eager.iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));
     println!("    lazy          {}", list("lazy").iter().map(|p| tail(p)).collect::<Vec<_>>().join(" "));

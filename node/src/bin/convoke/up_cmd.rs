@@ -50,6 +50,23 @@ pub struct UpArgs {
     /// instead of after 4 rounds of silence.
     #[arg(long, value_name = "MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     heartbeat_ms: u64,
+    /// The network's topology policy: which links members keep and how
+    /// broadcasts route. mesh: random links (5 each); spanning-tree: at
+    /// most 4 links each, so the broadcast tree's degree is bounded;
+    /// hierarchical: super-peers linked together, each leaf linked to 2
+    /// super-peers (at most 16 leaves each); star: hubs linked together,
+    /// each leaf linked to one hub. Every member of a network must run the
+    /// same: members refuse links with members of another policy. Config
+    /// key `topology`.
+    #[arg(long, value_name = "POLICY", value_parser = ["mesh", "spanning-tree", "hierarchical", "star"])]
+    topology: Option<String>,
+    /// This member can serve as a super-peer (hierarchical: give it on
+    /// machines with a public address, an endpoint-independent NAT or a
+    /// mapped port) or is a hub (star). A hierarchical leaf that finds no
+    /// super-peer with room for 10 rounds becomes one anyway. Config key
+    /// `super_peer`.
+    #[arg(long)]
+    super_peer: bool,
     /// Save the cards of the members this one knows in DIR (one file per
     /// identity, mode 0600), and on start rejoin the network through them:
     /// a restarted member needs no new invitation. Default:
@@ -132,6 +149,11 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     mc.overlay.suspect_after = round * 5 / 2;
     mc.overlay.fail_after = round * 4;
     mc.overlay.heartbeat = a.heartbeat_ms;
+    let topology = a.topology.clone().or_else(|| ctx.file.as_ref().and_then(|f| f.topology.clone()));
+    if let Some(t) = topology {
+        mc.overlay.topology = convoke_overlay::Topology::parse(&t).map_err(|e| format!("--topology: {e}"))?;
+    }
+    mc.overlay.super_capable = a.super_peer || ctx.file.as_ref().is_some_and(|f| f.super_peer);
     mc.overlay.announce_views = round * 5;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -221,6 +243,22 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
                 MemberEvent::Misbehaved(p, why) => (
                     Some(format!("closed the session with {}: {why}", short(p))),
                     json!({ "event": "misbehaved", "peer": p.to_string(), "error": why }),
+                ),
+                MemberEvent::PolicyMismatch { peer, policy } => (
+                    Some(format!(
+                        "{} runs the {} topology, not ours: no link with it (one network runs one policy)",
+                        short(peer),
+                        policy.as_str()
+                    )),
+                    json!({ "event": "policy_mismatch", "peer": peer.to_string(), "policy": policy.as_str() }),
+                ),
+                MemberEvent::RoleChanged(role) => (
+                    Some(format!("now a {} (no super-peer had room)", role.as_str())),
+                    json!({ "event": "role_changed", "role": role.as_str() }),
+                ),
+                MemberEvent::Violation(v) => (
+                    Some(format!("topology invariant broken: {v}")),
+                    json!({ "event": "topology_violation", "violation": v }),
                 ),
                 MemberEvent::MemberJoined { peer, hops } => (
                     Some(format!("member joined the network: {peer}")),

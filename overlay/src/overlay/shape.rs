@@ -1,0 +1,555 @@
+//! The topology policy on a live member: which links it keeps, its role,
+//! and the invariants it checks.
+//!
+//! HyParView's active view is the mesh policy. The others shape it by the
+//! *class* of each link, the role of the peer at its other end:
+//!
+//! | policy | role | keeps |
+//! |---|---|---|
+//! | mesh | member | `active` members |
+//! | spanning tree | member | `max_degree` members (Plumtree's eager links over them are the tree) |
+//! | hierarchical | super-peer | `core` super-peers, up to `leaves` leaves |
+//! | hierarchical | leaf | `uplinks` super-peers, no leaf |
+//! | star | hub | `active` hubs, up to `leaves` leaves |
+//! | star | leaf | one hub |
+//!
+//! A member asks for links only in the classes it fills (a super-peer
+//! waits for its leaves to ask), accepts a link in a class with room (or
+//! a high-priority one, except past a super-peer's leaf bound, which is
+//! hard), and drops links of a class over its bound, or of a class its
+//! role does not keep, once it has a link its role does keep: a newcomer
+//! joins through whichever member it was invited by, and the join walk's
+//! ends, which pass the newcomer on until a member that can hold it
+//! takes it, give it the links its role wants.
+//!
+//! Roles: in a mesh or a spanning tree everyone is a member. Hierarchical:
+//! a member the driver says can serve ([`Config::super_capable`]: a public
+//! address, an endpoint-independent NAT or a mapped port, and capacity)
+//! is a super-peer, the others leaves; a leaf that finds no super-peer
+//! with room for `PROMOTE_AFTER` rounds becomes one (a network of hard
+//! NATs still forms, and a network whose super-peers all failed elects
+//! new ones). Star: the hubs are the members the driver names
+//! ([`Config::super_capable`]), and nobody is promoted.
+//!
+//! Members of one network must run one policy. The policy travels in every
+//! card and [`Message::Neighbors`]; a member refuses a JOIN, NEIGHBOR or
+//! join walk carrying another policy, drops a neighbour that turns out to
+//! run one, and says so ([`Event::PolicyMismatch`]): mixing policies would
+//! break the invariants of both (a mesh member links to leaves, which then
+//! have leaf links). The network's founder decides, and a newcomer is told
+//! at its first contact.
+
+use petgraph::graph::UnGraph;
+
+use super::*;
+use crate::topology::{self, NodeInfo, Reach};
+use crate::wire::{PolicyKind, Role, Shape};
+
+/// Rounds a hierarchical leaf goes without any super-peer link, for want
+/// of a super-peer with room, before it becomes a super-peer itself.
+pub(super) const PROMOTE_AFTER: Millis = 10;
+
+/// Rounds between a super-peer's rewirings (see `rewire`), plus up to one
+/// at random.
+pub(super) const REWIRE_ROUNDS: Millis = 10;
+
+/// Rounds a link of a class over its bound, or a class our role does not
+/// keep, may last before it counts as a violation (joins and role changes
+/// pass through such links, see the module text).
+const VIOLATION_GRACE: Millis = 3;
+
+/// A live member's topology policy with its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// HyParView's random mesh (`Config::active` links each), Plumtree's
+    /// tree on top.
+    #[default]
+    Mesh,
+    /// The mesh bounded to `max_degree` links a member, so no member of
+    /// the broadcast tree (Plumtree's eager links) has more.
+    SpanningTree {
+        /// Most links per member.
+        max_degree: usize,
+    },
+    /// Super-peers meshed together, leaves linked only to super-peers.
+    Hierarchical {
+        /// Links a super-peer keeps to other super-peers.
+        core: usize,
+        /// Super-peers a leaf links to.
+        uplinks: usize,
+        /// Most leaves a super-peer carries (a hard bound).
+        leaves: usize,
+    },
+    /// Hubs meshed together (up to `Config::active` each), each leaf
+    /// linked to one hub.
+    Star {
+        /// Most leaves a hub carries (a hard bound).
+        leaves: usize,
+    },
+}
+
+impl Topology {
+    /// The spanning tree's default bound.
+    pub const SPANNING_TREE: Topology = Topology::SpanningTree { max_degree: 4 };
+    /// The hierarchy's default bounds.
+    pub const HIERARCHICAL: Topology = Topology::Hierarchical { core: 6, uplinks: 2, leaves: 16 };
+    /// The star's default bound.
+    pub const STAR: Topology = Topology::Star { leaves: 256 };
+
+    /// The policy's kind (what cards carry).
+    pub fn kind(&self) -> PolicyKind {
+        match self {
+            Topology::Mesh => PolicyKind::Mesh,
+            Topology::SpanningTree { .. } => PolicyKind::SpanningTree,
+            Topology::Hierarchical { .. } => PolicyKind::Hierarchical,
+            Topology::Star { .. } => PolicyKind::Star,
+        }
+    }
+
+    /// A policy by name, with its default bounds: `mesh`, `spanning-tree`,
+    /// `hierarchical` or `star`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "mesh" => Ok(Topology::Mesh),
+            "spanning-tree" => Ok(Self::SPANNING_TREE),
+            "hierarchical" => Ok(Self::HIERARCHICAL),
+            "star" => Ok(Self::STAR),
+            other => Err(format!("unknown topology `{other}`: expected mesh, spanning-tree, hierarchical or star")),
+        }
+    }
+
+    /// The role a member starts in: super-peer or hub if it can serve.
+    pub fn initial_role(&self, super_capable: bool) -> Role {
+        match self {
+            Topology::Mesh | Topology::SpanningTree { .. } => Role::Member,
+            Topology::Hierarchical { .. } | Topology::Star { .. } if super_capable => Role::Super,
+            Topology::Hierarchical { .. } | Topology::Star { .. } => Role::Leaf,
+        }
+    }
+}
+
+/// A policy invariant a member finds broken at its own links, or in the
+/// network graph members announced ([`Config::announce_views`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShapeViolation {
+    /// More links of one class than the policy allows, for longer than
+    /// joins take.
+    Degree {
+        /// The class: the role of the peers at the other ends.
+        class: Role,
+        /// Links of that class.
+        links: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Links to peers whose role ours does not link to (leaf to leaf),
+    /// for longer than joins take.
+    Forbidden {
+        /// Their role.
+        class: Role,
+        /// How many.
+        links: usize,
+    },
+    /// A leaf without any super-peer (or hub) for longer than joins take.
+    NoUplink,
+    /// The announced graph breaks the policy's invariant.
+    Graph(topology::Violation),
+}
+
+impl std::fmt::Display for ShapeViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShapeViolation::Degree { class, links, max } => {
+                write!(f, "{links} links to {}s, more than {max}", class.as_str())
+            }
+            ShapeViolation::Forbidden { class, links } => {
+                write!(f, "{links} links to {}s, which this role does not link to", class.as_str())
+            }
+            ShapeViolation::NoUplink => write!(f, "a leaf without a super-peer"),
+            ShapeViolation::Graph(v) => write!(f, "announced graph: {v}"),
+        }
+    }
+}
+
+const CLASSES: [Role; 3] = [Role::Member, Role::Super, Role::Leaf];
+
+impl<P: PeerKey> Overlay<P> {
+    /// Our policy and role.
+    pub fn shape(&self) -> Shape {
+        self.me.shape
+    }
+
+    /// The invariants broken now (see [`ShapeViolation`]).
+    pub fn violations(&self) -> &[ShapeViolation] {
+        &self.violations
+    }
+
+    /// Links our role keeps to peers of role `class`.
+    pub(super) fn want(&self, class: Role) -> usize {
+        let role = self.me.shape.role;
+        match (self.cfg.topology, role, class) {
+            (Topology::Mesh, _, Role::Member) => self.cfg.active,
+            (Topology::SpanningTree { max_degree }, _, Role::Member) => self.cfg.active.min(max_degree).max(1),
+            (Topology::Hierarchical { uplinks, .. }, Role::Leaf, Role::Super) => uplinks.max(1),
+            (Topology::Hierarchical { core, .. }, Role::Super, Role::Super) => core.max(1),
+            (Topology::Hierarchical { leaves, .. }, Role::Super, Role::Leaf) => leaves,
+            (Topology::Star { .. }, Role::Leaf, Role::Super) => 1,
+            (Topology::Star { .. }, Role::Super, Role::Super) => self.cfg.active,
+            (Topology::Star { leaves }, Role::Super, Role::Leaf) => leaves,
+            _ => 0,
+        }
+    }
+
+    /// Whether the bound of `class` holds against high-priority asks too:
+    /// a super-peer's leaves.
+    pub(super) fn hard(&self, class: Role) -> bool {
+        self.me.shape.role == Role::Super && class == Role::Leaf
+    }
+
+    /// Whether we ask for links of `class`: a super-peer waits for its
+    /// leaves to ask, unless it has fewer than `LONELY` links at all (its
+    /// passive view may hold only leaves' cards).
+    pub(super) fn fills(&self, class: Role) -> bool {
+        self.want(class) > 0 && (!self.hard(class) || self.live_active() < LONELY)
+    }
+
+    /// Whether a passive card is one to keep when the view is full: under a
+    /// hierarchy or star, super-peers' cards (leaves ask super-peers for
+    /// links, and super-peers each other).
+    pub(super) fn worth_keeping(&self, card: &Card<P>) -> bool {
+        match self.cfg.topology {
+            Topology::Mesh | Topology::SpanningTree { .. } => true,
+            Topology::Hierarchical { .. } | Topology::Star { .. } => card.shape.role == Role::Super,
+        }
+    }
+
+    /// Links we ask for to fill the view.
+    pub(super) fn fill_target(&self) -> usize {
+        CLASSES.iter().filter(|&&c| self.want(c) > 0 && !self.hard(c)).map(|&c| self.want(c)).sum()
+    }
+
+    /// Active links of `class`, quiet ones too.
+    pub(super) fn count_in(&self, class: Role) -> usize {
+        self.active.iter().filter(|a| a.card.shape.role == class).count()
+    }
+
+    /// Live (not quiet) active links of `class`.
+    pub(super) fn live_in(&self, class: Role) -> usize {
+        self.active.iter().filter(|a| a.card.shape.role == class && self.is_live(a)).count()
+    }
+
+    /// Live links in the classes our role keeps.
+    pub(super) fn live_kept(&self) -> usize {
+        self.active.iter().filter(|a| self.want(a.card.shape.role) > 0 && self.is_live(a)).count()
+    }
+
+    /// Whether a link of `class` fits now.
+    pub(super) fn room(&self, class: Role) -> bool {
+        self.live_in(class) < self.want(class)
+    }
+
+    /// Whether a card's member runs our policy.
+    pub(super) fn compatible(&self, shape: Shape) -> bool {
+        shape.policy == self.me.shape.policy
+    }
+
+    /// Classes we should ask for links in now, counting links in flight.
+    pub(super) fn classes_to_fill(&self) -> Vec<Role> {
+        CLASSES
+            .iter()
+            .copied()
+            .filter(|&c| {
+                self.fills(c)
+                    && self.live_in(c) + self.pending.iter().filter(|p| p.card.shape.role == c).count() < self.want(c)
+            })
+            .collect()
+    }
+
+    /// Under a hierarchy or star, a newcomer that joined through us gets
+    /// the super-peers' cards we hold, as a shuffle's answer: it links to
+    /// super-peers, and would otherwise know only us, perhaps a leaf. (A
+    /// star's hubs are one in a hundred members: without this, leaves
+    /// that joined through leaves never met one.)
+    pub(super) fn hand_super_cards(&mut self, newcomer: P) {
+        if matches!(self.cfg.topology, Topology::Mesh | Topology::SpanningTree { .. }) {
+            return;
+        }
+        let mut cards: Vec<Card<P>> = self
+            .active
+            .iter()
+            .map(|a| &a.card)
+            .chain(self.passive.iter().map(|p| &p.card))
+            .filter(|c| c.shape.role == Role::Super && c.peer != newcomer)
+            .take(self.cfg.shuffle_cards())
+            .cloned()
+            .collect();
+        if self.me.shape.role == Role::Super {
+            cards.truncate(self.cfg.shuffle_cards() - 1);
+            cards.insert(0, self.me.clone());
+        }
+        if !cards.is_empty() {
+            let inner = Box::new(Message::ShuffleReply { cards });
+            self.send(newcomer, Message::Relay { origin: self.me.peer, route: Vec::new(), inner });
+        }
+    }
+
+    /// A peer we thought ran our policy runs another: forget it.
+    pub(super) fn mismatch(&mut self, peer: P, theirs: Shape, now: Millis) {
+        self.stats.mismatches += 1;
+        self.event(Event::PolicyMismatch { peer, policy: theirs.policy });
+        self.passive.retain(|p| p.card.peer != peer);
+        self.pending.retain(|p| p.card.peer != peer);
+        if self.is_active(peer) {
+            self.send(peer, Message::Disconnect { alive: false });
+            self.remove_active(peer, DownReason::Disconnected, false, now);
+            self.out.push_back(Output::Close(peer));
+        }
+    }
+
+    /// A neighbour told us its shape (its [`Message::Neighbors`]).
+    pub(super) fn neighbour_shape(&mut self, peer: P, shape: Shape, now: Millis) {
+        if !self.compatible(shape) {
+            self.mismatch(peer, shape, now);
+            return;
+        }
+        if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == peer) {
+            a.card.shape = shape;
+        }
+        if let Some(p) = self.pending.iter_mut().find(|p| p.card.peer == peer) {
+            p.card.shape = shape;
+        }
+        if let Some(p) = self.passive.iter_mut().find(|p| p.card.peer == peer) {
+            p.card.shape = shape;
+        }
+    }
+
+    /// Drops links beyond their class's bound, and links of classes our
+    /// role does not keep once we have one it keeps; then the promotion
+    /// rule, and the invariants.
+    pub(super) fn shape_links(&mut self, now: Millis) {
+        for class in CLASSES {
+            let want = self.want(class);
+            if want == 0 && self.live_kept() == 0 {
+                continue;
+            }
+            while self.count_in(class) > want && self.evict(now, Some(class)) {}
+        }
+        self.promote(now);
+        self.rewire(now);
+        self.check_invariants(now);
+    }
+
+    /// Every `REWIRE_ROUNDS` rounds a super-peer with its core full asks a
+    /// random super-peer of its passive view for a link, with high
+    /// priority: both ends drop a random core link for it, and the peers
+    /// dropped refill theirs from their passive views. In a mesh the join
+    /// walks of every newcomer keep shuffling the links; under a hierarchy
+    /// only super-peers' joins touch the core, and without this a group of
+    /// super-peers whose core links all lead to each other stayed an island
+    /// (N = 2,000: 19 super-peers and their 51 leaves, for good).
+    fn rewire(&mut self, now: Millis) {
+        if self.me.shape.role != Role::Super {
+            return;
+        }
+        if now < self.next_rewire {
+            return;
+        }
+        self.next_rewire = now + REWIRE_ROUNDS * self.cfg.round + self.rng.next_u64() % self.cfg.round.max(1);
+        let core = self.want(Role::Super);
+        if self.live_in(Role::Super) < core || self.pending.iter().any(|p| p.card.shape.role == Role::Super) {
+            return;
+        }
+        let cards: Vec<usize> = (0..self.passive.len())
+            .filter(|&i| self.passive[i].card.shape.role == Role::Super)
+            .filter(|&i| !self.held.contains_key(&self.passive[i].card.peer))
+            .collect();
+        let Some(k) = Self::pick(&mut self.rng, &cards) else { return };
+        let p = self.passive[cards[k]].clone();
+        let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
+        self.stats.rewirings += 1;
+        self.connect(p.card, route, true, false, now);
+    }
+
+    /// A hierarchical leaf without a super-peer for `PROMOTE_AFTER` rounds
+    /// becomes one.
+    fn promote(&mut self, now: Millis) {
+        if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
+            self.orphan_since = None;
+            return;
+        }
+        if self.live_in(Role::Super) > 0 {
+            self.orphan_since = None;
+            return;
+        }
+        let since = *self.orphan_since.get_or_insert(now);
+        if now.saturating_sub(since) >= PROMOTE_AFTER * self.cfg.round {
+            self.me.shape.role = Role::Super;
+            self.orphan_since = None;
+            self.stats.promotions += 1;
+            self.event(Event::RoleChanged(Role::Super));
+            self.nbr_dirty = true;
+            self.fill(now);
+        }
+    }
+
+    /// Checks our own links against the policy (and, every announcement
+    /// period, the announced graph); a violation that was not there at
+    /// the last check is an event.
+    fn check_invariants(&mut self, now: Millis) {
+        let grace = VIOLATION_GRACE * self.cfg.round;
+        let settled = |a: &ActivePeer<P>| now.saturating_sub(a.since) >= grace;
+        let mut found = Vec::new();
+        for class in CLASSES {
+            let links = self.active.iter().filter(|a| a.card.shape.role == class && settled(a)).count();
+            let want = self.want(class);
+            if want == 0 && links > 0 {
+                found.push(ShapeViolation::Forbidden { class, links });
+            } else if links > want {
+                found.push(ShapeViolation::Degree { class, links, max: want });
+            }
+        }
+        let leaf = self.me.shape.role == Role::Leaf;
+        if leaf && self.live_in(Role::Super) == 0 && now.saturating_sub(self.born) >= grace {
+            if self.no_uplink_since.is_none() {
+                self.no_uplink_since = Some(now);
+            }
+            if self.no_uplink_since.is_some_and(|t| now.saturating_sub(t) >= grace) {
+                found.push(ShapeViolation::NoUplink);
+            }
+        } else {
+            self.no_uplink_since = None;
+        }
+        if self.cfg.announce_views > 0 && !self.views.is_empty() {
+            // Announcements are taken at different times, and a newcomer
+            // passes through links the policy does not keep: a violation
+            // counts when two checks an announcement period apart find it.
+            if now >= self.next_graph_check {
+                self.next_graph_check = now + self.cfg.announce_views;
+                let seen = self.check_graph().err().map(ShapeViolation::Graph);
+                let failing = seen.is_some();
+                self.graph_violation = if self.graph_failing { seen } else { None };
+                self.graph_failing = failing;
+            }
+            found.extend(self.graph_violation.clone());
+        }
+        for v in &found {
+            if !self.violations.contains(v)
+                && !self.violations.iter().any(|w| std::mem::discriminant(w) == std::mem::discriminant(v))
+            {
+                self.stats.violations += 1;
+                self.event(Event::Violation(v.to_string()));
+            }
+        }
+        self.violations = found;
+    }
+
+    /// The network as members announced it ([`Config::announce_views`]),
+    /// ours included: each member with its shape (`None` for a member
+    /// named in others' views that has not announced its own, nor is our
+    /// neighbour), and the links it announced.
+    pub fn known_graph(&self) -> UnGraph<(P, Option<Shape>), ()> {
+        let mine: Vec<P> = self.active().collect();
+        let mut shapes: BTreeMap<P, Shape> = BTreeMap::new();
+        shapes.insert(self.me.peer, self.me.shape);
+        let mut links = Vec::new();
+        for (&a, view) in &self.views {
+            shapes.entry(a).or_insert(view.shape);
+            links.extend(view.peers.iter().map(|&b| (a, b)));
+        }
+        links.extend(mine.iter().map(|&b| (self.me.peer, b)));
+        for a in &self.active {
+            shapes.entry(a.card.peer).or_insert(a.card.shape);
+        }
+        let g = topology::graph_of(shapes.keys().copied(), links);
+        g.map(|_, &p| (p, shapes.get(&p).copied()), |_, _| ())
+    }
+
+    /// Checks the announced graph against our policy.
+    fn check_graph(&self) -> Result<(), topology::Violation> {
+        let g = self.known_graph();
+        let (leaves, degree) = match self.cfg.topology {
+            Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => (leaves, 0),
+            Topology::SpanningTree { max_degree } => (0, max_degree),
+            Topology::Mesh => (0, 0),
+        };
+        let cap = u16::try_from(leaves).unwrap_or(u16::MAX);
+        // A member whose shape we do not know yet counts as a super-peer
+        // with no bound: it breaks nothing it may not have broken.
+        let info = g.map(
+            |_, &(_, s)| match s.map(|s| s.role) {
+                Some(Role::Super) => NodeInfo { reach: Reach::Public, capacity: cap.max(1) },
+                None => NodeInfo { reach: Reach::Public, capacity: u16::MAX },
+                Some(Role::Leaf) => NodeInfo { reach: Reach::HardNat, capacity: 0 },
+                Some(Role::Member) => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
+            },
+            |_, _| (),
+        );
+        use topology::Policy as _;
+        match self.cfg.topology {
+            Topology::Mesh => topology::Mesh { degree: self.cfg.active }.check(&info),
+            // The broadcast tree is Plumtree's eager links over these
+            // (views say which, and the simulator checks it is a tree);
+            // what every member can check is the links' degree bound and
+            // that they connect everyone.
+            Topology::SpanningTree { .. } => {
+                if !topology::is_connected(&info) {
+                    return Err(topology::Violation::Disconnected {
+                        components: petgraph::algo::connected_components(&info),
+                    });
+                }
+                let d = topology::max_degree(&info);
+                if d > degree {
+                    return Err(topology::Violation::Degree { node: 0, degree: d, max: degree });
+                }
+                Ok(())
+            }
+            Topology::Hierarchical { core, uplinks, .. } => {
+                topology::Hierarchical { core_degree: core, uplinks }.check(&info)
+            }
+            Topology::Star { .. } => topology::Hierarchical { core_degree: self.cfg.active, uplinks: 1 }.check(&info),
+        }
+    }
+
+    /// Role counts among the members we know of (announced views and
+    /// active peers), ours included.
+    pub fn role_counts(&self) -> BTreeMap<Role, usize> {
+        let mut m = BTreeMap::new();
+        for (_, s) in self.known_graph().node_weights() {
+            if let Some(s) = s {
+                *m.entry(s.role).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
+
+/// A member's announced view (a [`Kind::View`] broadcast).
+#[derive(Debug, Clone)]
+pub(super) struct AnnouncedView<P> {
+    pub(super) at: Millis,
+    pub(super) shape: Shape,
+    pub(super) peers: Vec<P>,
+}
+
+/// A view announcement's payload: the shape byte, then the active peers.
+pub(super) fn view_payload<P: PeerKey>(shape: Shape, active: impl Iterator<Item = P>) -> Vec<u8> {
+    let mut out = vec![shape.to_byte()];
+    for p in active.take(MAX_LIST) {
+        p.put(&mut out);
+    }
+    out
+}
+
+/// Reads a view announcement; `None` if it is malformed.
+pub(super) fn read_view<P: PeerKey>(payload: &[u8], at: Millis) -> Option<AnnouncedView<P>> {
+    let (&[s], mut r) = payload.split_first_chunk::<1>()?;
+    let shape = Shape::from_byte(s)?;
+    let mut peers = Vec::new();
+    while !r.is_empty() {
+        if peers.len() == MAX_LIST {
+            return None;
+        }
+        peers.push(P::take(&mut r)?);
+    }
+    Some(AnnouncedView { at, shape, peers })
+}
