@@ -1330,11 +1330,6 @@ impl<P: PeerKey> Overlay<P> {
         !a.quiet || self.keep_on_loss.contains(&a.card.peer)
     }
 
-    /// Whether a tree link is quiet (see [`Config::heartbeat`]).
-    fn tree_in_doubt(&self) -> bool {
-        self.active.iter().any(|a| a.quiet && self.plum.eager().contains(&a.card.peer))
-    }
-
     /// A peer we asked to fill the view refused: see `fill`.
     fn fill_failed(&mut self, now: Millis) {
         self.fill_backoff = (self.fill_backoff + 1).min(3);
@@ -1445,7 +1440,7 @@ impl<P: PeerKey> Overlay<P> {
         let mut suspected = Vec::new();
         let mut quiet = Vec::new();
         let hb = self.cfg.heartbeat;
-        let doubt = self.tree_in_doubt();
+        let doubt = self.plum.tree_in_doubt();
         for a in &mut self.active {
             let silent = now.saturating_sub(a.heard);
             if silent >= self.cfg.fail_after {
@@ -1550,7 +1545,7 @@ impl<P: PeerKey> Overlay<P> {
     /// When [`Overlay::tick`] next has work.
     pub fn poll_timeout(&self) -> Millis {
         let mut t = self.next_shuffle;
-        let doubt = self.tree_in_doubt();
+        let doubt = self.plum.tree_in_doubt();
         // A fill held back by failures is due once it may run again (not
         // again once a tick at or after that time has tried it).
         if !self.classes_to_fill().is_empty() && !self.passive.is_empty() && self.fill_after > self.last_tick {

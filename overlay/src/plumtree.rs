@@ -214,8 +214,9 @@ impl<P: PeerKey> Plumtree<P> {
         }
     }
 
-    /// Whether an eager neighbour is quiet (see [`Plumtree::set_quiet`]).
-    fn tree_in_doubt(&self) -> bool {
+    /// Whether an eager neighbour is quiet (see [`Plumtree::set_quiet`]):
+    /// the tree above us may be broken.
+    pub fn tree_in_doubt(&self) -> bool {
         self.quiet.iter().any(|q| self.eager.contains(q))
     }
 
