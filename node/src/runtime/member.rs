@@ -226,6 +226,13 @@ impl Member {
             last_hops: e.last_hops(),
             stats: *o.stats(),
             plum: *o.plum_stats(),
+            shape: o.shape(),
+            violations: o.violations().len(),
+            roles: {
+                let known = o.role_counts();
+                let n = |r| known.get(&r).copied().unwrap_or(0);
+                [n(convoke_overlay::Role::Super), n(convoke_overlay::Role::Leaf), n(convoke_overlay::Role::Member)]
+            },
         });
     }
 }

@@ -91,6 +91,22 @@ pub const SERIES: &[(&str, &str, &str)] = &[
         "Links taken for dead after a ping went unanswered for three heartbeats",
     ),
     (
+        "convoke_overlay_role",
+        "gauge",
+        "1 for our topology policy (mesh, spanning-tree, hierarchical, star) and role (member, super-peer, leaf)",
+    ),
+    (
+        "convoke_overlay_roles_known",
+        "gauge",
+        "Members we know of by role (super-peer, leaf, member), from announcements and our views",
+    ),
+    ("convoke_overlay_policy_violations", "gauge", "Topology policy invariants broken now at this member"),
+    (
+        "convoke_overlay_policy_events_total",
+        "counter",
+        "Topology policy events, by kind (violation: an invariant broke; mismatch: a peer of another policy refused; promotion: we became a super-peer; rewiring: a super-peer mixed its core)",
+    ),
+    (
         "convoke_overlay_broadcasts_total",
         "counter",
         "Broadcast messages, by outcome (delivered: first copies; duplicate: extra copies)",
@@ -233,6 +249,12 @@ pub struct OverlaySample {
     pub stats: convoke_overlay::Stats,
     /// Broadcast counters.
     pub plum: convoke_overlay::plumtree::PlumStats,
+    /// Our topology policy and role.
+    pub shape: convoke_overlay::Shape,
+    /// Policy invariants broken now.
+    pub violations: usize,
+    /// Members known by role: super-peers, leaves, members.
+    pub roles: [usize; 3],
 }
 
 /// Publishes an overlay member's gauges and counters (once a second).
@@ -249,6 +271,30 @@ pub fn sample_overlay(o: &OverlaySample) {
     counter!("convoke_overlay_neighbor_changes_total", "change" => "down").absolute(s.neighbor_downs);
     counter!("convoke_overlay_suspicions_total").absolute(s.suspicions);
     counter!("convoke_overlay_quiet_total").absolute(s.quiet);
+    use convoke_overlay::{PolicyKind, Role};
+    let roles = [Role::Member, Role::Super, Role::Leaf];
+    for p in [PolicyKind::Mesh, PolicyKind::SpanningTree, PolicyKind::Hierarchical, PolicyKind::Star] {
+        for r in roles {
+            let on = o.shape.policy == p && o.shape.role == r;
+            gauge!("convoke_overlay_role", "policy" => p.as_str(), "role" => r.as_str()).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+    for (r, n) in [Role::Super, Role::Leaf, Role::Member].into_iter().zip(o.roles) {
+        gauge!("convoke_overlay_roles_known", "role" => r.as_str()).set(n as f64);
+    }
+    gauge!("convoke_overlay_policy_violations").set(o.violations as f64);
+    for (kind, n) in [
+        ("violation", s.violations),
+        ("mismatch", s.mismatches),
+        ("promotion", s.promotions),
+        ("rewiring", s.rewirings),
+    ] {
+        counter!("convoke_overlay_policy_events_total", "kind" => kind).absolute(n);
+    }
     counter!("convoke_overlay_broadcasts_total", "outcome" => "delivered").absolute(o.plum.delivered);
     counter!("convoke_overlay_broadcasts_total", "outcome" => "duplicate").absolute(o.plum.duplicates);
     for (step, n) in [
