@@ -36,6 +36,28 @@ pub struct MembersReport {
     pub largest_component: u64,
     /// Seconds from importing a card to the first overlay link.
     pub time_to_membership_s: Option<Summary>,
+    /// The topology policy's shape, when the scenario names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
+}
+
+/// `members.policy`: the live network's shape under its topology policy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PolicyReport {
+    /// The policy.
+    pub topology: String,
+    /// Joined super-peers (hubs).
+    pub supers: u64,
+    /// Joined leaves.
+    pub leaves: u64,
+    /// Most leaves linked to one super-peer.
+    pub max_super_leaves: u64,
+    /// Most links at one joined member.
+    pub max_degree: u64,
+    /// Leaf-to-leaf links.
+    pub leaf_links: u64,
+    /// Joined leaves with no super-peer link.
+    pub leaves_without_uplink: u64,
 }
 
 /// Why introducer-relayed RSVPs did not reach their addressee.
@@ -172,6 +194,15 @@ impl NetworkReport {
             components: f.components,
             largest_component: f.largest,
             time_to_membership_s: crate::report::summary(&mut samples),
+            policy: w.scenario.topology.as_ref().map(|t| PolicyReport {
+                topology: t.clone(),
+                supers: f.supers,
+                leaves: f.leaves,
+                max_super_leaves: f.max_super_leaves,
+                max_degree: f.max_degree,
+                leaf_links: f.leaf_links / 2,
+                leaves_without_uplink: f.leaves_without_uplink,
+            }),
         };
         let r = &whole.rsvps;
         let (mut in_transit, mut crashed) = (0u64, r.to_crashed);
@@ -275,6 +306,13 @@ pub fn markdown(
                 m,
                 "Time from importing a card to the first overlay link: median {:.1} s, p90 {:.1} s, p99 {:.1} s, max {:.1} s (n = {}).\n",
                 t.p50, t.p90, t.p99, t.max, t.n
+            );
+        }
+        if let Some(p) = &s.policy {
+            let _ = writeln!(
+                m,
+                "Topology policy `{}`: {} super-peers, {} leaves; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
+                p.topology, p.supers, p.leaves, p.max_super_leaves, p.max_degree, p.leaf_links, p.leaves_without_uplink
             );
         }
         let _ = writeln!(

@@ -105,6 +105,12 @@ pub struct Scenario {
     /// Members moving to another network mid-run (pattern `network`).
     #[serde(default)]
     pub moves: Vec<Move>,
+    /// The topology policy the members run (pattern `network`): `mesh`
+    /// (the default), `spanning-tree`, `hierarchical` or `star`. Members
+    /// on a public address, an endpoint-independent NAT (`eim-eif`,
+    /// `eim-adf`) or a mapped port can serve as super-peers (hubs).
+    #[serde(default)]
+    pub topology: Option<String>,
 }
 
 /// A share of the live members move at once, as a laptop does when it
@@ -545,6 +551,9 @@ impl Scenario {
     pub fn validate(&self) -> Result<(), ScenarioError> {
         if self.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty"));
+        }
+        if let Some(t) = &self.topology {
+            convoke_overlay::Topology::parse(t).map_err(|e| invalid("topology", e))?;
         }
         if !(self.duration_s.is_finite() && self.duration_s > 0.0 && self.duration_s <= 30.0 * 86400.0) {
             return Err(invalid("duration_s", "must be > 0 and at most 30 days"));

@@ -41,6 +41,11 @@ enum Command {
         /// failures, partitions, moves) keeps its distance from their end.
         #[arg(long)]
         nodes: Option<u32>,
+        /// The topology policy the members run (pattern network): mesh,
+        /// spanning-tree, hierarchical or star (default: the scenario's
+        /// `topology`, else mesh).
+        #[arg(long)]
+        topology: Option<String>,
         /// No progress bar, no summary.
         #[arg(long, short)]
         quiet: bool,
@@ -156,8 +161,19 @@ fn write_files<const N: usize>(out: &Path, files: [(&str, String); N]) -> Result
     Ok(())
 }
 
-fn run(path: &Path, seed: Option<u64>, out: &Path, nodes: Option<u32>, quiet: bool) -> Result<(), String> {
-    let scenario = load(path, nodes)?;
+fn run(
+    path: &Path,
+    seed: Option<u64>,
+    out: &Path,
+    nodes: Option<u32>,
+    topology: Option<String>,
+    quiet: bool,
+) -> Result<(), String> {
+    let mut scenario = load(path, nodes)?;
+    if topology.is_some() {
+        scenario.topology = topology;
+        scenario.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let seed = seed.unwrap_or(scenario.seed);
     let name = scenario.name.clone();
     let bar = !quiet && std::io::stderr().is_terminal();
@@ -339,7 +355,9 @@ fn compare(expected: &Path, measured: &Path) -> Result<bool, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, out, nodes, quiet } => run(&scenario, seed, &out, nodes, quiet),
+        Command::Run { scenario, seed, out, nodes, topology, quiet } => {
+            run(&scenario, seed, &out, nodes, topology, quiet)
+        }
         Command::Overlay { scenario, out, nodes, seed, topology, quiet } => {
             overlay(&scenario, &out, nodes, seed, topology, quiet)
         }

@@ -110,6 +110,19 @@ pub struct Whole {
 pub struct MemberFigures {
     /// Member nodes started.
     pub nodes: u64,
+    /// Joined members by role under the topology policy: super-peers
+    /// (hubs)...
+    pub supers: u64,
+    /// ... and leaves (members of a mesh or spanning tree count in neither).
+    pub leaves: u64,
+    /// Most leaves linked to one super-peer.
+    pub max_super_leaves: u64,
+    /// Leaf-to-leaf links (each counted from both ends).
+    pub leaf_links: u64,
+    /// Joined leaves with no super-peer link.
+    pub leaves_without_uplink: u64,
+    /// Most live links at one joined member.
+    pub max_degree: u64,
     /// Alive at the end.
     pub alive: u64,
     /// Alive at the end with at least one active overlay link.
@@ -144,11 +157,19 @@ pub struct MemberFigures {
 }
 
 impl World {
-    pub(super) fn network_config() -> MemberConfig {
+    /// The member configuration of node `n`: the runtime's, under the
+    /// scenario's topology policy (a node on a public address, an
+    /// endpoint-independent NAT or a mapped port can serve as a super-peer).
+    pub(super) fn network_config(&self, n: u32) -> MemberConfig {
         // View announcements would make every member broadcast every few
         // seconds: the runtime's status page needs them, the run does not.
         let d = MemberConfig::default();
-        MemberConfig { overlay: Config { announce_views: 0, ..d.overlay }, ..d }
+        let topology = self.scenario.topology.as_deref().and_then(|t| convoke_overlay::Topology::parse(t).ok());
+        let node = &self.nodes[n as usize];
+        let name = self.profiles.get(usize::from(node.profile)).map_or("", |(name, _)| name.as_str());
+        let super_capable = node.mapped.is_some() || matches!(name, "public" | "eim-eif" | "eim-adf");
+        let overlay = Config { announce_views: 0, topology: topology.unwrap_or_default(), super_capable, ..d.overlay };
+        MemberConfig { overlay, ..d }
     }
 
     fn reach_matrix(&self) -> Vec<Vec<Reach>> {
@@ -170,8 +191,9 @@ impl World {
         let n = self.spawn(profile);
         let seed = self.rng.seed();
         let now = self.inst(self.now);
+        let cfg = self.network_config(n);
         let node = &mut self.nodes[n as usize];
-        let mut member = Member::new(node.identity.clone(), Self::network_config(), seed, now);
+        let mut member = Member::new(node.identity.clone(), cfg, seed, now);
         // Reflexive addresses come later, from its STUN answers.
         member.minter().candidates_mut().add_host(std::net::SocketAddr::V4(node.addr));
         member.minter().candidates_mut().set_port_mapped(node.mapped.map(std::net::SocketAddr::V4));
@@ -687,7 +709,7 @@ impl World {
             f.joined += 1;
             active_sum += live.len() as u64;
             parent.entry(n).or_insert(n);
-            for m in live {
+            for &m in &live {
                 parent.entry(m).or_insert(m);
                 let (a, b) = (root(&mut parent, n), root(&mut parent, m));
                 if a != b {
@@ -695,6 +717,26 @@ impl World {
                 }
             }
             if let Some(o) = s.member.overlay() {
+                let role = |m: u32| {
+                    self.nodes[m as usize].member.as_ref().and_then(|s| s.member.overlay()).map(|o| o.shape().role)
+                };
+                use convoke_overlay::Role;
+                match o.shape().role {
+                    Role::Super => {
+                        f.supers += 1;
+                        let leaves = live.iter().filter(|&&m| role(m) == Some(Role::Leaf)).count() as u64;
+                        f.max_super_leaves = f.max_super_leaves.max(leaves);
+                    }
+                    Role::Leaf => {
+                        f.leaves += 1;
+                        f.leaf_links += live.iter().filter(|&&m| role(m) == Some(Role::Leaf)).count() as u64;
+                        if !live.iter().any(|&m| role(m) == Some(Role::Super)) {
+                            f.leaves_without_uplink += 1;
+                        }
+                    }
+                    Role::Member => {}
+                }
+                f.max_degree = f.max_degree.max(live.len() as u64);
                 let st = o.stats();
                 f.relay_refused += st.relay_refused;
                 f.relay_rate_limited += st.relay_rate_limited;
