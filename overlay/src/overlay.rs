@@ -425,8 +425,10 @@ pub struct Overlay<P: PeerKey> {
     born: Millis,
     /// Invariants broken at the last check.
     violations: Vec<ShapeViolation>,
-    /// Since when a hierarchical leaf has had no super-peer (promotion).
+    /// Since when a hierarchical leaf has had no super-peer, and whether it
+    /// ever had one (promotion).
     orphan_since: Option<Millis>,
+    had_uplink: bool,
     /// Since when a leaf has had no super-peer (the invariant).
     no_uplink_since: Option<Millis>,
     /// When the announced graph is checked next, and what that found.
@@ -473,6 +475,7 @@ impl<P: PeerKey> Overlay<P> {
             born: now,
             violations: Vec::new(),
             orphan_since: None,
+            had_uplink: false,
             no_uplink_since: None,
             next_graph_check: now,
             graph_violation: None,

@@ -87,7 +87,14 @@ fn moved_members_link_again_from_their_new_address() {
     let text = format!(
         "{BASE}\n[[moves]]\nat_s = 150\nfraction = 0.3\n[[moves]]\nat_s = 170\nfraction = 0.2\nto = \"renumber\"\n"
     );
-    let r = run(&text, 3);
+    // At N = 40 a move now and then splits the network: over seeds 1 to 8,
+    // one seed did (seed 2) before cards carried their shape byte, two
+    // after it (seeds 3 and 7; the byte shifts every later random draw).
+    // At N = 1,000 (`scenarios/network-roaming.toml`) the figures are the
+    // same with and without it (94.4% / 95.1% against 94.3% / 96.1%), and
+    // CI holds the 90% bar there; this test pins a seed that does not
+    // split, and asserts what a move must do then.
+    let r = run(&text, 4);
     assert_eq!(r.roaming.len(), 2, "one entry per move");
     for m in &r.roaming {
         assert!(m.moved > 0 && m.linked_before > 0, "{m:?}");
@@ -111,5 +118,5 @@ fn moved_members_link_again_from_their_new_address() {
     assert!(r.to_json().contains("\"relinked_s\""));
     assert!(r.to_markdown().contains("## Roaming"));
     // Same seed, same run: a move draws from the world's one stream.
-    assert_eq!(r.to_json(), run(&text, 3).to_json());
+    assert_eq!(r.to_json(), run(&text, 4).to_json());
 }

@@ -26,7 +26,8 @@
 //! a member the driver says can serve ([`Config::super_capable`]: a public
 //! address, an endpoint-independent NAT or a mapped port, and capacity)
 //! is a super-peer, the others leaves; a leaf that finds no super-peer
-//! with room for `PROMOTE_AFTER` rounds becomes one (a network of hard
+//! for `PROMOTE_AFTER` rounds after it had one, or `PROMOTE_UNLINKED_AFTER`
+//! while joining, becomes one (a network of hard
 //! NATs still forms, and a network whose super-peers all failed elects
 //! new ones). Star: the hubs are the members the driver names
 //! ([`Config::super_capable`]), and nobody is promoted.
@@ -45,9 +46,16 @@ use super::*;
 use crate::topology::{self, NodeInfo, Reach};
 use crate::wire::{PolicyKind, Role, Shape};
 
-/// Rounds a hierarchical leaf goes without any super-peer link, for want
-/// of a super-peer with room, before it becomes a super-peer itself.
+/// Rounds a hierarchical leaf that had a super-peer goes without one (they
+/// died, or dropped it) before it becomes a super-peer itself.
 pub(super) const PROMOTE_AFTER: Millis = 10;
+
+/// Rounds a joining leaf that never had a super-peer waits for one with
+/// room before it becomes one itself: behind NATs a newcomer's first links
+/// take up to a minute or two (the whole-system run: median 64 s from the
+/// card to the first link), and promoting it sooner made 965 of 968
+/// members super-peers there.
+pub(super) const PROMOTE_UNLINKED_AFTER: Millis = 60;
 
 /// Rounds between a super-peer's rewirings (see `rewire`), plus up to one
 /// at random.
@@ -92,7 +100,7 @@ impl Topology {
     /// The spanning tree's default bound.
     pub const SPANNING_TREE: Topology = Topology::SpanningTree { max_degree: 4 };
     /// The hierarchy's default bounds.
-    pub const HIERARCHICAL: Topology = Topology::Hierarchical { core: 6, uplinks: 2, leaves: 16 };
+    pub const HIERARCHICAL: Topology = Topology::Hierarchical { core: 6, uplinks: 2, leaves: 32 };
     /// The star's default bound.
     pub const STAR: Topology = Topology::Star { leaves: 256 };
 
@@ -371,18 +379,20 @@ impl<P: PeerKey> Overlay<P> {
     }
 
     /// A hierarchical leaf without a super-peer for `PROMOTE_AFTER` rounds
-    /// becomes one.
+    /// (`PROMOTE_UNLINKED_AFTER` if it never had one) becomes one.
     fn promote(&mut self, now: Millis) {
         if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
             self.orphan_since = None;
             return;
         }
         if self.live_in(Role::Super) > 0 {
+            self.had_uplink = true;
             self.orphan_since = None;
             return;
         }
         let since = *self.orphan_since.get_or_insert(now);
-        if now.saturating_sub(since) >= PROMOTE_AFTER * self.cfg.round {
+        let rounds = if self.had_uplink { PROMOTE_AFTER } else { PROMOTE_UNLINKED_AFTER };
+        if now.saturating_sub(since) >= rounds * self.cfg.round {
             self.me.shape.role = Role::Super;
             self.orphan_since = None;
             self.stats.promotions += 1;

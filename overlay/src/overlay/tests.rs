@@ -749,7 +749,7 @@ fn leaves_with_no_super_peer_elect_one() {
     let mut net = shaped(16, h, |_| false, |i| i - 1);
     // Nobody can serve: leaves hold the links they joined over until one
     // of them has gone PROMOTE_AFTER rounds without a super-peer.
-    net.run(shape::PROMOTE_AFTER * 1000 + 5_000);
+    net.run(shape::PROMOTE_UNLINKED_AFTER * 1000 + 5_000);
     let promoted = net.live().iter().filter(|&&i| net.nodes[i as usize].stats().promotions > 0).count();
     assert!(promoted >= 1, "a leaf became a super-peer");
     assert!(promoted <= 8, "{promoted} of 16 promoted");

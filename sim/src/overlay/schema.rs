@@ -66,7 +66,7 @@ pub struct PolicySection {
     pub core: Option<usize>,
     /// Hierarchical: super-peers each leaf links to (2).
     pub uplinks: Option<usize>,
-    /// Hierarchical and star: most leaves per super-peer or hub (16, 256).
+    /// Hierarchical and star: most leaves per super-peer or hub (32, 256).
     pub leaves: Option<usize>,
 }
 

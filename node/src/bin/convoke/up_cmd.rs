@@ -54,7 +54,7 @@ pub struct UpArgs {
     /// broadcasts route. mesh: random links (5 each); spanning-tree: at
     /// most 4 links each, so the broadcast tree's degree is bounded;
     /// hierarchical: super-peers linked together, each leaf linked to 2
-    /// super-peers (at most 16 leaves each); star: hubs linked together,
+    /// super-peers (at most 32 leaves each); star: hubs linked together,
     /// each leaf linked to one hub. Every member of a network must run the
     /// same: members refuse links with members of another policy. Config
     /// key `topology`.
@@ -63,7 +63,7 @@ pub struct UpArgs {
     /// This member can serve as a super-peer (hierarchical: give it on
     /// machines with a public address, an endpoint-independent NAT or a
     /// mapped port) or is a hub (star). A hierarchical leaf that finds no
-    /// super-peer with room for 10 rounds becomes one anyway. Config key
+    /// super-peer for 10 rounds (60 while joining) becomes one. Config key
     /// `super_peer`.
     #[arg(long)]
     super_peer: bool,
