@@ -32,7 +32,7 @@ pub mod plumtree;
 pub mod topology;
 pub mod wire;
 
-pub use overlay::{Config, DownReason, Event, Output, Overlay, ShapeViolation, Stats, Topology};
+pub use overlay::{Config, DownReason, Event, Output, Overlay, ShapeViolation, Stats, Topology, check_shape};
 pub use wire::{Card, DecodeError, Kind, Message, MsgId, PolicyKind, Role, Shape};
 
 /// The overlay protocol version this crate speaks.

@@ -39,7 +39,7 @@ use crate::wire::{Card, Kind, MAX_LIST, Message, MsgId, PolicyKind, Role};
 mod shape;
 use crate::{Millis, PeerKey};
 use shape::AnnouncedView;
-pub use shape::{ShapeViolation, Topology};
+pub use shape::{ShapeViolation, Topology, check_shape};
 
 /// Neighbours linked beyond our neighbourhood that an eviction spares (see
 /// `Overlay::evict`); also the most links a neighbour may say it has to be

@@ -476,48 +476,7 @@ impl<P: PeerKey> Overlay<P> {
 
     /// Checks the announced graph against our policy.
     fn check_graph(&self) -> Result<(), topology::Violation> {
-        let g = self.known_graph();
-        let (leaves, degree) = match self.cfg.topology {
-            Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => (leaves, 0),
-            Topology::SpanningTree { max_degree } => (0, max_degree),
-            Topology::Mesh => (0, 0),
-        };
-        let cap = u16::try_from(leaves).unwrap_or(u16::MAX);
-        // A member whose shape we do not know yet counts as a super-peer
-        // with no bound: it breaks nothing it may not have broken.
-        let info = g.map(
-            |_, &(_, s)| match s.map(|s| s.role) {
-                Some(Role::Super) => NodeInfo { reach: Reach::Public, capacity: cap.max(1) },
-                None => NodeInfo { reach: Reach::Public, capacity: u16::MAX },
-                Some(Role::Leaf) => NodeInfo { reach: Reach::HardNat, capacity: 0 },
-                Some(Role::Member) => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
-            },
-            |_, _| (),
-        );
-        use topology::Policy as _;
-        match self.cfg.topology {
-            Topology::Mesh => topology::Mesh { degree: self.cfg.active }.check(&info),
-            // The broadcast tree is Plumtree's eager links over these
-            // (views say which, and the simulator checks it is a tree);
-            // what every member can check is the links' degree bound and
-            // that they connect everyone.
-            Topology::SpanningTree { .. } => {
-                if !topology::is_connected(&info) {
-                    return Err(topology::Violation::Disconnected {
-                        components: petgraph::algo::connected_components(&info),
-                    });
-                }
-                let d = topology::max_degree(&info);
-                if d > degree {
-                    return Err(topology::Violation::Degree { node: 0, degree: d, max: degree });
-                }
-                Ok(())
-            }
-            Topology::Hierarchical { core, uplinks, .. } => {
-                topology::Hierarchical { core_degree: core, uplinks }.check(&info)
-            }
-            Topology::Star { .. } => topology::Hierarchical { core_degree: self.cfg.active, uplinks: 1 }.check(&info),
-        }
+        check_shape(self.cfg.topology, &self.known_graph(), |(_, s)| s.map(|s| s.role))
     }
 
     /// Role counts among the members we know of (announced views and
@@ -530,6 +489,58 @@ impl<P: PeerKey> Overlay<P> {
             }
         }
         m
+    }
+}
+
+/// Checks a live network, members with their roles (`None`: not known,
+/// counted as a super-peer without bound, which breaks nothing it may not
+/// have broken), against `policy`'s invariants: those of the policy's
+/// graph in [`crate::topology`].
+///
+/// - Mesh: connected.
+/// - Spanning tree: connected, and nobody over `max_degree` links. (The
+///   broadcast tree is Plumtree's eager links over these; the simulator
+///   checks those form a tree.)
+/// - Hierarchical and star: connected, no leaf linked to a leaf, no
+///   super-peer (hub) over its leaves.
+///
+/// Members check the network they know of with it
+/// ([`Overlay::violations`]); the simulator and the demo check the whole.
+pub fn check_shape<N>(
+    policy: Topology,
+    g: &UnGraph<N, ()>,
+    role: impl Fn(&N) -> Option<Role>,
+) -> Result<(), topology::Violation> {
+    use topology::Policy as _;
+    let cap = match policy {
+        Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => u16::try_from(leaves).unwrap_or(u16::MAX),
+        _ => 0,
+    };
+    let info = g.map(
+        |_, n| match role(n) {
+            Some(Role::Super) => NodeInfo { reach: Reach::Public, capacity: cap.max(1) },
+            None => NodeInfo { reach: Reach::Public, capacity: u16::MAX },
+            Some(Role::Leaf) => NodeInfo { reach: Reach::HardNat, capacity: 0 },
+            Some(Role::Member) => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
+        },
+        |_, _| (),
+    );
+    match policy {
+        Topology::Mesh => topology::Mesh { degree: 1 }.check(&info),
+        Topology::SpanningTree { max_degree } => {
+            topology::Mesh { degree: 1 }.check(&info)?;
+            let degree = topology::max_degree(&info);
+            if degree > max_degree {
+                return Err(topology::Violation::Degree { node: 0, degree, max: max_degree });
+            }
+            Ok(())
+        }
+        // `core_degree` only shapes the graph `build` makes; `check` holds
+        // connectivity, leaf links and capacities.
+        Topology::Hierarchical { core, uplinks, .. } => {
+            topology::Hierarchical { core_degree: core, uplinks }.check(&info)
+        }
+        Topology::Star { .. } => topology::Hierarchical { core_degree: 1, uplinks: 1 }.check(&info),
     }
 }
 

@@ -203,7 +203,6 @@ impl OverlaySim {
     /// The live network's shape under `t` (see [`ShapeFigures`]).
     pub(super) fn shape_figures(&self, t: convoke_overlay::Topology) -> ShapeFigures {
         use convoke_overlay::{Role, Topology};
-        use topology::Policy as _;
         let live = self.live();
         let role = |i: u32| self.nodes[i as usize].shape().role;
         let mut f = ShapeFigures {
@@ -271,32 +270,7 @@ impl OverlaySim {
         f.mean_super_degree = super_links as f64 / f.supers.max(1) as f64;
         f.mean_leaf_degree = leaf_links_total as f64 / f.leaves.max(1) as f64;
         let g = topology::graph_of(live.iter().copied(), links);
-        let cap = u16::try_from(f.bound).unwrap_or(u16::MAX);
-        let info = g.map(
-            |_, &i| match role(i) {
-                Role::Super => NodeInfo { reach: Reach::Public, capacity: cap },
-                Role::Leaf => NodeInfo { reach: Reach::HardNat, capacity: 0 },
-                Role::Member => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
-            },
-            |_, _| (),
-        );
-        let check = match t {
-            Topology::Mesh => topology::Mesh { degree: 5 }.check(&info),
-            Topology::SpanningTree { max_degree } => {
-                let d = topology::max_degree(&info);
-                if !topology::is_connected(&info) {
-                    topology::Mesh { degree: 5 }.check(&info)
-                } else if d > max_degree {
-                    Err(topology::Violation::Degree { node: 0, degree: d, max: max_degree })
-                } else {
-                    Ok(())
-                }
-            }
-            Topology::Hierarchical { core, uplinks, .. } => {
-                topology::Hierarchical { core_degree: core, uplinks }.check(&info)
-            }
-            Topology::Star { .. } => topology::Hierarchical { core_degree: 5, uplinks: 1 }.check(&info),
-        };
+        let check = convoke_overlay::check_shape(t, &g, |&i| Some(role(i)));
         f.check = match check {
             Ok(()) => "ok".to_owned(),
             Err(v) => v.to_string(),

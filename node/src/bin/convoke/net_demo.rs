@@ -389,30 +389,9 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
 /// The policy's invariant check over the links the demo saw, with each
 /// node's role (`None` for the mesh, which has none beyond connectivity).
 fn shape_check(policy: Topology, links: &BTreeSet<(usize, usize)>, roles: &[Role]) -> Option<Result<(), String>> {
-    use topology::{NodeInfo, Policy as _, Reach};
-    let (leaves, tree) = match policy {
-        Topology::Mesh => return None,
-        Topology::SpanningTree { max_degree } => (0, max_degree),
-        Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => (leaves, 0),
-    };
-    let cap = u16::try_from(leaves).unwrap_or(u16::MAX);
-    let info = topology::graph_of(0..roles.len(), links.iter().copied()).map(
-        |_, &i| match roles.get(i).copied().unwrap_or_default() {
-            Role::Super => NodeInfo { reach: Reach::Public, capacity: cap },
-            Role::Leaf => NodeInfo { reach: Reach::HardNat, capacity: 0 },
-            Role::Member => NodeInfo { reach: Reach::EasyNat, capacity: 0 },
-        },
-        |_, _| (),
-    );
-    let result = match policy {
-        Topology::SpanningTree { .. } if topology::max_degree(&info) > tree => {
-            Err(topology::Violation::Degree { node: 0, degree: topology::max_degree(&info), max: tree })
-        }
-        Topology::SpanningTree { .. } => topology::Mesh { degree: tree }.check(&info),
-        Topology::Hierarchical { core, uplinks, .. } => {
-            topology::Hierarchical { core_degree: core, uplinks }.check(&info)
-        }
-        _ => topology::Hierarchical { core_degree: 5, uplinks: 1 }.check(&info),
-    };
-    Some(result.map_err(|v| v.to_string()))
+    if policy == Topology::Mesh {
+        return None;
+    }
+    let g = topology::graph_of(0..roles.len(), links.iter().copied());
+    Some(convoke_overlay::check_shape(policy, &g, |&i| roles.get(i).copied()).map_err(|v| v.to_string()))
 }
