@@ -35,8 +35,10 @@ pub mod wire;
 pub use overlay::{Config, DownReason, Event, Output, Overlay, ShapeViolation, Stats, Topology, check_shape};
 pub use wire::{Card, DecodeError, Kind, Message, MsgId, PolicyKind, Role, Shape};
 
-/// The overlay protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The overlay protocol version this crate speaks. 2: cards and
+/// NEIGHBORS carry the member's topology policy and role (one byte), which
+/// version 1 decoders refuse as trailing bytes.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Milliseconds on the driver's clock.
 pub type Millis = u64;
