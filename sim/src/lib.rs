@@ -34,6 +34,7 @@ pub mod queue;
 pub mod reach;
 pub mod report;
 pub mod scenario;
+pub mod shape_tally;
 pub mod world;
 
 use std::hash::{BuildHasherDefault, Hasher};

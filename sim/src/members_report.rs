@@ -196,12 +196,12 @@ impl NetworkReport {
             time_to_membership_s: crate::report::summary(&mut samples),
             policy: w.scenario.topology.as_ref().map(|t| PolicyReport {
                 topology: t.clone(),
-                supers: f.supers,
-                leaves: f.leaves,
-                max_super_leaves: f.max_super_leaves,
-                max_degree: f.max_degree,
-                leaf_links: f.leaf_links / 2,
-                leaves_without_uplink: f.leaves_without_uplink,
+                supers: f.shape.supers,
+                leaves: f.shape.leaves,
+                max_super_leaves: f.shape.max_super_leaves,
+                max_degree: f.shape.max_degree,
+                leaf_links: f.shape.leaf_links(),
+                leaves_without_uplink: f.shape.leaves_without_uplink,
             }),
         };
         let r = &whole.rsvps;

@@ -202,7 +202,7 @@ impl OverlaySim {
 
     /// The live network's shape under `t` (see [`ShapeFigures`]).
     pub(super) fn shape_figures(&self, t: convoke_overlay::Topology) -> ShapeFigures {
-        use convoke_overlay::{Role, Topology};
+        use convoke_overlay::Topology;
         let live = self.live();
         let role = |i: u32| self.nodes[i as usize].shape().role;
         let mut f = ShapeFigures {
@@ -229,7 +229,7 @@ impl OverlaySim {
             violation_events: 0,
             check: String::new(),
         };
-        let (mut super_links, mut leaf_links_total, mut super_leaves) = (0u64, 0u64, 0u64);
+        let mut tally = crate::shape_tally::ShapeTally::default();
         let mut links = Vec::new();
         for o in &self.nodes {
             f.promoted += o.stats().promotions;
@@ -238,37 +238,24 @@ impl OverlaySim {
         for &i in &live {
             let o = &self.nodes[i as usize];
             let peers: Vec<u32> = o.active().filter(|&p| self.alive[p as usize]).collect();
-            let d = peers.len() as u64;
-            f.max_degree = f.max_degree.max(d);
             f.max_eager_degree = f.max_eager_degree.max(o.plumtree().eager().len() as u64);
             if !o.violations().is_empty() {
                 f.members_violating += 1;
             }
-            let leaves = peers.iter().filter(|&&p| role(p) == Role::Leaf).count() as u64;
-            match role(i) {
-                Role::Super => {
-                    f.supers += 1;
-                    super_links += d;
-                    super_leaves += leaves;
-                    f.max_super_leaves = f.max_super_leaves.max(leaves);
-                    f.max_super_degree = f.max_super_degree.max(d);
-                }
-                Role::Leaf => {
-                    f.leaves += 1;
-                    leaf_links_total += d;
-                    if !peers.iter().any(|&p| role(p) == Role::Super) {
-                        f.leaves_without_uplink += 1;
-                    }
-                    f.leaf_links += leaves;
-                }
-                Role::Member => f.members += 1,
-            }
+            tally.add(role(i), peers.iter().map(|&p| Some(role(p))));
             links.extend(peers.iter().filter(|&&p| i < p).map(|&p| (i, p)));
         }
-        f.leaf_links /= 2;
-        f.mean_super_leaves = super_leaves as f64 / f.supers.max(1) as f64;
-        f.mean_super_degree = super_links as f64 / f.supers.max(1) as f64;
-        f.mean_leaf_degree = leaf_links_total as f64 / f.leaves.max(1) as f64;
+        f.supers = tally.supers;
+        f.leaves = tally.leaves;
+        f.members = tally.members;
+        f.max_super_leaves = tally.max_super_leaves;
+        f.max_super_degree = tally.max_super_degree;
+        f.max_degree = tally.max_degree;
+        f.leaf_links = tally.leaf_links();
+        f.leaves_without_uplink = tally.leaves_without_uplink;
+        f.mean_super_leaves = tally.super_leaves as f64 / f.supers.max(1) as f64;
+        f.mean_super_degree = tally.super_links as f64 / f.supers.max(1) as f64;
+        f.mean_leaf_degree = tally.leaf_degrees as f64 / f.leaves.max(1) as f64;
         let g = topology::graph_of(live.iter().copied(), links);
         let check = convoke_overlay::check_shape(t, &g, |&i| Some(role(i)));
         f.check = match check {

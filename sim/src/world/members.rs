@@ -110,19 +110,8 @@ pub struct Whole {
 pub struct MemberFigures {
     /// Member nodes started.
     pub nodes: u64,
-    /// Joined members by role under the topology policy: super-peers
-    /// (hubs)...
-    pub supers: u64,
-    /// ... and leaves (members of a mesh or spanning tree count in neither).
-    pub leaves: u64,
-    /// Most leaves linked to one super-peer.
-    pub max_super_leaves: u64,
-    /// Leaf-to-leaf links (each counted from both ends).
-    pub leaf_links: u64,
-    /// Joined leaves with no super-peer link.
-    pub leaves_without_uplink: u64,
-    /// Most live links at one joined member.
-    pub max_degree: u64,
+    /// The joined members' shape under the topology policy.
+    pub shape: crate::shape_tally::ShapeTally,
     /// Alive at the end.
     pub alive: u64,
     /// Alive at the end with at least one active overlay link.
@@ -720,23 +709,7 @@ impl World {
                 let role = |m: u32| {
                     self.nodes[m as usize].member.as_ref().and_then(|s| s.member.overlay()).map(|o| o.shape().role)
                 };
-                use convoke_overlay::Role;
-                match o.shape().role {
-                    Role::Super => {
-                        f.supers += 1;
-                        let leaves = live.iter().filter(|&&m| role(m) == Some(Role::Leaf)).count() as u64;
-                        f.max_super_leaves = f.max_super_leaves.max(leaves);
-                    }
-                    Role::Leaf => {
-                        f.leaves += 1;
-                        f.leaf_links += live.iter().filter(|&&m| role(m) == Some(Role::Leaf)).count() as u64;
-                        if !live.iter().any(|&m| role(m) == Some(Role::Super)) {
-                            f.leaves_without_uplink += 1;
-                        }
-                    }
-                    Role::Member => {}
-                }
-                f.max_degree = f.max_degree.max(live.len() as u64);
+                f.shape.add(o.shape().role, live.iter().map(|&m| role(m)));
                 let st = o.stats();
                 f.relay_refused += st.relay_refused;
                 f.relay_rate_limited += st.relay_rate_limited;
