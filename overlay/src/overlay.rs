@@ -806,7 +806,6 @@ impl<P: PeerKey> Overlay<P> {
                 } else if !self.compatible(card.shape) {
                     self.send(from, Message::NeighborReply { accepted: false });
                     self.mismatch(from, card.shape, now);
-                    self.out.push_back(Output::Close(from));
                 } else if self.is_active(from)
                     || (self.want(class) > 0 && (self.room(class) || (high && !self.hard(class))))
                 {
@@ -823,8 +822,7 @@ impl<P: PeerKey> Overlay<P> {
                         // Refused for its role, not for want of room: say
                         // our role, so the asker stops taking us for one
                         // it links to (a card passed on may say otherwise).
-                        let shape = self.me.shape;
-                        self.send(from, Message::Neighbors { peers: Vec::new(), shape });
+                        self.tell_shape(from);
                     }
                     self.send(from, Message::NeighborReply { accepted: false });
                     self.add_passive(card, vec![from]);
@@ -904,9 +902,8 @@ impl<P: PeerKey> Overlay<P> {
         }
         if !self.compatible(card.shape) {
             // Tell the newcomer why before the link goes: our shape.
-            self.send(from, Message::Neighbors { peers: Vec::new(), shape: self.me.shape });
+            self.tell_shape(from);
             self.mismatch(from, card.shape, now);
-            self.out.push_back(Output::Close(from));
             return;
         }
         self.stats.joins += 1;
@@ -1492,7 +1489,7 @@ impl<P: PeerKey> Overlay<P> {
             self.link_failed(p, now);
         }
         self.shape_links(now);
-        if !self.classes_to_fill().is_empty() {
+        if self.wants_links() {
             self.fill(now);
         }
         self.plum.tick(now);
@@ -1551,7 +1548,7 @@ impl<P: PeerKey> Overlay<P> {
         let doubt = self.plum.tree_in_doubt();
         // A fill held back by failures is due once it may run again (not
         // again once a tick at or after that time has tried it).
-        if !self.classes_to_fill().is_empty() && !self.passive.is_empty() && self.fill_after > self.last_tick {
+        if self.wants_links() && !self.passive.is_empty() && self.fill_after > self.last_tick {
             t = t.min(self.fill_after);
         }
         for &(_, until) in &self.lingering {

@@ -261,16 +261,30 @@ impl<P: PeerKey> Overlay<P> {
         shape.policy == self.me.shape.policy
     }
 
-    /// Classes we should ask for links in now, counting links in flight.
+    /// Whether we should ask for links of `class` now, counting links in
+    /// flight.
+    fn short_of(&self, class: Role) -> bool {
+        self.fills(class)
+            && self.live_in(class) + self.pending.iter().filter(|p| p.card.shape.role == class).count()
+                < self.want(class)
+    }
+
+    /// Classes we should ask for links in now (see `short_of`).
     pub(super) fn classes_to_fill(&self) -> Vec<Role> {
-        CLASSES
-            .iter()
-            .copied()
-            .filter(|&c| {
-                self.fills(c)
-                    && self.live_in(c) + self.pending.iter().filter(|p| p.card.shape.role == c).count() < self.want(c)
-            })
-            .collect()
+        CLASSES.iter().copied().filter(|&c| self.short_of(c)).collect()
+    }
+
+    /// Whether any class wants links now: `classes_to_fill` without the
+    /// vector, for `tick` and `poll_timeout`.
+    pub(super) fn wants_links(&self) -> bool {
+        CLASSES.iter().any(|&c| self.short_of(c))
+    }
+
+    /// Tells `peer` our policy and role (an empty [`Message::Neighbors`]):
+    /// why we refused it.
+    pub(super) fn tell_shape(&mut self, peer: P) {
+        let shape = self.me.shape;
+        self.send(peer, Message::Neighbors { peers: Vec::new(), shape });
     }
 
     /// Under a hierarchy or star, a newcomer that joined through us gets
@@ -301,7 +315,8 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
-    /// A peer we thought ran our policy runs another: forget it.
+    /// A peer runs another policy than ours: forget it and close its
+    /// session (a link we were making to it too).
     pub(super) fn mismatch(&mut self, peer: P, theirs: Shape, now: Millis) {
         self.stats.mismatches += 1;
         self.event(Event::PolicyMismatch { peer, policy: theirs.policy });
@@ -310,8 +325,8 @@ impl<P: PeerKey> Overlay<P> {
         if self.is_active(peer) {
             self.send(peer, Message::Disconnect { alive: false });
             self.remove_active(peer, DownReason::Disconnected, false, now);
-            self.out.push_back(Output::Close(peer));
         }
+        self.out.push_back(Output::Close(peer));
     }
 
     /// A neighbour told us its shape (its [`Message::Neighbors`]).
