@@ -317,6 +317,9 @@ pub struct Stats {
     pub mismatches: u64,
     /// Times we became a super-peer for want of one.
     pub promotions: u64,
+    /// Times we became a super-peer because our driver found us reachable
+    /// ([`Overlay::elect`]).
+    pub elections: u64,
     /// Policy invariants found broken (each time one starts).
     pub violations: u64,
     /// Core links a super-peer asked for to mix the core (see
@@ -429,6 +432,11 @@ pub struct Overlay<P: PeerKey> {
     /// ever had one (promotion).
     orphan_since: Option<Millis>,
     had_uplink: bool,
+    /// Whether our card is to be broadcast as a super-peer's (we became
+    /// one, or our card changed as one) once we have a link.
+    announce_super: bool,
+    /// A leaf's rewirings so far (each waits longer, see `rewire`).
+    leaf_rewires: u32,
     /// Since when a leaf has had no super-peer (the invariant).
     no_uplink_since: Option<Millis>,
     /// When the announced graph is checked next, and what that found.
@@ -446,6 +454,7 @@ impl<P: PeerKey> Overlay<P> {
     pub fn new(mut me: Card<P>, cfg: Config, seed: [u8; 32], now: Millis) -> Self {
         me.shape =
             crate::wire::Shape { policy: cfg.topology.kind(), role: cfg.topology.initial_role(cfg.super_capable) };
+        let me_super = me.shape.role == Role::Super;
         let mut rng = ChaCha8Rng::from_seed(seed);
         let first_shuffle = now + cfg.round + rng.next_u64() % cfg.round.max(1);
         Self {
@@ -476,6 +485,8 @@ impl<P: PeerKey> Overlay<P> {
             violations: Vec::new(),
             orphan_since: None,
             had_uplink: false,
+            announce_super: me_super,
+            leaf_rewires: 0,
             no_uplink_since: None,
             next_graph_check: now,
             graph_violation: None,
@@ -493,6 +504,7 @@ impl<P: PeerKey> Overlay<P> {
     /// Replaces our card (a fresh invitation before the old one expires).
     pub fn set_card(&mut self, token: Vec<u8>) {
         self.me.token = token;
+        self.announce_super = self.me.shape.role == Role::Super;
     }
 
     /// The parameters.
@@ -566,9 +578,11 @@ impl<P: PeerKey> Overlay<P> {
 
     /// The network's links as members announced them (with
     /// `announce_views`), ours included: `(a, b)` with `a < b`, each once.
+    /// Links a join passes through, which the policy does not keep, are
+    /// not announced (ours are left out too).
     pub fn known_links(&self) -> Vec<(P, P)> {
         let mut links = std::collections::BTreeSet::new();
-        let mine = (self.me.peer, self.active().collect::<Vec<_>>());
+        let mine = (self.me.peer, self.announced_links());
         for (a, peers) in self.views.iter().map(|(p, v)| (*p, &v.peers)).chain([(mine.0, &mine.1)]) {
             for &b in peers {
                 if a != b {
@@ -908,7 +922,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         self.stats.joins += 1;
         self.add_active(card.clone(), true, now);
-        self.hand_super_cards(from);
+        self.hand_super_cards(from, true);
         let others: Vec<P> = self.active().filter(|&p| p != from).collect();
         if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == from) {
             a.newcomer = true;
@@ -1198,7 +1212,14 @@ impl<P: PeerKey> Overlay<P> {
         // its size, nobody is spared.
         let spare = self.active.len() < 2 * self.cfg.active.max(self.fill_target());
         let window = RELAYED_FOR * self.cfg.round;
-        let spared = |a: &ActivePeer<P>| spare && a.newcomer && now.saturating_sub(a.since) < 2 * self.cfg.round;
+        // Joiners we hold (see `holds_joiner`) are spared up to a
+        // super-peer's worth of them.
+        let holding = self.active.iter().filter(|a| self.holds_joiner(a, now)).count() <= shape::HOLD_MAX;
+        let spared = |a: &ActivePeer<P>| {
+            a.newcomer
+                && ((spare && now.saturating_sub(a.since) < 2 * self.cfg.round)
+                    || (holding && self.holds_joiner(a, now)))
+        };
         let idle = |a: &ActivePeer<P>| a.relayed.is_none_or(|t| now.saturating_sub(t) >= window);
         let young = |a: &ActivePeer<P>| now.saturating_sub(a.since) < window;
         let stream = self.forced_at.iter().all(|t| t.is_some_and(|t| now.saturating_sub(t) < window));
@@ -1240,6 +1261,11 @@ impl<P: PeerKey> Overlay<P> {
         }
         let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
         let victim = self.active[pool[k]].card.peer;
+        // Under a hierarchy or star, the peer we drop may know no other
+        // super-peer: a leaf dropped by a full super-peer, a super-peer
+        // promoted among leaves that know only it. Our super-peers' cards
+        // keep it (and the leaves it holds) from becoming an island.
+        self.hand_super_cards(victim, false);
         self.send(victim, Message::Disconnect { alive: true });
         self.remove_active(victim, DownReason::Replaced, true, now);
         self.linger(victim, now);
@@ -1409,6 +1435,17 @@ impl<P: PeerKey> Overlay<P> {
                     }
                 }
                 Kind::View => {}
+                Kind::Super => match Card::<P>::from_bytes(&d.payload) {
+                    Ok(card)
+                        if card.peer == d.id.origin
+                            && card.peer != self.me.peer
+                            && card.shape.role == Role::Super
+                            && self.compatible(card.shape) =>
+                    {
+                        self.add_passive(card, Vec::new())
+                    }
+                    _ => self.stats.ignored += 1,
+                },
             }
         }
     }
@@ -1489,6 +1526,7 @@ impl<P: PeerKey> Overlay<P> {
             self.link_failed(p, now);
         }
         self.shape_links(now);
+        self.announce_super(now);
         if self.wants_links() {
             self.fill(now);
         }
@@ -1496,10 +1534,14 @@ impl<P: PeerKey> Overlay<P> {
         self.drain_plum(now);
         if self.cfg.announce_views > 0 {
             if self.next_view.is_some_and(|t| now >= t) {
-                let payload = shape::view_payload(self.me.shape, self.active());
+                // A member with no link of the policy's yet (joining) is
+                // not in its graph: it says nothing.
+                let links = self.announced_links();
                 self.next_view = Some(now + self.cfg.announce_views);
-                self.plum.broadcast(Kind::View, payload, now);
-                self.drain_plum(now);
+                if !links.is_empty() {
+                    self.plum.broadcast(Kind::View, shape::view_payload(self.me.shape, links.into_iter()), now);
+                    self.drain_plum(now);
+                }
             }
             // Forget members whose announcements stopped.
             let horizon = self.cfg.announce_views.saturating_mul(3);
@@ -1583,7 +1625,9 @@ impl<P: PeerKey> Overlay<P> {
     /// The next thing the driver must do.
     pub fn poll(&mut self) -> Option<Output<P>> {
         if std::mem::take(&mut self.nbr_dirty) {
-            let peers: Vec<P> = self.active().collect();
+            // A view over a list's bound (a contact holding joiners) is
+            // told in part: a longer list is malformed to the receiver.
+            let peers: Vec<P> = self.active().take(MAX_LIST + 1).collect();
             for &p in &peers {
                 let shape = self.me.shape;
                 self.send(p, Message::Neighbors { peers: peers.iter().copied().filter(|&q| q != p).collect(), shape });

@@ -43,6 +43,24 @@ impl<P> Card<P> {
     }
 }
 
+impl<P: PeerKey> Card<P> {
+    /// The card as messages carry it (a [`Kind::Super`] payload).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_card(&mut out, self);
+        out
+    }
+
+    /// A card from [`Card::to_bytes`]; nothing may follow it.
+    pub fn from_bytes(mut bytes: &[u8]) -> Result<Self, DecodeError> {
+        let c = take_card(&mut bytes)?;
+        if !bytes.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(c)
+    }
+}
+
 /// Which topology policy a member runs (the kind, without its bounds,
 /// which each member applies to its own links).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -158,6 +176,9 @@ pub enum Kind {
     View,
     /// The overlay announcing that a member joined.
     Joined,
+    /// The overlay announcing a super-peer (hub): its card, so that
+    /// super-peers find each other and leaves find super-peers.
+    Super,
 }
 
 /// An overlay message.
@@ -391,6 +412,7 @@ impl<P: PeerKey> Message<P> {
                     Kind::App => 0,
                     Kind::View => 1,
                     Kind::Joined => 2,
+                    Kind::Super => 3,
                 });
                 put_bytes(out, payload);
             }
@@ -456,6 +478,7 @@ impl<P: PeerKey> Message<P> {
                     0 => Kind::App,
                     1 => Kind::View,
                     2 => Kind::Joined,
+                    3 => Kind::Super,
                     _ => return Err(DecodeError::Invalid),
                 },
                 payload: take_bytes(r, MAX_MESSAGE)?,
@@ -605,10 +628,24 @@ mod tests {
             Message::Pong { nonce: 1 },
             Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },
             Message::Gossip { id, round: 3, kind: Kind::View, payload: b"hi".to_vec() },
+            Message::Gossip { id, round: 1, kind: Kind::Super, payload: card(7).to_bytes() },
             Message::IHave { ids: vec![(id, 2), (MsgId { origin: 1, seq: 0 }, 0)] },
             Message::Graft { id },
             Message::Prune,
         ]
+    }
+
+    #[test]
+    fn a_card_round_trips_alone_and_nothing_may_follow_it() {
+        let c = card(3);
+        assert_eq!(Card::<u32>::from_bytes(&c.to_bytes()), Ok(c.clone()));
+        let mut longer = c.to_bytes();
+        longer.push(0);
+        assert_eq!(Card::<u32>::from_bytes(&longer), Err(DecodeError::Trailing));
+        let b = c.to_bytes();
+        for n in 0..b.len() {
+            assert!(Card::<u32>::from_bytes(&b[..n]).is_err(), "{n} bytes of {}", b.len());
+        }
     }
 
     #[test]

@@ -57,6 +57,33 @@ pub(super) const PROMOTE_AFTER: Millis = 10;
 /// members super-peers there.
 pub(super) const PROMOTE_UNLINKED_AFTER: Millis = 60;
 
+/// Rounds a contact holds a newcomer of a class its role does not keep (a
+/// leaf that joined through a leaf): the newcomer's way in while it finds
+/// a super-peer, since behind NATs its dials need RSVPs relayed through
+/// the contact. The newcomer drops the link once it has a super-peer; a
+/// contact that dropped it after the usual spare of two rounds left most
+/// joiners of the whole-system run alone until they promoted themselves.
+/// It outlasts the joiner's longest wait before promotion (with its
+/// jitter): a joiner that promotes is then still linked to the network it
+/// joined, not only to the leaves that joined through it (an island).
+pub(super) const HOLD_JOINER: Millis = 2 * PROMOTE_UNLINKED_AFTER;
+
+/// Joiners a contact holds at most (see `HOLD_JOINER`); beyond, they go
+/// as any link over its bound. The founder of a network and its first
+/// members are the contacts of many joiners while no super-peer exists
+/// yet: dropping those beyond the usual spare (10 links) left each dropped
+/// joiner with only the leaves that joined through it, an island once it
+/// promoted.
+pub(super) const HOLD_MAX: usize = 32;
+
+/// Rounds before a hierarchical leaf's first rewiring (see `rewire`), plus
+/// up to as many again at random; each later one waits twice as long, up
+/// to 8 times. Mixing matters while the network forms; later every swap
+/// costs the broadcast tree a repair (at a steady 30 to 60 rounds the
+/// steady-state RMR at N = 10,000 rose from 0.11 to 0.22; at a steady
+/// 120, the whole-system run at N = 300 split in two).
+pub(super) const LEAF_REWIRE_ROUNDS: Millis = 30;
+
 /// Rounds between a super-peer's rewirings (see `rewire`), plus up to one
 /// at random.
 pub(super) const REWIRE_ROUNDS: Millis = 10;
@@ -231,6 +258,67 @@ impl<P: PeerKey> Overlay<P> {
         }
     }
 
+    /// Whether `a` is a newcomer that joined through us and that we hold
+    /// although our role keeps no link of its class (see `HOLD_JOINER`):
+    /// spared from eviction, not a violation, not in our announced view.
+    pub(super) fn holds_joiner(&self, a: &ActivePeer<P>, now: Millis) -> bool {
+        a.newcomer && self.want(a.card.shape.role) == 0 && now.saturating_sub(a.since) < HOLD_JOINER * self.cfg.round
+    }
+
+    /// The links our announced view names: those of classes our role
+    /// keeps. The links a join passes through (a joiner's to its contact,
+    /// a contact's to a joiner it holds) are not the policy's graph, and
+    /// announcing them made the members' checks see leaf–leaf links.
+    pub(super) fn announced_links(&self) -> Vec<P> {
+        self.active.iter().filter(|a| self.want(a.card.shape.role) > 0).map(|a| a.card.peer).collect()
+    }
+
+    /// Our driver found us reachable enough to serve (a public address, a
+    /// mapped port, peers that reached us unasked): a hierarchical leaf
+    /// becomes a super-peer. Stars keep the hubs they were given, and a
+    /// super-peer stays one. Whether the role changed.
+    pub fn elect(&mut self, now: Millis) -> bool {
+        if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
+            return false;
+        }
+        self.me.shape.role = Role::Super;
+        self.announce_super = true;
+        self.orphan_since = None;
+        self.stats.elections += 1;
+        self.event(Event::RoleChanged(Role::Super));
+        self.nbr_dirty = true;
+        self.fill(now);
+        true
+    }
+
+    /// A super-peer broadcasts its card ([`Kind::Super`]) once it has a
+    /// link, when it becomes one and when its card changes: members keep
+    /// super-peers' cards first, so super-peers find each other and leaves
+    /// find super-peers. Without it, in the whole-system run (N = 1,000),
+    /// groups of 5 super-peers that knew only each other held their 6 core
+    /// links' worth of cards among themselves, and split the network.
+    pub(super) fn announce_super(&mut self, now: Millis) {
+        if !self.announce_super || self.me.shape.role != Role::Super || self.live_active() == 0 {
+            return;
+        }
+        self.announce_super = false;
+        self.plum.broadcast(Kind::Super, self.me.to_bytes(), now);
+        self.drain_plum(now);
+    }
+
+    /// Whether we are a super-peer (hub) with no link to another and no
+    /// card of one to ask: the leaves we hold and we are an island unless
+    /// our driver joins again through our contact, who hands us the
+    /// super-peers it knows (see `Member`'s rejoin). A network's only
+    /// super-peer is one too; its driver has no contact, or is linked to it.
+    pub fn core_cut_off(&self) -> bool {
+        !matches!(self.cfg.topology, Topology::Mesh | Topology::SpanningTree { .. })
+            && self.me.shape.role == Role::Super
+            && self.live_in(Role::Super) == 0
+            && !self.passive.iter().any(|p| p.card.shape.role == Role::Super)
+            && !self.pending.iter().any(|p| p.card.shape.role == Role::Super)
+    }
+
     /// Links we ask for to fill the view.
     pub(super) fn fill_target(&self) -> usize {
         CLASSES.iter().filter(|&&c| self.want(c) > 0 && !self.hard(c)).map(|&c| self.want(c)).sum()
@@ -292,7 +380,8 @@ impl<P: PeerKey> Overlay<P> {
     /// super-peers, and would otherwise know only us, perhaps a leaf. (A
     /// star's hubs are one in a hundred members: without this, leaves
     /// that joined through leaves never met one.)
-    pub(super) fn hand_super_cards(&mut self, newcomer: P) {
+    /// With `ours`, a super-peer's own card goes first.
+    pub(super) fn hand_super_cards(&mut self, newcomer: P, ours: bool) {
         if matches!(self.cfg.topology, Topology::Mesh | Topology::SpanningTree { .. }) {
             return;
         }
@@ -305,7 +394,7 @@ impl<P: PeerKey> Overlay<P> {
             .take(self.cfg.shuffle_cards())
             .cloned()
             .collect();
-        if self.me.shape.role == Role::Super {
+        if ours && self.me.shape.role == Role::Super {
             cards.truncate(self.cfg.shuffle_cards() - 1);
             cards.insert(0, self.me.clone());
         }
@@ -336,7 +425,14 @@ impl<P: PeerKey> Overlay<P> {
             return;
         }
         if let Some(a) = self.active.iter_mut().find(|a| a.card.peer == peer) {
+            let promoted = a.card.shape.role != Role::Super && shape.role == Role::Super;
             a.card.shape = shape;
+            if promoted {
+                // A neighbour became a super-peer: it wants core links, and
+                // may know no super-peer (the leaves around it know only
+                // it, and it may lose us, a link over our bound, next).
+                self.hand_super_cards(peer, true);
+            }
         }
         if let Some(p) = self.pending.iter_mut().find(|p| p.card.peer == peer) {
             p.card.shape = shape;
@@ -352,10 +448,10 @@ impl<P: PeerKey> Overlay<P> {
     pub(super) fn shape_links(&mut self, now: Millis) {
         for class in CLASSES {
             let want = self.want(class);
-            if want == 0 && self.live_kept() == 0 {
-                continue;
-            }
-            while self.count_in(class) > want && self.evict(now, Some(class)) {}
+            // Still joining (no link our role keeps), we keep the links we
+            // have, up to `HOLD_MAX` of a class: joins pass through them.
+            let bound = if want == 0 && self.live_kept() == 0 { HOLD_MAX } else { want };
+            while self.count_in(class) > bound && self.evict(now, Some(class)) {}
         }
         self.promote(now);
         self.rewire(now);
@@ -370,17 +466,47 @@ impl<P: PeerKey> Overlay<P> {
     /// only super-peers' joins touch the core, and without this a group of
     /// super-peers whose core links all lead to each other stayed an island
     /// (N = 2,000: 19 super-peers and their 51 leaves, for good).
+    ///
+    /// A hierarchical leaf with its uplinks full and linked to each other
+    /// does the same, less and less often (`LEAF_REWIRE_ROUNDS`), with
+    /// normal priority (a super-peer with
+    /// no room refuses): leaves pick their super-peers from cards their
+    /// contacts and neighbours handed them, so without mixing the leaves
+    /// of a neighbourhood all hang on its few super-peers, and the network
+    /// is as connected as their core (in the whole-system run, groups of 5
+    /// or 6 super-peers that knew only each other split off with their
+    /// leaves).
     fn rewire(&mut self, now: Millis) {
-        if self.me.shape.role != Role::Super {
+        let leaf = self.me.shape.role == Role::Leaf && matches!(self.cfg.topology, Topology::Hierarchical { .. });
+        if self.me.shape.role != Role::Super && !leaf {
             return;
         }
         if now < self.next_rewire {
             return;
         }
-        self.next_rewire = now + REWIRE_ROUNDS * self.cfg.round + self.rng.next_u64() % self.cfg.round.max(1);
+        let (rounds, jitter) = if leaf {
+            let r = LEAF_REWIRE_ROUNDS << self.leaf_rewires.min(3);
+            self.leaf_rewires += 1;
+            (r, r)
+        } else {
+            (REWIRE_ROUNDS, 1)
+        };
+        self.next_rewire = now + rounds * self.cfg.round + self.rng.next_u64() % (jitter * self.cfg.round).max(1);
         let core = self.want(Role::Super);
         if self.live_in(Role::Super) < core || self.pending.iter().any(|p| p.card.shape.role == Role::Super) {
             return;
+        }
+        if leaf {
+            // Only a leaf whose uplinks are linked to each other: one
+            // whose uplinks are not bridges their parts of the core, and
+            // each swap costs the broadcast tree a repair.
+            let ups: Vec<P> =
+                self.active.iter().filter(|a| a.card.shape.role == Role::Super).map(|a| a.card.peer).collect();
+            let linked =
+                ups.iter().any(|u| self.nbr_views.get(u).is_some_and(|v| ups.iter().any(|w| w != u && v.contains(w))));
+            if !linked {
+                return;
+            }
         }
         let cards: Vec<usize> = (0..self.passive.len())
             .filter(|&i| self.passive[i].card.shape.role == Role::Super)
@@ -390,11 +516,18 @@ impl<P: PeerKey> Overlay<P> {
         let p = self.passive[cards[k]].clone();
         let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
         self.stats.rewirings += 1;
-        self.connect(p.card, route, true, false, now);
+        self.connect(p.card, route, !leaf, false, now);
     }
 
     /// A hierarchical leaf without a super-peer for `PROMOTE_AFTER` rounds
-    /// (`PROMOTE_UNLINKED_AFTER` if it never had one) becomes one.
+    /// becomes one. A joining leaf that never had one counts only the time
+    /// it is linked to someone (a member waiting for its invitation is in
+    /// no network yet: counting from its start made most members of the
+    /// whole-system run promote before they had joined), and waits
+    /// `PROMOTE_UNLINKED_AFTER` rounds plus up to half that again at
+    /// random: leaves that joined together then do not all promote at
+    /// once, and those linked to the first that does find their super-peer
+    /// in it.
     fn promote(&mut self, now: Millis) {
         if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
             self.orphan_since = None;
@@ -405,10 +538,22 @@ impl<P: PeerKey> Overlay<P> {
             self.orphan_since = None;
             return;
         }
-        let since = *self.orphan_since.get_or_insert(now);
+        if !self.had_uplink && self.live_active() == 0 {
+            self.orphan_since = None;
+            return;
+        }
         let rounds = if self.had_uplink { PROMOTE_AFTER } else { PROMOTE_UNLINKED_AFTER };
+        let since = match self.orphan_since {
+            Some(t) => t,
+            None => {
+                let jitter =
+                    if self.had_uplink { 0 } else { self.rng.next_u64() % (rounds * self.cfg.round / 2).max(1) };
+                *self.orphan_since.insert(now + jitter)
+            }
+        };
         if now.saturating_sub(since) >= rounds * self.cfg.round {
             self.me.shape.role = Role::Super;
+            self.announce_super = true;
             self.orphan_since = None;
             self.stats.promotions += 1;
             self.event(Event::RoleChanged(Role::Super));
@@ -425,7 +570,11 @@ impl<P: PeerKey> Overlay<P> {
         let settled = |a: &ActivePeer<P>| now.saturating_sub(a.since) >= grace;
         let mut found = Vec::new();
         for class in CLASSES {
-            let links = self.active.iter().filter(|a| a.card.shape.role == class && settled(a)).count();
+            let links = self
+                .active
+                .iter()
+                .filter(|a| a.card.shape.role == class && settled(a) && !self.holds_joiner(a, now))
+                .count();
             let want = self.want(class);
             if want == 0 && links > 0 {
                 found.push(ShapeViolation::Forbidden { class, links });
@@ -473,7 +622,7 @@ impl<P: PeerKey> Overlay<P> {
     /// named in others' views that has not announced its own, nor is our
     /// neighbour), and the links it announced.
     pub fn known_graph(&self) -> UnGraph<(P, Option<Shape>), ()> {
-        let mine: Vec<P> = self.active().collect();
+        let mine = self.announced_links();
         let mut shapes: BTreeMap<P, Shape> = BTreeMap::new();
         shapes.insert(self.me.peer, self.me.shape);
         let mut links = Vec::new();
@@ -482,7 +631,7 @@ impl<P: PeerKey> Overlay<P> {
             links.extend(view.peers.iter().map(|&b| (a, b)));
         }
         links.extend(mine.iter().map(|&b| (self.me.peer, b)));
-        for a in &self.active {
+        for a in self.active.iter().filter(|a| mine.contains(&a.card.peer)) {
             shapes.entry(a.card.peer).or_insert(a.card.shape);
         }
         let g = topology::graph_of(shapes.keys().copied(), links);

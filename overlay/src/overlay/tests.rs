@@ -18,6 +18,8 @@ struct Net {
     joined_seen: Vec<Vec<u32>>,
     /// (member, peer, its policy) of every `PolicyMismatch`.
     mismatches: Vec<(u32, u32, PolicyKind)>,
+    /// Pairs that cannot link (links asked for fail).
+    blocked: BTreeSet<(u32, u32)>,
 }
 
 fn card(p: u32) -> Card<u32> {
@@ -47,6 +49,7 @@ impl Net {
             introduced: Vec::new(),
             joined_seen: vec![Vec::new(); n as usize],
             mismatches: Vec::new(),
+            blocked: BTreeSet::new(),
         }
     }
 
@@ -66,7 +69,7 @@ impl Net {
                 }
                 Output::Connect { card, .. } => {
                     let to = card.peer;
-                    if self.alive[to as usize] {
+                    if self.alive[to as usize] && !self.blocked.contains(&(i.min(to), i.max(to))) {
                         self.link(i, to);
                         self.nodes[i as usize].link_up(to, self.now);
                     } else {
@@ -748,8 +751,9 @@ fn leaves_with_no_super_peer_elect_one() {
     let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
     let mut net = shaped(16, h, |_| false, |i| i - 1);
     // Nobody can serve: leaves hold the links they joined over until one
-    // of them has gone PROMOTE_AFTER rounds without a super-peer.
-    net.run(shape::PROMOTE_UNLINKED_AFTER * 1000 + 5_000);
+    // of them has gone PROMOTE_UNLINKED_AFTER rounds (and its jitter, up
+    // to half that again) without a super-peer.
+    net.run(shape::PROMOTE_UNLINKED_AFTER * 3 / 2 * 1000 + 20_000);
     let promoted = net.live().iter().filter(|&&i| net.nodes[i as usize].stats().promotions > 0).count();
     assert!(promoted >= 1, "a leaf became a super-peer");
     assert!(promoted <= 8, "{promoted} of 16 promoted");
@@ -837,4 +841,84 @@ fn a_star_links_each_leaf_to_one_hub() {
     let id = net.broadcast(39, b"z");
     net.run(2_000);
     assert!(net.live().iter().all(|&i| net.got(i, id)));
+}
+
+#[test]
+fn a_leaf_contact_holds_a_joining_leaf_until_it_finds_a_super_peer() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let cfg = |i| Config {
+        topology: h,
+        super_capable: i == 0,
+        announce_joins: false,
+        announce_views: 2_000,
+        ..Config::default()
+    };
+    let mut net = Net::with(3, cfg);
+    net.join(1, 0);
+    net.run(3_000);
+    assert_eq!(role(&net, 1), Role::Leaf);
+    // 2 joins through the leaf 1 and cannot reach the super-peer 0 yet
+    // (behind NATs: its RSVP travels through 1).
+    net.blocked.insert((0, 2));
+    net.join(2, 1);
+    net.run(20_000);
+    let contact = &net.nodes[1];
+    assert!(contact.active().any(|p| p == 2), "20 rounds on, the contact still holds its joiner");
+    assert!(contact.violations().is_empty(), "a held joiner is no violation: {:?}", contact.violations());
+    assert!(!contact.known_links().contains(&(1, 2)), "nor a link of the policy's graph");
+    assert_eq!(role(&net, 2), Role::Leaf, "the joiner waits for a super-peer");
+    assert!(net.nodes[2].stats().connects > 0, "it asked the super-peer its contact handed it");
+    net.blocked.clear();
+    net.run(20_000);
+    assert!(net.nodes[2].active().any(|p| p == 0), "the joiner links to the super-peer");
+    assert!(!net.nodes[1].active().any(|p| p == 2), "and lets its contact go");
+    assert!(net.live().iter().all(|&i| net.nodes[i as usize].violations().is_empty()));
+}
+
+#[test]
+fn a_leaf_in_no_network_yet_does_not_promote() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let mut o = Overlay::new(card(0), Config { topology: h, ..Config::default() }, seed(0), 0);
+    for r in 1..=3 * shape::PROMOTE_UNLINKED_AFTER {
+        o.tick(r * 1000);
+    }
+    assert_eq!(o.shape().role, Role::Leaf, "waiting for its invitation, a member is in no network");
+    assert_eq!(o.stats().promotions, 0);
+}
+
+#[test]
+fn a_reachable_leaf_is_elected_under_a_hierarchy_only() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let mut o = Overlay::new(card(0), Config { topology: h, ..Config::default() }, seed(0), 0);
+    assert!(o.elect(5));
+    assert_eq!(o.shape().role, Role::Super);
+    assert_eq!(o.stats().elections, 1);
+    assert!(std::iter::from_fn(|| o.poll()).any(|e| matches!(e, Output::Event(Event::RoleChanged(Role::Super)))));
+    assert!(!o.elect(6), "a super-peer stays one");
+    let star = Config { topology: Topology::Star { leaves: 8 }, ..Config::default() };
+    let mut o = Overlay::new(card(1), star, seed(1), 0);
+    assert!(!o.elect(5), "a star keeps the hubs it was given");
+    assert_eq!(o.shape().role, Role::Leaf);
+}
+
+#[test]
+fn a_view_longer_than_a_list_is_told_in_part() {
+    // A joining leaf holds the leaves that join through it; between two
+    // rounds, 80 of them.
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let mut o = Overlay::new(card(0), Config { topology: h, ..Config::default() }, seed(0), 0);
+    let leaf = |p| Card { shape: Shape { policy: PolicyKind::Hierarchical, role: Role::Leaf }, ..card(p) };
+    for p in 1..=80 {
+        o.handle(p, Message::Join { card: leaf(p) }, 1);
+    }
+    assert_eq!(o.active().count(), 80);
+    let lists: Vec<usize> = drain(&mut o)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Neighbors { peers, .. } => Some(peers.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(!lists.is_empty());
+    assert!(lists.iter().all(|&n| n <= MAX_LIST), "every Neighbors list decodes: {lists:?}");
 }
