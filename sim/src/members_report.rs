@@ -50,6 +50,11 @@ pub struct PolicyReport {
     pub supers: u64,
     /// Joined leaves.
     pub leaves: u64,
+    /// Joined members that elected themselves super-peers (a public
+    /// address, a mapped port, peers that reached their card unasked).
+    pub elected: u64,
+    /// Joined members promoted to super-peer for want of one.
+    pub promoted: u64,
     /// Most leaves linked to one super-peer.
     pub max_super_leaves: u64,
     /// Most links at one joined member.
@@ -198,6 +203,8 @@ impl NetworkReport {
                 topology: t.clone(),
                 supers: f.shape.supers,
                 leaves: f.shape.leaves,
+                elected: f.elected,
+                promoted: f.promoted,
                 max_super_leaves: f.shape.max_super_leaves,
                 max_degree: f.shape.max_degree,
                 leaf_links: f.shape.leaf_links(),
@@ -311,8 +318,16 @@ pub fn markdown(
         if let Some(p) = &s.policy {
             let _ = writeln!(
                 m,
-                "Topology policy `{}`: {} super-peers, {} leaves; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
-                p.topology, p.supers, p.leaves, p.max_super_leaves, p.max_degree, p.leaf_links, p.leaves_without_uplink
+                "Topology policy `{}`: {} super-peers ({} elected, {} promoted), {} leaves; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
+                p.topology,
+                p.supers,
+                p.elected,
+                p.promoted,
+                p.leaves,
+                p.max_super_leaves,
+                p.max_degree,
+                p.leaf_links,
+                p.leaves_without_uplink
             );
         }
         let _ = writeln!(

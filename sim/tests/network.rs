@@ -120,3 +120,25 @@ fn moved_members_link_again_from_their_new_address() {
     // Same seed, same run: a move draws from the world's one stream.
     assert_eq!(r.to_json(), run(&text, 4).to_json());
 }
+
+#[test]
+fn a_hierarchy_behind_nats_elects_its_super_peers_and_stays_one_network() {
+    // Nobody is told it can serve: members elect themselves from what they
+    // find (a public address; peers reaching their card unasked).
+    let text = BASE.replace("duration_s = 260", "duration_s = 260\ntopology = \"hierarchical\"");
+    let r = run(&text, 3);
+    let m = r.members.as_ref().expect("members");
+    let p = m.policy.as_ref().expect("a run under a policy reports its shape");
+    assert_eq!(p.topology, "hierarchical");
+    assert!(p.elected >= 1, "a reachable member elected itself: {p:?}");
+    assert!(
+        p.supers + p.leaves == m.joined && p.supers * 3 <= m.joined,
+        "a hierarchy, not a mesh of super-peers: {p:?}"
+    );
+    assert_eq!((p.leaf_links, p.leaves_without_uplink), (0, 0), "{p:?}");
+    assert!(p.max_super_leaves <= 32, "{p:?}");
+    assert!(m.joined >= m.allowed, "every node the NAT model lets in is in: {m:?}");
+    assert_eq!(m.components, 1, "one network, not islands: {m:?}");
+    let b = r.broadcast.as_ref().expect("broadcast figures");
+    assert!(b.min_delivery >= 0.95, "{b:?}");
+}

@@ -38,6 +38,7 @@ mod candidates;
 pub mod framing;
 mod member_host;
 mod mint;
+pub mod reach;
 pub mod saved;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ use convoke_overlay::{Card, Config, DownReason, Event, Message, Output, Overlay,
 pub use candidates::LocalCandidates;
 pub use member_host::MemberHost;
 pub use mint::{Minter, card_of, check_card};
+pub use reach::{REACHED_UNASKED, SuperPeer};
 
 use crate::host::{Host, HostEvent};
 use crate::ice::{AttemptId, Event as IceEvent, FailReason, Via};
@@ -85,8 +87,12 @@ pub struct MemberConfig {
     /// answered, since other members saved them. Expired ones and any not
     /// signed by us are skipped.
     pub own_cards: Vec<Invitation>,
-    /// Overlay parameters.
+    /// Overlay parameters. Whether we start as a super-peer
+    /// (`overlay.super_capable`) follows `super_peer`.
     pub overlay: Config,
+    /// Whether we serve as a super-peer (a hub): `Auto` elects us under a
+    /// hierarchy once we find ourselves reachable (see [`reach`]).
+    pub super_peer: SuperPeer,
     /// Lifetime of our invitation (our contact card), seconds: 7 days.
     pub card_lifetime: u64,
     /// Whether invitees must send an RSVP before we answer (for networks
@@ -116,6 +122,7 @@ impl Default for MemberConfig {
             rsvp_required: false,
             card_rsvp_window: 5,
             rsvp_with_every_dial: true,
+            super_peer: SuperPeer::Auto,
         }
     }
 }
@@ -361,6 +368,8 @@ pub struct Member {
     last_hops: u16,
     /// Overlay messages for a peer we have no session with.
     unsent: u64,
+    /// What we learned of our reachability (to elect ourselves).
+    reach: reach::Reachability,
 }
 
 impl std::fmt::Debug for Member {
@@ -376,7 +385,12 @@ impl std::fmt::Debug for Member {
 impl Member {
     /// A member for `identity`, not started. `seed` keys its randomness
     /// (token ids, overlay choices).
-    pub fn new(identity: Identity, cfg: MemberConfig, seed: [u8; 32], now: Instant) -> Self {
+    pub fn new(identity: Identity, mut cfg: MemberConfig, seed: [u8; 32], now: Instant) -> Self {
+        match cfg.super_peer {
+            SuperPeer::Always => cfg.overlay.super_capable = true,
+            SuperPeer::Never => cfg.overlay.super_capable = false,
+            SuperPeer::Auto => {}
+        }
         let mut mint_seed = seed;
         mint_seed[0] ^= 0x5a;
         Self {
@@ -405,6 +419,7 @@ impl Member {
             joined_once: false,
             last_hops: 0,
             unsent: 0,
+            reach: reach::Reachability::default(),
         }
     }
 
@@ -682,6 +697,7 @@ impl Member {
         // timeout, and the overlay can pick another peer instead.
         let attempt = host.join_probing(&invitation, now, contact && host.endpoint().config().probing);
         let saved = contact && self.contact_saved;
+        self.reach.dialing(&invitation, now);
         self.dialing.insert(attempt, Dial { peer, route, contact, saved, relayed: false, invitation });
         attempt
     }
@@ -766,7 +782,8 @@ impl Member {
         };
         let ms = self.ms(now);
         match event {
-            HostEvent::Established { session, peer, via, .. } => {
+            HostEvent::Established { session, peer, via, remote, inviter, .. } => {
+                self.reach.established(remote.ip(), inviter, via, now);
                 let peer = peer.peer_id();
                 self.links.insert(
                     session,
@@ -939,8 +956,32 @@ impl Member {
     /// Does what the overlay asked, moves queued frames and closes links
     /// that asked for it: the tail of every input.
     fn after(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
+        self.elect(now);
         self.pump(host, now, unix_now);
         self.flush(host, now);
+    }
+
+    /// Under a hierarchy, a leaf set to `Auto` that finds itself reachable
+    /// becomes a super-peer (see [`reach`]).
+    fn elect(&mut self, now: Instant) {
+        let ms = self.ms(now);
+        let Some(o) = self.overlay.as_mut() else { return };
+        if self.cfg.super_peer != SuperPeer::Auto
+            || o.shape().role != Role::Leaf
+            || !matches!(o.config().topology, convoke_overlay::Topology::Hierarchical { .. })
+        {
+            return;
+        }
+        // Cheap first: most leaves do not qualify even on the internet.
+        let nat = self.minter.token_nat();
+        if !self.reach.qualifies(nat, true) {
+            return;
+        }
+        if self.reach.qualifies(nat, false)
+            || self.minter.candidates().select().iter().any(|c| is_global(c.address.ip()))
+        {
+            o.elect(ms);
+        }
     }
 
     fn pump(&mut self, host: &mut Host, now: Instant, unix_now: u64) {

@@ -11,7 +11,7 @@
 //! no_port_mapping = false
 //! state = "/var/lib/convoke/state"
 //! topology = "hierarchical"
-//! super_peer = true
+//! super_peer = "auto"   # or "always", "never" (true means always)
 //!
 //! [invite]
 //! expires = "1d"
@@ -22,6 +22,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::member::SuperPeer;
 
 /// The file's contents.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -46,8 +48,10 @@ pub struct FileConfig {
     /// The network's topology policy for `convoke up` (`--topology`):
     /// mesh, spanning-tree, hierarchical or star.
     pub topology: Option<String>,
-    /// This member can serve as a super-peer, or is a hub (`--super-peer`).
-    pub super_peer: bool,
+    /// Whether this member serves as a super-peer or hub (`--super-peer`):
+    /// `"auto"`, `"always"` or `"never"`; `true` means always, `false` auto.
+    #[serde(deserialize_with = "super_peer")]
+    pub super_peer: Option<SuperPeer>,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }
@@ -103,6 +107,21 @@ impl FileConfig {
     }
 }
 
+/// `super_peer` as written: a word, or a boolean (the file's first form).
+fn super_peer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SuperPeer>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Flag(bool),
+        Word(String),
+    }
+    match Form::deserialize(d)? {
+        Form::Flag(true) => Ok(Some(SuperPeer::Always)),
+        Form::Flag(false) => Ok(Some(SuperPeer::Auto)),
+        Form::Word(w) => w.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Resolves `host:port` STUN server names (the first address of each).
 pub fn resolve_stun(servers: &[String]) -> Result<Vec<SocketAddr>, ConfigError> {
     servers
@@ -133,7 +152,11 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.topology.as_deref(), Some("hierarchical"));
-        assert!(c.super_peer);
+        assert_eq!(c.super_peer, Some(SuperPeer::Always));
+        let word = FileConfig::parse("super_peer = \"never\"").expect("a word");
+        assert_eq!(word.super_peer, Some(SuperPeer::Never));
+        let e = FileConfig::parse("super_peer = \"sometimes\"").expect_err("bad word");
+        assert!(e.contains("super_peer") && e.contains("auto, always, never"), "{e}");
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.invite.expires.as_deref(), Some("1d"));
         assert_eq!(c.state.as_deref(), Some(Path::new("/var/lib/convoke/state")));

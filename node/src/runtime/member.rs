@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use crate::host::HostEvent;
 use crate::member::{self, CommandError};
 
-pub use crate::member::{ConnectFailure, Dialed, MAX_PAYLOAD, MemberCommand, MemberConfig, MemberEvent, check_card};
+pub use crate::member::{
+    ConnectFailure, Dialed, MAX_PAYLOAD, MemberCommand, MemberConfig, MemberEvent, SuperPeer, check_card,
+};
 
 use super::node::{App, NodeCtx};
 use super::state::StateFile;
@@ -202,7 +204,7 @@ impl Member {
                 "connect_failures": s.connect_failures, "relayed": s.relayed, "relay_refused": s.relay_refused,
                 "introduced": s.introduced, "delivered": p.delivered, "duplicates": p.duplicates,
                 "grafts": p.grafts_sent, "prunes": p.prunes_sent, "policy_mismatches": s.mismatches,
-                "promotions": s.promotions, "violations": s.violations, "rewirings": s.rewirings,
+                "promotions": s.promotions, "elections": s.elections, "violations": s.violations, "rewirings": s.rewirings,
             },
         })
     }

@@ -291,6 +291,7 @@ pub fn sample_overlay(o: &OverlaySample) {
         ("violation", s.violations),
         ("mismatch", s.mismatches),
         ("promotion", s.promotions),
+        ("election", s.elections),
         ("rewiring", s.rewirings),
     ] {
         counter!("convoke_overlay_policy_events_total", "kind" => kind).absolute(n);

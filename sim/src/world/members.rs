@@ -112,6 +112,11 @@ pub struct MemberFigures {
     pub nodes: u64,
     /// The joined members' shape under the topology policy.
     pub shape: crate::shape_tally::ShapeTally,
+    /// Joined super-peers that elected themselves (found themselves
+    /// reachable), and that were promoted (went without a super-peer).
+    pub elected: u64,
+    /// See `elected`.
+    pub promoted: u64,
     /// Alive at the end.
     pub alive: u64,
     /// Alive at the end with at least one active overlay link.
@@ -147,17 +152,16 @@ pub struct MemberFigures {
 
 impl World {
     /// The member configuration of node `n`: the runtime's, under the
-    /// scenario's topology policy (a node on a public address, an
-    /// endpoint-independent NAT or a mapped port can serve as a super-peer).
-    pub(super) fn network_config(&self, n: u32) -> MemberConfig {
+    /// scenario's topology policy. Members elect themselves super-peers as
+    /// `convoke up` does by default (`SuperPeer::Auto`: a public address,
+    /// a mapped port, or peers that reached their card unasked); the
+    /// simulator tells them nothing of their NAT.
+    pub(super) fn network_config(&self) -> MemberConfig {
         // View announcements would make every member broadcast every few
         // seconds: the runtime's status page needs them, the run does not.
         let d = MemberConfig::default();
         let topology = self.scenario.topology.as_deref().and_then(|t| convoke_overlay::Topology::parse(t).ok());
-        let node = &self.nodes[n as usize];
-        let name = self.profiles.get(usize::from(node.profile)).map_or("", |(name, _)| name.as_str());
-        let super_capable = node.mapped.is_some() || matches!(name, "public" | "eim-eif" | "eim-adf");
-        let overlay = Config { announce_views: 0, topology: topology.unwrap_or_default(), super_capable, ..d.overlay };
+        let overlay = Config { announce_views: 0, topology: topology.unwrap_or_default(), ..d.overlay };
         MemberConfig { overlay, ..d }
     }
 
@@ -180,7 +184,7 @@ impl World {
         let n = self.spawn(profile);
         let seed = self.rng.seed();
         let now = self.inst(self.now);
-        let cfg = self.network_config(n);
+        let cfg = self.network_config();
         let node = &mut self.nodes[n as usize];
         let mut member = Member::new(node.identity.clone(), cfg, seed, now);
         // Reflexive addresses come later, from its STUN answers.
@@ -711,6 +715,8 @@ impl World {
                 };
                 f.shape.add(o.shape().role, live.iter().map(|&m| role(m)));
                 let st = o.stats();
+                f.elected += u64::from(st.elections > 0);
+                f.promoted += u64::from(st.promotions > 0);
                 f.relay_refused += st.relay_refused;
                 f.relay_rate_limited += st.relay_rate_limited;
                 f.relay_from_stranger += st.relay_from_stranger;

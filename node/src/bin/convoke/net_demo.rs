@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoke_node::identity::{Identity, PeerId};
-use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent, Snapshot};
+use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent, Snapshot, SuperPeer};
 use convoke_node::runtime::node::Node;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::Invitation;
@@ -58,7 +58,8 @@ fn start(
     cfg.overlay.fail_after = 2000;
     cfg.overlay.announce_views = 2000;
     cfg.overlay.topology = policy;
-    cfg.overlay.super_capable = serves(policy, i);
+    // On loopback every member sees no NAT: who serves is the demo's say.
+    cfg.super_peer = if serves(policy, i) { SuperPeer::Always } else { SuperPeer::Never };
     let member = Member::new(cfg, seed(), ev_tx, cmd_rx);
     let snapshot = member.snapshot();
     let thread = std::thread::spawn(move || -> Result<(), String> {

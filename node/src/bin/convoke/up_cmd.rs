@@ -60,13 +60,17 @@ pub struct UpArgs {
     /// key `topology`.
     #[arg(long, value_name = "POLICY", value_parser = ["mesh", "spanning-tree", "hierarchical", "star"])]
     topology: Option<String>,
-    /// This member can serve as a super-peer (hierarchical: give it on
-    /// machines with a public address, an endpoint-independent NAT or a
-    /// mapped port) or is a hub (star). A hierarchical leaf that finds no
-    /// super-peer for 10 rounds (60 while joining) becomes one. Config key
+    /// Whether this member serves as a super-peer (a hub, under a star):
+    /// auto (the default) elects it under a hierarchy once it finds itself
+    /// reachable (a public address, a mapped port, or two peers at
+    /// different addresses that reached its card unasked); always (what
+    /// `--super-peer` alone means) from the start, and under a star it is
+    /// a hub; never. A hierarchical leaf that finds no super-peer for 10
+    /// rounds (60 while joining) becomes one whatever this says. Config key
     /// `super_peer`.
-    #[arg(long)]
-    super_peer: bool,
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always",
+          value_parser = ["auto", "always", "never"])]
+    super_peer: Option<String>,
     /// Save the cards of the members this one knows in DIR (one file per
     /// identity, mode 0600), and on start rejoin the network through them:
     /// a restarted member needs no new invitation. Default:
@@ -153,7 +157,11 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     if let Some(t) = topology {
         mc.overlay.topology = convoke_overlay::Topology::parse(&t).map_err(|e| format!("--topology: {e}"))?;
     }
-    mc.overlay.super_capable = a.super_peer || ctx.file.as_ref().is_some_and(|f| f.super_peer);
+    if let Some(w) = &a.super_peer {
+        mc.super_peer = w.parse().map_err(|e| format!("--super-peer: {e}"))?;
+    } else if let Some(w) = ctx.file.as_ref().and_then(|f| f.super_peer) {
+        mc.super_peer = w;
+    }
     mc.overlay.announce_views = round * 5;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
