@@ -1625,12 +1625,13 @@ impl<P: PeerKey> Overlay<P> {
     /// The next thing the driver must do.
     pub fn poll(&mut self) -> Option<Output<P>> {
         if std::mem::take(&mut self.nbr_dirty) {
-            // A view over a list's bound (a contact holding joiners) is
-            // told in part: a longer list is malformed to the receiver.
-            let peers: Vec<P> = self.active().take(MAX_LIST + 1).collect();
+            let peers: Vec<P> = self.active().collect();
             for &p in &peers {
                 let shape = self.me.shape;
-                self.send(p, Message::Neighbors { peers: peers.iter().copied().filter(|&q| q != p).collect(), shape });
+                // A view over a list's bound (a contact holding joiners) is
+                // told in part: a longer list is malformed to the receiver.
+                let others = peers.iter().copied().filter(|&q| q != p).take(MAX_LIST).collect();
+                self.send(p, Message::Neighbors { peers: others, shape });
             }
         }
         self.out.pop_front()
