@@ -966,10 +966,7 @@ impl Member {
     fn elect(&mut self, now: Instant) {
         let ms = self.ms(now);
         let Some(o) = self.overlay.as_mut() else { return };
-        if self.cfg.super_peer != SuperPeer::Auto
-            || o.shape().role != Role::Leaf
-            || !matches!(o.config().topology, convoke_overlay::Topology::Hierarchical { .. })
-        {
+        if self.cfg.super_peer != SuperPeer::Auto || !o.electable() {
             return;
         }
         // Cheap first: most leaves do not qualify even on the internet.

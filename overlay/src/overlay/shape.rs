@@ -278,17 +278,29 @@ impl<P: PeerKey> Overlay<P> {
     /// becomes a super-peer. Stars keep the hubs they were given, and a
     /// super-peer stays one. Whether the role changed.
     pub fn elect(&mut self, now: Millis) -> bool {
-        if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
+        if !self.electable() {
             return false;
         }
+        self.stats.elections += 1;
+        self.become_super(now);
+        true
+    }
+
+    /// Whether [`Overlay::elect`] would make us a super-peer: we are a
+    /// hierarchical leaf.
+    pub fn electable(&self) -> bool {
+        matches!(self.cfg.topology, Topology::Hierarchical { .. }) && self.me.shape.role == Role::Leaf
+    }
+
+    /// We become a super-peer (elected or promoted): tell the network and
+    /// our neighbours, and ask for the links the role keeps.
+    fn become_super(&mut self, now: Millis) {
         self.me.shape.role = Role::Super;
         self.announce_super = true;
         self.orphan_since = None;
-        self.stats.elections += 1;
         self.event(Event::RoleChanged(Role::Super));
         self.nbr_dirty = true;
         self.fill(now);
-        true
     }
 
     /// A super-peer broadcasts its card ([`Kind::Super`]) once it has a
@@ -304,19 +316,6 @@ impl<P: PeerKey> Overlay<P> {
         self.announce_super = false;
         self.plum.broadcast(Kind::Super, self.me.to_bytes(), now);
         self.drain_plum(now);
-    }
-
-    /// Whether we are a super-peer (hub) with no link to another and no
-    /// card of one to ask: the leaves we hold and we are an island unless
-    /// our driver joins again through our contact, who hands us the
-    /// super-peers it knows (see `Member`'s rejoin). A network's only
-    /// super-peer is one too; its driver has no contact, or is linked to it.
-    pub fn core_cut_off(&self) -> bool {
-        !matches!(self.cfg.topology, Topology::Mesh | Topology::SpanningTree { .. })
-            && self.me.shape.role == Role::Super
-            && self.live_in(Role::Super) == 0
-            && !self.passive.iter().any(|p| p.card.shape.role == Role::Super)
-            && !self.pending.iter().any(|p| p.card.shape.role == Role::Super)
     }
 
     /// Links we ask for to fill the view.
@@ -469,13 +468,12 @@ impl<P: PeerKey> Overlay<P> {
     ///
     /// A hierarchical leaf with its uplinks full and linked to each other
     /// does the same, less and less often (`LEAF_REWIRE_ROUNDS`), with
-    /// normal priority (a super-peer with
-    /// no room refuses): leaves pick their super-peers from cards their
-    /// contacts and neighbours handed them, so without mixing the leaves
-    /// of a neighbourhood all hang on its few super-peers, and the network
-    /// is as connected as their core (in the whole-system run, groups of 5
-    /// or 6 super-peers that knew only each other split off with their
-    /// leaves).
+    /// normal priority (a super-peer with no room refuses): leaves pick
+    /// their super-peers from cards their contacts and neighbours handed
+    /// them, so without mixing the leaves of a neighbourhood all hang on
+    /// its few super-peers, and the network is as connected as their core
+    /// (in the whole-system run, groups of 5 or 6 super-peers that knew
+    /// only each other split off with their leaves).
     fn rewire(&mut self, now: Millis) {
         let leaf = self.me.shape.role == Role::Leaf && matches!(self.cfg.topology, Topology::Hierarchical { .. });
         if self.me.shape.role != Role::Super && !leaf {
@@ -552,13 +550,8 @@ impl<P: PeerKey> Overlay<P> {
             }
         };
         if now.saturating_sub(since) >= rounds * self.cfg.round {
-            self.me.shape.role = Role::Super;
-            self.announce_super = true;
-            self.orphan_since = None;
             self.stats.promotions += 1;
-            self.event(Event::RoleChanged(Role::Super));
-            self.nbr_dirty = true;
-            self.fill(now);
+            self.become_super(now);
         }
     }
 
