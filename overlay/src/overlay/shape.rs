@@ -248,9 +248,9 @@ impl<P: PeerKey> Overlay<P> {
         self.want(class) > 0 && (!self.hard(class) || self.live_active() < LONELY)
     }
 
-    /// Whether a passive card is one to keep when the view is full: under a
-    /// hierarchy or star, super-peers' cards (leaves ask super-peers for
-    /// links, and super-peers each other).
+    /// Whether a card is of the kind the passive view is for (see
+    /// [`Config::passive`]): under a hierarchy or star, super-peers' cards
+    /// (leaves ask super-peers for links, and super-peers each other).
     pub(super) fn worth_keeping(&self, card: &Card<P>) -> bool {
         match self.cfg.topology {
             Topology::Mesh | Topology::SpanningTree { .. } => true,
@@ -353,7 +353,24 @@ impl<P: PeerKey> Overlay<P> {
     fn short_of(&self, class: Role) -> bool {
         self.fills(class)
             && self.live_in(class) + self.pending.iter().filter(|p| p.card.shape.role == class).count()
-                < self.want(class)
+                < self.want(class) * self.dial_ahead(class)
+    }
+
+    /// How many links of `class` we ask for at once per link we want: a
+    /// member that had links its role keeps and lost them all asks for as
+    /// many as it may have in flight (`2 * Config::active`), and drops
+    /// those beyond its bound as they come. After a mass failure most of
+    /// its cards are of the dead, and each wave of dials to the dead costs
+    /// a dial's timeout. A leaf has 2 links, so an 80% crash orphans 64%
+    /// of the surviving leaves: dialing 2 at a time, a hierarchy's
+    /// survivors (N = 2,000) were one component after 21 s; 6 at a time,
+    /// the same; 10, after 12 s.
+    fn dial_ahead(&self, class: Role) -> usize {
+        if self.linked_once && self.live_kept() == 0 {
+            (2 * self.cfg.active).div_ceil(self.want(class).max(1))
+        } else {
+            1
+        }
     }
 
     /// Classes we should ask for links in now (see `short_of`).
@@ -452,6 +469,7 @@ impl<P: PeerKey> Overlay<P> {
             let bound = if want == 0 && self.live_kept() == 0 { HOLD_MAX } else { want };
             while self.count_in(class) > bound && self.evict(now, Some(class)) {}
         }
+        self.linked_once |= self.live_kept() > 0;
         self.promote(now);
         self.rewire(now);
         self.check_invariants(now);

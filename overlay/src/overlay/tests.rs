@@ -684,6 +684,9 @@ fn after_we_move_lost_links_keep_their_cards_and_unroutable_peers_wait() {
     for p in pending.into_iter().filter(|&p| p != x) {
         o.link_failed(p, now + 4 * round);
     }
+    // (A member cut off dials wide: its other cards may all be gone
+    // already, and then its next tick is what dials.)
+    o.tick(now + 4 * round);
     assert!(o.pending.iter().any(|p| p.card.peer == x), "x dialed again after its hold");
 }
 
@@ -921,4 +924,58 @@ fn a_view_longer_than_a_list_is_told_in_part() {
         .collect();
     assert_eq!(lists.len(), 80, "every neighbour is told");
     assert!(lists.iter().all(|&n| n <= MAX_LIST), "every Neighbors list decodes: {lists:?}");
+}
+
+fn with_role(p: u32, role: Role) -> Card<u32> {
+    Card { shape: Shape { policy: PolicyKind::Hierarchical, role }, ..card(p) }
+}
+
+#[test]
+fn a_hierarchys_passive_view_keeps_leaves_cards_beside_super_peers() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let cfg = Config { topology: h, ..Config::default() };
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    o.handle(1, Message::Neighbor { high: true, card: with_role(1, Role::Super) }, 1);
+    assert!(o.is_active(1));
+    // Rounds of answers, each a shuffle's worth: leaves' cards first,
+    // then many more super-peers' cards than the view holds.
+    let mut next = 100;
+    for r in 0..40u64 {
+        let role = if r < 5 { Role::Leaf } else { Role::Super };
+        let cards = (0..cfg.shuffle_cards()).map(|_| (with_role(next, role), next += 1).0).collect();
+        let inner = Box::new(Message::ShuffleReply { cards });
+        o.handle(1, Message::Relay { origin: 1, route: Vec::new(), inner }, 2_000 * (r + 1));
+    }
+    let roles: Vec<Role> = o.cards().skip(1).map(|c| c.shape.role).collect();
+    let supers = roles.iter().filter(|&&r| r == Role::Super).count();
+    let leaves = roles.iter().filter(|&&r| r == Role::Leaf).count();
+    assert_eq!(supers, cfg.passive, "super-peers' cards fill the view");
+    assert_eq!(leaves, cfg.passive / 2, "and leaves' cards are kept beside them");
+}
+
+#[test]
+fn a_leaf_that_lost_its_super_peers_asks_several_at_once() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let cfg = Config { topology: h, ..Config::default() };
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    for p in [1, 2] {
+        o.handle(p, Message::Neighbor { high: true, card: with_role(p, Role::Super) }, 1);
+    }
+    // Two answers' worth of super-peers' cards, more than it will ask.
+    for (k, from) in [(10, 1), (18, 2)] {
+        let cards = (k..k + 8).map(|p| with_role(p, Role::Super)).collect();
+        let inner = Box::new(Message::ShuffleReply { cards });
+        o.handle(from, Message::Relay { origin: from, route: Vec::new(), inner }, 2);
+    }
+    o.tick(1_000);
+    let _ = std::iter::from_fn(|| o.poll()).count();
+    assert_eq!(o.pending(), 0, "two uplinks: nothing to ask for");
+    o.link_down(1, 1_500);
+    let dials = |o: &mut Overlay<u32>| {
+        std::iter::from_fn(|| o.poll()).filter(|out| matches!(out, Output::Connect { .. })).count()
+    };
+    assert_eq!(dials(&mut o), 1, "one uplink left: one asked for");
+    o.link_down(2, 1_600);
+    assert_eq!(dials(&mut o), 2 * cfg.active - 1, "none left: as many as it may at once");
+    assert_eq!(o.pending(), 2 * cfg.active);
 }
