@@ -1,8 +1,9 @@
-//! The overlay's wire decoder: any bytes give a message or an error, never
-//! a panic; a decoded message encodes to bytes that decode to it again.
+//! The overlay's wire decoders: any bytes give a message (or a card, as a
+//! super-peer's announcement carries it) or an error, never a panic; a
+//! decoded one encodes to bytes that decode to it again.
 #![no_main]
 
-use convoke_overlay::Message;
+use convoke_overlay::{Card, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,4 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, m);
     }
     let _ = Message::<[u8; 32]>::decode(data);
+    if let Ok(c) = Card::<u32>::from_bytes(data) {
+        assert_eq!(Card::<u32>::from_bytes(&c.to_bytes()), Ok(c));
+    }
 });
