@@ -433,12 +433,11 @@ pub struct Overlay<P: PeerKey> {
     born: Millis,
     /// Invariants broken at the last check.
     violations: Vec<ShapeViolation>,
-    /// Since when a hierarchical leaf has had no super-peer, and whether it
-    /// ever had one (promotion).
+    /// Since when a hierarchical leaf has had no super-peer (promotion).
     orphan_since: Option<Millis>,
-    had_uplink: bool,
     /// Whether we ever had a live link of a class our role keeps (see
-    /// `dial_ahead`).
+    /// `dial_ahead`); for a hierarchical leaf, a super-peer (see
+    /// `promote`).
     linked_once: bool,
     /// Whether our card is to be broadcast as a super-peer's (we became
     /// one, or our card changed as one) once we have a link.
@@ -492,7 +491,6 @@ impl<P: PeerKey> Overlay<P> {
             born: now,
             violations: Vec::new(),
             orphan_since: None,
-            had_uplink: false,
             linked_once: false,
             announce_super: me_super,
             leaf_rewires: 0,

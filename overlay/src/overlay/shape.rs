@@ -549,21 +549,21 @@ impl<P: PeerKey> Overlay<P> {
             self.orphan_since = None;
             return;
         }
+        // `shape_links` has just set `linked_once` if we have one now.
         if self.live_in(Role::Super) > 0 {
-            self.had_uplink = true;
             self.orphan_since = None;
             return;
         }
-        if !self.had_uplink && self.live_active() == 0 {
+        if !self.linked_once && self.live_active() == 0 {
             self.orphan_since = None;
             return;
         }
-        let rounds = if self.had_uplink { PROMOTE_AFTER } else { PROMOTE_UNLINKED_AFTER };
+        let rounds = if self.linked_once { PROMOTE_AFTER } else { PROMOTE_UNLINKED_AFTER };
         let since = match self.orphan_since {
             Some(t) => t,
             None => {
                 let jitter =
-                    if self.had_uplink { 0 } else { self.rng.next_u64() % (rounds * self.cfg.round / 2).max(1) };
+                    if self.linked_once { 0 } else { self.rng.next_u64() % (rounds * self.cfg.round / 2).max(1) };
                 *self.orphan_since.insert(now + jitter)
             }
         };
