@@ -436,9 +436,11 @@ pub struct Overlay<P: PeerKey> {
     /// Since when a hierarchical leaf has had no super-peer (promotion).
     orphan_since: Option<Millis>,
     /// Whether we ever had a live link of a class our role keeps (see
-    /// `dial_ahead`); for a hierarchical leaf, a super-peer (see
+    /// `stranded`); for a hierarchical leaf, a super-peer (see
     /// `promote`).
     linked_once: bool,
+    /// When we last lost links to failure, latest first (see `stranded`).
+    lost_at: [Option<Millis>; 2],
     /// Whether our card is to be broadcast as a super-peer's (we became
     /// one, or our card changed as one) once we have a link.
     announce_super: bool,
@@ -492,6 +494,7 @@ impl<P: PeerKey> Overlay<P> {
             violations: Vec::new(),
             orphan_since: None,
             linked_once: false,
+            lost_at: [None; 2],
             announce_super: me_super,
             leaf_rewires: 0,
             no_uplink_since: None,
@@ -1120,7 +1123,7 @@ impl<P: PeerKey> Overlay<P> {
             return;
         }
         // Links in flight are bounded: walks cannot make us dial without end.
-        if self.pending.len() >= 2 * self.cfg.active {
+        if self.pending.len() >= self.in_flight_cap(now) {
             self.stats.ignored += 1;
             return;
         }
@@ -1282,6 +1285,9 @@ impl<P: PeerKey> Overlay<P> {
     fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
+        if matches!(reason, DownReason::Timeout | DownReason::LinkLost) && !a.quiet {
+            self.lost_link(now);
+        }
         self.keep_on_loss.retain(|p| *p != peer);
         self.nbr_views.remove(&peer);
         self.shuffled_from.remove(&peer);
@@ -1384,7 +1390,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         self.held.retain(|_, until| *until > now);
         loop {
-            let classes = self.classes_to_fill();
+            let classes = self.classes_to_fill(now);
             if classes.is_empty() {
                 break;
             }
@@ -1509,6 +1515,7 @@ impl<P: PeerKey> Overlay<P> {
             }
         }
         for p in quiet {
+            self.lost_link(now);
             self.stats.quiet += 1;
             self.plum.set_quiet(p, true, now);
         }
@@ -1536,7 +1543,7 @@ impl<P: PeerKey> Overlay<P> {
         }
         self.shape_links(now);
         self.announce_super(now);
-        if self.wants_links() {
+        if self.wants_links(now) {
             self.fill(now);
         }
         self.plum.tick(now);
@@ -1599,7 +1606,7 @@ impl<P: PeerKey> Overlay<P> {
         let doubt = self.plum.tree_in_doubt();
         // A fill held back by failures is due once it may run again (not
         // again once a tick at or after that time has tried it).
-        if self.wants_links() && !self.passive.is_empty() && self.fill_after > self.last_tick {
+        if self.wants_links(self.last_tick) && !self.passive.is_empty() && self.fill_after > self.last_tick {
             t = t.min(self.fill_after);
         }
         for &(_, until) in &self.lingering {
@@ -1619,8 +1626,13 @@ impl<P: PeerKey> Overlay<P> {
                 t = t.min(asked + QUIET_BEATS * self.cfg.heartbeat);
             }
         }
+        let stranded = self.stranded(self.last_tick);
         for p in &self.pending {
             t = t.min(p.since + self.cfg.connect_timeout);
+            // Stranded, the next wave of dials goes a round after one.
+            if stranded && p.since + self.cfg.round > self.last_tick {
+                t = t.min(p.since + self.cfg.round);
+            }
         }
         if let Some(v) = self.next_view {
             t = t.min(v);

@@ -1,6 +1,7 @@
 //! The overlay against itself: an in-memory network of members with a
 //! fixed latency, links made instantly where a member asks.
 
+use super::shape::STRANDED_WAVES;
 use crate::wire::{PolicyKind, Role, Shape};
 use std::collections::BTreeSet;
 
@@ -953,29 +954,86 @@ fn a_hierarchys_passive_view_keeps_leaves_cards_beside_super_peers() {
     assert_eq!(leaves, cfg.passive / 2, "and leaves' cards are kept beside them");
 }
 
+/// Hands `o` answers' worth of cards (`make(p)` for peers `first..`) over
+/// the links to `from`, two answers a round per link as members take them.
+fn feed_cards(o: &mut Overlay<u32>, from: &[u32], first: u32, answers: u32, make: impl Fn(u32) -> Card<u32>) {
+    let per = o.cfg.shuffle_cards() as u32;
+    for k in 0..answers {
+        let peer = from[k as usize % from.len()];
+        let at = 2 + 1_000 * u64::from(k / (2 * from.len() as u32)) + u64::from(k % 2);
+        let cards = (0..per).map(|i| make(first + k * per + i)).collect();
+        let inner = Box::new(Message::ShuffleReply { cards });
+        o.handle(peer, Message::Relay { origin: peer, route: Vec::new(), inner }, at);
+    }
+}
+
+fn dials(o: &mut Overlay<u32>) -> usize {
+    std::iter::from_fn(|| o.poll()).filter(|out| matches!(out, Output::Connect { .. })).count()
+}
+
 #[test]
-fn a_leaf_that_lost_its_super_peers_asks_several_at_once() {
+fn a_leaf_that_lost_its_super_peers_asks_several_at_once_and_again_a_round_later() {
     let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
-    let cfg = Config { topology: h, ..Config::default() };
+    let cfg = Config { topology: h, passive: 60, ..Config::default() };
     let mut o = Overlay::new(card(0), cfg, seed(0), 0);
     for p in [1, 2] {
         o.handle(p, Message::Neighbor { high: true, card: with_role(p, Role::Super) }, 1);
     }
-    // Two answers' worth of super-peers' cards, more than it will ask.
-    for (k, from) in [(10, 1), (18, 2)] {
-        let cards = (k..k + 8).map(|p| with_role(p, Role::Super)).collect();
-        let inner = Box::new(Message::ShuffleReply { cards });
-        o.handle(from, Message::Relay { origin: from, route: Vec::new(), inner }, 2);
-    }
-    o.tick(1_000);
+    // More super-peers' cards than it may dial at once.
+    feed_cards(&mut o, &[1, 2], 10, 8, |p| with_role(p, Role::Super));
+    o.tick(1_500);
     let _ = std::iter::from_fn(|| o.poll()).count();
     assert_eq!(o.pending(), 0, "two uplinks: nothing to ask for");
-    o.link_down(1, 1_500);
-    let dials = |o: &mut Overlay<u32>| {
-        std::iter::from_fn(|| o.poll()).filter(|out| matches!(out, Output::Connect { .. })).count()
+    let wave = 2 * cfg.active;
+    o.link_down(1, 2_500);
+    assert_eq!(dials(&mut o), 1, "one uplink lost: one asked for");
+    o.link_down(2, 2_500);
+    assert_eq!(dials(&mut o), wave - 1, "none left: a wave's worth asked for");
+    assert!(o.poll_timeout() <= 3_500, "due when the wave is a round old: {}", o.poll_timeout());
+    o.tick(3_400);
+    assert_eq!(dials(&mut o), 0, "no answer yet, but the wave is not a round old");
+    for t in [3_500, 4_600, 5_700] {
+        o.tick(t);
+        assert_eq!(dials(&mut o), wave, "a round on, the next wave (t = {t})");
+    }
+    o.tick(6_800);
+    assert_eq!(dials(&mut o), 0, "up to {STRANDED_WAVES} waves in flight");
+    assert_eq!(o.pending(), STRANDED_WAVES * wave);
+}
+
+#[test]
+fn a_member_dials_wide_after_failures_not_after_peers_made_room() {
+    let cfg = Config::default();
+    let start = |o: &mut Overlay<u32>| {
+        for p in 1..=5 {
+            o.handle(p, Message::Neighbor { high: true, card: card(p) }, 1);
+        }
+        feed_cards(o, &[1, 2, 3, 4, 5], 10, 4, card);
+        o.tick(1_500);
+        let _ = std::iter::from_fn(|| o.poll()).count();
+        assert_eq!(o.pending(), 0, "a full view: nothing to ask for");
     };
-    assert_eq!(dials(&mut o), 1, "one uplink left: one asked for");
-    o.link_down(2, 1_600);
-    assert_eq!(dials(&mut o), 2 * cfg.active - 1, "none left: as many as it may at once");
-    assert_eq!(o.pending(), 2 * cfg.active);
+    // Three neighbours drop us to make room for others: we ask for three.
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    start(&mut o);
+    for p in 1..=3 {
+        o.handle(p, Message::Disconnect { alive: true }, 2_000);
+    }
+    assert_eq!(dials(&mut o), 3, "refilled one for one");
+    // Their transports fail instead: with 2 of 5 left, lost to
+    // failure, we are stranded.
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    start(&mut o);
+    for p in 1..=3 {
+        o.link_down(p, 2_000);
+    }
+    assert_eq!(dials(&mut o), 2 * cfg.active - 2, "a wave's worth asked for");
+    // Two made room and one failed: one loss is not a mass failure.
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    start(&mut o);
+    for p in 1..=2 {
+        o.handle(p, Message::Disconnect { alive: true }, 2_000);
+    }
+    o.link_down(3, 2_000);
+    assert_eq!(dials(&mut o), 3, "refilled one for one");
 }
