@@ -394,7 +394,10 @@ impl<P: PeerKey> Overlay<P> {
     /// later broadcasts' RMR rose from 0.016 to 0.074). And not after one
     /// failure: a leaf that lost one of its two super-peers is still in
     /// the network, and under churn dialing wide for that raised the
-    /// hierarchy's RMR (0.26 to 0.31).
+    /// hierarchy's RMR (0.26 to 0.31). Links lost because our own address
+    /// changed are not failures either: counting them, renumbered members
+    /// of the whole-system run (N = 1,000, seeds 5 / 6) linked again 90.4%
+    /// / 90.9% of the time, 94.4% / 95.0% without.
     ///
     /// Per class: a super-peer full of leaves whose core links died is an
     /// island with its leaves (after an 80% crash at N = 10,000, 5 such
@@ -629,7 +632,20 @@ impl<P: PeerKey> Overlay<P> {
                 *self.orphan_since.insert(now + jitter)
             }
         };
-        if now.saturating_sub(since) >= rounds * self.cfg.round {
+        // Nothing left to wait for: no link a card could come over, and no
+        // super-peer's card left to dial (dials to the dead forget theirs).
+        // After an 80% crash at N = 10,000, three leaves waited out their
+        // 10 rounds so, with live leaves' cards only, and were the last
+        // islands (one component after 13 s).
+        let stuck = self.linked_once
+            && self.live_active() == 0
+            && !self
+                .passive
+                .iter()
+                .map(|p| &p.card)
+                .chain(self.pending.iter().map(|p| &p.card))
+                .any(|c| c.shape.role == Role::Super);
+        if stuck || now.saturating_sub(since) >= rounds * self.cfg.round {
             self.stats.promotions += 1;
             self.become_super(now);
         }

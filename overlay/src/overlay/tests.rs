@@ -1037,3 +1037,40 @@ fn a_member_dials_wide_after_failures_not_after_peers_made_room() {
     o.link_down(3, 2_000);
     assert_eq!(dials(&mut o), 3, "refilled one for one");
 }
+
+#[test]
+fn a_leaf_cut_off_with_no_super_peer_left_to_dial_promotes_at_once() {
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 8 };
+    let cfg = Config { topology: h, ..Config::default() };
+    let run = |super_card: bool| {
+        let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+        o.handle(1, Message::Neighbor { high: true, card: with_role(1, Role::Super) }, 1);
+        // Leaves' cards, and perhaps one super-peer's.
+        feed_cards(&mut o, &[1], 10, 1, |p| with_role(p, if super_card && p == 10 { Role::Super } else { Role::Leaf }));
+        o.tick(1_000);
+        o.link_down(1, 1_500);
+        o.tick(2_000);
+        let _ = std::iter::from_fn(|| o.poll()).count();
+        o.shape().role
+    };
+    assert_eq!(run(false), Role::Super, "nothing left to wait for: it serves");
+    assert_eq!(run(true), Role::Leaf, "a super-peer's card left to dial: it waits its rounds");
+}
+
+#[test]
+fn links_lost_to_our_own_move_do_not_strand_us() {
+    let cfg = Config::default();
+    let mut o = Overlay::new(card(0), cfg, seed(0), 0);
+    for p in 1..=5 {
+        o.handle(p, Message::Neighbor { high: true, card: card(p) }, 1);
+    }
+    feed_cards(&mut o, &[1, 2, 3, 4, 5], 10, 4, card);
+    o.tick(1_500);
+    let _ = std::iter::from_fn(|| o.poll()).count();
+    // We moved: the links go one by one, through no fault of theirs.
+    o.addresses_changed();
+    for p in 1..=3 {
+        o.link_down(p, 2_000);
+    }
+    assert_eq!(dials(&mut o), 3, "two of five left, none lost to failure: one for one");
+}
