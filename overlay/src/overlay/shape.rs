@@ -26,7 +26,8 @@
 //! a member the driver says can serve ([`Config::super_capable`]: a public
 //! address, an endpoint-independent NAT or a mapped port, and capacity)
 //! is a super-peer, the others leaves; a leaf that finds no super-peer
-//! for `PROMOTE_AFTER` rounds after it had one, or `PROMOTE_UNLINKED_AFTER`
+//! for `PROMOTE_AFTER` rounds after it had one (at once if it has no link
+//! and no super-peer's card left), or `PROMOTE_UNLINKED_AFTER`
 //! while joining, becomes one (a network of hard
 //! NATs still forms, and a network whose super-peers all failed elects
 //! new ones). Star: the hubs are the members the driver names
