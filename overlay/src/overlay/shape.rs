@@ -376,8 +376,9 @@ impl<P: PeerKey> Overlay<P> {
 
     /// Whether we are cut off from the network, or nearly, in links of
     /// `class`: we had a link our role keeps and have none live now, or we
-    /// have half the links of `class` or fewer and lost two to failure (gone quiet, timed out or their
-    /// transport failed) within `STRANDED_ROUNDS`. Then we dial wide
+    /// have half the links of `class` or fewer and lost two to failure
+    /// (gone quiet, timed out or their transport failed) within
+    /// `STRANDED_ROUNDS`. Then we dial wide
     /// (`dial_ahead`), and do not wait for a dial's answer: a round after
     /// a wave of dials, with links still missing, we ask for the next
     /// (`STRANDED_WAVES` in flight at most, see `in_flight_cap`). After a
@@ -400,9 +401,11 @@ impl<P: PeerKey> Overlay<P> {
     /// of the whole-system run (N = 1,000, seeds 5 / 6) linked again 90.4%
     /// / 90.9% of the time, 94.4% / 95.0% without.
     ///
-    /// Per class: a super-peer full of leaves whose core links died is an
-    /// island with its leaves (after an 80% crash at N = 10,000, 5 such
-    /// islands waited 7 s for waves of dials to the dead to fail).
+    /// Per class: a super-peer full of leaves whose core links died would
+    /// otherwise be an island with its leaves, dialing as many super-peers
+    /// as it lacks per dial timeout. (No figure measured here moved with
+    /// it: the hierarchy's last islands after an 80% crash at N = 10,000
+    /// were lone leaves, see `promote`.)
     pub(super) fn stranded_in(&self, class: Role, now: Millis) -> bool {
         let want = self.want(class);
         if !self.linked_once || want == 0 || self.hard(class) {
