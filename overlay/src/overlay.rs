@@ -1285,12 +1285,8 @@ impl<P: PeerKey> Overlay<P> {
     fn remove_active(&mut self, peer: P, reason: DownReason, keep: bool, now: Millis) {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
-        // A link lost because our own address changed is not a failure.
-        if matches!(reason, DownReason::Timeout | DownReason::LinkLost)
-            && !a.quiet
-            && !self.keep_on_loss.contains(&peer)
-        {
-            self.lost_link(now);
+        if matches!(reason, DownReason::Timeout | DownReason::LinkLost) && !a.quiet {
+            self.lost_link(peer, now);
         }
         self.keep_on_loss.retain(|p| *p != peer);
         self.nbr_views.remove(&peer);
@@ -1519,9 +1515,7 @@ impl<P: PeerKey> Overlay<P> {
             }
         }
         for p in quiet {
-            if !self.keep_on_loss.contains(&p) {
-                self.lost_link(now);
-            }
+            self.lost_link(p, now);
             self.stats.quiet += 1;
             self.plum.set_quiet(p, true, now);
         }

@@ -371,7 +371,7 @@ impl<P: PeerKey> Overlay<P> {
             .filter(|p| p.card.shape.role == class)
             .filter(|p| !stranded || now < p.since + self.cfg.round)
             .count();
-        self.fills(class) && self.live_in(class) + in_flight < self.want(class) * self.dial_ahead(class, now)
+        self.fills(class) && self.live_in(class) + in_flight < self.want(class) * self.dial_ahead(class, stranded)
     }
 
     /// Whether we are cut off from the network, or nearly, in links of
@@ -421,19 +421,23 @@ impl<P: PeerKey> Overlay<P> {
         CLASSES.iter().any(|&c| self.stranded_in(c, now))
     }
 
-    /// A link went quiet, or went for failure without going quiet first.
-    pub(super) fn lost_link(&mut self, now: Millis) {
-        self.lost_at = [Some(now), self.lost_at[0]];
+    /// The link to `peer` went quiet, or went for failure without going
+    /// quiet first. A link lost because our own address changed is not a
+    /// failure.
+    pub(super) fn lost_link(&mut self, peer: P, now: Millis) {
+        if !self.keep_on_loss.contains(&peer) {
+            self.lost_at = [Some(now), self.lost_at[0]];
+        }
     }
 
     /// How many links of `class` we ask for at once per link we want: a
-    /// member `stranded` asks for as many as it may have in flight in one
+    /// member `stranded_in` it asks for as many as it may have in flight in one
     /// wave (`2 * Config::active`), and drops those beyond its bound as
     /// they come. A leaf has 2 links, so an 80% crash orphans 64% of the
     /// surviving leaves: dialing 2 at a time, a hierarchy's survivors
     /// (N = 2,000) were one component after 21 s; 10, after 12 s.
-    fn dial_ahead(&self, class: Role, now: Millis) -> usize {
-        if self.stranded_in(class, now) { (2 * self.cfg.active).div_ceil(self.want(class).max(1)) } else { 1 }
+    fn dial_ahead(&self, class: Role, stranded: bool) -> usize {
+        if stranded { (2 * self.cfg.active).div_ceil(self.want(class).max(1)) } else { 1 }
     }
 
     /// Links we may have in flight: `2 * Config::active`, and
