@@ -325,6 +325,9 @@ pub struct Stats {
     /// Times we became a super-peer because our driver found us reachable
     /// ([`Overlay::elect`]).
     pub elections: u64,
+    /// Times we stepped down from super-peer to leaf
+    /// ([`Overlay::step_down`]).
+    pub step_downs: u64,
     /// Policy invariants found broken (each time one starts).
     pub violations: u64,
     /// Core links a super-peer asked for to mix the core (see
@@ -439,6 +442,10 @@ pub struct Overlay<P: PeerKey> {
     /// `stranded`); for a hierarchical leaf, a super-peer (see
     /// `promote`).
     linked_once: bool,
+    /// We moved (`addresses_changed`) and have no uplink from where we
+    /// are yet: a hierarchical leaf waits as long as a joiner before it
+    /// promotes (see `promote`).
+    rejoining: bool,
     /// When we last lost links to failure, latest first (see `stranded`).
     lost_at: [Option<Millis>; 2],
     /// Whether our card is to be broadcast as a super-peer's (we became
@@ -494,6 +501,7 @@ impl<P: PeerKey> Overlay<P> {
             violations: Vec::new(),
             orphan_since: None,
             linked_once: false,
+            rejoining: false,
             lost_at: [None; 2],
             announce_super: me_super,
             leaf_rewires: 0,
@@ -775,6 +783,7 @@ impl<P: PeerKey> Overlay<P> {
     /// do, to be dialed again from where we are now.
     pub fn addresses_changed(&mut self) {
         self.keep_on_loss = self.active.iter().map(|a| a.card.peer).collect();
+        self.rejoining = true;
     }
 
     /// A dial we asked for ended without a link: no longer pending.

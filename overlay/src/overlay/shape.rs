@@ -28,10 +28,12 @@
 //! is a super-peer, the others leaves; a leaf that finds no super-peer
 //! for `PROMOTE_AFTER` rounds after it had one (at once if it has no link
 //! and no super-peer's card left), or `PROMOTE_UNLINKED_AFTER`
-//! while joining, becomes one (a network of hard
+//! while joining or after a move, becomes one (a network of hard
 //! NATs still forms, and a network whose super-peers all failed elects
-//! new ones). Star: the hubs are the members the driver names
-//! ([`Config::super_capable`]), and nobody is promoted.
+//! new ones). A super-peer the driver finds can no longer serve (it
+//! moved to another network) steps down ([`Overlay::step_down`]) and may
+//! be elected again from where it is. Star: the hubs are the members the
+//! driver names ([`Config::super_capable`]), and nobody is promoted.
 //!
 //! Members of one network must run one policy. The policy travels in every
 //! card and [`Message::Neighbors`]; a member refuses a JOIN, NEIGHBOR or
@@ -302,6 +304,26 @@ impl<P: PeerKey> Overlay<P> {
     /// hierarchical leaf.
     pub fn electable(&self) -> bool {
         matches!(self.cfg.topology, Topology::Hierarchical { .. }) && self.me.shape.role == Role::Leaf
+    }
+
+    /// Our driver found we can no longer serve (we moved to a network
+    /// whose NAT filters unasked traffic): a hierarchical super-peer
+    /// becomes a leaf. Our neighbours learn it from our next
+    /// [`Message::Neighbors`]; our leaves then find other super-peers,
+    /// and we keep `uplinks` of our core links and drop the rest, as any
+    /// leaf. Stars keep their hubs. Whether the role changed.
+    pub fn step_down(&mut self, now: Millis) -> bool {
+        if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Super {
+            return false;
+        }
+        self.stats.step_downs += 1;
+        self.me.shape.role = Role::Leaf;
+        self.announce_super = false;
+        self.orphan_since = None;
+        self.event(Event::RoleChanged(Role::Leaf));
+        self.nbr_dirty = true;
+        self.fill(now);
+        true
     }
 
     /// We become a super-peer (elected or promoted): tell the network and
@@ -617,13 +639,24 @@ impl<P: PeerKey> Overlay<P> {
     /// random: leaves that joined together then do not all promote at
     /// once, and those linked to the first that does find their super-peer
     /// in it.
+    ///
+    /// A leaf that moved (see `rejoining`) waits as a joiner does: from a
+    /// new network behind a NAT its links take as long as a join, and
+    /// promoting it after `PROMOTE_AFTER` made super-peers of members that
+    /// had just stepped down for want of reachability.
     fn promote(&mut self, now: Millis) {
         if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Leaf {
             self.orphan_since = None;
+            self.rejoining = false;
             return;
         }
         // `shape_links` has just set `linked_once` if we have one now.
         if self.live_in(Role::Super) > 0 {
+            // An uplink made from where we are now (the ones from before
+            // a move are still live until they fail).
+            let fresh =
+                |a: &ActivePeer<P>| a.card.shape.role == Role::Super && !self.keep_on_loss.contains(&a.card.peer);
+            self.rejoining &= !self.active.iter().any(fresh);
             self.orphan_since = None;
             return;
         }
@@ -631,12 +664,12 @@ impl<P: PeerKey> Overlay<P> {
             self.orphan_since = None;
             return;
         }
-        let rounds = if self.linked_once { PROMOTE_AFTER } else { PROMOTE_UNLINKED_AFTER };
+        let joining = !self.linked_once || self.rejoining;
+        let rounds = if joining { PROMOTE_UNLINKED_AFTER } else { PROMOTE_AFTER };
         let since = match self.orphan_since {
             Some(t) => t,
             None => {
-                let jitter =
-                    if self.linked_once { 0 } else { self.rng.next_u64() % (rounds * self.cfg.round / 2).max(1) };
+                let jitter = if joining { self.rng.next_u64() % (rounds * self.cfg.round / 2).max(1) } else { 0 };
                 *self.orphan_since.insert(now + jitter)
             }
         };
@@ -645,7 +678,7 @@ impl<P: PeerKey> Overlay<P> {
         // After an 80% crash at N = 10,000, three leaves waited out their
         // 10 rounds so, with live leaves' cards only, and were the last
         // islands (one component after 13 s).
-        let stuck = self.linked_once
+        let stuck = !joining
             && self.live_active() == 0
             && !self
                 .passive

@@ -906,6 +906,48 @@ fn a_reachable_leaf_is_elected_under_a_hierarchy_only() {
 }
 
 #[test]
+fn a_super_peer_that_steps_down_becomes_a_leaf_and_its_leaves_find_others() {
+    // Room for every leaf's two uplinks without the one that steps down.
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 12 };
+    let mut net = shaped(60, h, |i| i % 5 == 0, |i| i / 2);
+    let gone = 10;
+    let its_leaves: Vec<u32> = net.nodes[gone as usize].active().filter(|&p| role(&net, p) == Role::Leaf).collect();
+    assert!(!its_leaves.is_empty(), "super-peer {gone} carries leaves");
+    let now = net.now;
+    assert!(net.nodes[gone as usize].step_down(now));
+    assert!(!net.nodes[gone as usize].step_down(now), "a leaf has nothing to step down from");
+    assert_eq!(net.nodes[gone as usize].stats().step_downs, 1);
+    net.drain(gone);
+    net.run(20_000);
+    assert_eq!(role(&net, gone), Role::Leaf);
+    for i in net.live() {
+        let o = &net.nodes[i as usize];
+        if role(&net, i) == Role::Leaf {
+            let peers: Vec<u32> = o.active().collect();
+            assert!(peers.iter().all(|&p| role(&net, p) == Role::Super), "leaf {i} links to a leaf: {peers:?}");
+            assert!(!peers.is_empty(), "leaf {i} has no uplink");
+        }
+        assert!(o.violations().is_empty(), "{i}: {:?}", o.violations());
+    }
+    let moved_on = its_leaves.iter().filter(|&&l| net.nodes[l as usize].active().count() == 2).count();
+    assert_eq!(moved_on, its_leaves.len(), "{moved_on} of {} leaves have two uplinks again", its_leaves.len());
+    assert_eq!(net.live().iter().filter(|&&i| net.nodes[i as usize].stats().promotions > 0).count(), 0);
+    assert!(connected(&net));
+    let id = net.broadcast(gone, b"from a leaf now");
+    net.run(2_000);
+    assert!(net.live().iter().all(|&i| net.got(i, id)));
+    // A star keeps the hubs it was given.
+    let mut o = Overlay::new(
+        card(1),
+        Config { topology: Topology::Star { leaves: 8 }, super_capable: true, ..Config::default() },
+        seed(1),
+        0,
+    );
+    assert_eq!(o.shape().role, Role::Super);
+    assert!(!o.step_down(5));
+}
+
+#[test]
 fn a_view_longer_than_a_list_is_told_in_part() {
     // A joining leaf holds the leaves that join through it; between two
     // rounds, 80 of them.
