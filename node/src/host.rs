@@ -243,6 +243,9 @@ pub struct Host {
     /// This round's STUN answers, by request order.
     observations: Vec<(u32, crate::nat::Observation)>,
     stun_order: u32,
+    /// Rounds of STUN answers that classified our NAT (see
+    /// [`Host::nat_rounds`]).
+    nat_rounds: u64,
     local_port: Option<u16>,
     local_ips: Vec<std::net::IpAddr>,
 }
@@ -288,6 +291,7 @@ impl Host {
             last_now: now,
             observations: Vec::new(),
             stun_order: 0,
+            nat_rounds: 0,
             local_port: None,
             local_ips: Vec::new(),
         }

@@ -76,6 +76,7 @@ impl Host {
         }
         let obs: Vec<Observation> = self.observations.iter().map(|(_, o)| *o).collect();
         let Some(nat) = crate::nat::classify(self.local_port, &self.local_ips, &obs) else { return };
+        self.nat_rounds += 1;
         if self.endpoint.nat() != Some(nat) {
             self.endpoint.set_nat(Some(nat));
             self.events.push_back(HostEvent::NatClassified(nat));
@@ -92,6 +93,14 @@ impl Host {
     /// Our NAT as last classified, if the STUN answers could tell.
     pub fn nat(&self) -> Option<crate::token::NatInfo> {
         self.endpoint.nat()
+    }
+
+    /// How many rounds of STUN answers classified our NAT so far, whether
+    /// or not the classification changed ([`HostEvent::NatClassified`]
+    /// says only when it did): a driver that moved learns from this
+    /// when [`Host::nat`] describes the new network.
+    pub fn nat_rounds(&self) -> u64 {
+        self.nat_rounds
     }
 
     /// Tells the engine whether our router forwards a port to us (see

@@ -85,6 +85,11 @@ impl LocalCandidates {
         push_new(&mut self.host, addr, usize::MAX)
     }
 
+    /// The interface addresses.
+    pub fn hosts(&self) -> &[SocketAddr] {
+        &self.host
+    }
+
     /// Replaces the interface addresses (the machine moved: Wi-Fi changed,
     /// a lease ended, the laptop woke up elsewhere). When the set changed,
     /// the reflexive addresses learned behind the old ones are forgotten

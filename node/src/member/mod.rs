@@ -57,7 +57,7 @@ pub use reach::{REACHED_UNASKED, SuperPeer};
 use crate::host::{Host, HostEvent};
 use crate::ice::{AttemptId, Event as IceEvent, FailReason, Via};
 use crate::identity::{Identity, PeerId, PublicKey};
-use crate::token::{ConnectionMode, InitialMode, Invitation, InvitationParams, TokenError};
+use crate::token::{ConnectionMode, InitialMode, Invitation, InvitationParams, NatInfo, TokenError};
 
 impl PeerKey for PeerId {
     fn put(&self, out: &mut Vec<u8>) {
@@ -370,6 +370,9 @@ pub struct Member {
     unsent: u64,
     /// What we learned of our reachability (to elect ourselves).
     reach: reach::Reachability,
+    /// The host's [`Host::nat_rounds`] when we last moved, until a later
+    /// round classified the new network's NAT.
+    moved_at_round: Option<u64>,
 }
 
 impl std::fmt::Debug for Member {
@@ -420,6 +423,7 @@ impl Member {
             last_hops: 0,
             unsent: 0,
             reach: reach::Reachability::default(),
+            moved_at_round: None,
         }
     }
 
@@ -623,13 +627,27 @@ impl Member {
     /// left alone rejoins through its contact or saved cards. Returns
     /// whether anything changed.
     pub fn set_host_addresses(&mut self, host: &mut Host, hosts: Vec<std::net::SocketAddr>, now: Instant) -> bool {
+        let before = self.minter.candidates().hosts().to_vec();
         if !self.minter.candidates_mut().set_hosts(hosts) {
             return false;
         }
         self.card_stale = true;
         self.observed = 0;
+        // An address gone means another network (an address added, a
+        // container bridge coming up, does not): what made us a
+        // super-peer was the old network's, so we step down and the
+        // election runs again from the new one's (see `elect`).
+        let gone = before.iter().any(|a| !self.minter.candidates().hosts().contains(a));
+        if gone {
+            self.reach.moved();
+            self.moved_at_round = Some(host.nat_rounds());
+        }
+        let ms = self.ms(now);
         if let Some(o) = self.overlay.as_mut() {
             o.addresses_changed();
+            if gone && self.cfg.super_peer == SuperPeer::Auto {
+                o.step_down(ms);
+            }
         }
         self.observe(host, now);
         true
@@ -956,21 +974,33 @@ impl Member {
     /// Does what the overlay asked, moves queued frames and closes links
     /// that asked for it: the tail of every input.
     fn after(&mut self, host: &mut Host, now: Instant, unix_now: u64) {
-        self.elect(now);
+        self.elect(host, now);
         self.pump(host, now, unix_now);
         self.flush(host, now);
     }
 
     /// Under a hierarchy, a leaf set to `Auto` that finds itself reachable
-    /// becomes a super-peer (see [`reach`]).
-    fn elect(&mut self, now: Instant) {
+    /// becomes a super-peer (see [`reach`]); one that moves steps down
+    /// (see [`Member::set_host_addresses`]) and is elected again here once
+    /// its new network qualifies.
+    fn elect(&mut self, host: &Host, now: Instant) {
+        if self.moved_at_round.is_some_and(|r| host.nat_rounds() > r) {
+            self.moved_at_round = None;
+            self.reach.nat_classified();
+        }
         let ms = self.ms(now);
         let Some(o) = self.overlay.as_mut() else { return };
         if self.cfg.super_peer != SuperPeer::Auto || !o.electable() {
             return;
         }
         // Cheap first: most leaves do not qualify even on the internet.
-        let nat = self.minter.token_nat();
+        // The host's classification, not the one our card carries: that
+        // one changes when the host's event reaches us, which may be after
+        // this input.
+        let nat = match self.minter.candidates().port_mapped() {
+            Some(_) => Some(NatInfo::PORT_MAPPED),
+            None => host.nat(),
+        };
         if !self.reach.qualifies(nat, true) {
             return;
         }

@@ -74,6 +74,9 @@ pub(super) struct Reachability {
     sent_to: BTreeMap<IpAddr, Instant>,
     /// Addresses whose checks reached our card unasked.
     reached_from: Vec<IpAddr>,
+    /// We moved and our NAT has not been classified since: the
+    /// classification we hold describes the old network.
+    nat_stale: bool,
 }
 
 impl Reachability {
@@ -113,11 +116,27 @@ impl Reachability {
         self.sent(ip, now);
     }
 
+    /// Our addresses changed: what peers reaching us told of our filter,
+    /// and the NAT classification we hold, were the old network's. Until
+    /// the new NAT is classified ([`Reachability::nat_classified`]) only
+    /// new peers reaching us unasked count.
+    pub(super) fn moved(&mut self) {
+        self.reached_from.clear();
+        self.sent_to.clear();
+        self.nat_stale = true;
+    }
+
+    /// Our NAT was classified (STUN servers or neighbours answered).
+    pub(super) fn nat_classified(&mut self) {
+        self.nat_stale = false;
+    }
+
     /// Whether we qualify: no NAT in front of an address on the internet
     /// (`global`: one of our candidates is), or a mapped port (`nat` as
     /// our tokens say it), or peers reached us unasked. (Members on one
     /// LAN see no NAT between them, which says nothing of the internet.)
     pub(super) fn qualifies(&self, nat: Option<NatInfo>, global: bool) -> bool {
+        let nat = nat.filter(|_| !self.nat_stale);
         (global && nat.is_some_and(|n| n.mapping == NatMapping::None)) || self.reached_from.len() >= REACHED_UNASKED
     }
 }
@@ -149,6 +168,26 @@ mod tests {
         // Sent to long ago: the filter has forgotten it.
         r.established(ip("198.18.0.8"), true, Via::SingleToken, now + SENT_MEMORY);
         assert!(r.qualifies(nat, false));
+    }
+
+    #[test]
+    fn a_move_forgets_the_old_networks_evidence_until_the_new_nat_is_known() {
+        let now = Instant::now();
+        let mut r = Reachability::default();
+        let public = Some(NatInfo { delta: None, mapping: NatMapping::None, ports: None });
+        r.established(ip("198.18.0.7"), true, Via::SingleToken, now);
+        r.established(ip("198.18.0.8"), true, Via::SingleToken, now);
+        assert!(r.qualifies(None, false));
+        r.moved();
+        assert!(!r.qualifies(None, false), "peers that reached the old address say nothing of the new filter");
+        assert!(!r.qualifies(public, true), "the old network's classification");
+        r.nat_classified();
+        assert!(r.qualifies(public, true));
+        // Evidence gathered after the move counts again.
+        r.moved();
+        r.established(ip("198.18.0.7"), true, Via::SingleToken, now);
+        r.established(ip("198.18.0.9"), true, Via::SingleToken, now);
+        assert!(r.qualifies(None, false));
     }
 
     #[test]

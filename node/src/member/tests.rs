@@ -409,3 +409,72 @@ fn saved_cards_that_never_answer_are_retried_in_paced_passes() {
     assert!(failed(m, None) >= 3, "a single saved card is retried");
     assert!(net.peers[n].m.member.cards(net.unix()).len() == 2, "untried cards are kept for saving");
 }
+
+fn role(net: &Net, i: usize) -> Option<Role> {
+    net.peers[i].m.member.overlay().map(|o| o.shape().role)
+}
+
+/// Moves member `i` to `to` (the driver saw its interface addresses
+/// change); `filtering` puts it behind a filter from then on.
+fn move_to(net: &mut Net, i: usize, to: SocketAddr, filtering: bool) {
+    net.peers[i].addr = to;
+    net.peers[i].filtering = filtering;
+    net.peers[i].contacted.clear();
+    let now = net.now;
+    let p = &mut net.peers[i].m;
+    p.host.set_local_addresses(Some(to.port()), &[to.ip()]);
+    assert!(p.member.set_host_addresses(&mut p.host, vec![to], now));
+    net.flush(i);
+}
+
+/// Under a hierarchy a member on the internet with no NAT elects itself;
+/// when it moves it steps down, and is elected again only once its new
+/// network qualifies: another public address does, a private one behind
+/// a filter does not. A member set to serve always stays a super-peer.
+#[test]
+fn an_elected_super_peer_that_moves_steps_down_until_its_new_network_qualifies() {
+    let overlay = Config { topology: convoke_overlay::Topology::HIERARCHICAL, announce_views: 0, ..Config::default() };
+    let mut net = Net::new();
+    let always = MemberConfig { overlay, super_peer: SuperPeer::Always, ..MemberConfig::default() };
+    let a = net.add_member(false, always);
+    let b = net.add_with(false, Some(net.card(a)), overlay);
+    let c = net.add_with(false, Some(net.card(a)), overlay);
+    // What the driver tells the host, for STUN answers to classify.
+    for p in &mut net.peers {
+        p.m.host.set_local_addresses(Some(p.addr.port()), &[p.addr.ip()]);
+    }
+    net.run_for(Duration::from_secs(30));
+    let stats = |net: &Net, i: usize| net.peers[i].m.member.overlay().map(|o| *o.stats()).expect("started");
+    for i in [b, c] {
+        assert_eq!(role(&net, i), Some(Role::Super), "{i} is on the internet with no NAT");
+        assert_eq!(stats(&net, i).elections, 1);
+    }
+    // An address added (a container bridge comes up) is no move.
+    let (old, bridge) = (net.peers[b].addr, SocketAddr::from(([172, 17, 0, 1], 4433)));
+    let now = net.now;
+    let p = &mut net.peers[b].m;
+    assert!(p.member.set_host_addresses(&mut p.host, vec![old, bridge], now));
+    assert_eq!(role(&net, b), Some(Role::Super), "b keeps serving beside a new interface");
+    assert_eq!(stats(&net, b).step_downs, 0);
+    move_to(&mut net, b, SocketAddr::from(([198, 18, 7, 2], 4433)), false);
+    assert_eq!(role(&net, b), Some(Role::Leaf), "b steps down as it moves");
+    assert_eq!(stats(&net, b).step_downs, 1);
+    net.run_for(Duration::from_secs(60));
+    assert_eq!(role(&net, b), Some(Role::Super), "b's new address is public too");
+    assert_eq!(stats(&net, b).elections, 2);
+    move_to(&mut net, c, SocketAddr::from(([10, 0, 0, 3], 4433)), true);
+    net.run_for(Duration::from_secs(60));
+    assert!(!net.active(c).is_empty(), "c is linked again");
+    assert!(net.peers[c].m.host.nat().is_some(), "and its new network classified");
+    assert_eq!(
+        role(&net, c),
+        Some(Role::Leaf),
+        "behind a filter, on a private address: {:?} {:?}",
+        stats(&net, c),
+        net.peers[c].m.member.candidates().select()
+    );
+    assert_eq!(stats(&net, c).elections, 1);
+    move_to(&mut net, a, SocketAddr::from(([198, 18, 7, 1], 4433)), false);
+    assert_eq!(role(&net, a), Some(Role::Super), "set to serve always");
+    assert_eq!(stats(&net, a).step_downs, 0);
+}

@@ -204,7 +204,8 @@ impl Member {
                 "connect_failures": s.connect_failures, "relayed": s.relayed, "relay_refused": s.relay_refused,
                 "introduced": s.introduced, "delivered": p.delivered, "duplicates": p.duplicates,
                 "grafts": p.grafts_sent, "prunes": p.prunes_sent, "policy_mismatches": s.mismatches,
-                "promotions": s.promotions, "elections": s.elections, "violations": s.violations, "rewirings": s.rewirings,
+                "promotions": s.promotions, "elections": s.elections, "step_downs": s.step_downs, "violations": s.violations,
+                "rewirings": s.rewirings,
             },
         })
     }

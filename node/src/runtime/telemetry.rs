@@ -104,7 +104,7 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     (
         "convoke_overlay_policy_events_total",
         "counter",
-        "Topology policy events, by kind (violation: an invariant broke; mismatch: a peer of another policy refused; promotion: we became a super-peer; rewiring: a super-peer mixed its core)",
+        "Topology policy events, by kind (violation: an invariant broke; mismatch: a peer of another policy refused; promotion: we became a super-peer for want of one; election: we found ourselves reachable and became one; step_down: we moved and stopped serving; rewiring: a super-peer mixed its core)",
     ),
     (
         "convoke_overlay_broadcasts_total",
@@ -292,6 +292,7 @@ pub fn sample_overlay(o: &OverlaySample) {
         ("mismatch", s.mismatches),
         ("promotion", s.promotions),
         ("election", s.elections),
+        ("step_down", s.step_downs),
         ("rewiring", s.rewirings),
     ] {
         counter!("convoke_overlay_policy_events_total", "kind" => kind).absolute(n);
