@@ -55,6 +55,13 @@ pub struct PolicyReport {
     pub elected: u64,
     /// Joined members promoted to super-peer for want of one.
     pub promoted: u64,
+    /// Joined members that stepped down from super-peer after a move (to
+    /// be elected again once their new network qualifies).
+    pub stepped_down: u64,
+    /// Joined super-peers whose NATs filter unasked traffic, with no mapped
+    /// port: leaves reach them only with RSVPs (promoted ones, and elected
+    /// ones that moved behind such a NAT).
+    pub filtered_supers: u64,
     /// Most leaves linked to one super-peer.
     pub max_super_leaves: u64,
     /// Most links at one joined member.
@@ -205,6 +212,8 @@ impl NetworkReport {
                 leaves: f.shape.leaves,
                 elected: f.elected,
                 promoted: f.promoted,
+                stepped_down: f.stepped_down,
+                filtered_supers: f.filtered_supers,
                 max_super_leaves: f.shape.max_super_leaves,
                 max_degree: f.shape.max_degree,
                 leaf_links: f.shape.leaf_links(),
@@ -318,12 +327,14 @@ pub fn markdown(
         if let Some(p) = &s.policy {
             let _ = writeln!(
                 m,
-                "Topology policy `{}`: {} super-peers ({} elected, {} promoted), {} leaves; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
+                "Topology policy `{}`: {} super-peers ({} elected, {} promoted; {} behind NATs that filter), {} leaves, {} stepped down after a move; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
                 p.topology,
                 p.supers,
                 p.elected,
                 p.promoted,
+                p.filtered_supers,
                 p.leaves,
+                p.stepped_down,
                 p.max_super_leaves,
                 p.max_degree,
                 p.leaf_links,

@@ -117,6 +117,11 @@ pub struct MemberFigures {
     pub elected: u64,
     /// See `elected`.
     pub promoted: u64,
+    /// Joined members that stepped down from super-peer after a move.
+    pub stepped_down: u64,
+    /// Joined super-peers whose NATs filter unasked traffic (no mapped
+    /// port): leaves reach them only with RSVPs.
+    pub filtered_supers: u64,
     /// Alive at the end.
     pub alive: u64,
     /// Alive at the end with at least one active overlay link.
@@ -715,8 +720,16 @@ impl World {
                 };
                 f.shape.add(o.shape().role, live.iter().map(|&m| role(m)));
                 let st = o.stats();
-                f.elected += u64::from(st.elections > 0);
-                f.promoted += u64::from(st.promotions > 0);
+                // Counted while they serve: a member that moved steps down.
+                let serving = o.shape().role == convoke_overlay::Role::Super;
+                f.elected += u64::from(serving && st.elections > 0);
+                f.promoted += u64::from(serving && st.promotions > 0);
+                f.stepped_down += u64::from(st.step_downs > 0);
+                if serving && o.config().topology.kind() == convoke_overlay::PolicyKind::Hierarchical {
+                    let open = |b: &crate::nat::Behaviour| b.filtering == crate::nat::Filtering::Eif;
+                    let chain = self.profiles[usize::from(node.profile)].1.nat_chain(&self.scenario.cgnat);
+                    f.filtered_supers += u64::from(node.mapped.is_none() && !chain.iter().all(open));
+                }
                 f.relay_refused += st.relay_refused;
                 f.relay_rate_limited += st.relay_rate_limited;
                 f.relay_from_stranger += st.relay_from_stranger;
