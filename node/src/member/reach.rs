@@ -25,7 +25,8 @@ use crate::token::{Invitation, NatInfo, NatMapping};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SuperPeer {
     /// Under a hierarchy, when it finds itself reachable (see the module
-    /// docs); never a hub.
+    /// docs), stepping down when it moves until its new network
+    /// qualifies; never a hub.
     #[default]
     Auto,
     /// From the start (an operator's machine on a public address).

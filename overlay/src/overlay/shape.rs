@@ -306,9 +306,9 @@ impl<P: PeerKey> Overlay<P> {
         matches!(self.cfg.topology, Topology::Hierarchical { .. }) && self.me.shape.role == Role::Leaf
     }
 
-    /// Our driver found we can no longer serve (we moved to a network
-    /// whose NAT filters unasked traffic): a hierarchical super-peer
-    /// becomes a leaf. Our neighbours learn it from our next
+    /// What made us serve is gone (we moved to another network, whose
+    /// NAT may filter unasked traffic): a hierarchical super-peer becomes
+    /// a leaf, to be elected again if the new network qualifies. Our neighbours learn it from our next
     /// [`Message::Neighbors`]; our leaves then find other super-peers,
     /// and we keep `uplinks` of our core links and drop the rest, as any
     /// leaf. Stars keep their hubs. Whether the role changed.

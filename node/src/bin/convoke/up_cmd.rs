@@ -63,11 +63,12 @@ pub struct UpArgs {
     /// Whether this member serves as a super-peer (a hub, under a star):
     /// auto (the default) elects it under a hierarchy once it finds itself
     /// reachable (a public address, a mapped port, or two peers at
-    /// different addresses that reached its card unasked); always (what
-    /// `--super-peer` alone means) from the start, and under a star it is
-    /// a hub; never. A hierarchical leaf that finds no super-peer for 10
-    /// rounds (60 while joining) becomes one whatever this says. Config key
-    /// `super_peer`.
+    /// different addresses that reached its card unasked), and steps it
+    /// down when it moves to another network until the new one qualifies;
+    /// always (what `--super-peer` alone means) from the start, and under
+    /// a star it is a hub; never. A hierarchical leaf that finds no
+    /// super-peer for 10 rounds (60 while joining or after a move) becomes
+    /// one whatever this says. Config key `super_peer`.
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always",
           value_parser = ["auto", "always", "never"])]
     super_peer: Option<String>,
