@@ -370,9 +370,6 @@ pub struct Member {
     unsent: u64,
     /// What we learned of our reachability (to elect ourselves).
     reach: reach::Reachability,
-    /// The host's [`Host::nat_rounds`] when we last moved, until a later
-    /// round classified the new network's NAT.
-    moved_at_round: Option<u64>,
 }
 
 impl std::fmt::Debug for Member {
@@ -423,7 +420,6 @@ impl Member {
             last_hops: 0,
             unsent: 0,
             reach: reach::Reachability::default(),
-            moved_at_round: None,
         }
     }
 
@@ -639,8 +635,7 @@ impl Member {
         // election runs again from the new one's (see `elect`).
         let gone = before.iter().any(|a| !self.minter.candidates().hosts().contains(a));
         if gone {
-            self.reach.moved();
-            self.moved_at_round = Some(host.nat_rounds());
+            self.reach.moved(host.nat_rounds());
         }
         let ms = self.ms(now);
         if let Some(o) = self.overlay.as_mut() {
@@ -984,10 +979,7 @@ impl Member {
     /// (see [`Member::set_host_addresses`]) and is elected again here once
     /// its new network qualifies.
     fn elect(&mut self, host: &Host, now: Instant) {
-        if self.moved_at_round.is_some_and(|r| host.nat_rounds() > r) {
-            self.moved_at_round = None;
-            self.reach.nat_classified();
-        }
+        self.reach.nat_rounds(host.nat_rounds());
         let ms = self.ms(now);
         let Some(o) = self.overlay.as_mut() else { return };
         if self.cfg.super_peer != SuperPeer::Auto || !o.electable() {

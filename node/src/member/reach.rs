@@ -75,9 +75,10 @@ pub(super) struct Reachability {
     sent_to: BTreeMap<IpAddr, Instant>,
     /// Addresses whose checks reached our card unasked.
     reached_from: Vec<IpAddr>,
-    /// We moved and our NAT has not been classified since: the
-    /// classification we hold describes the old network.
-    nat_stale: bool,
+    /// We moved when the host had classified our NAT this many times
+    /// ([`crate::host::Host::nat_rounds`]), and it has not classified it
+    /// since: the classification we hold describes the old network.
+    moved_at_round: Option<u64>,
 }
 
 impl Reachability {
@@ -117,19 +118,22 @@ impl Reachability {
         self.sent(ip, now);
     }
 
-    /// Our addresses changed: what peers reaching us told of our filter,
-    /// and the NAT classification we hold, were the old network's. Until
-    /// the new NAT is classified ([`Reachability::nat_classified`]) only
-    /// new peers reaching us unasked count.
-    pub(super) fn moved(&mut self) {
+    /// Our addresses changed when the host had classified our NAT
+    /// `nat_rounds` times: what peers reaching us told of our filter, and
+    /// the NAT classification we hold, were the old network's. Until a
+    /// later round classifies the new NAT ([`Reachability::nat_rounds`])
+    /// only new peers reaching us unasked count.
+    pub(super) fn moved(&mut self, nat_rounds: u64) {
         self.reached_from.clear();
         self.sent_to.clear();
-        self.nat_stale = true;
+        self.moved_at_round = Some(nat_rounds);
     }
 
-    /// Our NAT was classified (STUN servers or neighbours answered).
-    pub(super) fn nat_classified(&mut self) {
-        self.nat_stale = false;
+    /// The host has classified our NAT `nat_rounds` times so far.
+    pub(super) fn nat_rounds(&mut self, nat_rounds: u64) {
+        if self.moved_at_round.is_some_and(|r| nat_rounds > r) {
+            self.moved_at_round = None;
+        }
     }
 
     /// Whether we qualify: no NAT in front of an address on the internet
@@ -137,7 +141,7 @@ impl Reachability {
     /// our tokens say it), or peers reached us unasked. (Members on one
     /// LAN see no NAT between them, which says nothing of the internet.)
     pub(super) fn qualifies(&self, nat: Option<NatInfo>, global: bool) -> bool {
-        let nat = nat.filter(|_| !self.nat_stale);
+        let nat = nat.filter(|_| self.moved_at_round.is_none());
         (global && nat.is_some_and(|n| n.mapping == NatMapping::None)) || self.reached_from.len() >= REACHED_UNASKED
     }
 }
@@ -179,13 +183,15 @@ mod tests {
         r.established(ip("198.18.0.7"), true, Via::SingleToken, now);
         r.established(ip("198.18.0.8"), true, Via::SingleToken, now);
         assert!(r.qualifies(None, false));
-        r.moved();
+        r.moved(3);
         assert!(!r.qualifies(None, false), "peers that reached the old address say nothing of the new filter");
         assert!(!r.qualifies(public, true), "the old network's classification");
-        r.nat_classified();
+        r.nat_rounds(3);
+        assert!(!r.qualifies(public, true), "no round since the move");
+        r.nat_rounds(4);
         assert!(r.qualifies(public, true));
         // Evidence gathered after the move counts again.
-        r.moved();
+        r.moved(4);
         r.established(ip("198.18.0.7"), true, Via::SingleToken, now);
         r.established(ip("198.18.0.9"), true, Via::SingleToken, now);
         assert!(r.qualifies(None, false));

@@ -308,31 +308,32 @@ impl<P: PeerKey> Overlay<P> {
 
     /// What made us serve is gone (we moved to another network, whose
     /// NAT may filter unasked traffic): a hierarchical super-peer becomes
-    /// a leaf, to be elected again if the new network qualifies. Our neighbours learn it from our next
-    /// [`Message::Neighbors`]; our leaves then find other super-peers,
-    /// and we keep `uplinks` of our core links and drop the rest, as any
-    /// leaf. Stars keep their hubs. Whether the role changed.
+    /// a leaf, to be elected again if the new network qualifies. Our
+    /// neighbours learn it from our next [`Message::Neighbors`]; our
+    /// leaves then find other super-peers, and we keep `uplinks` of our
+    /// core links and drop the rest, as any leaf. Stars keep their hubs.
+    /// Whether the role changed.
     pub fn step_down(&mut self, now: Millis) -> bool {
         if !matches!(self.cfg.topology, Topology::Hierarchical { .. }) || self.me.shape.role != Role::Super {
             return false;
         }
         self.stats.step_downs += 1;
-        self.me.shape.role = Role::Leaf;
-        self.announce_super = false;
-        self.orphan_since = None;
-        self.event(Event::RoleChanged(Role::Leaf));
-        self.nbr_dirty = true;
-        self.fill(now);
+        self.take_role(Role::Leaf, now);
         true
     }
 
-    /// We become a super-peer (elected or promoted): tell the network and
-    /// our neighbours, and ask for the links the role keeps.
+    /// We become a super-peer (elected or promoted).
     fn become_super(&mut self, now: Millis) {
-        self.me.shape.role = Role::Super;
-        self.announce_super = true;
+        self.take_role(Role::Super, now);
+    }
+
+    /// Our role changes to `role`: tell our neighbours (and, as a
+    /// super-peer, the network) and ask for the links the role keeps.
+    fn take_role(&mut self, role: Role, now: Millis) {
+        self.me.shape.role = role;
+        self.announce_super = role == Role::Super;
         self.orphan_since = None;
-        self.event(Event::RoleChanged(Role::Super));
+        self.event(Event::RoleChanged(role));
         self.nbr_dirty = true;
         self.fill(now);
     }
@@ -453,8 +454,8 @@ impl<P: PeerKey> Overlay<P> {
     }
 
     /// How many links of `class` we ask for at once per link we want: a
-    /// member `stranded_in` it asks for as many as it may have in flight in one
-    /// wave (`2 * Config::active`), and drops those beyond its bound as
+    /// member stranded in `class` asks for as many as it may have in flight
+    /// in one wave (`2 * Config::active`), and drops those beyond its bound as
     /// they come. A leaf has 2 links, so an 80% crash orphans 64% of the
     /// surviving leaves: dialing 2 at a time, a hierarchy's survivors
     /// (N = 2,000) were one component after 21 s; 10, after 12 s.
