@@ -281,23 +281,32 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
                 return Err(format!("node{i} did not join within 20 s"));
             }
         }
-        // Let introductions settle: no view change for a second (at most 15 s).
+        // Let introductions settle: no view change for a second, every link
+        // held at both ends, and the policy's invariants holding (at most
+        // 15 s). Quiet alone is not settled: a member spares the newcomers
+        // that joined through it for two rounds (a second here) and trims
+        // its view over the policy's bound at its next round, so a
+        // spanning tree's member can be quiet for a second with 7 links
+        // before it drops to 4. The links are read from the members' views,
+        // not pieced together from their events, which arrive from both
+        // ends in any order.
         let settle = Instant::now();
+        let mut net = Network::read(&running, &show.index);
         while settle.elapsed() < Duration::from_secs(15) {
             let quiet = |s: &Show| s.last_change.elapsed() > Duration::from_secs(1);
-            if wait(&mut show, &quiet, Duration::from_millis(300)).await {
+            let calm = wait(&mut show, &quiet, Duration::from_millis(300)).await;
+            net = Network::read(&running, &show.index);
+            if calm && net.half_open == 0 && net.check(policy).is_none_or(|c| c.is_ok()) {
                 break;
             }
         }
         println!(
             "\nThe network ({} links; {} introductions, {} relayed RSVPs):",
-            show.links.len(),
+            net.links.len(),
             show.introductions,
             show.relayed
         );
-        let mut roles = Vec::new();
-        for (i, r) in running.iter().enumerate() {
-            let s = r.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+        for (i, s) in net.views.iter().enumerate() {
             let mut peers: Vec<String> = s.active.iter().map(|p| show.name(p)).collect();
             peers.sort();
             let role = if s.role == Role::Member { String::new() } else { format!(" ({})", s.role.as_str()) };
@@ -305,12 +314,14 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
             for v in &s.violations {
                 println!("    invariant broken at node{i}: {v}");
             }
-            roles.push(s.role);
         }
-        let g = topology::graph_of(0..n, show.links.iter().copied());
+        if net.half_open > 0 {
+            println!("  links held at one end only (still being made or dropped): {}", net.half_open);
+        }
+        let g = topology::graph_of(0..n, net.links.iter().copied());
         println!("  connected: {}", if topology::is_connected(&g) { "yes" } else { "NO" });
         let mut shape_ok = true;
-        if let Some(check) = shape_check(policy, &show.links, &roles) {
+        if let Some(check) = net.check(policy) {
             match &check {
                 Ok(()) => println!("  the {policy_name} policy's invariants: hold"),
                 Err(v) => println!("  the {policy_name} policy's invariants: BROKEN ({v})"),
@@ -387,12 +398,39 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
     }
 }
 
-/// The policy's invariant check over the links the demo saw, with each
-/// node's role (`None` for the mesh, which has none beyond connectivity).
-fn shape_check(policy: Topology, links: &BTreeSet<(usize, usize)>, roles: &[Role]) -> Option<Result<(), String>> {
-    if policy == Topology::Mesh {
-        return None;
+/// The network as the members' own views show it at one moment.
+struct Network {
+    /// Each member's view and role.
+    views: Vec<Snapshot>,
+    /// Links either end holds.
+    links: BTreeSet<(usize, usize)>,
+    /// Links only one end holds.
+    half_open: usize,
+}
+
+impl Network {
+    fn read(running: &[Running], index: &BTreeMap<PeerId, usize>) -> Network {
+        let views: Vec<Snapshot> =
+            running.iter().map(|r| r.snapshot.lock().map(|s| s.clone()).unwrap_or_default()).collect();
+        let mut held: BTreeMap<(usize, usize), u8> = BTreeMap::new();
+        for (i, s) in views.iter().enumerate() {
+            for j in s.active.iter().filter_map(|p| index.get(p).copied()) {
+                *held.entry((i.min(j), i.max(j))).or_default() += 1;
+            }
+        }
+        let half_open = held.values().filter(|&&ends| ends < 2).count();
+        Network { views, links: held.into_keys().collect(), half_open }
     }
-    let g = topology::graph_of(0..roles.len(), links.iter().copied());
-    Some(convoke_overlay::check_shape(policy, &g, |&i| roles.get(i).copied()).map_err(|v| v.to_string()))
+
+    /// The policy's invariant check over these links, with each node's
+    /// role (`None` for the mesh, which has none beyond connectivity).
+    fn check(&self, policy: Topology) -> Option<Result<(), String>> {
+        if policy == Topology::Mesh {
+            return None;
+        }
+        let g = topology::graph_of(0..self.views.len(), self.links.iter().copied());
+        Some(
+            convoke_overlay::check_shape(policy, &g, |&i| self.views.get(i).map(|s| s.role)).map_err(|v| v.to_string()),
+        )
+    }
 }
