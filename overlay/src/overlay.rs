@@ -144,6 +144,13 @@ pub struct Config {
     /// driver says so for a public address, an endpoint-independent NAT or
     /// a mapped port, with capacity) or is a hub (star).
     pub super_capable: bool,
+    /// Most leaves we carry as a super-peer or hub when that is below the
+    /// policy's bound: our own capacity (a small machine, a slow uplink).
+    /// The policy's bound stays the network's: others check every
+    /// super-peer against it, so a lower one of ours breaks nothing of
+    /// theirs, and a leaf we turn away asks another super-peer (or, if
+    /// none has room, promotes). `None`: the policy's bound.
+    pub max_leaves: Option<usize>,
 }
 
 impl Config {
@@ -178,6 +185,7 @@ impl Default for Config {
             plumtree: PlumConfig::default(),
             topology: Topology::Mesh,
             super_capable: false,
+            max_leaves: None,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | mesh | member | `active` members |
 //! | spanning tree | member | `max_degree` members (Plumtree's eager links over them are the tree) |
-//! | hierarchical | super-peer | `core` super-peers, up to `leaves` leaves |
+//! | hierarchical | super-peer | `core` super-peers, up to `leaves` leaves (fewer if [`Config::max_leaves`] says so) |
 //! | hierarchical | leaf | `uplinks` super-peers, no leaf |
 //! | star | hub | `active` hubs, up to `leaves` leaves |
 //! | star | leaf | one hub |
@@ -167,6 +167,33 @@ impl Topology {
         }
     }
 
+    /// The most leaves a super-peer (hub) carries under this policy, the
+    /// bound every member checks super-peers against; `None` for the
+    /// policies without leaves.
+    pub fn max_leaves(&self) -> Option<usize> {
+        match self {
+            Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => Some(*leaves),
+            Topology::Mesh | Topology::SpanningTree { .. } => None,
+        }
+    }
+
+    /// Checks a member's own leaf capacity ([`Config::max_leaves`]): only
+    /// the policies with leaves take one, and not above their bound (the
+    /// other members would see its leaves as a violation).
+    pub fn own_max_leaves(&self, n: usize) -> Result<usize, String> {
+        match self.max_leaves() {
+            None => Err(format!(
+                "the {} topology has no super-peers; a leaf capacity applies to hierarchical and star",
+                self.kind().as_str()
+            )),
+            Some(bound) if n > bound => Err(format!(
+                "{n} is above the {} policy's bound of {bound} leaves, which every member checks super-peers against",
+                self.kind().as_str()
+            )),
+            Some(_) => Ok(n),
+        }
+    }
+
     /// The role a member starts in: super-peer or hub if it can serve.
     pub fn initial_role(&self, super_capable: bool) -> Role {
         match self {
@@ -241,12 +268,18 @@ impl<P: PeerKey> Overlay<P> {
             (Topology::SpanningTree { max_degree }, _, Role::Member) => self.cfg.active.min(max_degree).max(1),
             (Topology::Hierarchical { uplinks, .. }, Role::Leaf, Role::Super) => uplinks.max(1),
             (Topology::Hierarchical { core, .. }, Role::Super, Role::Super) => core.max(1),
-            (Topology::Hierarchical { leaves, .. }, Role::Super, Role::Leaf) => leaves,
+            (Topology::Hierarchical { leaves, .. }, Role::Super, Role::Leaf) => self.leaf_bound(leaves),
             (Topology::Star { .. }, Role::Leaf, Role::Super) => 1,
             (Topology::Star { .. }, Role::Super, Role::Super) => self.cfg.active,
-            (Topology::Star { leaves }, Role::Super, Role::Leaf) => leaves,
+            (Topology::Star { leaves }, Role::Super, Role::Leaf) => self.leaf_bound(leaves),
             _ => 0,
         }
+    }
+
+    /// The leaves we carry as a super-peer (hub): the policy's bound, or
+    /// our own capacity if lower ([`Config::max_leaves`]).
+    fn leaf_bound(&self, policy: usize) -> usize {
+        self.cfg.max_leaves.map_or(policy, |own| own.min(policy))
     }
 
     /// Whether the bound of `class` holds against high-priority asks too:

@@ -948,6 +948,46 @@ fn a_super_peer_that_steps_down_becomes_a_leaf_and_its_leaves_find_others() {
 }
 
 #[test]
+fn a_super_peer_with_a_lower_capacity_carries_no_more_and_nobody_sees_a_violation() {
+    // Room for every leaf's two uplinks without the small one's.
+    let h = Topology::Hierarchical { core: 3, uplinks: 2, leaves: 12 };
+    let small = 10;
+    let cfg = |i: u32| Config {
+        topology: h,
+        super_capable: i.is_multiple_of(5),
+        announce_joins: false,
+        announce_views: 5_000,
+        max_leaves: (i == small).then_some(2),
+        ..Config::default()
+    };
+    let mut net = Net::with(60, cfg);
+    for i in 1..60 {
+        // Half of those after it through the small one: it turns most away.
+        net.join(i, if i > small && i % 2 == 0 { small } else { i / 2 });
+        net.run(50);
+    }
+    net.run(20_000);
+    let leaves_at = |net: &Net, s: u32| net.nodes[s as usize].active().filter(|&p| role(net, p) == Role::Leaf).count();
+    assert_eq!(role(&net, small), Role::Super);
+    assert!(leaves_at(&net, small) <= 2, "the small one carries {}", leaves_at(&net, small));
+    assert!(leaves_at(&net, small) > 0, "and some");
+    let busiest = (0..60).filter(|&s| s % 5 == 0 && s != small).map(|s| leaves_at(&net, s)).max();
+    assert!(busiest.is_some_and(|b| b > 2 && b <= 12), "the others carry up to the policy's bound: {busiest:?}");
+    for i in net.live() {
+        let o = &net.nodes[i as usize];
+        if role(&net, i) == Role::Leaf {
+            assert!(o.active().count() > 0, "leaf {i} has no uplink");
+        }
+        assert!(o.violations().is_empty(), "{i}: {:?}", o.violations());
+    }
+    assert!(connected(&net));
+    // The bound is the policy's to give: a member's own capacity is below it.
+    assert_eq!(h.own_max_leaves(12), Ok(12));
+    assert!(h.own_max_leaves(13).is_err_and(|e| e.contains("bound of 12")));
+    assert!(Topology::Mesh.own_max_leaves(4).is_err_and(|e| e.contains("no super-peers")));
+}
+
+#[test]
 fn a_view_longer_than_a_list_is_told_in_part() {
     // A joining leaf holds the leaves that join through it; between two
     // rounds, 80 of them.
