@@ -975,14 +975,17 @@ impl Member {
     }
 
     /// Under a hierarchy, a leaf set to `Auto` that finds itself reachable
-    /// becomes a super-peer (see [`reach`]); one that moves steps down
+    /// and has room for leaves (`max_leaves` not 0) becomes a super-peer
+    /// (see [`reach`]); one that moves steps down
     /// (see [`Member::set_host_addresses`]) and is elected again here once
     /// its new network qualifies.
     fn elect(&mut self, host: &Host, now: Instant) {
         self.reach.nat_rounds(host.nat_rounds());
         let ms = self.ms(now);
         let Some(o) = self.overlay.as_mut() else { return };
-        if self.cfg.super_peer != SuperPeer::Auto || !o.electable() {
+        // A member whose operator gave it no room for leaves serves nobody
+        // as a super-peer: reachability alone does not elect it.
+        if self.cfg.super_peer != SuperPeer::Auto || !o.electable() || o.config().max_leaves == Some(0) {
             return;
         }
         // Cheap first: most leaves do not qualify even on the internet.

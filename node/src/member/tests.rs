@@ -432,6 +432,26 @@ fn move_to(net: &mut Net, i: usize, to: SocketAddr, filtering: bool) {
 /// network qualifies: another public address does, a private one behind
 /// a filter does not. A member set to serve always stays a super-peer.
 #[test]
+fn a_reachable_member_with_no_room_for_leaves_is_not_elected() {
+    let overlay = Config { topology: convoke_overlay::Topology::HIERARCHICAL, announce_views: 0, ..Config::default() };
+    let mut net = Net::new();
+    let always = MemberConfig { overlay, super_peer: SuperPeer::Always, ..MemberConfig::default() };
+    let a = net.add_member(false, always);
+    let none = net.add_with(false, Some(net.card(a)), Config { max_leaves: Some(0), ..overlay });
+    let few = net.add_with(false, Some(net.card(a)), Config { max_leaves: Some(4), ..overlay });
+    for p in &mut net.peers {
+        p.m.host.set_local_addresses(Some(p.addr.port()), &[p.addr.ip()]);
+    }
+    net.run_for(Duration::from_secs(30));
+    let elections = |net: &Net, i: usize| net.peers[i].m.member.overlay().map(|o| o.stats().elections);
+    assert_eq!(role(&net, few), Some(Role::Super), "on the internet with room for 4 leaves");
+    assert_eq!(elections(&net, few), Some(1));
+    assert_eq!(role(&net, none), Some(Role::Leaf), "on the internet with no room for a leaf");
+    assert_eq!(elections(&net, none), Some(0));
+    assert!(!net.active(none).is_empty(), "linked as a leaf");
+}
+
+#[test]
 fn an_elected_super_peer_that_moves_steps_down_until_its_new_network_qualifies() {
     let overlay = Config { topology: convoke_overlay::Topology::HIERARCHICAL, announce_views: 0, ..Config::default() };
     let mut net = Net::new();

@@ -12,6 +12,7 @@
 //! state = "/var/lib/convoke/state"
 //! topology = "hierarchical"
 //! super_peer = "auto"   # or "always", "never" (true means always)
+//! max_leaves = 16       # this member's own capacity as a super-peer
 //!
 //! [invite]
 //! expires = "1d"
@@ -52,6 +53,9 @@ pub struct FileConfig {
     /// `"auto"`, `"always"` or `"never"`; `true` means always, `false` auto.
     #[serde(deserialize_with = "super_peer")]
     pub super_peer: Option<SuperPeer>,
+    /// Most leaves this member carries as a super-peer or hub, below the
+    /// policy's bound (`--max-leaves`).
+    pub max_leaves: Option<usize>,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }
@@ -146,6 +150,7 @@ mod tests {
             state = "/var/lib/convoke/state"
             topology = "hierarchical"
             super_peer = true
+            max_leaves = 16
             [invite]
             expires = "1d"
             "#,
@@ -153,6 +158,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.topology.as_deref(), Some("hierarchical"));
         assert_eq!(c.super_peer, Some(SuperPeer::Always));
+        assert_eq!(c.max_leaves, Some(16));
         let word = FileConfig::parse("super_peer = \"never\"").expect("a word");
         assert_eq!(word.super_peer, Some(SuperPeer::Never));
         let e = FileConfig::parse("super_peer = \"sometimes\"").expect_err("bad word");

@@ -54,6 +54,11 @@ pub fn print_topology(node: &Value, dot: bool) {
         t["role"].as_str().unwrap_or("member"),
         t["roles"]
     );
+    if t["role"].as_str() == Some("super-peer")
+        && let Some(n) = t["max_leaves"].as_u64()
+    {
+        println!("    leaves        at most {n} at this member");
+    }
     if violations.is_empty() {
         println!("    invariants    hold");
     } else {

@@ -72,6 +72,13 @@ pub struct UpArgs {
     #[arg(long, value_name = "WHEN", num_args = 0..=1, default_missing_value = "always",
           value_parser = ["auto", "always", "never"])]
     super_peer: Option<String>,
+    /// Most leaves this member carries as a super-peer or hub, below the
+    /// policy's bound (32 under a hierarchy, 256 under a star): its own
+    /// capacity, for a small machine or a slow uplink. Leaves it turns
+    /// away link to other super-peers. 0 keeps an `auto` member from being
+    /// elected. Config key `max_leaves`.
+    #[arg(long, value_name = "N")]
+    max_leaves: Option<usize>,
     /// Save the cards of the members this one knows in DIR (one file per
     /// identity, mode 0600), and on start rejoin the network through them:
     /// a restarted member needs no new invitation. Default:
@@ -157,6 +164,10 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     let topology = a.topology.clone().or_else(|| ctx.file.as_ref().and_then(|f| f.topology.clone()));
     if let Some(t) = topology {
         mc.overlay.topology = convoke_overlay::Topology::parse(&t).map_err(|e| format!("--topology: {e}"))?;
+    }
+    if let Some(n) = a.max_leaves.or_else(|| ctx.file.as_ref().and_then(|f| f.max_leaves)) {
+        let own = mc.overlay.topology.own_max_leaves(n).map_err(|e| format!("--max-leaves: {e}"))?;
+        mc.overlay.max_leaves = Some(own);
     }
     if let Some(w) = &a.super_peer {
         mc.super_peer = w.parse().map_err(|e| format!("--super-peer: {e}"))?;
