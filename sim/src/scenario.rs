@@ -111,6 +111,11 @@ pub struct Scenario {
     /// `eim-adf`) or a mapped port can serve as super-peers (hubs).
     #[serde(default)]
     pub topology: Option<String>,
+    /// Every member's own leaf capacity as a super-peer (hub), below the
+    /// policy's bound, as `convoke up --max-leaves` sets it (pattern
+    /// `network`; default: the policy's bound).
+    #[serde(default)]
+    pub max_leaves: Option<usize>,
 }
 
 /// A share of the live members move at once, as a laptop does when it
@@ -552,8 +557,12 @@ impl Scenario {
         if self.name.trim().is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        if let Some(t) = &self.topology {
-            convoke_overlay::Topology::parse(t).map_err(|e| invalid("topology", e))?;
+        let policy = match &self.topology {
+            Some(t) => convoke_overlay::Topology::parse(t).map_err(|e| invalid("topology", e))?,
+            None => convoke_overlay::Topology::Mesh,
+        };
+        if let Some(n) = self.max_leaves {
+            policy.own_max_leaves(n).map_err(|e| invalid("max_leaves", e))?;
         }
         if !(self.duration_s.is_finite() && self.duration_s > 0.0 && self.duration_s <= 30.0 * 86400.0) {
             return Err(invalid("duration_s", "must be > 0 and at most 30 days"));
@@ -742,6 +751,13 @@ mod tests {
         assert!(e.contains("duration_s"), "{e}");
         let e = error(&format!("{MINIMAL}[[moves]]\nat_s = 5\nfraction = 0.5\n"));
         assert!(e.starts_with("moves") && e.contains("network pattern"), "{e}");
+        let e = error(&format!("topology = \"hierarchical\"\nmax_leaves = 40\n{MINIMAL}"));
+        assert!(e.starts_with("max_leaves") && e.contains("bound of 32"), "{e}");
+        let e = error(&format!("max_leaves = 4\n{MINIMAL}"));
+        assert!(e.starts_with("max_leaves") && e.contains("no super-peers"), "{e}");
+        let s =
+            Scenario::parse(&format!("topology = \"star\"\nmax_leaves = 40\n{MINIMAL}")).expect("under a star's 256");
+        assert_eq!(s.max_leaves, Some(40));
     }
 
     #[test]

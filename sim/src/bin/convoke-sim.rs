@@ -46,6 +46,11 @@ enum Command {
         /// `topology`, else mesh).
         #[arg(long)]
         topology: Option<String>,
+        /// Every member's own leaf capacity as a super-peer or hub, below
+        /// the policy's bound, as `convoke up --max-leaves` (default: the
+        /// scenario's `max_leaves`, else the policy's bound).
+        #[arg(long)]
+        max_leaves: Option<usize>,
         /// No progress bar, no summary.
         #[arg(long, short)]
         quiet: bool,
@@ -167,11 +172,13 @@ fn run(
     out: &Path,
     nodes: Option<u32>,
     topology: Option<String>,
+    max_leaves: Option<usize>,
     quiet: bool,
 ) -> Result<(), String> {
     let mut scenario = load(path, nodes)?;
-    if topology.is_some() {
-        scenario.topology = topology;
+    if topology.is_some() || max_leaves.is_some() {
+        scenario.topology = topology.or(scenario.topology);
+        scenario.max_leaves = max_leaves.or(scenario.max_leaves);
         scenario.validate().map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let seed = seed.unwrap_or(scenario.seed);
@@ -355,8 +362,8 @@ fn compare(expected: &Path, measured: &Path) -> Result<bool, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, out, nodes, topology, quiet } => {
-            run(&scenario, seed, &out, nodes, topology, quiet)
+        Command::Run { scenario, seed, out, nodes, topology, max_leaves, quiet } => {
+            run(&scenario, seed, &out, nodes, topology, max_leaves, quiet)
         }
         Command::Overlay { scenario, out, nodes, seed, topology, quiet } => {
             overlay(&scenario, &out, nodes, seed, topology, quiet)

@@ -166,7 +166,12 @@ impl World {
         // seconds: the runtime's status page needs them, the run does not.
         let d = MemberConfig::default();
         let topology = self.scenario.topology.as_deref().and_then(|t| convoke_overlay::Topology::parse(t).ok());
-        let overlay = Config { announce_views: 0, topology: topology.unwrap_or_default(), ..d.overlay };
+        let overlay = Config {
+            announce_views: 0,
+            topology: topology.unwrap_or_default(),
+            max_leaves: self.scenario.max_leaves,
+            ..d.overlay
+        };
         MemberConfig { overlay, ..d }
     }
 
