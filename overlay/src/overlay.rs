@@ -148,8 +148,11 @@ pub struct Config {
     /// policy's bound: our own capacity (a small machine, a slow uplink).
     /// The policy's bound stays the network's: others check every
     /// super-peer against it, so a lower one of ours breaks nothing of
-    /// theirs, and a leaf we turn away asks another super-peer (or, if
-    /// none has room, promotes). `None`: the policy's bound.
+    /// theirs, and a leaf we turn away asks another super-peer (under a
+    /// hierarchy, if none has room, it promotes; stars promote nobody).
+    /// Capacity 0 keeps us from carrying any leaf, not from serving: a
+    /// hierarchy still promotes a leaf cut off from every super-peer.
+    /// `None`: the policy's bound.
     pub max_leaves: Option<usize>,
 }
 

@@ -427,10 +427,8 @@ fn move_to(net: &mut Net, i: usize, to: SocketAddr, filtering: bool) {
     net.flush(i);
 }
 
-/// Under a hierarchy a member on the internet with no NAT elects itself;
-/// when it moves it steps down, and is elected again only once its new
-/// network qualifies: another public address does, a private one behind
-/// a filter does not. A member set to serve always stays a super-peer.
+/// Capacity in the election: a member on the internet with room for
+/// leaves is elected, one whose operator gave it none is not.
 #[test]
 fn a_reachable_member_with_no_room_for_leaves_is_not_elected() {
     let overlay = Config { topology: convoke_overlay::Topology::HIERARCHICAL, announce_views: 0, ..Config::default() };
@@ -451,6 +449,10 @@ fn a_reachable_member_with_no_room_for_leaves_is_not_elected() {
     assert!(!net.active(none).is_empty(), "linked as a leaf");
 }
 
+/// Under a hierarchy a member on the internet with no NAT elects itself;
+/// when it moves it steps down, and is elected again only once its new
+/// network qualifies: another public address does, a private one behind
+/// a filter does not. A member set to serve always stays a super-peer.
 #[test]
 fn an_elected_super_peer_that_moves_steps_down_until_its_new_network_qualifies() {
     let overlay = Config { topology: convoke_overlay::Topology::HIERARCHICAL, announce_views: 0, ..Config::default() };

@@ -194,7 +194,7 @@ impl Member {
             "topology": {
                 "policy": o.shape().policy.as_str(),
                 "role": o.shape().role.as_str(),
-                "max_leaves": o.config().max_leaves.or(o.config().topology.max_leaves()),
+                "max_leaves": o.leaf_capacity(),
                 "violations": o.violations().iter().map(|v| v.to_string()).collect::<Vec<_>>(),
                 "roles": o.role_counts().into_iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "super_peers": ids(o.known_graph().node_weights().filter(|(_, s)| s.is_some_and(|s| s.role == convoke_overlay::Role::Super)).map(|(p, _)| *p).collect()),

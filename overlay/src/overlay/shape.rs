@@ -183,7 +183,8 @@ impl Topology {
     pub fn own_max_leaves(&self, n: usize) -> Result<usize, String> {
         match self.max_leaves() {
             None => Err(format!(
-                "the {} topology has no super-peers; a leaf capacity applies to hierarchical and star",
+                "the {} topology has no super-peers; a leaf capacity applies to hierarchical and star (mesh is the \
+                 default: choose the topology too)",
                 self.kind().as_str()
             )),
             Some(bound) if n > bound => Err(format!(
@@ -280,6 +281,12 @@ impl<P: PeerKey> Overlay<P> {
     /// our own capacity if lower ([`Config::max_leaves`]).
     fn leaf_bound(&self, policy: usize) -> usize {
         self.cfg.max_leaves.map_or(policy, |own| own.min(policy))
+    }
+
+    /// The most leaves we would carry as a super-peer (hub), our capacity
+    /// within the policy's bound; `None` under a policy without leaves.
+    pub fn leaf_capacity(&self) -> Option<usize> {
+        self.cfg.topology.max_leaves().map(|policy| self.leaf_bound(policy))
     }
 
     /// Whether the bound of `class` holds against high-priority asks too:

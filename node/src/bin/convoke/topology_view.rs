@@ -54,10 +54,9 @@ pub fn print_topology(node: &Value, dot: bool) {
         t["role"].as_str().unwrap_or("member"),
         t["roles"]
     );
-    if t["role"].as_str() == Some("super-peer")
-        && let Some(n) = t["max_leaves"].as_u64()
-    {
-        println!("    leaves        at most {n} at this member");
+    if let Some(n) = t["max_leaves"].as_u64() {
+        let role = if t["role"].as_str() == Some("super-peer") { "" } else { " as a super-peer" };
+        println!("    leaves        at most {n} at this member{role}");
     }
     if violations.is_empty() {
         println!("    invariants    hold");

@@ -165,8 +165,10 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     if let Some(t) = topology {
         mc.overlay.topology = convoke_overlay::Topology::parse(&t).map_err(|e| format!("--topology: {e}"))?;
     }
-    if let Some(n) = a.max_leaves.or_else(|| ctx.file.as_ref().and_then(|f| f.max_leaves)) {
-        let own = mc.overlay.topology.own_max_leaves(n).map_err(|e| format!("--max-leaves: {e}"))?;
+    let file_max_leaves = ctx.file.as_ref().and_then(|f| f.max_leaves);
+    if let Some(n) = a.max_leaves.or(file_max_leaves) {
+        let from = if a.max_leaves.is_some() { "--max-leaves" } else { "the config file's max_leaves" };
+        let own = mc.overlay.topology.own_max_leaves(n).map_err(|e| format!("{from}: {e}"))?;
         mc.overlay.max_leaves = Some(own);
     }
     if let Some(w) = &a.super_peer {
