@@ -847,10 +847,7 @@ pub fn check_shape<N>(
     role: impl Fn(&N) -> Option<Role>,
 ) -> Result<(), topology::Violation> {
     use topology::Policy as _;
-    let cap = match policy {
-        Topology::Hierarchical { leaves, .. } | Topology::Star { leaves } => u16::try_from(leaves).unwrap_or(u16::MAX),
-        _ => 0,
-    };
+    let cap = policy.max_leaves().map_or(0, |leaves| u16::try_from(leaves).unwrap_or(u16::MAX));
     let info = g.map(
         |_, n| match role(n) {
             Some(Role::Super) => NodeInfo { reach: Reach::Public, capacity: cap.max(1) },
