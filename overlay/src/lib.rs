@@ -33,7 +33,7 @@ pub mod topology;
 pub mod wire;
 
 pub use overlay::{Config, DownReason, Event, Output, Overlay, ShapeViolation, Stats, Topology, check_shape};
-pub use wire::{Card, DecodeError, Kind, Message, MsgId, PolicyKind, Role, Shape};
+pub use wire::{Card, DecodeError, Kind, Message, MsgId, PolicyKind, Role, Shape, Standing};
 
 /// The overlay protocol version this crate speaks. 2: cards and
 /// NEIGHBORS carry the member's topology policy and role (one byte), which

@@ -154,6 +154,19 @@ pub struct Config {
     /// hierarchy still promotes a leaf cut off from every super-peer.
     /// `None`: the policy's bound.
     pub max_leaves: Option<usize>,
+    /// Under a hierarchy or star, choose the super-peers (hubs) we link
+    /// to by their standing ([`crate::Standing`]: time in the network and
+    /// leaf capacity), at random weighted by [`crate::Standing::weight`]:
+    /// true. Leaves then hang on the super-peers likeliest to stay and
+    /// with the most room, and newcomers are handed those cards first.
+    /// Reachability still decides who serves; this decides whom the
+    /// others lean on.
+    pub prefer_standing: bool,
+    /// Time in the network after which our tenure (the standing's first
+    /// part) is 1, 2 and 3: by default ten minutes, an hour and a day.
+    /// Counted from our first link of a class our role keeps, not from
+    /// our start; a restart starts it again.
+    pub tenure_steps: [Millis; 3],
 }
 
 impl Config {
@@ -189,6 +202,8 @@ impl Default for Config {
             topology: Topology::Mesh,
             super_capable: false,
             max_leaves: None,
+            prefer_standing: true,
+            tenure_steps: [10 * 60_000, 60 * 60_000, 24 * 60 * 60_000],
         }
     }
 }
@@ -344,6 +359,10 @@ pub struct Stats {
     /// Core links a super-peer asked for to mix the core (see
     /// [`Topology::Hierarchical`]).
     pub rewirings: u64,
+    /// Links of a leaf to its super-peers (hubs) lost to failure: gone
+    /// quiet, timed out or their transport failed. What the standing's
+    /// preference for super-peers up longest is to make rarer.
+    pub uplinks_lost: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +472,8 @@ pub struct Overlay<P: PeerKey> {
     /// `stranded`); for a hierarchical leaf, a super-peer (see
     /// `promote`).
     linked_once: bool,
+    /// When we first had such a link: our tenure counts from there.
+    linked_at: Option<Millis>,
     /// We moved (`addresses_changed`) and have no uplink from where we
     /// are yet: a hierarchical leaf waits as long as a joiner before it
     /// promotes (see `promote`).
@@ -479,8 +500,10 @@ impl<P: PeerKey> Overlay<P> {
     /// A member with empty views. `me` is our own card (our reusable
     /// invitation), handed to peers so they can link to us.
     pub fn new(mut me: Card<P>, cfg: Config, seed: [u8; 32], now: Millis) -> Self {
-        me.shape =
-            crate::wire::Shape { policy: cfg.topology.kind(), role: cfg.topology.initial_role(cfg.super_capable) };
+        me.shape = crate::wire::Shape::new(cfg.topology.kind(), cfg.topology.initial_role(cfg.super_capable));
+        if let (Some(bound), Some(own)) = (cfg.topology.max_leaves(), cfg.max_leaves) {
+            me.shape.standing.room = crate::wire::Standing::room_of(own, bound);
+        }
         let me_super = me.shape.role == Role::Super;
         let mut rng = ChaCha8Rng::from_seed(seed);
         let first_shuffle = now + cfg.round + rng.next_u64() % cfg.round.max(1);
@@ -512,6 +535,7 @@ impl<P: PeerKey> Overlay<P> {
             violations: Vec::new(),
             orphan_since: None,
             linked_once: false,
+            linked_at: None,
             rejoining: false,
             lost_at: [None; 2],
             announce_super: me_super,
@@ -654,7 +678,7 @@ impl<P: PeerKey> Overlay<P> {
     pub fn join(&mut self, mut contact: Card<P>, now: Millis) {
         let card = self.me.clone();
         self.send(contact.peer, Message::Join { card });
-        contact.shape = crate::wire::Shape { policy: self.me.shape.policy, role: Role::Member };
+        contact.shape = crate::wire::Shape::new(self.me.shape.policy, Role::Member);
         self.add_active(contact, false, now);
     }
 
@@ -1289,7 +1313,7 @@ impl<P: PeerKey> Overlay<P> {
         if pool.is_empty() {
             pool = (0..self.active.len()).filter(|&i| in_class(&self.active[i]) && !spared(&self.active[i])).collect();
         }
-        let Some(k) = Self::pick(&mut self.rng, &pool) else { return false };
+        let Some(k) = self.pick_victim_by_standing(&pool) else { return false };
         let victim = self.active[pool[k]].card.peer;
         // Under a hierarchy or star, the peer we drop may know no other
         // super-peer: a leaf dropped by a full super-peer, a super-peer
@@ -1306,7 +1330,7 @@ impl<P: PeerKey> Overlay<P> {
         let Some(i) = self.active.iter().position(|a| a.card.peer == peer) else { return };
         let a = self.active.swap_remove(i);
         if matches!(reason, DownReason::Timeout | DownReason::LinkLost) && !a.quiet {
-            self.lost_link(peer, now);
+            self.lost_link(peer, a.card.shape.role, now);
         }
         self.keep_on_loss.retain(|p| *p != peer);
         self.nbr_views.remove(&peer);
@@ -1424,7 +1448,7 @@ impl<P: PeerKey> Overlay<P> {
             let routable: Vec<usize> =
                 free.iter().copied().filter(|&i| self.known_route(self.passive[i].card.peer, None).is_some()).collect();
             let pool = if routable.is_empty() || !self.cfg.prefer_reachable { free } else { routable };
-            let Some(i) = Self::pick(&mut self.rng, &pool) else { break };
+            let Some(i) = self.pick_by_standing(&pool) else { break };
             let p = self.passive[pool[i]].clone();
             let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
             let high = self.live_kept() < LONELY.min(self.fill_target());
@@ -1530,12 +1554,12 @@ impl<P: PeerKey> Overlay<P> {
                 }
                 if hb > 0 && !a.quiet && a.asked.is_some_and(|t| now.saturating_sub(t) >= QUIET_BEATS * hb) {
                     a.quiet = true;
-                    quiet.push(a.card.peer);
+                    quiet.push((a.card.peer, a.card.shape.role));
                 }
             }
         }
-        for p in quiet {
-            self.lost_link(p, now);
+        for (p, class) in quiet {
+            self.lost_link(p, class, now);
             self.stats.quiet += 1;
             self.plum.set_quiet(p, true, now);
         }

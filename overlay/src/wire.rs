@@ -112,17 +112,84 @@ impl Role {
     }
 }
 
-/// A member's policy and role, one byte on the wire: the policy in the
-/// high four bits, the role in the low four.
+/// A member's policy, role and standing, one byte on the wire: the role
+/// in bits 0–1, the standing's tenure in bits 2–3, the policy in bits 4–5
+/// and the standing's capacity shortfall (3 minus [`Standing::room`]) in
+/// bits 6–7. A byte from before the standing existed reads as tenure 0
+/// and full room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Shape {
     /// The policy.
     pub policy: PolicyKind,
     /// The role.
     pub role: Role,
+    /// How long the member has been in the network, and how many leaves
+    /// it offers to carry: what leaves and super-peers choose super-peers
+    /// by.
+    pub standing: Standing,
+}
+
+/// A member's standing: what the network's election weighs beyond
+/// reachability. Reachability makes a member a super-peer; the standing
+/// decides which super-peers the others link to (see the overlay's
+/// `Config::prefer_standing`). Both parts are coarse on purpose (two bits
+/// each): cards are passed on unsigned and go stale, and a tier changes
+/// rarely enough that telling the neighbours costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Standing {
+    /// Time in the network, in steps (0 to 3, see the overlay's
+    /// `Config::tenure_steps`): members up longest are likeliest to stay.
+    pub tenure: u8,
+    /// Leaves it offers to carry against the policy's bound (0 to 3): 3
+    /// the whole bound, 2 at least half, 1 at least a quarter, 0 less.
+    pub room: u8,
+}
+
+impl Default for Standing {
+    /// A newcomer offering the policy's whole bound.
+    fn default() -> Self {
+        Self { tenure: 0, room: Self::FULL_ROOM }
+    }
+}
+
+impl Standing {
+    /// The highest step of either part.
+    pub const TOP: u8 = 3;
+    /// The room of a member that offers the policy's whole bound.
+    pub const FULL_ROOM: u8 = 3;
+
+    /// The room step of a capacity of `own` leaves under a policy bound
+    /// of `bound`.
+    pub fn room_of(own: usize, bound: usize) -> u8 {
+        if own >= bound {
+            3
+        } else if own * 2 >= bound {
+            2
+        } else if own * 4 >= bound {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// How strongly a member choosing among super-peers prefers this one,
+    /// 1 to 16: one more per tenure step, times one more per room step.
+    /// A super-peer up a day with the whole bound is four times as likely
+    /// to be asked as a newcomer with the same room; a newcomer with less
+    /// than a quarter of the bound is a quarter as likely as one with all
+    /// of it. A weight, not an order: a strict order would send every leaf
+    /// to the same few super-peers, which would refuse them when full.
+    pub fn weight(self) -> u64 {
+        (1 + u64::from(self.tenure.min(Self::TOP))) * (1 + u64::from(self.room.min(Self::TOP)))
+    }
 }
 
 impl Shape {
+    /// A shape with the default standing.
+    pub fn new(policy: PolicyKind, role: Role) -> Self {
+        Self { policy, role, standing: Standing::default() }
+    }
+
     /// The byte.
     pub fn to_byte(self) -> u8 {
         let p = match self.policy {
@@ -136,25 +203,27 @@ impl Shape {
             Role::Super => 1,
             Role::Leaf => 2,
         };
-        (p << 4) | r
+        let tenure = self.standing.tenure.min(Standing::TOP);
+        let shortfall = Standing::FULL_ROOM - self.standing.room.min(Standing::FULL_ROOM);
+        (shortfall << 6) | (p << 4) | (tenure << 2) | r
     }
 
-    /// From the byte; `None` for values no policy or role has.
+    /// From the byte; `None` for the one role value no role has.
     pub fn from_byte(b: u8) -> Option<Self> {
-        let policy = match b >> 4 {
+        let policy = match (b >> 4) & 3 {
             0 => PolicyKind::Mesh,
             1 => PolicyKind::SpanningTree,
             2 => PolicyKind::Hierarchical,
-            3 => PolicyKind::Star,
-            _ => return None,
+            _ => PolicyKind::Star,
         };
-        let role = match b & 0x0f {
+        let role = match b & 3 {
             0 => Role::Member,
             1 => Role::Super,
             2 => Role::Leaf,
             _ => return None,
         };
-        Some(Self { policy, role })
+        let standing = Standing { tenure: (b >> 2) & 3, room: Standing::FULL_ROOM - (b >> 6) };
+        Some(Self { policy, role, standing })
     }
 }
 
@@ -609,6 +678,7 @@ mod tests {
         let shape = Shape {
             policy: PolicyKind::Hierarchical,
             role: if p.is_multiple_of(2) { Role::Leaf } else { Role::Super },
+            standing: Standing { tenure: (p % 4) as u8, room: (p / 4 % 4) as u8 },
         };
         Card { peer: p, token: vec![p as u8; 3], shape }
     }
@@ -623,7 +693,7 @@ mod tests {
             Message::Disconnect { alive: true },
             Message::Shuffle { origin: 5, ttl: 3, path: vec![5], cards: vec![card(5), card(6)] },
             Message::ShuffleReply { cards: vec![card(8)] },
-            Message::Neighbors { peers: vec![1, 2, 3], shape: Shape { policy: PolicyKind::Star, role: Role::Super } },
+            Message::Neighbors { peers: vec![1, 2, 3], shape: Shape::new(PolicyKind::Star, Role::Super) },
             Message::Ping { nonce: u64::MAX },
             Message::Pong { nonce: 1 },
             Message::Relay { origin: 1, route: vec![2, 3], inner: Box::new(Message::Introduce { token: vec![9; 40] }) },
@@ -674,8 +744,8 @@ mod tests {
         assert_eq!(Message::<u32>::decode(&b), Err(DecodeError::TooLong));
         assert_eq!(Message::<u32>::decode(&vec![T_PRUNE; MAX_MESSAGE + 1]), Err(DecodeError::TooLarge));
         assert_eq!(Message::<u32>::decode(&[T_NEIGHBOR_REPLY, 2]), Err(DecodeError::Invalid));
-        // A shape byte no policy or role has.
-        assert_eq!(Message::<u32>::decode(&[T_NEIGHBORS, 0, 0x40]), Err(DecodeError::Invalid));
+        // A shape byte no role has.
+        assert_eq!(Message::<u32>::decode(&[T_NEIGHBORS, 0, 0x43]), Err(DecodeError::Invalid));
         assert_eq!(Message::<u32>::decode(&[T_NEIGHBORS, 0, 0x03]), Err(DecodeError::Invalid));
     }
 
@@ -685,12 +755,35 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for policy in policies {
             for role in [Role::Member, Role::Super, Role::Leaf] {
-                let s = Shape { policy, role };
-                assert_eq!(Shape::from_byte(s.to_byte()), Some(s));
-                assert!(seen.insert(s.to_byte()));
+                for tenure in 0..=Standing::TOP {
+                    for room in 0..=Standing::FULL_ROOM {
+                        let s = Shape { policy, role, standing: Standing { tenure, room } };
+                        assert_eq!(Shape::from_byte(s.to_byte()), Some(s));
+                        assert!(seen.insert(s.to_byte()));
+                    }
+                }
             }
         }
         let valid = (0..=255u8).filter(|&b| Shape::from_byte(b).is_some()).count();
-        assert_eq!(valid, 12);
+        assert_eq!(valid, 4 * 3 * 4 * 4);
+    }
+
+    #[test]
+    fn a_shape_byte_from_before_the_standing_reads_as_a_newcomer_with_full_room() {
+        // Policy in the high nibble, role in the low one: the old layout.
+        let s = Shape::from_byte(0x21).expect("a hierarchical super-peer");
+        assert_eq!(s, Shape::new(PolicyKind::Hierarchical, Role::Super));
+        assert_eq!(s.standing, Standing { tenure: 0, room: 3 });
+        assert_eq!(s.to_byte(), 0x21);
+    }
+
+    #[test]
+    fn room_steps_and_weights_order_as_documented() {
+        assert_eq!([32, 16, 15, 8, 7, 0].map(|n| Standing::room_of(n, 32)), [3, 2, 1, 1, 0, 0]);
+        let w = |tenure, room| Standing { tenure, room }.weight();
+        assert_eq!(Standing::default().weight(), 4);
+        assert_eq!(w(3, 3), 16);
+        assert_eq!(w(0, 0), 1);
+        assert!(w(1, 3) > w(0, 3) && w(0, 3) > w(0, 2));
     }
 }

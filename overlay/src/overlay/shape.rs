@@ -35,6 +35,20 @@
 //! be elected again from where it is. Star: the hubs are the members the
 //! driver names ([`Config::super_capable`]), and nobody is promoted.
 //!
+//! Standing: reachability decides who serves; the standing ([`Standing`]:
+//! time in the network and leaf capacity, two bits each in every card's
+//! shape) decides whom the others lean on. With
+//! [`Config::prefer_standing`] a member asking super-peers for links picks
+//! among their cards at random weighted by standing (1 to 16), a member
+//! hands newcomers the weightiest super-peers' cards first, a leaf with
+//! more uplinks than it keeps drops the lightest, and a leaf rewires, at
+//! its slow rewiring pace, towards a super-peer of more standing than its
+//! lightest uplink. A weight, not an order: every leaf asking the same
+//! few super-peers would be refused by them once full. Promotion does not
+//! weigh the standing: an orphaned leaf promotes after `PROMOTE_AFTER`
+//! rounds whatever its tenure (the mass-failure figures rest on that
+//! pace).
+//!
 //! Members of one network must run one policy. The policy travels in every
 //! card and [`Message::Neighbors`]; a member refuses a JOIN, NEIGHBOR or
 //! join walk carrying another policy, drops a neighbour that turns out to
@@ -47,7 +61,7 @@ use petgraph::graph::UnGraph;
 
 use super::*;
 use crate::topology::{self, NodeInfo, Reach};
-use crate::wire::{PolicyKind, Role, Shape};
+use crate::wire::{PolicyKind, Role, Shape, Standing};
 
 /// Rounds a hierarchical leaf that had a super-peer goes without one (they
 /// died, or dropped it) before it becomes a super-peer itself.
@@ -484,12 +498,15 @@ impl<P: PeerKey> Overlay<P> {
         CLASSES.iter().any(|&c| self.stranded_in(c, now))
     }
 
-    /// The link to `peer` went quiet, or went for failure without going
-    /// quiet first. A link lost because our own address changed is not a
-    /// failure.
-    pub(super) fn lost_link(&mut self, peer: P, now: Millis) {
+    /// The link to `peer` (of role `class`) went quiet, or went for
+    /// failure without going quiet first. A link lost because our own
+    /// address changed is not a failure.
+    pub(super) fn lost_link(&mut self, peer: P, class: Role, now: Millis) {
         if !self.keep_on_loss.contains(&peer) {
             self.lost_at = [Some(now), self.lost_at[0]];
+            if self.me.shape.role == Role::Leaf && class == Role::Super {
+                self.stats.uplinks_lost += 1;
+            }
         }
     }
 
@@ -543,9 +560,14 @@ impl<P: PeerKey> Overlay<P> {
             .map(|a| &a.card)
             .chain(self.passive.iter().map(|p| &p.card))
             .filter(|c| c.shape.role == Role::Super && c.peer != newcomer)
-            .take(self.cfg.shuffle_cards())
             .cloned()
             .collect();
+        // The weightiest first (stable: links before passive cards among
+        // equals, as before standings existed).
+        if self.cfg.prefer_standing {
+            cards.sort_by_key(|c| std::cmp::Reverse(c.shape.standing.weight()));
+        }
+        cards.truncate(self.cfg.shuffle_cards());
         if ours && self.me.shape.role == Role::Super {
             cards.truncate(self.cfg.shuffle_cards() - 1);
             cards.insert(0, self.me.clone());
@@ -606,9 +628,83 @@ impl<P: PeerKey> Overlay<P> {
             while self.count_in(class) > bound && self.evict(now, Some(class)) {}
         }
         self.linked_once |= self.live_kept() > 0;
+        self.update_tenure(now);
         self.promote(now);
         self.rewire(now);
         self.check_invariants(now);
+    }
+
+    /// Our tenure step ([`Standing::tenure`]) from the time since our
+    /// first link of a class our role keeps ([`Config::tenure_steps`]). A
+    /// new step is told to our neighbours, and a super-peer broadcasts its
+    /// card again: the cards others hold of us then say it.
+    fn update_tenure(&mut self, now: Millis) {
+        if self.linked_once && self.linked_at.is_none() {
+            self.linked_at = Some(now);
+        }
+        let Some(at) = self.linked_at else { return };
+        let up = now.saturating_sub(at);
+        let tenure = self.cfg.tenure_steps.iter().filter(|&&step| up >= step).count() as u8;
+        if tenure != self.me.shape.standing.tenure {
+            self.me.shape.standing.tenure = tenure;
+            self.nbr_dirty = true;
+            self.announce_super = self.me.shape.role == Role::Super;
+        }
+    }
+
+    /// Our standing now: tenure and room ([`Standing`]).
+    pub fn standing(&self) -> Standing {
+        self.me.shape.standing
+    }
+
+    /// Which of the active links at `pool` (indices into the active view)
+    /// to drop: a leaf under a hierarchy or star with
+    /// [`Config::prefer_standing`] drops one of its super-peers (hubs) of
+    /// least standing, at random; otherwise, or when every link weighs the
+    /// same, any (the same draw as `pick`). Leaves get more uplinks than
+    /// they keep while they join (their contact, the join walk's ends,
+    /// their own asks) and when they rewire: this is where they choose.
+    /// Super-peers do not: a super-peer taking a high-priority core link
+    /// would drop the youngest, and the young super-peers would lose their
+    /// core links to each rewiring. An index into `pool`.
+    pub(super) fn pick_victim_by_standing(&mut self, pool: &[usize]) -> Option<usize> {
+        let weighs = self.cfg.prefer_standing
+            && self.me.shape.role == Role::Leaf
+            && matches!(self.cfg.topology, Topology::Hierarchical { .. } | Topology::Star { .. });
+        let supers = pool.iter().all(|&i| self.active[i].card.shape.role == Role::Super);
+        let weights: Vec<u64> = pool.iter().map(|&i| self.active[i].card.shape.standing.weight()).collect();
+        if !weighs || !supers || weights.windows(2).all(|w| w[0] == w[1]) {
+            return Self::pick(&mut self.rng, pool);
+        }
+        let least = weights.iter().copied().min()?;
+        let lightest: Vec<usize> = (0..pool.len()).filter(|&k| weights[k] == least).collect();
+        Self::pick(&mut self.rng, &lightest).map(|j| lightest[j])
+    }
+
+    /// Which of the passive cards at `pool` (indices into the passive
+    /// view) to ask for a link: under a hierarchy or star with
+    /// [`Config::prefer_standing`] and a pool of super-peers' cards only,
+    /// at random weighted by their standing ([`Standing::weight`]);
+    /// otherwise (a lonely super-peer asks leaves too), or when every card
+    /// weighs the same, uniformly (the same draw as `pick`). An index
+    /// into `pool`.
+    pub(super) fn pick_by_standing(&mut self, pool: &[usize]) -> Option<usize> {
+        let weighs = self.cfg.prefer_standing
+            && matches!(self.cfg.topology, Topology::Hierarchical { .. } | Topology::Star { .. })
+            && pool.iter().all(|&i| self.passive[i].card.shape.role == Role::Super);
+        let weights: Vec<u64> = pool.iter().map(|&i| self.passive[i].card.shape.standing.weight()).collect();
+        if !weighs || weights.windows(2).all(|w| w[0] == w[1]) {
+            return Self::pick(&mut self.rng, pool);
+        }
+        let total: u64 = weights.iter().sum();
+        let mut r = self.rng.next_u64() % total;
+        for (k, w) in weights.into_iter().enumerate() {
+            if r < w {
+                return Some(k);
+            }
+            r -= w;
+        }
+        None
     }
 
     /// Every `REWIRE_ROUNDS` rounds a super-peer with its core full asks a
@@ -628,6 +724,11 @@ impl<P: PeerKey> Overlay<P> {
     /// its few super-peers, and the network is as connected as their core
     /// (in the whole-system run, groups of 5 or 6 super-peers that knew
     /// only each other split off with their leaves).
+    ///
+    /// With [`Config::prefer_standing`] a leaf also rewires when it knows
+    /// a super-peer of more standing than its lightest uplink, and asks
+    /// one of those: leaves drift, at the same slow pace, to the
+    /// super-peers up longest and with the most room.
     fn rewire(&mut self, now: Millis) {
         let leaf = self.me.shape.role == Role::Leaf && matches!(self.cfg.topology, Topology::Hierarchical { .. });
         if self.me.shape.role != Role::Super && !leaf {
@@ -648,23 +749,38 @@ impl<P: PeerKey> Overlay<P> {
         if self.live_in(Role::Super) < core || self.pending.iter().any(|p| p.card.shape.role == Role::Super) {
             return;
         }
+        // A leaf upgrading: only to super-peers of more standing than its
+        // lightest uplink, which goes when the new link comes (`evict`).
+        let mut above = 0;
         if leaf {
             // Only a leaf whose uplinks are linked to each other: one
             // whose uplinks are not bridges their parts of the core, and
-            // each swap costs the broadcast tree a repair.
+            // each swap costs the broadcast tree a repair. Or one that
+            // knows a super-peer of more standing than one of its own.
             let ups: Vec<P> =
                 self.active.iter().filter(|a| a.card.shape.role == Role::Super).map(|a| a.card.peer).collect();
             let linked =
                 ups.iter().any(|u| self.nbr_views.get(u).is_some_and(|v| ups.iter().any(|w| w != u && v.contains(w))));
             if !linked {
-                return;
+                if !self.cfg.prefer_standing {
+                    return;
+                }
+                let lightest = self
+                    .active
+                    .iter()
+                    .filter(|a| a.card.shape.role == Role::Super)
+                    .map(|a| a.card.shape.standing.weight())
+                    .min()
+                    .unwrap_or(0);
+                above = lightest + 1;
             }
         }
         let cards: Vec<usize> = (0..self.passive.len())
             .filter(|&i| self.passive[i].card.shape.role == Role::Super)
             .filter(|&i| !self.held.contains_key(&self.passive[i].card.peer))
+            .filter(|&i| self.passive[i].card.shape.standing.weight() >= above)
             .collect();
-        let Some(k) = Self::pick(&mut self.rng, &cards) else { return };
+        let Some(k) = self.pick_by_standing(&cards) else { return };
         let p = self.passive[cards[k]].clone();
         let route = self.live_route(&p.route, p.card.peer, None).unwrap_or_default();
         self.stats.rewirings += 1;
