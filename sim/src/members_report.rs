@@ -70,6 +70,19 @@ pub struct PolicyReport {
     pub leaf_links: u64,
     /// Joined leaves with no super-peer link.
     pub leaves_without_uplink: u64,
+    /// Links to super-peers members lost to failure while leaves (their
+    /// super-peer crashed, or went quiet): every member's, those churn
+    /// took too.
+    pub uplinks_lost: u64,
+    /// Under churn with a stable share (`churn.stable`): the share of the
+    /// joined super-peers that are stable, and the share of the joined
+    /// leaves' uplinks that lead to them. The second above the first is
+    /// leaves leaning on the super-peers that stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stable_supers_share: Option<f64>,
+    /// See `stable_supers_share`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplinks_to_stable_share: Option<f64>,
 }
 
 /// Why introducer-relayed RSVPs did not reach their addressee.
@@ -218,6 +231,10 @@ impl NetworkReport {
                 max_degree: f.shape.max_degree,
                 leaf_links: f.shape.leaf_links(),
                 leaves_without_uplink: f.shape.leaves_without_uplink,
+                uplinks_lost: f.uplinks_lost,
+                stable_supers_share: (f.stable_supers.0 > 0).then(|| share(f.stable_supers.1, f.stable_supers.0)),
+                uplinks_to_stable_share: (f.stable_uplinks.0 > 0)
+                    .then(|| share(f.stable_uplinks.1, f.stable_uplinks.0)),
             }),
         };
         let r = &whole.rsvps;
@@ -327,7 +344,7 @@ pub fn markdown(
         if let Some(p) = &s.policy {
             let _ = writeln!(
                 m,
-                "Topology policy `{}`: {} super-peers ({} elected, {} promoted; {} behind NATs that filter), {} leaves, {} stepped down after a move; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}.\n",
+                "Topology policy `{}`: {} super-peers ({} elected, {} promoted; {} behind NATs that filter), {} leaves, {} stepped down after a move; most leaves at one super-peer {}, most links at one member {}; leaf–leaf links {}, leaves without a super-peer {}; uplinks lost to failure {}.\n",
                 p.topology,
                 p.supers,
                 p.elected,
@@ -338,8 +355,17 @@ pub fn markdown(
                 p.max_super_leaves,
                 p.max_degree,
                 p.leaf_links,
-                p.leaves_without_uplink
+                p.leaves_without_uplink,
+                p.uplinks_lost
             );
+            if let (Some(s), Some(u)) = (p.stable_supers_share, p.uplinks_to_stable_share) {
+                let _ = writeln!(
+                    m,
+                    "Of the joined super-peers {:.1}% are of churn's stable share; {:.1}% of the leaves' uplinks lead to them.\n",
+                    s * 100.0,
+                    u * 100.0
+                );
+            }
         }
         let _ = writeln!(
             m,

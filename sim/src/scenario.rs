@@ -116,6 +116,16 @@ pub struct Scenario {
     /// `network`; default: the policy's bound).
     #[serde(default)]
     pub max_leaves: Option<usize>,
+    /// Whether members choose super-peers (hubs) by their standing, time
+    /// in the network and leaf capacity (pattern `network`; default true,
+    /// as `convoke up` does): false to measure what the standing buys.
+    #[serde(default = "yes")]
+    pub prefer_standing: bool,
+    /// Time in the network, seconds, after which a member's tenure step is
+    /// 1, 2 and 3 (pattern `network`; default 600, 3,600 and 86,400 as on
+    /// a live node, which a run of minutes never reaches).
+    #[serde(default)]
+    pub tenure_steps_s: Option<[f64; 3]>,
 }
 
 /// A share of the live members move at once, as a laptop does when it
@@ -482,6 +492,13 @@ pub struct Partition {
 pub struct Churn {
     /// Mean lifetime, seconds.
     pub mean_lifetime_s: f64,
+    /// Share of the nodes that never leave (servers among laptops), drawn
+    /// as each gets in; default 0. With a stable share, a member's time in
+    /// the network says something of how long it will stay, as in
+    /// measured peer-to-peer networks; exponential lifetimes alone say
+    /// nothing.
+    #[serde(default)]
+    pub stable: f64,
 }
 
 /// The built-in profiles.
@@ -707,6 +724,16 @@ impl Scenario {
         {
             return Err(invalid("churn.mean_lifetime_s", "must be > 0"));
         }
+        if let Some(c) = &self.churn
+            && !(c.stable.is_finite() && (0.0..=1.0).contains(&c.stable))
+        {
+            return Err(invalid("churn.stable", format!("must be in [0, 1], got {}", c.stable)));
+        }
+        if let Some(t) = self.tenure_steps_s
+            && !(t.iter().all(|x| x.is_finite() && *x > 0.0) && t[0] < t[1] && t[1] < t[2])
+        {
+            return Err(invalid("tenure_steps_s", format!("must be three increasing times > 0, got {t:?}")));
+        }
         Ok(())
     }
 }
@@ -758,6 +785,14 @@ mod tests {
         let s =
             Scenario::parse(&format!("topology = \"star\"\nmax_leaves = 40\n{MINIMAL}")).expect("under a star's 256");
         assert_eq!(s.max_leaves, Some(40));
+        let e = error(&format!("tenure_steps_s = [60, 60, 120]\n{MINIMAL}"));
+        assert!(e.starts_with("tenure_steps_s") && e.contains("increasing"), "{e}");
+        let e = error(&format!("{MINIMAL}[churn]\nmean_lifetime_s = 60\nstable = 1.5\n"));
+        assert!(e.starts_with("churn.stable"), "{e}");
+        let s = Scenario::parse(&format!("tenure_steps_s = [1, 2, 3]\n{MINIMAL}[churn]\nmean_lifetime_s = 60\n"))
+            .expect("valid");
+        assert!(s.prefer_standing, "choosing super-peers by standing is the default, as on a live node");
+        assert_eq!(s.churn.map(|c| c.stable), Some(0.0));
     }
 
     #[test]

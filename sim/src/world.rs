@@ -258,6 +258,9 @@ pub struct World {
     pub partitions: Vec<PartitionRecord>,
     /// Nodes crashed by churn.
     pub churned: u64,
+    /// Nodes of churn's stable share (they never leave), and the first
+    /// member, which churn does not take either.
+    pub stable: std::collections::BTreeSet<u32>,
     partitioned: bool,
     host_config: HostConfig,
     next_public: u32,
@@ -311,6 +314,7 @@ impl World {
             failures: Vec::new(),
             partitions: Vec::new(),
             churned: 0,
+            stable: std::collections::BTreeSet::new(),
             partitioned: false,
             host_config: {
                 let mut c = HostConfig::default();
@@ -371,7 +375,11 @@ impl World {
                     Some(name) => profile_index(&self.profiles, &name),
                     None => self.draw_profile(),
                 };
-                self.spawn_member(first);
+                let founder = self.spawn_member(first);
+                // Churn takes newcomers only: the first member stays.
+                if self.scenario.churn.as_ref().is_some_and(|c| c.stable > 0.0) {
+                    self.stable.insert(founder);
+                }
                 for k in 0..nodes {
                     self.queue.push(start + u64::from(k) * interval, Ev::StartJoin(k));
                 }
@@ -644,6 +652,20 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Under churn, node `n` (just in) leaves after an exponential
+    /// lifetime, unless it is one of the `churn.stable` share that stay.
+    fn schedule_churn(&mut self, n: u32, now: u64) {
+        let Some(c) = &self.scenario.churn else { return };
+        let (mean, stable) = (c.mean_lifetime_s, c.stable);
+        // No draw without a stable share: runs from before it are unchanged.
+        if stable > 0.0 && self.rng.unit() < stable {
+            self.stable.insert(n);
+            return;
+        }
+        let life = (self.rng.exp(mean) * 1e9) as u64;
+        self.queue.push(now + life, Ev::Crash(n));
     }
 
     // ---- the network ----
@@ -932,10 +954,7 @@ impl World {
                     j.via = Some(via);
                     j.remote_kind = Some(remote_kind);
                     j.invitation = None;
-                    if let Some(c) = &self.scenario.churn {
-                        let life = (self.rng.exp(c.mean_lifetime_s) * 1e9) as u64;
-                        self.queue.push(now + life, Ev::Crash(n));
-                    }
+                    self.schedule_churn(n, now);
                 }
             }
             HostEvent::Closed { session, .. } => {

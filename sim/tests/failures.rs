@@ -60,3 +60,15 @@ fn churn_takes_nodes_away_and_their_peers_notice() {
     assert!(c.sessions_broken > 0 && c.detected > 0);
     assert!(r.network.to_dead > 0);
 }
+
+#[test]
+fn a_stable_share_of_the_nodes_never_leaves() {
+    let all = scenario("[churn]\nmean_lifetime_s = 60\nstable = 1\n");
+    let (r, _) = convoke_sim::simulate(all, 9, &mut |_, _, _| {}).expect("runs");
+    assert_eq!(r.churn.as_ref().map(|c| c.left), Some(0), "every node is stable");
+    let half = scenario("[churn]\nmean_lifetime_s = 60\nstable = 0.5\n");
+    let (r, _) = convoke_sim::simulate(half, 9, &mut |_, _, _| {}).expect("runs");
+    let left = r.churn.as_ref().map_or(0, |c| c.left);
+    // 40 joiners, half of them stable, the rest mostly gone within 300 s.
+    assert!((8..=30).contains(&left), "{left} of 40 left");
+}

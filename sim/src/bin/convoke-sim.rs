@@ -51,6 +51,12 @@ enum Command {
         /// scenario's `max_leaves`, else the policy's bound).
         #[arg(long)]
         max_leaves: Option<usize>,
+        /// Members choose super-peers (hubs) uniformly at random, not by
+        /// their standing (time in the network, leaf capacity): what the
+        /// standing buys, measured against the same run with it (sets the
+        /// scenario's `prefer_standing = false`).
+        #[arg(long)]
+        no_standing: bool,
         /// No progress bar, no summary.
         #[arg(long, short)]
         quiet: bool,
@@ -166,16 +172,18 @@ fn write_files<const N: usize>(out: &Path, files: [(&str, String); N]) -> Result
     Ok(())
 }
 
-fn run(
-    path: &Path,
-    seed: Option<u64>,
-    out: &Path,
+/// What `run`'s flags change in the scenario.
+struct Overrides {
     nodes: Option<u32>,
     topology: Option<String>,
     max_leaves: Option<usize>,
-    quiet: bool,
-) -> Result<(), String> {
+    no_standing: bool,
+}
+
+fn run(path: &Path, seed: Option<u64>, out: &Path, o: Overrides, quiet: bool) -> Result<(), String> {
+    let Overrides { nodes, topology, max_leaves, no_standing } = o;
     let mut scenario = load(path, nodes)?;
+    scenario.prefer_standing &= !no_standing;
     if topology.is_some() || max_leaves.is_some() {
         scenario.topology = topology.or(scenario.topology);
         scenario.max_leaves = max_leaves.or(scenario.max_leaves);
@@ -362,8 +370,8 @@ fn compare(expected: &Path, measured: &Path) -> Result<bool, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, seed, out, nodes, topology, max_leaves, quiet } => {
-            run(&scenario, seed, &out, nodes, topology, max_leaves, quiet)
+        Command::Run { scenario, seed, out, nodes, topology, max_leaves, no_standing, quiet } => {
+            run(&scenario, seed, &out, Overrides { nodes, topology, max_leaves, no_standing }, quiet)
         }
         Command::Overlay { scenario, out, nodes, seed, topology, quiet } => {
             overlay(&scenario, &out, nodes, seed, topology, quiet)

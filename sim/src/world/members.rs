@@ -119,6 +119,15 @@ pub struct MemberFigures {
     pub promoted: u64,
     /// Joined members that stepped down from super-peer after a move.
     pub stepped_down: u64,
+    /// Uplinks members lost to failure as leaves (all members, those
+    /// that left too).
+    pub uplinks_lost: u64,
+    /// Under churn with a stable share: joined super-peers, and those of
+    /// the stable share; joined leaves' uplinks, and those to the stable
+    /// share.
+    pub stable_supers: (u64, u64),
+    /// See `stable_supers`.
+    pub stable_uplinks: (u64, u64),
     /// Joined super-peers whose NATs filter unasked traffic (no mapped
     /// port): leaves reach them only with RSVPs.
     pub filtered_supers: u64,
@@ -170,6 +179,11 @@ impl World {
             announce_views: 0,
             topology: topology.unwrap_or_default(),
             max_leaves: self.scenario.max_leaves,
+            prefer_standing: self.scenario.prefer_standing,
+            tenure_steps: match self.scenario.tenure_steps_s {
+                Some(s) => s.map(|x| (x * 1e3) as u64),
+                None => d.overlay.tenure_steps,
+            },
             ..d.overlay
         };
         MemberConfig { overlay, ..d }
@@ -434,10 +448,7 @@ impl World {
                         j.established = Some(now);
                         j.via = Some(via);
                         j.failed = None;
-                        if let Some(c) = &self.scenario.churn {
-                            let life = (self.rng.exp(c.mean_lifetime_s) * 1e9) as u64;
-                            self.queue.push(now + life, Ev::Crash(n));
-                        }
+                        self.schedule_churn(n, now);
                     }
                 }
             }
@@ -701,6 +712,8 @@ impl World {
             };
             allowed.insert(n, ok);
             f.allowed += u64::from(ok);
+            // Every member's, those churn took too: what the run cost.
+            f.uplinks_lost += s.member.overlay().map_or(0, |o| o.stats().uplinks_lost);
             if !node.alive {
                 continue;
             }
@@ -724,6 +737,21 @@ impl World {
                     self.nodes[m as usize].member.as_ref().and_then(|s| s.member.overlay()).map(|o| o.shape().role)
                 };
                 f.shape.add(o.shape().role, live.iter().map(|&m| role(m)));
+                if !self.stable.is_empty() {
+                    match o.shape().role {
+                        convoke_overlay::Role::Super => {
+                            f.stable_supers.0 += 1;
+                            f.stable_supers.1 += u64::from(self.stable.contains(&n));
+                        }
+                        convoke_overlay::Role::Leaf => {
+                            for &m in live.iter().filter(|&&m| role(m) == Some(convoke_overlay::Role::Super)) {
+                                f.stable_uplinks.0 += 1;
+                                f.stable_uplinks.1 += u64::from(self.stable.contains(&m));
+                            }
+                        }
+                        convoke_overlay::Role::Member => {}
+                    }
+                }
                 let st = o.stats();
                 // Counted while they serve: a member that moved steps down.
                 let serving = o.shape().role == convoke_overlay::Role::Super;
