@@ -195,6 +195,7 @@ impl Member {
                 "policy": o.shape().policy.as_str(),
                 "role": o.shape().role.as_str(),
                 "max_leaves": o.leaf_capacity(),
+                "standing": { "tenure": o.standing().tenure, "room": o.standing().room },
                 "violations": o.violations().iter().map(|v| v.to_string()).collect::<Vec<_>>(),
                 "roles": o.role_counts().into_iter().map(|(r, n)| (r.as_str().to_owned(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "super_peers": ids(o.known_graph().node_weights().filter(|(_, s)| s.is_some_and(|s| s.role == convoke_overlay::Role::Super)).map(|(p, _)| *p).collect()),
@@ -206,7 +207,7 @@ impl Member {
                 "introduced": s.introduced, "delivered": p.delivered, "duplicates": p.duplicates,
                 "grafts": p.grafts_sent, "prunes": p.prunes_sent, "policy_mismatches": s.mismatches,
                 "promotions": s.promotions, "elections": s.elections, "step_downs": s.step_downs, "violations": s.violations,
-                "rewirings": s.rewirings,
+                "rewirings": s.rewirings, "uplinks_lost": s.uplinks_lost,
             },
         })
     }

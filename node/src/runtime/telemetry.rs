@@ -102,9 +102,14 @@ pub const SERIES: &[(&str, &str, &str)] = &[
     ),
     ("convoke_overlay_policy_violations", "gauge", "Topology policy invariants broken now at this member"),
     (
+        "convoke_overlay_tenure_step",
+        "gauge",
+        "Our time in the network as the super-peer choice weighs it: 0 under 10 minutes, 1 from 10 minutes, 2 from an hour, 3 from a day",
+    ),
+    (
         "convoke_overlay_policy_events_total",
         "counter",
-        "Topology policy events, by kind (violation: an invariant broke; mismatch: a peer of another policy refused; promotion: we became a super-peer for want of one; election: we found ourselves reachable and became one; step_down: we moved and stopped serving; rewiring: a super-peer mixed its core)",
+        "Topology policy events, by kind (violation: an invariant broke; mismatch: a peer of another policy refused; promotion: we became a super-peer for want of one; election: we found ourselves reachable and became one; step_down: we moved and stopped serving; rewiring: we swapped a link to mix the core or lean on a super-peer of more standing; uplink_lost: a leaf lost a super-peer to failure)",
     ),
     (
         "convoke_overlay_broadcasts_total",
@@ -287,6 +292,7 @@ pub fn sample_overlay(o: &OverlaySample) {
         gauge!("convoke_overlay_roles_known", "role" => r.as_str()).set(n as f64);
     }
     gauge!("convoke_overlay_policy_violations").set(o.violations as f64);
+    gauge!("convoke_overlay_tenure_step").set(f64::from(o.shape.standing.tenure));
     for (kind, n) in [
         ("violation", s.violations),
         ("mismatch", s.mismatches),
@@ -294,6 +300,7 @@ pub fn sample_overlay(o: &OverlaySample) {
         ("election", s.elections),
         ("step_down", s.step_downs),
         ("rewiring", s.rewirings),
+        ("uplink_lost", s.uplinks_lost),
     ] {
         counter!("convoke_overlay_policy_events_total", "kind" => kind).absolute(n);
     }

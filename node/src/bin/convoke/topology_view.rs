@@ -58,6 +58,16 @@ pub fn print_topology(node: &Value, dot: bool) {
         let role = if t["role"].as_str() == Some("super-peer") { "" } else { " as a super-peer" };
         println!("    leaves        at most {n} at this member{role}");
     }
+    if let (Some(tenure), Some(room)) = (t["standing"]["tenure"].as_u64(), t["standing"]["room"].as_u64()) {
+        // The steps of `Config::tenure_steps` and `Standing::room_of`.
+        let up = ["under 10 minutes", "10 minutes or more", "an hour or more", "a day or more"];
+        let share = ["under a quarter of", "a quarter or more of", "half or more of", "all of"];
+        println!(
+            "    standing      in the network {}; offers {} the policy's leaf bound",
+            up.get(tenure as usize).unwrap_or(&"?"),
+            share.get(room as usize).unwrap_or(&"?")
+        );
+    }
     if violations.is_empty() {
         println!("    invariants    hold");
     } else {
