@@ -668,14 +668,12 @@ impl<P: PeerKey> Overlay<P> {
     /// would drop the youngest, and the young super-peers would lose their
     /// core links to each rewiring. An index into `pool`.
     pub(super) fn pick_victim_by_standing(&mut self, pool: &[usize]) -> Option<usize> {
-        let weighs = self.cfg.prefer_standing
-            && self.me.shape.role == Role::Leaf
-            && matches!(self.cfg.topology, Topology::Hierarchical { .. } | Topology::Star { .. });
-        let supers = pool.iter().all(|&i| self.active[i].card.shape.role == Role::Super);
-        let weights: Vec<u64> = pool.iter().map(|&i| self.active[i].card.shape.standing.weight()).collect();
-        if !weighs || !supers || weights.windows(2).all(|w| w[0] == w[1]) {
-            return Self::pick(&mut self.rng, pool);
-        }
+        let weights = if self.me.shape.role == Role::Leaf {
+            self.standing_weights(pool.iter().map(|&i| &self.active[i].card))
+        } else {
+            None
+        };
+        let Some(weights) = weights else { return Self::pick(&mut self.rng, pool) };
         let least = weights.iter().copied().min()?;
         let lightest: Vec<usize> = (0..pool.len()).filter(|&k| weights[k] == least).collect();
         Self::pick(&mut self.rng, &lightest).map(|j| lightest[j])
@@ -689,13 +687,8 @@ impl<P: PeerKey> Overlay<P> {
     /// weighs the same, uniformly (the same draw as `pick`). An index
     /// into `pool`.
     pub(super) fn pick_by_standing(&mut self, pool: &[usize]) -> Option<usize> {
-        let weighs = self.cfg.prefer_standing
-            && matches!(self.cfg.topology, Topology::Hierarchical { .. } | Topology::Star { .. })
-            && pool.iter().all(|&i| self.passive[i].card.shape.role == Role::Super);
-        let weights: Vec<u64> = pool.iter().map(|&i| self.passive[i].card.shape.standing.weight()).collect();
-        if !weighs || weights.windows(2).all(|w| w[0] == w[1]) {
-            return Self::pick(&mut self.rng, pool);
-        }
+        let weights = self.standing_weights(pool.iter().map(|&i| &self.passive[i].card));
+        let Some(weights) = weights else { return Self::pick(&mut self.rng, pool) };
         let total: u64 = weights.iter().sum();
         let mut r = self.rng.next_u64() % total;
         for (k, w) in weights.into_iter().enumerate() {
@@ -705,6 +698,24 @@ impl<P: PeerKey> Overlay<P> {
             r -= w;
         }
         None
+    }
+
+    /// The standings' weights of `cards` ([`Standing::weight`]) when a
+    /// choice among them weighs standing: under a policy with super-peers
+    /// (hierarchical, star) with [`Config::prefer_standing`], cards of
+    /// super-peers only, not all of the same weight. `None`: choose
+    /// uniformly, as `pick` does (and before any weight is computed,
+    /// under a mesh).
+    fn standing_weights<'a>(&self, cards: impl Iterator<Item = &'a Card<P>>) -> Option<Vec<u64>>
+    where
+        P: 'a,
+    {
+        if !self.cfg.prefer_standing || self.cfg.topology.max_leaves().is_none() {
+            return None;
+        }
+        let weights: Vec<u64> =
+            cards.map(|c| (c.shape.role == Role::Super).then(|| c.shape.standing.weight())).collect::<Option<_>>()?;
+        (!weights.windows(2).all(|w| w[0] == w[1])).then_some(weights)
     }
 
     /// Every `REWIRE_ROUNDS` rounds a super-peer with its core full asks a
