@@ -360,10 +360,16 @@ impl Host {
     /// Closes an attempt or session at once (the peer is told if a session
     /// is open).
     pub fn close(&mut self, id: AttemptId, now: Instant) {
+        self.close_with(id, 0, "closed", now);
+    }
+
+    /// Closes an attempt or session at once, telling the peer of a session
+    /// an application `code` and `reason`.
+    pub fn close_with(&mut self, id: AttemptId, code: u64, reason: &str, now: Instant) {
         if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id)
             && o.unconfirmed.is_none()
         {
-            o.conn.close(0, "closed");
+            o.conn.close(code, reason);
             self.active.insert(id);
         } else {
             self.drop_session(id);
@@ -483,7 +489,7 @@ impl Host {
                 // A closed session whose stream bytes the app has not read
                 // yet stays until it has (reading re-activates it): the
                 // peer's close must not take its last data with it.
-                if out.is_none() && !o.conn.is_open() && o.conn.readable() == 0 {
+                if out.is_none() && !o.conn.is_open() && o.conn.readable_total() == 0 {
                     closed = o.conn.closed.clone().map(|r| (r, o.unconfirmed.is_none()));
                 }
             }

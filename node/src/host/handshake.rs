@@ -108,7 +108,8 @@ impl Host {
         let e: [u8; 32] = msg1[..32].try_into().expect("32 bytes");
         let socket = self.endpoint.socket_of(id).unwrap_or_default();
         self.transmits.push_back(Transmit::new(remote, out.clone(), socket));
-        let conn = Connection::new(&self.config.session, remote, remote_index, *keys.send, *keys.recv, None, now);
+        let conn =
+            Connection::new(&self.config.session, false, remote, remote_index, *keys.send, *keys.recv, None, now);
         self.establish(id, local_index, conn, peer, &binding, now, Some(Box::new((e, out))));
     }
 
@@ -219,8 +220,16 @@ impl Host {
         let Some(peer) = binding.remote_peer else { return };
         self.by_index.remove(&index);
         self.sessions.remove(&id);
-        let conn =
-            Connection::new(&self.config.session, remote, u32::from_be_bytes(idx), *keys.send, *keys.recv, rtt, now);
+        let conn = Connection::new(
+            &self.config.session,
+            true,
+            remote,
+            u32::from_be_bytes(idx),
+            *keys.send,
+            *keys.recv,
+            rtt,
+            now,
+        );
         self.establish(id, index, conn, peer, &binding, now, None);
     }
 

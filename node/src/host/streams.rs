@@ -1,24 +1,15 @@
-//! The open sessions, for the application: stream and datagram I/O and
-//! what we know of each session; and data packets arriving for them.
+//! The open sessions, for the application: streams (stream 0, the
+//! session's own, and as many more as the peer allows), datagrams and what
+//! we know of each session; and data packets arriving for them.
 
 use std::time::Instant;
 
 use super::{Host, HostEvent, Open, Phase, Session, SessionInfo, open_mut};
 use crate::ice::AttemptId;
 use crate::session::conn;
+use crate::session::{SessionConfig, StreamError, StreamId};
 
 impl Host {
-    /// Writes stream bytes; returns how many were taken.
-    pub fn write(&mut self, id: AttemptId, data: &[u8]) -> usize {
-        let cfg = &self.config.session;
-        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
-        let n = o.conn.write(cfg, data);
-        if n > 0 {
-            self.active.insert(id);
-        }
-        n
-    }
-
     pub(super) fn open_ref(&self, id: AttemptId) -> Option<&Open> {
         match &self.sessions.get(&id)?.phase {
             Phase::Open(o) => Some(o),
@@ -26,43 +17,141 @@ impl Host {
         }
     }
 
-    /// Room in a session's send buffer.
-    pub fn write_capacity(&self, id: AttemptId) -> usize {
-        self.open_ref(id).map_or(0, |o| o.conn.write_capacity(&self.config.session))
-    }
-
-    /// Ends our half of a session's stream.
-    pub fn finish(&mut self, id: AttemptId) {
-        if let Some(o) = open_mut(&mut self.sessions, id) {
-            o.conn.finish();
-            self.active.insert(id);
-        }
-    }
-
-    /// Reads stream bytes in order.
-    pub fn read(&mut self, id: AttemptId, buf: &mut [u8]) -> usize {
+    /// Runs `f` on an open session's connection and marks the session
+    /// active (it may have something to send).
+    fn with_conn<T>(
+        &mut self,
+        id: AttemptId,
+        f: impl FnOnce(&mut conn::Connection, &SessionConfig) -> Result<T, StreamError>,
+    ) -> Result<T, StreamError> {
         let cfg = &self.config.session;
-        let Some(o) = open_mut(&mut self.sessions, id) else { return 0 };
-        let n = o.conn.read(cfg, buf);
+        let o = open_mut(&mut self.sessions, id).ok_or(StreamError::Closed)?;
+        let out = f(&mut o.conn, cfg);
+        self.active.insert(id);
+        out
+    }
+
+    // ---- stream 0, the session's own ----
+
+    /// Writes bytes on the session's own stream (stream 0); returns how
+    /// many were taken.
+    pub fn write(&mut self, id: AttemptId, data: &[u8]) -> usize {
+        self.write_stream(id, StreamId::MAIN, data).unwrap_or(0)
+    }
+
+    /// Room in the send buffer of the session's own stream.
+    pub fn write_capacity(&self, id: AttemptId) -> usize {
+        self.stream_write_capacity(id, StreamId::MAIN)
+    }
+
+    /// Ends our half of the session's own stream.
+    pub fn finish(&mut self, id: AttemptId) {
+        let _ = self.finish_stream(id, StreamId::MAIN);
+    }
+
+    /// Reads the session's own stream in order.
+    pub fn read(&mut self, id: AttemptId, buf: &mut [u8]) -> usize {
+        self.read_stream(id, StreamId::MAIN, buf).unwrap_or(0)
+    }
+
+    /// Bytes ready to read on the session's own stream.
+    pub fn readable(&self, id: AttemptId) -> usize {
+        self.stream_readable(id, StreamId::MAIN)
+    }
+
+    /// Whether the peer ended the session's own stream and all of it was
+    /// read.
+    pub fn recv_finished(&self, id: AttemptId) -> bool {
+        self.stream_finished(id, StreamId::MAIN)
+    }
+
+    /// Whether everything we wrote on the session's own stream, and its
+    /// end, was acknowledged.
+    pub fn send_done(&self, id: AttemptId) -> bool {
+        self.stream_send_done(id, StreamId::MAIN)
+    }
+
+    // ---- every stream ----
+
+    /// Opens a stream of ours: bidirectional, or `uni`directional (we
+    /// send, the peer reads). [`StreamError::Limit`] until the peer allows
+    /// more (it does as its streams end).
+    pub fn open_stream(&mut self, id: AttemptId, uni: bool) -> Result<StreamId, StreamError> {
+        self.with_conn(id, |c, cfg| c.open_stream(cfg, uni))
+    }
+
+    /// How many more streams of a kind the peer lets us open now.
+    pub fn stream_open_room(&self, id: AttemptId, uni: bool) -> u64 {
+        self.open_ref(id).map_or(0, |o| o.conn.open_room(uni))
+    }
+
+    /// The next stream the peer opened that we have not taken yet. A new
+    /// stream comes with [`HostEvent::Readable`].
+    pub fn accept_stream(&mut self, id: AttemptId, uni: bool) -> Option<StreamId> {
+        open_mut(&mut self.sessions, id)?.conn.accept_stream(uni)
+    }
+
+    /// Writes bytes on a stream; returns how many were taken (0 when its
+    /// buffer is full).
+    pub fn write_stream(&mut self, id: AttemptId, stream: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.with_conn(id, |c, cfg| c.write(cfg, stream, data))
+    }
+
+    /// Room in a stream's send buffer.
+    pub fn stream_write_capacity(&self, id: AttemptId, stream: StreamId) -> usize {
+        self.open_ref(id).map_or(0, |o| o.conn.write_capacity(&self.config.session, stream))
+    }
+
+    /// Ends our half of a stream after what was written.
+    pub fn finish_stream(&mut self, id: AttemptId, stream: StreamId) -> Result<(), StreamError> {
+        self.with_conn(id, |c, _| c.finish(stream))
+    }
+
+    /// Abandons our half of a stream: what the peer has not received is
+    /// dropped, and its reader sees `code`.
+    pub fn reset_stream(&mut self, id: AttemptId, stream: StreamId, code: u64) -> Result<(), StreamError> {
+        self.with_conn(id, |c, _| c.reset(stream, code))
+    }
+
+    /// Asks the peer to stop sending on a stream (it resets it with
+    /// `code`); what still arrives is dropped.
+    pub fn stop_stream(&mut self, id: AttemptId, stream: StreamId, code: u64) -> Result<(), StreamError> {
+        self.with_conn(id, |c, _| c.stop(stream, code))
+    }
+
+    /// Reads a stream in order: `Ok(0)` when nothing is ready (see
+    /// [`Self::stream_finished`] for the end), [`StreamError::Reset`] once if
+    /// the peer reset it. What arrived stays readable after the session
+    /// closed, until the host forgets it.
+    pub fn read_stream(&mut self, id: AttemptId, stream: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
+        let cfg = &self.config.session;
+        let o = open_mut(&mut self.sessions, id).ok_or(StreamError::Closed)?;
+        let n = o.conn.read(cfg, stream, buf)?;
         if n > 0 {
             self.active.insert(id);
         }
-        n
+        Ok(n)
     }
 
-    /// Stream bytes ready to read.
-    pub fn readable(&self, id: AttemptId) -> usize {
-        self.open_ref(id).map_or(0, |o| o.conn.readable())
+    /// Bytes ready to read on a stream.
+    pub fn stream_readable(&self, id: AttemptId, stream: StreamId) -> usize {
+        self.open_ref(id).map_or(0, |o| o.conn.readable(stream))
     }
 
-    /// Whether the peer ended its stream and all of it was read.
-    pub fn recv_finished(&self, id: AttemptId) -> bool {
-        self.open_ref(id).is_some_and(|o| o.conn.recv_finished())
+    /// Whether the peer ended a stream and all of it was read.
+    pub fn stream_finished(&self, id: AttemptId, stream: StreamId) -> bool {
+        self.open_ref(id).is_some_and(|o| o.conn.recv_finished(stream))
     }
 
-    /// Whether everything we wrote, and our end, was acknowledged.
-    pub fn send_done(&self, id: AttemptId) -> bool {
-        self.open_ref(id).is_some_and(|o| o.conn.send_done())
+    /// Whether everything we wrote on a stream, and its end, was
+    /// acknowledged.
+    pub fn stream_send_done(&self, id: AttemptId, stream: StreamId) -> bool {
+        self.open_ref(id).is_some_and(|o| o.conn.send_done(stream))
+    }
+
+    /// Streams open in a session now.
+    pub fn stream_count(&self, id: AttemptId) -> usize {
+        self.open_ref(id).map_or(0, |o| o.conn.stream_count())
     }
 
     /// Sends an unreliable datagram. False if too large or no session.
@@ -132,7 +221,7 @@ impl Host {
                     inviter: o.inviter,
                 });
             }
-            if std::mem::take(&mut o.conn.readable_changed) {
+            if o.conn.take_readable_changed() {
                 self.events.push_back(HostEvent::Readable { session: id });
             }
             self.active.insert(id);

@@ -1,5 +1,6 @@
 //! One established session: encrypted packets, acknowledgements, loss
-//! recovery, congestion control, the reliable stream and datagrams.
+//! recovery, congestion control, the reliable streams ([`super::streams`])
+//! and datagrams.
 //!
 //! Packet on the wire (after the handshake):
 //!
@@ -21,7 +22,7 @@ use super::frame::{self, Frame};
 use super::noise::TAG;
 use super::recovery::{NewReno, Rtt};
 use super::replay::ReplayWindow;
-use super::stream::{Chunk, RecvStream, SendStream, StreamViolation};
+use super::streams::{Item, StreamError, StreamId, Streams};
 
 /// First byte of a data packet.
 pub const DATA: u8 = 0xE3;
@@ -45,16 +46,34 @@ const PREVIOUS_KEY_KEPT: Duration = Duration::from_secs(3);
 /// derivation, so the walk is short.
 const MAX_EPOCHS_AHEAD: u8 = 3;
 
+/// The largest datagram payload a session with this largest UDP payload
+/// carries (one DATAGRAM frame alone in a packet).
+pub fn max_datagram_payload(max_datagram_size: usize) -> usize {
+    let room = max_datagram_size.saturating_sub(OVERHEAD);
+    // The frame's type byte and a length varint of up to 2 bytes (room < 16 KiB).
+    room.saturating_sub(1 + frame::varint_len(room as u64))
+}
+
 /// Session tunables. `Default` cites where each number comes from.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// Largest UDP payload sent: 1200 bytes, the size every path must carry
     /// (QUIC's minimum, RFC 9000 §14).
     pub max_datagram_size: usize,
-    /// Stream bytes buffered for sending (unacknowledged + unsent): 4 MiB.
+    /// Bytes buffered for sending on each stream (unacknowledged + unsent):
+    /// 4 MiB.
     pub send_buffer: usize,
-    /// Stream bytes the peer may send ahead of what we read: 4 MiB.
+    /// Bytes the peer may send ahead of what we read, on all streams
+    /// together: 8 MiB, so one stream at full speed leaves room for others.
     pub receive_window: u64,
+    /// Bytes the peer may send ahead of what we read on one stream: 4 MiB
+    /// (a single stream's speed on a fast path; quinn's default is 1.25 MB).
+    pub stream_receive_window: u64,
+    /// Bidirectional streams the peer may have open at once (stream 0
+    /// included): 100, quinn's default.
+    pub max_streams_bidi: u64,
+    /// Unidirectional streams the peer may have open at once: 100.
+    pub max_streams_uni: u64,
     /// How long an acknowledgement may wait: 25 ms (RFC 9000 §18.2).
     pub max_ack_delay: Duration,
     /// Retransmission timeout before any RTT sample: 1 s (RFC 6298 §2.1).
@@ -83,7 +102,10 @@ impl Default for SessionConfig {
         Self {
             max_datagram_size: 1200,
             send_buffer: 4 << 20,
-            receive_window: 4 << 20,
+            receive_window: 8 << 20,
+            stream_receive_window: 4 << 20,
+            max_streams_bidi: 100,
+            max_streams_uni: 100,
             max_ack_delay: Duration::from_millis(25),
             rto_initial: Duration::from_secs(1),
             rto_min: Duration::from_millis(200),
@@ -137,7 +159,7 @@ pub struct SessionStats {
     pub rekeys: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sent {
     pn: u64,
     time: Instant,
@@ -145,8 +167,9 @@ struct Sent {
     /// Still in flight (neither acknowledged nor lost).
     live: bool,
     ack_eliciting: bool,
-    max_data: bool,
-    stream: Option<Chunk>,
+    /// What the streams must hear about when it is acknowledged or lost
+    /// (empty for a packet of ACKs, PINGs and datagrams: no allocation).
+    items: Vec<Item>,
 }
 
 #[derive(Debug)]
@@ -187,17 +210,16 @@ pub(crate) struct Connection {
     rto_deadline: Option<Instant>,
     loss_deadline: Option<Instant>,
     timeouts: u32,
-    tx: SendStream,
-    rx: RecvStream,
-    max_data_due: bool,
+    streams: Streams,
     ping_due: bool,
     dgram_out: VecDeque<Vec<u8>>,
     dgram_in: VecDeque<Vec<u8>>,
     closing: Closing,
     /// Why it ended, once it did (reported once by the host).
     pub closed: Option<CloseReason>,
-    /// New readable bytes, an end, or datagrams since the host last looked.
-    pub readable_changed: bool,
+    /// Datagrams since the host last looked (the streams keep their own
+    /// flag: see [`Self::take_readable_changed`]).
+    readable_changed: bool,
     pub stats: SessionStats,
 }
 
@@ -277,8 +299,10 @@ impl PacketKey {
 
 impl Connection {
     /// A session from finished handshake keys.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &SessionConfig,
+        initiator: bool,
         remote: SocketAddr,
         remote_index: u32,
         send: [u8; 32],
@@ -290,9 +314,6 @@ impl Connection {
         if let Some(s) = rtt {
             r.sample(s);
         }
-        let mut rx = RecvStream::new();
-        // Open our receive window to the configured size in the first packet.
-        rx.raise_limit(config.receive_window);
         Self {
             remote,
             remote_index,
@@ -318,9 +339,7 @@ impl Connection {
             rto_deadline: None,
             loss_deadline: None,
             timeouts: 0,
-            tx: SendStream::new(),
-            max_data_due: rx.max_sent > super::stream::INITIAL_WINDOW,
-            rx,
+            streams: Streams::new(config, initiator),
             ping_due: false,
             dgram_out: VecDeque::new(),
             dgram_in: VecDeque::new(),
@@ -348,47 +367,88 @@ impl Connection {
 
     // ---- application side ----
 
-    /// Buffers stream bytes; returns how many were taken (0 when full).
-    pub fn write(&mut self, config: &SessionConfig, data: &[u8]) -> usize {
+    /// Whether something readable happened since the last call: stream
+    /// bytes, an end, a reset, a new stream, datagrams.
+    pub fn take_readable_changed(&mut self) -> bool {
+        std::mem::take(&mut self.readable_changed) | std::mem::take(&mut self.streams.readable_changed)
+    }
+
+    fn streams_open(&mut self) -> Result<&mut Streams, StreamError> {
+        if self.is_open() { Ok(&mut self.streams) } else { Err(StreamError::Closed) }
+    }
+
+    /// Opens a stream of ours (bidirectional unless `uni`).
+    pub fn open_stream(&mut self, config: &SessionConfig, uni: bool) -> Result<StreamId, StreamError> {
+        self.streams_open()?.open(config, uni)
+    }
+
+    /// How many more streams of a kind the peer lets us open now.
+    pub fn open_room(&self, uni: bool) -> u64 {
+        if self.is_open() { self.streams.open_room(uni) } else { 0 }
+    }
+
+    /// The next stream the peer opened, not yet accepted.
+    pub fn accept_stream(&mut self, uni: bool) -> Option<StreamId> {
+        self.streams.accept(uni)
+    }
+
+    /// Buffers bytes on a stream; returns how many were taken (0 when full).
+    pub fn write(&mut self, config: &SessionConfig, id: StreamId, data: &[u8]) -> Result<usize, StreamError> {
+        self.streams_open()?.write(config, id, data)
+    }
+
+    /// Room left in a stream's send buffer.
+    pub fn write_capacity(&self, config: &SessionConfig, id: StreamId) -> usize {
         if !self.is_open() {
             return 0;
         }
-        self.tx.write(data, config.send_buffer)
+        self.streams.write_capacity(config, id)
     }
 
-    /// Room left in the send buffer.
-    pub fn write_capacity(&self, config: &SessionConfig) -> usize {
-        if !self.is_open() || self.tx.is_finished() {
-            return 0;
-        }
-        config.send_buffer.saturating_sub(self.tx.buffered())
+    /// Ends our half of a stream.
+    pub fn finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        self.streams_open()?.finish(id)
     }
 
-    /// Ends our half of the stream.
-    pub fn finish(&mut self) {
-        self.tx.finish();
+    /// Abandons our half of a stream with an application code.
+    pub fn reset(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.streams_open()?.reset(id, code)
     }
 
-    /// Whether all we wrote and the end were acknowledged.
-    pub fn send_done(&self) -> bool {
-        self.tx.is_done()
+    /// Asks the peer to stop sending on a stream, with an application code.
+    pub fn stop(&mut self, id: StreamId, code: u64) -> Result<(), StreamError> {
+        self.streams_open()?.stop(id, code)
     }
 
-    /// Reads stream bytes in order.
-    pub fn read(&mut self, config: &SessionConfig, buf: &mut [u8]) -> usize {
-        let (n, due) = self.rx.read(buf, config.receive_window);
-        self.max_data_due |= due;
-        n
+    /// Whether all we wrote on a stream and its end were acknowledged.
+    pub fn send_done(&self, id: StreamId) -> bool {
+        self.streams.send_done(id)
     }
 
-    /// Bytes ready to read.
-    pub fn readable(&self) -> usize {
-        self.rx.readable()
+    /// Reads a stream's bytes in order (also after the session closed:
+    /// what arrived stays readable).
+    pub fn read(&mut self, config: &SessionConfig, id: StreamId, buf: &mut [u8]) -> Result<usize, StreamError> {
+        self.streams.read(config, id, buf)
     }
 
-    /// Whether the peer ended its stream and everything was read.
-    pub fn recv_finished(&self) -> bool {
-        self.rx.is_finished()
+    /// Bytes ready to read on a stream.
+    pub fn readable(&self, id: StreamId) -> usize {
+        self.streams.readable(id)
+    }
+
+    /// Bytes ready to read on every stream.
+    pub fn readable_total(&self) -> usize {
+        self.streams.readable_total()
+    }
+
+    /// Whether the peer ended a stream and everything was read.
+    pub fn recv_finished(&self, id: StreamId) -> bool {
+        self.streams.finished(id)
+    }
+
+    /// Streams open now.
+    pub fn stream_count(&self) -> usize {
+        self.streams.count()
     }
 
     /// Queues an unreliable datagram (oldest dropped when the queue is
@@ -499,22 +559,33 @@ impl Connection {
             match f {
                 Frame::Ping => {}
                 Frame::Ack(ack) => self.on_ack(config, now, &ack),
-                Frame::Stream { offset, data, fin } => match self.rx.on_data(offset, data, fin) {
-                    Ok(readable) => {
-                        self.readable_changed |= readable;
-                        // The stream's end is acknowledged at once (as TCP
-                        // does a FIN): the peer may be waiting on it to exit.
-                        if fin {
-                            self.unacked_eliciting = self.unacked_eliciting.max(1);
-                            self.ack_deadline = Some(now);
-                        }
+                Frame::Stream { id, offset, data, fin } => {
+                    if let Err(v) = self.streams.on_stream(config, id, offset, data, fin) {
+                        return self.violation(v);
                     }
-                    Err(StreamViolation::FlowControl) => return self.violation("stream data beyond our limit"),
-                    Err(StreamViolation::FinalSize) => return self.violation("stream data beyond its end"),
-                    Err(StreamViolation::Fragmented) => return self.violation("stream data in too many pieces"),
-                },
-                Frame::MaxData(m) => {
-                    self.tx.peer_max = self.tx.peer_max.max(m);
+                    // A stream's end is acknowledged at once (as TCP does a
+                    // FIN): the peer may be waiting on it to exit.
+                    if fin {
+                        self.unacked_eliciting = self.unacked_eliciting.max(1);
+                        self.ack_deadline = Some(now);
+                    }
+                }
+                Frame::MaxData(m) => self.streams.on_max_data(m),
+                Frame::MaxStreamData { id, max } => {
+                    if let Err(v) = self.streams.on_max_stream_data(config, id, max) {
+                        return self.violation(v);
+                    }
+                }
+                Frame::MaxStreams { bidi, count } => self.streams.on_max_streams(bidi, count),
+                Frame::ResetStream { id, code, final_size } => {
+                    if let Err(v) = self.streams.on_reset(config, id, code, final_size) {
+                        return self.violation(v);
+                    }
+                }
+                Frame::StopSending { id, code } => {
+                    if let Err(v) = self.streams.on_stop(config, id, code) {
+                        return self.violation(v);
+                    }
                 }
                 Frame::Close { code, reason } => {
                     self.closed.get_or_insert(CloseReason::Peer {
@@ -565,14 +636,16 @@ impl Connection {
         for r in &ack.ranges {
             let start = self.sent.partition_point(|s| s.pn < *r.start());
             for i in start..self.sent.len() {
-                let s = self.sent[i];
+                let s = &mut self.sent[i];
                 if s.pn > *r.end() {
                     break;
                 }
                 if !s.live {
                     continue;
                 }
-                self.sent[i].live = false;
+                s.live = false;
+                let items = std::mem::take(&mut s.items);
+                let s = s.clone();
                 newly_acked = true;
                 if s.pn == largest && s.ack_eliciting {
                     let delay = Duration::from_micros(ack.delay_micros).min(config.max_ack_delay);
@@ -581,8 +654,8 @@ impl Connection {
                 }
                 self.in_flight -= u64::from(s.size);
                 self.cc.on_ack(s.time, u64::from(s.size));
-                if let Some(c) = s.stream {
-                    self.tx.on_ack(c);
+                for item in items {
+                    self.streams.on_acked(item);
                 }
             }
         }
@@ -617,7 +690,7 @@ impl Connection {
         self.loss_deadline = None;
         let mut lost_sent = None;
         for i in 0..self.sent.len() {
-            let s = self.sent[i];
+            let s = &self.sent[i];
             if s.pn > largest {
                 break;
             }
@@ -625,8 +698,8 @@ impl Connection {
                 continue;
             }
             if largest >= s.pn + 3 || s.time + delay <= now {
-                self.lose(i);
                 lost_sent = Some(s.time);
+                self.lose(i);
             } else {
                 let at = s.time + delay;
                 self.loss_deadline = Some(self.loss_deadline.map_or(at, |d| d.min(at)));
@@ -638,18 +711,16 @@ impl Connection {
     }
 
     fn lose(&mut self, i: usize) {
-        let s = self.sent[i];
-        self.sent[i].live = false;
+        let s = &mut self.sent[i];
+        s.live = false;
+        let items = std::mem::take(&mut s.items);
         self.in_flight -= u64::from(s.size);
         self.stats.packets_lost += 1;
-        if let Some(c) = s.stream {
-            self.tx.on_lost(c);
-        }
-        if s.max_data {
-            self.max_data_due = true;
-        }
-        if s.ack_eliciting && s.stream.is_none() && !s.max_data {
+        if s.ack_eliciting && items.is_empty() {
             self.ping_due = true;
+        }
+        for item in items {
+            self.streams.on_lost(item);
         }
     }
 
@@ -704,8 +775,7 @@ impl Connection {
     pub fn poll_transmit(&mut self, config: &SessionConfig, now: Instant) -> Option<Vec<u8>> {
         let mtu = config.max_datagram_size;
         let mut plain = Vec::with_capacity(mtu);
-        let mut max_data = false;
-        let mut chunk = None;
+        let mut items = Vec::new();
         let mut eliciting = false;
         // Out of packet numbers (2^64 - 1 sent): the session ends rather
         // than reuse a nonce.
@@ -731,8 +801,7 @@ impl Connection {
             }
         }
         let room_for_eliciting = self.in_flight + mtu as u64 <= self.cc.window || self.ping_due;
-        let has_data = room_for_eliciting
-            && (self.max_data_due || self.ping_due || !self.dgram_out.is_empty() || self.tx.wants_send());
+        let has_data = room_for_eliciting && (self.ping_due || !self.dgram_out.is_empty() || self.streams.wants_send());
         if !has_data && !self.ack_due(now) {
             return None;
         }
@@ -745,12 +814,7 @@ impl Connection {
             self.ack_deadline = None;
         }
         if has_data {
-            if self.max_data_due {
-                frame::put_max_data(&mut plain, self.rx.max_sent);
-                self.max_data_due = false;
-                max_data = true;
-                eliciting = true;
-            }
+            self.streams.write_control(&mut plain, budget, &mut items);
             while let Some(d) = self.dgram_out.front() {
                 if plain.len() + frame::datagram_len(d.len()) > budget {
                     break;
@@ -759,22 +823,9 @@ impl Connection {
                 self.dgram_out.pop_front();
                 eliciting = true;
             }
-            // Header worst case for the stream frame: type + 8 + 4.
-            let room = budget.saturating_sub(plain.len() + 13);
-            if room > 0
-                && let Some(c) = self.tx.next_chunk(room)
-            {
-                let start = plain.len();
-                plain.push(if c.fin { 0x09 } else { 0x08 });
-                frame::put_varint(&mut plain, c.offset);
-                frame::put_varint(&mut plain, u64::from(c.len));
-                self.tx.copy(c, &mut plain);
-                debug_assert!(
-                    plain.len() - start <= frame::stream_header_len(c.offset, c.len as usize) + c.len as usize
-                );
-                chunk = Some(c);
-                eliciting = true;
-            }
+            self.streams.write_streams(&mut plain, budget, &mut items);
+            debug_assert!(plain.len() <= budget);
+            eliciting |= !items.is_empty();
             if self.ping_due {
                 self.ping_due = false;
                 if !eliciting {
@@ -790,7 +841,7 @@ impl Connection {
         let out = self.seal(config, now, plain);
         if eliciting {
             let size = out.len() as u16;
-            self.sent.push_back(Sent { pn, time: now, size, live: true, ack_eliciting: true, max_data, stream: chunk });
+            self.sent.push_back(Sent { pn, time: now, size, live: true, ack_eliciting: true, items });
             self.in_flight += u64::from(size);
             if self.rto_deadline.is_none() {
                 self.arm_rto(config, now);
@@ -799,7 +850,7 @@ impl Connection {
         Some(out)
     }
 
-    fn seal(&mut self, config: &SessionConfig, now: Instant, plain: Vec<u8>) -> Vec<u8> {
+    pub(super) fn seal(&mut self, config: &SessionConfig, now: Instant, plain: Vec<u8>) -> Vec<u8> {
         if self.send_epoch_packets >= config.rekey_after_packets
             || now.saturating_duration_since(self.send_epoch_start) >= config.rekey_after
         {
@@ -834,8 +885,8 @@ mod tests {
     fn pair(now: Instant) -> (Connection, Connection) {
         let cfg = SessionConfig::default();
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let a = Connection::new(&cfg, addr, 2, [1; 32], [2; 32], None, now);
-        let b = Connection::new(&cfg, addr, 1, [2; 32], [1; 32], None, now);
+        let a = Connection::new(&cfg, true, addr, 2, [1; 32], [2; 32], None, now);
+        let b = Connection::new(&cfg, false, addr, 1, [2; 32], [1; 32], None, now);
         (a, b)
     }
 

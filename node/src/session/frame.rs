@@ -8,10 +8,19 @@
 //! | `0x00` PAD  | the rest of the packet is padding                       |
 //! | `0x01` PING | nothing; asks for an acknowledgement                    |
 //! | `0x02` ACK  | largest, delay (µs), range count, first range, (gap, len)… |
-//! | `0x08`/`0x09` STREAM | offset, length, bytes; `0x09` also ends the stream |
-//! | `0x10` MAX_DATA | the highest stream offset the peer may send          |
+//! | `0x04` RESET_STREAM | stream, code, final size: the sender gives up   |
+//! | `0x05` STOP_SENDING | stream, code: the receiver wants no more         |
+//! | `0x08`/`0x09` STREAM | stream, offset, length, bytes; `0x09` also ends it |
+//! | `0x10` MAX_DATA | the session's limit: stream bytes the peer may send in all |
+//! | `0x11` MAX_STREAM_DATA | stream, the highest offset the peer may send on it |
+//! | `0x12`/`0x13` MAX_STREAMS | bidirectional / unidirectional streams the peer may open in all |
 //! | `0x1c` CLOSE | code, reason length, reason (UTF-8)                     |
 //! | `0x30` DATAGRAM | length, bytes (unreliable)                          |
+//!
+//! Stream identifiers follow RFC 9000 §2.1: bit 0 names the side that
+//! opened the stream (0 the handshake's initiator, 1 the responder), bit 1
+//! says whether it is unidirectional. Stream 0 is open on both sides from
+//! the start (the session's own stream).
 //!
 //! ACK ranges follow RFC 9000 §19.3.1: each range is `gap`, `len` counted
 //! downwards from the previous range's smallest packet number.
@@ -38,7 +47,14 @@ pub enum FrameError {
     /// A stream frame beyond 2^62 bytes.
     #[error("stream offset out of range")]
     BadOffset,
+    /// A MAX_STREAMS frame above 2^60 streams (RFC 9000 §19.11).
+    #[error("stream count out of range")]
+    BadStreamCount,
 }
+
+/// The most streams of one kind a side may open (their identifiers must
+/// fit a varint: RFC 9000 §4.6).
+pub const MAX_STREAM_COUNT: u64 = 1 << 60;
 
 /// One decoded frame, borrowing its bytes from the packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +65,8 @@ pub enum Frame<'a> {
     Ack(Ack),
     /// Stream bytes at `offset`; `fin` marks the stream's end after them.
     Stream {
+        /// Which stream.
+        id: u64,
         /// Where the bytes go in the stream.
         offset: u64,
         /// The bytes.
@@ -56,8 +74,38 @@ pub enum Frame<'a> {
         /// The stream ends after these bytes.
         fin: bool,
     },
-    /// Raises the peer's stream send limit.
+    /// Raises the peer's limit on stream bytes sent in all.
     MaxData(u64),
+    /// Raises the peer's send limit on one stream.
+    MaxStreamData {
+        /// Which stream.
+        id: u64,
+        /// The highest offset the peer may send on it.
+        max: u64,
+    },
+    /// Raises how many streams the peer may open in all.
+    MaxStreams {
+        /// Bidirectional (or unidirectional) streams.
+        bidi: bool,
+        /// The count.
+        count: u64,
+    },
+    /// The sender abandons a stream.
+    ResetStream {
+        /// Which stream.
+        id: u64,
+        /// Application code.
+        code: u64,
+        /// How many bytes the stream carried.
+        final_size: u64,
+    },
+    /// The receiver asks the sender to stop.
+    StopSending {
+        /// Which stream.
+        id: u64,
+        /// Application code.
+        code: u64,
+    },
     /// The session ends.
     Close {
         /// Application code (0 = normal).
@@ -180,15 +228,26 @@ fn next_frame<'a>(r: &mut Reader<'a>) -> Result<Option<Frame<'a>>, FrameError> {
             }
             Frame::Ack(Ack { ranges, delay_micros })
         }
+        0x04 => Frame::ResetStream { id: r.varint()?, code: r.varint()?, final_size: r.varint()? },
+        0x05 => Frame::StopSending { id: r.varint()?, code: r.varint()? },
         0x08 | 0x09 => {
+            let id = r.varint()?;
             let offset = r.varint()?;
             let data = r.bytes()?;
             if offset.checked_add(data.len() as u64).is_none_or(|end| end > VARINT_MAX) {
                 return Err(FrameError::BadOffset);
             }
-            Frame::Stream { offset, data, fin: ty == 0x09 }
+            Frame::Stream { id, offset, data, fin: ty == 0x09 }
         }
         0x10 => Frame::MaxData(r.varint()?),
+        0x11 => Frame::MaxStreamData { id: r.varint()?, max: r.varint()? },
+        0x12 | 0x13 => {
+            let count = r.varint()?;
+            if count > MAX_STREAM_COUNT {
+                return Err(FrameError::BadStreamCount);
+            }
+            Frame::MaxStreams { bidi: ty == 0x12, count }
+        }
         0x1c => {
             let code = r.varint()?;
             Frame::Close { code, reason: r.bytes()? }
@@ -222,15 +281,21 @@ pub fn put_ack(out: &mut Vec<u8>, ranges: &[RangeInclusive<u64>], delay_micros: 
 }
 
 /// Bytes a STREAM frame header takes for these values.
-pub fn stream_header_len(offset: u64, len: usize) -> usize {
-    1 + varint_len(offset) + varint_len(len as u64)
+pub fn stream_header_len(id: u64, offset: u64, len: usize) -> usize {
+    1 + varint_len(id) + varint_len(offset) + varint_len(len as u64)
+}
+
+/// Appends a STREAM frame's header; its `len` bytes must follow.
+pub fn put_stream_header(out: &mut Vec<u8>, id: u64, offset: u64, len: usize, fin: bool) {
+    out.push(if fin { 0x09 } else { 0x08 });
+    put_varint(out, id);
+    put_varint(out, offset);
+    put_varint(out, len as u64);
 }
 
 /// Appends a STREAM frame.
-pub fn put_stream(out: &mut Vec<u8>, offset: u64, data: &[u8], fin: bool) {
-    out.push(if fin { 0x09 } else { 0x08 });
-    put_varint(out, offset);
-    put_varint(out, data.len() as u64);
+pub fn put_stream(out: &mut Vec<u8>, id: u64, offset: u64, data: &[u8], fin: bool) {
+    put_stream_header(out, id, offset, data.len(), fin);
     out.extend_from_slice(data);
 }
 
@@ -238,6 +303,34 @@ pub fn put_stream(out: &mut Vec<u8>, offset: u64, data: &[u8], fin: bool) {
 pub fn put_max_data(out: &mut Vec<u8>, max: u64) {
     out.push(0x10);
     put_varint(out, max);
+}
+
+/// Appends a MAX_STREAM_DATA frame.
+pub fn put_max_stream_data(out: &mut Vec<u8>, id: u64, max: u64) {
+    out.push(0x11);
+    put_varint(out, id);
+    put_varint(out, max);
+}
+
+/// Appends a MAX_STREAMS frame.
+pub fn put_max_streams(out: &mut Vec<u8>, bidi: bool, count: u64) {
+    out.push(if bidi { 0x12 } else { 0x13 });
+    put_varint(out, count);
+}
+
+/// Appends a RESET_STREAM frame.
+pub fn put_reset_stream(out: &mut Vec<u8>, id: u64, code: u64, final_size: u64) {
+    out.push(0x04);
+    put_varint(out, id);
+    put_varint(out, code);
+    put_varint(out, final_size);
+}
+
+/// Appends a STOP_SENDING frame.
+pub fn put_stop_sending(out: &mut Vec<u8>, id: u64, code: u64) {
+    out.push(0x05);
+    put_varint(out, id);
+    put_varint(out, code);
 }
 
 /// Appends a CLOSE frame.
@@ -283,8 +376,13 @@ mod tests {
         let mut out = Vec::new();
         put_ping(&mut out);
         put_ack(&mut out, &[90..=100, 50..=60, 0..=0], 25_000);
-        put_stream(&mut out, 1 << 40, b"hello", true);
+        put_stream(&mut out, 6, 1 << 40, b"hello", true);
         put_max_data(&mut out, 4 << 20);
+        put_max_stream_data(&mut out, 1 << 20, 77);
+        put_max_streams(&mut out, true, 100);
+        put_max_streams(&mut out, false, MAX_STREAM_COUNT);
+        put_reset_stream(&mut out, 3, 9, 1000);
+        put_stop_sending(&mut out, 4, 2);
         put_datagram(&mut out, b"dgram");
         put_close(&mut out, 7, b"bye");
         out.extend_from_slice(&[0, 0, 0]);
@@ -294,8 +392,13 @@ mod tests {
             vec![
                 Frame::Ping,
                 Frame::Ack(Ack { ranges: vec![90..=100, 50..=60, 0..=0], delay_micros: 25_000 }),
-                Frame::Stream { offset: 1 << 40, data: b"hello", fin: true },
+                Frame::Stream { id: 6, offset: 1 << 40, data: b"hello", fin: true },
                 Frame::MaxData(4 << 20),
+                Frame::MaxStreamData { id: 1 << 20, max: 77 },
+                Frame::MaxStreams { bidi: true, count: 100 },
+                Frame::MaxStreams { bidi: false, count: MAX_STREAM_COUNT },
+                Frame::ResetStream { id: 3, code: 9, final_size: 1000 },
+                Frame::StopSending { id: 4, code: 2 },
                 Frame::Datagram(b"dgram"),
                 Frame::Close { code: 7, reason: b"bye" },
             ]
@@ -306,9 +409,12 @@ mod tests {
     fn bad_frames_are_errors() {
         assert_eq!(parse(&[0x02, 5, 0, 0, 6]).next(), Some(Err(FrameError::BadAck)));
         assert_eq!(parse(&[0x02, 5, 0, 1, 0, 4, 0]).next(), Some(Err(FrameError::BadAck)));
-        assert_eq!(parse(&[0x08, 0, 5, 1]).next(), Some(Err(FrameError::Truncated)));
+        assert_eq!(parse(&[0x08, 0, 0, 5, 1]).next(), Some(Err(FrameError::Truncated)));
+        let mut many = vec![0x12];
+        put_varint(&mut many, MAX_STREAM_COUNT + 1);
+        assert_eq!(parse(&many).next(), Some(Err(FrameError::BadStreamCount)));
         assert_eq!(parse(&[0x3f]).next(), Some(Err(FrameError::UnknownType(0x3f))));
-        let mut big = vec![0x08];
+        let mut big = vec![0x08, 0];
         put_varint(&mut big, VARINT_MAX);
         put_varint(&mut big, 1);
         big.push(0);

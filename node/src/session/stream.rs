@@ -79,16 +79,32 @@ impl SendStream {
         self.buf.len()
     }
 
-    /// Whether a STREAM frame is waiting to go.
-    pub fn wants_send(&self) -> bool {
+    /// One past the highest offset sent: the flow-control credit this
+    /// stream used, and its final size if it is reset.
+    pub fn sent_end(&self) -> u64 {
+        self.next
+    }
+
+    /// Drops what is buffered: the stream was reset.
+    pub fn abandon(&mut self) {
+        self.base = self.next;
+        self.buf = VecDeque::new();
+        self.lost = RangeSet::default();
+        self.acked = RangeSet::default();
+    }
+
+    /// Whether a STREAM frame is waiting to go; new bytes count only with
+    /// session `credit`.
+    pub fn wants_send(&self, credit: bool) -> bool {
         !self.lost.is_empty()
-            || (self.next < self.end() && self.next < self.peer_max)
+            || (credit && self.next < self.end() && self.next < self.peer_max)
             || (self.fin == Some(self.next) && !self.fin_sent)
     }
 
     /// Picks the next chunk of at most `room` bytes: lost data first, then
-    /// new data within the peer's limit.
-    pub fn next_chunk(&mut self, room: usize) -> Option<Chunk> {
+    /// new data within the peer's limit on this stream and `credit` new
+    /// bytes for the session.
+    pub fn next_chunk(&mut self, room: usize, credit: u64) -> Option<Chunk> {
         while let Some((s, e)) = self.lost.pop_first() {
             let s = s.max(self.base);
             if s >= e {
@@ -108,7 +124,7 @@ impl SendStream {
             let fin = self.fin == Some(end);
             return Some(Chunk { offset: s, len: (end - s) as u32, fin });
         }
-        let limit = self.end().min(self.peer_max);
+        let limit = self.end().min(self.peer_max).min(self.next.saturating_add(credit));
         if self.next < limit || (self.fin == Some(self.next) && !self.fin_sent) {
             let s = self.next;
             let end = limit.max(s).min(s + room as u64);
@@ -195,8 +211,10 @@ pub(crate) const MAX_PENDING_PIECES: usize = 16_384;
 pub(crate) struct RecvStream {
     /// In-order bytes the application has not read.
     ready: VecDeque<u8>,
-    /// Bytes the application read so far.
+    /// Bytes the application read so far (or dropped, see [`Self::discard`]).
     read: u64,
+    /// One past the highest offset received.
+    highest: u64,
     /// Out-of-order chunks past `read + ready.len()`.
     pending: BTreeMap<u64, Vec<u8>>,
     fin: Option<u64>,
@@ -220,6 +238,7 @@ impl RecvStream {
         if end > self.max_sent {
             return Err(StreamViolation::FlowControl);
         }
+        self.highest = self.highest.max(end);
         if let Some(f) = self.fin
             && (end > f || (fin && end != f))
         {
@@ -327,6 +346,38 @@ impl RecvStream {
         self.ready.len()
     }
 
+    /// One past the highest offset received.
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// Whether every byte up to the end arrived (read or not).
+    pub fn all_received(&self) -> bool {
+        self.fin == Some(self.contiguous())
+    }
+
+    /// Drops every byte received and not read, as if read; returns how
+    /// many (the application stopped the stream or the peer reset it).
+    pub fn discard(&mut self) -> u64 {
+        let dropped = self.highest - self.read;
+        self.read = self.highest;
+        self.ready = VecDeque::new();
+        self.pending.clear();
+        dropped
+    }
+
+    /// The peer reset the stream after `final_size` bytes.
+    pub fn on_reset(&mut self, final_size: u64) -> Result<(), StreamViolation> {
+        if final_size > self.max_sent {
+            return Err(StreamViolation::FlowControl);
+        }
+        if final_size < self.highest || self.fin.is_some_and(|f| f != final_size) {
+            return Err(StreamViolation::FinalSize);
+        }
+        self.fin = Some(final_size);
+        Ok(())
+    }
+
     /// Whether the peer ended the stream and everything was read.
     pub fn is_finished(&self) -> bool {
         self.fin == Some(self.read)
@@ -421,16 +472,16 @@ mod tests {
         assert_eq!(s.write(&[7u8; 100], 60), 60);
         s.finish();
         assert_eq!(s.write(b"x", 1000), 0, "nothing after finish");
-        let a = s.next_chunk(25).expect("a");
-        let b = s.next_chunk(25).expect("b");
-        let c = s.next_chunk(25).expect("c");
+        let a = s.next_chunk(25, u64::MAX).expect("a");
+        let b = s.next_chunk(25, u64::MAX).expect("b");
+        let c = s.next_chunk(25, u64::MAX).expect("c");
         assert_eq!((a.offset, a.len, b.offset, c.offset, c.len, c.fin), (0, 25, 25, 50, 10, true));
-        assert_eq!(s.next_chunk(25), None);
+        assert_eq!(s.next_chunk(25, u64::MAX), None);
         s.on_lost(b);
         s.on_ack(c);
         s.on_ack(a);
         assert_eq!(s.buffered(), 35, "only the prefix is freed");
-        let again = s.next_chunk(100).expect("resend");
+        let again = s.next_chunk(100, u64::MAX).expect("resend");
         assert_eq!((again.offset, again.len, again.fin), (25, 25, false));
         s.on_ack(again);
         assert!(s.is_done());
@@ -442,11 +493,11 @@ mod tests {
         let mut s = SendStream::new();
         s.peer_max = 10;
         s.write(&[1u8; 50], 1000);
-        assert_eq!(s.next_chunk(100).map(|c| c.len), Some(10));
-        assert!(!s.wants_send());
+        assert_eq!(s.next_chunk(100, u64::MAX).map(|c| c.len), Some(10));
+        assert!(!s.wants_send(true));
         s.peer_max = 30;
-        assert!(s.wants_send());
-        assert_eq!(s.next_chunk(100).map(|c| (c.offset, c.len)), Some((10, 20)));
+        assert!(s.wants_send(true));
+        assert_eq!(s.next_chunk(100, u64::MAX).map(|c| (c.offset, c.len)), Some((10, 20)));
     }
 
     #[test]
