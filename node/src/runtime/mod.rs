@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod endpoint;
 pub mod keystore;
 pub mod member;
 pub mod node;
