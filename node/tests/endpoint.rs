@@ -148,3 +148,32 @@ async fn resets_stops_and_closes_reach_the_other_side() {
     assert_eq!(why, CloseReason::Peer { code: 7, reason: "done here".into() });
     assert!(b.open_bi().await.is_err(), "no streams on a closed session");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_stream_carries_many_windows() {
+    let (alice, bob) = (endpoint().await, endpoint().await);
+    let (a, b) = pair(&alice, &bob).await;
+    let total = 24usize << 20;
+    let reader = tokio::spawn(async move {
+        let mut r = a.accept_uni().await.expect("the stream");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0usize;
+        loop {
+            let n = r.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return got;
+            }
+            got += n;
+        }
+    });
+    let mut s = b.open_uni().await.expect("a stream");
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(&chunk).await.expect("written");
+        sent += chunk.len();
+    }
+    s.finish().expect("once");
+    let got = timeout(Duration::from_secs(60), reader).await.expect("in time").expect("reader");
+    assert_eq!(got, total);
+}

@@ -441,6 +441,20 @@ impl Endpoint {
     /// Binds the sockets and starts the engine on its own thread; resolves
     /// once our candidates are known (STUN answered or gave up, a port
     /// mapping settled), so the first invitation already carries them.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// assert!(alice.local_addrs().iter().all(|a| a.ip().is_loopback()));
+    /// assert_ne!(alice.peer_id(), bob.peer_id());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn bind(identity: Identity, config: EndpointConfig) -> Result<Endpoint, BindError> {
         let (tx, rx) = oneshot::channel();
         let key = identity.public_key();
@@ -482,6 +496,23 @@ impl Endpoint {
     }
 
     /// Makes a signed invitation with our candidates and listens for it.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// let invitation = alice.invite(InviteOptions { reusable: true, ..InviteOptions::default() }).await?;
+    /// assert_eq!(invitation.inviter(), alice.peer_id());
+    /// // Two encodings of one signed token: compact text and a URI.
+    /// assert!(invitation.token().encode_compact().starts_with("scpc:"));
+    /// assert!(invitation.token().encode_text().starts_with("scpi://"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn invite(&self, options: InviteOptions) -> Result<Invitation, InviteError> {
         let (tx, rx) = oneshot::channel();
         self.inner().command(Command::Invite(options, tx))?;
@@ -491,6 +522,22 @@ impl Endpoint {
     /// Joins an invitation: the connectivity checks, then the encrypted
     /// handshake. See [`JoinError::RsvpNeeded`] for networks that need a
     /// reply first.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// let invitation = alice.invite(InviteOptions::default()).await?;
+    /// let (joined, accepted) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// assert_eq!(joined?.peer_id(), alice.peer_id());
+    /// assert_eq!(accepted?.peer_id(), bob.peer_id());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn join(&self, invitation: &Invitation) -> Result<Connection, JoinError> {
         let (step_tx, step_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -506,6 +553,25 @@ impl Endpoint {
 
     /// Takes a joiner's RSVP token (for one of our invitations); resolves
     /// with the connection when both sides' checks meet.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// let options = InviteOptions { rsvp_required: true, ..InviteOptions::default() };
+    /// let invitation = alice.invite(options).await?;
+    /// let Err(JoinError::RsvpNeeded(pending)) = bob.join(&invitation).await else { panic!("an RSVP first") };
+    /// let rsvp = pending.rsvp().to_owned(); // back to the inviter by any channel
+    /// let (accepted, joined) = tokio::join!(alice.accept_rsvp(&rsvp), pending.connected());
+    /// assert_eq!(accepted?.peer_id(), bob.peer_id());
+    /// assert_eq!(joined?.peer_id(), alice.peer_id());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn accept_rsvp(&self, rsvp: &str) -> Result<Connection, JoinError> {
         let (tx, rx) = oneshot::channel();
         self.inner().command(Command::AcceptRsvp(rsvp.trim().to_owned(), tx))?;
@@ -615,6 +681,28 @@ impl Connection {
     }
 
     /// Opens a unidirectional stream (we send, the peer reads).
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// let mut send = to_alice.open_uni().await?;
+    /// send.write_all(b"one way").await?;
+    /// send.finish()?;
+    /// let mut recv = from_bob.accept_uni().await?;
+    /// let mut text = String::new();
+    /// recv.read_to_string(&mut text).await?;
+    /// assert_eq!(text, "one way");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn open_uni(&self) -> Result<SendStream, ConnectionError> {
         let id = self.open(true).await?;
         Ok(self.send_handle(id))
@@ -658,6 +746,29 @@ impl Connection {
 
     /// Sends an unreliable datagram: it may be lost, and a full queue drops
     /// the oldest.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// assert!(to_alice.send_datagram(&vec![0; to_alice.max_datagram_size() + 1]).is_err());
+    /// // Unreliable: send until one arrives.
+    /// let got = loop {
+    ///     to_alice.send_datagram(b"tick")?;
+    ///     let wait = tokio::time::timeout(std::time::Duration::from_millis(100), from_bob.read_datagram());
+    ///     if let Ok(d) = wait.await { break d? }
+    /// };
+    /// assert_eq!(got, b"tick");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send_datagram(&self, data: &[u8]) -> Result<(), SendDatagramError> {
         let max = self.max_datagram_size();
         if data.len() > max {
@@ -693,6 +804,24 @@ impl Connection {
     }
 
     /// Closes the session, telling the peer `code` and `reason`.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// to_alice.close(3, "bye");
+    /// let why = from_bob.closed().await;
+    /// assert_eq!(why, convoke_node::session::CloseReason::Peer { code: 3, reason: "bye".into() });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn close(&self, code: u64, reason: &str) {
         let _ = self.handle.inner.command(Command::Close(self.handle.id, code, reason.to_owned()));
     }
@@ -762,6 +891,8 @@ impl SendStream {
             h.buf.extend(&data[..n]);
             Poll::Ready(Ok(n))
         });
+        // (The driver is told either way: a write that finds the buffer
+        // full must not wait on a driver that does not know.)
         self.conn.handle.inner.driver.notify_one();
         match r {
             Ok(p) => p,
@@ -792,6 +923,28 @@ impl SendStream {
 
     /// Abandons the stream: what the peer has not received is dropped and
     /// its reader sees `code`.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// let mut send = to_alice.open_uni().await?;
+    /// send.write_all(b"never mind").await?;
+    /// let mut recv = from_bob.accept_uni().await?;
+    /// send.reset(7)?;
+    /// let mut rest = Vec::new();
+    /// let err = recv.read_to_end(&mut rest).await.expect_err("reset");
+    /// assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reset(&mut self, code: u64) -> Result<(), WriteError> {
         let r = self.with(|h, _| {
             if h.reset.is_some() || (h.fin && h.passed && h.buf.is_empty()) {
@@ -884,17 +1037,23 @@ impl RecvStream {
         })
     }
 
+    /// Reads into `out`: how many bytes, and whether the driver should
+    /// refill the buffer.
     fn poll_read_inner(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<Result<usize, ReadError>> {
         let r = self.with(|h, closed| {
             if !h.buf.is_empty() {
                 let n = out.len().min(h.buf.len());
-                for (o, b) in out.iter_mut().zip(h.buf.drain(..n)) {
-                    *o = b;
-                }
-                return Poll::Ready(Ok(n));
+                let (a, b) = h.buf.as_slices();
+                let first = n.min(a.len());
+                out[..first].copy_from_slice(&a[..first]);
+                out[first..n].copy_from_slice(&b[..n - first]);
+                h.buf.drain(..n);
+                // The engine refills a buffer that fell below half.
+                let refill = h.buf.len() < STREAM_BUFFER / 2 && !h.fin;
+                return Poll::Ready(Ok((n, refill)));
             }
             if h.fin || h.stop.is_some() {
-                return Poll::Ready(Ok(0));
+                return Poll::Ready(Ok((0, false)));
             }
             if let Some(code) = h.reset {
                 return Poll::Ready(Err(ReadError::Reset(code)));
@@ -905,12 +1064,15 @@ impl RecvStream {
             h.waker = Some(cx.waker().clone());
             Poll::Pending
         });
-        // Room freed (or nothing there): the engine may move more bytes in.
-        self.conn.handle.inner.driver.notify_one();
-        match r {
+        let r = match r {
             Ok(p) => p,
             Err(e) => Poll::Ready(Err(e.into())),
+        };
+        // Room freed, or nothing there: the engine may move more bytes in.
+        if matches!(r, Poll::Pending | Poll::Ready(Ok((_, true)))) {
+            self.conn.handle.inner.driver.notify_one();
         }
+        r.map_ok(|(n, _)| n)
     }
 
     /// Reads some bytes in order: `Ok(0)` at the end of the stream.
@@ -920,6 +1082,27 @@ impl RecvStream {
 
     /// Asks the peer to stop sending, with `code`; what still arrives is
     /// dropped.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// let (mut send, _recv) = to_alice.open_bi().await?;
+    /// send.write_all(b"unwanted").await?;
+    /// let (_back, mut incoming) = from_bob.accept_bi().await?;
+    /// incoming.stop(42)?;
+    /// assert_eq!(send.stopped().await, Some(42));
+    /// assert_eq!(send.write(b"more").await, Err(WriteError::Stopped(42)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stop(&mut self, code: u64) -> Result<(), ConnectionError> {
         self.with(|h, _| {
             if !h.fin && h.reset.is_none() && h.stop.is_none() {
@@ -1130,7 +1313,7 @@ impl Driver {
                 }
             }
         }
-        let mut chunk = [0u8; 16 * 1024];
+        let mut chunk = vec![0u8; 64 * 1024];
         c.streams.retain(|&s, st| {
             if let Some(h) = st.send.as_mut() {
                 let before = h.buf.len();

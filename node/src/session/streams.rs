@@ -32,7 +32,7 @@
 //! - **Fairness.** Streams with bytes to send take turns, one frame each
 //!   (round robin), so a bulk stream does not starve a small one.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use super::conn::SessionConfig;
 use super::frame;
@@ -199,6 +199,87 @@ impl Stream {
     }
 }
 
+/// The open streams, by identifier: a sorted vector of boxes. Sessions
+/// mostly hold stream 0 alone, and a `BTreeMap`'s first leaf would cost an
+/// idle session some 200 bytes where this costs 16; a lookup is a binary
+/// search, and opening or forgetting one of the (at most a few hundred)
+/// streams moves 16-byte entries.
+#[derive(Debug, Default)]
+struct StreamMap(Vec<(u64, Box<Stream>)>);
+
+impl StreamMap {
+    fn find(&self, id: &u64) -> Result<usize, usize> {
+        self.0.binary_search_by_key(id, |(k, _)| *k)
+    }
+
+    fn get(&self, id: &u64) -> Option<&Stream> {
+        self.find(id).ok().map(|i| &*self.0[i].1)
+    }
+
+    fn get_mut(&mut self, id: &u64) -> Option<&mut Stream> {
+        self.find(id).ok().map(|i| &mut *self.0[i].1)
+    }
+
+    fn contains_key(&self, id: &u64) -> bool {
+        self.find(id).is_ok()
+    }
+
+    fn insert(&mut self, id: u64, st: Stream) {
+        match self.find(&id) {
+            Ok(i) => *self.0[i].1 = st,
+            Err(i) => self.0.insert(i, (id, Box::new(st))),
+        }
+    }
+
+    fn remove(&mut self, id: &u64) {
+        if let Ok(i) = self.find(id) {
+            self.0.remove(i);
+        }
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Stream> {
+        self.0.iter().map(|(_, s)| &**s)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Stream identifiers in order, without repeats (few at a time).
+#[derive(Debug, Default)]
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn insert(&mut self, id: u64) {
+        if let Err(i) = self.0.binary_search(&id) {
+            self.0.insert(i, id);
+        }
+    }
+
+    fn remove(&mut self, id: &u64) {
+        if let Ok(i) = self.0.binary_search(id) {
+            self.0.remove(i);
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<u64> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let id = self.0.remove(0);
+        if self.0.is_empty() {
+            // An idle session holds nothing here.
+            self.0 = Vec::new();
+        }
+        Some(id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// A violation of the stream rules by the peer, for the session's CLOSE.
 pub(crate) type Violation = &'static str;
 
@@ -222,7 +303,7 @@ pub(crate) struct Streams {
     initiator: bool,
     /// Ordered, so every walk over it is deterministic (the simulator
     /// replays runs byte for byte).
-    map: BTreeMap<u64, Stream>,
+    map: StreamMap,
     /// Streams of each kind we opened, and how many the peer allows.
     opened_local: [u64; 2],
     allowed_local: [u64; 2],
@@ -250,7 +331,7 @@ pub(crate) struct Streams {
     /// Streams that may have bytes to send, in turn.
     queue: VecDeque<u64>,
     /// Streams with a control frame due.
-    control: BTreeSet<u64>,
+    control: IdSet,
     /// Something readable happened (bytes, an end, a reset, a new stream).
     pub readable_changed: bool,
 }
@@ -260,7 +341,7 @@ impl Streams {
     pub fn new(config: &SessionConfig, initiator: bool) -> Self {
         let mut s = Self {
             initiator,
-            map: BTreeMap::new(),
+            map: StreamMap::default(),
             opened_local: [0; 2],
             allowed_local: [1, 0],
             opened_remote: [0; 2],
@@ -277,7 +358,7 @@ impl Streams {
             data_max_sent: INITIAL_WINDOW,
             max_data_due: false,
             queue: VecDeque::new(),
-            control: BTreeSet::new(),
+            control: IdSet::default(),
             readable_changed: false,
         };
         if initiator {
@@ -683,6 +764,8 @@ impl Streams {
             st.queued = false;
             self.queue.pop_front();
         }
+        // An idle session holds nothing here.
+        self.queue = VecDeque::new();
         false
     }
 
