@@ -429,6 +429,32 @@ mod tests {
             }
         }
 
+        /// What decodes re-encodes to the same frame (the fuzz target
+        /// `session_frames` checks the same on its corpus).
+        #[test]
+        fn decoded_frames_re_encode(ty in prop::sample::select(vec![1u8, 4, 5, 8, 9, 0x10, 0x11, 0x12, 0x13, 0x1c, 0x30]),
+                                    body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = vec![ty];
+            bytes.extend_from_slice(&body);
+            for f in parse(&bytes) {
+                let Ok(f) = f else { break };
+                let mut out = Vec::new();
+                match &f {
+                    Frame::Ping => put_ping(&mut out),
+                    Frame::Ack(a) => put_ack(&mut out, &a.ranges, a.delay_micros),
+                    Frame::Stream { id, offset, data, fin } => put_stream(&mut out, *id, *offset, data, *fin),
+                    Frame::MaxData(m) => put_max_data(&mut out, *m),
+                    Frame::MaxStreamData { id, max } => put_max_stream_data(&mut out, *id, *max),
+                    Frame::MaxStreams { bidi, count } => put_max_streams(&mut out, *bidi, *count),
+                    Frame::ResetStream { id, code, final_size } => put_reset_stream(&mut out, *id, *code, *final_size),
+                    Frame::StopSending { id, code } => put_stop_sending(&mut out, *id, *code),
+                    Frame::Close { code, reason } => put_close(&mut out, *code, reason),
+                    Frame::Datagram(d) => put_datagram(&mut out, d),
+                }
+                prop_assert_eq!(parse(&out).collect::<Vec<_>>(), vec![Ok(f)]);
+            }
+        }
+
         #[test]
         fn ack_ranges_round_trip(mut points in proptest::collection::btree_set(0u64..10_000, 1..64)) {
             // Build disjoint, non-adjacent ranges from a set of numbers.
