@@ -14,7 +14,7 @@
 //! * **Inviter**: [`Endpoint::listen`] registers an invitation. A check from
 //!   an invitee never heard of is authenticated with the invitation's
 //!   password; the invitee's ufrag comes from USERNAME and its password is
-//!   derived ([`derive_invitee_pwd`]), so the inviter can check back and
+//!   derived ([`derive_invitee_pwd`](crate::token::derive_invitee_pwd)), so the inviter can check back and
 //!   nominate (role controlling). A reusable invitation admits many invitees
 //!   on one port, demultiplexed by ufrag pair.
 //! * **Invitee**: [`Endpoint::join`] imports an invitation (role controlled)

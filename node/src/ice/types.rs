@@ -177,7 +177,7 @@ pub enum Event {
         via: Via,
     },
     /// The invitee's window passed: the inviter needs our RSVP. Build it
-    /// with [`Endpoint::rsvp_token_id`] and `Token::new_rsvp`.
+    /// with [`Endpoint::rsvp_token_id`](super::Endpoint::rsvp_token_id) and `Token::new_rsvp`.
     RsvpNeeded {
         /// Which attempt.
         attempt: AttemptId,
@@ -205,7 +205,7 @@ pub enum Event {
     },
 }
 
-/// What ties a session to its attempt; see [`Endpoint::binding`].
+/// What ties a session to its attempt; see [`Endpoint::binding`](super::Endpoint::binding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     /// The invitation's id.
@@ -272,7 +272,7 @@ pub struct Stats {
     pub probing_connected: u64,
 }
 
-/// What [`Endpoint::attempt_summary`] tells about an attempt.
+/// What [`Endpoint::attempt_summary`](super::Endpoint::attempt_summary) tells about an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptSummary {
     /// When it began: the invitation imported (invitee), or the invitee's

@@ -230,7 +230,7 @@ impl CryptoResolver for Primitives {
 /// snow's handshake state on the heap, overwritten with zeros once it is
 /// dropped: snow 0.10 keeps the chaining key, the handshake hash and the
 /// peer's public keys in plain arrays inside it and wipes nothing. (The
-/// parts it holds through [`Primitives`] wipe themselves.)
+/// parts it holds through `Primitives` wipe themselves.)
 pub struct WipedHandshake(std::mem::ManuallyDrop<Box<snow::HandshakeState>>);
 
 impl WipedHandshake {

@@ -21,7 +21,7 @@
 //!   the sum of all streams' highest offsets
 //!   ([`SessionConfig::receive_window`]), so one stream the application does
 //!   not read cannot hold more than its share, and all of them together no
-//!   more than the session's. Both start at [`INITIAL_WINDOW`] and are
+//!   more than the session's. Both start at 64 KiB (`INITIAL_WINDOW`) and are
 //!   raised by MAX_STREAM_DATA and MAX_DATA once the receiver knows the
 //!   stream.
 //! - **Ending.** A sender finishes a stream (its end is delivered in order

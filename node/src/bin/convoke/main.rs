@@ -1,5 +1,9 @@
 //! `convoke`: the Convoke node's command-line tool.
 
+// The doc comments on the argument types are `--help` text, where
+// `<data dir>` is a placeholder, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod demo_cmd;
 mod demo_common;
 mod net_demo;
