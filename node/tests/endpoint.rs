@@ -177,3 +177,19 @@ async fn one_stream_carries_many_windows() {
     let got = timeout(Duration::from_secs(60), reader).await.expect("in time").expect("reader");
     assert_eq!(got, total);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stream_cut_by_the_session_end_is_an_error_not_an_end() {
+    let (alice, bob) = (endpoint().await, endpoint().await);
+    let (a, b) = pair(&alice, &bob).await;
+    let mut s = b.open_uni().await.expect("a stream");
+    s.write_all(b"half of it").await.expect("written");
+    let mut r = timeout(LIMIT, a.accept_uni()).await.expect("in time").expect("the stream");
+    let mut buf = [0u8; 10];
+    r.read_exact(&mut buf).await.expect("what was sent");
+    b.close(0, "gone");
+    let mut rest = Vec::new();
+    let e = timeout(LIMIT, r.read_to_end(&mut rest)).await.expect("in time").expect_err("cut short");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+    drop(s);
+}

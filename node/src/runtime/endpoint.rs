@@ -321,6 +321,14 @@ struct ConnState {
     wakers: Vec<Waker>,
 }
 
+/// Adds a task's waker unless it is there already (a task polled again
+/// and again, as in a `select!` loop, keeps one entry).
+fn park(wakers: &mut Vec<Waker>, w: &Waker) {
+    if !wakers.iter().any(|x| x.will_wake(w)) {
+        wakers.push(w.clone());
+    }
+}
+
 impl ConnState {
     fn wake_all(&mut self) {
         for w in self.wakers.drain(..) {
@@ -469,7 +477,7 @@ impl Endpoint {
             if s.ready || s.stopped {
                 return Poll::Ready(());
             }
-            s.wakers.push(cx.waker().clone());
+            park(&mut s.wakers, cx.waker());
             Poll::Pending
         })
         .await;
@@ -591,7 +599,7 @@ impl Endpoint {
             if s.stopped {
                 return Poll::Ready(Err(EndpointClosed));
             }
-            s.wakers.push(cx.waker().clone());
+            park(&mut s.wakers, cx.waker());
             Poll::Pending
         })
         .await?;
@@ -717,7 +725,7 @@ impl Connection {
                 if let Err(e) = c.check_open() {
                     return Poll::Ready(Err(e));
                 }
-                c.wakers.push(cx.waker().clone());
+                park(&mut c.wakers, cx.waker());
                 Poll::Pending
             })?
         })
@@ -796,7 +804,7 @@ impl Connection {
                 if let Err(e) = c.check_open() {
                     return Poll::Ready(Err(e));
                 }
-                c.wakers.push(cx.waker().clone());
+                park(&mut c.wakers, cx.waker());
                 Poll::Pending
             })?
         })
@@ -828,7 +836,7 @@ impl Connection {
 
     /// Resolves when the session ends, with why.
     pub async fn closed(&self) -> CloseReason {
-        poll_fn(|cx| match self.with(|c| c.closed.clone().ok_or_else(|| c.wakers.push(cx.waker().clone()))) {
+        poll_fn(|cx| match self.with(|c| c.closed.clone().ok_or_else(|| park(&mut c.wakers, cx.waker()))) {
             Ok(Ok(r)) => Poll::Ready(r),
             Ok(Err(())) => Poll::Pending,
             Err(ConnectionError::Closed(r)) => Poll::Ready(r),
@@ -1255,10 +1263,23 @@ impl Driver {
                 }
             }
             Command::Forget(id) => {
-                if let Some(c) = state.conns.remove(&id)
-                    && c.closed.is_none()
-                {
-                    ctx.host.close(id, ctx.now);
+                if let Some(c) = state.conns.remove(&id) {
+                    if c.closed.is_none() {
+                        ctx.host.close(id, ctx.now);
+                    }
+                    // The engine keeps a closed session while it holds
+                    // bytes nobody read; nobody will now.
+                    let mut streams: Vec<StreamId> = c.streams.keys().copied().collect();
+                    streams.push(StreamId::MAIN);
+                    for uni in [false, true] {
+                        while let Some(s) = ctx.host.accept_stream(id, uni) {
+                            streams.push(s);
+                        }
+                    }
+                    let mut scratch = vec![0u8; 64 * 1024];
+                    for s in streams {
+                        while let Ok(1..) = ctx.host.read_stream(id, s, &mut scratch) {}
+                    }
                 }
             }
         }
@@ -1287,7 +1308,14 @@ impl Driver {
                 if !uni {
                     st.recv = Some(RecvBuf { handle: true, ..RecvBuf::default() });
                 }
-                let _ = reply.send(Ok(s));
+                if reply.send(Ok(s)).is_err() {
+                    // Whoever asked is gone (a cancelled open): end it.
+                    c.streams.remove(&s);
+                    let _ = ctx.host.finish_stream(id, s);
+                    if !uni {
+                        let _ = ctx.host.stop_stream(id, s, 0);
+                    }
+                }
             }
             Err(StreamError::Limit) => self.opens.push((id, uni, reply)),
             Err(_) => {
@@ -1356,7 +1384,11 @@ impl Driver {
             }
             if let Some(h) = st.recv.as_mut() {
                 if let Some(code) = h.stop.filter(|_| !h.passed) {
-                    let _ = host.stop_stream(id, s, code);
+                    if host.stop_stream(id, s, code).is_err() {
+                        // A session the peer closed takes no stop: drop what
+                        // it holds, or it waits for a reader for ever.
+                        while let Ok(1..) = host.read_stream(id, s, &mut chunk) {}
+                    }
                     h.passed = true;
                 }
                 let mut moved = false;
@@ -1379,10 +1411,13 @@ impl Driver {
                             moved = true;
                         }
                         // Forgotten: it ended and everything was read.
-                        Err(_) => {
+                        Err(StreamError::Unknown) => {
                             h.fin = true;
                             moved = true;
                         }
+                        // The session is gone before the stream's end: the
+                        // reader learns why from the session, not an end.
+                        Err(_) => break,
                     }
                 }
                 if moved && let Some(w) = h.waker.take() {
@@ -1430,24 +1465,27 @@ impl Driver {
                 wakers: Vec::new(),
             },
         );
-        if let Some(j) = self.joins.remove(&session) {
-            match j.step {
-                Some(step) => {
-                    let _ = step.send(JoinStep::Connected(session));
-                }
-                None => {
-                    let _ = j.done.send(Ok(session));
-                }
-            }
-        } else if let Some(reply) = self.rsvps.remove(&session) {
-            let _ = reply.send(Ok(session));
-        } else if inviter {
-            state.incoming.push_back(session);
-            state.wake();
+        // Whether someone asked for this session, and is still there.
+        let asked = if let Some(j) = self.joins.remove(&session) {
+            Some(match j.step {
+                Some(step) => step.send(JoinStep::Connected(session)).is_ok(),
+                None => j.done.send(Ok(session)).is_ok(),
+            })
         } else {
-            // A session nobody here asked for (the engine's own): not ours.
-            state.conns.remove(&session);
-            ctx.host.close(session, ctx.now);
+            self.rsvps.remove(&session).map(|reply| reply.send(Ok(session)).is_ok())
+        };
+        match asked {
+            Some(true) => {}
+            None if inviter => {
+                state.incoming.push_back(session);
+                state.wake();
+            }
+            // A cancelled join (no handle will ever close it), or a session
+            // nobody here asked for (the engine's own): not ours.
+            Some(false) | None => {
+                state.conns.remove(&session);
+                ctx.host.close(session, ctx.now);
+            }
         }
     }
 

@@ -70,7 +70,7 @@ pub struct SessionConfig {
     /// (a single stream's speed on a fast path; quinn's default is 1.25 MB).
     pub stream_receive_window: u64,
     /// Bidirectional streams the peer may have open at once (stream 0
-    /// included): 100, quinn's default.
+    /// counts as the handshake initiator's): 100, quinn's default.
     pub max_streams_bidi: u64,
     /// Unidirectional streams the peer may have open at once: 100.
     pub max_streams_uni: u64,

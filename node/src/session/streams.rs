@@ -14,8 +14,8 @@
 //!   it (and of every lower identifier of the same kind) from the first
 //!   frame. Each side lets the other open [`SessionConfig::max_streams_bidi`]
 //!   and [`SessionConfig::max_streams_uni`] at once, raised with MAX_STREAMS
-//!   as streams end. Before the first MAX_STREAMS a side may open stream 0
-//!   alone.
+//!   as streams end. Before the peer's first MAX_STREAMS a side may open
+//!   none of its own (stream 0 is open already).
 //! - **Flow control.** Every stream has its own window
 //!   ([`SessionConfig::stream_receive_window`]) and the session has one over
 //!   the sum of all streams' highest offsets
@@ -362,8 +362,10 @@ impl Streams {
             readable_changed: false,
         };
         if initiator {
+            // Stream 0 is the initiator's first: the peer allows it.
             s.opened_local[0] = 1;
         } else {
+            s.allowed_local[0] = 0;
             s.opened_remote[0] = 1;
         }
         s.insert(config, StreamId::MAIN);
@@ -680,7 +682,9 @@ impl Streams {
         let Some(id) = self.peer_stream(config, id)? else { return Ok(()) };
         let st = self.map.get_mut(&id.0).expect("a stream just found");
         let h = st.recv.as_mut().ok_or("a reset of a stream we only send on")?;
-        if h.reset.is_some() {
+        // A second reset, or one after the application read to the end
+        // (a sender that reset while its end was in flight): nothing to do.
+        if h.reset.is_some() || h.r.is_finished() {
             return Ok(());
         }
         let before = h.r.highest();
@@ -899,6 +903,9 @@ impl Streams {
                 {
                     st.stop_due = true;
                     self.control.insert(id);
+                } else {
+                    // Nothing more will come: the stream may end now.
+                    self.forget_if_done(StreamId(id));
                 }
             }
         }
