@@ -56,3 +56,43 @@ outcome() {
     echo corrupt
   fi
 }
+
+# public_segment NS: a namespace holding the "public" segment, a bridge br0
+# (198.18.0.0/16 lives on it).
+public_segment() {
+  ip netns add "$1"
+  ip -n "$1" link set lo up
+  ip -n "$1" link add br0 type bridge
+  ip -n "$1" link set br0 up
+}
+
+# attach INET NS IFNAME ADDR PEER: a veth from INET's bridge into NS, named
+# IFNAME there (address ADDR/16) and PEER on the bridge.
+attach() {
+  local inet=$1 ns=$2 ifname=$3 addr=$4 peer=$5
+  ip link add "$peer" type veth peer name "$ifname" netns "$ns"
+  ip link set "$peer" netns "$inet"
+  ip -n "$inet" link set "$peer" master br0 up
+  ip -n "$ns" addr add "$addr/16" dev "$ifname"
+  ip -n "$ns" link set "$ifname" up
+}
+
+# behind_nat INET ROUTER HOST TYPE WAN_IP LAN VETH: namespace HOST (LAN.2/24)
+# behind namespace ROUTER, whose WAN leg (WAN_IP, veth VETHw on INET's
+# bridge) applies the NAT TYPE (deploy/nat/apply-nat.sh) to the LAN
+# (LAN.0/24, veth VETHl). ROUTER and HOST must not exist yet.
+behind_nat() {
+  local inet=$1 router=$2 host=$3 type=$4 wan_ip=$5 lan=$6 veth=$7
+  ip netns add "$router"
+  ip -n "$router" link set lo up
+  attach "$inet" "$router" wan "$wan_ip" "${veth}w"
+  ip link add "${veth}l" type veth peer name eth0 netns "$host"
+  ip link set "${veth}l" netns "$router"
+  ip -n "$router" link set "${veth}l" name lan
+  ip -n "$router" addr add "$lan.1/24" dev lan
+  ip -n "$router" link set lan up
+  ip -n "$host" addr add "$lan.2/24" dev eth0
+  ip -n "$host" link set eth0 up
+  ip -n "$host" route add default via "$lan.1"
+  ip netns exec "$router" "$(dirname "${BASH_SOURCE[0]}")/apply-nat.sh" "$type" wan lan "$lan.0/24" "$wan_ip" >/dev/null
+}
