@@ -7,6 +7,7 @@ pub mod control;
 pub mod endpoint;
 pub mod keystore;
 pub mod member;
+pub mod network;
 pub mod node;
 pub mod portmap;
 pub mod qr;

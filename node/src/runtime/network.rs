@@ -1,0 +1,236 @@
+//! Network membership as a library: a [`Network`] is one member of a
+//! Convoke network — the member engine (overlay membership, introducers
+//! relaying tokens and RSVPs, broadcast) on a node of its own — driven the
+//! way `convoke up` drives it, with commands as methods and events from
+//! [`Network::next_event`].
+//!
+//! ```
+//! use convoke_node::identity::Identity;
+//! use convoke_node::runtime::endpoint::EndpointConfig;
+//! use convoke_node::runtime::network::{MemberConfig, MemberEvent, Network};
+//! use convoke_node::runtime::os_rng;
+//! use convoke_node::token::Invitation;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let start = |join: Option<Invitation>| {
+//!     let config = MemberConfig { join, ..MemberConfig::default() };
+//!     Network::start(Identity::generate(&mut os_rng()), EndpointConfig::loopback(), config)
+//! };
+//! let alice = start(None).await?;
+//! // Alice's card: anyone with it joins her network (it travels by any channel).
+//! let card = alice.card().clone();
+//! let bob = start(Some(card)).await?;
+//! // Wait until alice and bob are neighbours, then broadcast.
+//! while !matches!(bob.next_event().await, Some(MemberEvent::NeighborUp(p)) if p == alice.peer_id()) {}
+//! alice.broadcast(b"hello, network")?;
+//! loop {
+//!     if let Some(MemberEvent::Message { origin, data, .. }) = bob.next_event().await {
+//!         assert_eq!((origin, data.as_slice()), (alice.peer_id(), &b"hello, network"[..]));
+//!         break;
+//!     }
+//! }
+//! bob.leave();
+//! while bob.next_event().await.is_some() {} // its events end once it has left
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::endpoint::{BindError, EndpointConfig};
+use super::member::{Member, Snapshot};
+use super::node::Node;
+use crate::identity::{Identity, PeerId};
+use crate::token::Invitation;
+
+pub use crate::member::MAX_PAYLOAD;
+pub use crate::member::{CommandError, MemberCommand, MemberConfig, MemberEvent, SuperPeer};
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node underneath could not start.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The member engine stopped before its card was ready (it could not
+    /// mint its invitation: the reason is in the log).
+    #[error("the member stopped before its card was ready")]
+    NoCard,
+}
+
+/// One member of a Convoke network: see the [module documentation](self).
+/// Dropping it leaves the network.
+pub struct Network {
+    commands: mpsc::UnboundedSender<MemberCommand>,
+    events: tokio::sync::Mutex<Events>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    peer_id: PeerId,
+    card: Invitation,
+    local: Vec<SocketAddr>,
+}
+
+/// Events that came before the card, then the engine's channel.
+struct Events {
+    early: VecDeque<MemberEvent>,
+    rx: mpsc::UnboundedReceiver<MemberEvent>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = self.commands.send(MemberCommand::Leave);
+    }
+}
+
+impl Network {
+    /// Starts a member on its own thread (its node binds as `config`
+    /// says) and resolves once its card is ready. With
+    /// [`MemberConfig::join`] it joins that member's network; without, it
+    /// starts a network of its own that others join with its card.
+    pub async fn start(
+        identity: Identity,
+        config: EndpointConfig,
+        member: MemberConfig,
+    ) -> Result<Network, StartError> {
+        let peer_id = identity.public_key().peer_id();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+        let mut seed = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
+        let member = Member::new(member, seed, ev_tx, cmd_rx);
+        let snapshot = member.snapshot();
+        let (bound_tx, bound_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("convoke-member".into())
+            .spawn(move || drive(identity, config, member, bound_tx))
+            .map_err(BindError::Thread)?;
+        let local = bound_rx.await.map_err(|_| BindError::Thread(io::Error::other("the member's thread ended")))??;
+        let mut early = VecDeque::new();
+        let card = loop {
+            match ev_rx.recv().await {
+                Some(MemberEvent::Invitation(text)) => match Invitation::parse(&text, super::unix_now()) {
+                    Ok(card) => break card,
+                    Err(_) => return Err(StartError::NoCard),
+                },
+                Some(other) => early.push_back(other),
+                None => return Err(StartError::NoCard),
+            }
+        };
+        Ok(Network {
+            commands: cmd_tx,
+            events: tokio::sync::Mutex::new(Events { early, rx: ev_rx }),
+            snapshot,
+            peer_id,
+            card,
+            local,
+        })
+    }
+
+    /// Our card: the invitation others join the network with (reusable;
+    /// encode it with `card().token().encode_compact()` or `encode_text()`).
+    pub fn card(&self) -> &Invitation {
+        &self.card
+    }
+
+    /// Our PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The sockets our node bound.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local
+    }
+
+    /// Our neighbours now (the overlay's active view).
+    pub fn neighbours(&self) -> Vec<PeerId> {
+        self.snapshot.lock().map(|s| s.active.clone()).unwrap_or_default()
+    }
+
+    /// The next event: links, neighbours, members joining, broadcasts
+    /// arriving, RSVPs to carry. `None` once the member has stopped (it
+    /// left, or failed).
+    pub async fn next_event(&self) -> Option<MemberEvent> {
+        let mut events = self.events.lock().await;
+        match events.early.pop_front() {
+            Some(e) => Some(e),
+            None => events.rx.recv().await,
+        }
+    }
+
+    fn command(&self, c: MemberCommand) -> Result<(), CommandError> {
+        self.commands.send(c).map_err(|_| CommandError::Leaving)
+    }
+
+    /// Sends `data` to every member (Plumtree broadcast over the overlay):
+    /// at most [`MAX_PAYLOAD`] bytes.
+    pub fn broadcast(&self, data: &[u8]) -> Result<(), CommandError> {
+        if data.len() > MAX_PAYLOAD {
+            return Err(CommandError::TooLarge(data.len()));
+        }
+        self.command(MemberCommand::Broadcast(data.to_vec()))
+    }
+
+    /// Joins the network of `card` (another member's invitation), for a
+    /// member started without [`MemberConfig::join`] or to bridge two
+    /// networks.
+    pub fn join(&self, card: &Invitation) -> Result<(), CommandError> {
+        self.command(MemberCommand::Join(Box::new(card.clone())))
+    }
+
+    /// Takes an RSVP that a newcomer sent out of band
+    /// ([`MemberEvent::RsvpForContact`] on its side).
+    pub fn accept_rsvp(&self, rsvp: &str) -> Result<(), CommandError> {
+        self.command(MemberCommand::AcceptRsvp(rsvp.trim().to_owned()))
+    }
+
+    /// Leaves: tells the neighbours, closes the sessions; the events end
+    /// when it is done.
+    pub fn leave(&self) {
+        let _ = self.command(MemberCommand::Leave);
+    }
+}
+
+/// The member's thread: its own runtime, the node, the member app.
+fn drive(
+    identity: Identity,
+    config: EndpointConfig,
+    mut member: Member,
+    bound: oneshot::Sender<Result<Vec<SocketAddr>, BindError>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = bound.send(Err(BindError::Thread(e)));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut seed = [0u8; 32];
+        rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
+        let node = match Node::bind(identity, config.node, seed) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = bound.send(Err(e.into()));
+                return;
+            }
+        };
+        if bound.send(Ok(node.local_addrs())).is_err() {
+            return;
+        }
+        if let Err(e) = node.run(&mut member).await {
+            tracing::warn!("the member's node stopped: {e}");
+        }
+    });
+}
