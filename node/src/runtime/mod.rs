@@ -1,7 +1,9 @@
 //! The runtime side of the node: everything that touches the operating
 //! system (sockets, files, clock, OS randomness). Built with the `runtime`
-//! feature.
+//! feature; the command line's own parts ([`config`], the TOML file, and
+//! [`qr`]) with the `cli` feature.
 
+#[cfg(feature = "cli")]
 pub mod config;
 pub mod control;
 pub mod endpoint;
@@ -10,6 +12,7 @@ pub mod member;
 pub mod network;
 pub mod node;
 pub mod portmap;
+#[cfg(feature = "cli")]
 pub mod qr;
 pub mod state;
 pub mod telemetry;
