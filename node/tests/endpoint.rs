@@ -193,3 +193,25 @@ async fn a_stream_cut_by_the_session_end_is_an_error_not_an_end() {
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_racing_the_peers_close_reports_the_peers_reason() {
+    let (alice, bob) = (endpoint().await, endpoint().await);
+    let (a, b) = pair(&alice, &bob).await;
+    a.close(7, "bye");
+    // Opens issued while the close is on its way succeed; the first one
+    // after it must carry the peer's reason, not a local close.
+    let first_error = timeout(LIMIT, async {
+        for _ in 0..100_000 {
+            if let Err(e) = b.open_uni().await {
+                return e;
+            }
+        }
+        panic!("100,000 opens and the close never arrived");
+    })
+    .await
+    .expect("in time");
+    let peer = CloseReason::Peer { code: 7, reason: "bye".into() };
+    assert_eq!(first_error, convoke_node::runtime::endpoint::ConnectionError::Closed(peer.clone()));
+    assert_eq!(b.closed().await, peer);
+}
