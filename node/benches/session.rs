@@ -198,56 +198,6 @@ fn ours_throughput(total: u64, round: u64) -> Duration {
     end - start
 }
 
-fn quinn_throughput(total: u64) -> Duration {
-    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
-    let cert = CertificateDer::from(cert.cert);
-    let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into()).expect("server config");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("root");
-    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || {
-        rt().block_on(async move {
-            let ep = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr")).expect("server");
-            addr_tx.send(ep.local_addr().expect("addr")).expect("send");
-            let conn = ep.accept().await.expect("incoming").await.expect("connection");
-            let mut s = conn.accept_uni().await.expect("stream");
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut got = 0u64;
-            while let Some(n) = s.read(&mut buf).await.expect("read") {
-                got += n as u64;
-            }
-            assert_eq!(got, total);
-            let end = Instant::now();
-            conn.close(0u32.into(), b"done");
-            ep.wait_idle().await;
-            end
-        })
-    });
-    let addr = addr_rx.recv().expect("addr");
-    let start = rt().block_on(async move {
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-        ep.set_default_client_config(client_config);
-        let conn = ep.connect(addr, "localhost").expect("connect").await.expect("connection");
-        let start = Instant::now();
-        let mut s = conn.open_uni().await.expect("stream");
-        let mut sent = 0u64;
-        while sent < total {
-            let n = (total - sent).min(DATA.len() as u64) as usize;
-            s.write_all(&DATA[..n]).await.expect("write");
-            sent += n as u64;
-        }
-        s.finish().expect("finish");
-        let _ = s.stopped().await;
-        conn.closed().await;
-        start
-    });
-    let end = server.join().expect("server");
-    end - start
-}
-
 // ---------- 3. idle memory ----------
 
 fn memory(n: usize) -> (f64, f64) {
@@ -293,6 +243,20 @@ fn main() {
         println!("{:.1} MiB/s", total as f64 / (1 << 20) as f64 / t.as_secs_f64());
         return;
     }
+    let memory_only = std::env::args().any(|a| a == "--memory");
+    if !memory_only {
+        timing(rounds, tp_rounds, total);
+    }
+    let n = if quick { 200 } else { 1000 };
+    let (ice, host) = memory(n);
+    println!("\nheap the inviter holds per idle connected peer ({n} peers, 30 s after connecting)");
+    println!("  connectivity engine alone (ICE attempt)     {ice:>7.0} bytes");
+    println!("  host: ICE attempt + secure session          {host:>7.0} bytes");
+    println!("  the session's share                        {:>7.0} bytes   (target <= 2048)", host - ice);
+}
+
+/// Join to first byte, and throughput against quinn.
+fn timing(rounds: usize, tp_rounds: usize, total: u64) {
     let firsts = join_to_first_byte(rounds + 5).split_off(5);
     println!("join to first encrypted byte over loopback ({rounds} joins, in process)");
     println!(
@@ -304,10 +268,10 @@ fn main() {
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let _ = ours_throughput(8 << 20, 200);
-    let _ = quinn_throughput(8 << 20);
+    let _ = apps::quinn_throughput(8 << 20, 1);
     for r in 0..tp_rounds {
         ours.push(ours_throughput(total, r as u64));
-        theirs.push(quinn_throughput(total));
+        theirs.push(apps::quinn_throughput(total, 1));
     }
     let mib = total as f64 / (1 << 20) as f64;
     let (mo, mt) = (median(ours), median(theirs));
@@ -315,11 +279,4 @@ fn main() {
     println!("  convoke session  median {:>8.1} MiB/s", mib / mo.as_secs_f64());
     println!("  quinn 0.11       median {:>8.1} MiB/s", mib / mt.as_secs_f64());
     println!("  ratio convoke / quinn: {:.2}   (target >= 0.8)", mt.as_secs_f64() / mo.as_secs_f64());
-
-    let n = if quick { 200 } else { 1000 };
-    let (ice, host) = memory(n);
-    println!("\nheap the inviter holds per idle connected peer ({n} peers, 30 s after connecting)");
-    println!("  connectivity engine alone (ICE attempt)     {ice:>7.0} bytes");
-    println!("  host: ICE attempt + secure session          {host:>7.0} bytes");
-    println!("  the session's share                        {:>7.0} bytes   (target <= 2048)", host - ice);
 }

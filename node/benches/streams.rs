@@ -27,7 +27,6 @@ mod apps;
 #[allow(dead_code)]
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -246,75 +245,6 @@ fn engine(total: u64, streams: usize, round: u64) -> Duration {
     took
 }
 
-fn quinn(total: u64, streams: usize) -> Duration {
-    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
-    let cert = CertificateDer::from(cert.cert);
-    let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into()).expect("server config");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("root");
-    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let per = total / streams as u64;
-    let server = std::thread::spawn(move || {
-        rt().block_on(async move {
-            let ep = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr")).expect("server");
-            addr_tx.send(ep.local_addr().expect("addr")).expect("send");
-            let conn = ep.accept().await.expect("incoming").await.expect("connection");
-            let mut readers = Vec::new();
-            for _ in 0..streams {
-                let mut s = conn.accept_uni().await.expect("stream");
-                readers.push(tokio::spawn(async move {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut got = 0u64;
-                    while let Some(n) = s.read(&mut buf).await.expect("read") {
-                        got += n as u64;
-                    }
-                    got
-                }));
-            }
-            let mut got = 0;
-            for r in readers {
-                got += r.await.expect("reader");
-            }
-            assert_eq!(got, per * streams as u64);
-            let end = Instant::now();
-            conn.close(0u32.into(), b"done");
-            ep.wait_idle().await;
-            end
-        })
-    });
-    let addr = addr_rx.recv().expect("addr");
-    let start = rt().block_on(async move {
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-        ep.set_default_client_config(client_config);
-        let conn = ep.connect(addr, "localhost").expect("connect").await.expect("connection");
-        let start = Instant::now();
-        let mut writers = Vec::new();
-        for _ in 0..streams {
-            let mut s = conn.open_uni().await.expect("stream");
-            writers.push(tokio::spawn(async move {
-                let mut sent = 0u64;
-                while sent < per {
-                    let n = (per - sent).min(DATA.len() as u64) as usize;
-                    s.write_all(&DATA[..n]).await.expect("write");
-                    sent += n as u64;
-                }
-                s.finish().expect("finish");
-                let _ = s.stopped().await;
-            }));
-        }
-        for w in writers {
-            w.await.expect("writer");
-        }
-        conn.closed().await;
-        start
-    });
-    let end = server.join().expect("server");
-    end - start
-}
-
 /// Heap both ends hold per open idle stream that carried one byte.
 fn memory_per_stream(n: usize) -> f64 {
     rt().block_on(async {
@@ -350,16 +280,24 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, total) = if quick { (2, 64u64 << 20) } else { (5, 256u64 << 20) };
     let mib = total as f64 / (1 << 20) as f64;
+    if let Some(streams) = std::env::args().skip_while(|a| a != "--profile-endpoint").nth(1) {
+        // For `perf record`: the async API's transfer alone.
+        let streams: usize = streams.parse().expect("--profile-endpoint takes a stream count");
+        for _ in 0..rounds {
+            println!("{:.1} MiB/s", mib / ours(total, streams).as_secs_f64());
+        }
+        return;
+    }
     // Warm up both.
     let _ = ours(8 << 20, 1);
     let _ = engine(8 << 20, 1, 200);
-    let _ = quinn(8 << 20, 1);
+    let _ = apps::quinn_throughput(8 << 20, 1);
     for streams in [1, 16] {
         let (mut o, mut e, mut q) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..rounds {
             o.push(ours(total, streams));
             e.push(engine(total, streams, r as u64));
-            q.push(quinn(total, streams));
+            q.push(apps::quinn_throughput(total, streams));
         }
         let (mo, me, mq) = (median(o), median(e), median(q));
         let target = if streams == 1 { 1.0 } else { 0.9 };

@@ -87,3 +87,76 @@ impl App for FirstByte {
         std::future::pending::<()>().await;
     }
 }
+
+/// Bytes through quinn (the reference QUIC stack) on loopback: `total`
+/// bytes over `streams` concurrent unidirectional streams; the time from
+/// the first write to the last byte read.
+pub fn quinn_throughput(total: u64, streams: usize) -> Duration {
+    static DATA: [u8; 64 * 1024] = [0x5a; 64 * 1024];
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let key = PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der());
+    let cert = CertificateDer::from(cert.cert);
+    let server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into()).expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots)).expect("client config");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let per = total / streams as u64;
+    let server = std::thread::spawn(move || {
+        rt().block_on(async move {
+            let ep = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr")).expect("server");
+            addr_tx.send(ep.local_addr().expect("addr")).expect("send");
+            let conn = ep.accept().await.expect("incoming").await.expect("connection");
+            let mut readers = Vec::new();
+            for _ in 0..streams {
+                let mut s = conn.accept_uni().await.expect("stream");
+                readers.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut got = 0u64;
+                    while let Some(n) = s.read(&mut buf).await.expect("read") {
+                        got += n as u64;
+                    }
+                    got
+                }));
+            }
+            let mut got = 0;
+            for r in readers {
+                got += r.await.expect("reader");
+            }
+            assert_eq!(got, per * streams as u64);
+            let end = Instant::now();
+            conn.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+            end
+        })
+    });
+    let addr = addr_rx.recv().expect("addr");
+    let start = rt().block_on(async move {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        ep.set_default_client_config(client_config);
+        let conn = ep.connect(addr, "localhost").expect("connect").await.expect("connection");
+        let start = Instant::now();
+        let mut writers = Vec::new();
+        for _ in 0..streams {
+            let mut s = conn.open_uni().await.expect("stream");
+            writers.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                while sent < per {
+                    let n = (per - sent).min(DATA.len() as u64) as usize;
+                    s.write_all(&DATA[..n]).await.expect("write");
+                    sent += n as u64;
+                }
+                s.finish().expect("finish");
+                let _ = s.stopped().await;
+            }));
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+        conn.closed().await;
+        start
+    });
+    let end = server.join().expect("server");
+    end - start
+}

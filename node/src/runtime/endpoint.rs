@@ -299,6 +299,9 @@ struct RecvBuf {
     passed: bool,
     waker: Option<Waker>,
     handle: bool,
+    /// The last pass left bytes in the engine (this buffer was full), or
+    /// the stream is new: the next pass looks again, event or not.
+    recheck: bool,
 }
 
 #[derive(Debug, Default)]
@@ -1183,8 +1186,13 @@ fn drive(identity: Identity, config: EndpointConfig, started: oneshot::Sender<Re
         if started.send(Ok(inner.clone())).is_err() {
             return;
         }
-        let mut driver =
-            Driver { inner: inner.clone(), joins: HashMap::new(), rsvps: HashMap::new(), opens: Vec::new() };
+        let mut driver = Driver {
+            inner: inner.clone(),
+            joins: HashMap::new(),
+            rsvps: HashMap::new(),
+            opens: Vec::new(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+        };
         let _ = node.run(&mut driver).await;
         let mut s = inner.lock();
         s.stopped = true;
@@ -1217,6 +1225,9 @@ struct Driver {
     rsvps: HashMap<AttemptId, SessionReply>,
     /// Streams asked for while the peer allowed no more.
     opens: Vec<OpenRequest>,
+    /// Where bytes read from the engine pass on their way to a handle's
+    /// buffer: one for the driver, not one (zeroed) per pass.
+    scratch: Box<[u8]>,
 }
 
 impl Driver {
@@ -1276,9 +1287,8 @@ impl Driver {
                             streams.push(s);
                         }
                     }
-                    let mut scratch = vec![0u8; 64 * 1024];
                     for s in streams {
-                        while let Ok(1..) = ctx.host.read_stream(id, s, &mut scratch) {}
+                        while let Ok(1..) = ctx.host.read_stream(id, s, &mut self.scratch) {}
                     }
                 }
             }
@@ -1325,8 +1335,13 @@ impl Driver {
     }
 
     /// Moves bytes between the handles' buffers and the engine, for one
-    /// session.
-    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState) {
+    /// session. `event`: the engine said something changed on it (bytes,
+    /// ends, resets, stops arrived), so every stream's receiving side is
+    /// looked at; without, only those a previous pass left bytes behind
+    /// for (a full buffer the reader has since drained) — a pass over
+    /// every stream on every step costs the 16-stream transfer a third of
+    /// its speed.
+    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState, chunk: &mut [u8], event: bool) {
         let host = &mut *ctx.host;
         for uni in [false, true] {
             while let Some(s) = host.accept_stream(id, uni) {
@@ -1334,14 +1349,13 @@ impl Driver {
                 if !uni {
                     st.send = Some(SendBuf { handle: true, ..SendBuf::default() });
                 }
-                st.recv = Some(RecvBuf { handle: true, ..RecvBuf::default() });
+                st.recv = Some(RecvBuf { handle: true, recheck: true, ..RecvBuf::default() });
                 c.incoming[usize::from(uni)].push_back(s);
                 for w in c.wakers.drain(..) {
                     w.wake();
                 }
             }
         }
-        let mut chunk = vec![0u8; 64 * 1024];
         c.streams.retain(|&s, st| {
             if let Some(h) = st.send.as_mut() {
                 let before = h.buf.len();
@@ -1371,7 +1385,9 @@ impl Driver {
                     }
                     h.passed = true;
                 }
-                if h.stopped.is_none()
+                // A peer's STOP_SENDING comes with an event.
+                if event
+                    && h.stopped.is_none()
                     && let Err(StreamError::Stopped(code)) = host.write_stream(id, s, &[])
                 {
                     h.stopped = Some(code);
@@ -1382,17 +1398,22 @@ impl Driver {
                     w.wake();
                 }
             }
-            if let Some(h) = st.recv.as_mut() {
+            if let Some(h) = st.recv.as_mut().filter(|h| event || h.recheck || (h.stop.is_some() && !h.passed)) {
                 if let Some(code) = h.stop.filter(|_| !h.passed) {
                     if host.stop_stream(id, s, code).is_err() {
                         // A session the peer closed takes no stop: drop what
                         // it holds, or it waits for a reader for ever.
-                        while let Ok(1..) = host.read_stream(id, s, &mut chunk) {}
+                        while let Ok(1..) = host.read_stream(id, s, chunk) {}
                     }
                     h.passed = true;
                 }
                 let mut moved = false;
-                while h.stop.is_none() && !h.fin && h.reset.is_none() && h.buf.len() < STREAM_BUFFER {
+                h.recheck = false;
+                while h.stop.is_none() && !h.fin && h.reset.is_none() {
+                    if h.buf.len() >= STREAM_BUFFER {
+                        h.recheck = true;
+                        break;
+                    }
                     let room = (STREAM_BUFFER - h.buf.len()).min(chunk.len());
                     match host.read_stream(id, s, &mut chunk[..room]) {
                         Ok(0) => {
@@ -1541,14 +1562,14 @@ impl App for Driver {
             HostEvent::Closed { session, reason } => {
                 if let Some(c) = state.conns.get_mut(&session) {
                     // Bytes that arrived before the close stay readable.
-                    Self::pump(ctx, session, c);
+                    Self::pump(ctx, session, c, &mut self.scratch, true);
                     c.closed.get_or_insert(reason);
                     c.wake_all();
                 }
             }
             HostEvent::Readable { session } => {
                 if let Some(c) = state.conns.get_mut(&session) {
-                    Self::pump(ctx, session, c);
+                    Self::pump(ctx, session, c, &mut self.scratch, true);
                 }
             }
             _ => {}
@@ -1574,7 +1595,7 @@ impl App for Driver {
         }
         for (&id, c) in state.conns.iter_mut() {
             if c.closed.is_none() {
-                Self::pump(ctx, id, c);
+                Self::pump(ctx, id, c, &mut self.scratch, false);
             }
         }
         None

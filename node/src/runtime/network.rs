@@ -39,6 +39,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -73,6 +74,8 @@ pub struct Network {
     peer_id: PeerId,
     card: Invitation,
     local: Vec<SocketAddr>,
+    /// The events ended: the member stopped, and takes no more commands.
+    stopped: AtomicBool,
 }
 
 /// Events that came before the card, then the engine's channel.
@@ -134,6 +137,7 @@ impl Network {
             peer_id,
             card,
             local,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -163,13 +167,20 @@ impl Network {
     /// left, or failed).
     pub async fn next_event(&self) -> Option<MemberEvent> {
         let mut events = self.events.lock().await;
-        match events.early.pop_front() {
+        let event = match events.early.pop_front() {
             Some(e) => Some(e),
             None => events.rx.recv().await,
+        };
+        if event.is_none() {
+            self.stopped.store(true, Ordering::Relaxed);
         }
+        event
     }
 
     fn command(&self, c: MemberCommand) -> Result<(), CommandError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(CommandError::Leaving);
+        }
         self.commands.send(c).map_err(|_| CommandError::Leaving)
     }
 

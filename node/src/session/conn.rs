@@ -674,6 +674,12 @@ impl Connection {
         while self.sent.front().is_some_and(|s| !s.live) {
             self.sent.pop_front();
         }
+        // Nothing in flight: an idle session keeps no room for a burst it
+        // had once (a bulk transfer rarely drains it; a request and its
+        // answer pay one small allocation).
+        if self.sent.is_empty() {
+            self.sent = VecDeque::new();
+        }
     }
 
     fn arm_rto(&mut self, config: &SessionConfig, now: Instant) {

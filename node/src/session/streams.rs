@@ -227,7 +227,14 @@ impl StreamMap {
     fn insert(&mut self, id: u64, st: Stream) {
         match self.find(&id) {
             Ok(i) => *self.0[i].1 = st,
-            Err(i) => self.0.insert(i, (id, Box::new(st))),
+            Err(i) => {
+                // Stream 0 alone (most sessions) takes one entry, not the
+                // four a first push reserves.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (id, Box::new(st)))
+            }
         }
     }
 
