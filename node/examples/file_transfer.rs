@@ -98,8 +98,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.send { send(&endpoint, &args).await } else { receive(&endpoint, &args).await }
 }
 
-/// Waits for an RSVP from `file` (when it is complete) or standard input.
-async fn next_rsvp(file: Option<&PathBuf>) -> String {
+/// Waits for an RSVP from `file` (when it is complete, and not the one
+/// tried last) or standard input.
+async fn next_rsvp(file: Option<&PathBuf>, tried: Option<&str>) -> String {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
     loop {
@@ -110,7 +111,8 @@ async fn next_rsvp(file: Option<&PathBuf>) -> String {
                 _ => stdin_open = false,
             },
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()).filter(|t| t.ends_with('\n')) {
+                let text = file.and_then(|f| std::fs::read_to_string(f).ok()).filter(|t| t.ends_with('\n'));
+                if let Some(text) = text.filter(|t| Some(t.trim()) != tried) {
                     return text.trim().to_owned();
                 }
             }
@@ -128,12 +130,16 @@ async fn send(endpoint: &Endpoint, args: &Args) -> Result<(), Box<dyn std::error
         None => println!("{token}"),
     }
     eprintln!("waiting for the receiver ({size} bytes to send)");
+    let mut tried = None;
     let conn: Connection = loop {
         tokio::select! {
             conn = endpoint.accept() => break conn?,
-            rsvp = next_rsvp(args.rsvp_in.as_ref()) => match endpoint.accept_rsvp(&rsvp).await {
+            rsvp = next_rsvp(args.rsvp_in.as_ref(), tried.as_deref()) => match endpoint.accept_rsvp(&rsvp).await {
                 Ok(conn) => break conn,
-                Err(e) => eprintln!("that RSVP did not connect: {e}"),
+                Err(e) => {
+                    eprintln!("that RSVP did not connect: {e}");
+                    tried = Some(rsvp);
+                }
             },
         }
     };

@@ -215,3 +215,36 @@ async fn an_open_racing_the_peers_close_reports_the_peers_reason() {
     assert_eq!(first_error, convoke_node::runtime::endpoint::ConnectionError::Closed(peer.clone()));
     assert_eq!(b.closed().await, peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_nobody_accepted_hold_the_peer_to_its_stream_limit() {
+    let (alice, bob) = (endpoint().await, endpoint().await);
+    let (a, b) = pair(&alice, &bob).await;
+    // Bob opens 150 one-byte streams; Alice accepts none yet. Each holds
+    // one of the 100 streams she allows (the endpoint leaves their bytes in
+    // the engine, so none ends and gives its place back): the 101st open
+    // waits.
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let opened = opened.clone();
+        tokio::spawn(async move {
+            for i in 0..150u8 {
+                let mut s = b.open_uni().await.expect("a stream");
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.write_all(&[i]).await.expect("written");
+                s.finish().expect("finished");
+            }
+            b
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=100).contains(&early), "{early} streams opened before any was accepted (limit 100)");
+    for i in 0..150u8 {
+        let mut r = timeout(LIMIT, a.accept_uni()).await.expect("in time").expect("a stream");
+        let mut got = Vec::new();
+        timeout(LIMIT, r.read_to_end(&mut got)).await.expect("in time").expect("read");
+        assert_eq!(got, [i], "stream {i}");
+    }
+    timeout(LIMIT, writer).await.expect("in time").expect("writer");
+}

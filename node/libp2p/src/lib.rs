@@ -385,13 +385,17 @@ impl libp2p_core::Transport for Transport {
             let conn = match endpoint.join(&invitation).await {
                 Ok(conn) => conn,
                 Err(JoinError::RsvpNeeded(pending)) => {
-                    let request = RsvpRequest { peer: inviter, address: addr, rsvp: pending.rsvp().to_owned() };
+                    let rsvp = pending.rsvp().to_owned();
+                    let request = RsvpRequest { peer: inviter, address: addr, rsvp: rsvp.clone() };
                     let wakers = {
                         let mut s = shared.lock();
                         s.rsvps.push_back(request);
                         std::mem::take(&mut s.rsvp_wakers)
                     };
                     wakers.into_iter().for_each(Waker::wake);
+                    // A dial that ends (connected, failed, or dropped by the
+                    // Swarm's timeout) takes back a request nobody read.
+                    let _withdraw = Withdraw { shared: shared.clone(), rsvp };
                     pending.connected().await?
                 }
                 Err(e) => return Err(e.into()),
@@ -431,6 +435,18 @@ impl libp2p_core::Transport for Transport {
                 Poll::Ready(TransportEvent::ListenerClosed { listener_id, reason: Err(closed.into()) })
             }
         }
+    }
+}
+
+/// Takes an unread [`RsvpRequest`] back when its dial ends.
+struct Withdraw {
+    shared: Arc<Shared>,
+    rsvp: String,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        self.shared.lock().rsvps.retain(|r| r.rsvp != self.rsvp);
     }
 }
 
@@ -510,6 +526,7 @@ pub struct Muxer {
     inbound: Option<BoxFuture<'static, Result<(SendStream, RecvStream), ConnectionError>>>,
     outbound: Option<BoxFuture<'static, Result<(SendStream, RecvStream), ConnectionError>>>,
     closed: Option<BoxFuture<'static, convoke_node::session::CloseReason>>,
+    refuse_uni: Option<BoxFuture<'static, Result<RecvStream, ConnectionError>>>,
 }
 
 impl std::fmt::Debug for Muxer {
@@ -520,7 +537,7 @@ impl std::fmt::Debug for Muxer {
 
 impl Muxer {
     fn new(conn: Connection) -> Self {
-        Muxer { conn, inbound: None, outbound: None, closed: None }
+        Muxer { conn, inbound: None, outbound: None, closed: None, refuse_uni: None }
     }
 
     /// The Convoke connection underneath (path, round trip, counters,
@@ -556,6 +573,25 @@ impl StreamMuxer for Muxer {
     }
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<StreamMuxerEvent, Error>> {
+        // libp2p has no unidirectional substreams: one the peer opens is
+        // taken and dropped (the peer is asked to stop), so it holds
+        // neither memory nor the peer's stream credit here.
+        loop {
+            let conn = self.conn.clone();
+            let fut = self.refuse_uni.get_or_insert_with(|| Box::pin(async move { conn.accept_uni().await }));
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    drop(stream);
+                    self.refuse_uni = None;
+                }
+                // The session ended: the close below reports it.
+                Poll::Ready(Err(_)) => {
+                    self.refuse_uni = Some(Box::pin(std::future::pending()));
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
         let conn = self.conn.clone();
         let fut = self.closed.get_or_insert_with(|| Box::pin(async move { conn.closed().await }));
         let reason = ready!(fut.as_mut().poll(cx));

@@ -1341,7 +1341,7 @@ impl Driver {
     /// for (a full buffer the reader has since drained) — a pass over
     /// every stream on every step costs the 16-stream transfer a third of
     /// its speed.
-    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState, chunk: &mut [u8], event: bool) {
+    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState, chunk: &mut [u8], event: bool, closing: bool) {
         let host = &mut *ctx.host;
         for uni in [false, true] {
             while let Some(s) = host.accept_stream(id, uni) {
@@ -1398,7 +1398,14 @@ impl Driver {
                     w.wake();
                 }
             }
-            if let Some(h) = st.recv.as_mut().filter(|h| event || h.recheck || (h.stop.is_some() && !h.passed)) {
+            // A stream the application has not accepted yet keeps its bytes
+            // in the engine, where its window holds the peer back (until
+            // the session closes: then what arrived is taken out to stay
+            // readable).
+            let waiting = !closing && c.incoming[usize::from(s.is_uni())].contains(&s);
+            if let Some(h) =
+                st.recv.as_mut().filter(|h| !waiting && (event || h.recheck || (h.stop.is_some() && !h.passed)))
+            {
                 if let Some(code) = h.stop.filter(|_| !h.passed) {
                     if host.stop_stream(id, s, code).is_err() {
                         // A session the peer closed takes no stop: drop what
@@ -1562,14 +1569,14 @@ impl App for Driver {
             HostEvent::Closed { session, reason } => {
                 if let Some(c) = state.conns.get_mut(&session) {
                     // Bytes that arrived before the close stay readable.
-                    Self::pump(ctx, session, c, &mut self.scratch, true);
+                    Self::pump(ctx, session, c, &mut self.scratch, true, true);
                     c.closed.get_or_insert(reason);
                     c.wake_all();
                 }
             }
             HostEvent::Readable { session } => {
                 if let Some(c) = state.conns.get_mut(&session) {
-                    Self::pump(ctx, session, c, &mut self.scratch, true);
+                    Self::pump(ctx, session, c, &mut self.scratch, true, false);
                 }
             }
             _ => {}
@@ -1595,7 +1602,7 @@ impl App for Driver {
         }
         for (&id, c) in state.conns.iter_mut() {
             if c.closed.is_none() {
-                Self::pump(ctx, id, c, &mut self.scratch, false);
+                Self::pump(ctx, id, c, &mut self.scratch, false, false);
             }
         }
         None

@@ -68,7 +68,7 @@ pub enum StartError {
 /// One member of a Convoke network: see the [module documentation](self).
 /// Dropping it leaves the network.
 pub struct Network {
-    commands: mpsc::UnboundedSender<MemberCommand>,
+    commands: Commands,
     events: tokio::sync::Mutex<Events>,
     snapshot: Arc<Mutex<Snapshot>>,
     peer_id: PeerId,
@@ -90,9 +90,14 @@ impl std::fmt::Debug for Network {
     }
 }
 
-impl Drop for Network {
+/// The member's command channel; dropping it (the [`Network`], or a
+/// [`Network::start`] cancelled or failed half-way) makes the member
+/// leave, so its thread and sockets end.
+struct Commands(mpsc::UnboundedSender<MemberCommand>);
+
+impl Drop for Commands {
     fn drop(&mut self) {
-        let _ = self.commands.send(MemberCommand::Leave);
+        let _ = self.0.send(MemberCommand::Leave);
     }
 }
 
@@ -108,6 +113,7 @@ impl Network {
     ) -> Result<Network, StartError> {
         let peer_id = identity.public_key().peer_id();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let cmd_tx = Commands(cmd_tx);
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let mut seed = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
@@ -164,7 +170,9 @@ impl Network {
 
     /// The next event: links, neighbours, members joining, broadcasts
     /// arriving, RSVPs to carry. `None` once the member has stopped (it
-    /// left, or failed).
+    /// left, or failed). Events wait here until read: an application that
+    /// only sends should still drain them (every broadcast received is
+    /// one).
     pub async fn next_event(&self) -> Option<MemberEvent> {
         let mut events = self.events.lock().await;
         let event = match events.early.pop_front() {
@@ -181,7 +189,7 @@ impl Network {
         if self.stopped.load(Ordering::Relaxed) {
             return Err(CommandError::Leaving);
         }
-        self.commands.send(c).map_err(|_| CommandError::Leaving)
+        self.commands.0.send(c).map_err(|_| CommandError::Leaving)
     }
 
     /// Sends `data` to every member (Plumtree broadcast over the overlay):
