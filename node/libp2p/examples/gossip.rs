@@ -199,6 +199,11 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut received = 0usize;
     let deadline = tokio::time::sleep(Duration::from_secs(args.timeout.unwrap_or(u64::MAX / 4)));
     tokio::pin!(deadline);
+    // Once `--exit-after` is reached, what we published may still be on its
+    // way out: the Swarm keeps running this long before we exit.
+    let linger = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(linger);
+    let mut lingering = false;
     loop {
         tokio::select! {
             line = stdin.next_line(), if stdin_open => match line? {
@@ -228,8 +233,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     let from = message.source.map(|p| p.to_string()).unwrap_or_default();
                     println!("{from}: {}", String::from_utf8_lossy(&message.data));
                     received += 1;
-                    if args.exit_after.is_some_and(|n| received >= n) {
-                        return Ok(ExitCode::SUCCESS);
+                    if !lingering && args.exit_after.is_some_and(|n| received >= n) {
+                        lingering = true;
+                        linger.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(2));
                     }
                 }
                 SwarmEvent::Behaviour(ChatEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
@@ -237,6 +243,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
                 _ => {}
             },
+            _ = &mut linger, if lingering => return Ok(ExitCode::SUCCESS),
             _ = &mut deadline => {
                 eprintln!("gossip: timed out after {} s with {received} messages", args.timeout.unwrap_or_default());
                 return Ok(ExitCode::FAILURE);
