@@ -523,8 +523,8 @@ impl Handle {
 /// session's window.
 pub struct Muxer {
     conn: Connection,
-    inbound: Option<BoxFuture<'static, Result<(SendStream, RecvStream), ConnectionError>>>,
-    outbound: Option<BoxFuture<'static, Result<(SendStream, RecvStream), ConnectionError>>>,
+    inbound: Option<PendingStream>,
+    outbound: Option<PendingStream>,
     closed: Option<BoxFuture<'static, convoke_node::session::CloseReason>>,
     refuse_uni: Option<BoxFuture<'static, Result<RecvStream, ConnectionError>>>,
 }
@@ -553,18 +553,12 @@ impl StreamMuxer for Muxer {
 
     fn poll_inbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Substream, Error>> {
         let conn = self.conn.clone();
-        let fut = self.inbound.get_or_insert_with(|| Box::pin(async move { conn.accept_bi().await }));
-        let result = ready!(fut.as_mut().poll(cx));
-        self.inbound = None;
-        Poll::Ready(result.map(|(send, recv)| Substream { send, recv }).map_err(Error::from))
+        poll_substream(&mut self.inbound, cx, || Box::pin(async move { conn.accept_bi().await }))
     }
 
     fn poll_outbound(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Substream, Error>> {
         let conn = self.conn.clone();
-        let fut = self.outbound.get_or_insert_with(|| Box::pin(async move { conn.open_bi().await }));
-        let result = ready!(fut.as_mut().poll(cx));
-        self.outbound = None;
-        Poll::Ready(result.map(|(send, recv)| Substream { send, recv }).map_err(Error::from))
+        poll_substream(&mut self.outbound, cx, || Box::pin(async move { conn.open_bi().await }))
     }
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -598,6 +592,21 @@ impl StreamMuxer for Muxer {
         self.closed = None;
         Poll::Ready(Err(Error::Connection(ConnectionError::Closed(reason))))
     }
+}
+
+/// A stream being accepted or opened.
+type PendingStream = BoxFuture<'static, Result<(SendStream, RecvStream), ConnectionError>>;
+
+/// Polls the stream in `slot` (started with `start` if none is under
+/// way); the slot empties once it resolves.
+fn poll_substream(
+    slot: &mut Option<PendingStream>,
+    cx: &mut Context<'_>,
+    start: impl FnOnce() -> PendingStream,
+) -> Poll<Result<Substream, Error>> {
+    let result = ready!(slot.get_or_insert_with(start).as_mut().poll(cx));
+    *slot = None;
+    Poll::Ready(result.map(|(send, recv)| Substream { send, recv }).map_err(Error::from))
 }
 
 /// One libp2p substream: a bidirectional Convoke stream.

@@ -1155,27 +1155,37 @@ impl AsyncRead for RecvStream {
 
 // ---------- the driver ----------
 
+/// A node bound on a current-thread tokio runtime of the calling thread's
+/// own (its sockets register with that runtime's reactor): how an
+/// [`Endpoint`] and a [`Network`](super::network::Network) each run their
+/// node on a thread of their own, under whatever runtime the application
+/// uses.
+pub(super) fn own_runtime_node(
+    identity: Identity,
+    config: NodeConfig,
+) -> Result<(tokio::runtime::Runtime, Node), BindError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(BindError::Thread)?;
+    let mut seed = [0u8; 32];
+    rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
+    let node = {
+        let _entered = rt.enter();
+        Node::bind(identity, config, seed)?
+    };
+    Ok((rt, node))
+}
+
 /// Runs the node on this thread until every endpoint handle is gone.
 fn drive(identity: Identity, config: EndpointConfig, started: oneshot::Sender<Result<Arc<Inner>, BindError>>) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+    let key = identity.public_key();
+    let max_datagram = crate::session::conn::max_datagram_payload(config.node.host.session.max_datagram_size);
+    let (rt, node) = match own_runtime_node(identity, config.node) {
+        Ok(x) => x,
         Err(e) => {
-            let _ = started.send(Err(BindError::Thread(e)));
+            let _ = started.send(Err(e));
             return;
         }
     };
     rt.block_on(async move {
-        let mut seed = [0u8; 32];
-        rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
-        let key = identity.public_key();
-        let max_datagram = crate::session::conn::max_datagram_payload(config.node.host.session.max_datagram_size);
-        let node = match Node::bind(identity, config.node, seed) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = started.send(Err(e.into()));
-                return;
-            }
-        };
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             driver: Notify::new(),
@@ -1216,6 +1226,23 @@ struct JoinWait {
     step: Option<oneshot::Sender<JoinStep>>,
     done: SessionReply,
     invitation: Invitation,
+}
+
+/// Why the driver moves bytes for a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Its own step (a handle wrote, read or asked something): only the
+    /// receiving sides a previous pass left bytes behind for (a full
+    /// buffer the reader has since drained) are looked at — a pass over
+    /// every stream on every step costs the 16-stream transfer a third of
+    /// its speed.
+    Step,
+    /// The engine said something changed on the session (bytes, ends,
+    /// resets, stops arrived): every stream the application accepted.
+    Event,
+    /// The session closed: every stream, accepted or not, so what arrived
+    /// stays readable.
+    Closing,
 }
 
 struct Driver {
@@ -1335,13 +1362,9 @@ impl Driver {
     }
 
     /// Moves bytes between the handles' buffers and the engine, for one
-    /// session. `event`: the engine said something changed on it (bytes,
-    /// ends, resets, stops arrived), so every stream's receiving side is
-    /// looked at; without, only those a previous pass left bytes behind
-    /// for (a full buffer the reader has since drained) — a pass over
-    /// every stream on every step costs the 16-stream transfer a third of
-    /// its speed.
-    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState, chunk: &mut [u8], event: bool, closing: bool) {
+    /// session; `pass` says why (see [`Pass`]).
+    fn pump(ctx: &mut NodeCtx<'_>, id: AttemptId, c: &mut ConnState, chunk: &mut [u8], pass: Pass) {
+        let event = pass != Pass::Step;
         let host = &mut *ctx.host;
         for uni in [false, true] {
             while let Some(s) = host.accept_stream(id, uni) {
@@ -1402,7 +1425,7 @@ impl Driver {
             // in the engine, where its window holds the peer back (until
             // the session closes: then what arrived is taken out to stay
             // readable).
-            let waiting = !closing && c.incoming[usize::from(s.is_uni())].contains(&s);
+            let waiting = pass != Pass::Closing && c.incoming[usize::from(s.is_uni())].contains(&s);
             if let Some(h) =
                 st.recv.as_mut().filter(|h| !waiting && (event || h.recheck || (h.stop.is_some() && !h.passed)))
             {
@@ -1569,14 +1592,14 @@ impl App for Driver {
             HostEvent::Closed { session, reason } => {
                 if let Some(c) = state.conns.get_mut(&session) {
                     // Bytes that arrived before the close stay readable.
-                    Self::pump(ctx, session, c, &mut self.scratch, true, true);
+                    Self::pump(ctx, session, c, &mut self.scratch, Pass::Closing);
                     c.closed.get_or_insert(reason);
                     c.wake_all();
                 }
             }
             HostEvent::Readable { session } => {
                 if let Some(c) = state.conns.get_mut(&session) {
-                    Self::pump(ctx, session, c, &mut self.scratch, true, false);
+                    Self::pump(ctx, session, c, &mut self.scratch, Pass::Event);
                 }
             }
             _ => {}
@@ -1602,7 +1625,7 @@ impl App for Driver {
         }
         for (&id, c) in state.conns.iter_mut() {
             if c.closed.is_none() {
-                Self::pump(ctx, id, c, &mut self.scratch, false, false);
+                Self::pump(ctx, id, c, &mut self.scratch, Pass::Step);
             }
         }
         None

@@ -44,9 +44,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::endpoint::{BindError, EndpointConfig};
+use super::endpoint::{BindError, EndpointConfig, own_runtime_node};
 use super::member::{Member, Snapshot};
-use super::node::Node;
 use crate::identity::{Identity, PeerId};
 use crate::token::Invitation;
 
@@ -228,28 +227,17 @@ fn drive(
     mut member: Member,
     bound: oneshot::Sender<Result<Vec<SocketAddr>, BindError>>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
+    let (rt, node) = match own_runtime_node(identity, config.node) {
+        Ok(x) => x,
         Err(e) => {
-            let _ = bound.send(Err(BindError::Thread(e)));
+            let _ = bound.send(Err(e));
             return;
         }
     };
-    rt.block_on(async move {
-        let mut seed = [0u8; 32];
-        rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
-        let node = match Node::bind(identity, config.node, seed) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = bound.send(Err(e.into()));
-                return;
-            }
-        };
-        if bound.send(Ok(node.local_addrs())).is_err() {
-            return;
-        }
-        if let Err(e) = node.run(&mut member).await {
-            tracing::warn!("the member's node stopped: {e}");
-        }
-    });
+    if bound.send(Ok(node.local_addrs())).is_err() {
+        return;
+    }
+    if let Err(e) = rt.block_on(node.run(&mut member)) {
+        tracing::warn!("the member's node stopped: {e}");
+    }
 }
