@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use convoke_node::identity::Identity;
 use convoke_node::runtime::endpoint::{
-    Connection, Endpoint, EndpointConfig, InviteOptions, JoinError, ReadError, WriteError,
+    Connection, ConnectionError, Endpoint, EndpointConfig, InviteError, InviteOptions, JoinError, Notice, ReadError,
+    WriteError,
 };
 use convoke_node::runtime::os_rng;
 use convoke_node::session::CloseReason;
@@ -117,7 +118,7 @@ async fn an_invitation_that_asks_for_an_rsvp_connects_after_it() {
     // A tampered RSVP is refused with a reason, not a panic.
     let mut bad = rsvp.clone();
     bad.replace_range(20..21, if &rsvp[20..21] == "A" { "B" } else { "A" });
-    assert!(matches!(alice.accept_rsvp(&bad).await, Err(JoinError::Failed(_))));
+    assert!(matches!(alice.accept_rsvp(&bad).await, Err(JoinError::Refused(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,4 +248,45 @@ async fn streams_nobody_accepted_hold_the_peer_to_its_stream_limit() {
         assert_eq!(got, [i], "stream {i}");
     }
     timeout(LIMIT, writer).await.expect("in time").expect("writer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_stream_needs_no_open_and_keeps_what_came_before_it_was_taken() {
+    let (alice, bob) = (endpoint().await, endpoint().await);
+    let (a, b) = pair(&alice, &bob).await;
+    // Alice speaks first, more than the handles and the engine's window
+    // hold, before Bob has taken the stream: the window holds her back.
+    let len = 3 << 20;
+    let (mut send, _) = a.session_stream().expect("not taken yet");
+    let writer = tokio::spawn(async move {
+        send.write_all(&pattern(1, len)).await.expect("written");
+        send.finish().expect("once");
+        send.acknowledged().await.expect("bob's side has it all");
+    });
+    // Acknowledged: Bob's engine holds every byte, though nobody read one.
+    timeout(LIMIT, writer).await.expect("in time").expect("writer");
+    let (_, mut recv) = b.session_stream().expect("not taken yet");
+    assert!(b.session_stream().is_none(), "taken once");
+    let mut got = Vec::new();
+    timeout(LIMIT, recv.read_to_end(&mut got)).await.expect("in time").expect("the whole stream");
+    assert!(got == pattern(1, len), "{} bytes, not the {len} sent in order", got.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stun_server_is_a_notice_and_shutdown_ends_everything() {
+    let mut config = EndpointConfig::loopback();
+    // Nothing listens on the discard port on loopback.
+    let silent: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    config.node.stun = vec![silent];
+    let alice = Endpoint::bind(Identity::generate(&mut os_rng()), config).await.expect("binds");
+    let bob = endpoint().await;
+    assert_eq!(timeout(LIMIT, alice.next_notice()).await.expect("in time"), Some(Notice::StunFailed(silent)));
+    let (a, b) = pair(&alice, &bob).await;
+    timeout(LIMIT, alice.shutdown()).await.expect("in time");
+    assert_eq!(alice.next_notice().await, None, "the notices end with the endpoint");
+    assert!(matches!(alice.invite(InviteOptions::default()).await, Err(InviteError::Closed(_))));
+    assert_eq!(a.open_uni().await.err(), Some(ConnectionError::Closed(CloseReason::Local)));
+    // The shutdown sent the close before the thread ended: Bob hears it.
+    let why = timeout(LIMIT, b.closed()).await.expect("in time");
+    assert!(matches!(why, CloseReason::Peer { code: 0, .. }), "{why:?}");
 }

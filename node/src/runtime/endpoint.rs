@@ -48,10 +48,20 @@
 //! came by, they pass it to [`Endpoint::accept_rsvp`], and
 //! [`PendingJoin::connected`] resolves when both sides' checks meet.
 //!
+//! **A pipe.** [`Connection::session_stream`] is the session's own
+//! bidirectional stream, open on both sides from the handshake on: no open
+//! or accept, either side may speak first (`convoke invite` and `convoke
+//! join` carry standard input and output on it).
+//!
+//! **What no call asked about.** [`Endpoint::next_notice`]: a STUN server
+//! that did not answer, a joiner that found no path or was refused.
+//!
 //! **Ending.** Dropping every handle of a connection closes it (code 0);
 //! dropping a [`SendStream`] finishes it, dropping a [`RecvStream`] before
 //! its end asks the peer to stop (code 0). Dropping every [`Endpoint`]
-//! handle closes its sessions and stops its thread.
+//! handle closes its sessions and stops its thread; [`Endpoint::shutdown`]
+//! does it and waits until the closes are sent (a program about to exit).
+//! [`SendStream::acknowledged`] says when the peer has every byte.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
@@ -154,6 +164,29 @@ pub enum BindError {
 #[error("the endpoint is closed")]
 pub struct EndpointClosed;
 
+/// What an endpoint tells its application outside any call it made: for
+/// a person watching (the `convoke` command line prints them), from
+/// [`Endpoint::next_notice`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A STUN server did not answer: invitations carry only the addresses
+    /// found otherwise.
+    StunFailed(SocketAddr),
+    /// A joiner of one of our invitations found no path in the time the
+    /// invitation allows (we keep listening for others).
+    JoinerTimedOut,
+    /// A joiner's handshake was refused: its key is not the one its token
+    /// names, or it replayed an old one.
+    JoinerRefused(String),
+    /// Something else worth a line: a control-socket client took an RSVP,
+    /// say.
+    Note(String),
+}
+
+/// Notices kept for the application before the oldest is dropped.
+const NOTICE_QUEUE: usize = 64;
+
 /// Why an invitation could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum InviteError {
@@ -175,6 +208,11 @@ pub enum JoinError {
     /// No path or no handshake: why, for people.
     #[error("the join failed: {0}")]
     Failed(String),
+    /// [`Endpoint::accept_rsvp`]: the token was refused before any check
+    /// (malformed, tampered, expired, replayed, or not for an invitation
+    /// of ours): why, for people.
+    #[error("the RSVP was refused: {0}")]
+    Refused(String),
     /// The endpoint is closed.
     #[error(transparent)]
     Closed(#[from] EndpointClosed),
@@ -283,6 +321,8 @@ struct SendBuf {
     passed: bool,
     /// The peer stopped it.
     stopped: Option<u64>,
+    /// The peer acknowledged every byte and the end.
+    acked: bool,
     waker: Option<Waker>,
     /// The handle is alive.
     handle: bool,
@@ -320,6 +360,8 @@ struct ConnState {
     dgram_in: VecDeque<Vec<u8>>,
     dgram_out: VecDeque<Vec<u8>>,
     closed: Option<CloseReason>,
+    /// The session's own stream was taken ([`Connection::session_stream`]).
+    main_taken: bool,
     /// Tasks waiting on the connection (accepts, datagrams, the end).
     wakers: Vec<Waker>,
 }
@@ -358,7 +400,7 @@ impl ConnState {
 enum Command {
     Invite(InviteOptions, oneshot::Sender<Result<Invitation, InviteError>>),
     Join(Box<Invitation>, oneshot::Sender<JoinStep>, oneshot::Sender<Result<AttemptId, String>>),
-    AcceptRsvp(String, oneshot::Sender<Result<AttemptId, String>>),
+    AcceptRsvp(String, RsvpReply),
     Open(AttemptId, bool, oneshot::Sender<Result<StreamId, ConnectionError>>),
     Close(AttemptId, u64, String),
     /// Every handle of the session is gone: close it and forget it.
@@ -382,6 +424,7 @@ struct State {
     conns: HashMap<AttemptId, ConnState>,
     /// Sessions from our invitations, not yet accepted.
     incoming: VecDeque<AttemptId>,
+    notices: VecDeque<Notice>,
     wakers: Vec<Waker>,
 }
 
@@ -390,6 +433,14 @@ impl State {
         for w in self.wakers.drain(..) {
             w.wake();
         }
+    }
+
+    fn notice(&mut self, n: Notice) {
+        if self.notices.len() >= NOTICE_QUEUE {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
+        self.wake();
     }
 }
 
@@ -586,10 +637,8 @@ impl Endpoint {
     pub async fn accept_rsvp(&self, rsvp: &str) -> Result<Connection, JoinError> {
         let (tx, rx) = oneshot::channel();
         self.inner().command(Command::AcceptRsvp(rsvp.trim().to_owned(), tx))?;
-        match rx.await.map_err(|_| EndpointClosed)? {
-            Ok(id) => Ok(self.connection(id)?),
-            Err(why) => Err(JoinError::Failed(why)),
-        }
+        let id = rx.await.map_err(|_| EndpointClosed)??;
+        Ok(self.connection(id)?)
     }
 
     /// The next joiner of one of our invitations.
@@ -607,6 +656,62 @@ impl Endpoint {
         })
         .await?;
         self.connection(id)
+    }
+
+    /// The next [`Notice`]: what happened that no call of ours asked about
+    /// (a STUN server silent, a joiner that found no path). `None` once
+    /// the endpoint stopped. Notices wait here until read, the oldest
+    /// dropped beyond 64.
+    pub async fn next_notice(&self) -> Option<Notice> {
+        poll_fn(|cx| {
+            let mut s = self.inner().lock();
+            if let Some(n) = s.notices.pop_front() {
+                return Poll::Ready(Some(n));
+            }
+            if s.stopped {
+                return Poll::Ready(None);
+            }
+            park(&mut s.wakers, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Closes every session (code 0), sends the closes, gives a router's
+    /// port mapping back and stops the engine's thread; resolves once it
+    /// has. Every call fails afterwards: the endpoint's with
+    /// [`EndpointClosed`], a connection's as closed by us. (Just
+    /// dropping the endpoint does the same without waiting: a program that
+    /// is about to exit calls this, so its peers hear the close.)
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng, session::CloseReason};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// bob.shutdown().await;
+    /// assert_eq!(to_alice.open_uni().await.err(), Some(ConnectionError::Closed(CloseReason::Local)));
+    /// assert!(matches!(from_bob.closed().await, CloseReason::Peer { code: 0, .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) {
+        self.inner().lock().shutdown = true;
+        self.inner().driver.notify_one();
+        poll_fn(|cx| {
+            let mut s = self.inner().lock();
+            if s.stopped {
+                return Poll::Ready(());
+            }
+            park(&mut s.wakers, cx.waker());
+            Poll::Pending
+        })
+        .await
     }
 
     fn connection(&self, id: AttemptId) -> Result<Connection, EndpointClosed> {
@@ -676,6 +781,59 @@ impl Connection {
     /// The largest datagram [`Self::send_datagram`] takes.
     pub fn max_datagram_size(&self) -> usize {
         self.handle.inner.max_datagram
+    }
+
+    /// The session's own stream: bidirectional, open on both sides from
+    /// the handshake on, so neither side opens or accepts it — a byte pipe
+    /// like netcat's, where either side may speak first (`convoke invite`
+    /// and `convoke join` carry standard input and output on it). `None`
+    /// when it was taken already. Take it before the session ends: what
+    /// the peer sent on it stays in the engine, under its window, until
+    /// then.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let (alice, bob) = (bind().await?, bind().await?);
+    /// # let invitation = alice.invite(InviteOptions::default()).await?;
+    /// # let (to_alice, from_bob) = tokio::join!(bob.join(&invitation), alice.accept());
+    /// # let (to_alice, from_bob) = (to_alice?, from_bob?);
+    /// let (mut to_bob, _) = from_bob.session_stream().expect("not taken yet");
+    /// to_bob.write_all(b"the inviter speaks first").await?;
+    /// to_bob.finish()?;
+    /// to_bob.acknowledged().await?; // bob's side has every byte
+    /// let (_, mut from_alice) = to_alice.session_stream().expect("not taken yet");
+    /// let mut text = String::new();
+    /// from_alice.read_to_string(&mut text).await?;
+    /// assert_eq!(text, "the inviter speaks first");
+    /// assert!(to_alice.session_stream().is_none(), "taken once");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn session_stream(&self) -> Option<(SendStream, RecvStream)> {
+        let taken = self.with(|c| {
+            if std::mem::replace(&mut c.main_taken, true) {
+                return false;
+            }
+            let st = c.streams.entry(StreamId::MAIN).or_default();
+            st.send = Some(SendBuf { handle: true, ..SendBuf::default() });
+            st.recv = Some(RecvBuf { handle: true, recheck: true, ..RecvBuf::default() });
+            true
+        });
+        match taken {
+            Ok(true) => {
+                self.handle.inner.driver.notify_one();
+                let id = StreamId::MAIN;
+                Some((SendStream { conn: self.clone(), id }, RecvStream { conn: self.clone(), id }))
+            }
+            // A session that ended: handles that report why.
+            Err(_) => None,
+            Ok(false) => None,
+        }
     }
 
     async fn open(&self, uni: bool) -> Result<StreamId, ConnectionError> {
@@ -969,6 +1127,33 @@ impl SendStream {
         r
     }
 
+    /// Resolves once the peer has acknowledged every byte and the end
+    /// (after [`Self::finish`]): what was written has arrived, and closing
+    /// the session now loses nothing. Fails when the peer stopped the
+    /// stream or the session ended first.
+    pub async fn acknowledged(&mut self) -> Result<(), WriteError> {
+        poll_fn(|cx| {
+            let r = self.with(|h, closed| {
+                if h.acked {
+                    return Poll::Ready(Ok(()));
+                }
+                if let Some(code) = h.stopped {
+                    return Poll::Ready(Err(WriteError::Stopped(code)));
+                }
+                if h.reset.is_some() {
+                    return Poll::Ready(Err(WriteError::Finished));
+                }
+                if let Some(r) = closed {
+                    return Poll::Ready(Err(ConnectionError::Closed(r.clone()).into()));
+                }
+                h.waker = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            r.unwrap_or_else(|e| Poll::Ready(Err(e.into())))
+        })
+        .await
+    }
+
     /// Resolves when the peer asks us to stop, with its code (or `None` if
     /// the session ended first).
     pub async fn stopped(&mut self) -> Option<u64> {
@@ -1217,6 +1402,9 @@ fn drive(identity: Identity, config: EndpointConfig, started: oneshot::Sender<Re
 /// Where a session's outcome goes: its id, or why it failed.
 type SessionReply = oneshot::Sender<Result<AttemptId, String>>;
 
+/// Where the outcome of an RSVP we take goes.
+type RsvpReply = oneshot::Sender<Result<AttemptId, JoinError>>;
+
 /// A stream asked for: the session, unidirectional or not, the answer.
 type OpenRequest = (AttemptId, bool, oneshot::Sender<Result<StreamId, ConnectionError>>);
 
@@ -1249,7 +1437,7 @@ struct Driver {
     inner: Arc<Inner>,
     joins: HashMap<AttemptId, JoinWait>,
     /// RSVPs we took, waiting for their sessions.
-    rsvps: HashMap<AttemptId, SessionReply>,
+    rsvps: HashMap<AttemptId, RsvpReply>,
     /// Streams asked for while the peer allowed no more.
     opens: Vec<OpenRequest>,
     /// Where bytes read from the engine pass on their way to a handle's
@@ -1274,20 +1462,22 @@ impl Driver {
                 let out =
                     ctx.minter.invitation(params, super::unix_now()).map_err(|e| InviteError::Token(e.to_string()));
                 if let Ok(inv) = &out {
+                    super::telemetry::token_issued("invitation");
                     ctx.host.listen(inv.clone());
                 }
                 let _ = reply.send(out);
             }
             Command::Join(inv, step, done) => {
+                super::telemetry::token_accepted("invitation");
                 let id = ctx.host.join(&inv, ctx.now);
                 self.joins.insert(id, JoinWait { step: Some(step), done, invitation: *inv });
             }
-            Command::AcceptRsvp(text, reply) => match ctx.host.accept_rsvp(&text, ctx.now) {
+            Command::AcceptRsvp(text, reply) => match super::telemetry::counted(ctx.host.accept_rsvp(&text, ctx.now)) {
                 Ok(id) => {
                     self.rsvps.insert(id, reply);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(JoinError::Refused(e.to_string())));
                 }
             },
             Command::Open(id, uni, reply) => self.open(ctx, state, id, uni, reply),
@@ -1408,6 +1598,14 @@ impl Driver {
                     }
                     h.passed = true;
                 }
+                // Acknowledgements come with no event: looked for on every
+                // pass while a handle waits to know.
+                if h.fin && h.passed && !h.acked && h.reset.is_none() && host.stream_send_done(id, s) {
+                    h.acked = true;
+                    if let Some(w) = h.waker.take() {
+                        w.wake();
+                    }
+                }
                 // A peer's STOP_SENDING comes with an event.
                 if event
                     && h.stopped.is_none()
@@ -1513,6 +1711,7 @@ impl Driver {
                 dgram_in: VecDeque::new(),
                 dgram_out: VecDeque::new(),
                 closed: None,
+                main_taken: false,
                 wakers: Vec::new(),
             },
         );
@@ -1540,7 +1739,9 @@ impl Driver {
         }
     }
 
-    fn failed(&mut self, attempt: AttemptId, why: String) {
+    /// Tells whoever waits on `attempt` why it failed; `false` when nobody
+    /// does (a joiner of ours, or a control-socket RSVP's attempt).
+    fn failed(&mut self, attempt: AttemptId, why: String) -> bool {
         if let Some(j) = self.joins.remove(&attempt) {
             match j.step {
                 Some(step) => {
@@ -1551,8 +1752,11 @@ impl Driver {
                 }
             }
         } else if let Some(reply) = self.rsvps.remove(&attempt) {
-            let _ = reply.send(Err(why));
+            let _ = reply.send(Err(JoinError::Failed(why)));
+        } else {
+            return false;
         }
+        true
     }
 }
 
@@ -1576,6 +1780,7 @@ impl App for Driver {
                     return;
                 };
                 let t = ctx.minter.rsvp(&j.invitation, token, super::unix_now());
+                super::telemetry::token_issued("rsvp");
                 let _ = step.send(JoinStep::Rsvp(t.encode_compact()));
             }
             HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) => {
@@ -1584,11 +1789,17 @@ impl App for Driver {
                     FailReason::Closed => "the attempt was closed",
                     FailReason::Crossed => "the peer is connecting to us with its own invitation",
                 };
-                self.failed(attempt, why.into());
+                if !self.failed(attempt, why.into()) && reason == FailReason::Timeout {
+                    state.notice(Notice::JoinerTimedOut);
+                }
             }
             HostEvent::HandshakeFailed { session, reason } => {
-                self.failed(session, format!("the handshake failed: {reason}"))
+                let ours = self.failed(session, format!("the handshake failed: {reason}"));
+                if !ours {
+                    state.notice(Notice::JoinerRefused(reason.to_string()));
+                }
             }
+            HostEvent::StunFailed { server } => state.notice(Notice::StunFailed(server)),
             HostEvent::Closed { session, reason } => {
                 if let Some(c) = state.conns.get_mut(&session) {
                     // Bytes that arrived before the close stay readable.
@@ -1633,5 +1844,9 @@ impl App for Driver {
 
     async fn wake(&mut self) {
         self.inner.driver.notified().await;
+    }
+
+    fn note(&mut self, message: &str) {
+        self.inner.lock().notice(Notice::Note(message.to_owned()));
     }
 }

@@ -39,13 +39,16 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::endpoint::{BindError, EndpointConfig, own_runtime_node};
-use super::member::{Member, Snapshot};
+use super::member::Member;
+pub use super::member::Snapshot;
+use super::state::StateFile;
 use crate::identity::{Identity, PeerId};
 use crate::token::Invitation;
 
@@ -73,9 +76,16 @@ pub struct Network {
     peer_id: PeerId,
     card: Invitation,
     local: Vec<SocketAddr>,
+    control: Option<PathBuf>,
+    /// Why the node stopped, when it failed.
+    failure: Arc<Mutex<Option<String>>>,
     /// The events ended: the member stopped, and takes no more commands.
     stopped: AtomicBool,
 }
+
+/// What the member's thread reports once its node is bound: its sockets
+/// and control socket.
+type Bound = Result<(Vec<SocketAddr>, Option<PathBuf>), BindError>;
 
 /// Events that came before the card, then the engine's channel.
 struct Events {
@@ -110,20 +120,39 @@ impl Network {
         config: EndpointConfig,
         member: MemberConfig,
     ) -> Result<Network, StartError> {
+        Self::start_with_state(identity, config, member, None).await
+    }
+
+    /// [`Self::start`], saving the cards of the members we know to `state`
+    /// as they change (at most every 5 s) and when we stop, so that a
+    /// restart rejoins through them: load them with [`StateFile::load`]
+    /// into [`MemberConfig::rejoin`] and [`MemberConfig::own_cards`].
+    pub async fn start_with_state(
+        identity: Identity,
+        config: EndpointConfig,
+        member: MemberConfig,
+        state: Option<StateFile>,
+    ) -> Result<Network, StartError> {
         let peer_id = identity.public_key().peer_id();
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let cmd_tx = Commands(cmd_tx);
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
         let mut seed = [0u8; 32];
         rand_core::Rng::fill_bytes(&mut super::os_rng(), &mut seed);
-        let member = Member::new(member, seed, ev_tx, cmd_rx);
+        let mut member = Member::new(member, seed, ev_tx, cmd_rx);
+        if let Some(s) = state {
+            member = member.with_state(s);
+        }
         let snapshot = member.snapshot();
+        let failure = Arc::new(Mutex::new(None));
         let (bound_tx, bound_rx) = oneshot::channel();
+        let failed = failure.clone();
         std::thread::Builder::new()
             .name("convoke-member".into())
-            .spawn(move || drive(identity, config, member, bound_tx))
+            .spawn(move || drive(identity, config, member, bound_tx, failed))
             .map_err(BindError::Thread)?;
-        let local = bound_rx.await.map_err(|_| BindError::Thread(io::Error::other("the member's thread ended")))??;
+        let (local, control) =
+            bound_rx.await.map_err(|_| BindError::Thread(io::Error::other("the member's thread ended")))??;
         let mut early = VecDeque::new();
         let card = loop {
             match ev_rx.recv().await {
@@ -142,8 +171,30 @@ impl Network {
             peer_id,
             card,
             local,
+            control,
+            failure,
             stopped: AtomicBool::new(false),
         })
+    }
+
+    /// The node's control socket (for `convoke status`, `convoke rsvp`
+    /// and `convoke broadcast`), when [`EndpointConfig::node`] asks for
+    /// one.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_deref()
+    }
+
+    /// Our place in the network now: neighbours, broadcast-tree links,
+    /// role, the topology policy's broken invariants.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Why the member stopped, when its node failed (a socket error); `None`
+    /// while it runs and after a clean leave. Ask once
+    /// [`Self::next_event`] has returned `None`.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Our card: the invitation others join the network with (reusable;
@@ -225,7 +276,8 @@ fn drive(
     identity: Identity,
     config: EndpointConfig,
     mut member: Member,
-    bound: oneshot::Sender<Result<Vec<SocketAddr>, BindError>>,
+    bound: oneshot::Sender<Bound>,
+    failure: Arc<Mutex<Option<String>>>,
 ) {
     let (rt, node) = match own_runtime_node(identity, config.node) {
         Ok(x) => x,
@@ -234,10 +286,15 @@ fn drive(
             return;
         }
     };
-    if bound.send(Ok(node.local_addrs())).is_err() {
+    if bound.send(Ok((node.local_addrs(), node.control_path().map(Into::into)))).is_err() {
         return;
     }
     if let Err(e) = rt.block_on(node.run(&mut member)) {
         tracing::warn!("the member's node stopped: {e}");
+        if let Ok(mut f) = failure.lock() {
+            *f = Some(e.to_string());
+        }
     }
+    // The events end with the member, after the failure is there to read.
+    drop(member);
 }
