@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use convoke_node::identity::{Identity, PeerId};
-use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent, Snapshot, SuperPeer};
-use convoke_node::runtime::node::Node;
+use convoke_node::runtime::endpoint::EndpointConfig;
+use convoke_node::runtime::network::{MemberConfig, MemberEvent, Network, Snapshot, SuperPeer};
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::Invitation;
 use convoke_overlay::{Role, Topology, topology};
@@ -23,13 +23,14 @@ use rand_core::Rng;
 use tokio::sync::mpsc;
 
 use crate::demo_common::{DemoArgs, loopback};
-use crate::session_cmd::{runtime, seed};
+use crate::session_cmd::runtime;
 use crate::{Ctx, Failure};
 
+/// A member of the demo's network: the library's [`Network`], its events
+/// forwarded (tagged with its index) until it has left.
 struct Running {
-    commands: mpsc::UnboundedSender<MemberCommand>,
-    snapshot: Arc<Mutex<Snapshot>>,
-    thread: std::thread::JoinHandle<Result<(), String>>,
+    member: Arc<Network>,
+    forward: tokio::task::JoinHandle<()>,
 }
 
 /// Whether node `i` can serve (super-peer or hub) under `policy`.
@@ -41,16 +42,14 @@ fn serves(policy: Topology, i: usize) -> bool {
     }
 }
 
-fn start(
+async fn start(
     i: usize,
     identity: Identity,
     join: Option<Invitation>,
     rsvp: bool,
     policy: Topology,
     events: mpsc::UnboundedSender<(usize, MemberEvent)>,
-) -> Running {
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+) -> Result<Running, String> {
     let mut cfg = MemberConfig { join, rsvp_required: rsvp, card_lifetime: 3600, ..MemberConfig::default() };
     // A quick demo: half-second rounds, views announced every 2 s.
     cfg.overlay.round = 500;
@@ -60,27 +59,22 @@ fn start(
     cfg.overlay.topology = policy;
     // On loopback every member sees no NAT: who serves is the demo's say.
     cfg.super_peer = if serves(policy, i) { SuperPeer::Always } else { SuperPeer::Never };
-    let member = Member::new(cfg, seed(), ev_tx, cmd_rx);
-    let snapshot = member.snapshot();
-    let thread = std::thread::spawn(move || -> Result<(), String> {
-        let rt = runtime().map_err(|f| f.message)?;
-        rt.block_on(async move {
-            let mut member = member;
-            let node = Node::bind(identity, loopback(), seed()).map_err(|e| e.to_string())?;
-            let forward = tokio::spawn(async move {
-                while let Some(e) = ev_rx.recv().await {
-                    if events.send((i, e)).is_err() {
-                        break;
-                    }
-                }
-            });
-            let r = tokio::time::timeout(Duration::from_secs(120), node.run(&mut member)).await;
-            drop(member);
-            let _ = forward.await;
-            r.map_err(|_| format!("node{i} did not stop"))?.map_err(|e| e.to_string())
-        })
+    let member = Arc::new(
+        Network::start(identity, EndpointConfig { node: loopback() }, cfg)
+            .await
+            .map_err(|e| format!("node{i}: {e}"))?,
+    );
+    // Its first card is the start's; later ones come as events.
+    let _ = events.send((i, MemberEvent::Invitation(member.card().token().encode_compact())));
+    let m = member.clone();
+    let forward = tokio::spawn(async move {
+        while let Some(e) = m.next_event().await {
+            if events.send((i, e)).is_err() {
+                break;
+            }
+        }
     });
-    Running { commands: cmd_tx, snapshot, thread }
+    Ok(Running { member, forward })
 }
 
 struct Show {
@@ -232,12 +226,12 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         .collect();
     let outcome = rt.block_on(async {
         // Carries a newcomer's first RSVP to its contact, as a person would.
-        let commands: Arc<Mutex<Vec<mpsc::UnboundedSender<MemberCommand>>>> = Arc::default();
-        let cmds = commands.clone();
+        let members: Arc<Mutex<Vec<Arc<Network>>>> = Arc::default();
+        let all = members.clone();
         let contacts_of = contacts.clone();
         let rsvp_to = move |i: usize, t: String| {
-            if let Some(c) = cmds.lock().ok().and_then(|c| c.get(contacts_of[i]).cloned()) {
-                let _ = c.send(MemberCommand::AcceptRsvp(t));
+            if let Some(c) = all.lock().ok().and_then(|c| c.get(contacts_of[i]).cloned()) {
+                let _ = c.accept_rsvp(&t);
             }
         };
         let mut wait = async |show: &mut Show, until: &dyn Fn(&Show) -> bool, limit: Duration| -> bool {
@@ -266,9 +260,9 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
                 );
                 Some(inv)
             };
-            let r = start(i, ids[i].clone(), join, rsvp, policy, ev_tx.clone());
-            if let Ok(mut c) = commands.lock() {
-                c.push(r.commands.clone());
+            let r = start(i, ids[i].clone(), join, rsvp, policy, ev_tx.clone()).await?;
+            if let Ok(mut c) = members.lock() {
+                c.push(r.member.clone());
             }
             running.push(r);
             let ok = wait(
@@ -291,13 +285,13 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         // not pieced together from their events, which arrive from both
         // ends in any order.
         let settle = Instant::now();
-        let mut net = Network::read(&running, &show.index);
+        let mut net = Views::read(&running, &show.index);
         let mut settled = false;
         while !settled && settle.elapsed() < Duration::from_secs(15) {
             // Reads events for 300 ms whatever they are: the loop's pace.
             wait(&mut show, &|_| false, Duration::from_millis(300)).await;
             let calm = show.last_change.elapsed() > Duration::from_secs(1);
-            net = Network::read(&running, &show.index);
+            net = Views::read(&running, &show.index);
             settled = calm && net.half_open == 0 && net.check(policy).is_none_or(|c| c.is_ok());
         }
         if !settled {
@@ -337,9 +331,10 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         for seq in 1..=2usize {
             let origin = n - 1;
             println!("\nBroadcast {seq} from node{origin}:");
-            let _ = running[origin]
-                .commands
-                .send(MemberCommand::Broadcast(format!("hello #{seq} from node{origin}").into_bytes()));
+            running[origin]
+                .member
+                .broadcast(format!("hello #{seq} from node{origin}").as_bytes())
+                .map_err(|e| format!("node{origin}: {e}"))?;
             let reached = |s: &Show| (0..n).filter(|&i| i != origin).all(|i| s.got.contains_key(&(seq, i)));
             let ok = wait(&mut show, &reached, Duration::from_secs(10)).await;
             let mut by_hops: BTreeMap<u16, Vec<String>> = BTreeMap::new();
@@ -358,8 +353,7 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
         }
         let mut tree = BTreeSet::new();
         for (i, r) in running.iter().enumerate() {
-            let s = r.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-            for p in &s.eager {
+            for p in &r.member.snapshot().eager {
                 if let Some(&j) = show.index.get(p) {
                     tree.insert((i.min(j), i.max(j)));
                 }
@@ -371,18 +365,21 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
             tree.iter().map(|(a, b)| format!("node{a}─node{b}")).collect::<Vec<_>>().join("  ")
         );
         println!("  a spanning tree: {}", if topology::is_tree(&t) { "yes" } else { "not yet" });
-        for r in &running {
-            let _ = r.commands.send(MemberCommand::Leave);
-        }
         Ok::<bool, String>(all && shape_ok)
     });
-    for (i, r) in running.into_iter().enumerate() {
-        match r.thread.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("convoke: node{i}: {e}"),
-            Err(_) => eprintln!("convoke: node{i} panicked"),
+    // Every member leaves; their events end when they have.
+    rt.block_on(async {
+        for r in &running {
+            r.member.leave();
         }
-    }
+        for (i, r) in running.into_iter().enumerate() {
+            if tokio::time::timeout(Duration::from_secs(30), r.forward).await.is_err() {
+                eprintln!("convoke: node{i} did not stop");
+            } else if let Some(e) = r.member.failure() {
+                eprintln!("convoke: node{i}: {e}");
+            }
+        }
+    });
     let all = outcome?;
     println!(
         "\n{} in {:.1} s.",
@@ -402,7 +399,7 @@ pub fn run(_ctx: &Ctx, a: DemoArgs) -> Result<(), Failure> {
 }
 
 /// The network as the members' own views show it at one moment.
-struct Network {
+struct Views {
     /// Each member's view and role.
     views: Vec<Snapshot>,
     /// Links either end holds.
@@ -411,10 +408,9 @@ struct Network {
     half_open: usize,
 }
 
-impl Network {
-    fn read(running: &[Running], index: &BTreeMap<PeerId, usize>) -> Network {
-        let views: Vec<Snapshot> =
-            running.iter().map(|r| r.snapshot.lock().map(|s| s.clone()).unwrap_or_default()).collect();
+impl Views {
+    fn read(running: &[Running], index: &BTreeMap<PeerId, usize>) -> Views {
+        let views: Vec<Snapshot> = running.iter().map(|r| r.member.snapshot()).collect();
         let mut held: BTreeMap<(usize, usize), u8> = BTreeMap::new();
         for (i, s) in views.iter().enumerate() {
             for j in s.active.iter().filter_map(|p| index.get(p).copied()) {
@@ -422,7 +418,7 @@ impl Network {
             }
         }
         let half_open = held.values().filter(|&&ends| ends < 2).count();
-        Network { views, links: held.into_keys().collect(), half_open }
+        Views { views, links: held.into_keys().collect(), half_open }
     }
 
     /// The policy's invariant check over these links, with each node's

@@ -2,26 +2,27 @@
 //! node that connects with a token and pipes standard input and output
 //! through the encrypted session, like netcat.
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
-use convoke_node::host::HostEvent;
-use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, Via};
-use convoke_node::member::Minter;
+use convoke_node::ice::Via;
 use convoke_node::runtime::config::{FileConfig, resolve_stun};
 use convoke_node::runtime::control::{self, Request};
-use convoke_node::runtime::node::{App, Node, NodeConfig, NodeCtx};
+use convoke_node::runtime::endpoint::{Connection, Endpoint, EndpointConfig, InviteOptions, JoinError, Notice};
+use convoke_node::runtime::node::NodeConfig;
 use convoke_node::runtime::qr::TokenQr;
 use convoke_node::runtime::telemetry;
-use convoke_node::runtime::{os_rng, unix_now};
+use convoke_node::runtime::unix_now;
 use convoke_node::session::CloseReason;
-use convoke_node::token::{CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams};
-use rand_core::Rng;
+use convoke_node::token::{CandidateKind, Invitation};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::util::{format_time, parse_duration, printable, read_token_arg};
 use crate::{Ctx, Failure};
@@ -164,78 +165,24 @@ fn port_mapping_words(m: &Value) -> String {
     }
 }
 
-/// A fresh seed for a node's engine, from the OS.
-pub(crate) fn seed() -> [u8; 32] {
-    let mut s = [0u8; 32];
-    os_rng().fill_bytes(&mut s);
-    s
-}
-
-/// Pipes standard input into every session and sessions into standard
-/// output; reports what happens on standard error.
-struct Pipe {
+/// How a command speaks: JSON events or sentences on standard error, and
+/// tokens as text (and a QR code when asked).
+#[derive(Clone, Copy)]
+struct Voice {
     json: bool,
     quiet: bool,
-    /// Join: theirs, from the start; invite: ours, minted once the
-    /// candidates are final (see `InviteApp`).
-    invitation: Option<Invitation>,
-    inviter: bool,
-    reusable: bool,
-    yes: bool,
     qr: bool,
-    rsvp_out: Option<PathBuf>,
-    token_out: Option<PathBuf>,
-    stdin_rx: mpsc::Receiver<Vec<u8>>,
-    stdin_open: bool,
-    stdin_is_tty: bool,
-    /// A chunk of standard input being written, with each session's progress.
-    held: Option<(Vec<u8>, BTreeMap<AttemptId, usize>)>,
-    out_tx: mpsc::Sender<Vec<u8>>,
-    out_permit: Option<mpsc::OwnedPermit<Vec<u8>>>,
-    out_blocked: bool,
-    sessions: BTreeMap<AttemptId, bool>,
-    attempt: Option<AttemptId>,
-    /// When this joiner imported the invitation (time to connect counts from here).
-    joined_at: Option<std::time::Instant>,
-    awaiting_answer: bool,
-    outcome: Option<Result<(), Failure>>,
-    interrupted: bool,
 }
 
-impl Pipe {
-    fn new(ctx: &Ctx, invitation: Option<Invitation>, inviter: bool, out_tx: mpsc::Sender<Vec<u8>>) -> Pipe {
-        Pipe {
-            json: ctx.json,
-            quiet: ctx.quiet,
-            invitation,
-            inviter,
-            reusable: false,
-            yes: false,
-            qr: false,
-            rsvp_out: None,
-            token_out: None,
-            stdin_rx: stdin_reader(),
-            stdin_open: true,
-            stdin_is_tty: std::io::stdin().is_terminal(),
-            held: None,
-            out_tx,
-            out_permit: None,
-            out_blocked: false,
-            sessions: BTreeMap::new(),
-            attempt: None,
-            joined_at: None,
-            awaiting_answer: false,
-            outcome: None,
-            interrupted: false,
-        }
-    }
-
+impl Voice {
     fn say(&self, human: impl AsRef<str>, event: Value) {
         if self.json {
             eprintln!("{event}");
         } else if !self.quiet {
-            // Messages may quote a peer (its close reason, its key).
-            eprintln!("{}", printable(human.as_ref()));
+            // Messages may quote a peer (its close reason, its key): each
+            // of our lines is made printable on its own.
+            let lines: Vec<_> = human.as_ref().split('\n').map(printable).collect();
+            eprintln!("{}", lines.join("\n"));
         }
     }
 
@@ -252,30 +199,48 @@ impl Pipe {
         }
     }
 
-    fn make_rsvp(&mut self, ctx: &mut NodeCtx<'_>, attempt: AttemptId) {
-        let (Some(id), Some(inv)) = (ctx.host.endpoint().rsvp_token_id(attempt), &self.invitation) else { return };
-        // The node's minter offers peer-reflexive addresses our checks
-        // revealed too (a symmetric NAT's port towards this inviter).
-        let t = ctx.minter.rsvp(inv, id, unix_now());
-        telemetry::token_issued("rsvp");
-        let text = t.encode_compact();
-        if let Some(p) = &self.rsvp_out
-            && let Err(e) = std::fs::write(p, format!("{text}\n"))
-        {
-            eprintln!("convoke: writing {}: {e}", p.display());
+    /// A notice from the endpoint, said as the command line says it.
+    fn notice(&self, n: Notice) {
+        match n {
+            Notice::StunFailed(server) => self.say(
+                format!("STUN server {server} did not answer; the token carries only this machine's addresses."),
+                json!({ "event": "stun_failed", "server": server.to_string() }),
+            ),
+            Notice::JoinerTimedOut => self.say(
+                "An invitee's connection attempt ran out of time: no direct path between the two networks \
+                 (this side keeps waiting for others).",
+                json!({ "event": "attempt_failed", "reason": "timeout" }),
+            ),
+            Notice::JoinerRefused(reason) => {
+                self.say(format!("Refused a joiner: {reason}"), json!({ "event": "refused", "reason": reason }))
+            }
+            Notice::Note(message) => self.say(&message, json!({ "event": "note", "message": message })),
+            other => self.say(format!("{other:?}"), json!({ "event": "note", "message": format!("{other:?}") })),
         }
-        self.say(
-            "Here is your reply token. Send it back to the person who invited you; they paste it into\n\
-             their `convoke invite` window or run `convoke rsvp TOKEN`. This window keeps trying meanwhile.",
-            json!({ "event": "rsvp", "token": text }),
-        );
-        self.show_token(&text, "reply token");
     }
 
-    fn fail(&mut self, message: String) {
-        if self.outcome.is_none() {
-            self.outcome = Some(Err(Failure { message, status: 1 }));
-        }
+    /// "Connected to …": the path, how it was found; `elapsed` from
+    /// importing the invitation (joiner only).
+    fn connected(&self, conn: &Connection, elapsed: Option<f64>) {
+        let Ok(info) = conn.info() else { return };
+        let how = match info.via {
+            Via::SingleToken => "with the invitation alone",
+            Via::Rsvp => "after the reply token",
+            Via::PortPrediction => "after the reply token, at a predicted port",
+            Via::Birthday => "after the reply token, by probing ports",
+        };
+        self.say(
+            format!(
+                "Connected to {} at {} ({}, {how}); the session is encrypted.",
+                conn.peer_id(),
+                info.remote,
+                kind(info.remote_kind)
+            ),
+            json!({ "event": "connected", "peer_id": conn.peer_id().to_string(), "remote": info.remote.to_string(),
+                    "remote_kind": format!("{:?}", info.remote_kind).to_lowercase(),
+                    "via": info.via.name(),
+                    "elapsed_s": elapsed }),
+        );
     }
 }
 
@@ -285,256 +250,6 @@ fn kind(k: CandidateKind) -> &'static str {
         CandidateKind::Srflx => "public address",
         CandidateKind::Prflx => "address seen by the peer",
         CandidateKind::Relay => "relay",
-    }
-}
-
-impl App for Pipe {
-    type Output = Result<(), Failure>;
-
-    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        let Some(invitation) = self.invitation.clone() else { return };
-        if self.inviter {
-            let b = &invitation.token().body;
-            let text = invitation.token().encode_compact();
-            if let Some(p) = &self.token_out
-                && let Err(e) = std::fs::write(p, format!("{text}\n"))
-            {
-                self.fail(format!("writing {}: {e}", p.display()));
-                return;
-            }
-            let uses = if self.reusable { "reusable" } else { "single use" };
-            self.say(
-                format!(
-                    "Invitation ({uses}, valid until {}). Send it to the person you invite; they run\n`convoke join TOKEN`:",
-                    format_time(b.expires_at)
-                ),
-                json!({ "event": "invitation", "token": text, "expires_at": b.expires_at,
-                        "candidates": ctx.candidates.iter().map(|c| c.address.to_string()).collect::<Vec<_>>() }),
-            );
-            self.show_token(&text, "invitation");
-            telemetry::token_issued("invitation");
-            self.say(
-                "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
-                json!({ "event": "waiting" }),
-            );
-            ctx.host.listen(invitation);
-        } else {
-            telemetry::token_accepted("invitation");
-            self.attempt = Some(ctx.host.join(&invitation, ctx.now));
-            self.joined_at = Some(ctx.now);
-            self.say("Connecting to the inviter…", json!({ "event": "connecting" }));
-        }
-    }
-
-    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
-        match event {
-            HostEvent::Established { session, peer, remote, remote_kind, via, inviter } => {
-                if !inviter && Some(session) != self.attempt {
-                    return;
-                }
-                self.sessions.insert(session, false);
-                // Seconds from importing the invitation to the session (joiner only).
-                let elapsed =
-                    self.joined_at.filter(|_| !inviter).map(|t| ctx.now.saturating_duration_since(t).as_secs_f64());
-                let how = match via {
-                    Via::SingleToken => "with the invitation alone",
-                    Via::Rsvp => "after the reply token",
-                    Via::PortPrediction => "after the reply token, at a predicted port",
-                    Via::Birthday => "after the reply token, by probing ports",
-                };
-                self.say(
-                    format!(
-                        "Connected to {} at {remote} ({}, {how}); the session is encrypted.",
-                        peer.peer_id(),
-                        kind(remote_kind)
-                    ),
-                    json!({ "event": "connected", "peer_id": peer.peer_id().to_string(), "remote": remote.to_string(),
-                            "remote_kind": format!("{remote_kind:?}").to_lowercase(),
-                            "via": via.name(),
-                            "elapsed_s": elapsed }),
-                );
-            }
-            HostEvent::Ice(IceEvent::RsvpNeeded { attempt }) if Some(attempt) == self.attempt => {
-                self.say(
-                    "The inviter's network does not let a first contact in from outside, so they need a reply\n\
-                     from you before both of you can connect.",
-                    json!({ "event": "rsvp_needed" }),
-                );
-                if self.yes {
-                    self.make_rsvp(ctx, attempt);
-                } else if self.stdin_is_tty {
-                    eprint!("Create the reply token now? [Y/n] ");
-                    let _ = std::io::stderr().flush();
-                    self.awaiting_answer = true;
-                } else {
-                    self.fail(
-                        "the inviter needs a reply token and standard input is not a terminal to ask on; \
-                         run again with --yes to create it"
-                            .into(),
-                    );
-                }
-            }
-            HostEvent::Ice(IceEvent::Failed { attempt, reason, .. }) if Some(attempt) == self.attempt => {
-                if self.sessions.contains_key(&attempt) {
-                    return; // reported by Closed
-                }
-                self.fail(match reason {
-                    FailReason::Timeout => {
-                        "could not reach the inviter, and this invitation does not take a reply token".into()
-                    }
-                    FailReason::Closed => "the connection attempt was closed".into(),
-                    FailReason::Crossed => {
-                        "the inviter is connecting to us with their own invitation; keeping that one".into()
-                    }
-                });
-            }
-            HostEvent::Ice(IceEvent::Failed { reason: FailReason::Timeout, .. }) if self.inviter => self.say(
-                "An invitee's connection attempt ran out of time: no direct path between the two networks \
-                 (this side keeps waiting for others).",
-                json!({ "event": "attempt_failed", "reason": "timeout" }),
-            ),
-            HostEvent::HandshakeFailed { session, reason } => {
-                if Some(session) == self.attempt {
-                    self.fail(format!("the secure handshake failed: {reason}"));
-                } else {
-                    self.say(format!("Refused a joiner: {reason}"), json!({ "event": "refused", "reason": reason }));
-                }
-            }
-            HostEvent::Closed { session, reason } => {
-                let Some(_) = self.sessions.remove(&session) else { return };
-                let clean = matches!(&reason, CloseReason::Peer { code: 0, .. } | CloseReason::Local);
-                self.say(
-                    format!("Session with peer closed: {reason:?}"),
-                    json!({ "event": "closed", "reason": format!("{reason:?}") }),
-                );
-                if !self.reusable {
-                    if clean {
-                        self.outcome.get_or_insert(Ok(()));
-                    } else {
-                        self.fail(format!("the session ended: {reason:?}"));
-                    }
-                }
-            }
-            HostEvent::StunFailed { server } => self.say(
-                format!("STUN server {server} did not answer; the token carries only this machine's addresses."),
-                json!({ "event": "stun_failed", "server": server.to_string() }),
-            ),
-            _ => {}
-        }
-    }
-
-    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Self::Output> {
-        if self.interrupted {
-            for id in self.sessions.keys().copied().collect::<Vec<_>>() {
-                ctx.host.close(id, ctx.now);
-            }
-            return Some(Err(Failure { message: "interrupted".into(), status: 130 }));
-        }
-        // A typed answer to our question, or a pasted RSVP, is not data.
-        if let Some((chunk, progress)) = &self.held
-            && progress.is_empty()
-        {
-            let text = String::from_utf8_lossy(chunk).trim().to_owned();
-            if self.awaiting_answer {
-                self.awaiting_answer = false;
-                self.held = None;
-                if text.is_empty() || text.eq_ignore_ascii_case("y") || text.eq_ignore_ascii_case("yes") {
-                    if let Some(a) = self.attempt {
-                        self.make_rsvp(ctx, a);
-                    }
-                } else {
-                    self.fail("no reply token made; the inviter's network needs one to connect".into());
-                }
-            } else if self.inviter
-                && self.sessions.is_empty()
-                && (text.starts_with("scpc:") || text.starts_with("scpi://"))
-            {
-                self.held = None;
-                match telemetry::counted(ctx.host.accept_rsvp(&text, ctx.now)) {
-                    Ok(_) => self.say(
-                        "Took the reply token; both sides are now trying at once.",
-                        json!({ "event": "rsvp_accepted" }),
-                    ),
-                    Err(e) => self.say(
-                        format!("That reply token was refused: {e}"),
-                        json!({ "event": "rsvp_refused", "error": e.to_string() }),
-                    ),
-                }
-            }
-        }
-        // Standard input to every session.
-        if let Some((chunk, progress)) = &mut self.held
-            && !self.sessions.is_empty()
-        {
-            let mut all = true;
-            for (&id, _) in self.sessions.iter() {
-                let p = progress.entry(id).or_insert(0);
-                *p += ctx.host.write(id, &chunk[*p..]);
-                all &= *p == chunk.len();
-            }
-            if all {
-                self.held = None;
-            }
-        }
-        if !self.stdin_open && self.held.is_none() {
-            for (&id, finished) in self.sessions.iter_mut() {
-                if !*finished {
-                    ctx.host.finish(id);
-                    *finished = true;
-                }
-            }
-        }
-        // Sessions to standard output, as fast as it takes them.
-        self.out_blocked = false;
-        for &id in self.sessions.keys() {
-            while ctx.host.readable(id) > 0 {
-                let permit = match self.out_permit.take() {
-                    Some(p) => p,
-                    None => match self.out_tx.clone().try_reserve_owned() {
-                        Ok(p) => p,
-                        Err(_) => {
-                            self.out_blocked = true;
-                            break;
-                        }
-                    },
-                };
-                let mut buf = vec![0u8; ctx.host.readable(id).min(256 * 1024)];
-                let n = ctx.host.read(id, &mut buf);
-                buf.truncate(n);
-                permit.send(buf);
-            }
-        }
-        // Done: both directions ended (or the peer closed cleanly). A
-        // reusable invitation keeps the node up for the next invitee.
-        for (&id, &finished) in &self.sessions {
-            if finished && ctx.host.recv_finished(id) && ctx.host.send_done(id) {
-                ctx.host.close(id, ctx.now);
-                if !self.reusable {
-                    self.outcome.get_or_insert(Ok(()));
-                }
-            }
-        }
-        self.outcome.take()
-    }
-
-    async fn wake(&mut self) {
-        let want_in = self.held.is_none() && self.stdin_open;
-        let want_out = self.out_blocked && self.out_permit.is_none();
-        let out_tx = self.out_tx.clone();
-        tokio::select! {
-            chunk = self.stdin_rx.recv(), if want_in => match chunk {
-                Some(c) => self.held = Some((c, BTreeMap::new())),
-                None => self.stdin_open = false,
-            },
-            permit = out_tx.reserve_owned(), if want_out => {
-                self.out_permit = permit.ok();
-            }
-            _ = tokio::signal::ctrl_c() => self.interrupted = true,
-        }
-    }
-
-    fn note(&mut self, message: &str) {
-        self.say(message, json!({ "event": "note", "message": message }));
     }
 }
 
@@ -577,35 +292,230 @@ fn stdout_writer() -> (mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<()>) {
     (tx, h)
 }
 
-/// Binds a node for `identity`, runs the app `make` builds (given the
-/// standard output sender), and waits for standard output to drain.
-fn run_node<A: App<Output = Result<(), Failure>>>(
+/// A chunk of standard input, shared by every session it goes to.
+type Chunk = Arc<[u8]>;
+
+/// Input that came while no session was there, for the command to claim
+/// (an answer, a pasted RSVP): it sends back what is data after all.
+type Unclaimed = (Vec<u8>, oneshot::Sender<Option<Vec<u8>>>);
+
+/// Feeds standard input to every session, on a task of its own (so a
+/// chunk is never half-delivered). What arrives while no session exists
+/// goes to the command first (`unclaimed`): it may be an answer or a
+/// pasted RSVP rather than data; what it hands back as data waits for the
+/// first session. At the end of input, every session's stream is finished
+/// (its sender dropped), and so is every later one's.
+async fn feed_stdin(
+    mut stdin: mpsc::Receiver<Vec<u8>>,
+    mut sessions: mpsc::UnboundedReceiver<mpsc::Sender<Chunk>>,
+    unclaimed: mpsc::Sender<Unclaimed>,
+) {
+    let mut open: Vec<mpsc::Sender<Chunk>> = Vec::new();
+    let mut held: Option<Chunk> = None;
+    let mut input = true;
+    loop {
+        while let Ok(s) = sessions.try_recv() {
+            open.push(s);
+        }
+        if !input {
+            // The end of input: every session, now and later, ends its side.
+            open.clear();
+            match sessions.recv().await {
+                Some(_) => continue,
+                None => return,
+            }
+        }
+        if let Some(c) = held.take() {
+            if open.is_empty() {
+                match sessions.recv().await {
+                    Some(s) => open.push(s),
+                    None => return,
+                }
+            }
+            let mut alive = Vec::with_capacity(open.len());
+            for s in open.drain(..) {
+                if s.send(c.clone()).await.is_ok() {
+                    alive.push(s);
+                }
+            }
+            open = alive;
+            continue;
+        }
+        let Some(chunk) = stdin.recv().await else {
+            input = false;
+            continue;
+        };
+        while let Ok(s) = sessions.try_recv() {
+            open.push(s);
+        }
+        // Sessions that ended take no more: with none left, this is input
+        // for the command again (a reusable inviter's next pasted RSVP).
+        open.retain(|s| !s.is_closed());
+        if open.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            if unclaimed.send((chunk, tx)).await.is_err() {
+                return;
+            }
+            if let Ok(Some(data)) = rx.await {
+                held = Some(data.into());
+            }
+        } else {
+            held = Some(chunk.into());
+        }
+    }
+}
+
+/// One session as a pipe: standard input (from `input`) out on the
+/// session's own stream, what arrives on it to standard output. Ends when
+/// both directions ended and what we sent was acknowledged (then it
+/// closes the session, code 0), or when the session ends.
+async fn pipe_session(
+    conn: Connection,
+    mut input: mpsc::Receiver<Chunk>,
+    out: mpsc::Sender<Vec<u8>>,
+    voice: Voice,
+) -> Result<(), Failure> {
+    let Some((mut send, mut recv)) = conn.session_stream() else {
+        return Err("the session ended before it began".into());
+    };
+    let sending = async {
+        while let Some(c) = input.recv().await {
+            send.write_all(&c).await?;
+        }
+        send.finish()?;
+        send.acknowledged().await.map_err(std::io::Error::from)
+    };
+    let receiving = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = recv.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            // Standard output closed (`| head`): stop caring what comes.
+            if out.send(buf[..n].to_vec()).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    tokio::pin!(sending, receiving);
+    let (mut sent, mut got) = (None, None);
+    let closed = loop {
+        tokio::select! {
+            // The end first: a stream that fails because the session ended
+            // reports the session's reason, not the stream's.
+            biased;
+            reason = conn.closed() => {
+                // What arrived before the end stays readable (how the
+                // stream ended matters no more: the session's end says it).
+                if got.is_none() {
+                    let _ = receiving.await;
+                }
+                break reason;
+            }
+            r = &mut sending, if sent.is_none() => sent = Some(r),
+            r = &mut receiving, if got.is_none() => got = Some(r),
+        }
+        match (&sent, &got) {
+            (Some(Ok(())), Some(Ok(()))) => {
+                conn.close(0, "");
+                break CloseReason::Local;
+            }
+            (Some(Err(e)), _) | (_, Some(Err(e))) => {
+                let why = format!("the session's stream failed: {e}");
+                conn.close(1, "stream failed");
+                voice.say(&why, json!({ "event": "closed", "reason": why }));
+                return Err(why.into());
+            }
+            _ => {}
+        }
+    };
+    voice.say(
+        format!("Session with peer closed: {closed:?}"),
+        json!({ "event": "closed", "reason": format!("{closed:?}") }),
+    );
+    match closed {
+        CloseReason::Peer { code: 0, .. } | CloseReason::Local => Ok(()),
+        other => Err(format!("the session ended: {other:?}").into()),
+    }
+}
+
+/// What `convoke invite` and `convoke join` share: an endpoint bound as the
+/// flags say, standard input fed to its sessions and theirs to standard
+/// output, notices said, Ctrl-C handled.
+struct Piping {
+    endpoint: Endpoint,
+    voice: Voice,
+    out: mpsc::Sender<Vec<u8>>,
+    sessions: mpsc::UnboundedSender<mpsc::Sender<Chunk>>,
+    unclaimed: mpsc::Receiver<Unclaimed>,
+}
+
+impl Piping {
+    /// A session's pipe, fed from standard input from now on.
+    fn session(&self, conn: Connection) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(4);
+        let _ = self.sessions.send(tx);
+        pipe_session(conn, rx, self.out.clone(), self.voice)
+    }
+}
+
+/// Binds an endpoint for `identity` as `node` says, runs `run` with it
+/// (until it returns or Ctrl-C), closes the endpoint and waits for
+/// standard output to drain.
+fn with_endpoint<F>(
     ctx: &Ctx,
     node: &NodeArgs,
     identity: convoke_node::identity::Identity,
-    make: impl FnOnce(mpsc::Sender<Vec<u8>>) -> A,
-) -> Result<(), Failure> {
+    run: impl FnOnce(Piping) -> F,
+) -> Result<(), Failure>
+where
+    F: Future<Output = Result<(), Failure>>,
+{
     let mut config = node_config(ctx, node)?;
     let metrics = node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
     config.metrics = metrics.is_some();
+    let voice = Voice { json: ctx.json, quiet: ctx.quiet, qr: node.qr };
     let rt = runtime()?;
-    let (out_tx, writer) = stdout_writer();
+    let (out, writer) = stdout_writer();
     let result = rt.block_on(async {
         if let Some(addr) = metrics {
             telemetry::install(addr)?;
-            if ctx.json {
-                eprintln!("{}", json!({ "event": "metrics", "url": format!("http://{addr}/metrics") }));
-            } else if !ctx.quiet {
-                eprintln!("Metrics at http://{addr}/metrics");
-            }
+            voice.say(
+                format!("Metrics at http://{addr}/metrics"),
+                json!({ "event": "metrics", "url": format!("http://{addr}/metrics") }),
+            );
         }
-        let node = Node::bind(identity, config, seed())?;
-        let mut app = make(out_tx);
-        node.run(&mut app).await.map_err(Failure::from)?
+        let endpoint = Endpoint::bind(identity, EndpointConfig { node: config }).await?;
+        let notices = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(n) = notices.next_notice().await {
+                voice.notice(n);
+            }
+        });
+        let (sessions, sessions_rx) = mpsc::unbounded_channel();
+        let (unclaimed_tx, unclaimed) = mpsc::channel(1);
+        tokio::spawn(feed_stdin(stdin_reader(), sessions_rx, unclaimed_tx));
+        let piping = Piping { endpoint: endpoint.clone(), voice, out, sessions, unclaimed };
+        let r = tokio::select! {
+            r = run(piping) => r,
+            _ = tokio::signal::ctrl_c() => Err(Failure { message: "interrupted".into(), status: 130 }),
+        };
+        // Every session closes, and the peers hear it, before we exit.
+        endpoint.shutdown().await;
+        r
     });
-    // The app (and its sender) are gone: the writer drains and ends.
+    // Every sender is gone with the runtime: the writer drains and ends.
+    drop(rt);
     let _ = writer.join();
     result
+}
+
+/// Whether a line of input is a token (an RSVP pasted into the inviter's
+/// window) rather than data.
+fn looks_like_token(data: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(data).ok()?.trim();
+    (text.starts_with("scpc:") || text.starts_with("scpi://")).then(|| text.to_owned())
 }
 
 /// `convoke invite`.
@@ -631,78 +541,84 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
     if u32::try_from(rsvp_timeout).is_err() {
         return Err(format!("{rsvp_source} is too long").into());
     }
-    run_node(ctx, &a.node, identity, |out_tx| {
-        // The invitation carries the final candidates (STUN answers come
-        // once the node runs): `InviteApp::on_ready` mints it.
-        let mut pipe = Pipe::new(ctx, None, true, out_tx);
-        pipe.reusable = a.reusable;
-        pipe.qr = a.node.qr;
-        pipe.token_out = a.token_out.clone();
-        InviteApp { pipe, expires, rsvp_timeout, rsvp_required: a.rsvp_required }
-    })
-}
-
-fn mode(reusable: bool, rsvp_required: bool, rsvp_timeout: u64) -> Result<ConnectionMode, Failure> {
-    Ok(ConnectionMode {
-        initial: if rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional },
-        rsvp_supported: true,
-        rsvp_timeout_seconds: u32::try_from(rsvp_timeout).map_err(|_| "--rsvp-timeout is too long")?,
-        reusable,
-    })
-}
-
-fn make_invitation(
-    minter: &mut Minter,
-    expires: u64,
-    rsvp_timeout: u64,
-    reusable: bool,
-    rsvp_required: bool,
-) -> Result<Invitation, Failure> {
-    let params = InvitationParams {
-        lifetime_secs: expires,
-        mode: mode(reusable, rsvp_required, rsvp_timeout)?,
-        ..InvitationParams::default()
+    let options = InviteOptions {
+        lifetime: Duration::from_secs(expires),
+        reusable: a.reusable,
+        rsvp_required: a.rsvp_required,
+        rsvp_timeout: Duration::from_secs(rsvp_timeout),
     };
-    Ok(minter.invitation(params, unix_now())?)
-}
-
-/// The inviter: makes the invitation once the candidates are final.
-struct InviteApp {
-    pipe: Pipe,
-    expires: u64,
-    rsvp_timeout: u64,
-    rsvp_required: bool,
-}
-
-impl App for InviteApp {
-    type Output = Result<(), Failure>;
-
-    fn on_ready(&mut self, ctx: &mut NodeCtx<'_>) {
-        match make_invitation(ctx.minter, self.expires, self.rsvp_timeout, self.pipe.reusable, self.rsvp_required) {
-            Ok(inv) => self.pipe.invitation = Some(inv),
-            Err(f) => {
-                self.pipe.outcome = Some(Err(f));
-                return;
+    with_endpoint(ctx, &a.node, identity, |mut p| async move {
+        // Made once the endpoint is ready: it carries the final candidates.
+        let invitation = p.endpoint.invite(options).await?;
+        let text = invitation.token().encode_compact();
+        if let Some(path) = &a.token_out {
+            std::fs::write(path, format!("{text}\n")).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        let b = &invitation.token().body;
+        let uses = if a.reusable { "reusable" } else { "single use" };
+        p.voice.say(
+            format!(
+                "Invitation ({uses}, valid until {}). Send it to the person you invite; they run\n`convoke join TOKEN`:",
+                format_time(b.expires_at)
+            ),
+            json!({ "event": "invitation", "token": text, "expires_at": b.expires_at,
+                    "candidates": b.connection_info.ice_candidates.iter().map(|c| c.address.to_string()).collect::<Vec<_>>() }),
+        );
+        p.voice.show_token(&text, "invitation");
+        p.voice.say(
+            "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
+            json!({ "event": "waiting" }),
+        );
+        // Connections from RSVPs pasted here.
+        let (by_rsvp_tx, mut by_rsvp) = mpsc::unbounded_channel();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                conn = p.endpoint.accept() => {
+                    let conn = conn?;
+                    p.voice.connected(&conn, None);
+                    running.spawn(p.session(conn));
+                }
+                Some(r) = by_rsvp.recv() => match r {
+                    Ok(conn) => {
+                        p.voice.connected(&conn, None);
+                        running.spawn(p.session(conn));
+                    }
+                    Err(JoinError::Refused(why)) => p.voice.say(
+                        format!("That reply token was refused: {why}"),
+                        json!({ "event": "rsvp_refused", "error": why }),
+                    ),
+                    Err(e) => p.voice.say(
+                        format!("The checks after the reply token failed: {e}"),
+                        json!({ "event": "attempt_failed", "reason": e.to_string() }),
+                    ),
+                },
+                Some((chunk, reply)) = p.unclaimed.recv() => match looks_like_token(&chunk) {
+                    Some(rsvp) => {
+                        let _ = reply.send(None);
+                        p.voice.say(
+                            "Took the reply token; both sides are now trying at once.",
+                            json!({ "event": "rsvp_accepted" }),
+                        );
+                        let (endpoint, tx) = (p.endpoint.clone(), by_rsvp_tx.clone());
+                        tokio::spawn(async move {
+                            let _ = tx.send(endpoint.accept_rsvp(&rsvp).await);
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(Some(chunk));
+                    }
+                },
+                Some(done) = running.join_next() => {
+                    let r = done.map_err(|e| format!("a session's task failed: {e}"))?;
+                    // A reusable invitation keeps the node up for the next invitee.
+                    if !a.reusable {
+                        return r;
+                    }
+                }
             }
         }
-        self.pipe.on_ready(ctx);
-    }
-
-    fn on_event(&mut self, ctx: &mut NodeCtx<'_>, event: HostEvent) {
-        self.pipe.on_event(ctx, event);
-    }
-
-    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<Self::Output> {
-        self.pipe.step(ctx)
-    }
-
-    async fn wake(&mut self) {
-        self.pipe.wake().await;
-    }
-
-    fn note(&mut self, message: &str) {
-        self.pipe.note(message);
-    }
+    })
 }
 
 /// `convoke join`.
@@ -718,12 +634,81 @@ pub fn join(ctx: &Ctx, a: JoinArgs) -> Result<(), Failure> {
     let invitation =
         Invitation::parse(&text, unix_now()).map_err(|e| format!("this invitation cannot be used: {e}"))?;
     let (identity, _) = ctx.identity()?;
-    run_node(ctx, &a.node, identity, |out_tx| {
-        let mut pipe = Pipe::new(ctx, Some(invitation), false, out_tx);
-        pipe.yes = a.yes;
-        pipe.qr = a.node.qr;
-        pipe.rsvp_out = a.rsvp_out.clone();
-        pipe
+    let stdin_is_tty = std::io::stdin().is_terminal();
+    with_endpoint(ctx, &a.node, identity, |mut p| async move {
+        let started = std::time::Instant::now();
+        p.voice.say("Connecting to the inviter…", json!({ "event": "connecting" }));
+        let failed = |e: JoinError| -> Failure {
+            match e {
+                JoinError::Failed(why) => format!("could not connect to the inviter: {why}").into(),
+                other => other.to_string().into(),
+            }
+        };
+        let conn = match p.endpoint.join(&invitation).await {
+            Ok(conn) => conn,
+            Err(JoinError::RsvpNeeded(pending)) => {
+                p.voice.say(
+                    "The inviter's network does not let a first contact in from outside, so they need a reply\n\
+                     from you before both of you can connect.",
+                    json!({ "event": "rsvp_needed" }),
+                );
+                let make = if a.yes {
+                    true
+                } else if stdin_is_tty {
+                    eprint!("Create the reply token now? [Y/n] ");
+                    let _ = std::io::stderr().flush();
+                    let Some((answer, reply)) = p.unclaimed.recv().await else {
+                        return Err("no answer: standard input ended".into());
+                    };
+                    let _ = reply.send(None);
+                    let answer = String::from_utf8_lossy(&answer).trim().to_owned();
+                    answer.is_empty() || answer.eq_ignore_ascii_case("y") || answer.eq_ignore_ascii_case("yes")
+                } else {
+                    return Err("the inviter needs a reply token and standard input is not a terminal to ask on; \
+                                run again with --yes to create it"
+                        .into());
+                };
+                if !make {
+                    return Err("no reply token made; the inviter's network needs one to connect".into());
+                }
+                let rsvp = pending.rsvp().to_owned();
+                if let Some(path) = &a.rsvp_out
+                    && let Err(e) = std::fs::write(path, format!("{rsvp}\n"))
+                {
+                    eprintln!("convoke: writing {}: {e}", path.display());
+                }
+                p.voice.say(
+                    "Here is your reply token. Send it back to the person who invited you; they paste it into\n\
+                     their `convoke invite` window or run `convoke rsvp TOKEN`. This window keeps trying meanwhile.",
+                    json!({ "event": "rsvp", "token": rsvp }),
+                );
+                p.voice.show_token(&rsvp, "reply token");
+                // Input typed meanwhile is data for the session.
+                let connected = pending.connected();
+                tokio::pin!(connected);
+                loop {
+                    tokio::select! {
+                        r = &mut connected => break r.map_err(failed)?,
+                        Some((chunk, reply)) = p.unclaimed.recv() => {
+                            let _ = reply.send(Some(chunk));
+                        }
+                    }
+                }
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        p.voice.connected(&conn, Some(started.elapsed().as_secs_f64()));
+        let session = p.session(conn);
+        // Input that comes before the session's pipe has registered is data.
+        tokio::pin!(session);
+        loop {
+            tokio::select! {
+                r = &mut session => return r,
+                Some((chunk, reply)) = p.unclaimed.recv() => {
+                    let _ = reply.send(Some(chunk));
+                }
+            }
+        }
     })
 }
 

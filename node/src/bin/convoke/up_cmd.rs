@@ -7,15 +7,14 @@ use std::path::PathBuf;
 use clap::Args;
 use convoke_node::identity::PeerId;
 use convoke_node::runtime::control::{self, Request};
-use convoke_node::runtime::member::{Member, MemberCommand, MemberConfig, MemberEvent};
-use convoke_node::runtime::node::Node;
+use convoke_node::runtime::endpoint::EndpointConfig;
+use convoke_node::runtime::network::{MemberConfig, MemberEvent, Network};
 use convoke_node::runtime::state::{Loaded, StateFile};
 use convoke_node::runtime::{telemetry, unix_now};
 use convoke_node::token::Invitation;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
-use crate::session_cmd::{NodeArgs, node_config, runtime, seed};
+use crate::session_cmd::{NodeArgs, node_config, runtime};
 use crate::util::{printable, read_token_arg};
 use crate::{Ctx, Failure};
 
@@ -177,115 +176,57 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
         mc.super_peer = w;
     }
     mc.overlay.announce_views = round * 5;
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let me = identity.peer_id();
     let json_out = ctx.json;
     let quiet = ctx.quiet;
     let invite_out = a.invite_out.clone();
-    let joining = a.join.is_some();
-    // Events: broadcasts on standard output, the rest on standard error.
-    let printer = std::thread::spawn(move || -> Result<(), String> {
-        let mut contact_failed = None;
-        let mut cards = 0u32;
-        while let Some(e) = ev_rx.blocking_recv() {
+    let mut cards = 0u32;
+    // Our cards: to the file, and said (the first one as the member's start).
+    let mut card = |t: &str| -> Result<Value, Failure> {
+        if let Some(p) = &invite_out {
+            std::fs::write(p, format!("{t}\n")).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        }
+        cards += 1;
+        if !json_out && !quiet {
+            let sentence = if cards == 1 {
+                format!("member {me} is up. Its invitation (reusable; anyone with it can join):")
+            } else {
+                "a new invitation for this member, with what it learned about its addresses \
+                 (the earlier ones work until they expire):"
+                    .to_owned()
+            };
+            show_token(&sentence, t);
+        }
+        Ok(json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }))
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        if let Some(addr) = metrics {
+            telemetry::install(addr)?;
+        }
+        let network = Network::start_with_state(identity, EndpointConfig { node: config }, mc, state).await?;
+        if !json_out && !quiet && let Some(p) = network.control_path() {
+            eprintln!("convoke: control socket {} (`convoke broadcast`, `convoke status --topology`)", p.display());
+        }
+        let first = card(&network.card().token().encode_compact())?;
+        if json_out {
+            eprintln!("{first}");
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut leaving = false;
+        loop {
+            let e = tokio::select! {
+                e = network.next_event() => e,
+                _ = tokio::signal::ctrl_c(), if !leaving => { leaving = true; network.leave(); continue }
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if !leaving => {
+                    leaving = true;
+                    network.leave();
+                    continue
+                }
+            };
+            let Some(e) = e else { break };
             let (text, v): (Option<String>, Value) = match &e {
-                MemberEvent::Invitation(t) => {
-                    if let Some(p) = &invite_out {
-                        std::fs::write(p, format!("{t}\n")).map_err(|e| format!("writing {}: {e}", p.display()))?;
-                    }
-                    cards += 1;
-                    if !json_out && !quiet {
-                        let sentence = if cards == 1 {
-                            format!("member {me} is up. Its invitation (reusable; anyone with it can join):")
-                        } else {
-                            "a new invitation for this member, with what it learned about its addresses \
-                             (the earlier ones work until they expire):"
-                                .to_owned()
-                        };
-                        show_token(&sentence, t);
-                    }
-                    (None, json!({ "event": "invitation", "peer_id": me.to_string(), "token": t }))
-                }
-                MemberEvent::Joined(p) => (
-                    Some(format!("connected to {p} with its invitation; joining its network")),
-                    json!({ "event": "joined", "contact": p.to_string() }),
-                ),
-                MemberEvent::Connecting { peer, route } => (
-                    Some(format!("introduced to {}; connecting", short(peer))),
-                    json!({ "event": "connecting", "peer": peer.to_string(), "route": route.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
-                ),
-                MemberEvent::RsvpRelayed { peer, route } => (
-                    Some(format!("{} wants an RSVP: sent through {} introducer(s)", short(peer), route.len() - 1)),
-                    json!({ "event": "rsvp_relayed", "peer": peer.to_string(), "hops": route.len() }),
-                ),
-                MemberEvent::RsvpForContact(t) => {
-                    if !json_out && !quiet {
-                        show_token(
-                            "the member you joined wants a reply first; send it this RSVP (they run `convoke rsvp TOKEN`):",
-                            t,
-                        );
-                    }
-                    (None, json!({ "event": "rsvp", "token": t }))
-                }
-                MemberEvent::Introduced { from, result } => (
-                    Some(match result {
-                        Ok(()) => {
-                            format!("{}'s RSVP arrived through introducers; both sides punch at once", short(from))
-                        }
-                        Err(e) => format!("refused an RSVP relayed from {}: {e}", short(from)),
-                    }),
-                    json!({ "event": "introduced", "from": from.to_string(), "ok": result.is_ok(), "error": result.as_ref().err() }),
-                ),
-                MemberEvent::NeighborUp(p) => {
-                    (Some(format!("neighbour up: {p}")), json!({ "event": "neighbor_up", "peer": p.to_string() }))
-                }
-                MemberEvent::NeighborDown(p, r) => (
-                    Some(format!("neighbour down: {p} ({})", r.as_str())),
-                    json!({ "event": "neighbor_down", "peer": p.to_string(), "reason": r.as_str() }),
-                ),
-                MemberEvent::Suspected(p) => (
-                    Some(format!("neighbour silent, suspected: {p}")),
-                    json!({ "event": "suspected", "peer": p.to_string() }),
-                ),
-                MemberEvent::ConnectFailed(p, why) => {
-                    let why = why.to_string();
-                    if joining && contact_failed.is_none() && why.contains("RSVP") {
-                        contact_failed = Some(why.clone());
-                    }
-                    (
-                        Some(format!("could not link to {}: {why}", short(p))),
-                        json!({ "event": "connect_failed", "peer": p.to_string(), "error": why }),
-                    )
-                }
-                MemberEvent::Linked { peer, via, dialed } => (
-                    None,
-                    json!({ "event": "linked", "peer": peer.to_string(), "via": format!("{via:?}").to_lowercase(), "dialed": format!("{dialed:?}") }),
-                ),
-                MemberEvent::Misbehaved(p, why) => (
-                    Some(format!("closed the session with {}: {why}", short(p))),
-                    json!({ "event": "misbehaved", "peer": p.to_string(), "error": why }),
-                ),
-                MemberEvent::PolicyMismatch { peer, policy } => (
-                    Some(format!(
-                        "{} runs the {} topology, not ours: no link with it (one network runs one policy)",
-                        short(peer),
-                        policy.as_str()
-                    )),
-                    json!({ "event": "policy_mismatch", "peer": peer.to_string(), "policy": policy.as_str() }),
-                ),
-                MemberEvent::RoleChanged(role) => (
-                    Some(format!("now a {} (no super-peer had room)", role.as_str())),
-                    json!({ "event": "role_changed", "role": role.as_str() }),
-                ),
-                MemberEvent::Violation(v) => (
-                    Some(format!("topology invariant broken: {v}")),
-                    json!({ "event": "topology_violation", "violation": v }),
-                ),
-                MemberEvent::MemberJoined { peer, hops } => (
-                    Some(format!("member joined the network: {peer}")),
-                    json!({ "event": "member_joined", "peer": peer.to_string(), "hops": hops }),
-                ),
+                MemberEvent::Invitation(t) => (None, card(t)?),
                 MemberEvent::Message { origin, seq, hops, data } => {
                     // The subscription: one line per message on standard output.
                     let mut out = std::io::stdout().lock();
@@ -298,6 +239,16 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
                     let _ = out.flush();
                     continue;
                 }
+                MemberEvent::RsvpForContact(t) => {
+                    if !json_out && !quiet {
+                        show_token(
+                            "the member you joined wants a reply first; send it this RSVP (they run `convoke rsvp TOKEN`):",
+                            t,
+                        );
+                    }
+                    (None, json!({ "event": "rsvp", "token": t }))
+                }
+                other => words(other),
             };
             if json_out {
                 eprintln!("{v}");
@@ -305,36 +256,81 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
                 eprintln!("convoke: {}", printable(&t));
             }
         }
-        Ok(())
-    });
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        if let Some(addr) = metrics {
-            telemetry::install(addr)?;
+        match network.failure() {
+            Some(why) => Err(Failure::from(format!("the member's node stopped: {why}"))),
+            None => Ok(()),
         }
-        let node = Node::bind(identity, config, seed())?;
-        if !json_out && !quiet && let Some(p) = node.control_path() {
-            eprintln!("convoke: control socket {} (`convoke broadcast`, `convoke status --topology`)", p.display());
+    })
+}
+
+/// What a member event says, in words and as a JSON event.
+fn words(e: &MemberEvent) -> (Option<String>, Value) {
+    match e {
+        MemberEvent::Joined(p) => (
+            Some(format!("connected to {p} with its invitation; joining its network")),
+            json!({ "event": "joined", "contact": p.to_string() }),
+        ),
+        MemberEvent::Connecting { peer, route } => (
+            Some(format!("introduced to {}; connecting", short(peer))),
+            json!({ "event": "connecting", "peer": peer.to_string(), "route": route.iter().map(|p| p.to_string()).collect::<Vec<_>>() }),
+        ),
+        MemberEvent::RsvpRelayed { peer, route } => (
+            Some(format!("{} wants an RSVP: sent through {} introducer(s)", short(peer), route.len() - 1)),
+            json!({ "event": "rsvp_relayed", "peer": peer.to_string(), "hops": route.len() }),
+        ),
+        MemberEvent::Introduced { from, result } => (
+            Some(match result {
+                Ok(()) => format!("{}'s RSVP arrived through introducers; both sides punch at once", short(from)),
+                Err(e) => format!("refused an RSVP relayed from {}: {e}", short(from)),
+            }),
+            json!({ "event": "introduced", "from": from.to_string(), "ok": result.is_ok(), "error": result.as_ref().err() }),
+        ),
+        MemberEvent::NeighborUp(p) => {
+            (Some(format!("neighbour up: {p}")), json!({ "event": "neighbor_up", "peer": p.to_string() }))
         }
-        let mut member = Member::new(mc, seed(), ev_tx, cmd_rx);
-        if let Some(s) = state {
-            member = member.with_state(s);
+        MemberEvent::NeighborDown(p, r) => (
+            Some(format!("neighbour down: {p} ({})", r.as_str())),
+            json!({ "event": "neighbor_down", "peer": p.to_string(), "reason": r.as_str() }),
+        ),
+        MemberEvent::Suspected(p) => {
+            (Some(format!("neighbour silent, suspected: {p}")), json!({ "event": "suspected", "peer": p.to_string() }))
         }
-        let leave = cmd_tx.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-            }
-            let _ = leave.send(MemberCommand::Leave);
-        });
-        node.run(&mut member).await.map_err(Failure::from)
-    });
-    drop(cmd_tx);
-    let printed = printer.join().map_err(|_| "the event printer panicked")?;
-    result?;
-    printed.map_err(Failure::from)
+        MemberEvent::ConnectFailed(p, why) => (
+            Some(format!("could not link to {}: {why}", short(p))),
+            json!({ "event": "connect_failed", "peer": p.to_string(), "error": why.to_string() }),
+        ),
+        MemberEvent::Linked { peer, via, dialed } => (
+            None,
+            json!({ "event": "linked", "peer": peer.to_string(), "via": format!("{via:?}").to_lowercase(), "dialed": format!("{dialed:?}") }),
+        ),
+        MemberEvent::Misbehaved(p, why) => (
+            Some(format!("closed the session with {}: {why}", short(p))),
+            json!({ "event": "misbehaved", "peer": p.to_string(), "error": why }),
+        ),
+        MemberEvent::PolicyMismatch { peer, policy } => (
+            Some(format!(
+                "{} runs the {} topology, not ours: no link with it (one network runs one policy)",
+                short(peer),
+                policy.as_str()
+            )),
+            json!({ "event": "policy_mismatch", "peer": peer.to_string(), "policy": policy.as_str() }),
+        ),
+        MemberEvent::RoleChanged(role) => (
+            Some(format!("now a {} (no super-peer had room)", role.as_str())),
+            json!({ "event": "role_changed", "role": role.as_str() }),
+        ),
+        MemberEvent::Violation(v) => {
+            (Some(format!("topology invariant broken: {v}")), json!({ "event": "topology_violation", "violation": v }))
+        }
+        MemberEvent::MemberJoined { peer, hops } => (
+            Some(format!("member joined the network: {peer}")),
+            json!({ "event": "member_joined", "peer": peer.to_string(), "hops": hops }),
+        ),
+        // Said by the caller (they print tokens or data).
+        MemberEvent::Invitation(_) | MemberEvent::RsvpForContact(_) | MemberEvent::Message { .. } => {
+            (None, json!({ "event": "other" }))
+        }
+    }
 }
 
 /// The still-valid cards a previous run saved, saying on standard error
