@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${CONVOKE_BIN:-}
 if [ -z "$bin" ]; then
-  (cd "$root" && cargo build -q -p convoke-node --bin convoke)
+  (cd "$root" && cargo build -q -p convoke-cli --bin convoke)
   bin=$root/target/debug/convoke
 fi
 ctx=$here/.context

@@ -4,7 +4,7 @@
 //! directly, across NATs, with no signaling server. One signed invitation
 //! token, passed by any out-of-band channel, is enough to connect.
 //!
-//! The crate has three layers, selected by features (docs/DESIGN.md §1):
+//! Convoke has three layers (docs/DESIGN.md §1); this crate holds two of them:
 //!
 //! * the **sans-IO engine** — [`identity`], [`token`], [`stun`], [`ice`]
 //!   (connectivity), [`session`] (Noise IK, encrypted reliable stream and
@@ -15,15 +15,15 @@
 //!   never touches a socket and never uses a global RNG: time comes in as an
 //!   argument, randomness from the caller's RNG. The tokio runtime and the
 //!   simulator (`convoke-sim`) drive the same code.
-//! * the **runtime** (feature `runtime`) — the async library: the tokio
+//! * the **runtime** (feature `runtime`, the default) — the async library: the tokio
 //!   node driver (UDP sockets with GSO/GRO, STUN client, port mapping,
 //!   control socket, metrics), [`runtime::endpoint`] (sessions and
 //!   streams), [`runtime::network`] (network membership) and key storage;
-//! * the **command line** (feature `cli`, the default; it implies
-//!   `runtime`) — the `convoke` tool, its TOML configuration file and QR
-//!   codes. An application that embeds the library takes
-//!   `default-features = false, features = ["runtime"]` and compiles none
-//!   of the command line's crates (clap, qrcode, toml, tracing-subscriber).
+//! * the **command line** is the crate `convoke-cli` (`node/cli`): the
+//!   `convoke` tool, its TOML configuration file and QR codes, a user of
+//!   this crate's API. This crate compiles none of its crates (clap,
+//!   qrcode, toml, tracing-subscriber); `default-features = false` leaves
+//!   the engine alone, without tokio.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -1,10 +1,8 @@
 //! The runtime side of the node: everything that touches the operating
 //! system (sockets, files, clock, OS randomness). Built with the `runtime`
-//! feature; the command line's own parts ([`config`], the TOML file, and
-//! [`qr`]) with the `cli` feature.
+//! feature (the default). The command line is a crate of its own,
+//! `convoke-cli`, on top of this one.
 
-#[cfg(feature = "cli")]
-pub mod config;
 pub mod control;
 pub mod endpoint;
 pub mod keystore;
@@ -12,8 +10,6 @@ pub mod member;
 pub mod network;
 pub mod node;
 pub mod portmap;
-#[cfg(feature = "cli")]
-pub mod qr;
 pub mod state;
 pub mod telemetry;
 

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use convoke_cli::config::{FileConfig, resolve_stun};
+use convoke_cli::qr::TokenQr;
 use convoke_node::ice::Via;
-use convoke_node::runtime::config::{FileConfig, resolve_stun};
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::endpoint::{Connection, Endpoint, EndpointConfig, InviteOptions, JoinError, Notice};
 use convoke_node::runtime::node::NodeConfig;
-use convoke_node::runtime::qr::TokenQr;
 use convoke_node::runtime::telemetry;
 use convoke_node::runtime::unix_now;
 use convoke_node::session::CloseReason;

@@ -10,8 +10,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use convoke_cli::qr::TokenQr;
 use convoke_node::identity::Identity;
-use convoke_node::runtime::qr::TokenQr;
 use convoke_node::token::{Candidate, CandidateKind, ConnectionMode, Invitation, InvitationParams, Token, decode};
 use rand_core::SeedableRng;
 

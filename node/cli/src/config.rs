@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::member::SuperPeer;
+use convoke_node::member::SuperPeer;
 
 /// The file's contents.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -100,7 +100,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 impl FileConfig {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = super::read_capped(path, MAX_CONFIG_BYTES)
+        let text = convoke_node::runtime::read_capped(path, MAX_CONFIG_BYTES)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }

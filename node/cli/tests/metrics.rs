@@ -240,7 +240,7 @@ fn dashboard_names(v: &serde_json::Value, out: &mut BTreeSet<String>, exprs: &mu
 
 #[test]
 fn every_dashboard_query_names_only_exported_series() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dashboards");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("dashboards/")
         .map(|e| e.expect("entry").path())

@@ -96,7 +96,7 @@ pub(crate) struct Ctx {
     pub key: Option<PathBuf>,
     pub json: bool,
     pub quiet: bool,
-    pub file: Option<convoke_node::runtime::config::FileConfig>,
+    pub file: Option<convoke_cli::config::FileConfig>,
 }
 
 impl Ctx {

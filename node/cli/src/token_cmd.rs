@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use convoke_node::runtime::qr::TokenQr;
+use convoke_cli::qr::TokenQr;
 use convoke_node::runtime::{os_rng, unix_now};
 use convoke_node::token::{
     self, Candidate, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, ReplayGuard, Rsvp,
