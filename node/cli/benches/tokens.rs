@@ -4,7 +4,7 @@
 //! decode+verify throughput on one core, next to bare Ed25519 verification
 //! in the same run (the floor any signed token pays).
 //!
-//! Run: `cargo bench -p convoke-node --bench tokens` (add `-- --quick` for a
+//! Run: `cargo bench -p convoke-cli --bench tokens` (add `-- --quick` for a
 //! short run).
 
 use std::hint::black_box;

@@ -153,8 +153,8 @@ fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
-        (_, 1) => "convoke_node=debug,convoke=debug",
-        _ => "convoke_node=trace,convoke=trace",
+        (_, 1) => "convoke_node=debug,convoke_cli=debug,convoke=debug",
+        _ => "convoke_node=trace,convoke_cli=trace,convoke=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());

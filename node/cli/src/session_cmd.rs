@@ -310,6 +310,9 @@ async fn feed_stdin(
     mut sessions: mpsc::UnboundedReceiver<mpsc::Sender<Chunk>>,
     unclaimed: mpsc::Sender<Unclaimed>,
 ) {
+    // Gone at the end of input: a command waiting for an answer learns
+    // there will be none.
+    let mut unclaimed = Some(unclaimed);
     let mut open: Vec<mpsc::Sender<Chunk>> = Vec::new();
     let mut held: Option<Chunk> = None;
     let mut input = true;
@@ -343,6 +346,7 @@ async fn feed_stdin(
         }
         let Some(chunk) = stdin.recv().await else {
             input = false;
+            unclaimed = None;
             continue;
         };
         while let Ok(s) = sessions.try_recv() {
@@ -353,7 +357,8 @@ async fn feed_stdin(
         open.retain(|s| !s.is_closed());
         if open.is_empty() {
             let (tx, rx) = oneshot::channel();
-            if unclaimed.send((chunk, tx)).await.is_err() {
+            let Some(to) = &unclaimed else { return };
+            if to.send((chunk, tx)).await.is_err() {
                 return;
             }
             if let Ok(Some(data)) = rx.await {
@@ -488,7 +493,7 @@ where
         }
         let endpoint = Endpoint::bind(identity, EndpointConfig { node: config }).await?;
         let notices = endpoint.clone();
-        tokio::spawn(async move {
+        let said = tokio::spawn(async move {
             while let Some(n) = notices.next_notice().await {
                 voice.notice(n);
             }
@@ -501,8 +506,10 @@ where
             r = run(piping) => r,
             _ = tokio::signal::ctrl_c() => Err(Failure { message: "interrupted".into(), status: 130 }),
         };
-        // Every session closes, and the peers hear it, before we exit.
+        // Every session closes, and the peers hear it, before we exit; the
+        // last notices are said (they end with the endpoint).
         endpoint.shutdown().await;
+        let _ = said.await;
         r
     });
     // Every sender is gone with the runtime: the writer drains and ends.
@@ -569,18 +576,22 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
             "Waiting for them. If they send you a reply token, paste it here (or run `convoke rsvp TOKEN`).",
             json!({ "event": "waiting" }),
         );
-        // Connections from RSVPs pasted here.
-        let (by_rsvp_tx, mut by_rsvp) = mpsc::unbounded_channel();
+        // What becomes of the RSVPs pasted here.
+        let (by_rsvp_tx, mut by_rsvp) = mpsc::unbounded_channel::<Result<Option<Connection>, JoinError>>();
         let mut running = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 conn = p.endpoint.accept() => {
-                    let conn = conn?;
+                    let conn = conn.map_err(|e| p.endpoint.failure().unwrap_or_else(|| e.to_string()))?;
                     p.voice.connected(&conn, None);
                     running.spawn(p.session(conn));
                 }
                 Some(r) = by_rsvp.recv() => match r {
-                    Ok(conn) => {
+                    Ok(None) => p.voice.say(
+                        "Took the reply token; both sides are now trying at once.",
+                        json!({ "event": "rsvp_accepted" }),
+                    ),
+                    Ok(Some(conn)) => {
                         p.voice.connected(&conn, None);
                         running.spawn(p.session(conn));
                     }
@@ -590,19 +601,22 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
                     ),
                     Err(e) => p.voice.say(
                         format!("The checks after the reply token failed: {e}"),
-                        json!({ "event": "attempt_failed", "reason": e.to_string() }),
+                        json!({ "event": "attempt_failed", "reason": "failed", "error": e.to_string() }),
                     ),
                 },
                 Some((chunk, reply)) = p.unclaimed.recv() => match looks_like_token(&chunk) {
                     Some(rsvp) => {
                         let _ = reply.send(None);
-                        p.voice.say(
-                            "Took the reply token; both sides are now trying at once.",
-                            json!({ "event": "rsvp_accepted" }),
-                        );
                         let (endpoint, tx) = (p.endpoint.clone(), by_rsvp_tx.clone());
                         tokio::spawn(async move {
-                            let _ = tx.send(endpoint.accept_rsvp(&rsvp).await);
+                            let r = match endpoint.take_rsvp(&rsvp).await {
+                                Ok(pending) => {
+                                    let _ = tx.send(Ok(None));
+                                    pending.connected().await.map(Some)
+                                }
+                                Err(e) => Err(e),
+                            };
+                            let _ = tx.send(r);
                         });
                     }
                     None => {

@@ -214,10 +214,14 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut leaving = false;
+        // One listener for the whole run: a Ctrl-C while an event is being
+        // said is not lost.
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
         loop {
             let e = tokio::select! {
                 e = network.next_event() => e,
-                _ = tokio::signal::ctrl_c(), if !leaving => { leaving = true; network.leave(); continue }
+                _ = &mut interrupt, if !leaving => { leaving = true; network.leave(); continue }
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if !leaving => {
                     leaving = true;
                     network.leave();

@@ -243,6 +243,22 @@ impl PendingJoin {
     }
 }
 
+/// An RSVP we took ([`Endpoint::take_rsvp`]), its checks running.
+#[derive(Debug)]
+pub struct PendingAccept {
+    endpoint: Endpoint,
+    done: oneshot::Receiver<Result<AttemptId, JoinError>>,
+}
+
+impl PendingAccept {
+    /// Resolves when both sides' checks meet (the engine keeps trying for
+    /// the invitation's RSVP timeout).
+    pub async fn connected(self) -> Result<Connection, JoinError> {
+        let id = self.done.await.map_err(|_| EndpointClosed)??;
+        Ok(self.endpoint.connection(id)?)
+    }
+}
+
 /// Why a connection operation failed: the session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectionError {
@@ -400,7 +416,7 @@ impl ConnState {
 enum Command {
     Invite(InviteOptions, oneshot::Sender<Result<Invitation, InviteError>>),
     Join(Box<Invitation>, oneshot::Sender<JoinStep>, oneshot::Sender<Result<AttemptId, String>>),
-    AcceptRsvp(String, RsvpReply),
+    AcceptRsvp(String, oneshot::Sender<Result<(), JoinError>>, RsvpReply),
     Open(AttemptId, bool, oneshot::Sender<Result<StreamId, ConnectionError>>),
     Close(AttemptId, u64, String),
     /// Every handle of the session is gone: close it and forget it.
@@ -420,6 +436,8 @@ struct State {
     stopped: bool,
     /// Every endpoint handle was dropped.
     shutdown: bool,
+    /// Why the node stopped, when it failed.
+    failure: Option<String>,
     commands: VecDeque<Command>,
     conns: HashMap<AttemptId, ConnState>,
     /// Sessions from our invitations, not yet accepted.
@@ -635,10 +653,32 @@ impl Endpoint {
     /// # }
     /// ```
     pub async fn accept_rsvp(&self, rsvp: &str) -> Result<Connection, JoinError> {
-        let (tx, rx) = oneshot::channel();
-        self.inner().command(Command::AcceptRsvp(rsvp.trim().to_owned(), tx))?;
-        let id = rx.await.map_err(|_| EndpointClosed)??;
-        Ok(self.connection(id)?)
+        self.take_rsvp(rsvp).await?.connected().await
+    }
+
+    /// [`Self::accept_rsvp`] in two steps: resolves once the token is taken
+    /// (or refused, [`JoinError::Refused`]: malformed, tampered, expired,
+    /// replayed, not for an invitation of ours) and the checks have
+    /// started; [`PendingAccept::connected`] then waits for them. For a
+    /// program that tells its user at once whether the token was good.
+    ///
+    /// ```
+    /// # use convoke_node::runtime::endpoint::*;
+    /// # use convoke_node::{identity::Identity, runtime::os_rng};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let bind = || Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback());
+    /// # let alice = bind().await?;
+    /// assert!(matches!(alice.take_rsvp("scpc:not-a-token").await, Err(JoinError::Refused(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn take_rsvp(&self, rsvp: &str) -> Result<PendingAccept, JoinError> {
+        let (step_tx, step_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        self.inner().command(Command::AcceptRsvp(rsvp.trim().to_owned(), step_tx, done_tx))?;
+        step_rx.await.map_err(|_| EndpointClosed)??;
+        Ok(PendingAccept { endpoint: self.clone(), done: done_rx })
     }
 
     /// The next joiner of one of our invitations.
@@ -712,6 +752,12 @@ impl Endpoint {
             Poll::Pending
         })
         .await
+    }
+
+    /// Why the endpoint stopped, when its node failed (a socket error):
+    /// `None` while it runs and after a [`Self::shutdown`] or a drop.
+    pub fn failure(&self) -> Option<String> {
+        self.inner().lock().failure.clone()
     }
 
     fn connection(&self, id: AttemptId) -> Result<Connection, EndpointClosed> {
@@ -1134,11 +1180,11 @@ impl SendStream {
     pub async fn acknowledged(&mut self) -> Result<(), WriteError> {
         poll_fn(|cx| {
             let r = self.with(|h, closed| {
-                if h.acked {
-                    return Poll::Ready(Ok(()));
-                }
                 if let Some(code) = h.stopped {
                     return Poll::Ready(Err(WriteError::Stopped(code)));
+                }
+                if h.acked {
+                    return Poll::Ready(Ok(()));
                 }
                 if h.reset.is_some() {
                     return Poll::Ready(Err(WriteError::Finished));
@@ -1388,9 +1434,15 @@ fn drive(identity: Identity, config: EndpointConfig, started: oneshot::Sender<Re
             opens: Vec::new(),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
         };
-        let _ = node.run(&mut driver).await;
+        let result = node.run(&mut driver).await;
         let mut s = inner.lock();
+        if let Err(e) = result {
+            s.failure = Some(e.to_string());
+        }
         s.stopped = true;
+        // Whoever waits on a command nobody will run learns the endpoint
+        // is closed (its answer's sender goes), instead of waiting for ever.
+        s.commands.clear();
         s.wake();
         for c in s.conns.values_mut() {
             c.closed.get_or_insert(CloseReason::Local);
@@ -1472,14 +1524,17 @@ impl Driver {
                 let id = ctx.host.join(&inv, ctx.now);
                 self.joins.insert(id, JoinWait { step: Some(step), done, invitation: *inv });
             }
-            Command::AcceptRsvp(text, reply) => match super::telemetry::counted(ctx.host.accept_rsvp(&text, ctx.now)) {
-                Ok(id) => {
-                    self.rsvps.insert(id, reply);
+            Command::AcceptRsvp(text, step, reply) => {
+                match super::telemetry::counted(ctx.host.accept_rsvp(&text, ctx.now)) {
+                    Ok(id) => {
+                        let _ = step.send(Ok(()));
+                        self.rsvps.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = step.send(Err(JoinError::Refused(e.to_string())));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(JoinError::Refused(e.to_string())));
-                }
-            },
+            }
             Command::Open(id, uni, reply) => self.open(ctx, state, id, uni, reply),
             Command::Close(id, code, reason) => {
                 if let Some(c) = state.conns.get_mut(&id)
@@ -1598,20 +1653,28 @@ impl Driver {
                     }
                     h.passed = true;
                 }
-                // Acknowledgements come with no event: looked for on every
-                // pass while a handle waits to know.
-                if h.fin && h.passed && !h.acked && h.reset.is_none() && host.stream_send_done(id, s) {
-                    h.acked = true;
-                    if let Some(w) = h.waker.take() {
-                        w.wake();
-                    }
-                }
+
                 // A peer's STOP_SENDING comes with an event.
                 if event
                     && h.stopped.is_none()
                     && let Err(StreamError::Stopped(code)) = host.write_stream(id, s, &[])
                 {
                     h.stopped = Some(code);
+                }
+                // Acknowledgements come with no event: looked for on every
+                // pass while a handle waits to know. (A stream the peer
+                // stopped was reset, and a reset acknowledged is no delivery.)
+                if h.fin
+                    && h.passed
+                    && !h.acked
+                    && h.reset.is_none()
+                    && h.stopped.is_none()
+                    && host.stream_send_done(id, s)
+                {
+                    h.acked = true;
+                    if let Some(w) = h.waker.take() {
+                        w.wake();
+                    }
                 }
                 if (h.buf.len() < before || h.stopped.is_some())
                     && let Some(w) = h.waker.take()
@@ -1820,6 +1883,11 @@ impl App for Driver {
     fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Option<()> {
         let inner = self.inner.clone();
         let mut state = inner.lock();
+        // Commands first, also at a shutdown: a close queued just before it
+        // keeps its code and reason.
+        while let Some(c) = state.commands.pop_front() {
+            self.command(ctx, c, &mut state);
+        }
         if state.shutdown {
             for (&id, c) in state.conns.iter_mut() {
                 if c.closed.is_none() {
@@ -1827,9 +1895,6 @@ impl App for Driver {
                 }
             }
             return Some(());
-        }
-        while let Some(c) = state.commands.pop_front() {
-            self.command(ctx, c, &mut state);
         }
         for (id, uni, reply) in std::mem::take(&mut self.opens) {
             self.open(ctx, &mut state, id, uni, reply);
