@@ -15,7 +15,7 @@ use convoke_node::runtime::endpoint::{Connection, Endpoint, EndpointConfig, Invi
 use convoke_node::runtime::os_rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::demo_common::{DemoArgs, loopback};
+use crate::demo_common::DemoArgs;
 use crate::session_cmd::runtime;
 use crate::{Ctx, Failure};
 
@@ -61,7 +61,7 @@ async fn greet_each_other(
     rsvp: bool,
     started: Instant,
 ) -> Result<(Vec<u8>, Vec<u8>), Failure> {
-    let config = EndpointConfig { node: loopback() };
+    let config = EndpointConfig::loopback();
     let (alice, bob) = tokio::try_join!(Endpoint::bind(alice, config.clone()), Endpoint::bind(bob, config))?;
     let invitation = alice.invite(InviteOptions { rsvp_required: rsvp, ..InviteOptions::default() }).await?;
     let text = invitation.token().encode_compact();

@@ -1,7 +1,6 @@
-//! What both demos share: their arguments and a loopback node's config.
+//! What both demos share: their arguments.
 
 use clap::Args;
-use convoke_node::runtime::node::NodeConfig;
 
 /// `convoke demo`.
 #[derive(Args, Debug)]
@@ -23,8 +22,4 @@ pub struct DemoArgs {
     /// invitation).
     #[arg(long, value_name = "POLICY", default_value = "mesh", value_parser = ["mesh", "spanning-tree", "hierarchical", "star"])]
     pub topology: String,
-}
-
-pub(crate) fn loopback() -> NodeConfig {
-    NodeConfig { listen: vec!["127.0.0.1:0".parse().expect("addr")], control_socket: false, ..NodeConfig::default() }
 }

@@ -22,7 +22,7 @@ use convoke_overlay::{Role, Topology, topology};
 use rand_core::Rng;
 use tokio::sync::mpsc;
 
-use crate::demo_common::{DemoArgs, loopback};
+use crate::demo_common::DemoArgs;
 use crate::session_cmd::runtime;
 use crate::{Ctx, Failure};
 
@@ -59,11 +59,8 @@ async fn start(
     cfg.overlay.topology = policy;
     // On loopback every member sees no NAT: who serves is the demo's say.
     cfg.super_peer = if serves(policy, i) { SuperPeer::Always } else { SuperPeer::Never };
-    let member = Arc::new(
-        Network::start(identity, EndpointConfig { node: loopback() }, cfg)
-            .await
-            .map_err(|e| format!("node{i}: {e}"))?,
-    );
+    let member =
+        Arc::new(Network::start(identity, EndpointConfig::loopback(), cfg).await.map_err(|e| format!("node{i}: {e}"))?);
     // Its first card is the start's; later ones come as events.
     let _ = events.send((i, MemberEvent::Invitation(member.card().token().encode_compact())));
     let m = member.clone();

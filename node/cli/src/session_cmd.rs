@@ -463,6 +463,20 @@ impl Piping {
         let _ = self.sessions.send(tx);
         pipe_session(conn, rx, self.out.clone(), self.voice)
     }
+
+    /// Runs `work`; input that comes meanwhile, with no session to take
+    /// it yet, is data for the session to come.
+    async fn passing_input<T>(&mut self, work: impl Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => return r,
+                Some((chunk, reply)) = self.unclaimed.recv() => {
+                    let _ = reply.send(Some(chunk));
+                }
+            }
+        }
+    }
 }
 
 /// Binds an endpoint for `identity` as `node` says, runs `run` with it
@@ -697,32 +711,13 @@ pub fn join(ctx: &Ctx, a: JoinArgs) -> Result<(), Failure> {
                     json!({ "event": "rsvp", "token": rsvp }),
                 );
                 p.voice.show_token(&rsvp, "reply token");
-                // Input typed meanwhile is data for the session.
-                let connected = pending.connected();
-                tokio::pin!(connected);
-                loop {
-                    tokio::select! {
-                        r = &mut connected => break r.map_err(failed)?,
-                        Some((chunk, reply)) = p.unclaimed.recv() => {
-                            let _ = reply.send(Some(chunk));
-                        }
-                    }
-                }
+                p.passing_input(pending.connected()).await.map_err(failed)?
             }
             Err(e) => return Err(failed(e)),
         };
         p.voice.connected(&conn, Some(started.elapsed().as_secs_f64()));
         let session = p.session(conn);
-        // Input that comes before the session's pipe has registered is data.
-        tokio::pin!(session);
-        loop {
-            tokio::select! {
-                r = &mut session => return r,
-                Some((chunk, reply)) = p.unclaimed.recv() => {
-                    let _ = reply.send(Some(chunk));
-                }
-            }
-        }
+        p.passing_input(session).await
     })
 }
 

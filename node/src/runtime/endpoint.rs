@@ -479,6 +479,22 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits until `ready` finds what it looks for in the endpoint's state
+    /// (it runs again whenever the state wakes its waiters).
+    async fn wait<T>(&self, mut ready: impl FnMut(&mut State) -> Option<T>) -> T {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            match ready(&mut s) {
+                Some(t) => Poll::Ready(t),
+                None => {
+                    park(&mut s.wakers, cx.waker());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
     fn command(&self, c: Command) -> Result<(), EndpointClosed> {
         let mut s = self.lock();
         if s.stopped {
@@ -544,15 +560,7 @@ impl Endpoint {
             .map_err(BindError::Thread)?;
         let inner = rx.await.map_err(|_| BindError::Thread(io::Error::other("the endpoint's thread ended")))??;
         debug_assert_eq!(inner.identity_key, key);
-        poll_fn(|cx| {
-            let mut s = inner.lock();
-            if s.ready || s.stopped {
-                return Poll::Ready(());
-            }
-            park(&mut s.wakers, cx.waker());
-            Poll::Pending
-        })
-        .await;
+        inner.wait(|s| (s.ready || s.stopped).then_some(())).await;
         Ok(Endpoint { handle: Arc::new(EndpointHandle { inner }) })
     }
 
@@ -683,18 +691,13 @@ impl Endpoint {
 
     /// The next joiner of one of our invitations.
     pub async fn accept(&self) -> Result<Connection, EndpointClosed> {
-        let id = poll_fn(|cx| {
-            let mut s = self.inner().lock();
-            if let Some(id) = s.incoming.pop_front() {
-                return Poll::Ready(Ok(id));
-            }
-            if s.stopped {
-                return Poll::Ready(Err(EndpointClosed));
-            }
-            park(&mut s.wakers, cx.waker());
-            Poll::Pending
-        })
-        .await?;
+        let id = self
+            .inner()
+            .wait(|s| match s.incoming.pop_front() {
+                Some(id) => Some(Ok(id)),
+                None => s.stopped.then_some(Err(EndpointClosed)),
+            })
+            .await?;
         self.connection(id)
     }
 
@@ -703,18 +706,12 @@ impl Endpoint {
     /// the endpoint stopped. Notices wait here until read, the oldest
     /// dropped beyond 64.
     pub async fn next_notice(&self) -> Option<Notice> {
-        poll_fn(|cx| {
-            let mut s = self.inner().lock();
-            if let Some(n) = s.notices.pop_front() {
-                return Poll::Ready(Some(n));
-            }
-            if s.stopped {
-                return Poll::Ready(None);
-            }
-            park(&mut s.wakers, cx.waker());
-            Poll::Pending
-        })
-        .await
+        self.inner()
+            .wait(|s| match s.notices.pop_front() {
+                Some(n) => Some(Some(n)),
+                None => s.stopped.then_some(None),
+            })
+            .await
     }
 
     /// Closes every session (code 0), sends the closes, gives a router's
@@ -743,15 +740,7 @@ impl Endpoint {
     pub async fn shutdown(&self) {
         self.inner().lock().shutdown = true;
         self.inner().driver.notify_one();
-        poll_fn(|cx| {
-            let mut s = self.inner().lock();
-            if s.stopped {
-                return Poll::Ready(());
-            }
-            park(&mut s.wakers, cx.waker());
-            Poll::Pending
-        })
-        .await
+        self.inner().wait(|s| s.stopped.then_some(())).await
     }
 
     /// Why the endpoint stopped, when its node failed (a socket error):
@@ -870,16 +859,13 @@ impl Connection {
             st.recv = Some(RecvBuf { handle: true, recheck: true, ..RecvBuf::default() });
             true
         });
-        match taken {
-            Ok(true) => {
-                self.handle.inner.driver.notify_one();
-                let id = StreamId::MAIN;
-                Some((SendStream { conn: self.clone(), id }, RecvStream { conn: self.clone(), id }))
-            }
-            // A session that ended: handles that report why.
-            Err(_) => None,
-            Ok(false) => None,
+        // Taken already, or the session is gone: no handles.
+        if taken != Ok(true) {
+            return None;
         }
+        self.handle.inner.driver.notify_one();
+        let id = StreamId::MAIN;
+        Some((SendStream { conn: self.clone(), id }, RecvStream { conn: self.clone(), id }))
     }
 
     async fn open(&self, uni: bool) -> Result<StreamId, ConnectionError> {
@@ -1653,7 +1639,6 @@ impl Driver {
                     }
                     h.passed = true;
                 }
-
                 // A peer's STOP_SENDING comes with an event.
                 if event
                     && h.stopped.is_none()
@@ -1664,19 +1649,14 @@ impl Driver {
                 // Acknowledgements come with no event: looked for on every
                 // pass while a handle waits to know. (A stream the peer
                 // stopped was reset, and a reset acknowledged is no delivery.)
-                if h.fin
+                let acked = h.fin
                     && h.passed
                     && !h.acked
                     && h.reset.is_none()
                     && h.stopped.is_none()
-                    && host.stream_send_done(id, s)
-                {
-                    h.acked = true;
-                    if let Some(w) = h.waker.take() {
-                        w.wake();
-                    }
-                }
-                if (h.buf.len() < before || h.stopped.is_some())
+                    && host.stream_send_done(id, s);
+                h.acked |= acked;
+                if (h.buf.len() < before || h.stopped.is_some() || acked)
                     && let Some(w) = h.waker.take()
                 {
                     w.wake();
