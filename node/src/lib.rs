@@ -9,7 +9,8 @@
 //! * the **sans-IO engine** — [`identity`], [`token`], [`stun`], [`ice`]
 //!   (connectivity), [`session`] (Noise IK, encrypted reliable stream and
 //!   datagrams), [`host`] (one UDP port's demultiplexer tying them
-//!   together), [`nat`] (classifying our NAT from STUN answers) and [`member`] (a network member: the host, the overlay and
+//!   together), [`nat`] (classifying our NAT from STUN answers), [`relay`]
+//!   (the relay role: circuits between two peers with no direct path) and [`member`] (a network member: the host, the overlay and
 //!   the glue between them — candidates, the one place tokens are minted,
 //!   cards, dialing, RSVPs relayed by introducers). It never reads the clock,
 //!   never touches a socket and never uses a global RNG: time comes in as an
@@ -32,6 +33,7 @@ pub mod ice;
 pub mod identity;
 pub mod member;
 pub mod nat;
+pub mod relay;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod session;

@@ -10,6 +10,7 @@ pub mod member;
 pub mod network;
 pub mod node;
 pub mod portmap;
+pub mod relay;
 pub mod state;
 pub mod telemetry;
 
