@@ -9,8 +9,10 @@
 //! [`Host::poll_event`], then wait until [`Host::poll_timeout`] or the next
 //! datagram.
 //!
-//! Demultiplexing by the first byte: `0x00..=0x03` STUN (RFC 7983), `0xE1`
-//! handshake initiation, `0xE2` handshake response, `0xE3` session data.
+//! Demultiplexing by the first byte: `0x00..=0x03` STUN (RFC 7983),
+//! `0xD0..=0xD9` relay packets (served when [`HostConfig::relay`] is set,
+//! see [`crate::relay`]), `0xE1` handshake initiation, `0xE2` handshake
+//! response, `0xE3` session data.
 //!
 //! Handshake (Noise IK, docs/DESIGN.md §4), once ICE reports the path:
 //!
@@ -34,6 +36,7 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::ice::{AcceptRsvpError, AttemptId, Endpoint, EndpointConfig, Event as IceEvent, SocketId, Transmit, Via};
 use crate::identity::{Identity, PublicKey};
+use crate::relay::{self, Relay, RelayConfig, RelayEvent};
 use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
 use crate::session::noise::Initiator;
 use crate::stun::TransactionId;
@@ -60,6 +63,9 @@ pub struct HostConfig {
     pub stun_rto: Duration,
     /// STUN requests sent before a server is declared unreachable: 3.
     pub stun_tries: u32,
+    /// Relay for other peers on this port, with these caps; `None` (the
+    /// default) serves no circuit.
+    pub relay: Option<RelayConfig>,
 }
 
 impl Default for HostConfig {
@@ -71,6 +77,7 @@ impl Default for HostConfig {
             handshake_tries: 6,
             stun_rto: Duration::from_millis(500),
             stun_tries: 3,
+            relay: None,
         }
     }
 }
@@ -248,6 +255,8 @@ pub struct Host {
     nat_rounds: u64,
     local_port: Option<u16>,
     local_ips: Vec<std::net::IpAddr>,
+    /// The relay served on this port, if configured.
+    relay: Option<Relay>,
 }
 
 impl std::fmt::Debug for Host {
@@ -271,6 +280,13 @@ impl Host {
         rng.fill_bytes(&mut ice_seed);
         let mut endpoint = Endpoint::new(config.endpoint.clone(), ice_seed, now, unix_now);
         endpoint.set_local_peer(identity.public_key());
+        // Drawn last, and only for a relay: hosts without one keep the
+        // randomness they had.
+        let relay = config.relay.clone().map(|c| {
+            let mut relay_seed = [0u8; 32];
+            rng.fill_bytes(&mut relay_seed);
+            Relay::new(c, relay_seed, now, unix_now)
+        });
         Self {
             config,
             endpoint,
@@ -294,7 +310,18 @@ impl Host {
             nat_rounds: 0,
             local_port: None,
             local_ips: Vec::new(),
+            relay,
         }
+    }
+
+    /// The relay this host serves, if configured (its counters, circuits).
+    pub fn relay(&self) -> Option<&Relay> {
+        self.relay.as_ref()
+    }
+
+    /// The next event of the relay this host serves.
+    pub fn poll_relay_event(&mut self) -> Option<RelayEvent> {
+        self.relay.as_mut()?.poll_event()
     }
 
     /// The connectivity engine (read-only: counters, attempt states).
@@ -397,6 +424,11 @@ impl Host {
                     self.endpoint.handle_datagram_on(now, socket, from, data);
                 }
             }
+            Some(&b) if relay::is_relay_packet(b) => match &mut self.relay {
+                // Circuits live on the port peers were told of.
+                Some(r) if socket == SocketId::MAIN => r.handle_datagram(now, from, data),
+                _ => self.stats.dropped += 1,
+            },
             Some(&HANDSHAKE_INIT) => self.on_init(now, from, data),
             Some(&HANDSHAKE_RESP) => self.on_resp(now, from, data),
             Some(&conn::DATA) => self.on_data(now, data),
@@ -408,6 +440,9 @@ impl Host {
     /// Runs the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
+        if let Some(r) = &mut self.relay {
+            r.handle_timeout(now);
+        }
         self.stun_timeouts(now);
         let silent: Vec<AttemptId> = self.awaiting_init.iter().filter(|&(_, &t)| t <= now).map(|(&id, _)| id).collect();
         for id in silent {
@@ -476,6 +511,9 @@ impl Host {
             if let Some(t) = self.transmits.pop_front() {
                 return Some(t);
             }
+            if let Some(t) = self.relay.as_mut().and_then(Relay::poll_transmit) {
+                return Some(t);
+            }
             if let Some(t) = self.endpoint.poll_transmit() {
                 return Some(t);
             }
@@ -523,7 +561,8 @@ impl Host {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stun = self.stun.values().map(|q| q.next).min();
         let init = self.awaiting_init.values().min().copied();
-        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init].into_iter().flatten().min()
+        let relay = self.relay.as_ref().and_then(Relay::poll_timeout);
+        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init, relay].into_iter().flatten().min()
     }
 
     /// How long an invitee keeps retrying its handshake initiation: what

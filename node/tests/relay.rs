@@ -125,3 +125,31 @@ async fn the_default_caps_end_a_circuit_at_128_kib() {
     assert_eq!(delivered, 131);
     assert_eq!(Packet::decode(&recv(&sa).await), Ok(Packet::Closed { circuit, reason: Reason::Bytes }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_told_to_relay_serves_circuits_on_its_own_port_and_others_do_not() {
+    use convoke_node::runtime::endpoint::{Endpoint, EndpointConfig};
+    use convoke_node::runtime::os_rng;
+
+    let mut config = EndpointConfig::loopback();
+    config.node.host.relay = Some(RelayConfig { limits: RelayLimits::unlimited(), allow: None });
+    let relaying = Endpoint::bind(Identity::generate(&mut os_rng()), config).await.expect("binds");
+    let plain = Endpoint::bind(Identity::generate(&mut os_rng()), EndpointConfig::loopback()).await.expect("binds");
+    let at = relaying.local_addrs()[0];
+
+    let (a, b) = (Identity::from_secret_bytes([5; 32]), Identity::from_secret_bytes([6; 32]));
+    let (sa, sb) = (UdpSocket::bind("127.0.0.1:0").await.expect("a"), UdpSocket::bind("127.0.0.1:0").await.expect("b"));
+    let request = client::allocate(&a, &b.public_key(), [2; 8], unix_now());
+    let got = ask(&sa, at, &request).await;
+    let Ok(Packet::Allocated { circuit, .. }) = Packet::decode(&got) else { panic!("no grant: {got:?}") };
+    bind(&sa, at, &a, circuit, Side::A).await;
+    bind(&sb, at, &b, circuit, Side::B).await;
+    let _ = recv(&sa).await; // B arrived.
+    sb.send_to(&client::data(circuit, b"through a member"), at).await.expect("send");
+    assert_eq!(Packet::decode(&recv(&sa).await), Ok(Packet::Data { circuit, payload: b"through a member" }));
+
+    // A node not told to relay answers nothing.
+    sa.send_to(&request, plain.local_addrs()[0]).await.expect("send");
+    let mut buf = [0u8; 256];
+    assert!(timeout(Duration::from_millis(500), sa.recv_from(&mut buf)).await.is_err(), "a plain node answered");
+}

@@ -13,6 +13,7 @@
 //! topology = "hierarchical"
 //! super_peer = "auto"   # or "always", "never" (true means always)
 //! max_leaves = 16       # this member's own capacity as a super-peer
+//! relay = "limited"     # `convoke up` relays for others: "off", "limited", "unlimited"
 //!
 //! [invite]
 //! expires = "1d"
@@ -56,6 +57,9 @@ pub struct FileConfig {
     /// Most leaves this member carries as a super-peer or hub, below the
     /// policy's bound (`--max-leaves`).
     pub max_leaves: Option<usize>,
+    /// Whether `convoke up` relays for other peers on its port (`--relay`):
+    /// `"off"`, `"limited"` or `"unlimited"`.
+    pub relay: Option<String>,
     /// Defaults for `convoke invite`.
     pub invite: InviteDefaults,
 }

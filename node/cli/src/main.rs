@@ -7,6 +7,7 @@
 mod demo_cmd;
 mod demo_common;
 mod net_demo;
+mod relay_cmd;
 mod session_cmd;
 mod token_cmd;
 mod topology_view;
@@ -78,6 +79,9 @@ enum Command {
     Rsvp(session_cmd::RsvpArgs),
     /// Show the running nodes' sessions and paths.
     Status(session_cmd::StatusArgs),
+    /// Relay for pairs of peers with no direct path (on a public machine):
+    /// they bind a circuit here and send their encrypted session through it.
+    Relay(relay_cmd::RelayArgs),
 }
 
 /// What a command reports when it fails: the message, and the exit status.
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             Command::Status(a) => session_cmd::status(&ctx, a),
             Command::Up(a) => up_cmd::up(&ctx, a),
             Command::Broadcast(a) => up_cmd::broadcast(&ctx, a),
+            Command::Relay(a) => relay_cmd::relay(&ctx, a),
         }
     });
     match result {

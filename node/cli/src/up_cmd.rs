@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use convoke_node::identity::PeerId;
+use convoke_node::relay::{RelayConfig, RelayLimits};
 use convoke_node::runtime::control::{self, Request};
 use convoke_node::runtime::endpoint::EndpointConfig;
 use convoke_node::runtime::network::{MemberConfig, MemberEvent, Network};
@@ -78,6 +79,15 @@ pub struct UpArgs {
     /// elected. Config key `max_leaves`.
     #[arg(long, value_name = "N")]
     max_leaves: Option<usize>,
+    /// Relay for peers that have no direct path, on this member's port:
+    /// limited (what `--relay` alone means: 16 circuits, 4 a peer, 2
+    /// minutes, 128 KiB and 64 KiB/s each, 1 MiB/s in all), unlimited (for
+    /// a member serving its own network; unbound circuits still end after
+    /// 30 s, idle ones after 5 minutes) or off (the default). The sessions
+    /// stay end-to-end encrypted. Config key `relay`.
+    #[arg(long, value_name = "CAPS", num_args = 0..=1, default_missing_value = "limited",
+          value_parser = ["off", "limited", "unlimited"])]
+    relay: Option<String>,
     /// Save the cards of the members this one knows in DIR (one file per
     /// identity, mode 0600), and on start rejoin the network through them:
     /// a restarted member needs no new invitation. Default:
@@ -147,6 +157,22 @@ pub fn up(ctx: &Ctx, mut a: UpArgs) -> Result<(), Failure> {
     let mut config = node_config(ctx, &a.node)?;
     let metrics = a.node.metrics.or(ctx.file.as_ref().and_then(|f| f.metrics));
     config.metrics = metrics.is_some();
+    let relay = a.relay.clone().or_else(|| ctx.file.as_ref().and_then(|f| f.relay.clone()));
+    config.host.relay = match relay.as_deref() {
+        None | Some("off") => None,
+        Some("limited") => Some(RelayConfig::default()),
+        Some("unlimited") => Some(RelayConfig { limits: RelayLimits::unlimited(), allow: None }),
+        Some(other) => {
+            return Err(
+                format!("the config file's relay = \"{other}\": use \"off\", \"limited\" or \"unlimited\"").into()
+            );
+        }
+    };
+    if let Some(r) = relay.as_deref().filter(|r| *r != "off")
+        && !quiet
+    {
+        eprintln!("convoke: relaying for other peers on this member's port ({r})");
+    }
     let round = a.round_ms;
     let mut mc = MemberConfig {
         join,

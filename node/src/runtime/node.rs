@@ -732,6 +732,9 @@ impl Node {
                 telemetry::on_event(&self.host, &e, now);
                 app.on_event(&mut self.ctx(now), e);
             }
+            while let Some(e) = self.host.poll_relay_event() {
+                tracing::debug!("relay: {e:?}");
+            }
             let mapping_settled = self.mapping != MappingState::Asking
                 || now.saturating_duration_since(self.started) >= PORT_MAPPING_WAIT;
             if !ready && self.stun_pending == 0 && mapping_settled {

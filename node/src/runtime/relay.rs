@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rand_core::Rng;
 use tokio::net::UdpSocket;
 
+use super::telemetry;
 use crate::relay::{Relay, RelayConfig, RelayEvent, RelayStats};
 
 /// The largest datagram a relay reads: a UDP payload's maximum.
@@ -51,7 +52,6 @@ where
     super::os_rng().fill_bytes(&mut seed);
     let mut relay = Relay::new(config, seed, Instant::now(), super::unix_now());
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut last = RelayStats::default();
     let mut next_record = Instant::now();
     tokio::pin!(shutdown);
     loop {
@@ -69,13 +69,13 @@ where
         }
         flush(&socket, &mut relay, &mut on_event).await;
         if Instant::now() >= next_record {
-            record(&relay, &mut last);
+            telemetry::sample_relay(&relay);
             next_record = Instant::now() + Duration::from_secs(1);
         }
     }
     relay.shutdown(Instant::now());
     flush(&socket, &mut relay, &mut on_event).await;
-    record(&relay, &mut last);
+    telemetry::sample_relay(&relay);
     Ok(relay.stats().clone())
 }
 
@@ -97,29 +97,4 @@ async fn flush(socket: &UdpSocket, relay: &mut Relay, on_event: &mut impl FnMut(
     while let Some(e) = relay.poll_event() {
         on_event(&e);
     }
-}
-
-/// Brings the metrics up to the relay's counters (adding what grew since
-/// `last`).
-fn record(relay: &Relay, last: &mut RelayStats) {
-    let s = relay.stats();
-    metrics::gauge!("convoke_relay_circuits").set(relay.circuit_count() as f64);
-    let grew = |now: u64, before: u64| now.saturating_sub(before);
-    metrics::counter!("convoke_relay_allocations_total", "result" => "granted")
-        .increment(grew(s.allocated, last.allocated));
-    metrics::counter!("convoke_relay_allocations_total", "result" => "refused")
-        .increment(grew(s.refused, last.refused));
-    metrics::counter!("convoke_relay_forwarded_bytes_total").increment(grew(s.forwarded_bytes, last.forwarded_bytes));
-    metrics::counter!("convoke_relay_forwarded_packets_total")
-        .increment(grew(s.forwarded_packets, last.forwarded_packets));
-    for (reason, now, before) in [
-        ("rate", s.dropped_rate, last.dropped_rate),
-        ("unbound", s.dropped_unbound, last.dropped_unbound),
-        ("malformed", s.dropped_malformed, last.dropped_malformed),
-        ("forged", s.dropped_forged, last.dropped_forged),
-        ("busy", s.dropped_busy, last.dropped_busy),
-    ] {
-        metrics::counter!("convoke_relay_dropped_total", "reason" => reason).increment(grew(now, before));
-    }
-    *last = s.clone();
 }

@@ -487,4 +487,27 @@ pub(crate) fn sample(host: &Host, io: &Io) {
     }
     gauge!("convoke_sessions_active").set(active as f64);
     gauge!("convoke_connection_attempts_pending").set(host.endpoint().attempt_count().saturating_sub(active) as f64);
+    if let Some(r) = host.relay() {
+        sample_relay(r);
+    }
+}
+
+/// Publishes a relay's counters and its circuit count: a member that
+/// relays (`HostConfig::relay`) and `convoke relay` alike.
+pub fn sample_relay(relay: &crate::relay::Relay) {
+    let s = relay.stats();
+    gauge!("convoke_relay_circuits").set(relay.circuit_count() as f64);
+    counter!("convoke_relay_allocations_total", "result" => "granted").absolute(s.allocated);
+    counter!("convoke_relay_allocations_total", "result" => "refused").absolute(s.refused);
+    counter!("convoke_relay_forwarded_bytes_total").absolute(s.forwarded_bytes);
+    counter!("convoke_relay_forwarded_packets_total").absolute(s.forwarded_packets);
+    for (reason, n) in [
+        ("rate", s.dropped_rate),
+        ("unbound", s.dropped_unbound),
+        ("malformed", s.dropped_malformed),
+        ("forged", s.dropped_forged),
+        ("busy", s.dropped_busy),
+    ] {
+        counter!("convoke_relay_dropped_total", "reason" => reason).absolute(n);
+    }
 }
