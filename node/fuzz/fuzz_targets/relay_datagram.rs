@@ -16,6 +16,7 @@ use libfuzzer_sys::fuzz_target;
 const UNIX: u64 = 1_800_000_000;
 
 fn challenge(relay: &mut Relay, now: Instant, from: SocketAddr, circuit: u64, side: Side) -> [u8; 16] {
+    while relay.poll_transmit().is_some() {}
     relay.handle_datagram(now, from, &client::bind(circuit, side));
     let t = relay.poll_transmit().expect("a challenge");
     match Packet::decode(&t.contents) {
