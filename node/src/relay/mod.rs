@@ -39,6 +39,7 @@
 //! * **End to end.** The two ends run their Noise session through the
 //!   circuit: the relay sees ciphertext and two addresses.
 
+pub mod client;
 pub mod wire;
 
 #[cfg(test)]
@@ -54,7 +55,7 @@ use rand_core::{Rng, SeedableRng};
 use sha2::Sha256;
 
 use crate::ice::{SocketId, Transmit};
-use crate::identity::{Identity, PublicKey};
+use crate::identity::PublicKey;
 pub use wire::{DecodeError, Packet, Reason, Side, is_relay_packet};
 
 /// How far a request's clock may be from the relay's: 2 minutes.
@@ -369,10 +370,13 @@ impl Relay {
                 self.on_answer(now, from, circuit, side, &challenge, &sig)
             }
             Packet::Data { circuit, payload } => self.on_data(now, from, circuit, payload.len(), data),
+            // A keepalive is answered with the end's binding, so an end
+            // that missed the news of its peer's arrival learns it here.
             Packet::Ping { circuit, side, .. } => match self.circuits.get_mut(&circuit) {
                 Some(c) if c.bound[side.index()] == Some(from) => {
                     c.last_active = now;
-                    self.send(from, data.to_vec());
+                    let peer_bound = c.bound[side.other().index()].is_some();
+                    self.send(from, Packet::Bound { circuit, side, peer_bound }.encode());
                 }
                 _ => self.stats.dropped_unbound += 1,
             },
@@ -714,32 +718,4 @@ impl Relay {
 /// Compares two challenges in time independent of where they differ.
 fn equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The packets an end sends, for clients of a relay (and tests).
-pub mod client {
-    use super::*;
-
-    /// A's request for a circuit to `peer`, signed by `identity`.
-    pub fn allocate(identity: &Identity, peer: &PublicKey, nonce: [u8; 8], unix_now: u64) -> Vec<u8> {
-        let a = identity.public_key();
-        let sig = identity.sign(&wire::allocate_signed(&nonce, unix_now, &a, peer));
-        Packet::Allocate { nonce, unix_s: unix_now, a, b: *peer, sig }.encode()
-    }
-
-    /// The first step of a bind.
-    pub fn bind(circuit: u64, side: Side) -> Vec<u8> {
-        Packet::Bind { circuit, side }.encode()
-    }
-
-    /// The answer to a challenge, signed by the end's `identity`.
-    pub fn answer(identity: &Identity, circuit: u64, side: Side, challenge: [u8; 16]) -> Vec<u8> {
-        let sig = identity.sign(&wire::answer_signed(circuit, side, &challenge));
-        Packet::Answer { circuit, side, challenge, sig }.encode()
-    }
-
-    /// Bytes for the other end.
-    pub fn data(circuit: u64, payload: &[u8]) -> Vec<u8> {
-        Packet::Data { circuit, payload }.encode()
-    }
 }

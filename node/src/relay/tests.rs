@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
+use crate::identity::Identity;
 
 const UNIX: u64 = 1_800_000_000;
 
@@ -106,9 +107,12 @@ fn a_circuit_forwards_both_ways_unchanged_and_only_between_its_two_ends() {
     assert!(w.send(at, &client::data(c ^ 1, b"guess")).is_empty());
     assert_eq!(w.relay.stats().forwarded_packets, 2);
     assert_eq!(w.relay.stats().dropped_unbound, 2);
-    // A keepalive from a bound end is echoed; from elsewhere, dropped.
+    // A keepalive from a bound end is answered with its binding (shorter);
+    // from elsewhere, dropped.
     let ping = Packet::Ping { circuit: c, side: Side::A, seq: 9 }.encode();
-    assert_eq!(w.answer(at, &ping), Some(ping.clone()));
+    let bound = Packet::Bound { circuit: c, side: Side::A, peer_bound: true }.encode();
+    assert!(bound.len() < ping.len());
+    assert_eq!(w.answer(at, &ping), Some(bound));
     assert!(w.send(eve, &ping).is_empty());
 }
 
@@ -386,4 +390,138 @@ proptest! {
             }
         }
     }
+}
+
+/// Circuit ends and a relay in virtual time; `drop` decides, per packet
+/// number, whether the wire loses it.
+struct Ends {
+    w: World,
+    ends: Vec<(client::CircuitEnd, SocketAddr, Identity)>,
+    sent: usize,
+}
+
+impl Ends {
+    fn pump(&mut self, drop: &dyn Fn(usize) -> bool) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for i in 0..self.ends.len() {
+                let (end, at, _) = &mut self.ends[i];
+                end.handle_timeout(self.w.now);
+                let at = *at;
+                while let Some(p) = end.poll_transmit() {
+                    moved = true;
+                    self.sent += 1;
+                    if drop(self.sent) {
+                        continue;
+                    }
+                    self.w.relay.handle_datagram(self.w.now, at, &p);
+                }
+            }
+            while let Some(t) = self.w.relay.poll_transmit() {
+                moved = true;
+                self.sent += 1;
+                if drop(self.sent) {
+                    continue;
+                }
+                for (end, at, id) in &mut self.ends {
+                    if *at == t.destination {
+                        let p = Packet::decode(&t.contents).expect("the relay's packets decode");
+                        end.handle(self.w.now, id, &p);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiet after 100 rounds");
+    }
+
+    /// Runs until `until`, jumping from deadline to deadline.
+    fn run(&mut self, until: Instant, drop: &dyn Fn(usize) -> bool) {
+        loop {
+            self.pump(drop);
+            let next = self.ends.iter().filter_map(|e| e.0.poll_timeout()).chain(self.w.relay.poll_timeout()).min();
+            match next {
+                Some(t) if t <= until => {
+                    self.w.now = self.w.now.max(t);
+                    self.w.relay.handle_timeout(self.w.now);
+                }
+                _ => {
+                    self.w.now = until;
+                    self.w.relay.handle_timeout(until);
+                    self.pump(drop);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn states(&self) -> Vec<client::EndState> {
+        self.ends.iter().map(|e| e.0.state()).collect()
+    }
+}
+
+fn ends_on(limits: RelayLimits) -> Ends {
+    Ends { w: World::new(limits), ends: Vec::new(), sent: 0 }
+}
+
+#[test]
+fn a_requester_and_its_peer_bind_one_circuit_through_loss_and_keep_it_alive() {
+    let mut e = ends_on(RelayLimits::unlimited());
+    let relay = addr("198.18.0.1:3479");
+    let (a, b) = (id(1), id(2));
+    let (at, bt) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"));
+    let req = client::CircuitEnd::request(relay, &a, &b.public_key(), [1; 8], e.w.now, e.w.unix());
+    e.ends.push((req, at, a));
+    // About two packets in seven lost, both ways, in a scrambled pattern
+    // (a period of 3 would always take the bind's answer).
+    let lossy = |n: usize| (n.wrapping_mul(2_654_435_761) >> 7) % 7 < 2;
+    let until = e.w.now + Duration::from_secs(5);
+    e.run(until, &lossy);
+    assert!((1..=e.sent).filter(|&n| lossy(n)).count() >= 2, "the wire lost nothing");
+    let client::EndState::Bound { circuit, peer_bound: false } = e.states()[0] else { panic!("{:?}", e.states()) };
+    // The circuit number travels to B (in a token, later); B joins.
+    let join = client::CircuitEnd::join(relay, circuit, e.w.now);
+    e.ends.push((join, bt, b));
+    let until = e.w.now + Duration::from_secs(5);
+    e.run(until, &lossy);
+    assert_eq!(e.states(), vec![client::EndState::Bound { circuit, peer_bound: true }; 2]);
+    // Ten idle minutes: the ends' keepalives hold the circuit open (the
+    // relay closes circuits idle for five).
+    let until = e.w.now + Duration::from_secs(600);
+    e.run(until, &|_| false);
+    assert_eq!(e.states(), vec![client::EndState::Bound { circuit, peer_bound: true }; 2]);
+    assert_eq!(e.w.relay.circuit_count(), 1);
+}
+
+#[test]
+fn a_circuit_end_reports_refusal_closure_and_silence() {
+    // Refused: the peer is in as many circuits as allowed.
+    let mut e = ends_on(RelayLimits { circuits_per_peer: Some(1), ..RelayLimits::default() });
+    let relay = addr("198.18.0.1:3479");
+    let (a, b) = (id(1), id(2));
+    for (n, at) in [(1u8, addr("198.18.0.10:4000")), (2, addr("198.18.0.11:4000"))] {
+        let end = client::CircuitEnd::request(relay, &a, &b.public_key(), [n; 8], e.w.now, e.w.unix());
+        e.ends.push((end, at, id(1)));
+    }
+    let until = e.w.now + Duration::from_secs(1);
+    e.run(until, &|_| false);
+    assert!(matches!(e.states()[0], client::EndState::Bound { .. }));
+    assert_eq!(e.states()[1], client::EndState::Failed(Reason::TooManyForPeer));
+    // Closed: the first circuit's peer never binds; after 30 s it ends.
+    let until = e.w.now + Duration::from_secs(31);
+    e.run(until, &|_| false);
+    assert_eq!(e.states()[0], client::EndState::Failed(Reason::Unbound));
+
+    // Silence: nothing comes back; the end gives up after its tries.
+    let mut e = ends_on(RelayLimits::default());
+    let end = client::CircuitEnd::request(relay, &a, &b.public_key(), [3; 8], e.w.now, e.w.unix());
+    e.ends.push((end, addr("198.18.0.12:4000"), id(1)));
+    let start = e.w.now;
+    let until = start + Duration::from_secs(60);
+    e.run(until, &|_| true);
+    assert_eq!(e.states()[0], client::EndState::Unreachable);
+    assert_eq!(e.sent, client::TRIES as usize);
+    assert!(e.ends[0].0.poll_timeout().is_none());
 }

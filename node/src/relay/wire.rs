@@ -47,7 +47,7 @@ pub const ANSWER: u8 = 0xD5;
 pub const BOUND: u8 = 0xD6;
 /// First byte of relayed data.
 pub const DATA: u8 = 0xD7;
-/// First byte of a keepalive (the relay echoes it).
+/// First byte of a keepalive (the relay answers with `BOUND`).
 pub const PING: u8 = 0xD8;
 /// First byte of a circuit's end.
 pub const CLOSED: u8 = 0xD9;
@@ -233,7 +233,8 @@ pub enum Packet<'a> {
         /// What the ends exchange; opaque to the relay.
         payload: &'a [u8],
     },
-    /// A keepalive; the relay sends it back unchanged.
+    /// A bound end's keepalive; the relay answers with [`Packet::Bound`]
+    /// (shorter), which tells the end whether its peer is bound.
     Ping {
         /// The circuit.
         circuit: u64,
