@@ -36,7 +36,8 @@ use rand_core::{Rng, SeedableRng};
 
 use crate::ice::{AcceptRsvpError, AttemptId, Endpoint, EndpointConfig, Event as IceEvent, SocketId, Transmit, Via};
 use crate::identity::{Identity, PublicKey};
-use crate::relay::{self, Relay, RelayConfig, RelayEvent};
+use crate::relay::client::{CircuitEnd, EndState, Hint};
+use crate::relay::{self, Packet as RelayPacket, Relay, RelayConfig, RelayEvent};
 use crate::session::conn::{self, CloseReason, Connection, SessionConfig, SessionStats};
 use crate::session::noise::Initiator;
 use crate::stun::TransactionId;
@@ -257,6 +258,40 @@ pub struct Host {
     local_ips: Vec<std::net::IpAddr>,
     /// The relay served on this port, if configured.
     relay: Option<Relay>,
+    /// Our identity, which signs our requests to relays.
+    identity: Identity,
+    /// Circuits at relays, each a path for one attempt (see
+    /// [`Host::relay_hints`]).
+    paths: Vec<RelayedPath>,
+    /// Names the next relayed path's virtual address.
+    next_path: u16,
+    unix_start: u64,
+    start: Instant,
+}
+
+/// A circuit at a relay that carries one attempt's checks and session.
+///
+/// The connectivity engine and the sessions know the path by a virtual
+/// address: in 240.0.0.0/4 (reserved, never routed) for a relay reached over
+/// IPv4, in 100::/64 (RFC 6666's discard prefix) over IPv6. The host puts
+/// what they send there into the circuit's `DATA` packets to the relay, and
+/// hands what the circuit brings back to them as coming from that address.
+/// Tailscale's magicsock names its relay paths the same way.
+#[derive(Debug)]
+struct RelayedPath {
+    attempt: AttemptId,
+    end: CircuitEnd,
+    virt: SocketAddr,
+    /// Given to the connectivity engine as a remote candidate.
+    offered: bool,
+}
+
+/// Whether `a` is a relayed path's virtual address.
+fn is_virtual(a: SocketAddr) -> bool {
+    match a {
+        SocketAddr::V4(v4) => v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast(),
+        SocketAddr::V6(v6) => v6.ip().segments()[..4] == [0x0100, 0, 0, 0],
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -288,6 +323,11 @@ impl Host {
             Relay::new(c, relay_seed, now, unix_now)
         });
         Self {
+            identity: identity.clone(),
+            paths: Vec::new(),
+            next_path: 0,
+            unix_start: unix_now,
+            start: now,
             config,
             endpoint,
             static_secret: zeroize::Zeroizing::new(identity.x25519_secret_bytes()),
@@ -352,6 +392,7 @@ impl Host {
     /// Imports an invitation and starts connecting.
     pub fn join(&mut self, invitation: &Invitation, now: Instant) -> AttemptId {
         let id = self.endpoint.join(invitation, now);
+        self.ask_relay(id, invitation, now);
         self.pump(now);
         id
     }
@@ -360,8 +401,54 @@ impl Host {
     /// ports ([`crate::ice::Endpoint::join_probing`]).
     pub fn join_probing(&mut self, invitation: &Invitation, now: Instant, probing: bool) -> AttemptId {
         let id = self.endpoint.join_probing(invitation, now, probing);
+        self.ask_relay(id, invitation, now);
         self.pump(now);
         id
+    }
+
+    /// A relay the inviter takes circuits at: ask it for one now, so that
+    /// an RSVP (if one is needed) can carry it.
+    fn ask_relay(&mut self, id: AttemptId, invitation: &Invitation, now: Instant) {
+        let body = &invitation.token().body;
+        let relay = body.relay.iter().find_map(|h| match Hint::parse(h) {
+            Some(Hint::Relay(addr)) => Some(addr),
+            _ => None,
+        });
+        if let (Some(relay), Some(inviter)) = (relay, body.author().map(|p| p.public_key)) {
+            let mut nonce = [0u8; 8];
+            self.rng.fill_bytes(&mut nonce);
+            let unix = self.unix_now(now);
+            let end = CircuitEnd::request(relay, &self.identity, &inviter, nonce, now, unix);
+            self.add_path(id, end);
+        }
+    }
+
+    fn unix_now(&self, now: Instant) -> u64 {
+        self.unix_start + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    fn add_path(&mut self, attempt: AttemptId, end: CircuitEnd) {
+        let n = self.next_path;
+        self.next_path = self.next_path.wrapping_add(1);
+        let virt = match end.relay() {
+            SocketAddr::V4(r) => SocketAddr::from(([240, 0, (n >> 8) as u8, n as u8], r.port())),
+            SocketAddr::V6(r) => SocketAddr::from((std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, n), r.port())),
+        };
+        self.paths.retain(|p| p.virt != virt);
+        self.paths.push(RelayedPath { attempt, end, virt, offered: false });
+    }
+
+    /// Relay hints for an RSVP of `attempt`: the circuits we hold for it,
+    /// for the inviter to bind (see [`crate::relay::client::Hint`]).
+    pub fn relay_hints(&self, attempt: AttemptId) -> Vec<String> {
+        self.paths
+            .iter()
+            .filter(|p| p.attempt == attempt)
+            .filter_map(|p| match p.end.state() {
+                EndState::Bound { circuit, .. } => Some(Hint::Circuit(p.end.relay(), circuit).to_string()),
+                _ => None,
+            })
+            .collect()
     }
 
     /// [`Host::accept_rsvp`], saying whether the attempt may predict or
@@ -373,6 +460,7 @@ impl Host {
         probing: bool,
     ) -> Result<AttemptId, AcceptRsvpError> {
         let r = self.endpoint.accept_rsvp_probing(text, now, probing);
+        self.bind_relayed(&r, text, now);
         self.pump(now);
         r
     }
@@ -380,8 +468,26 @@ impl Host {
     /// Imports an RSVP to one of our invitations; both sides check at once.
     pub fn accept_rsvp(&mut self, text: &str, now: Instant) -> Result<AttemptId, AcceptRsvpError> {
         let r = self.endpoint.accept_rsvp(text, now);
+        self.bind_relayed(&r, text, now);
         self.pump(now);
         r
+    }
+
+    /// Circuits the invitee holds for us, named in its RSVP: bind our side
+    /// of one.
+    fn bind_relayed(&mut self, r: &Result<AttemptId, AcceptRsvpError>, text: &str, now: Instant) {
+        let Ok(id) = *r else { return };
+        if self.paths.iter().any(|p| p.attempt == id) {
+            return;
+        }
+        let Ok(t) = crate::token::decode(text) else { return };
+        let circuit = t.body.relay.iter().find_map(|h| match Hint::parse(h) {
+            Some(Hint::Circuit(relay, circuit)) => Some((relay, circuit)),
+            _ => None,
+        });
+        if let Some((relay, circuit)) = circuit {
+            self.add_path(id, CircuitEnd::join(relay, circuit, now));
+        }
     }
 
     /// Closes an attempt or session at once (the peer is told if a session
@@ -424,17 +530,92 @@ impl Host {
                     self.endpoint.handle_datagram_on(now, socket, from, data);
                 }
             }
-            Some(&b) if relay::is_relay_packet(b) => match &mut self.relay {
-                // Circuits live on the port peers were told of.
-                Some(r) if socket == SocketId::MAIN => r.handle_datagram(now, from, data),
-                _ => self.stats.dropped += 1,
-            },
+            Some(&b) if relay::is_relay_packet(b) => self.on_relay_packet(now, socket, from, data),
+            _ => self.dispatch(now, socket, from, data),
+        }
+        self.pump(now);
+    }
+
+    /// STUN, handshakes and session data, from a peer (or a relayed
+    /// path's virtual address).
+    fn dispatch(&mut self, now: Instant, socket: SocketId, from: SocketAddr, data: &mut [u8]) {
+        match data.first() {
+            Some(0..=3) => {
+                if socket != SocketId::MAIN || !self.stun_answer(from, data) {
+                    self.endpoint.handle_datagram_on(now, socket, from, data);
+                }
+            }
             Some(&HANDSHAKE_INIT) => self.on_init(now, from, data),
             Some(&HANDSHAKE_RESP) => self.on_resp(now, from, data),
             Some(&conn::DATA) => self.on_data(now, data),
             _ => self.stats.dropped += 1,
         }
-        self.pump(now);
+    }
+
+    /// A relay packet: from a relay one of our circuits is at (its data,
+    /// or its answers to our ends), else for the relay we serve.
+    fn on_relay_packet(&mut self, now: Instant, socket: SocketId, from: SocketAddr, data: &mut [u8]) {
+        if socket == SocketId::MAIN && self.paths.iter().any(|p| p.end.relay() == from) {
+            if data[0] == relay::wire::DATA && data.len() >= relay::wire::DATA_HEADER {
+                let mut c = [0u8; 8];
+                c.copy_from_slice(&data[1..relay::wire::DATA_HEADER]);
+                let circuit = u64::from_be_bytes(c);
+                let path = self.paths.iter().find(|p| p.end.relay() == from && p.end.circuit() == circuit);
+                if let Some(virt) = path.map(|p| p.virt) {
+                    let inner = &mut data[relay::wire::DATA_HEADER..];
+                    // No circuit inside a circuit.
+                    if inner.first().is_some_and(|&b| !relay::is_relay_packet(b)) {
+                        self.dispatch(now, SocketId::MAIN, virt, inner);
+                    } else {
+                        self.stats.dropped += 1;
+                    }
+                    return;
+                }
+            } else if let Ok(packet) = RelayPacket::decode(data)
+                && matches!(
+                    packet,
+                    RelayPacket::Allocated { .. }
+                        | RelayPacket::Refused { .. }
+                        | RelayPacket::Challenge { .. }
+                        | RelayPacket::Bound { .. }
+                        | RelayPacket::Closed { .. }
+                )
+            {
+                for p in self.paths.iter_mut().filter(|p| p.end.relay() == from) {
+                    p.end.handle(now, &self.identity, &packet);
+                }
+                self.relay_paths(now);
+                return;
+            }
+        }
+        match &mut self.relay {
+            // Circuits live on the port peers were told of.
+            Some(r) if socket == SocketId::MAIN => r.handle_datagram(now, from, data),
+            _ => self.stats.dropped += 1,
+        }
+    }
+
+    /// Offers bound circuits to their attempts, and forgets circuits that
+    /// failed or whose attempt is gone.
+    fn relay_paths(&mut self, now: Instant) {
+        let endpoint = &mut self.endpoint;
+        self.paths.retain_mut(|p| {
+            if endpoint.state(p.attempt).is_none() {
+                return false;
+            }
+            match p.end.state() {
+                EndState::Pending => true,
+                EndState::Bound { peer_bound, .. } => {
+                    if peer_bound && !p.offered {
+                        p.offered = true;
+                        endpoint.add_remote_candidate(p.attempt, p.virt, CandidateKind::Relay, now);
+                    }
+                    true
+                }
+                // The attempt goes on without it (its direct checks).
+                EndState::Failed(_) | EndState::Unreachable => false,
+            }
+        });
     }
 
     /// Runs the timers due at `now`.
@@ -443,6 +624,10 @@ impl Host {
         if let Some(r) = &mut self.relay {
             r.handle_timeout(now);
         }
+        for p in &mut self.paths {
+            p.end.handle_timeout(now);
+        }
+        self.relay_paths(now);
         self.stun_timeouts(now);
         let silent: Vec<AttemptId> = self.awaiting_init.iter().filter(|&(_, &t)| t <= now).map(|(&id, _)| id).collect();
         for id in silent {
@@ -508,11 +693,43 @@ impl Host {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         loop {
+            let t = self.next_transmit(now)?;
+            if let Some(t) = self.through_relay(t) {
+                return Some(t);
+            }
+        }
+    }
+
+    /// A datagram for a relayed path's virtual address goes to its relay,
+    /// in the circuit's `DATA`; one for a path that is gone is dropped.
+    fn through_relay(&mut self, t: Transmit) -> Option<Transmit> {
+        if !is_virtual(t.destination) {
+            return Some(t);
+        }
+        match self.paths.iter().find(|p| p.virt == t.destination) {
+            Some(p) => {
+                let packet = relay::client::data(p.end.circuit(), &t.contents);
+                Some(Transmit::new(p.end.relay(), packet, SocketId::MAIN))
+            }
+            None => {
+                self.stats.dropped += 1;
+                None
+            }
+        }
+    }
+
+    fn next_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        loop {
             if let Some(t) = self.transmits.pop_front() {
                 return Some(t);
             }
             if let Some(t) = self.relay.as_mut().and_then(Relay::poll_transmit) {
                 return Some(t);
+            }
+            if let Some((relay, packet)) =
+                self.paths.iter_mut().find_map(|p| Some((p.end.relay(), p.end.poll_transmit()?)))
+            {
+                return Some(Transmit::new(relay, packet, SocketId::MAIN));
             }
             if let Some(t) = self.endpoint.poll_transmit() {
                 return Some(t);
@@ -562,7 +779,11 @@ impl Host {
         let stun = self.stun.values().map(|q| q.next).min();
         let init = self.awaiting_init.values().min().copied();
         let relay = self.relay.as_ref().and_then(Relay::poll_timeout);
-        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init, relay].into_iter().flatten().min()
+        let paths = self.paths.iter().filter_map(|p| p.end.poll_timeout()).min();
+        [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init, relay, paths]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// How long an invitee keeps retrying its handshake initiation: what

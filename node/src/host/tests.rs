@@ -11,11 +11,13 @@ use rand_core::{Rng, SeedableRng};
 
 use super::*;
 use crate::identity::Identity;
+use crate::relay::client::Hint;
 use crate::token::{Candidate, ConnectionMode, InvitationParams, Token};
 
 const UNIX: u64 = 1_800_000_000;
 
 type DropFn = Box<dyn FnMut(usize, &[u8]) -> bool>;
+type TamperFn = Box<dyn FnMut(usize, &mut Vec<u8>)>;
 
 struct Peer {
     host: Host,
@@ -41,6 +43,11 @@ struct Net {
     /// Returns true to drop a datagram sent by peer `i`.
     drop: Option<DropFn>,
     lost: u64,
+    /// Pairs of peers with no path between them (both ways), as between
+    /// two symmetric NATs.
+    blocked: Vec<(usize, usize)>,
+    /// May change a datagram peer `i` sends (a relay that tampers).
+    tamper: Option<TamperFn>,
 }
 
 impl Net {
@@ -72,6 +79,8 @@ impl Net {
             seq: 0,
             drop: None,
             lost: 0,
+            blocked: Vec::new(),
+            tamper: None,
         }
     }
 
@@ -90,6 +99,10 @@ impl Net {
             while let Some(t) = self.peers[i].host.poll_transmit(self.now) {
                 self.peers[i].contacted.insert(t.destination);
                 let Some(to) = self.peers.iter().position(|p| p.addr == t.destination) else { continue };
+                if self.blocked.iter().any(|&(x, y)| (x, y) == (i, to) || (y, x) == (i, to)) {
+                    self.lost += 1;
+                    continue;
+                }
                 if self.drop.as_mut().is_some_and(|d| d(i, &t.contents))
                     || (f64::from(self.rng.next_u32()) / f64::from(u32::MAX)) < self.loss
                 {
@@ -98,7 +111,11 @@ impl Net {
                 }
                 self.seq += 1;
                 let from = self.peers[i].addr;
-                self.wire.insert((self.now + self.latency, self.seq), (to, from, t.contents));
+                let mut contents = t.contents;
+                if let Some(f) = self.tamper.as_mut() {
+                    f(i, &mut contents);
+                }
+                self.wire.insert((self.now + self.latency, self.seq), (to, from, contents));
             }
             while let Some(e) = self.peers[i].host.poll_event() {
                 if let HostEvent::Readable { session } = e
@@ -632,5 +649,96 @@ fn stun_retransmissions_leave_in_query_order() {
     assert!(first.len() >= 3 * 16, "first sends and retransmissions: {}", first.len());
     for _ in 0..4 {
         assert_eq!(run(), first);
+    }
+}
+
+/// Two peers with no path between them, and a third host relaying: the
+/// invitation names the relay, the invitee asks it for a circuit and puts
+/// it in its RSVP, the inviter binds the other end, and the checks, the
+/// handshake and the stream all cross the circuit. The relay sees only
+/// ciphertext: a byte it flips is caught, and the data still arrives whole.
+#[test]
+fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() {
+    for tamper in [false, true] {
+        let mut net = Net::new(HostConfig::default());
+        let relay_id = Identity::from_secret_bytes([77; 32]);
+        let relaying = HostConfig {
+            relay: Some(RelayConfig { limits: crate::relay::RelayLimits::unlimited(), allow: None }),
+            ..HostConfig::default()
+        };
+        let relay_addr: SocketAddr = "198.18.0.9:3479".parse().expect("addr");
+        net.peers.push(Peer {
+            host: Host::new(&relay_id, relaying, [9; 32], net.now, UNIX),
+            addr: relay_addr,
+            identity: relay_id,
+            filter: false,
+            contacted: HashSet::new(),
+            events: Vec::new(),
+            received: Vec::new(),
+            paused: false,
+        });
+        net.blocked.push((0, 1));
+        if tamper {
+            // The relay's host flips one byte of one data packet it
+            // forwards (a session packet, well after the handshake).
+            let mut n = 0;
+            net.tamper = Some(Box::new(move |from, bytes: &mut Vec<u8>| {
+                if from == 2 && bytes.first() == Some(&crate::relay::wire::DATA) && bytes.get(9) == Some(&conn::DATA) {
+                    n += 1;
+                    if n == 40 {
+                        let last = bytes.len() - 1;
+                        bytes[last / 2 + 5] ^= 0x20;
+                    }
+                }
+            }));
+        }
+        let params = InvitationParams {
+            candidates: Candidate::list([(CandidateKind::Host, net.peers[0].addr)]),
+            mode: ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() },
+            relay: vec![Hint::Relay(relay_addr).to_string()],
+            ..InvitationParams::default()
+        };
+        let t = Token::new_invitation(&net.peers[0].identity, params, UNIX, &mut ChaCha20Rng::seed_from_u64(3));
+        let inv = Invitation::from_token(t, UNIX).expect("valid");
+        net.peers[0].host.listen(inv.clone());
+        let now = net.now;
+        let b = net.peers[1].host.join(&inv, now);
+        assert!(net.drive(Duration::from_secs(10), |n| {
+            n.peers[1].events.iter().any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))
+        }));
+        // By now the invitee holds a circuit for the RSVP to carry.
+        let hints = net.peers[1].host.relay_hints(b);
+        assert!(
+            matches!(hints.as_slice(), [h] if matches!(Hint::parse(h), Some(Hint::Circuit(r, _)) if r == relay_addr))
+        );
+        let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
+        let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
+        let rsvp = Token::new_rsvp_relayed(&inv, &net.peers[1].identity, rsvp_id, cands, None, hints, UNIX + 3);
+        let now = net.now;
+        net.peers[0].host.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
+        let ok = net.drive(Duration::from_secs(20), |n| n.established(0).is_some() && n.established(1).is_some());
+        assert!(ok, "tamper {tamper}: {:?} / {:?}", net.peers[0].events, net.peers[1].events);
+        for i in [0, 1] {
+            let kind = net.peers[i].events.iter().find_map(|e| match e {
+                HostEvent::Established { remote_kind, .. } => Some(*remote_kind),
+                _ => None,
+            });
+            assert_eq!(kind, Some(CandidateKind::Relay), "peer {i}");
+        }
+        let ids = (net.established(0).expect("a").0, net.established(1).expect("b").0);
+        let (a_to_b, b_to_a) = (pattern(200_000, 1), pattern(50_000, 2));
+        exchange(&mut net, ids, &a_to_b, &b_to_a, Duration::from_secs(60));
+        assert_eq!(net.peers[1].received, a_to_b);
+        assert_eq!(net.peers[0].received, b_to_a);
+        let relay = net.peers[2].host.relay().expect("relaying");
+        assert_eq!(relay.circuit_count(), 1);
+        assert!(relay.stats().forwarded_bytes > 250_000, "{:?}", relay.stats());
+        // A flipped packet fails its authentication and is dropped (and the
+        // stream sends its bytes again): what arrived above is whole.
+        let rejected: u64 = [(0, ids.0), (1, ids.1)]
+            .iter()
+            .map(|&(i, id)| net.peers[i].host.session(id).expect("open").stats.packets_dropped)
+            .sum();
+        assert_eq!(rejected, u64::from(tamper), "tampered packets dropped");
     }
 }

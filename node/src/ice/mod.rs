@@ -298,6 +298,30 @@ impl Endpoint {
         self.transmits.pop_front()
     }
 
+    /// Adds a remote candidate to a running attempt, paired with the main
+    /// socket, and checks it at once: a path found after the tokens were
+    /// exchanged (a circuit at a relay, see [`crate::relay`]). Returns
+    /// whether the attempt was still checking.
+    pub fn add_remote_candidate(
+        &mut self,
+        id: AttemptId,
+        address: SocketAddr,
+        kind: crate::token::CandidateKind,
+        now: Instant,
+    ) -> bool {
+        let rto = self.config.rto_initial;
+        let Some(a) = self.attempts.get_mut(&id) else { return false };
+        if !matches!(a.state, State::Checking | State::WaitingForRsvp) {
+            return false;
+        }
+        let priority = crate::token::Candidate::standard_priority(kind, 65535);
+        let i = a.add_remote(SocketId::MAIN, address, kind, priority, rto);
+        a.trigger(i, now);
+        self.dirty.push(id);
+        self.reindex();
+        true
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -103,7 +103,14 @@ impl Minter {
     /// Our RSVP to `invitation` for the attempt whose credentials
     /// `token_id` fixes (see [`crate::ice::Endpoint::rsvp_token_id`]).
     pub fn rsvp(&self, invitation: &Invitation, token_id: TokenId, unix_now: u64) -> Token {
-        Token::new_rsvp(invitation, &self.identity, token_id, self.candidates.select(), self.token_nat(), unix_now)
+        self.rsvp_relayed(invitation, token_id, Vec::new(), unix_now)
+    }
+
+    /// [`Minter::rsvp`] carrying relay hints (the circuits the host holds
+    /// for the attempt: [`crate::host::Host::relay_hints`]).
+    pub fn rsvp_relayed(&self, invitation: &Invitation, token_id: TokenId, relay: Vec<String>, unix_now: u64) -> Token {
+        let (candidates, nat) = (self.candidates.select(), self.token_nat());
+        Token::new_rsvp_relayed(invitation, &self.identity, token_id, candidates, nat, relay, unix_now)
     }
 }
 

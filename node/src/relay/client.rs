@@ -247,3 +247,47 @@ impl CircuitEnd {
         self.out.take()
     }
 }
+
+/// A relay hint in a token's `relay` list.
+///
+/// * `convoke-relay:198.18.0.9:3479` in an invitation: its author takes
+///   circuits at this relay. An invitee asks the relay for a circuit naming
+///   the author's key, so that a pair with no direct path can still meet.
+/// * `convoke-relay:198.18.0.9:3479#00c0ffee00c0ffee` in an RSVP: its author
+///   holds side A of this circuit (hex), which names the invitation's
+///   author; the inviter binds side B.
+///
+/// Other hints (a TURN URL, say) are left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// A relay that takes circuits for the token's author.
+    Relay(SocketAddr),
+    /// A circuit at a relay, waiting for the reader to bind side B.
+    Circuit(SocketAddr, u64),
+}
+
+const HINT_SCHEME: &str = "convoke-relay:";
+
+impl Hint {
+    /// Reads a hint; `None` for one that is not Convoke's.
+    pub fn parse(s: &str) -> Option<Hint> {
+        let rest = s.strip_prefix(HINT_SCHEME)?;
+        match rest.split_once('#') {
+            None => rest.parse().ok().map(Hint::Relay),
+            Some((addr, circuit)) if circuit.len() == 16 => {
+                let circuit = u64::from_str_radix(circuit, 16).ok().filter(|&c| c != 0)?;
+                Some(Hint::Circuit(addr.parse().ok()?, circuit))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hint::Relay(a) => write!(f, "{HINT_SCHEME}{a}"),
+            Hint::Circuit(a, c) => write!(f, "{HINT_SCHEME}{a}#{c:016x}"),
+        }
+    }
+}

@@ -736,6 +736,20 @@ impl Token {
         nat: Option<NatInfo>,
         now: u64,
     ) -> Token {
+        Self::new_rsvp_relayed(invitation, identity, token_id, candidates, nat, Vec::new(), now)
+    }
+
+    /// [`Token::new_rsvp`] carrying relay hints: the circuits we hold for
+    /// the inviter to bind (see [`crate::relay::client::Hint`]).
+    pub fn new_rsvp_relayed(
+        invitation: &Invitation,
+        identity: &Identity,
+        token_id: TokenId,
+        candidates: Vec<Candidate>,
+        nat: Option<NatInfo>,
+        relay: Vec<String>,
+        now: u64,
+    ) -> Token {
         let inv = &invitation.token().body;
         // The invitation's format: its author derives our password the
         // same way, and reads the RSVP.
@@ -764,7 +778,7 @@ impl Token {
                 nat,
             },
             crypto: Crypto::default(),
-            relay: Vec::new(),
+            relay,
             metadata: BTreeMap::new(),
         };
         Token::sign(body, identity)
