@@ -67,6 +67,12 @@ pub struct HostConfig {
     /// Relay for other peers on this port, with these caps; `None` (the
     /// default) serves no circuit.
     pub relay: Option<RelayConfig>,
+    /// How long a ready circuit at a relay waits before the connectivity
+    /// engine checks it, so that the reach ladder's direct steps (the RSVP
+    /// round, then up to 44 s of probing) win when they can: 45 s. Checked
+    /// at once when both NATs map endpoint-dependently (no direct path to
+    /// be had; see [`crate::ice::Endpoint::direct_hopeless`]).
+    pub relay_grace: Duration,
 }
 
 impl Default for HostConfig {
@@ -79,6 +85,7 @@ impl Default for HostConfig {
             stun_rto: Duration::from_millis(500),
             stun_tries: 3,
             relay: None,
+            relay_grace: Duration::from_secs(45),
         }
     }
 }
@@ -284,6 +291,8 @@ struct RelayedPath {
     virt: SocketAddr,
     /// Given to the connectivity engine as a remote candidate.
     offered: bool,
+    /// When both ends were first bound.
+    ready: Option<Instant>,
 }
 
 /// Whether `a` is a relayed path's virtual address.
@@ -435,7 +444,7 @@ impl Host {
             SocketAddr::V6(r) => SocketAddr::from((std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, n), r.port())),
         };
         self.paths.retain(|p| p.virt != virt);
-        self.paths.push(RelayedPath { attempt, end, virt, offered: false });
+        self.paths.push(RelayedPath { attempt, end, virt, offered: false, ready: None });
     }
 
     /// Relay hints for an RSVP of `attempt`: the circuits we hold for it,
@@ -599,6 +608,7 @@ impl Host {
     /// failed or whose attempt is gone.
     fn relay_paths(&mut self, now: Instant) {
         let endpoint = &mut self.endpoint;
+        let grace = self.config.relay_grace;
         self.paths.retain_mut(|p| {
             if endpoint.state(p.attempt).is_none() {
                 return false;
@@ -606,7 +616,11 @@ impl Host {
             match p.end.state() {
                 EndState::Pending => true,
                 EndState::Bound { peer_bound, .. } => {
-                    if peer_bound && !p.offered {
+                    if peer_bound && p.ready.is_none() {
+                        p.ready = Some(now);
+                    }
+                    let due = p.ready.is_some_and(|r| now >= r + grace) || endpoint.direct_hopeless(p.attempt);
+                    if peer_bound && !p.offered && due {
                         p.offered = true;
                         endpoint.add_remote_candidate(p.attempt, p.virt, CandidateKind::Relay, now);
                     }
@@ -779,7 +793,13 @@ impl Host {
         let stun = self.stun.values().map(|q| q.next).min();
         let init = self.awaiting_init.values().min().copied();
         let relay = self.relay.as_ref().and_then(Relay::poll_timeout);
-        let paths = self.paths.iter().filter_map(|p| p.end.poll_timeout()).min();
+        let grace = self.config.relay_grace;
+        let paths = self
+            .paths
+            .iter()
+            .flat_map(|p| [p.end.poll_timeout(), p.ready.filter(|_| !p.offered).map(|r| r + grace)])
+            .flatten()
+            .min();
         [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init, relay, paths]
             .into_iter()
             .flatten()

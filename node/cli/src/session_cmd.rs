@@ -86,6 +86,21 @@ pub struct InviteArgs {
     /// Also write the invitation to this file.
     #[arg(long, value_name = "FILE")]
     token_out: Option<PathBuf>,
+    /// A relay (`convoke relay`, or a member run with `--relay`) to name in
+    /// the invitation: an invitee that has no direct path (both NATs
+    /// symmetric, say) asks it for a circuit and sends it in its RSVP, and
+    /// the session runs through it, still end-to-end encrypted.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_relay)]
+    relay: Option<SocketAddr>,
+}
+
+/// A relay's address; a name is looked up once, here.
+fn parse_relay(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not a HOST:PORT this machine can resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
 }
 
 /// `convoke join`.
@@ -567,6 +582,7 @@ pub fn invite(ctx: &Ctx, a: InviteArgs) -> Result<(), Failure> {
         reusable: a.reusable,
         rsvp_required: a.rsvp_required,
         rsvp_timeout: Duration::from_secs(rsvp_timeout),
+        relay: a.relay,
     };
     with_endpoint(ctx, &a.node, identity, |mut p| async move {
         // Made once the endpoint is ready: it carries the final candidates.

@@ -659,8 +659,19 @@ fn stun_retransmissions_leave_in_query_order() {
 /// ciphertext: a byte it flips is caught, and the data still arrives whole.
 #[test]
 fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() {
-    for tamper in [false, true] {
-        let mut net = Net::new(HostConfig::default());
+    // Both NATs known to be symmetric: the circuit is checked at once. NATs
+    // unknown: after the grace the direct steps get (here 2 s).
+    for (tamper, hard) in [(false, true), (true, false)] {
+        let mut net = Net::new(HostConfig { relay_grace: Duration::from_secs(2), ..HostConfig::default() });
+        let symmetric = crate::token::NatInfo {
+            delta: None,
+            mapping: crate::token::NatMapping::Dependent,
+            ports: Some(crate::token::PortAllocation::Random),
+        };
+        let nat = hard.then_some(symmetric);
+        for p in &mut net.peers {
+            p.host.endpoint.set_nat(nat);
+        }
         let relay_id = Identity::from_secret_bytes([77; 32]);
         let relaying = HostConfig {
             relay: Some(RelayConfig { limits: crate::relay::RelayLimits::unlimited(), allow: None }),
@@ -696,6 +707,7 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
             candidates: Candidate::list([(CandidateKind::Host, net.peers[0].addr)]),
             mode: ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() },
             relay: vec![Hint::Relay(relay_addr).to_string()],
+            nat,
             ..InvitationParams::default()
         };
         let t = Token::new_invitation(&net.peers[0].identity, params, UNIX, &mut ChaCha20Rng::seed_from_u64(3));
@@ -713,11 +725,15 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
         );
         let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
         let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
-        let rsvp = Token::new_rsvp_relayed(&inv, &net.peers[1].identity, rsvp_id, cands, None, hints, UNIX + 3);
+        let rsvp = Token::new_rsvp_relayed(&inv, &net.peers[1].identity, rsvp_id, cands, nat, hints, UNIX + 3);
+        let accepted_at = net.now;
         let now = net.now;
         net.peers[0].host.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
         let ok = net.drive(Duration::from_secs(20), |n| n.established(0).is_some() && n.established(1).is_some());
         assert!(ok, "tamper {tamper}: {:?} / {:?}", net.peers[0].events, net.peers[1].events);
+        // At once when hopeless; after the grace otherwise.
+        let took = net.now - accepted_at;
+        assert_eq!(took >= Duration::from_secs(2), !hard, "connected {took:?} after the RSVP");
         for i in [0, 1] {
             let kind = net.peers[i].events.iter().find_map(|e| match e {
                 HostEvent::Established { remote_kind, .. } => Some(*remote_kind),

@@ -322,6 +322,16 @@ impl Endpoint {
         true
     }
 
+    /// Whether no direct path is to be expected for this attempt: both NATs
+    /// known, and both map endpoint-dependently (no probing finds two
+    /// unknown ports at once), so a relayed path is worth checking at once
+    /// rather than after the rest of the reach ladder.
+    pub fn direct_hopeless(&self, id: AttemptId) -> bool {
+        let ours = if self.port_mapped { Some(NatInfo::PORT_MAPPED) } else { self.nat };
+        let theirs = self.attempts.get(&id).and_then(|a| a.peer_nat);
+        matches!((ours, theirs), (Some(o), Some(t)) if o.is_hard() && t.is_hard())
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

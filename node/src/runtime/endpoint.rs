@@ -134,6 +134,11 @@ pub struct InviteOptions {
     pub rsvp_required: bool,
     /// How long the inviter keeps trying after an RSVP: 30 s.
     pub rsvp_timeout: Duration,
+    /// A relay (`convoke relay`, or a member with `--relay`) the inviter
+    /// takes circuits at: an invitee with no direct path asks it for one
+    /// and sends it in its RSVP, and the session runs through it, still
+    /// end-to-end encrypted. None by default.
+    pub relay: Option<SocketAddr>,
 }
 
 impl Default for InviteOptions {
@@ -143,6 +148,7 @@ impl Default for InviteOptions {
             reusable: false,
             rsvp_required: false,
             rsvp_timeout: Duration::from_secs(30),
+            relay: None,
         }
     }
 }
@@ -1495,6 +1501,7 @@ impl Driver {
                         rsvp_timeout_seconds: u32::try_from(o.rsvp_timeout.as_secs()).unwrap_or(u32::MAX),
                         reusable: o.reusable,
                     },
+                    relay: o.relay.map(|r| crate::relay::client::Hint::Relay(r).to_string()).into_iter().collect(),
                     ..InvitationParams::default()
                 };
                 let out =
@@ -1822,7 +1829,9 @@ impl App for Driver {
                 let (Some(token), Some(step)) = (ctx.host.endpoint().rsvp_token_id(attempt), j.step.take()) else {
                     return;
                 };
-                let t = ctx.minter.rsvp(&j.invitation, token, super::unix_now());
+                // With the circuit the invitee holds at the inviter's relay.
+                let hints = ctx.host.relay_hints(attempt);
+                let t = ctx.minter.rsvp_relayed(&j.invitation, token, hints, super::unix_now());
                 super::telemetry::token_issued("rsvp");
                 let _ = step.send(JoinStep::Rsvp(t.encode_compact()));
             }
