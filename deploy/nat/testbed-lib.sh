@@ -42,7 +42,7 @@ field() { sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" <<<"$1"; }
 # outcome CONNECTED_EVENT JOINER_PID PAYLOAD RECEIVED [INVITER_CONNECTED_EVENT]:
 # once the joiner said `connected`, waits (up to 30 s) for it to finish
 # receiving, then prints "PHASE SECONDS" (single-token, rsvp, predicted or
-# birthday, the furthest either side saw; seconds from importing the
+# birthday, the furthest either side saw, or relay; seconds from importing the
 # invitation to the session) or "corrupt" when the file did not arrive intact.
 outcome() {
   local conn=$1 pid=$2 sent=$3 got=$4 other=${5:-} w=0 phase
@@ -50,6 +50,10 @@ outcome() {
   # The furthest step of the reach ladder either side saw: a probe may have
   # found a port that the other side's main socket held.
   phase=$(ladder "$(field "$conn" via)" "$(field "$other" via)")
+  # Through a relay, whatever step found it.
+  if [ "$(field "$conn" remote_kind)" = relay ] || [ "$(field "$other" remote_kind)" = relay ]; then
+    phase=relay
+  fi
   if cmp -s "$sent" "$got"; then
     printf '%s %.3f\n' "$phase" "$(field "$conn" elapsed_s)"
   else
