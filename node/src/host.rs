@@ -168,6 +168,9 @@ pub struct SessionInfo {
     pub window: u64,
     /// Packet and byte counters.
     pub stats: SessionStats,
+    /// The relay the path goes through, when it is relayed (`remote` is
+    /// then the path's virtual address, `remote_kind` `Relay`).
+    pub relay: Option<SocketAddr>,
 }
 
 /// Host-level counters.
@@ -445,6 +448,11 @@ impl Host {
         };
         self.paths.retain(|p| p.virt != virt);
         self.paths.push(RelayedPath { attempt, end, virt, offered: false, ready: None });
+    }
+
+    /// The relay behind a relayed path's virtual address.
+    pub fn relay_of(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        self.paths.iter().find(|p| p.virt == remote).map(|p| p.end.relay())
     }
 
     /// Relay hints for an RSVP of `attempt`: the circuits we hold for it,

@@ -244,15 +244,24 @@ impl Voice {
             Via::PortPrediction => "after the reply token, at a predicted port",
             Via::Birthday => "after the reply token, by probing ports",
         };
-        self.say(
-            format!(
-                "Connected to {} at {} ({}, {how}); the session is encrypted.",
-                conn.peer_id(),
+        // A relayed path: its relay's address, not the engine's name for it.
+        let peer = conn.peer_id();
+        let line = match info.relay {
+            Some(r) => {
+                format!("Connected to {peer} through the relay at {r} ({how}); the session is encrypted end to end.")
+            }
+            None => format!(
+                "Connected to {peer} at {} ({}, {how}); the session is encrypted.",
                 info.remote,
                 kind(info.remote_kind)
             ),
-            json!({ "event": "connected", "peer_id": conn.peer_id().to_string(), "remote": info.remote.to_string(),
+        };
+        self.say(
+            line,
+            json!({ "event": "connected", "peer_id": conn.peer_id().to_string(),
+                    "remote": info.relay.unwrap_or(info.remote).to_string(),
                     "remote_kind": format!("{:?}", info.remote_kind).to_lowercase(),
+                    "relay": info.relay.map(|r| r.to_string()),
                     "via": info.via.name(),
                     "elapsed_s": elapsed }),
         );

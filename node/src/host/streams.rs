@@ -181,6 +181,7 @@ impl Host {
             rtt: o.conn.rtt(),
             window: o.conn.window(),
             stats: o.conn.stats,
+            relay: self.relay_of(o.conn.remote),
         })
     }
 

@@ -629,8 +629,9 @@ impl Node {
                 json!({
                     "session": id.0,
                     "peer_id": s.peer.peer_id().to_string(),
-                    "remote": s.remote.to_string(),
+                    "remote": s.relay.unwrap_or(s.remote).to_string(),
                     "remote_kind": format!("{:?}", s.remote_kind).to_lowercase(),
+                    "relay": s.relay.map(|r| r.to_string()),
                     "established_by": s.via.name(),
                     "we_invited": s.inviter,
                     "up_seconds": now.saturating_duration_since(s.established).as_secs(),
