@@ -525,3 +525,25 @@ fn a_circuit_end_reports_refusal_closure_and_silence() {
     assert_eq!(e.sent, client::TRIES as usize);
     assert!(e.ends[0].0.poll_timeout().is_none());
 }
+
+#[test]
+fn relay_hints_round_trip_and_leave_other_hints_alone() {
+    use client::Hint;
+    let r = addr("198.18.0.9:3479");
+    let v6 = addr("[2001:db8::9]:3479");
+    for h in [Hint::Relay(r), Hint::Circuit(r, 0x00c0_ffee_0000_0001), Hint::Relay(v6), Hint::Circuit(v6, u64::MAX)] {
+        assert_eq!(Hint::parse(&h.to_string()), Some(h), "{h}");
+    }
+    assert_eq!(Hint::Circuit(r, 1).to_string(), "convoke-relay:198.18.0.9:3479#0000000000000001");
+    for other in [
+        "turn:198.18.0.9:3478",
+        "convoke-relay:",
+        "convoke-relay:relay.example:3479",
+        "convoke-relay:198.18.0.9:3479#1",
+        "convoke-relay:198.18.0.9:3479#0000000000000000",
+        "convoke-relay:198.18.0.9:3479#zzzzzzzzzzzzzzzz",
+        "convoke-relay:198.18.0.9:3479#00000000000000001",
+    ] {
+        assert_eq!(Hint::parse(other), None, "{other}");
+    }
+}
