@@ -618,8 +618,12 @@ impl Host {
         let endpoint = &mut self.endpoint;
         let grace = self.config.relay_grace;
         self.paths.retain_mut(|p| {
-            if endpoint.state(p.attempt).is_none() {
-                return false;
+            match endpoint.state(p.attempt) {
+                None => return false,
+                // Connected on another path: the circuit is not needed (the
+                // relay ends it when it goes unused).
+                Some(crate::ice::State::Connected) if endpoint.selected(p.attempt) != Some(p.virt) => return false,
+                _ => {}
             }
             match p.end.state() {
                 EndState::Pending => true,
