@@ -298,6 +298,26 @@ struct RelayedPath {
     ready: Option<Instant>,
 }
 
+/// How long before an attempt's window closes a ready circuit is checked
+/// anyway, the direct steps having had all the rest.
+const RELAY_LAST_CHANCE: Duration = Duration::from_secs(8);
+
+/// When a ready circuit (both ends bound) is to be checked: at once when
+/// no direct path can work, else after the grace or shortly before the
+/// attempt's window closes, whichever comes first.
+fn relay_deadline(endpoint: &Endpoint, p: &RelayedPath, grace: Duration) -> Option<Instant> {
+    let ready = p.ready?;
+    if endpoint.direct_hopeless(p.attempt) {
+        return Some(ready);
+    }
+    let last_chance = endpoint.window_end(p.attempt).map(|w| w.checked_sub(RELAY_LAST_CHANCE).unwrap_or(w));
+    Some(last_chance.map_or(ready + grace, |l| l.min(ready + grace)).max(ready))
+}
+
+fn relay_due(endpoint: &Endpoint, p: &RelayedPath, grace: Duration, now: Instant) -> bool {
+    relay_deadline(endpoint, p, grace).is_some_and(|t| t <= now)
+}
+
 /// Whether `a` is a relayed path's virtual address.
 fn is_virtual(a: SocketAddr) -> bool {
     match a {
@@ -577,7 +597,9 @@ impl Host {
                 let mut c = [0u8; 8];
                 c.copy_from_slice(&data[1..relay::wire::DATA_HEADER]);
                 let circuit = u64::from_be_bytes(c);
-                let path = self.paths.iter().find(|p| p.end.relay() == from && p.end.circuit() == circuit);
+                // Circuit 0 is one still being asked for: nothing comes on it.
+                let path =
+                    self.paths.iter().find(|p| circuit != 0 && p.end.relay() == from && p.end.circuit() == circuit);
                 if let Some(virt) = path.map(|p| p.virt) {
                     let inner = &mut data[relay::wire::DATA_HEADER..];
                     // No circuit inside a circuit.
@@ -631,8 +653,7 @@ impl Host {
                     if peer_bound && p.ready.is_none() {
                         p.ready = Some(now);
                     }
-                    let due = p.ready.is_some_and(|r| now >= r + grace) || endpoint.direct_hopeless(p.attempt);
-                    if peer_bound && !p.offered && due {
+                    if peer_bound && !p.offered && relay_due(endpoint, p, grace, now) {
                         p.offered = true;
                         endpoint.add_remote_candidate(p.attempt, p.virt, CandidateKind::Relay, now);
                     }
@@ -806,10 +827,18 @@ impl Host {
         let init = self.awaiting_init.values().min().copied();
         let relay = self.relay.as_ref().and_then(Relay::poll_timeout);
         let grace = self.config.relay_grace;
+        // A circuit's check deadline counts only while its peer is bound
+        // and it is not offered yet: one that cannot be offered must not
+        // keep a deadline in the past.
+        let waiting =
+            |p: &&RelayedPath| !p.offered && matches!(p.end.state(), EndState::Bound { peer_bound: true, .. });
         let paths = self
             .paths
             .iter()
-            .flat_map(|p| [p.end.poll_timeout(), p.ready.filter(|_| !p.offered).map(|r| r + grace)])
+            .flat_map(|p| {
+                let check = Some(p).filter(waiting).and_then(|p| relay_deadline(&self.endpoint, p, grace));
+                [p.end.poll_timeout(), check]
+            })
             .flatten()
             .min();
         [self.endpoint.poll_timeout(), self.timers.first().map(|t| t.0), stun, init, relay, paths]

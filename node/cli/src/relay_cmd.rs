@@ -23,9 +23,10 @@ pub struct RelayArgs {
     /// Address to serve on.
     #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     listen: SocketAddr,
-    /// No cap on circuits, bytes, rate or lifetime (circuits not bound in
-    /// 30 s or idle for 5 minutes still end): for a relay that serves your
-    /// own network. The caps below still apply when given.
+    /// No cap on bytes, rate or lifetime, and room for 10,000 circuits (64
+    /// a peer); circuits not bound in 30 s or idle for 5 minutes still end.
+    /// For a relay that serves your own network: name its members with
+    /// --allow. The caps below still apply when given (0: no limit).
     #[arg(long)]
     unlimited: bool,
     /// Circuits at once, in all (default 16; 0: no limit).

@@ -82,8 +82,9 @@ pub struct UpArgs {
     /// Relay for peers that have no direct path, on this member's port:
     /// limited (what `--relay` alone means: 16 circuits, 4 a peer, 2
     /// minutes, 128 KiB and 64 KiB/s each, 1 MiB/s in all), unlimited (for
-    /// a member serving its own network; unbound circuits still end after
-    /// 30 s, idle ones after 5 minutes) or off (the default). The sessions
+    /// a member serving its own network: no cap on bytes, rate or lifetime,
+    /// 10,000 circuits; unbound circuits still end after 30 s, idle ones
+    /// after 5 minutes) or off (the default). The sessions
     /// stay end-to-end encrypted. Config key `relay`.
     #[arg(long, value_name = "CAPS", num_args = 0..=1, default_missing_value = "limited",
           value_parser = ["off", "limited", "unlimited"])]

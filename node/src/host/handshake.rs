@@ -125,7 +125,13 @@ impl Host {
         resend: Option<Box<([u8; 32], Vec<u8>)>>,
     ) {
         let remote = conn.remote;
-        let remote_kind = binding.remote_kind.unwrap_or(CandidateKind::Prflx);
+        // A relayed path, whichever side offered it to the engine (the
+        // other learnt it from the checks, as peer-reflexive).
+        let remote_kind = if self.relay_of(remote).is_some() {
+            CandidateKind::Relay
+        } else {
+            binding.remote_kind.unwrap_or(CandidateKind::Prflx)
+        };
         let mut conn = conn;
         // The responder (answering with `resend`) reports the session once
         // the initiator's first authenticated packet arrives: a message 1

@@ -660,9 +660,12 @@ fn stun_retransmissions_leave_in_query_order() {
 #[test]
 fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() {
     // Both NATs known to be symmetric: the circuit is checked at once. NATs
-    // unknown: after the grace the direct steps get (here 2 s).
-    for (tamper, hard) in [(false, true), (true, false)] {
-        let mut net = Net::new(HostConfig { relay_grace: Duration::from_secs(2), ..HostConfig::default() });
+    // unknown: after the grace the direct steps get (here 2 s), or, with
+    // the default grace (45 s, longer than the inviter's window), shortly
+    // before the inviter's window would close.
+    for (tamper, hard, grace) in [(false, true, 2), (true, false, 2), (false, false, 45)] {
+        let relay_grace = Duration::from_secs(grace);
+        let mut net = Net::new(HostConfig { relay_grace, ..HostConfig::default() });
         let symmetric = crate::token::NatInfo {
             delta: None,
             mapping: crate::token::NatMapping::Dependent,
@@ -729,11 +732,18 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
         let accepted_at = net.now;
         let now = net.now;
         net.peers[0].host.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
-        let ok = net.drive(Duration::from_secs(20), |n| n.established(0).is_some() && n.established(1).is_some());
+        let ok = net.drive(Duration::from_secs(40), |n| n.established(0).is_some() && n.established(1).is_some());
         assert!(ok, "tamper {tamper}: {:?} / {:?}", net.peers[0].events, net.peers[1].events);
-        // At once when hopeless; after the grace otherwise.
+        // At once when hopeless; after the grace otherwise, or before the
+        // inviter's window (30 s) closes.
         let took = net.now - accepted_at;
         assert_eq!(took >= Duration::from_secs(2), !hard, "connected {took:?} after the RSVP");
+        if grace == 45 {
+            assert!(
+                took > Duration::from_secs(15) && took < Duration::from_secs(30),
+                "connected {took:?} after the RSVP"
+            );
+        }
         for i in [0, 1] {
             let kind = net.peers[i].events.iter().find_map(|e| match e {
                 HostEvent::Established { remote_kind, .. } => Some(*remote_kind),

@@ -49,7 +49,7 @@ mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -317,9 +317,17 @@ impl Endpoint {
         let priority = crate::token::Candidate::standard_priority(kind, 65535);
         let i = a.add_remote(SocketId::MAIN, address, kind, priority, rto);
         a.trigger(i, now);
+        // Time for the new pair's checks, whatever was left of the window.
+        a.window_end = a.window_end.max(now + LATE_CANDIDATE_TIME);
         self.dirty.push(id);
         self.reindex();
         true
+    }
+
+    /// When a checking attempt's window ends (the inviter's after an RSVP,
+    /// extended while it probes): a late candidate must be offered before.
+    pub fn window_end(&self, id: AttemptId) -> Option<Instant> {
+        self.attempts.get(&id).filter(|a| a.state == State::Checking).map(|a| a.window_end)
     }
 
     /// Whether no direct path is to be expected for this attempt: both NATs
@@ -364,6 +372,10 @@ impl Endpoint {
         }
     }
 }
+
+/// How long an attempt keeps checking after a candidate added late
+/// ([`Endpoint::add_remote_candidate`]), if its window was closing.
+pub const LATE_CANDIDATE_TIME: Duration = Duration::from_secs(10);
 
 /// Re-exported so callers can check datagrams before handing them over.
 pub use stun::is_stun;

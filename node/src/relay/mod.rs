@@ -109,13 +109,16 @@ impl Default for RelayLimits {
 }
 
 impl RelayLimits {
-    /// No cap on circuits, bytes, rate or lifetime: for an operator's relay
-    /// serving its own network. The expiry of unbound and idle circuits and
-    /// the bound on signature checks stay.
+    /// No cap on bytes, rate or lifetime, and room for many circuits
+    /// (10,000 in all, 64 a peer: about 7 MB of state), for an operator's
+    /// relay serving its own network. The expiry of unbound and idle
+    /// circuits and the bound on signature checks stay. Without an
+    /// allow-list anyone may hold those circuits as long as it keeps them
+    /// busy: name the members (`RelayConfig::allow`) where that matters.
     pub fn unlimited() -> Self {
         Self {
-            circuits: None,
-            circuits_per_peer: None,
+            circuits: Some(10_000),
+            circuits_per_peer: Some(64),
             circuit_duration: None,
             circuit_bytes: None,
             circuit_rate: None,
@@ -223,24 +226,26 @@ pub struct CircuitInfo {
 #[derive(Debug, Clone)]
 struct Bucket {
     rate: u64,
+    depth: f64,
     level: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: u64, now: Instant) -> Self {
-        Self { rate, level: Self::depth(rate), at: now }
+    /// Bytes a second: holds one second's worth, and room for one full
+    /// datagram at least.
+    fn bytes(rate: u64, now: Instant) -> Self {
+        Self::new(rate, rate.max(65_536) as f64, now)
     }
 
-    /// One second's worth, and room for one full datagram at least.
-    fn depth(rate: u64) -> f64 {
-        rate.max(65_536) as f64
+    fn new(rate: u64, depth: f64, now: Instant) -> Self {
+        Self { rate, depth, level: depth, at: now }
     }
 
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = self.at.max(now);
-        self.level = (self.level + dt * self.rate as f64).min(Self::depth(self.rate));
+        self.level = (self.level + dt * self.rate as f64).min(self.depth);
     }
 
     fn has(&mut self, n: usize, now: Instant) -> bool {
@@ -300,12 +305,10 @@ impl Relay {
         let mut previous = [0u8; 32];
         rng.fill_bytes(&mut secret);
         rng.fill_bytes(&mut previous);
-        let total = config.limits.total_rate.map(|r| Bucket::new(r, now));
-        let verify_budget = Bucket {
-            rate: u64::from(config.limits.verifications_per_s),
-            level: f64::from(config.limits.verifications_per_s),
-            at: now,
-        };
+        let total = config.limits.total_rate.map(|r| Bucket::bytes(r, now));
+        // One second's worth of checks, no more, after any idle time.
+        let checks = config.limits.verifications_per_s;
+        let verify_budget = Bucket::new(u64::from(checks), f64::from(checks.max(1)), now);
         Self {
             config,
             rng,
@@ -532,7 +535,7 @@ impl Relay {
             created: now,
             last_active: now,
             bytes: 0,
-            bucket: limits.circuit_rate.map(|r| Bucket::new(u64::from(r), now)),
+            bucket: limits.circuit_rate.map(|r| Bucket::bytes(u64::from(r), now)),
             timer: now,
         };
         let (deadline, _) = Self::deadline(limits, &c);
@@ -675,17 +678,21 @@ impl Relay {
     /// When a circuit must end if nothing changes, and why.
     fn deadline(limits: &RelayLimits, c: &Circuit) -> (Instant, Reason) {
         let mut due = (c.last_active + limits.idle_timeout, Reason::Idle);
+        // Not both bound: 30 s from the allocation while nobody is, from
+        // the bound end's last word (its bind, its keepalives) while it
+        // waits for its peer, whose token may be carried by a person.
         if c.bound.iter().any(Option::is_none) {
-            let unbound = c.created + limits.unbound_timeout;
+            let from = if c.bound.iter().all(Option::is_none) { c.created } else { c.last_active };
+            let unbound = from + limits.unbound_timeout;
             if unbound < due.0 {
                 due = (unbound, Reason::Unbound);
             }
         }
-        if let Some(d) = limits.circuit_duration {
-            let end = c.created + d;
-            if end < due.0 {
-                due = (end, Reason::Duration);
-            }
+        // A lifetime too long to add to an instant is no limit.
+        if let Some(end) = limits.circuit_duration.and_then(|d| c.created.checked_add(d))
+            && end < due.0
+        {
+            due = (end, Reason::Duration);
         }
         due
     }

@@ -304,6 +304,29 @@ fn circuits_expire_unbound_idle_and_at_their_lifetime() {
 }
 
 #[test]
+fn a_half_bound_circuit_lives_while_its_end_speaks_then_30_s() {
+    let mut w = World::new(RelayLimits::unlimited());
+    let (a, b) = (id(1), id(2));
+    let at = addr("198.18.0.10:4000");
+    let c = w.allocate(&a, &b, at, 1).expect("granted");
+    w.bind(&a, at, c, Side::A);
+    let ping = Packet::Ping { circuit: c, side: Side::A, seq: 1 }.encode();
+    // A minute of keepalives every 10 s: still there.
+    for _ in 0..6 {
+        w.advance(Duration::from_secs(10));
+        assert!(w.answer(at, &ping).is_some());
+    }
+    assert_eq!(w.relay.circuit_count(), 1);
+    // Silence: 30 s after its last word it ends, and the end hears why.
+    w.advance(Duration::from_secs(29));
+    assert_eq!(w.relay.circuit_count(), 1);
+    let told = w.advance(Duration::from_secs(2));
+    assert_eq!(w.relay.circuit_count(), 0);
+    assert_eq!(told.len(), 1);
+    assert_eq!(Packet::decode(&told[0].contents), Ok(Packet::Closed { circuit: c, reason: Reason::Unbound }));
+}
+
+#[test]
 fn shutdown_tells_every_bound_end() {
     let mut w = World::new(RelayLimits::default());
     let (at, bt) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"));
@@ -509,10 +532,15 @@ fn a_circuit_end_reports_refusal_closure_and_silence() {
     e.run(until, &|_| false);
     assert!(matches!(e.states()[0], client::EndState::Bound { .. }));
     assert_eq!(e.states()[1], client::EndState::Failed(Reason::TooManyForPeer));
-    // Closed: the first circuit's peer never binds; after 30 s it ends.
-    let until = e.w.now + Duration::from_secs(31);
+    // The first circuit's peer never binds. Its bound end keeps asking, so
+    // the circuit waits past the 30 s an unbound circuit gets (a person may
+    // be carrying the token that names it), until its lifetime (2 minutes).
+    let until = e.w.now + Duration::from_secs(45);
     e.run(until, &|_| false);
-    assert_eq!(e.states()[0], client::EndState::Failed(Reason::Unbound));
+    assert!(matches!(e.states()[0], client::EndState::Bound { peer_bound: false, .. }));
+    let until = e.w.now + Duration::from_secs(76);
+    e.run(until, &|_| false);
+    assert_eq!(e.states()[0], client::EndState::Failed(Reason::Duration));
 
     // Silence: nothing comes back; the end gives up after its tries.
     let mut e = ends_on(RelayLimits::default());

@@ -60,7 +60,15 @@ where
             biased;
             _ = &mut shutdown => break,
             got = socket.recv_from(&mut buf) => match got {
-                Ok((n, from)) => relay.handle_datagram(Instant::now(), from, &buf[..n]),
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    relay.handle_datagram(now, from, &buf[..n]);
+                    // Under a steady stream the timer branch may never win:
+                    // expiries run here too.
+                    if relay.poll_timeout().is_some_and(|t| t <= now) {
+                        relay.handle_timeout(now);
+                    }
+                }
                 // An ICMP error reported on the socket: one peer's, not ours.
                 Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => {}
                 Err(e) => return Err(e),
