@@ -28,6 +28,8 @@ pub struct Outcomes {
     pub predicted: u64,
     /// Connected after the RSVP by birthday probing.
     pub birthday: u64,
+    /// Connected through a relay (after the RSVP, the circuit in it).
+    pub relayed: u64,
     /// Not connected by the end of the run.
     pub failed: u64,
     /// RSVPs the invitees sent back.
@@ -55,7 +57,7 @@ pub struct Summary {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Cell {
     /// The step most runs took: `single-token`, `rsvp`, `predicted`,
-    /// `birthday`, `failed`, or `mixed` when none has a majority.
+    /// `birthday`, `relay`, `failed`, or `mixed` when none has a majority.
     pub phase: String,
     /// The runs' outcomes.
     pub outcomes: Outcomes,
@@ -68,6 +70,25 @@ pub struct Matrix {
     pub profiles: Vec<String>,
     /// `cells[inviter][invitee]`.
     pub cells: Vec<Vec<Cell>>,
+}
+
+/// What the scenario's relay carried.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RelayLoad {
+    /// Circuits granted.
+    pub circuits: u64,
+    /// Allocations refused (its caps).
+    pub refused: u64,
+    /// Circuit ends bound (two a circuit both peers reached).
+    pub ends_bound: u64,
+    /// Circuits still open at the end of the run.
+    pub open_at_end: u64,
+    /// Data packets forwarded.
+    pub forwarded_packets: u64,
+    /// Their payload bytes.
+    pub forwarded_bytes: u64,
+    /// Data packets dropped by a rate cap.
+    pub dropped_rate: u64,
 }
 
 /// Port prediction and birthday probing, summed over every node.
@@ -173,6 +194,9 @@ pub struct Report {
     pub network: NetStats,
     /// Port prediction and birthday probing.
     pub probing: Probing,
+    /// The relay's load, when the scenario has one (`network.relay`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayLoad>,
     /// Failure events.
     pub failures: Vec<FailureReport>,
     /// Partitions.
@@ -233,6 +257,7 @@ impl Acc {
             "port-mapped" => self.o.port_mapped += 1,
             "predicted" => self.o.predicted += 1,
             "birthday" => self.o.birthday += 1,
+            "relay" => self.o.relayed += 1,
             _ => self.o.failed += 1,
         }
         self.o.rsvp_sent += u64::from(rsvp_sent);
@@ -285,6 +310,8 @@ impl Report {
                     // found a port that the other side's main socket held.
                     let phase = if j.port_mapped {
                         "port-mapped"
+                    } else if j.remote_kind == Some(convoke_node::token::CandidateKind::Relay) {
+                        "relay"
                     } else {
                         phase_name(j.inviter_via.map_or(via, |v| v.max(via)))
                     };
@@ -356,6 +383,7 @@ impl Report {
                                 (o.port_mapped, "port-mapped"),
                                 (o.predicted, "predicted"),
                                 (o.birthday, "birthday"),
+                                (o.relayed, "relay"),
                                 (o.failed, "failed"),
                             ];
                             let phase = counts.iter().find(|(n, _)| 2 * n > o.joins).map_or("mixed", |(_, p)| p);
@@ -464,6 +492,15 @@ impl Report {
             matrix,
             network: w.net.clone(),
             probing,
+            relay: w.relay_totals().map(|(s, open)| RelayLoad {
+                circuits: s.allocated,
+                refused: s.refused,
+                ends_bound: s.bound,
+                open_at_end: open as u64,
+                forwarded_packets: s.forwarded_packets,
+                forwarded_bytes: s.forwarded_bytes,
+                dropped_rate: s.dropped_rate,
+            }),
             failures,
             partitions,
             churn,
@@ -499,11 +536,11 @@ impl Report {
         let o = &self.joins;
         let _ = writeln!(
             m,
-            "## Joins\n\n| joins | single token | RSVP | port mapped | predicted | birthday | failed | RSVPs sent |\n|---|---|---|---|---|---|---|---|"
+            "## Joins\n\n| joins | single token | RSVP | port mapped | predicted | birthday | relayed | failed | RSVPs sent |\n|---|---|---|---|---|---|---|---|---|"
         );
         let _ = writeln!(
             m,
-            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
+            "| {} | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} ({:.1}%) | {} |\n",
             o.joins,
             o.single_token,
             pct(o.single_token, o.joins),
@@ -515,6 +552,8 @@ impl Report {
             pct(o.predicted, o.joins),
             o.birthday,
             pct(o.birthday, o.joins),
+            o.relayed,
+            pct(o.relayed, o.joins),
             o.failed,
             pct(o.failed, o.joins),
             o.rsvp_sent
@@ -529,6 +568,19 @@ impl Report {
                 p.probes_sent,
                 p.pool_sockets,
                 p.probes_per_connection.map_or("–".to_owned(), |v| format!("{v:.0}"))
+            );
+        }
+        if let Some(r) = &self.relay {
+            let _ = writeln!(
+                m,
+                "## Relay\n\n| circuits | refused | ends bound | open at the end | packets forwarded | bytes forwarded | dropped by a rate cap |\n|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} |\n",
+                r.circuits,
+                r.refused,
+                r.ends_bound,
+                r.open_at_end,
+                r.forwarded_packets,
+                r.forwarded_bytes,
+                r.dropped_rate
             );
         }
         for (title, key, table, always) in [
@@ -562,19 +614,20 @@ impl Report {
         {
             let _ = writeln!(
                 m,
-                "## By {title}\n\n| profile | joins | single token | RSVP | port mapped | predicted | birthday | failed | median s |\n|---|---|---|---|---|---|---|---|---|"
+                "## By {title}\n\n| profile | joins | single token | RSVP | port mapped | predicted | birthday | relayed | failed | median s |\n|---|---|---|---|---|---|---|---|---|---|"
             );
             for (k, o) in table {
                 let med = o.median_s.map_or("–".to_owned(), |v| format!("{v:.3}"));
                 let _ = writeln!(
                     m,
-                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {med} |",
+                    "| {k} | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {med} |",
                     o.joins,
                     pct(o.single_token, o.joins),
                     pct(o.rsvp, o.joins),
                     pct(o.port_mapped, o.joins),
                     pct(o.predicted, o.joins),
                     pct(o.birthday, o.joins),
+                    pct(o.relayed, o.joins),
                     pct(o.failed, o.joins)
                 );
             }

@@ -211,6 +211,24 @@ pub struct Network {
     /// The IP TTL of a hard invitee's birthday pool packets (the engine's
     /// `pool_ttl`; 0: the default TTL): 5.
     pub pool_ttl: u8,
+    /// Whether the first STUN server also relays (`convoke relay` beside
+    /// it) and every invitation names it: `off` (the default), `limited`
+    /// (the relay's default caps: 16 circuits, 4 a peer, 2 minutes and
+    /// 128 KiB each) or `unlimited`.
+    pub relay: RelayMode,
+}
+
+/// A scenario's relay (see [`Network::relay`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// No relay.
+    #[default]
+    Off,
+    /// The relay's default caps.
+    Limited,
+    /// No caps on bytes, rate or lifetime.
+    Unlimited,
 }
 
 impl Default for Network {
@@ -224,6 +242,7 @@ impl Default for Network {
             stun_servers: 2,
             internet_hops: 8,
             pool_ttl: 5,
+            relay: RelayMode::Off,
         }
     }
 }

@@ -29,6 +29,8 @@ use convoke_node::host::{Host, HostConfig, HostEvent};
 use convoke_node::ice::{AttemptId, Event as IceEvent, FailReason, SocketId, Via};
 use convoke_node::identity::Identity;
 use convoke_node::member::Minter;
+use convoke_node::relay::client::Hint;
+use convoke_node::relay::{RelayConfig, RelayLimits};
 use convoke_node::token::{self, CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams, TokenId};
 
 use crate::nat::{Nat, Refused};
@@ -36,7 +38,7 @@ use crate::nat::{Nat, Refused};
 mod members;
 
 use crate::queue::Queue;
-use crate::scenario::{Pattern, Profile, Scenario};
+use crate::scenario::{Pattern, Profile, RelayMode, Scenario};
 use crate::{FastHash, SimRng};
 pub use members::{MemberFigures, Moved, RsvpCount, Sent, Whole};
 
@@ -330,8 +332,19 @@ impl World {
             whole: None,
             scenario,
         };
-        for _ in 0..w.scenario.network.stun_servers {
+        for k in 0..w.scenario.network.stun_servers {
+            // The first STUN server relays too, when the scenario says so.
+            let limits = match w.scenario.network.relay {
+                RelayMode::Off => None,
+                RelayMode::Limited => Some(RelayLimits::default()),
+                RelayMode::Unlimited => Some(RelayLimits::unlimited()),
+            };
+            let plain = w.host_config.clone();
+            if k == 0 && limits.is_some() {
+                w.host_config.relay = limits.map(|limits| RelayConfig { limits, allow: None });
+            }
             let n = w.spawn(STUN_PROFILE);
+            w.host_config = plain;
             w.stun.push(SocketAddr::V4(w.nodes[n as usize].addr));
         }
         w.schedule();
@@ -865,6 +878,12 @@ impl World {
         self.nodes.get(n as usize).and_then(|node| node.host.nat())
     }
 
+    /// The relay's counters and the circuits it holds at the end, if the
+    /// scenario has one.
+    pub fn relay_totals(&self) -> Option<(convoke_node::relay::RelayStats, usize)> {
+        self.nodes.iter().find_map(|n| n.host.relay()).map(|r| (r.stats().clone(), r.circuit_count()))
+    }
+
     /// The connectivity engines' counters, summed over every node.
     pub fn endpoint_totals(&self) -> convoke_node::ice::Stats {
         let mut t = convoke_node::ice::Stats::default();
@@ -1077,8 +1096,14 @@ impl World {
         let unix = self.unix();
         let initial =
             if self.scenario.joins.rsvp_required { InitialMode::Bidirectional } else { InitialMode::Unidirectional };
+        // The scenario's relay, named in every invitation.
+        let relay = match (self.scenario.network.relay, self.stun.first()) {
+            (RelayMode::Off, _) | (_, None) => Vec::new(),
+            (_, Some(&r)) => vec![Hint::Relay(r).to_string()],
+        };
         let params = InvitationParams {
             mode: ConnectionMode { initial, ..ConnectionMode::default() },
+            relay,
             ..InvitationParams::default()
         };
         let (text, id) = match self.minter(n).invitation(params, unix) {
@@ -1123,7 +1148,9 @@ impl World {
         else {
             return;
         };
-        let text = minter.rsvp(inv, id, unix).encode_compact();
+        // With the circuit the invitee holds at the inviter's relay, if any.
+        let hints = node.host.relay_hints(attempt);
+        let text = minter.rsvp_relayed(inv, id, hints, unix).encode_compact();
         self.joins[k as usize].rsvp_sent = Some(self.now);
         let delay = self.uniform(self.scenario.oob.rsvp_delay_s, 1e9);
         self.queue.push(self.now + delay, Ev::Rsvp { join: k, text });

@@ -68,3 +68,36 @@ fn simulated_matrix_matches_the_written_expectation() {
     let p = &report.probing;
     assert!(p.connected > 0 && p.probes_sent <= 2_000 * p.started, "{p:?}");
 }
+
+/// With a relay beside the STUN server and named in every invitation, the
+/// pairs the matrix leaves without a direct path connect through it, after
+/// the RSVP that carries the circuit, and every other pair keeps its direct
+/// step (the relay waits for the ladder).
+#[test]
+fn with_a_relay_the_pairs_without_a_direct_path_connect_through_it() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("sim/README.md");
+    let expected = parse_matrix(&readme).expect("the README holds the expected matrix");
+    let mut scenario = Scenario::load(&dir.join("scenarios/nat-matrix.toml")).expect("scenario");
+    scenario.network.relay = convoke_sim::scenario::RelayMode::Unlimited;
+    scenario.joins.profiles = ["eim-apdf", "adm-apdf", "apdm-apdf", "symmetric-cgnat"].map(String::from).to_vec();
+    let seed = scenario.seed;
+    let (report, _) = convoke_sim::simulate(scenario, seed, &mut |_, _, _| {}).expect("runs");
+    let matrix = report.matrix.as_ref().expect("a matrix");
+    let simulated = parse_matrix(&matrix.to_markdown()).expect("reads back");
+    let mut wrong = Vec::new();
+    let mut relayed = 0;
+    for ((inviter, invitee), phase) in &simulated {
+        let want = &expected[&(inviter.clone(), invitee.clone())];
+        let want = if want == "failed" { "relay" } else { want.as_str() };
+        relayed += usize::from(want == "relay");
+        if phase != want {
+            wrong.push(format!("{inviter} × {invitee}: expected {want}, simulated {phase}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{} cells differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(relayed >= 6, "only {relayed} cells needed the relay");
+    let o = &report.joins;
+    assert_eq!(o.failed, 0, "{o:?}");
+    assert_eq!(o.relayed as usize, relayed * 3, "every run of those cells, and only those, relayed: {o:?}");
+}
