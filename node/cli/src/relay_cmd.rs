@@ -12,7 +12,7 @@ use convoke_node::relay::{RelayConfig, RelayEvent, RelayLimits};
 use convoke_node::runtime::{relay, telemetry};
 use serde_json::json;
 
-use crate::util::printable;
+use crate::session_cmd::Voice;
 use crate::{Ctx, Failure};
 
 /// The relay's default port, next to STUN's 3478.
@@ -98,14 +98,8 @@ fn limit<T: std::fmt::Display>(v: Option<T>) -> String {
 
 pub(crate) fn relay(ctx: &Ctx, a: RelayArgs) -> Result<(), Failure> {
     let config = a.config();
-    let (json_out, quiet) = (ctx.json, ctx.quiet);
-    let say = move |human: String, event: serde_json::Value| {
-        if json_out {
-            eprintln!("{event}");
-        } else if !quiet {
-            eprintln!("{}", printable(&human));
-        }
-    };
+    let voice = Voice::of(ctx);
+    let say = |human: String, event: serde_json::Value| voice.say(human, event);
     let rt = crate::session_cmd::runtime()?;
     rt.block_on(async {
         if let Some(addr) = a.metrics {

@@ -183,14 +183,19 @@ fn port_mapping_words(m: &Value) -> String {
 /// How a command speaks: JSON events or sentences on standard error, and
 /// tokens as text (and a QR code when asked).
 #[derive(Clone, Copy)]
-struct Voice {
+pub(crate) struct Voice {
     json: bool,
     quiet: bool,
     qr: bool,
 }
 
 impl Voice {
-    fn say(&self, human: impl AsRef<str>, event: Value) {
+    /// The voice of a command that shows no token (`--json`, `--quiet`).
+    pub(crate) fn of(ctx: &Ctx) -> Voice {
+        Voice { json: ctx.json, quiet: ctx.quiet, qr: false }
+    }
+
+    pub(crate) fn say(&self, human: impl AsRef<str>, event: Value) {
         if self.json {
             eprintln!("{event}");
         } else if !self.quiet {

@@ -43,18 +43,17 @@ fn bind(sock: &UdpSocket, relay: SocketAddr, who: &Identity, circuit: u64, side:
     assert!(matches!(Packet::decode(&got), Ok(Packet::Bound { .. })), "{got:?}");
 }
 
-#[test]
-fn convoke_relay_carries_a_circuit_and_stops_cleanly_on_sigterm() {
-    let dir = Scratch::new("relay");
-    let mut child = convoke(&dir, "key")
-        .args(["--json", "relay", "--listen", "127.0.0.1:0", "--circuit-bytes", "0"])
+/// Runs `convoke` with `args` (killed on drop); its standard error's JSON
+/// events arrive on the channel, one per line.
+fn spawn_json(dir: &Scratch, args: &[&str]) -> (Proc, mpsc::Receiver<Value>) {
+    let mut child = convoke(dir, "key")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
-    let mut relay = Proc(child);
     let (tx, lines) = mpsc::channel::<Value>();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -63,6 +62,13 @@ fn convoke_relay_carries_a_circuit_and_stops_cleanly_on_sigterm() {
             }
         }
     });
+    (Proc(child), lines)
+}
+
+#[test]
+fn convoke_relay_carries_a_circuit_and_stops_cleanly_on_sigterm() {
+    let dir = Scratch::new("relay");
+    let (mut relay, lines) = spawn_json(&dir, &["--json", "relay", "--listen", "127.0.0.1:0", "--circuit-bytes", "0"]);
     let next = || lines.recv_timeout(Duration::from_secs(10)).expect("an event in time");
     let first = next();
     assert_eq!(first["event"], "relaying");
@@ -121,23 +127,7 @@ fn convoke_up_with_relay_serves_circuits_on_the_members_port() {
     // A port that was free a moment ago (the member binds it at once).
     let port = UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = convoke(&dir, "key")
-        .args(["--json", "up", "--no-state", "--relay", "--listen", &listen])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
-    let _member = Proc(child);
-    let (tx, lines) = mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
+    let (_member, lines) = spawn_json(&dir, &["--json", "up", "--no-state", "--relay", "--listen", &listen]);
     std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(20)).ok())
         .find(|v| v["event"] == "invitation")
         .expect("the member is up");
