@@ -237,6 +237,21 @@ impl CircuitEnd {
         }
     }
 
+    /// Gives the circuit back: the end found a direct path. Returns the
+    /// `CLOSED` to send to the relay (sent once: if it is lost, the relay
+    /// ends the circuit when it goes unused), or nothing when the end holds
+    /// no circuit yet or any more. The end is done after this.
+    pub fn release(&mut self) -> Option<Vec<u8>> {
+        let packet = match self.step {
+            Step::Bind | Step::Bound { .. } => {
+                Some(Packet::Closed { circuit: self.circuit, reason: wire::Reason::Released }.encode())
+            }
+            Step::Allocate { .. } | Step::Done(_) => None,
+        };
+        self.finish(EndState::Failed(wire::Reason::Released));
+        packet
+    }
+
     /// When [`CircuitEnd::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next

@@ -58,6 +58,18 @@ use crate::ice::{SocketId, Transmit};
 use crate::identity::PublicKey;
 pub use wire::{DecodeError, Packet, Reason, Side, is_relay_packet};
 
+/// Whether `a` is a relayed path's virtual address: how an end's
+/// connectivity engine and sessions name a path through a circuit. In
+/// 240.0.0.0/4 (reserved, never routed) for a relay reached over IPv4, in
+/// 100::/64 (RFC 6666's discard prefix) over IPv6; nothing is ever sent to
+/// one, the host wraps it into the circuit's `DATA` to the relay.
+pub fn is_virtual(a: SocketAddr) -> bool {
+    match a {
+        SocketAddr::V4(v4) => v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast(),
+        SocketAddr::V6(v6) => v6.ip().segments()[..4] == [0x0100, 0, 0, 0],
+    }
+}
+
 /// How far a request's clock may be from the relay's: 2 minutes.
 pub const MAX_SKEW: Duration = Duration::from_secs(120);
 /// How often the challenge secret rotates (the previous one stays valid
@@ -205,6 +217,8 @@ pub struct RelayStats {
     pub dropped_forged: u64,
     /// Requests dropped because the signature checks' budget was spent.
     pub dropped_busy: u64,
+    /// Circuits an end released (it found a direct path).
+    pub released: u64,
 }
 
 /// One circuit's state, for `status` and metrics.
@@ -383,12 +397,20 @@ impl Relay {
                 }
                 _ => self.stats.dropped_unbound += 1,
             },
+            // An end that no longer needs its circuit (it found a direct
+            // path) releases it: as authenticated as its data, by the
+            // address it bound. Both ends hear why it closed.
+            Packet::Closed { circuit, .. } => match self.circuits.get(&circuit) {
+                Some(c) if c.bound.contains(&Some(from)) => {
+                    self.stats.released += 1;
+                    self.close(now, circuit, Reason::Released);
+                }
+                _ => self.stats.dropped_unbound += 1,
+            },
             // What only a relay sends: a reflection, or a confused peer.
-            Packet::Allocated { .. }
-            | Packet::Refused { .. }
-            | Packet::Challenge { .. }
-            | Packet::Bound { .. }
-            | Packet::Closed { .. } => self.stats.dropped_malformed += 1,
+            Packet::Allocated { .. } | Packet::Refused { .. } | Packet::Challenge { .. } | Packet::Bound { .. } => {
+                self.stats.dropped_malformed += 1
+            }
         }
     }
 

@@ -327,6 +327,38 @@ fn a_half_bound_circuit_lives_while_its_end_speaks_then_30_s() {
 }
 
 #[test]
+fn a_bound_end_releases_its_circuit_and_only_a_bound_end_can() {
+    let mut w = World::new(RelayLimits::default());
+    let (at, bt, eve) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"), addr("198.18.0.66:6000"));
+    let c = w.circuit(&id(1), &id(2), at, bt);
+    let mut end = client::CircuitEnd::join(addr("198.18.0.1:3479"), c, w.now);
+    let release = end.release().expect("a circuit to give back");
+    assert_eq!(end.state(), client::EndState::Failed(Reason::Released));
+    assert_eq!(end.release(), None, "given back once");
+    // From an address bound to no end of it: nothing happens, no answer.
+    assert!(w.send(eve, &release).is_empty());
+    assert_eq!(w.relay.circuit_count(), 1);
+    // From B's address: it ends, and both ends hear why (as long a packet
+    // as the release, to an address that bound).
+    let out = w.send(bt, &release);
+    assert_eq!(out.len(), 2, "{out:?}");
+    for t in &out {
+        assert!([at, bt].contains(&t.destination));
+        assert_eq!(t.contents.len(), release.len());
+        assert_eq!(Packet::decode(&t.contents), Ok(Packet::Closed { circuit: c, reason: Reason::Released }));
+    }
+    assert_eq!(w.relay.circuit_count(), 0);
+    assert_eq!(w.relay.stats().released, 1);
+    // Gone: data on it goes nowhere, a second release draws nothing.
+    assert!(w.send(at, &client::data(c, b"late")).is_empty());
+    assert!(w.send(at, &release).is_empty());
+    // An end still asking for its circuit has nothing to give back.
+    let mut asking =
+        client::CircuitEnd::request(addr("198.18.0.1:3479"), &id(1), &id(2).public_key(), [5; 8], w.now, w.unix());
+    assert_eq!(asking.release(), None);
+}
+
+#[test]
 fn shutdown_tells_every_bound_end() {
     let mut w = World::new(RelayLimits::default());
     let (at, bt) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"));

@@ -18,6 +18,9 @@
 //! CLOSED     D9 | v | circuit u64 | reason u8                                       11
 //! ```
 //!
+//! `CLOSED` goes both ways: the relay tells the bound ends a circuit ended,
+//! and a bound end releases a circuit it no longer needs.
+//!
 //! A `BIND` carries sixteen zero bytes so that it is as long as the
 //! `CHALLENGE` it asks for: the relay never answers a packet it cannot
 //! authenticate with more bytes than the packet had.
@@ -115,6 +118,8 @@ pub enum Reason {
     Shutdown = 9,
     /// The relay does not serve this requester.
     NotAllowed = 10,
+    /// One end released it (it found a direct path).
+    Released = 11,
     /// A reason this version does not know.
     Other = 255,
 }
@@ -132,6 +137,7 @@ impl Reason {
             8 => Reason::Unbound,
             9 => Reason::Shutdown,
             10 => Reason::NotAllowed,
+            11 => Reason::Released,
             _ => Reason::Other,
         }
     }
@@ -149,6 +155,7 @@ impl Reason {
             Reason::Unbound => "unbound",
             Reason::Shutdown => "shutdown",
             Reason::NotAllowed => "not_allowed",
+            Reason::Released => "released",
             Reason::Other => "other",
         }
     }
