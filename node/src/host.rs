@@ -130,6 +130,16 @@ pub enum HostEvent {
         /// Why, for people.
         reason: &'static str,
     },
+    /// A session running through a relay moved to a direct path: its
+    /// stream goes on, now to `remote`.
+    PathChanged {
+        /// Which session.
+        session: AttemptId,
+        /// The new path's remote address.
+        remote: SocketAddr,
+        /// Its candidate type.
+        remote_kind: CandidateKind,
+    },
     /// A STUN server told us where it sees us.
     StunMapped {
         /// The server.
@@ -294,6 +304,8 @@ struct RelayedPath {
     virt: SocketAddr,
     /// Given to the connectivity engine as a remote candidate.
     offered: bool,
+    /// Once the attempt's selected path (see [`Host::relay_paths`]).
+    used: bool,
     /// When both ends were first bound.
     ready: Option<Instant>,
 }
@@ -316,14 +328,6 @@ fn relay_deadline(endpoint: &Endpoint, p: &RelayedPath, grace: Duration) -> Opti
 
 fn relay_due(endpoint: &Endpoint, p: &RelayedPath, grace: Duration, now: Instant) -> bool {
     relay_deadline(endpoint, p, grace).is_some_and(|t| t <= now)
-}
-
-/// Whether `a` is a relayed path's virtual address.
-fn is_virtual(a: SocketAddr) -> bool {
-    match a {
-        SocketAddr::V4(v4) => v4.ip().octets()[0] >= 240 && !v4.ip().is_broadcast(),
-        SocketAddr::V6(v6) => v6.ip().segments()[..4] == [0x0100, 0, 0, 0],
-    }
 }
 
 impl std::fmt::Debug for Host {
@@ -467,7 +471,7 @@ impl Host {
             SocketAddr::V6(r) => SocketAddr::from((std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, n), r.port())),
         };
         self.paths.retain(|p| p.virt != virt);
-        self.paths.push(RelayedPath { attempt, end, virt, offered: false, ready: None });
+        self.paths.push(RelayedPath { attempt, end, virt, offered: false, used: false, ready: None });
     }
 
     /// The relay behind a relayed path's virtual address.
@@ -638,13 +642,26 @@ impl Host {
     /// failed or whose attempt is gone.
     fn relay_paths(&mut self, now: Instant) {
         let endpoint = &mut self.endpoint;
+        let transmits = &mut self.transmits;
         let grace = self.config.relay_grace;
         self.paths.retain_mut(|p| {
             match endpoint.state(p.attempt) {
                 None => return false,
-                // Connected on another path: the circuit is not needed (the
-                // relay ends it when it goes unused).
-                Some(crate::ice::State::Connected) if endpoint.selected(p.attempt) != Some(p.virt) => return false,
+                Some(crate::ice::State::Connected) if endpoint.selected(p.attempt) == Some(p.virt) => p.used = true,
+                // Connected on another path: the circuit is not needed, and
+                // goes back to the relay. A session that ran through it and
+                // moved to a direct path leaves that to the controlling
+                // side, which moves last (its nomination was answered on
+                // the direct path): the other end keeps its end until the
+                // relay says it closed, in case the answer was lost.
+                Some(crate::ice::State::Connected)
+                    if !p.used || endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling) =>
+                {
+                    if let Some(packet) = p.end.release() {
+                        transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
+                    }
+                    return false;
+                }
                 _ => {}
             }
             match p.end.state() {
@@ -750,7 +767,7 @@ impl Host {
     /// A datagram for a relayed path's virtual address goes to its relay,
     /// in the circuit's `DATA`; one for a path that is gone is dropped.
     fn through_relay(&mut self, t: Transmit) -> Option<Transmit> {
-        if !is_virtual(t.destination) {
+        if !relay::is_virtual(t.destination) {
             return Some(t);
         }
         match self.paths.iter().find(|p| p.virt == t.destination) {
@@ -884,6 +901,7 @@ impl Host {
     /// starts a handshake; a lost path ends its session.
     fn pump(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+        let mut moved = false;
         while let Some(e) = self.endpoint.poll_event() {
             match &e {
                 IceEvent::Connected { attempt, remote, .. } => {
@@ -899,6 +917,22 @@ impl Host {
                         self.awaiting_init.insert(id, now + self.handshake_patience());
                     }
                 }
+                IceEvent::PathChanged { attempt, remote, remote_kind } => {
+                    let (id, remote, remote_kind) = (*attempt, *remote, *remote_kind);
+                    match self.sessions.get_mut(&id).map(|s| &mut s.phase) {
+                        Some(Phase::Open(o)) => {
+                            o.conn.remote = remote;
+                            o.remote_kind = remote_kind;
+                            self.active.insert(id);
+                            if o.unconfirmed.is_none() {
+                                self.events.push_back(HostEvent::PathChanged { session: id, remote, remote_kind });
+                            }
+                        }
+                        Some(Phase::Initiating(i)) => i.remote = remote,
+                        None => {}
+                    }
+                    moved = true;
+                }
                 IceEvent::ConsentLost { attempt } | IceEvent::Failed { attempt, .. } => {
                     let id = *attempt;
                     if let Some(Session { phase: Phase::Open(o), .. }) = self.sessions.get_mut(&id) {
@@ -913,6 +947,10 @@ impl Host {
                 _ => {}
             }
             self.events.push_back(HostEvent::Ice(e));
+        }
+        if moved {
+            // The circuits those sessions leave go back to their relays.
+            self.relay_paths(now);
         }
     }
 }

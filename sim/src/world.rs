@@ -993,6 +993,10 @@ impl World {
             }
             // The host keeps its classification; minters read it there.
             HostEvent::Ice(_) | HostEvent::NatClassified(_) => {}
+            // A join counts by how it connected. (The emulated NATs keep
+            // their behaviour for a whole run, so a pair that had to relay
+            // finds no direct path later.)
+            HostEvent::PathChanged { .. } => {}
         }
     }
 

@@ -235,6 +235,14 @@ impl Voice {
                 self.say(format!("Refused a joiner: {reason}"), json!({ "event": "refused", "reason": reason }))
             }
             Notice::Note(message) => self.say(&message, json!({ "event": "note", "message": message })),
+            Notice::Direct { peer, remote, remote_kind } => self.say(
+                format!(
+                    "The session with {peer} left its relay: it now runs directly, at {remote} ({}).",
+                    kind(remote_kind)
+                ),
+                json!({ "event": "path_changed", "peer_id": peer.to_string(), "remote": remote.to_string(),
+                        "remote_kind": format!("{remote_kind:?}").to_lowercase(), "relay": null }),
+            ),
             other => self.say(format!("{other:?}"), json!({ "event": "note", "message": format!("{other:?}") })),
         }
     }

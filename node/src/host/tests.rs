@@ -652,6 +652,67 @@ fn stun_retransmissions_leave_in_query_order() {
     }
 }
 
+/// Both NATs symmetric: no direct path to expect.
+fn symmetric() -> crate::token::NatInfo {
+    crate::token::NatInfo {
+        delta: None,
+        mapping: crate::token::NatMapping::Dependent,
+        ports: Some(crate::token::PortAllocation::Random),
+    }
+}
+
+/// Peers 0 and 1 with no path between them, and peer 2 a relay: peer 1
+/// joins an invitation of peer 0's that names the relay (both NATs as
+/// `nat` says), asks the relay for a circuit and puts it in its RSVP, and
+/// peer 0 takes the RSVP and binds the circuit's other end. Returns when
+/// it took it.
+fn relayed_join(net: &mut Net, nat: Option<crate::token::NatInfo>) -> Instant {
+    for p in &mut net.peers {
+        p.host.endpoint.set_nat(nat);
+    }
+    let relay_id = Identity::from_secret_bytes([77; 32]);
+    let relaying = HostConfig {
+        relay: Some(RelayConfig { limits: crate::relay::RelayLimits::unlimited(), allow: None }),
+        ..HostConfig::default()
+    };
+    let relay_addr: SocketAddr = "198.18.0.9:3479".parse().expect("addr");
+    net.peers.push(Peer {
+        host: Host::new(&relay_id, relaying, [9; 32], net.now, UNIX),
+        addr: relay_addr,
+        identity: relay_id,
+        filter: false,
+        contacted: HashSet::new(),
+        events: Vec::new(),
+        received: Vec::new(),
+        paused: false,
+    });
+    net.blocked.push((0, 1));
+    let params = InvitationParams {
+        candidates: Candidate::list([(CandidateKind::Host, net.peers[0].addr)]),
+        mode: ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() },
+        relay: vec![Hint::Relay(relay_addr).to_string()],
+        nat,
+        ..InvitationParams::default()
+    };
+    let t = Token::new_invitation(&net.peers[0].identity, params, UNIX, &mut ChaCha20Rng::seed_from_u64(3));
+    let inv = Invitation::from_token(t, UNIX).expect("valid");
+    net.peers[0].host.listen(inv.clone());
+    let now = net.now;
+    let b = net.peers[1].host.join(&inv, now);
+    assert!(net.drive(Duration::from_secs(10), |n| {
+        n.peers[1].events.iter().any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))
+    }));
+    // By now the invitee holds a circuit for the RSVP to carry.
+    let hints = net.peers[1].host.relay_hints(b);
+    assert!(matches!(hints.as_slice(), [h] if matches!(Hint::parse(h), Some(Hint::Circuit(r, _)) if r == relay_addr)));
+    let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
+    let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
+    let rsvp = Token::new_rsvp_relayed(&inv, &net.peers[1].identity, rsvp_id, cands, nat, hints, UNIX + 3);
+    let now = net.now;
+    net.peers[0].host.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
+    now
+}
+
 /// Two peers with no path between them, and a third host relaying: the
 /// invitation names the relay, the invitee asks it for a circuit and puts
 /// it in its RSVP, the inviter binds the other end, and the checks, the
@@ -666,32 +727,6 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
     for (tamper, hard, grace) in [(false, true, 2), (true, false, 2), (false, false, 45)] {
         let relay_grace = Duration::from_secs(grace);
         let mut net = Net::new(HostConfig { relay_grace, ..HostConfig::default() });
-        let symmetric = crate::token::NatInfo {
-            delta: None,
-            mapping: crate::token::NatMapping::Dependent,
-            ports: Some(crate::token::PortAllocation::Random),
-        };
-        let nat = hard.then_some(symmetric);
-        for p in &mut net.peers {
-            p.host.endpoint.set_nat(nat);
-        }
-        let relay_id = Identity::from_secret_bytes([77; 32]);
-        let relaying = HostConfig {
-            relay: Some(RelayConfig { limits: crate::relay::RelayLimits::unlimited(), allow: None }),
-            ..HostConfig::default()
-        };
-        let relay_addr: SocketAddr = "198.18.0.9:3479".parse().expect("addr");
-        net.peers.push(Peer {
-            host: Host::new(&relay_id, relaying, [9; 32], net.now, UNIX),
-            addr: relay_addr,
-            identity: relay_id,
-            filter: false,
-            contacted: HashSet::new(),
-            events: Vec::new(),
-            received: Vec::new(),
-            paused: false,
-        });
-        net.blocked.push((0, 1));
         if tamper {
             // The relay's host flips one byte of one data packet it
             // forwards (a session packet, well after the handshake).
@@ -706,32 +741,7 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
                 }
             }));
         }
-        let params = InvitationParams {
-            candidates: Candidate::list([(CandidateKind::Host, net.peers[0].addr)]),
-            mode: ConnectionMode { rsvp_timeout_seconds: 20, ..ConnectionMode::default() },
-            relay: vec![Hint::Relay(relay_addr).to_string()],
-            nat,
-            ..InvitationParams::default()
-        };
-        let t = Token::new_invitation(&net.peers[0].identity, params, UNIX, &mut ChaCha20Rng::seed_from_u64(3));
-        let inv = Invitation::from_token(t, UNIX).expect("valid");
-        net.peers[0].host.listen(inv.clone());
-        let now = net.now;
-        let b = net.peers[1].host.join(&inv, now);
-        assert!(net.drive(Duration::from_secs(10), |n| {
-            n.peers[1].events.iter().any(|e| matches!(e, HostEvent::Ice(IceEvent::RsvpNeeded { .. })))
-        }));
-        // By now the invitee holds a circuit for the RSVP to carry.
-        let hints = net.peers[1].host.relay_hints(b);
-        assert!(
-            matches!(hints.as_slice(), [h] if matches!(Hint::parse(h), Some(Hint::Circuit(r, _)) if r == relay_addr))
-        );
-        let rsvp_id = net.peers[1].host.endpoint().rsvp_token_id(b).expect("invitee");
-        let cands = Candidate::list([(CandidateKind::Host, net.peers[1].addr)]);
-        let rsvp = Token::new_rsvp_relayed(&inv, &net.peers[1].identity, rsvp_id, cands, nat, hints, UNIX + 3);
-        let accepted_at = net.now;
-        let now = net.now;
-        net.peers[0].host.accept_rsvp(&rsvp.encode_compact(), now).expect("valid RSVP");
+        let accepted_at = relayed_join(&mut net, hard.then(symmetric));
         let ok = net.drive(Duration::from_secs(40), |n| n.established(0).is_some() && n.established(1).is_some());
         assert!(ok, "tamper {tamper}: {:?} / {:?}", net.peers[0].events, net.peers[1].events);
         // At once when hopeless; after the grace otherwise, or before the
@@ -767,4 +777,88 @@ fn two_peers_with_no_direct_path_connect_through_a_relay_and_it_cannot_tamper() 
             .sum();
         assert_eq!(rejected, u64::from(tamper), "tampered packets dropped");
     }
+}
+
+/// A session through a relay keeps checking the direct pairs, and moves to
+/// one when it opens (here: the wire between the two peers comes back
+/// mid-transfer): both ends switch, the stream loses nothing, and the
+/// controlling side gives the circuit back to the relay.
+#[test]
+fn a_relayed_session_moves_to_a_direct_path_when_one_opens_and_loses_no_data() {
+    let mut net = Net::new(HostConfig { relay_grace: Duration::from_secs(2), ..HostConfig::default() });
+    relayed_join(&mut net, Some(symmetric()));
+    assert!(net.drive(Duration::from_secs(20), |n| n.established(0).is_some() && n.established(1).is_some()));
+    let ids = (net.established(0).expect("a").0, net.established(1).expect("b").0);
+    for (i, id) in [(0, ids.0), (1, ids.1)] {
+        let info = net.peers[i].host.session(id).expect("open");
+        assert_eq!((info.remote_kind, info.relay), (CandidateKind::Relay, Some(net.peers[2].addr)));
+    }
+    let moved = |n: &Net, i: usize| {
+        n.peers[i].events.iter().find_map(|e| match e {
+            HostEvent::PathChanged { remote, remote_kind, .. } => Some((*remote, *remote_kind)),
+            _ => None,
+        })
+    };
+    let (a_to_b, b_to_a) = (pattern(3_000_000, 5), pattern(500_000, 6));
+    let (mut sa, mut sb) = (0, 0);
+    let start = net.now;
+    let opens = start + Duration::from_millis(1500);
+    let mut received_at_move = None;
+    let done = net.drive(Duration::from_secs(120), |n| {
+        if n.now >= opens {
+            n.blocked.clear();
+        }
+        if received_at_move.is_none() && moved(n, 0).is_some() && moved(n, 1).is_some() {
+            received_at_move = Some(n.peers[1].received.len());
+        }
+        // The application writes 1 MB/s: the transfer outlasts the move.
+        let budget = (n.now - start).as_millis() as usize * 1_000 + 10_000;
+        if sa < a_to_b.len() {
+            sa += n.peers[0].host.write(ids.0, &a_to_b[sa..budget.min(a_to_b.len())]);
+            if sa == a_to_b.len() {
+                n.peers[0].host.finish(ids.0);
+            }
+        }
+        n.feed(1, ids.1, &b_to_a, &mut sb);
+        n.peers[1].received.len() == a_to_b.len()
+            && n.peers[0].received.len() == b_to_a.len()
+            && n.peers[0].host.send_done(ids.0)
+            && n.peers[1].host.send_done(ids.1)
+    });
+    assert!(done, "a→b {} of {}", net.peers[1].received.len(), a_to_b.len());
+    assert!(net.peers[1].received == a_to_b && net.peers[0].received == b_to_a, "the bytes differ");
+    // Both moved, mid-transfer, to the other's own address.
+    assert_eq!(moved(&net, 0), Some((net.peers[1].addr, CandidateKind::Host)));
+    assert_eq!(moved(&net, 1), Some((net.peers[0].addr, CandidateKind::Host)));
+    let at_move = received_at_move.expect("moved before the end");
+    assert!(at_move > 0 && at_move < a_to_b.len(), "moved after {at_move} bytes");
+    for (i, id) in [(0, ids.0), (1, ids.1)] {
+        let info = net.peers[i].host.session(id).expect("open");
+        assert_eq!((info.remote_kind, info.relay), (CandidateKind::Host, None), "peer {i}");
+        assert_eq!(net.peers[i].host.endpoint().stats().upgraded, 1);
+    }
+    // The circuit went back to the relay, and the rest of the transfer
+    // did not cross it.
+    let relay = net.peers[2].host.relay().expect("relaying");
+    assert_eq!((relay.circuit_count(), relay.stats().released), (0, 1), "{:?}", relay.stats());
+    assert!(relay.stats().forwarded_bytes < (a_to_b.len() + b_to_a.len()) as u64);
+    assert!(net.peers[0].host.paths.is_empty() && net.peers[1].host.paths.is_empty());
+}
+
+/// A join that finds its direct path gives back the circuit it asked for
+/// at the invitation's relay at once, instead of leaving it to expire.
+#[test]
+fn a_join_that_connects_directly_gives_its_circuit_back() {
+    let mut net = Net::new(HostConfig::default());
+    relayed_join(&mut net, None);
+    net.blocked.clear();
+    assert!(net.drive(Duration::from_secs(30), |n| n.established(0).is_some() && n.established(1).is_some()));
+    let kind = net.peers[1].events.iter().find_map(|e| match e {
+        HostEvent::Established { remote_kind, .. } => Some(*remote_kind),
+        _ => None,
+    });
+    assert_eq!(kind, Some(CandidateKind::Host));
+    assert!(net.drive(Duration::from_secs(2), |n| n.peers[2].host.relay().is_some_and(|r| r.circuit_count() == 0)));
+    let relay = net.peers[2].host.relay().expect("relaying");
+    assert_eq!((relay.stats().allocated, relay.stats().released), (1, 1));
 }

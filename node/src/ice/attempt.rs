@@ -222,7 +222,22 @@ pub(crate) struct Attempt {
     /// Sockets other than the main one that this attempt opened (its pool,
     /// or after connecting, the one its session runs on).
     pub sockets: Vec<SocketId>,
+    /// Connected through a relay: the rounds of checks on the direct pairs
+    /// that may move the session to one of them.
+    pub upgrade: Option<Upgrade>,
 }
+
+/// Checking the direct pairs of an attempt connected through a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Upgrade {
+    /// When the next round goes.
+    pub next: Instant,
+    /// The pause after it (doubling up to a cap).
+    pub interval: Duration,
+}
+
+/// The most direct pairs one upgrade round checks.
+pub(crate) const UPGRADE_PAIRS: usize = 8;
 
 /// What distinguishes a new attempt; everything else starts the same.
 pub(crate) struct NewAttempt {
@@ -287,7 +302,27 @@ impl Attempt {
             probe: None,
             probing_allowed: true,
             sockets: Vec::new(),
+            upgrade: None,
         }
+    }
+
+    /// Whether pair `i` goes through a relay (a circuit's virtual address).
+    pub fn relayed(&self, i: usize) -> bool {
+        self.pairs[i].remote_kind == CandidateKind::Relay
+    }
+
+    /// The direct pairs an upgrade round checks: from the main socket, not
+    /// the selected one, best first, at most [`UPGRADE_PAIRS`].
+    pub fn upgrade_pairs(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.pairs.len())
+            .filter(|&i| {
+                let p = &self.pairs[i];
+                Some(i) != self.selected && p.socket == SocketId::MAIN && !p.pool && !self.relayed(i)
+            })
+            .collect();
+        v.sort_by_key(|&i| std::cmp::Reverse(self.pairs[i].remote_priority));
+        v.truncate(UPGRADE_PAIRS);
+        v
     }
 
     pub fn pair_by(&self, socket: SocketId, remote: SocketAddr) -> Option<usize> {
@@ -350,7 +385,19 @@ impl Attempt {
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.state {
             State::Failed => None,
-            State::Connected => self.next_consent,
+            State::Connected => {
+                let mut t = self.next_consent;
+                if let Some(u) = &self.upgrade {
+                    t = Some(t.map_or(u.next, |t| t.min(u.next)));
+                    // A nomination in flight is retransmitted until the round.
+                    for p in self.pairs.iter().filter(|p| p.tid_nominates) {
+                        if let Some(s) = p.next_send {
+                            t = Some(t.map_or(s, |t| t.min(s)));
+                        }
+                    }
+                }
+                t
+            }
             State::Checking | State::WaitingForRsvp => {
                 let mut t = None;
                 let mut min = |x: Option<Instant>| {

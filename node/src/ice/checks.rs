@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand_core::Rng;
 
-use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, Unvalidated};
+use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, Unvalidated, Upgrade};
 use super::probe::SPRAY;
 use super::*;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
@@ -43,6 +43,7 @@ impl Endpoint {
                     a.next_consent = Some(next);
                     self.send_check(id, sel, now);
                 }
+                self.run_upgrade(id, now);
             }
             State::Checking | State::WaitingForRsvp => {
                 if a.state == State::Checking && now >= a.window_end && a.heard && now < a.full_window_end {
@@ -89,7 +90,9 @@ impl Endpoint {
         let pool_open =
             matches!(&a.probe, Some(p) if p.active && matches!(p.plan, super::attempt::ProbePlan::Pool { .. }));
         let waiting = a.state == State::WaitingForRsvp && now >= a.full_window_end && !pool_open;
-        let nominate = a.role == IceRole::Controlling && a.pairs[i].nominate && a.state != State::Connected;
+        let nominate = a.role == IceRole::Controlling
+            && a.pairs[i].nominate
+            && (a.state != State::Connected || a.upgrade.is_some());
         let role = a.role;
         let p = &mut a.pairs[i];
         // A retransmission repeats the request: same USE-CANDIDATE, same role.
@@ -285,13 +288,21 @@ impl Endpoint {
             u.received += exchanged.received;
             u.sent += exchanged.sent;
         }
-        if a.state == State::Connected || a.state == State::Failed {
+        if a.state == State::Failed {
+            return;
+        }
+        if a.state == State::Connected {
+            if a.upgrade.is_some() && socket == SocketId::MAIN && !crate::relay::is_virtual(from) {
+                self.upgrade_request(id, known, from, exchanged, msg.use_candidate, now);
+            }
             return;
         }
         let i = match known {
             Some(i) => i,
             None => {
-                let i = a.add_remote(socket, from, CandidateKind::Prflx, msg.priority.unwrap_or(0), rto);
+                // A check through a circuit comes from its virtual address.
+                let kind = if crate::relay::is_virtual(from) { CandidateKind::Relay } else { CandidateKind::Prflx };
+                let i = a.add_remote(socket, from, kind, msg.priority.unwrap_or(0), rto);
                 // Learnt from this check alone: nothing says the address is
                 // the sender's (a token's candidates were chosen by its author).
                 a.pairs[i].unvalidated = Some(exchanged);
@@ -406,6 +417,16 @@ impl Endpoint {
         if a.state == State::Connected {
             if a.selected == Some(i) {
                 a.last_consent = now;
+            } else if a.upgrade.is_some() && socket == SocketId::MAIN && !a.relayed(i) {
+                // A direct pair answered while the session runs through a
+                // relay: it works both ways.
+                a.pairs[i].state = PairState::Succeeded;
+                match a.role {
+                    IceRole::Controlling if answered_nomination => self.switch_path(id, i, now),
+                    IceRole::Controlling => self.nominate_upgrade(id, i, now),
+                    IceRole::Controlled if a.pairs[i].nominate => self.switch_path(id, i, now),
+                    IceRole::Controlled => {}
+                }
             }
             return;
         }
@@ -497,7 +518,150 @@ impl Endpoint {
             issued.connected += 1;
         }
         self.end_probe(id, true);
+        // (`end_probe` may have dropped pairs: `i` may be stale here.)
+        if let Some(a) = self.attempts.get_mut(&id)
+            && remote_kind == CandidateKind::Relay
+        {
+            // Through a relay: keep looking for a direct path. What the
+            // checking phase asked to nominate no longer stands: from now on
+            // only a pair that worked both ways is nominated.
+            let first = self.config.upgrade_interval;
+            let interval = (first * 2).min(self.config.upgrade_interval_max);
+            a.upgrade = Some(Upgrade { next: now + first, interval });
+            for p in &mut a.pairs {
+                p.nominate = false;
+            }
+        }
         self.events.push_back(Event::Connected { attempt: id, remote, remote_kind, role, via });
+    }
+
+    /// An attempt connected through a relay: a round of checks on its
+    /// direct pairs when one is due (the controlling side nominates those
+    /// that worked), and the retransmissions of a nomination in flight.
+    fn run_upgrade(&mut self, id: AttemptId, now: Instant) {
+        let (rto, max) = (self.config.rto_initial, self.config.upgrade_interval_max);
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        let Some(u) = a.upgrade else { return };
+        if now >= u.next {
+            a.upgrade = Some(Upgrade { next: now + u.interval, interval: (u.interval * 2).min(max) });
+            for i in a.upgrade_pairs() {
+                let a = self.attempts.get_mut(&id).expect("present");
+                let p = &mut a.pairs[i];
+                if a.role == IceRole::Controlling && p.state == PairState::Succeeded {
+                    self.nominate_upgrade(id, i, now);
+                    continue;
+                }
+                // One check a round, not retransmitted: the next round is
+                // the retry.
+                p.nominate &= a.role == IceRole::Controlled;
+                if p.state == PairState::Failed {
+                    p.state = PairState::Waiting;
+                }
+                p.rto = rto;
+                self.send_check(id, i, now);
+            }
+            return;
+        }
+        let due: Vec<usize> = (0..a.pairs.len())
+            .filter(|&i| a.pairs[i].tid_nominates && a.pairs[i].next_send.is_some_and(|t| t <= now))
+            .collect();
+        for i in due {
+            self.send_check(id, i, now);
+        }
+    }
+
+    /// The controlling side of an attempt connected through a relay
+    /// nominates direct pair `i`, which worked both ways: a check with
+    /// USE-CANDIDATE, retransmitted until answered or the next round.
+    fn nominate_upgrade(&mut self, id: AttemptId, i: usize, now: Instant) {
+        let rto = self.config.rto_initial;
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        let p = &mut a.pairs[i];
+        p.nominate = true;
+        p.state = PairState::Waiting;
+        p.rto = rto;
+        self.send_check(id, i, now);
+    }
+
+    /// A check arrived on a direct path while the attempt runs through a
+    /// relay: check back at once (the peer's check may just have opened
+    /// its NAT towards us), and take the controlling side's nomination
+    /// once our own check there was answered too.
+    fn upgrade_request(
+        &mut self,
+        id: AttemptId,
+        known: Option<usize>,
+        from: SocketAddr,
+        exchanged: Unvalidated,
+        use_candidate: bool,
+        now: Instant,
+    ) {
+        let rto = self.config.rto_initial;
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        let i = match known {
+            Some(i) => i,
+            None => {
+                let i = a.add_remote(SocketId::MAIN, from, CandidateKind::Prflx, 0, rto);
+                a.pairs[i].unvalidated = Some(exchanged);
+                i
+            }
+        };
+        if Some(i) == a.selected || a.relayed(i) {
+            return;
+        }
+        let role = a.role;
+        let p = &mut a.pairs[i];
+        match role {
+            IceRole::Controlled => {
+                if use_candidate {
+                    p.nominate = true;
+                    if p.state == PairState::Succeeded {
+                        self.switch_path(id, i, now);
+                        return;
+                    }
+                }
+            }
+            IceRole::Controlling if p.state == PairState::Succeeded => {
+                self.nominate_upgrade(id, i, now);
+                return;
+            }
+            IceRole::Controlling => {}
+        }
+        let p = &mut self.attempts.get_mut(&id).expect("present").pairs[i];
+        if p.state == PairState::Failed {
+            p.state = PairState::Waiting;
+        }
+        // Once per retransmission timeout: a burst of the peer's checks
+        // draws one of ours.
+        if p.state != PairState::InProgress || p.next_send.is_none_or(|t| t <= now) {
+            p.rto = rto;
+            self.send_check(id, i, now);
+        }
+    }
+
+    /// Moves a connected attempt from its relayed pair to direct pair `i`.
+    fn switch_path(&mut self, id: AttemptId, i: usize, now: Instant) {
+        self.dirty.push(id);
+        let interval = self.config.consent_interval;
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        a.selected = Some(i);
+        a.upgrade = None;
+        a.last_consent = now;
+        a.next_consent = Some(now + interval);
+        let mut stale = Vec::new();
+        for (j, p) in a.pairs.iter_mut().enumerate() {
+            if j != i {
+                stale.extend(p.tid.take());
+                p.tid_nominates = false;
+                p.next_send = None;
+            }
+        }
+        let (remote, remote_kind) = (a.pairs[i].remote, a.pairs[i].remote_kind);
+        for t in stale {
+            self.transactions.remove(&t);
+        }
+        self.stats.upgraded += 1;
+        self.events.push_back(Event::PathChanged { attempt: id, remote, remote_kind });
     }
 }
 

@@ -316,6 +316,9 @@ impl Endpoint {
         }
         let priority = crate::token::Candidate::standard_priority(kind, 65535);
         let i = a.add_remote(SocketId::MAIN, address, kind, priority, rto);
+        // It may be known already, from a check the peer sent through it.
+        a.pairs[i].remote_kind = kind;
+        a.pairs[i].remote_priority = a.pairs[i].remote_priority.max(priority);
         a.trigger(i, now);
         // Time for the new pair's checks, whatever was left of the window.
         a.window_end = a.window_end.max(now + LATE_CANDIDATE_TIME);

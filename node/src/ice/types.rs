@@ -63,6 +63,13 @@ pub struct EndpointConfig {
     /// probes: 240 s (the RSVP may take a person minutes to carry, and the
     /// easy side may have to wait for its turn to probe).
     pub pool_lifetime: Duration,
+    /// Connected through a relay: how long after connecting the direct
+    /// pairs are checked again (then after twice as long each time, up to
+    /// [`EndpointConfig::upgrade_interval_max`]); the session moves to the
+    /// first that works both ways.
+    pub upgrade_interval: Duration,
+    /// The longest pause between two such rounds.
+    pub upgrade_interval_max: Duration,
 }
 
 impl Default for EndpointConfig {
@@ -86,6 +93,8 @@ impl Default for EndpointConfig {
             pool_size: 256,
             pool_ttl: 5,
             pool_lifetime: Duration::from_secs(240),
+            upgrade_interval: Duration::from_secs(2),
+            upgrade_interval_max: Duration::from_secs(60),
         }
     }
 }
@@ -193,6 +202,16 @@ pub enum Event {
         /// The phase it had reached: single token, or after an RSVP.
         via: Via,
     },
+    /// A session connected through a relay found a direct path, and its
+    /// pair is now the selected one: send there from now on.
+    PathChanged {
+        /// Which attempt.
+        attempt: AttemptId,
+        /// The new path's remote address.
+        remote: SocketAddr,
+        /// Its candidate type.
+        remote_kind: CandidateKind,
+    },
     /// A connected path stopped answering consent checks (RFC 7675).
     ConsentLost {
         /// Which attempt.
@@ -270,6 +289,8 @@ pub struct Stats {
     pub probing_started: u64,
     /// Probing attempts that connected.
     pub probing_connected: u64,
+    /// Connections moved from a relayed path to a direct one.
+    pub upgraded: u64,
 }
 
 /// What [`Endpoint::attempt_summary`](super::Endpoint::attempt_summary) tells about an attempt.

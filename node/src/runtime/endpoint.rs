@@ -80,7 +80,7 @@ use crate::host::{HostEvent, SessionInfo};
 use crate::ice::{AttemptId, Event as IceEvent, FailReason};
 use crate::identity::{Identity, PeerId, PublicKey};
 use crate::session::{CloseReason, StreamError, StreamId};
-use crate::token::{ConnectionMode, InitialMode, Invitation, InvitationParams};
+use crate::token::{CandidateKind, ConnectionMode, InitialMode, Invitation, InvitationParams};
 
 /// Bytes a stream's handle buffers each way beyond what the engine holds:
 /// enough for a write or read to proceed while the engine's thread catches
@@ -188,6 +188,15 @@ pub enum Notice {
     /// Something else worth a line: a control-socket client took an RSVP,
     /// say.
     Note(String),
+    /// A session that ran through a relay moved to a direct path.
+    Direct {
+        /// The peer.
+        peer: PeerId,
+        /// The direct path's remote address.
+        remote: SocketAddr,
+        /// Its candidate type.
+        remote_kind: CandidateKind,
+    },
 }
 
 /// Notices kept for the application before the oldest is dropped.
@@ -1852,6 +1861,11 @@ impl App for Driver {
                 }
             }
             HostEvent::StunFailed { server } => state.notice(Notice::StunFailed(server)),
+            HostEvent::PathChanged { session, remote, remote_kind } => {
+                if let Some(peer) = ctx.host.session(session).map(|s| s.peer.peer_id()) {
+                    state.notice(Notice::Direct { peer, remote, remote_kind });
+                }
+            }
             HostEvent::Closed { session, reason } => {
                 if let Some(c) = state.conns.get_mut(&session) {
                     // Bytes that arrived before the close stay readable.

@@ -37,6 +37,7 @@ pub const SERIES: &[(&str, &str, &str)] = &[
         "Connection attempts that failed, by role, phase and reason (timeout, crossed, handshake)",
     ),
     ("convoke_rsvp_needed_total", "counter", "Invitee attempts whose single-token window ran out: an RSVP was needed"),
+    ("convoke_sessions_upgraded_total", "counter", "Sessions moved from a relayed path to a direct one"),
     ("convoke_connect_duration_seconds", "histogram", "Time from an attempt's start to its session, by role and phase"),
     ("convoke_connection_attempts_pending", "gauge", "Attempts still checking or waiting for an RSVP"),
     ("convoke_sessions_active", "gauge", "Established sessions"),
@@ -196,6 +197,7 @@ fn zero() {
         }
     }
     counter!("convoke_rsvp_needed_total").absolute(0);
+    counter!("convoke_sessions_upgraded_total").absolute(0);
     gauge!("convoke_nat_info", "mapping" => "unknown", "ports" => "unknown").set(1.0);
     counter!("convoke_probes_sent_total").absolute(0);
     for o in ["started", "connected"] {
@@ -403,6 +405,7 @@ pub(crate) fn on_event(host: &Host, event: &HostEvent, now: Instant) {
             .increment(1);
         }
         HostEvent::Ice(IceEvent::RsvpNeeded { .. }) => counter!("convoke_rsvp_needed_total").increment(1),
+        HostEvent::PathChanged { .. } => counter!("convoke_sessions_upgraded_total").increment(1),
         HostEvent::HandshakeFailed { session, .. } => {
             let (r, p) = host
                 .endpoint()
