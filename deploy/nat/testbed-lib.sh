@@ -100,3 +100,17 @@ behind_nat() {
   ip -n "$host" route add default via "$lan.1"
   ip netns exec "$router" "$(dirname "${BASH_SOURCE[0]}")/apply-nat.sh" "$type" wan lan "$lan.0/24" "$wan_ip" >/dev/null
 }
+
+# remove_namespaces PREFIX: kills what runs in every namespace named
+# PREFIX-*, removes them, and the veth ends an interrupted setup left in
+# the root namespace (named PREFIX...).
+remove_namespaces() {
+  local ns l
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$1-" || true); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep "^$1" || true); do
+    ip link del "$l" 2>/dev/null || true
+  done
+}
