@@ -658,9 +658,35 @@ impl Relay {
     }
 
     fn on_data(&mut self, now: Instant, from: SocketAddr, circuit: u64, payload: usize, data: &[u8]) {
+        if let Some(to) = self.route(now, from, circuit, payload) {
+            self.send(to, data.to_vec());
+        }
+    }
+
+    /// A `DATA` packet from `from` that the relay forwards unchanged: where
+    /// to, after every check and cap ([`Relay::handle_datagram`] would
+    /// queue a copy there). `None` when it is not a `DATA` packet, or it is
+    /// dropped (counted as [`Relay::handle_datagram`] counts it). A driver
+    /// that sends the received bytes itself saves the copy, and can send a
+    /// run of them to one address in one system call; it still drains
+    /// [`Relay::poll_transmit`] afterwards (a byte cap reached ends the
+    /// circuit, which tells both ends).
+    pub fn forward(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
+        if data.first() != Some(&wire::DATA) || data.len() < wire::DATA_HEADER {
+            return None;
+        }
+        self.rotate(now);
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&data[1..wire::DATA_HEADER]);
+        self.route(now, from, u64::from_be_bytes(c), data.len() - wire::DATA_HEADER)
+    }
+
+    /// The other end of `circuit` for `payload` bytes from `from`, with the
+    /// caps and counters applied.
+    fn route(&mut self, now: Instant, from: SocketAddr, circuit: u64, payload: usize) -> Option<SocketAddr> {
         let Some(c) = self.circuits.get_mut(&circuit) else {
             self.stats.dropped_unbound += 1;
-            return;
+            return None;
         };
         let side = if c.bound[0] == Some(from) {
             Side::A
@@ -668,21 +694,21 @@ impl Relay {
             Side::B
         } else {
             self.stats.dropped_unbound += 1;
-            return;
+            return None;
         };
         let Some(to) = c.bound[side.other().index()] else {
             self.stats.dropped_unbound += 1;
-            return;
+            return None;
         };
         if self.config.limits.circuit_bytes.is_some_and(|m| c.bytes + payload as u64 > m) {
             self.close(now, circuit, Reason::Bytes);
-            return;
+            return None;
         }
         let circuit_ok = c.bucket.as_mut().is_none_or(|b| b.has(payload, now));
         let total_ok = self.total.as_mut().is_none_or(|b| b.has(payload, now));
         if !(circuit_ok && total_ok) {
             self.stats.dropped_rate += 1;
-            return;
+            return None;
         }
         if let Some(b) = c.bucket.as_mut() {
             b.take(payload);
@@ -694,7 +720,7 @@ impl Relay {
         c.last_active = now;
         self.stats.forwarded_packets += 1;
         self.stats.forwarded_bytes += payload as u64;
-        self.send(to, data.to_vec());
+        Some(to)
     }
 
     /// When a circuit must end if nothing changes, and why.

@@ -359,6 +359,29 @@ fn a_bound_end_releases_its_circuit_and_only_a_bound_end_can() {
 }
 
 #[test]
+fn forward_routes_data_as_handle_datagram_would_without_a_copy() {
+    let mut w = World::new(RelayLimits { circuit_bytes: Some(100), ..RelayLimits::default() });
+    let (at, bt, eve) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"), addr("198.18.0.66:6000"));
+    let c = w.circuit(&id(1), &id(2), at, bt);
+    let now = w.now;
+    assert_eq!(w.relay.forward(now, at, &client::data(c, &[1; 60])), Some(bt));
+    assert_eq!(w.relay.forward(now, bt, &client::data(c, b"back")), Some(at));
+    assert!(w.relay.poll_transmit().is_none(), "forwarded bytes are the driver's to send");
+    // Not data: left to handle_datagram. From a stranger: dropped, counted.
+    let ping = Packet::Ping { circuit: c, side: Side::A, seq: 1 }.encode();
+    assert_eq!(w.relay.forward(now, at, &ping), None);
+    assert_eq!(w.relay.forward(now, at, &[crate::relay::wire::DATA, 0, 0]), None);
+    assert_eq!(w.relay.forward(now, eve, &client::data(c, b"spoof")), None);
+    assert_eq!(w.relay.stats().dropped_unbound, 1);
+    assert_eq!((w.relay.stats().forwarded_packets, w.relay.stats().forwarded_bytes), (2, 64));
+    // Past the byte cap the circuit ends, and both ends are told.
+    assert_eq!(w.relay.forward(now, at, &client::data(c, &[2; 40])), None);
+    let told: Vec<Transmit> = std::iter::from_fn(|| w.relay.poll_transmit()).collect();
+    assert_eq!(told.len(), 2);
+    assert_eq!(w.relay.circuit_count(), 0);
+}
+
+#[test]
 fn shutdown_tells_every_bound_end() {
     let mut w = World::new(RelayLimits::default());
     let (at, bt) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"));
