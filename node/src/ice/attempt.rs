@@ -234,7 +234,14 @@ pub(crate) struct Upgrade {
     pub next: Instant,
     /// The pause after it (doubling up to a cap).
     pub interval: Duration,
+    /// When a check of the peer's last drew one of ours back at once.
+    pub answered: Option<Instant>,
 }
+
+/// The least time between two checks an upgrading attempt sends back at
+/// once: the peer's checks may come in bursts, and two ends whose answers
+/// are lost would otherwise trade checks at the round-trip pace.
+pub(crate) const UPGRADE_ANSWER_GAP: Duration = Duration::from_millis(100);
 
 /// The most direct pairs one upgrade round checks.
 pub(crate) const UPGRADE_PAIRS: usize = 8;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand_core::Rng;
 
-use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, Unvalidated, Upgrade};
+use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, UPGRADE_ANSWER_GAP, Unvalidated, Upgrade};
 use super::probe::SPRAY;
 use super::*;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
@@ -527,7 +527,7 @@ impl Endpoint {
             // only a pair that worked both ways is nominated.
             let first = self.config.upgrade_interval;
             let interval = (first * 2).min(self.config.upgrade_interval_max);
-            a.upgrade = Some(Upgrade { next: now + first, interval });
+            a.upgrade = Some(Upgrade { next: now + first, interval, answered: None });
             for p in &mut a.pairs {
                 p.nominate = false;
             }
@@ -543,7 +543,7 @@ impl Endpoint {
         let Some(a) = self.attempts.get_mut(&id) else { return };
         let Some(u) = a.upgrade else { return };
         if now >= u.next {
-            a.upgrade = Some(Upgrade { next: now + u.interval, interval: (u.interval * 2).min(max) });
+            a.upgrade = Some(Upgrade { next: now + u.interval, interval: (u.interval * 2).min(max), ..u });
             for i in a.upgrade_pairs() {
                 let a = self.attempts.get_mut(&id).expect("present");
                 let p = &mut a.pairs[i];
@@ -627,16 +627,23 @@ impl Endpoint {
             }
             IceRole::Controlling => {}
         }
-        let p = &mut self.attempts.get_mut(&id).expect("present").pairs[i];
+        // A check of ours back, at once (RFC 8445 §7.3.1.4's triggered
+        // check): the peer's check may just have opened its NAT towards us,
+        // while ours of this round, sent before, was dropped there. Not for
+        // a pair that already worked (the controlled side waits for the
+        // nomination), and not more often than UPGRADE_ANSWER_GAP.
+        let a = self.attempts.get_mut(&id).expect("present");
+        let Some(u) = a.upgrade.as_mut() else { return };
+        let p = &mut a.pairs[i];
+        if p.state == PairState::Succeeded || u.answered.is_some_and(|t| now < t + UPGRADE_ANSWER_GAP) {
+            return;
+        }
+        u.answered = Some(now);
         if p.state == PairState::Failed {
             p.state = PairState::Waiting;
         }
-        // Once per retransmission timeout: a burst of the peer's checks
-        // draws one of ours.
-        if p.state != PairState::InProgress || p.next_send.is_none_or(|t| t <= now) {
-            p.rto = rto;
-            self.send_check(id, i, now);
-        }
+        p.rto = rto;
+        self.send_check(id, i, now);
     }
 
     /// Moves a connected attempt from its relayed pair to direct pair `i`.
