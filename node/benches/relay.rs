@@ -26,14 +26,10 @@ use std::time::{Duration, Instant};
 
 use common::LIVE;
 use convoke_node::identity::Identity;
-use convoke_node::relay::{Packet, Relay, RelayConfig, RelayLimits, Side, client};
+use convoke_node::relay::{Packet, Relay, Side, client};
 
 const PAYLOAD: usize = 1200;
 const UNIX: u64 = 1_800_000_000;
-
-fn unlimited() -> RelayConfig {
-    RelayConfig { limits: RelayLimits { verifications_per_s: u32::MAX, ..RelayLimits::unlimited() }, allow: None }
-}
 
 /// A relay with one circuit between `a_at` and `b_at`, both bound.
 fn bound_circuit(relay: &mut Relay, now: Instant, a: &Identity, b: &Identity, at: [SocketAddr; 2], nonce: u64) -> u64 {
@@ -53,7 +49,7 @@ fn bound_circuit(relay: &mut Relay, now: Instant, a: &Identity, b: &Identity, at
 
 fn engine(packets: usize) {
     let now = Instant::now();
-    let mut relay = Relay::new(unlimited(), [1; 32], now, UNIX);
+    let mut relay = Relay::new(common::unlimited_relay(), [1; 32], now, UNIX);
     let (a, b) = (Identity::from_secret_bytes([1; 32]), Identity::from_secret_bytes([2; 32]));
     let at: [SocketAddr; 2] = ["10.0.0.1:1000".parse().expect("addr"), "10.0.0.2:2000".parse().expect("addr")];
     let circuit = bound_circuit(&mut relay, now, &a, &b, at, 1);
@@ -136,22 +132,7 @@ fn sockets(count: usize) {
     let (direct, direct_s) = blast(&a, b.local_addr().expect("addr"), &b, count, <[u8]>::to_vec);
 
     // The relay on its own thread and runtime, as `convoke relay` runs it.
-    let server = UdpSocket::bind("127.0.0.1:0").expect("relay");
-    big(&server);
-    server.set_nonblocking(true).expect("nonblocking");
-    let at = server.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let socket = tokio::net::UdpSocket::from_std(server).expect("tokio socket");
-            convoke_node::runtime::relay::serve(socket, unlimited(), |_| {}, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("serves")
-        })
-    });
+    let (at, stop, thread) = common::spawn_relay();
     let (ia, ib) = (Identity::from_secret_bytes([3; 32]), Identity::from_secret_bytes([4; 32]));
     let ask = |s: &UdpSocket, req: &[u8]| -> Vec<u8> {
         let mut buf = [0u8; 2048];
@@ -196,7 +177,7 @@ fn sockets(count: usize) {
 
 fn memory(circuits: usize) {
     let now = Instant::now();
-    let mut relay = Relay::new(unlimited(), [2; 32], now, UNIX);
+    let mut relay = Relay::new(common::unlimited_relay(), [2; 32], now, UNIX);
     let ids: Vec<Identity> = (0..2 * circuits).map(|i| Identity::from_secret_bytes(seed(i))).collect();
     let keys_heap = LIVE.load(Ordering::Relaxed);
     for i in 0..circuits {

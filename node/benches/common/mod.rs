@@ -33,6 +33,41 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// A relay with no caps but the circuit count (and no signature budget),
+/// for measuring.
+#[allow(dead_code)]
+pub fn unlimited_relay() -> convoke_node::relay::RelayConfig {
+    use convoke_node::relay::{RelayConfig, RelayLimits};
+    RelayConfig { limits: RelayLimits { verifications_per_s: u32::MAX, ..RelayLimits::unlimited() }, allow: None }
+}
+
+/// `convoke relay`'s driver (`runtime::relay::serve`) on its own thread and
+/// runtime, on a loopback socket: its address, what stops it, and the
+/// thread, which returns its counters.
+#[allow(dead_code)]
+pub fn spawn_relay()
+-> (SocketAddr, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<convoke_node::relay::RelayStats>) {
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("relay");
+    let s = socket2::SockRef::from(&server);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    server.set_nonblocking(true).expect("nonblocking");
+    let at = server.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let socket = tokio::net::UdpSocket::from_std(server).expect("tokio socket");
+            convoke_node::runtime::relay::serve(socket, unlimited_relay(), |_| {}, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serves")
+        })
+    });
+    (at, stop, thread)
+}
+
 /// The wall clock in unix seconds.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
