@@ -5,13 +5,17 @@
 #            the invitee writes one (as a person pasting it would).
 #   invitee: `convoke join --yes`, checks what arrives, writes /shared/result:
 #            "PHASE SECONDS" (single-token, rsvp, predicted, birthday) or "failed".
+#            "relay SECONDS" when the session runs through the relay.
 # env: STUN (default "198.18.0.10:3478 198.18.0.13:3478"), RSVP_TIMEOUT seconds (default 5),
-#      LIMIT seconds the invitee tries in all (default 90).
+#      LIMIT seconds the invitee tries in all (default 90), RELAY (HOST:PORT: the
+#      inviter names this relay in its invitation; default none).
 set -euo pipefail
 role=$1 router=$2
 shared=/shared
 stun_args=()
 for s in ${STUN:-198.18.0.10:3478 198.18.0.13:3478}; do stun_args+=(--stun "$s"); done
+relay_args=()
+[ -n "${RELAY:-}" ] && relay_args=(--relay "$RELAY")
 ip route replace default via "$router"
 addr=$(ip -o -4 addr show scope global | awk '{ split($4, a, "/"); print a[1]; exit }')
 export CONVOKE_KEY=/tmp/identity.key XDG_RUNTIME_DIR=/tmp
@@ -21,7 +25,7 @@ export CONVOKE_KEY=/tmp/identity.key XDG_RUNTIME_DIR=/tmp
 case $role in
   inviter)
     head -c 1048576 /dev/urandom >"$shared/payload"
-    convoke --json invite --listen "$addr:0" "${stun_args[@]}" --rsvp-timeout "${RSVP_TIMEOUT:-5}s" \
+    convoke --json invite --listen "$addr:0" "${stun_args[@]}" "${relay_args[@]}" --rsvp-timeout "${RSVP_TIMEOUT:-5}s" \
       --token-out "$shared/token" --control /tmp/convoke.sock <"$shared/payload" >/dev/null 2>"$shared/inviter.log" &
     pid=$!
     for _ in $(seq 1200); do
