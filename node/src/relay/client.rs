@@ -66,9 +66,18 @@ pub enum EndState {
 
 #[derive(Debug)]
 enum Step {
-    Allocate { request: Vec<u8>, nonce: [u8; 8] },
-    Bind,
-    Bound { peer_bound: bool, seq: u32 },
+    Allocate {
+        request: Vec<u8>,
+        nonce: [u8; 8],
+    },
+    /// `answered`: a challenge was answered since the last `BIND` went.
+    Bind {
+        answered: bool,
+    },
+    Bound {
+        peer_bound: bool,
+        seq: u32,
+    },
     Done(EndState),
 }
 
@@ -114,7 +123,15 @@ impl CircuitEnd {
     /// Binds side B of `circuit`, which the peer asked `relay` for naming
     /// this end's key.
     pub fn join(relay: SocketAddr, circuit: u64, now: Instant) -> Self {
-        let mut end = Self { relay, circuit, side: Side::B, step: Step::Bind, next: None, tries: 0, out: None };
+        let mut end = Self {
+            relay,
+            circuit,
+            side: Side::B,
+            step: Step::Bind { answered: false },
+            next: None,
+            tries: 0,
+            out: None,
+        };
         end.send(bind(circuit, Side::B), now);
         end
     }
@@ -137,7 +154,7 @@ impl CircuitEnd {
     /// Where it stands.
     pub fn state(&self) -> EndState {
         match &self.step {
-            Step::Allocate { .. } | Step::Bind => EndState::Pending,
+            Step::Allocate { .. } | Step::Bind { .. } => EndState::Pending,
             Step::Bound { peer_bound, .. } => EndState::Bound { circuit: self.circuit, peer_bound: *peer_bound },
             Step::Done(s) => *s,
         }
@@ -156,20 +173,24 @@ impl CircuitEnd {
         match (&self.step, packet) {
             (Step::Allocate { nonce, .. }, Packet::Allocated { nonce: n, circuit, .. }) if n == nonce => {
                 self.circuit = *circuit;
-                self.step = Step::Bind;
+                self.step = Step::Bind { answered: false };
                 self.send(bind(*circuit, self.side), now);
             }
             (Step::Allocate { nonce, .. }, Packet::Refused { nonce: n, reason }) if n == nonce => {
                 self.finish(EndState::Failed(*reason));
             }
-            (Step::Bind, Packet::Challenge { circuit, side, challenge })
+            (Step::Bind { answered: false }, Packet::Challenge { circuit, side, challenge })
                 if *circuit == self.circuit && *side == self.side =>
             {
                 // The answer is retransmitted like the bind: a lost one
-                // gets a new challenge when the bind goes again.
+                // gets a new challenge when the bind goes again. One answer
+                // a bind: a challenge is 27 bytes and the signed answer 91,
+                // so challenges forged with the relay's address must not
+                // each draw one.
                 self.out = Some(answer(identity, self.circuit, self.side, *challenge));
+                self.step = Step::Bind { answered: true };
             }
-            (Step::Bind | Step::Bound { .. }, Packet::Bound { circuit, side, peer_bound })
+            (Step::Bind { .. } | Step::Bound { .. }, Packet::Bound { circuit, side, peer_bound })
                 if *circuit == self.circuit && *side == self.side =>
             {
                 let seq = match self.step {
@@ -181,7 +202,9 @@ impl CircuitEnd {
                 self.tries = 0;
                 self.next = Some(now + if *peer_bound { KEEPALIVE } else { WAITING });
             }
-            (Step::Bind | Step::Bound { .. }, Packet::Closed { circuit, reason }) if *circuit == self.circuit => {
+            (Step::Bind { .. } | Step::Bound { .. }, Packet::Closed { circuit, reason })
+                if *circuit == self.circuit =>
+            {
                 self.finish(EndState::Failed(*reason));
             }
             _ => {}
@@ -225,11 +248,12 @@ impl CircuitEnd {
                 self.next = Some(now + RTO * (1 << self.tries));
                 self.tries += 1;
             }
-            Step::Bind => {
+            Step::Bind { answered } => {
                 if self.tries >= TRIES {
                     self.finish(EndState::Unreachable);
                     return;
                 }
+                *answered = false;
                 self.out = Some(bind(self.circuit, self.side));
                 self.next = Some(now + RTO * (1 << self.tries));
                 self.tries += 1;
@@ -243,7 +267,7 @@ impl CircuitEnd {
     /// no circuit yet or any more. The end is done after this.
     pub fn release(&mut self) -> Option<Vec<u8>> {
         let packet = match self.step {
-            Step::Bind | Step::Bound { .. } => {
+            Step::Bind { .. } | Step::Bound { .. } => {
                 Some(Packet::Closed { circuit: self.circuit, reason: wire::Reason::Released }.encode())
             }
             Step::Allocate { .. } | Step::Done(_) => None,

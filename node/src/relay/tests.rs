@@ -382,6 +382,31 @@ fn forward_routes_data_as_handle_datagram_would_without_a_copy() {
 }
 
 #[test]
+fn a_binding_end_answers_one_challenge_a_bind() {
+    let t0 = Instant::now();
+    let relay = addr("198.18.0.1:3479");
+    let mut end = client::CircuitEnd::join(relay, 42, t0);
+    assert_eq!(end.poll_transmit(), Some(client::bind(42, Side::B)));
+    let challenge = |n: u8| Packet::Challenge { circuit: 42, side: Side::B, challenge: [n; 16] };
+    // Challenges forged with the relay's address: one answer, not one each.
+    for n in 0..5 {
+        end.handle(t0, &id(2), &challenge(n));
+    }
+    let answer = end.poll_transmit().expect("an answer");
+    assert!(matches!(Packet::decode(&answer), Ok(Packet::Answer { challenge, .. }) if challenge == [0; 16]));
+    assert_eq!(end.poll_transmit(), None);
+    end.handle(t0, &id(2), &challenge(9));
+    assert_eq!(end.poll_transmit(), None, "a second answer before the bind went again");
+    // The bind goes again (its answer was lost): the next challenge is answered.
+    let again = end.poll_timeout().expect("a retransmission");
+    end.handle_timeout(again);
+    assert_eq!(end.poll_transmit(), Some(client::bind(42, Side::B)));
+    end.handle(again, &id(2), &challenge(7));
+    let answer = end.poll_transmit().expect("an answer");
+    assert!(matches!(Packet::decode(&answer), Ok(Packet::Answer { challenge, .. }) if challenge == [7; 16]));
+}
+
+#[test]
 fn shutdown_tells_every_bound_end() {
     let mut w = World::new(RelayLimits::default());
     let (at, bt) = (addr("198.18.0.10:4000"), addr("198.18.0.20:5000"));
