@@ -306,9 +306,15 @@ struct RelayedPath {
     offered: bool,
     /// Once the attempt's selected path (see [`Host::relay_paths`]).
     used: bool,
+    /// When the session moved off it to a direct path.
+    left: Option<Instant>,
     /// When both ends were first bound.
     ready: Option<Instant>,
 }
+
+/// How long the controlling side keeps a circuit its session moved off,
+/// for what the other end still sends through it before it moves too.
+pub const RELEASE_AFTER_MOVE: Duration = Duration::from_secs(5);
 
 /// How long before an attempt's window closes a ready circuit is checked
 /// anyway, the direct steps having had all the rest.
@@ -471,7 +477,7 @@ impl Host {
             SocketAddr::V6(r) => SocketAddr::from((std::net::Ipv6Addr::new(0x0100, 0, 0, 0, 0, 0, 0, n), r.port())),
         };
         self.paths.retain(|p| p.virt != virt);
-        self.paths.push(RelayedPath { attempt, end, virt, offered: false, used: false, ready: None });
+        self.paths.push(RelayedPath { attempt, end, virt, offered: false, used: false, left: None, ready: None });
     }
 
     /// The relay behind a relayed path's virtual address.
@@ -644,23 +650,36 @@ impl Host {
         let endpoint = &mut self.endpoint;
         let transmits = &mut self.transmits;
         let grace = self.config.relay_grace;
+        let mut release = |p: &mut RelayedPath| {
+            if let Some(packet) = p.end.release() {
+                transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
+            }
+        };
         self.paths.retain_mut(|p| {
             match endpoint.state(p.attempt) {
-                None => return false,
+                None => {
+                    release(p);
+                    return false;
+                }
                 Some(crate::ice::State::Connected) if endpoint.selected(p.attempt) == Some(p.virt) => p.used = true,
                 // Connected on another path: the circuit is not needed, and
-                // goes back to the relay. A session that ran through it and
-                // moved to a direct path leaves that to the controlling
-                // side, which moves last (its nomination was answered on
-                // the direct path): the other end keeps its end until the
-                // relay says it closed, in case the answer was lost.
-                Some(crate::ice::State::Connected)
-                    if !p.used || endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling) =>
-                {
-                    if let Some(packet) = p.end.release() {
-                        transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
+                // goes back to the relay, at once if the session never ran
+                // through it. One that did and moved to a direct path keeps
+                // it a while: the other end may still be sending through it
+                // (its own check on the new path unanswered yet). The
+                // controlling side, which moves once its nomination was
+                // answered, gives it back after RELEASE_AFTER_MOVE; the
+                // controlled side waits for the relay to say it closed, and
+                // gives it back itself after the consent timeout if that
+                // word was lost.
+                Some(crate::ice::State::Connected) => {
+                    let controlling = endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling);
+                    let wait = if controlling { RELEASE_AFTER_MOVE } else { endpoint.config().consent_timeout };
+                    let left = *p.left.get_or_insert(now);
+                    if !p.used || now >= left + wait {
+                        release(p);
+                        return false;
                     }
-                    return false;
                 }
                 _ => {}
             }
@@ -854,7 +873,12 @@ impl Host {
             .iter()
             .flat_map(|p| {
                 let check = Some(p).filter(waiting).and_then(|p| relay_deadline(&self.endpoint, p, grace));
-                [p.end.poll_timeout(), check]
+                // The release of a circuit the session moved off.
+                let release = p.left.map(|t| {
+                    let controlling = self.endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling);
+                    t + if controlling { RELEASE_AFTER_MOVE } else { self.endpoint.config().consent_timeout }
+                });
+                [p.end.poll_timeout(), check, release]
             })
             .flatten()
             .min();
@@ -895,6 +919,18 @@ impl Host {
         if let Some(at) = self.scheduled.remove(&id) {
             self.timers.remove(&(at, id));
         }
+        // Its circuits go back to their relays now, not at their idle
+        // expiry (the program may be about to exit).
+        let transmits = &mut self.transmits;
+        self.paths.retain_mut(|p| {
+            if p.attempt != id {
+                return true;
+            }
+            if let Some(packet) = p.end.release() {
+                transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
+            }
+            false
+        });
     }
 
     /// Moves the connectivity engine's events through the host: a new path
