@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rand_core::Rng;
 
-use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, UPGRADE_ANSWER_GAP, Unvalidated, Upgrade};
+use super::attempt::{AMPLIFICATION_FACTOR, PairState, Side, UPGRADE_ANSWER_GAP, UPGRADE_PAIRS, Unvalidated, Upgrade};
 use super::probe::SPRAY;
 use super::*;
 use crate::stun::{BINDING, Class, Message, MessageBuilder, TransactionId};
@@ -293,7 +293,8 @@ impl Endpoint {
         }
         if a.state == State::Connected {
             if a.upgrade.is_some() && socket == SocketId::MAIN && !crate::relay::is_virtual(from) {
-                self.upgrade_request(id, known, from, exchanged, msg.use_candidate, now);
+                let learnt = (exchanged, msg.priority.unwrap_or(0));
+                self.upgrade_request(id, known, from, learnt, msg.use_candidate, now);
             }
             return;
         }
@@ -592,7 +593,7 @@ impl Endpoint {
         id: AttemptId,
         known: Option<usize>,
         from: SocketAddr,
-        exchanged: Unvalidated,
+        (exchanged, priority): (Unvalidated, u32),
         use_candidate: bool,
         now: Instant,
     ) {
@@ -600,8 +601,11 @@ impl Endpoint {
         let Some(a) = self.attempts.get_mut(&id) else { return };
         let i = match known {
             Some(i) => i,
+            // A few new addresses at most: a captured check replayed from
+            // many spoofed sources must not grow the list without end.
+            None if a.pairs.iter().filter(|p| p.unvalidated.is_some()).count() >= UPGRADE_PAIRS => return,
             None => {
-                let i = a.add_remote(SocketId::MAIN, from, CandidateKind::Prflx, 0, rto);
+                let i = a.add_remote(SocketId::MAIN, from, CandidateKind::Prflx, priority, rto);
                 a.pairs[i].unvalidated = Some(exchanged);
                 i
             }
