@@ -665,14 +665,19 @@ impl Relay {
 
     /// A `DATA` packet from `from` that the relay forwards unchanged: where
     /// to, after every check and cap ([`Relay::handle_datagram`] would
-    /// queue a copy there). `None` when it is not a `DATA` packet, or it is
-    /// dropped (counted as [`Relay::handle_datagram`] counts it). A driver
+    /// queue a copy there). `None` when it is not a `DATA` packet (hand it
+    /// to [`Relay::handle_datagram`]), or it is dropped (counted as
+    /// [`Relay::handle_datagram`] counts it). A driver
     /// that sends the received bytes itself saves the copy, and can send a
     /// run of them to one address in one system call; it still drains
     /// [`Relay::poll_transmit`] afterwards (a byte cap reached ends the
     /// circuit, which tells both ends).
     pub fn forward(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
-        if data.first() != Some(&wire::DATA) || data.len() < wire::DATA_HEADER {
+        if data.first() != Some(&wire::DATA) {
+            return None;
+        }
+        if data.len() < wire::DATA_HEADER {
+            self.stats.dropped_malformed += 1;
             return None;
         }
         self.rotate(now);

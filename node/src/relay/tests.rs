@@ -371,6 +371,7 @@ fn forward_routes_data_as_handle_datagram_would_without_a_copy() {
     let ping = Packet::Ping { circuit: c, side: Side::A, seq: 1 }.encode();
     assert_eq!(w.relay.forward(now, at, &ping), None);
     assert_eq!(w.relay.forward(now, at, &[crate::relay::wire::DATA, 0, 0]), None);
+    assert_eq!(w.relay.stats().dropped_malformed, 1);
     assert_eq!(w.relay.forward(now, eve, &client::data(c, b"spoof")), None);
     assert_eq!(w.relay.stats().dropped_unbound, 1);
     assert_eq!((w.relay.stats().forwarded_packets, w.relay.stats().forwarded_bytes), (2, 64));

@@ -162,8 +162,12 @@ async fn send_run(
     contents: &[u8],
     stride: usize,
 ) {
-    let per_call = state.max_gso_segments().max(1) * stride;
-    for chunk in contents.chunks(per_call) {
+    let mut rest = contents;
+    while !rest.is_empty() {
+        // Asked each time: quinn-udp turns GSO off when the kernel refuses it.
+        let per_call = state.max_gso_segments().max(1) * stride;
+        let (chunk, tail) = rest.split_at(per_call.min(rest.len()));
+        rest = tail;
         let t = quinn_udp::Transmit {
             destination: to,
             ecn: None,
@@ -171,7 +175,7 @@ async fn send_run(
             segment_size: (chunk.len() > stride).then_some(stride),
             src_ip: None,
         };
-        // Bounded: a socket that stays unwritable drops the rest.
+        // Bounded: a socket that stays unwritable loses this chunk.
         for _ in 0..64 {
             match socket.try_io(tokio::io::Interest::WRITABLE, || state.send(socket.into(), &t)) {
                 Ok(()) => break,
