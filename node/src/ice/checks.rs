@@ -485,23 +485,12 @@ impl Endpoint {
     }
 
     pub(super) fn nominate(&mut self, id: AttemptId, i: usize, now: Instant) {
-        self.dirty.push(id);
-        let interval = self.config.consent_interval;
+        self.select_pair(id, i, now);
         let Some(a) = self.attempts.get_mut(&id) else {
             return;
         };
         a.state = State::Connected;
-        a.selected = Some(i);
-        a.last_consent = now;
-        a.next_consent = Some(now + interval);
         a.triggered.clear();
-        let mut stale = Vec::new();
-        for (j, p) in a.pairs.iter_mut().enumerate() {
-            if j != i {
-                stale.extend(p.tid.take());
-                p.next_send = None;
-            }
-        }
         if a.pairs[i].probed
             && let Some(probe) = &a.probe
         {
@@ -511,9 +500,6 @@ impl Endpoint {
         let (counted, ufrag, source) = (a.counted_pending, a.local_ufrag.clone(), a.source_ip);
         let inviter = a.side == Side::Inviter;
         a.counted_pending = false;
-        for t in stale {
-            self.transactions.remove(&t);
-        }
         self.uncount_pending(counted, &ufrag, source);
         if inviter && let Some(issued) = self.issued.get_mut(&ufrag) {
             issued.connected += 1;
@@ -652,27 +638,33 @@ impl Endpoint {
 
     /// Moves a connected attempt from its relayed pair to direct pair `i`.
     fn switch_path(&mut self, id: AttemptId, i: usize, now: Instant) {
+        self.select_pair(id, i, now);
+        let Some(a) = self.attempts.get_mut(&id) else { return };
+        a.upgrade = None;
+        let (remote, remote_kind) = (a.pairs[i].remote, a.pairs[i].remote_kind);
+        self.stats.upgraded += 1;
+        self.events.push_back(Event::PathChanged { attempt: id, remote, remote_kind });
+    }
+
+    /// Makes pair `i` the one the attempt's session uses, consent due a
+    /// consent interval from now; the other pairs' checks in flight are
+    /// forgotten (a nomination or a move).
+    fn select_pair(&mut self, id: AttemptId, i: usize, now: Instant) {
         self.dirty.push(id);
         let interval = self.config.consent_interval;
         let Some(a) = self.attempts.get_mut(&id) else { return };
         a.selected = Some(i);
-        a.upgrade = None;
         a.last_consent = now;
         a.next_consent = Some(now + interval);
-        let mut stale = Vec::new();
         for (j, p) in a.pairs.iter_mut().enumerate() {
             if j != i {
-                stale.extend(p.tid.take());
+                if let Some(t) = p.tid.take() {
+                    self.transactions.remove(&t);
+                }
                 p.tid_nominates = false;
                 p.next_send = None;
             }
         }
-        let (remote, remote_kind) = (a.pairs[i].remote, a.pairs[i].remote_kind);
-        for t in stale {
-            self.transactions.remove(&t);
-        }
-        self.stats.upgraded += 1;
-        self.events.push_back(Event::PathChanged { attempt: id, remote, remote_kind });
     }
 }
 
