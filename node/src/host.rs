@@ -316,6 +316,28 @@ struct RelayedPath {
 /// for what the other end still sends through it before it moves too.
 pub const RELEASE_AFTER_MOVE: Duration = Duration::from_secs(5);
 
+/// How long after its session moved off a circuit an end gives it back:
+/// the controlling side after [`RELEASE_AFTER_MOVE`], the controlled side
+/// (which waits for the relay's word that it closed) after the consent
+/// timeout.
+fn release_wait(endpoint: &Endpoint, attempt: AttemptId) -> Duration {
+    if endpoint.role(attempt) == Some(crate::token::IceRole::Controlling) {
+        RELEASE_AFTER_MOVE
+    } else {
+        endpoint.config().consent_timeout
+    }
+}
+
+impl RelayedPath {
+    /// Gives the circuit back: queues its `CLOSED` for the relay, if it
+    /// holds one (see [`CircuitEnd::release`]).
+    fn release_into(&mut self, transmits: &mut VecDeque<Transmit>) {
+        if let Some(packet) = self.end.release() {
+            transmits.push_back(Transmit::new(self.end.relay(), packet, SocketId::MAIN));
+        }
+    }
+}
+
 /// How long before an attempt's window closes a ready circuit is checked
 /// anyway, the direct steps having had all the rest.
 const RELAY_LAST_CHANCE: Duration = Duration::from_secs(8);
@@ -650,15 +672,10 @@ impl Host {
         let endpoint = &mut self.endpoint;
         let transmits = &mut self.transmits;
         let grace = self.config.relay_grace;
-        let mut release = |p: &mut RelayedPath| {
-            if let Some(packet) = p.end.release() {
-                transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
-            }
-        };
         self.paths.retain_mut(|p| {
             match endpoint.state(p.attempt) {
                 None => {
-                    release(p);
+                    p.release_into(transmits);
                     return false;
                 }
                 Some(crate::ice::State::Connected) if endpoint.selected(p.attempt) == Some(p.virt) => p.used = true,
@@ -673,11 +690,9 @@ impl Host {
                 // gives it back itself after the consent timeout if that
                 // word was lost.
                 Some(crate::ice::State::Connected) => {
-                    let controlling = endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling);
-                    let wait = if controlling { RELEASE_AFTER_MOVE } else { endpoint.config().consent_timeout };
                     let left = *p.left.get_or_insert(now);
-                    if !p.used || now >= left + wait {
-                        release(p);
+                    if !p.used || now >= left + release_wait(endpoint, p.attempt) {
+                        p.release_into(transmits);
                         return false;
                     }
                 }
@@ -874,10 +889,7 @@ impl Host {
             .flat_map(|p| {
                 let check = Some(p).filter(waiting).and_then(|p| relay_deadline(&self.endpoint, p, grace));
                 // The release of a circuit the session moved off.
-                let release = p.left.map(|t| {
-                    let controlling = self.endpoint.role(p.attempt) == Some(crate::token::IceRole::Controlling);
-                    t + if controlling { RELEASE_AFTER_MOVE } else { self.endpoint.config().consent_timeout }
-                });
+                let release = p.left.map(|t| t + release_wait(&self.endpoint, p.attempt));
                 [p.end.poll_timeout(), check, release]
             })
             .flatten()
@@ -926,9 +938,7 @@ impl Host {
             if p.attempt != id {
                 return true;
             }
-            if let Some(packet) = p.end.release() {
-                transmits.push_back(Transmit::new(p.end.relay(), packet, SocketId::MAIN));
-            }
+            p.release_into(transmits);
             false
         });
     }
