@@ -117,26 +117,22 @@ async fn receive(
             let mut run: Option<(std::net::SocketAddr, usize, usize)> = None;
             for (k, d) in data.chunks(stride).enumerate() {
                 let at = k * stride;
-                match relay.forward(now, m.addr, d) {
-                    Some(to) => match &mut run {
-                        Some((dest, _, end)) if *dest == to => *end = at + d.len(),
-                        _ => {
-                            if let Some((dest, a, b)) = run.take() {
-                                send_run(socket, state, dest, &data[a..b], stride).await;
-                            }
-                            run = Some((to, at, at + d.len()));
-                        }
-                    },
-                    // Dropped data, or a control packet: the run ends
-                    // before it.
-                    None => {
-                        if let Some((dest, a, b)) = run.take() {
-                            send_run(socket, state, dest, &data[a..b], stride).await;
-                        }
-                        if d.first() != Some(&crate::relay::wire::DATA) {
-                            relay.handle_datagram(now, m.addr, d);
-                        }
-                    }
+                let to = relay.forward(now, m.addr, d);
+                if let (Some((dest, _, end)), Some(to)) = (&mut run, to)
+                    && *dest == to
+                {
+                    *end = at + d.len();
+                    continue;
+                }
+                // The run ends before a datagram that goes elsewhere, or
+                // nowhere (dropped data, a control packet).
+                if let Some((dest, a, b)) = run.take() {
+                    send_run(socket, state, dest, &data[a..b], stride).await;
+                }
+                match to {
+                    Some(to) => run = Some((to, at, at + d.len())),
+                    None if d.first() != Some(&crate::relay::wire::DATA) => relay.handle_datagram(now, m.addr, d),
+                    None => {}
                 }
             }
             if let Some((dest, a, b)) = run {
